@@ -1,0 +1,14 @@
+//! stockflow's pure computations: collections of domain events in, collections
+//! of view rows out. No I/O, no clocks, no threads of its own: sources and
+//! sinks are adapters around this crate (see `CONTEXT.md` beside it).
+
+#![deny(missing_docs)]
+
+pub mod dedup;
+pub mod items;
+pub mod model;
+pub mod stock;
+
+pub use dedup::dedup;
+pub use items::items;
+pub use stock::{stock, stock_totals};

@@ -1,0 +1,114 @@
+//! The `stock` and `stock_totals` views.
+//!
+//! Quantities travel in the difference of the collection ([`StockDelta`]), so
+//! the view is an arrangement whose accumulated difference per key *is* the
+//! row: no `reduce` over the history of a key.
+
+use crate::model::{Event, EventBody, Name, SkuKey, StockDelta, StockKey};
+use differential_dataflow::lattice::Lattice;
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::VecCollection;
+use timely::progress::Timestamp;
+
+/// An arranged stock view: key, no value, the row in the difference.
+pub type StockArrangement<'scope, T, K> = Arranged<'scope, TraceAgent<KeySpine<K, T, StockDelta>>>;
+
+/// How a reservation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+enum Closing {
+    /// Given back: reserved goes down, on hand stays.
+    Released,
+    /// Shipped: reserved and on hand both go down.
+    Committed,
+}
+
+/// Stock per `(tenant, sku, location)`: `on_hand` (initial stock, adjustments,
+/// commits), `reserved` (open reservations) and `updated_at`, as the
+/// difference of each key.
+///
+/// A reservation counts once per `reservation_id` (the earliest in the log wins);
+/// a release or commit applies to the reservation it names, once, whatever
+/// order the two arrive in; a release of an unknown reservation changes nothing.
+pub fn stock<'scope, T>(events: VecCollection<'scope, T, Event>) -> VecCollection<'scope, T, StockKey, StockDelta>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    stock_arranged(events).as_collection(|key, _| key.clone())
+}
+
+/// As [`stock`], arranged by key for operators that want to share the index.
+pub fn stock_arranged<'scope, T>(events: VecCollection<'scope, T, Event>) -> StockArrangement<'scope, T, StockKey>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    let direct = events.clone().explode(|event| {
+        let tenant = event.tenant;
+        let updated_at = event.ts;
+        let deltas: Vec<(StockKey, StockDelta)> = match event.body {
+            EventBody::StockAdjusted { sku, location, qty, .. } => {
+                vec![(StockKey { tenant, sku, location }, StockDelta { on_hand: qty, reserved: 0, updated_at })]
+            }
+            EventBody::ItemCreated { sku, initial, .. } => initial
+                .into_iter()
+                .map(|(location, qty)| {
+                    let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location };
+                    (key, StockDelta { on_hand: qty, reserved: 0, updated_at })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        deltas
+    });
+
+    let reservations = events
+        .clone()
+        .flat_map(|event| match event.body {
+            EventBody::StockReserved { sku, location, qty, reservation_id, .. } => {
+                Some(((event.tenant, reservation_id), (event.seq, event.ts, sku, location, qty)))
+            }
+            _ => None,
+        })
+        .reduce_named("reservations by id", |_id, copies, output| output.push((copies[0].0.clone(), 1)));
+
+    let closings = events
+        .flat_map(|event| {
+            let closing = match event.body {
+                EventBody::StockReleased { reservation_id } => (reservation_id, Closing::Released),
+                EventBody::StockCommitted { reservation_id } => (reservation_id, Closing::Committed),
+                _ => return None,
+            };
+            Some(((event.tenant, closing.0), (event.seq, event.ts, closing.1)))
+        })
+        .reduce_named("reservation closings by id", |_id, copies, output| output.push((copies[0].0.clone(), 1)));
+
+    let reserved = reservations.clone().explode(|((tenant, _id), (_seq, ts, sku, location, qty))| {
+        Some((StockKey { tenant, sku, location }, StockDelta { on_hand: 0, reserved: qty, updated_at: ts }))
+    });
+
+    let closed = reservations
+        .join_map(closings, |(tenant, _id), (_seq, _ts, sku, location, qty), (_seq2, closed_at, closing)| {
+            let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location: location.clone() };
+            let on_hand = if *closing == Closing::Committed { -qty } else { 0 };
+            (key, StockDelta { on_hand, reserved: -qty, updated_at: *closed_at })
+        })
+        .explode(|(key, delta)| Some((key, delta)));
+
+    direct.concat(reserved).concat(closed).arrange_by_self_named("stock by sku and location")
+}
+
+/// Stock per `(tenant, sku)`: the [`stock`] rows summed over locations.
+pub fn stock_totals<'scope, T>(stock: VecCollection<'scope, T, StockKey, StockDelta>) -> VecCollection<'scope, T, SkuKey, StockDelta>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    stock
+        .map(|key| SkuKey { tenant: key.tenant, sku: key.sku })
+        .arrange_by_self_named("stock totals by sku")
+        .as_collection(|key, _| key.clone())
+}
+
+/// Key helper for callers that build a [`SkuKey`] from parts.
+pub fn sku_key(tenant: &str, sku: &str) -> SkuKey {
+    SkuKey { tenant: Name::from(tenant), sku: Name::from(sku) }
+}
