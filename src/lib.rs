@@ -1,1 +1,17 @@
+//! stockflow: a streaming engine for inventory and orders.
+//!
+//! Sources (the embedded [`log`], later Kafka) feed the pure dataflows of
+//! `stockflow-dataflows` through the [`engine`]; views are published per
+//! epoch into the [`store`] that the [`http`] API reads. [`server`] wires a
+//! run together; [`config`] resolves its settings.
 
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod source;
+pub mod store;

@@ -102,10 +102,7 @@ pub fn stock_totals<'scope, T>(stock: VecCollection<'scope, T, StockKey, StockDe
 where
     T: Timestamp + Lattice + Ord,
 {
-    stock
-        .map(|key| SkuKey { tenant: key.tenant, sku: key.sku })
-        .arrange_by_self_named("stock totals by sku")
-        .as_collection(|key, _| key.clone())
+    stock.map(|key| SkuKey { tenant: key.tenant, sku: key.sku }).arrange_by_self_named("stock totals by sku").as_collection(|key, _| key.clone())
 }
 
 /// Key helper for callers that build a [`SkuKey`] from parts.

@@ -91,7 +91,14 @@ fn oracle_items(events: &[Event]) -> BTreeMap<SkuKey, ItemRow> {
         for event in history {
             match &event.body {
                 EventBody::ItemCreated { name, price, category, reorder_point, .. } => {
-                    row = Some(ItemRow { name: name.clone(), price: *price, category: category.clone(), reorder_point: *reorder_point, active: true, updated_at: event.ts })
+                    row = Some(ItemRow {
+                        name: name.clone(),
+                        price: *price,
+                        category: category.clone(),
+                        reorder_point: *reorder_point,
+                        active: true,
+                        updated_at: event.ts,
+                    })
                 }
                 EventBody::ItemUpdated { name, price, category, reorder_point, .. } => {
                     if let Some(r) = &mut row {
@@ -226,7 +233,10 @@ fn split(events: Vec<Event>, cuts: &[bool]) -> Vec<Vec<Event>> {
 fn accumulate<K: Ord + Clone>(updates: &[(K, Epoch, StockDelta)], upto: Epoch) -> BTreeMap<K, (i64, i64, i64)> {
     let mut rows: BTreeMap<K, StockDelta> = BTreeMap::new();
     for (key, _time, delta) in updates.iter().filter(|u| u.1 <= upto) {
-        differential_dataflow::difference::Semigroup::plus_equals(rows.entry(key.clone()).or_insert(StockDelta { updated_at: i64::MIN, ..Default::default() }), delta);
+        differential_dataflow::difference::Semigroup::plus_equals(
+            rows.entry(key.clone()).or_insert(StockDelta { updated_at: i64::MIN, ..Default::default() }),
+            delta,
+        );
     }
     rows.into_iter().map(|(k, d)| (k, (d.on_hand, d.reserved, d.updated_at))).collect()
 }
@@ -291,7 +301,19 @@ fn known_history() {
     let sku = || Name::from("A");
     let loc = || Name::from("m");
     let events = vec![
-        event("1", 10, 0, EventBody::ItemCreated { sku: sku(), name: "Widget".into(), price: Money::from_cents(250), category: Name::from("tools"), reorder_point: Some(3), initial: vec![(loc(), 10)] }),
+        event(
+            "1",
+            10,
+            0,
+            EventBody::ItemCreated {
+                sku: sku(),
+                name: "Widget".into(),
+                price: Money::from_cents(250),
+                category: Name::from("tools"),
+                reorder_point: Some(3),
+                initial: vec![(loc(), 10)],
+            },
+        ),
         event("2", 11, 1, EventBody::StockAdjusted { sku: sku(), location: loc(), qty: -4, reason: Name::from("sale") }),
         event("2", 11, 2, EventBody::StockAdjusted { sku: sku(), location: loc(), qty: -4, reason: Name::from("sale") }),
         // Release arrives before the reservation it names.

@@ -245,7 +245,12 @@ pub fn validate_name(value: &str) -> Result<(), String> {
 
 /// Checks an id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`.
 pub fn validate_id(value: &str) -> Result<(), String> {
-    check_chars(value, MAX_ID_LEN, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'), "letters, digits, '.', '_', '-', ':' and '@'")
+    check_chars(
+        value,
+        MAX_ID_LEN,
+        |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'),
+        "letters, digits, '.', '_', '-', ':' and '@'",
+    )
 }
 
 fn check_chars(value: &str, max_len: usize, allowed: impl Fn(u8) -> bool, what: &str) -> Result<(), String> {
@@ -321,11 +326,10 @@ fn event_time(raw: &RawValue) -> Result<EventTime, DecodeError> {
     let text = raw.get();
     let ms = if text.starts_with('"') {
         let s: String = serde_json::from_str(text).map_err(|e| DecodeError::invalid("ts", e.to_string()))?;
-        chrono::DateTime::parse_from_rfc3339(&s)
-            .map_err(|e| DecodeError::invalid("ts", format!("`{s}` is not RFC 3339 ({e})")))?
-            .timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| DecodeError::invalid("ts", format!("`{s}` is not RFC 3339 ({e})")))?.timestamp_millis()
     } else {
-        serde_json::from_str::<i64>(text).map_err(|_| DecodeError::invalid("ts", format!("expected RFC 3339 text or integer epoch milliseconds, got `{}`", shorten(text))))?
+        serde_json::from_str::<i64>(text)
+            .map_err(|_| DecodeError::invalid("ts", format!("expected RFC 3339 text or integer epoch milliseconds, got `{}`", shorten(text))))?
     };
     if !(0..=MAX_MS).contains(&ms) {
         return Err(DecodeError::invalid("ts", format!("{ms} ms is outside 1970-01-01..9999-12-31")));

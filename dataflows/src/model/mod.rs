@@ -5,7 +5,7 @@
 //! [`decode_event`]; the dataflows take [`Event`]s; the serving layer and the
 //! sinks read [`ItemRow`]s and [`StockDelta`]s.
 
-mod decode;
+pub mod decode;
 mod money;
 
 pub use decode::{decode_event, DecodeError, RecordContext};
@@ -292,10 +292,6 @@ impl differential_dataflow::difference::Multiply<isize> for StockDelta {
     type Output = StockDelta;
     fn multiply(self, rhs: &isize) -> StockDelta {
         let factor = *rhs as i64;
-        StockDelta {
-            on_hand: self.on_hand * factor,
-            reserved: self.reserved * factor,
-            updated_at: self.updated_at,
-        }
+        StockDelta { on_hand: self.on_hand * factor, reserved: self.reserved * factor, updated_at: self.updated_at }
     }
 }

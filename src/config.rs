@@ -1,0 +1,242 @@
+//! Command line, environment and config file, resolved into [`Settings`].
+//!
+//! Precedence: command-line flag, then `STOCKFLOW_*` environment variable,
+//! then the `--config` TOML file, then the defaults below. Every problem is
+//! reported at once before exiting.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// stockflow: a streaming engine for inventory and orders.
+#[derive(Debug, Parser)]
+#[command(name = "stockflow", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine and the HTTP API.
+    Serve(ServeArgs),
+    /// `serve` plus a generator of stores, SKUs and sales, so the views move on a fresh machine.
+    Demo(DemoArgs),
+}
+
+/// Options of `serve` (and `demo`).
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "STOCKFLOW_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded log and checkpoints [default: ./stockflow-data].
+    #[arg(long, env = "STOCKFLOW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Timely worker threads; partitions are spread over them [default: 1].
+    #[arg(long, env = "STOCKFLOW_WORKERS")]
+    pub workers: Option<usize>,
+    /// TOML config file; its keys are the long option names with `_` (see docs/configuration.md).
+    #[arg(long, env = "STOCKFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Close an epoch after this many milliseconds [default: 10].
+    #[arg(long, env = "STOCKFLOW_EPOCH_MS")]
+    pub epoch_ms: Option<u64>,
+    /// ...or after this many messages read by one worker [default: 100000].
+    #[arg(long, env = "STOCKFLOW_EPOCH_MAX_EVENTS")]
+    pub epoch_max_events: Option<usize>,
+    /// Partitions of topics the embedded log creates [default: 4].
+    #[arg(long, env = "STOCKFLOW_PARTITIONS")]
+    pub partitions: Option<u32>,
+    /// Allow listening on a non-loopback address without API keys (unsafe: anyone can read every tenant).
+    #[arg(long, env = "STOCKFLOW_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
+    /// Log output format [default: pretty].
+    #[arg(long, env = "STOCKFLOW_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Options of `demo`.
+#[derive(Debug, Args, Default)]
+pub struct DemoArgs {
+    /// Everything `serve` takes.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Events per second the generator appends after seeding the catalogue [default: 200].
+    #[arg(long, env = "STOCKFLOW_DEMO_RATE")]
+    pub rate: Option<u32>,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The config file (`--config`). Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// See `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// See `--workers`.
+    pub workers: Option<usize>,
+    /// See `--epoch-ms`.
+    pub epoch_ms: Option<u64>,
+    /// See `--epoch-max-events`.
+    pub epoch_max_events: Option<usize>,
+    /// See `--partitions`.
+    pub partitions: Option<u32>,
+    /// See `--insecure-listen`.
+    pub insecure_listen: Option<bool>,
+    /// See `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// Demo generator settings.
+    pub demo: Option<DemoFileConfig>,
+}
+
+/// `[demo]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoFileConfig {
+    /// See `--rate`.
+    pub rate: Option<u32>,
+}
+
+/// Resolved settings of a `serve` or `demo` run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Worker threads.
+    pub workers: usize,
+    /// Epoch length.
+    pub epoch: Duration,
+    /// Epoch size cap per worker.
+    pub epoch_max_events: usize,
+    /// Partitions of created topics.
+    pub partitions: u32,
+    /// Non-loopback listening allowed.
+    pub insecure_listen: bool,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Demo generator rate (events/s), when running `demo`.
+    pub demo_rate: Option<u32>,
+}
+
+/// Defaults, in one place.
+pub mod defaults {
+    /// `--listen`.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// `--data-dir`.
+    pub const DATA_DIR: &str = "./stockflow-data";
+    /// `--workers`.
+    pub const WORKERS: usize = 1;
+    /// `--epoch-ms`.
+    pub const EPOCH_MS: u64 = 10;
+    /// `--epoch-max-events`.
+    pub const EPOCH_MAX_EVENTS: usize = 100_000;
+    /// `--partitions`.
+    pub const PARTITIONS: u32 = 4;
+    /// `--rate`.
+    pub const DEMO_RATE: u32 = 200;
+}
+
+impl Settings {
+    /// Resolves flags, environment, config file and defaults; lists every problem.
+    pub fn resolve(args: &ServeArgs, demo_rate: Option<Option<u32>>) -> Result<Settings, Vec<String>> {
+        let mut errors = Vec::new();
+        let file = match &args.config {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => toml::from_str::<FileConfig>(&text).unwrap_or_else(|e| {
+                    errors.push(format!("config file {}: {}", path.display(), e.message()));
+                    FileConfig::default()
+                }),
+                Err(e) => {
+                    errors.push(format!("config file {}: {e}", path.display()));
+                    FileConfig::default()
+                }
+            },
+            None => FileConfig::default(),
+        };
+        let settings = Settings {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
+            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            workers: args.workers.or(file.workers).unwrap_or(defaults::WORKERS),
+            epoch: Duration::from_millis(args.epoch_ms.or(file.epoch_ms).unwrap_or(defaults::EPOCH_MS)),
+            epoch_max_events: args.epoch_max_events.or(file.epoch_max_events).unwrap_or(defaults::EPOCH_MAX_EVENTS),
+            partitions: args.partitions.or(file.partitions).unwrap_or(defaults::PARTITIONS),
+            insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            demo_rate: demo_rate.map(|rate| rate.or(file.demo.and_then(|d| d.rate)).unwrap_or(defaults::DEMO_RATE)),
+        };
+        if !(1..=64).contains(&settings.workers) {
+            errors.push(format!("workers: must be between 1 and 64, got {}", settings.workers));
+        }
+        if !(1..=60_000).contains(&settings.epoch.as_millis()) {
+            errors.push(format!("epoch_ms: must be between 1 and 60000, got {}", settings.epoch.as_millis()));
+        }
+        if settings.epoch_max_events == 0 {
+            errors.push("epoch_max_events: must be at least 1".into());
+        }
+        if !(1..=1024).contains(&settings.partitions) {
+            errors.push(format!("partitions: must be between 1 and 1024, got {}", settings.partitions));
+        }
+        if settings.demo_rate.is_some_and(|r| !(1..=1_000_000).contains(&r)) {
+            errors.push("rate: must be between 1 and 1000000 events/s".into());
+        }
+        if !settings.listen.ip().is_loopback() && !settings.insecure_listen {
+            errors.push(format!(
+                "listen: {} is not a loopback address and no API keys are configured; anyone who can reach it could read every tenant. Use 127.0.0.1, or pass --insecure-listen if a proxy in front does authentication",
+                settings.listen
+            ));
+        }
+        if errors.is_empty() {
+            Ok(settings)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let args = ServeArgs { workers: Some(0), partitions: Some(0), listen: Some("0.0.0.0:80".parse().unwrap()), ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("workers"));
+        assert!(errors[2].starts_with("listen"));
+    }
+
+    #[test]
+    fn file_values_sit_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stockflow.toml");
+        std::fs::write(&path, "workers = 3\nepoch_ms = 50\n[demo]\nrate = 7\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), epoch_ms: Some(20), ..Default::default() };
+        let settings = Settings::resolve(&args, Some(None)).unwrap();
+        assert_eq!(settings.workers, 3);
+        assert_eq!(settings.epoch, Duration::from_millis(20));
+        assert_eq!(settings.demo_rate, Some(7));
+        std::fs::write(&path, "wrokers = 3\n").unwrap();
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors[0].contains("unknown field `wrokers`"), "{errors:?}");
+    }
+}

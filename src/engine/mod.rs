@@ -1,0 +1,262 @@
+//! The engine: timely workers that read the sources in epochs, run the
+//! dataflows, and publish the views per completed epoch.
+//!
+//! Data enters in [`worker`]'s read loop (partition `i` of the flat list of
+//! all source partitions goes to worker `i % workers`), is decoded at the
+//! edge (a bad message is counted, logged with its position and skipped),
+//! flows through `stockflow-dataflows`, and leaves through the publisher in
+//! [`publish`], which runs on worker 0 and swaps snapshots into the [`Store`].
+
+mod publish;
+
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::source::{PartitionReader, Record, Source, SourceError};
+use crate::store::Store;
+use anyhow::Context;
+use differential_dataflow::input::InputSession;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stockflow_dataflows::model::{decode_event, DecodeError, Epoch, Event, RecordContext};
+use timely::dataflow::operators::probe::Handle;
+
+/// How the bytes of a topic's messages are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// stockflow's own JSON events (DESIGN.md "Events").
+    #[default]
+    Stockflow,
+}
+
+impl Format {
+    /// Decodes one message into an event.
+    pub fn decode(self, record: &Record) -> Result<Event, DecodeError> {
+        match self {
+            Format::Stockflow => decode_event(&record.payload, RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) }),
+        }
+    }
+}
+
+/// A topic to read and how to read it.
+#[derive(Clone)]
+pub struct SourceSpec {
+    /// The topic.
+    pub source: Arc<dyn Source>,
+    /// Its message format.
+    pub format: Format,
+}
+
+/// How the engine cuts input into epochs and spreads it over threads.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Timely worker threads.
+    pub workers: usize,
+    /// An epoch closes after this long...
+    pub epoch: Duration,
+    /// ...or after this many messages read by one worker, whichever is first.
+    pub epoch_max_events: usize,
+    /// Topics to read, from offset 0.
+    pub sources: Vec<SourceSpec>,
+}
+
+/// Epochs a worker may run ahead of the dataflow before it waits (backpressure).
+const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+/// Messages read from one partition per call.
+const READ_CHUNK: usize = 4096;
+
+/// A running engine; join it after triggering shutdown.
+pub struct EngineHandle {
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl EngineHandle {
+    /// Waits for the workers to finish (after shutdown was triggered).
+    pub fn join(self) -> anyhow::Result<()> {
+        self.thread.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))?
+    }
+}
+
+/// Starts the workers on their own threads and returns at once.
+pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<EngineHandle> {
+    anyhow::ensure!(config.workers >= 1, "--workers must be at least 1");
+    // What "caught up" means for /ready: the ends of the partitions now.
+    let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    for spec in &config.sources {
+        for partition in 0..spec.source.partitions() {
+            let end = spec
+                .source
+                .reader(partition, 0)
+                .and_then(|r| r.end_offset())
+                .with_context(|| format!("reading the end of {}/{partition}", spec.source.topic()))?;
+            targets.entry(spec.source.topic().to_owned()).or_default().insert(partition, end);
+        }
+    }
+    store.set_startup_targets(targets);
+    let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
+        let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
+            if let Err(error) = worker::run(worker, &config, &store, &metrics, &shutdown) {
+                tracing::error!(%error, "worker stopped");
+                shutdown.trigger();
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?;
+        for result in guards.join() {
+            result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
+        }
+        Ok(())
+    })?;
+    Ok(EngineHandle { thread })
+}
+
+/// The per-worker read loop.
+mod worker {
+    use super::*;
+    use timely::worker::Worker;
+
+    /// One partition this worker reads.
+    struct Assigned {
+        source: u32,
+        topic: String,
+        format: Format,
+        reader: Box<dyn PartitionReader>,
+        /// Position last reported to the publisher.
+        reported: Option<u64>,
+        /// When to retry after a read error.
+        retry_at: Option<Instant>,
+        failures: u32,
+    }
+
+    pub(super) fn run(worker: &mut Worker, config: &EngineConfig, store: &Arc<Store>, metrics: &Metrics, shutdown: &Shutdown) -> Result<(), SourceError> {
+        let index = worker.index();
+        let peers = worker.peers();
+        let topics: Vec<String> = config.sources.iter().map(|s| s.source.topic().to_owned()).collect();
+        let closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
+        let probe = Handle::new();
+
+        let (mut events_in, mut progress_in): (InputSession<Epoch, Event, isize>, InputSession<Epoch, (u32, u32, u64), isize>) = worker
+            .dataflow::<Epoch, _, _>(|scope| {
+                let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
+                let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
+                publish::views(events, progress, publish::Publisher::new(index, topics.clone(), store.clone(), metrics.clone(), closed_at.clone()), &probe);
+                (events_in, progress_in)
+            });
+
+        let mut assigned = Vec::new();
+        let mut flat = 0usize;
+        for (source, spec) in config.sources.iter().enumerate() {
+            for partition in 0..spec.source.partitions() {
+                if flat % peers == index {
+                    assigned.push(Assigned {
+                        source: source as u32,
+                        topic: spec.source.topic().to_owned(),
+                        format: spec.format,
+                        reader: spec.source.reader(partition, 0)?,
+                        reported: None,
+                        retry_at: None,
+                        failures: 0,
+                    });
+                }
+                flat += 1;
+            }
+        }
+        tracing::info!(worker = index, partitions = assigned.len(), "worker started");
+
+        // Epoch 0 stays empty: an `as_of.epoch` of 0 means "nothing published yet".
+        let mut epoch: Epoch = 1;
+        events_in.advance_to(epoch);
+        progress_in.advance_to(epoch);
+        let mut records = Vec::with_capacity(READ_CHUNK);
+        while !shutdown.is_triggered() {
+            let deadline = Instant::now() + config.epoch;
+            let mut read_in_epoch = 0usize;
+            loop {
+                let mut read_now = 0usize;
+                for part in assigned.iter_mut() {
+                    if part.retry_at.is_some_and(|at| Instant::now() < at) {
+                        continue;
+                    }
+                    records.clear();
+                    let budget = READ_CHUNK.min(config.epoch_max_events.saturating_sub(read_in_epoch).max(1));
+                    match part.reader.read(budget, &mut records) {
+                        Ok(_) => {
+                            part.failures = 0;
+                            part.retry_at = None;
+                        }
+                        Err(error) => {
+                            part.failures += 1;
+                            let backoff = Duration::from_millis(100u64 << part.failures.min(6));
+                            tracing::warn!(%error, topic = %part.topic, partition = part.reader.partition(), retry_in_ms = backoff.as_millis() as u64, "source read failed");
+                            metrics.source_errors.with_label_values(&[&part.topic]).inc();
+                            part.retry_at = Some(Instant::now() + backoff);
+                            continue;
+                        }
+                    }
+                    let mut decoded = 0u64;
+                    for record in records.drain(..) {
+                        match part.format.decode(&record) {
+                            Ok(event) => {
+                                events_in.insert(event);
+                                decoded += 1;
+                            }
+                            Err(error) => {
+                                tracing::warn!(topic = %part.topic, partition = part.reader.partition(), offset = record.offset, %error, "skipping a message that does not decode");
+                                metrics.decode_errors.with_label_values(&[&part.topic, error.class()]).inc();
+                            }
+                        }
+                        read_now += 1;
+                    }
+                    if decoded > 0 {
+                        metrics.events_in.with_label_values(&[&part.topic]).inc_by(decoded);
+                    }
+                }
+                read_in_epoch += read_now;
+                let now = Instant::now();
+                if read_in_epoch >= config.epoch_max_events || now >= deadline || shutdown.is_triggered() {
+                    break;
+                }
+                if read_now == 0 {
+                    worker.step_or_park(Some(deadline - now));
+                } else {
+                    worker.step();
+                }
+            }
+
+            // Close the epoch: record how far each partition got, move time on.
+            for part in assigned.iter_mut() {
+                let position = part.reader.position();
+                if part.reported != Some(position) {
+                    progress_in.insert((part.source, part.reader.partition(), position));
+                    part.reported = Some(position);
+                }
+                let partition = part.reader.partition().to_string();
+                let labels = [part.topic.as_str(), partition.as_str()];
+                metrics.source_position.with_label_values(&labels).set(position as i64);
+                if let Ok(end) = part.reader.end_offset() {
+                    metrics.source_end.with_label_values(&labels).set(end as i64);
+                    metrics.source_lag.with_label_values(&labels).set(end.saturating_sub(position) as i64);
+                }
+            }
+            if index == 0 {
+                closed_at.borrow_mut().insert(epoch, Instant::now());
+            }
+            epoch += 1;
+            events_in.advance_to(epoch);
+            progress_in.advance_to(epoch);
+            events_in.flush();
+            progress_in.flush();
+            worker.step();
+            while probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)) && !shutdown.is_triggered() {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        }
+        drop(events_in);
+        drop(progress_in);
+        while worker.step_or_park(Some(Duration::from_millis(10))) {}
+        tracing::info!(worker = index, epoch, "worker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! `application/problem+json` errors (RFC 7807) and the extractors whose
+//! rejections are such problems.
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+/// An error answered as problem+json. 5xx details never show internals.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    title: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    /// 400: a parameter or body is wrong; `detail` names it and the rule.
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, kind: "bad-request", title: "Bad request", detail: detail.into() }
+    }
+
+    /// 404: the resource does not exist.
+    pub fn not_found(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, kind: "not-found", title: "Not found", detail: detail.into() }
+    }
+
+    /// 405: the route exists but not with this method.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "method-not-allowed",
+            title: "Method not allowed",
+            detail: "this route does not accept that method".into(),
+        }
+    }
+
+    /// 503: the service cannot answer yet (catching up, or a wait timed out).
+    pub fn unavailable(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", title: "Service unavailable", detail: detail.into() }
+    }
+
+    /// 500: logged in full here, answered without internals.
+    pub fn internal(error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%error, "internal error answering a request");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "internal",
+            title: "Internal server error",
+            detail: "the server failed to answer; the error is in its logs".into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": format!("https://stockflow.dev/problems/{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Query parameters whose rejection is a 400 problem naming the parameter.
+/// Unknown parameters are rejected too: a typo is not silently ignored.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Params(value)),
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+                Err(ApiError::bad_request(format!("query parameter {detail}")))
+            }
+        }
+    }
+}
+
+/// One path segment, with a 400 problem when it cannot be read.
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Segment(value)),
+            Err(rejection) => Err(ApiError::bad_request(format!("path: {}", rejection.body_text()))),
+        }
+    }
+}

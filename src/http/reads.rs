@@ -1,0 +1,307 @@
+//! Read handlers over the published views.
+
+use super::error::{ApiError, Params, Segment};
+use super::AppState;
+use crate::store::Snapshot;
+use axum::extract::State;
+use axum::Json;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+use stockflow_dataflows::model::decode::{validate_name, MAX_NAME_LEN};
+use stockflow_dataflows::model::{EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey, DEFAULT_TENANT};
+
+/// Rows per page when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Largest `limit` accepted.
+pub const MAX_LIMIT: usize = 1000;
+/// `wait_ms` when `after` is given without it.
+pub const DEFAULT_WAIT_MS: u64 = 2000;
+/// Largest `wait_ms` accepted.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReadParams {
+    tenant: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StockListParams {
+    tenant: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<u64>,
+    location: Option<String>,
+    below: Option<i64>,
+    category: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ItemListParams {
+    tenant: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<u64>,
+    category: Option<String>,
+    active: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/items/{sku}`
+pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
+    let sku = parameter_name("sku", &sku)?;
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let key = SkuKey { tenant: tenant.clone(), sku: sku.clone() };
+    let row = snapshot.items.get(&key).ok_or_else(|| ApiError::not_found(format!("no item `{sku}` in tenant `{tenant}`")))?;
+    Ok(Json(json!({"as_of": snapshot.as_of, "item": item_json(&key, row)})))
+}
+
+/// `GET /v1/items`
+pub(super) async fn list_items(State(state): State<AppState>, Params(params): Params<ItemListParams>) -> Result<Json<Value>, ApiError> {
+    let category = params.category.as_deref().map(|c| parameter_name("category", c)).transpose()?;
+    let limit = page_limit(params.limit)?;
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let start = match params.cursor.as_deref() {
+        Some(cursor) => {
+            let parts = decode_cursor(cursor, 1)?;
+            Bound::Excluded(SkuKey { tenant: tenant.clone(), sku: parts[0].clone() })
+        }
+        None => Bound::Included(SkuKey { tenant: tenant.clone(), sku: Name::default() }),
+    };
+    let mut rows = Vec::new();
+    let mut next_cursor = None;
+    for (key, row) in snapshot.items.range((start, Bound::Unbounded)) {
+        if key.tenant != tenant {
+            break;
+        }
+        if category.as_ref().is_some_and(|c| *c != row.category) || params.active.is_some_and(|a| a != row.active) {
+            continue;
+        }
+        if rows.len() == limit {
+            next_cursor = Some(encode_cursor(&[&rows_last_sku(&rows)]));
+            break;
+        }
+        rows.push(item_json(key, row));
+    }
+    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})))
+}
+
+fn rows_last_sku(rows: &[Value]) -> String {
+    rows.last().and_then(|r| r["sku"].as_str()).unwrap_or_default().to_owned()
+}
+
+/// `GET /v1/stock/{sku}`: totals plus one row per location.
+pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
+    let sku = parameter_name("sku", &sku)?;
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let key = SkuKey { tenant: tenant.clone(), sku: sku.clone() };
+    let totals = snapshot.stock_totals.get(&key);
+    if totals.is_none() && !snapshot.items.contains_key(&key) {
+        return Err(ApiError::not_found(format!("no item or stock for sku `{sku}` in tenant `{tenant}`")));
+    }
+    let start = StockKey { tenant: tenant.clone(), sku: sku.clone(), location: Name::default() };
+    let locations: Vec<Value> = snapshot
+        .stock
+        .range(start..)
+        .take_while(|(k, _)| k.tenant == tenant && k.sku == sku)
+        .map(|(k, delta)| {
+            let mut row = quantities_json(Some(delta));
+            row["location"] = json!(k.location);
+            row
+        })
+        .collect();
+    Ok(Json(json!({
+        "as_of": snapshot.as_of,
+        "tenant": tenant,
+        "sku": sku,
+        "totals": quantities_json(totals),
+        "locations": locations,
+    })))
+}
+
+/// `GET /v1/stock`: one row per sku and location, filtered and paginated.
+pub(super) async fn list_stock(State(state): State<AppState>, Params(params): Params<StockListParams>) -> Result<Json<Value>, ApiError> {
+    let location = params.location.as_deref().map(|l| parameter_name("location", l)).transpose()?;
+    let category = params.category.as_deref().map(|c| parameter_name("category", c)).transpose()?;
+    let limit = page_limit(params.limit)?;
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let start = match params.cursor.as_deref() {
+        Some(cursor) => {
+            let parts = decode_cursor(cursor, 2)?;
+            Bound::Excluded(StockKey { tenant: tenant.clone(), sku: parts[0].clone(), location: parts[1].clone() })
+        }
+        None => Bound::Included(StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() }),
+    };
+    let mut rows = Vec::new();
+    let mut last: Option<&StockKey> = None;
+    let mut next_cursor = None;
+    for (key, delta) in snapshot.stock.range((start, Bound::Unbounded)) {
+        if key.tenant != tenant {
+            break;
+        }
+        if location.as_ref().is_some_and(|l| *l != key.location) || params.below.is_some_and(|b| delta.available() >= b) {
+            continue;
+        }
+        if let Some(category) = &category {
+            let item = snapshot.items.get(&SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() });
+            if item.is_none_or(|i| i.category != *category) {
+                continue;
+            }
+        }
+        if rows.len() == limit {
+            if let Some(last) = last {
+                next_cursor = Some(encode_cursor(&[&last.sku, &last.location]));
+            }
+            break;
+        }
+        rows.push(stock_json(key, delta));
+        last = Some(key);
+    }
+    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})))
+}
+
+/// `GET /v1/views`: the catalogue of views.
+pub(super) async fn views(State(state): State<AppState>, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
+    let (_tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let views = json!([
+        {"name": "items", "key": ["tenant", "sku"], "columns": ["name", "price", "category", "reorder_point", "active", "updated_at"], "rows": snapshot.items.len()},
+        {"name": "stock", "key": ["tenant", "sku", "location"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock.len()},
+        {"name": "stock_totals", "key": ["tenant", "sku"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock_totals.len()},
+    ]);
+    Ok(Json(json!({"as_of": snapshot.as_of, "views": views})))
+}
+
+/// Resolves the tenant and returns a snapshot that reflects `after`.
+async fn consistent_read(state: &AppState, tenant: Option<String>, after: Option<String>, wait_ms: Option<u64>) -> Result<(Name, Arc<Snapshot>), ApiError> {
+    let tenant = match tenant {
+        Some(t) => parameter_name("tenant", &t)?,
+        None => Name::from(DEFAULT_TENANT),
+    };
+    if wait_ms.is_some_and(|w| w > MAX_WAIT_MS) {
+        return Err(ApiError::bad_request(format!("query parameter wait_ms: at most {MAX_WAIT_MS}")));
+    }
+    let Some(after) = after else {
+        return Ok((tenant, state.store.snapshot()));
+    };
+    let targets = parse_tokens(&after)?;
+    let wait = Duration::from_millis(wait_ms.unwrap_or(DEFAULT_WAIT_MS));
+    match state.store.wait_for(&targets, wait).await {
+        Some(snapshot) => Ok((tenant, snapshot)),
+        None => Err(ApiError::unavailable(format!("the views did not reach `{after}` within {} ms; retry or raise wait_ms", wait.as_millis()))),
+    }
+}
+
+/// Parses `after`: comma-separated `topic:partition:offset` tokens, as command
+/// answers give them. The views must reflect each offset (reach offset + 1).
+pub fn parse_tokens(text: &str) -> Result<BTreeMap<String, BTreeMap<u32, u64>>, ApiError> {
+    let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    for token in text.split(',') {
+        let bad = || ApiError::bad_request(format!("query parameter after: `{token}` is not a token (topic:partition:offset)"));
+        let mut parts = token.rsplitn(3, ':');
+        let offset: u64 = parts.next().and_then(|o| o.parse().ok()).ok_or_else(bad)?;
+        let partition: u32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+        let topic = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
+        let entry = targets.entry(topic.to_owned()).or_default().entry(partition).or_insert(0);
+        *entry = (*entry).max(offset + 1);
+    }
+    Ok(targets)
+}
+
+fn parameter_name(parameter: &str, value: &str) -> Result<Name, ApiError> {
+    validate_name(value).map_err(|reason| ApiError::bad_request(format!("{parameter}: {reason}")))?;
+    Ok(Name::from(value))
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
+        Some(l) => Err(ApiError::bad_request(format!("query parameter limit: must be between 1 and {MAX_LIMIT}, got {l}"))),
+    }
+}
+
+fn encode_cursor(parts: &[&str]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts.join("/"))
+}
+
+fn decode_cursor(cursor: &str, parts: usize) -> Result<Vec<Name>, ApiError> {
+    let bad = || ApiError::bad_request("query parameter cursor: not a cursor returned by this listing");
+    if cursor.len() > 4 * (MAX_NAME_LEN + 1) * parts {
+        return Err(bad());
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let split: Vec<Name> = text.split('/').map(Name::from).collect();
+    if split.len() != parts || split.iter().any(|p| validate_name(p).is_err()) {
+        return Err(bad());
+    }
+    Ok(split)
+}
+
+/// RFC 3339 text of an event time, in UTC with milliseconds.
+pub fn rfc3339(ms: EventTime) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+fn quantities_json(delta: Option<&StockDelta>) -> Value {
+    let delta = delta.copied().unwrap_or_default();
+    let updated_at = if delta.updated_at == 0 && delta.on_hand == 0 && delta.reserved == 0 { None } else { rfc3339(delta.updated_at) };
+    json!({"on_hand": delta.on_hand, "reserved": delta.reserved, "available": delta.available(), "updated_at": updated_at})
+}
+
+fn stock_json(key: &StockKey, delta: &StockDelta) -> Value {
+    json!({
+        "tenant": key.tenant,
+        "sku": key.sku,
+        "location": key.location,
+        "on_hand": delta.on_hand,
+        "reserved": delta.reserved,
+        "available": delta.available(),
+        "updated_at": rfc3339(delta.updated_at),
+    })
+}
+
+fn item_json(key: &SkuKey, row: &ItemRow) -> Value {
+    json!({
+        "tenant": key.tenant,
+        "sku": key.sku,
+        "name": row.name,
+        "price": row.price,
+        "category": row.category,
+        "reorder_point": row.reorder_point,
+        "active": row.active,
+        "updated_at": rfc3339(row.updated_at),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_and_reject() {
+        let t = parse_tokens("inventory.events:3:41,inventory.events:3:7").unwrap();
+        assert_eq!(t["inventory.events"][&3], 42);
+        for bad in ["", "x", "t:1", "t:a:1", ":1:2", "t:1:-1"] {
+            assert!(parse_tokens(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor(&["SKU-1", "madrid"]);
+        assert_eq!(decode_cursor(&c, 2).unwrap(), vec![Name::from("SKU-1"), Name::from("madrid")]);
+        assert!(decode_cursor(&c, 1).is_err());
+        assert!(decode_cursor("!!!", 2).is_err());
+    }
+}

@@ -1,0 +1,689 @@
+//! The embedded log: append-only, partitioned, file-backed topics under the
+//! data directory, used when no broker is configured.
+//!
+//! Layout: `<dir>/<topic>/topic.json` (partition count) and
+//! `<dir>/<topic>/<partition>/<base offset, 20 digits>.log` segments. A
+//! record is, little endian:
+//!
+//! ```text
+//! [len u32][crc32 u32][offset u64][timestamp i64][key_len i32, -1 = none][key][payload]
+//! ```
+//!
+//! `len` counts the bytes after the crc; the crc covers the same bytes.
+//!
+//! Durability: every append is written through to the OS before it is
+//! visible to readers, so a crash of the process loses nothing acknowledged;
+//! `fsync` happens on [`Topic::sync`], on segment roll and, with
+//! [`LogOptions::fsync_every_append`], on every append. A power loss can lose
+//! appends since the last fsync. On open, the last segment of every
+//! partition is validated and a torn or corrupt tail is truncated away, so a
+//! damaged record is never returned.
+
+use crate::source::{partition_for_key, PartitionReader, Record, Source, SourceError};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Bytes before a record's body: length and checksum.
+const HEADER: usize = 8;
+/// Fixed part of a body: offset, timestamp, key length.
+const BODY_FIXED: usize = 20;
+/// Largest record body accepted (16 MiB), so a corrupt length is never trusted.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// Tunables of the embedded log.
+#[derive(Clone, Copy, Debug)]
+pub struct LogOptions {
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// `fsync` after every append (slow; survives power loss).
+    pub fsync_every_append: bool,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions { segment_bytes: 64 << 20, fsync_every_append: false }
+    }
+}
+
+/// The embedded log: a directory of topics.
+pub struct Log {
+    dir: PathBuf,
+    options: LogOptions,
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SourceError {
+    let what = what.into();
+    move |source| SourceError::Io { what, source }
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir` with default options.
+    pub fn open(dir: &Path) -> Result<Log, SourceError> {
+        Log::open_with(dir, LogOptions::default())
+    }
+
+    /// Opens (creating if needed) the log in `dir`.
+    pub fn open_with(dir: &Path, options: LogOptions) -> Result<Log, SourceError> {
+        fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        Ok(Log { dir: dir.to_path_buf(), options, topics: Mutex::new(HashMap::new()) })
+    }
+
+    /// Opens a topic, creating it with `partitions` partitions if it does not
+    /// exist; an existing topic keeps its own partition count.
+    pub fn topic(&self, name: &str, partitions: u32) -> Result<Arc<Topic>, SourceError> {
+        self.open_topic(name, Some(partitions))?.ok_or_else(|| SourceError::NotFound(format!("topic {name}")))
+    }
+
+    /// Opens a topic only if it exists.
+    pub fn existing_topic(&self, name: &str) -> Result<Option<Arc<Topic>>, SourceError> {
+        self.open_topic(name, None)
+    }
+
+    fn open_topic(&self, name: &str, create: Option<u32>) -> Result<Option<Arc<Topic>>, SourceError> {
+        validate_topic(name)?;
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(topic) = topics.get(name) {
+            return Ok(Some(topic.clone()));
+        }
+        let dir = self.dir.join(name);
+        let meta = dir.join("topic.json");
+        let partitions = match fs::read_to_string(&meta) {
+            Ok(text) => {
+                let value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| SourceError::Corrupt { what: meta.display().to_string(), detail: e.to_string() })?;
+                value["partitions"]
+                    .as_u64()
+                    .filter(|p| *p >= 1)
+                    .ok_or_else(|| SourceError::Corrupt { what: meta.display().to_string(), detail: "no partition count".into() })? as u32
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => match create {
+                Some(partitions) => {
+                    if partitions == 0 {
+                        return Err(SourceError::Invalid("a topic needs at least one partition".into()));
+                    }
+                    fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+                    write_atomically(&meta, serde_json::json!({"partitions": partitions}).to_string().as_bytes())?;
+                    partitions
+                }
+                None => return Ok(None),
+            },
+            Err(e) => return Err(io(format!("reading {}", meta.display()))(e)),
+        };
+        let partitions = (0..partitions).map(|p| Partition::open(&dir.join(p.to_string()), p, self.options)).collect::<Result<Vec<_>, _>>()?;
+        let topic = Arc::new(Topic { name: name.to_owned(), partitions });
+        topics.insert(name.to_owned(), topic.clone());
+        Ok(Some(topic))
+    }
+}
+
+/// Kafka's topic name rule: 1 to 249 of `A-Z a-z 0-9 . _ -`, not `.` or `..`.
+fn validate_topic(name: &str) -> Result<(), SourceError> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SourceError::Invalid(format!("`{name}` is not a topic name (1 to 249 of letters, digits, '.', '_', '-')")))
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
+    let temp = path.with_extension("tmp");
+    let mut file = File::create(&temp).map_err(io(format!("creating {}", temp.display())))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io(format!("writing {}", temp.display())))?;
+    fs::rename(&temp, path).map_err(io(format!("renaming {}", temp.display())))?;
+    if let Some(parent) = path.parent() {
+        if let Ok(dir) = File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// One topic of the embedded log.
+pub struct Topic {
+    name: String,
+    partitions: Vec<Partition>,
+}
+
+impl Topic {
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    fn partition(&self, partition: u32) -> Result<&Partition, SourceError> {
+        self.partitions
+            .get(partition as usize)
+            .ok_or_else(|| SourceError::NotFound(format!("partition {partition} of {} ({} partitions)", self.name, self.partitions.len())))
+    }
+
+    /// Appends to the partition of `key` (Kafka's murmur2 partitioner);
+    /// returns the partition and the offset given.
+    pub fn append(&self, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<(u32, u64), SourceError> {
+        let partition = partition_for_key(key, self.partitions());
+        Ok((partition, self.append_to(partition, key, payload, timestamp_ms)?))
+    }
+
+    /// Appends to one partition; returns the offset given.
+    pub fn append_to(&self, partition: u32, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<u64, SourceError> {
+        let partition = self.partition(partition)?;
+        let mut writer = partition.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let offset = writer.append(Some(key), payload, timestamp_ms)?;
+        writer.commit(&partition.end)?;
+        Ok(offset)
+    }
+
+    /// Appends many records, taking each partition's lock once; returns the
+    /// partition and offset of each, in order.
+    pub fn append_batch(&self, records: &[(&[u8], &[u8], i64)]) -> Result<Vec<(u32, u64)>, SourceError> {
+        let n = self.partitions();
+        let targets: Vec<u32> = records.iter().map(|(key, _, _)| partition_for_key(key, n)).collect();
+        let mut positions = vec![(0, 0); records.len()];
+        for (index, partition) in self.partitions.iter().enumerate() {
+            if !targets.contains(&(index as u32)) {
+                continue;
+            }
+            let mut writer = partition.writer.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, (key, payload, ts)) in records.iter().enumerate() {
+                if targets[i] == index as u32 {
+                    positions[i] = (index as u32, writer.append(Some(key), payload, *ts)?);
+                }
+            }
+            writer.commit(&partition.end)?;
+        }
+        Ok(positions)
+    }
+
+    /// Offset after the last record of `partition` (0 for an unknown partition).
+    pub fn end_offset(&self, partition: u32) -> u64 {
+        self.partitions.get(partition as usize).map_or(0, |p| p.end.load(Ordering::Acquire))
+    }
+
+    /// Flushes and fsyncs every partition.
+    pub fn sync(&self) -> Result<(), SourceError> {
+        for partition in &self.partitions {
+            partition.writer.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
+        }
+        Ok(())
+    }
+
+    /// A reader of `partition` starting at offset `from` (at most the end).
+    pub fn reader(&self, partition: u32, from: u64) -> Result<LogReader, SourceError> {
+        let p = self.partition(partition)?;
+        let end = p.end.load(Ordering::Acquire);
+        if from > end {
+            return Err(SourceError::Invalid(format!("offset {from} is beyond the end ({end}) of {}/{partition}", self.name)));
+        }
+        Ok(LogReader { dir: p.dir.clone(), partition, end: p.end.clone(), segments: p.segments.clone(), position: from, current: None })
+    }
+}
+
+impl Log {
+    /// Flushes and fsyncs every open topic.
+    pub fn sync(&self) -> Result<(), SourceError> {
+        let topics: Vec<Arc<Topic>> = self.topics.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        topics.iter().try_for_each(|t| t.sync())
+    }
+}
+
+impl Source for Topic {
+    fn topic(&self) -> &str {
+        &self.name
+    }
+
+    fn partitions(&self) -> u32 {
+        Topic::partitions(self)
+    }
+
+    fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn PartitionReader>, SourceError> {
+        Ok(Box::new(Topic::reader(self, partition, from)?))
+    }
+}
+
+/// One partition: a writer behind a lock, and what readers share with it.
+struct Partition {
+    dir: PathBuf,
+    writer: Mutex<Writer>,
+    /// Offset after the last record readers may see (published after the write).
+    end: Arc<AtomicU64>,
+    /// Base offsets of the segments, ascending.
+    segments: Arc<RwLock<Vec<u64>>>,
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+impl Partition {
+    fn open(dir: &Path, partition: u32, options: LogOptions) -> Result<Partition, SourceError> {
+        fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let mut bases: Vec<u64> = fs::read_dir(dir)
+            .map_err(io(format!("listing {}", dir.display())))?
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.strip_suffix(".log")).and_then(|b| b.parse().ok()))
+            .collect();
+        bases.sort_unstable();
+        if bases.is_empty() {
+            File::create(segment_path(dir, 0)).map_err(io(format!("creating a segment in {}", dir.display())))?;
+            bases.push(0);
+        }
+        let base = *bases.last().expect("one segment at least");
+        let path = segment_path(dir, base);
+        let (next_offset, valid_len) = recover(&path, base, partition)?;
+        let file = OpenOptions::new().append(true).open(&path).map_err(io(format!("opening {}", path.display())))?;
+        Ok(Partition {
+            dir: dir.to_path_buf(),
+            writer: Mutex::new(Writer {
+                dir: dir.to_path_buf(),
+                file: BufWriter::with_capacity(256 << 10, file),
+                size: valid_len,
+                next_offset,
+                options,
+                segments: Arc::new(RwLock::new(Vec::new())),
+            }),
+            end: Arc::new(AtomicU64::new(next_offset)),
+            segments: Arc::new(RwLock::new(bases)),
+        })
+        .map(|p| {
+            // Writer and readers share the one list of segments.
+            p.writer.lock().unwrap_or_else(|e| e.into_inner()).segments = p.segments.clone();
+            p
+        })
+    }
+}
+
+/// Validates the last segment; truncates a torn or corrupt tail.
+/// Returns the next offset and the valid length.
+fn recover(path: &Path, base: u64, partition: u32) -> Result<(u64, u64), SourceError> {
+    let file = File::open(path).map_err(io(format!("opening {}", path.display())))?;
+    let total = file.metadata().map_err(io(format!("reading {}", path.display())))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut expected = base;
+    let mut valid = 0u64;
+    let mut body = Vec::new();
+    loop {
+        match read_record(&mut reader, &mut body) {
+            Ok(Some(record)) if record.offset == expected => {
+                expected += 1;
+                valid += (HEADER + body.len()) as u64;
+            }
+            Ok(None) => break,
+            Ok(Some(_)) | Err(_) => break,
+        }
+    }
+    if valid < total {
+        tracing::warn!(path = %path.display(), partition, offset = expected, bytes_dropped = total - valid, "embedded log: truncating a torn or corrupt tail");
+        let file = OpenOptions::new().write(true).open(path).map_err(io(format!("opening {}", path.display())))?;
+        file.set_len(valid).and_then(|_| file.sync_all()).map_err(io(format!("truncating {}", path.display())))?;
+    }
+    Ok((expected, valid))
+}
+
+/// Why a record could not be read.
+enum RecordError {
+    /// The bytes are damaged.
+    Corrupt(String),
+    /// The file could not be read.
+    Io(std::io::Error),
+}
+
+/// Reads one record; `Ok(None)` at a clean end of file. A partial record at
+/// the end of the file is `Corrupt("truncated …")`.
+fn read_record(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Record>, RecordError> {
+    let mut header = [0u8; HEADER];
+    match read_full(reader, &mut header) {
+        Ok(0) => return Ok(None),
+        Ok(n) if n < HEADER => return Err(RecordError::Corrupt(format!("truncated header ({n} bytes)"))),
+        Ok(_) => {}
+        Err(e) => return Err(RecordError::Io(e)),
+    }
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if !(BODY_FIXED..=MAX_RECORD_BYTES).contains(&len) {
+        return Err(RecordError::Corrupt(format!("impossible record length {len}")));
+    }
+    body.resize(len, 0);
+    match read_full(reader, body) {
+        Ok(n) if n < len => return Err(RecordError::Corrupt(format!("truncated record ({n} of {len} bytes)"))),
+        Ok(_) => {}
+        Err(e) => return Err(RecordError::Io(e)),
+    }
+    if crc32fast::hash(body) != crc {
+        return Err(RecordError::Corrupt("checksum mismatch".into()));
+    }
+    let offset = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+    let timestamp_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    let key_len = i32::from_le_bytes(body[16..20].try_into().expect("4 bytes"));
+    let key_end = BODY_FIXED + key_len.max(0) as usize;
+    if key_end > len {
+        return Err(RecordError::Corrupt(format!("key length {key_len} beyond the record")));
+    }
+    let key = (key_len >= 0).then(|| body[BODY_FIXED..key_end].to_vec());
+    Ok(Some(Record { offset, timestamp_ms, key, payload: body[key_end..].to_vec() }))
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The appending side of a partition.
+struct Writer {
+    dir: PathBuf,
+    file: BufWriter<File>,
+    size: u64,
+    next_offset: u64,
+    options: LogOptions,
+    segments: Arc<RwLock<Vec<u64>>>,
+}
+
+impl Writer {
+    /// Buffers one record; visible to readers after [`Writer::commit`].
+    fn append(&mut self, key: Option<&[u8]>, payload: &[u8], timestamp_ms: i64) -> Result<u64, SourceError> {
+        let key_len = key.map_or(0, <[u8]>::len);
+        let len = BODY_FIXED + key_len + payload.len();
+        if len > MAX_RECORD_BYTES {
+            return Err(SourceError::Invalid(format!("record of {len} bytes exceeds the limit of {MAX_RECORD_BYTES}")));
+        }
+        if self.size > 0 && self.size + (HEADER + len) as u64 > self.options.segment_bytes {
+            self.roll()?;
+        }
+        let offset = self.next_offset;
+        let mut body = Vec::with_capacity(len);
+        body.extend_from_slice(&offset.to_le_bytes());
+        body.extend_from_slice(&timestamp_ms.to_le_bytes());
+        body.extend_from_slice(&key.map_or(-1i32, |k| k.len() as i32).to_le_bytes());
+        if let Some(key) = key {
+            body.extend_from_slice(key);
+        }
+        body.extend_from_slice(payload);
+        let what = || format!("appending to {}", self.dir.display());
+        self.file.write_all(&(len as u32).to_le_bytes()).map_err(io(what()))?;
+        self.file.write_all(&crc32fast::hash(&body).to_le_bytes()).map_err(io(what()))?;
+        self.file.write_all(&body).map_err(io(what()))?;
+        self.size += (HEADER + len) as u64;
+        self.next_offset += 1;
+        Ok(offset)
+    }
+
+    /// Writes buffered records through to the OS, then lets readers see them.
+    fn commit(&mut self, end: &AtomicU64) -> Result<(), SourceError> {
+        self.file.flush().map_err(io(format!("flushing {}", self.dir.display())))?;
+        if self.options.fsync_every_append {
+            self.file.get_ref().sync_data().map_err(io(format!("syncing {}", self.dir.display())))?;
+        }
+        end.store(self.next_offset, Ordering::Release);
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), SourceError> {
+        self.file.flush().and_then(|_| self.file.get_ref().sync_data()).map_err(io(format!("syncing {}", self.dir.display())))
+    }
+
+    /// Closes the active segment (fsynced) and starts one at the next offset.
+    fn roll(&mut self) -> Result<(), SourceError> {
+        self.sync()?;
+        let path = segment_path(&self.dir, self.next_offset);
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(format!("creating {}", path.display())))?;
+        self.file = BufWriter::with_capacity(256 << 10, file);
+        self.size = 0;
+        self.segments.write().unwrap_or_else(|p| p.into_inner()).push(self.next_offset);
+        Ok(())
+    }
+}
+
+/// Sequential reader of one partition of the embedded log.
+pub struct LogReader {
+    dir: PathBuf,
+    partition: u32,
+    end: Arc<AtomicU64>,
+    segments: Arc<RwLock<Vec<u64>>>,
+    position: u64,
+    /// Open segment: its base, the reader, and the offset it is positioned at.
+    current: Option<(u64, BufReader<File>, u64)>,
+}
+
+impl LogReader {
+    /// Opens the segment holding `position` and skips to it.
+    fn open_segment(&mut self) -> Result<(), SourceError> {
+        let base = {
+            let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            let index = segments.partition_point(|b| *b <= self.position);
+            segments[index.saturating_sub(1)]
+        };
+        let path = segment_path(&self.dir, base);
+        let file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut at = base;
+        let mut body = Vec::new();
+        // Skip the records before `position` (the segment's sparse index is its start).
+        while at < self.position {
+            match read_record(&mut reader, &mut body) {
+                Ok(Some(_)) => at += 1,
+                Ok(None) => break,
+                Err(RecordError::Io(e)) => return Err(io(format!("reading {}", path.display()))(e)),
+                Err(RecordError::Corrupt(detail)) => return Err(SourceError::Corrupt { what: format!("{} at offset {at}", path.display()), detail }),
+            }
+        }
+        self.current = Some((base, reader, at));
+        Ok(())
+    }
+}
+
+impl PartitionReader for LogReader {
+    fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    fn read(&mut self, max: usize, out: &mut Vec<Record>) -> Result<usize, SourceError> {
+        let end = self.end.load(Ordering::Acquire);
+        let mut count = 0;
+        let mut body = Vec::new();
+        while count < max && self.position < end {
+            if self.current.as_ref().is_none_or(|(_, _, at)| *at != self.position) {
+                self.open_segment()?;
+            }
+            let (base, reader, at) = self.current.as_mut().expect("segment open");
+            let path = || segment_path(&self.dir, *base);
+            match read_record(reader, &mut body) {
+                Ok(Some(record)) => {
+                    if record.offset != self.position {
+                        return Err(SourceError::Corrupt {
+                            what: path().display().to_string(),
+                            detail: format!("expected offset {}, found {}", self.position, record.offset),
+                        });
+                    }
+                    *at += 1;
+                    self.position += 1;
+                    out.push(record);
+                    count += 1;
+                }
+                Ok(None) => {
+                    // End of this segment: the next one starts at `position`.
+                    let next_exists = self.segments.read().unwrap_or_else(|p| p.into_inner()).contains(&self.position);
+                    if !next_exists {
+                        return Err(SourceError::Corrupt {
+                            what: path().display().to_string(),
+                            detail: format!("ends before offset {} that the log holds", self.position),
+                        });
+                    }
+                    self.current = None;
+                }
+                Err(RecordError::Io(e)) => return Err(io(format!("reading {}", path().display()))(e)),
+                Err(RecordError::Corrupt(detail)) => {
+                    return Err(SourceError::Corrupt { what: format!("{} at offset {}", path().display(), self.position), detail })
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn end_offset(&self) -> Result<u64, SourceError> {
+        Ok(self.end.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(topic: &Topic, partition: u32, from: u64) -> Vec<Record> {
+        let mut reader = topic.reader(partition, from).unwrap();
+        let mut out = Vec::new();
+        while PartitionReader::read(&mut reader, 7, &mut out).unwrap() > 0 {}
+        out
+    }
+
+    #[test]
+    fn survives_restart_with_identical_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut written = Vec::new();
+        {
+            let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 300, fsync_every_append: false }).unwrap();
+            let topic = log.topic("t", 3).unwrap();
+            for i in 0..50 {
+                let key = format!("k{}", i % 7);
+                written.push((topic.append(key.as_bytes(), format!("payload {i}").as_bytes(), i).unwrap(), key, i));
+            }
+        }
+        let log = Log::open(dir.path()).unwrap();
+        let topic = log.topic("t", 9).unwrap();
+        assert_eq!(topic.partitions(), 3, "the stored partition count wins");
+        for ((partition, offset), key, i) in written {
+            let record = &read_all(&topic, partition, offset)[0];
+            assert_eq!(
+                (record.offset, record.key.as_deref(), record.payload.as_slice(), record.timestamp_ms),
+                (offset, Some(key.as_bytes()), format!("payload {i}").as_bytes(), i)
+            );
+        }
+        let next = topic.append_to(0, b"k", b"after restart", 0).unwrap();
+        assert_eq!(next, topic.end_offset(0) - 1);
+        assert!(fs::read_dir(dir.path().join("t/0")).unwrap().count() >= 2, "tiny segments rolled");
+    }
+
+    #[test]
+    fn reads_from_the_middle_across_segments_and_tails_new_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 200, fsync_every_append: false }).unwrap();
+        let topic = log.topic("t", 1).unwrap();
+        for i in 0..30 {
+            topic.append_to(0, b"k", format!("{i:03}").as_bytes(), 0).unwrap();
+        }
+        let bases = topic.partitions[0].segments.read().unwrap().clone();
+        assert!(bases.len() > 3);
+        for from in [0, 13, bases[2], 29, 30] {
+            let records = read_all(&topic, 0, from);
+            assert_eq!(records.len() as u64, 30 - from, "from {from}");
+            assert!(records.iter().zip(from..).all(|(r, o)| r.offset == o && r.payload == format!("{o:03}").as_bytes()));
+        }
+        let mut tail = topic.reader(0, 30).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(PartitionReader::read(&mut tail, 10, &mut out).unwrap(), 0);
+        topic.append_to(0, b"k", b"new", 0).unwrap();
+        assert_eq!(PartitionReader::read(&mut tail, 10, &mut out).unwrap(), 1);
+        assert_eq!(out[0].payload, b"new");
+        assert!(matches!(topic.reader(0, 32), Err(SourceError::Invalid(_))));
+    }
+
+    #[test]
+    fn torn_or_corrupt_tails_are_truncated_never_returned() {
+        type Damage = fn(&Path);
+        let damages: [(&str, Damage); 3] = [
+            ("garbage appended", |p| {
+                let mut f = OpenOptions::new().append(true).open(p).unwrap();
+                f.write_all(&[0xff, 0x01, 0x00]).unwrap();
+            }),
+            ("cut mid-record", |p| {
+                let len = fs::metadata(p).unwrap().len();
+                OpenOptions::new().write(true).open(p).unwrap().set_len(len - 5).unwrap();
+            }),
+            ("flipped byte in the last record", |p| {
+                let mut bytes = fs::read(p).unwrap();
+                let last = bytes.len() - 2;
+                bytes[last] ^= 0x55;
+                fs::write(p, bytes).unwrap();
+            }),
+        ];
+        for (name, damage) in damages {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let log = Log::open(dir.path()).unwrap();
+                let topic = log.topic("t", 1).unwrap();
+                for i in 0..5 {
+                    topic.append_to(0, b"k", format!("r{i}").as_bytes(), 0).unwrap();
+                }
+            }
+            damage(&segment_path(&dir.path().join("t/0"), 0));
+            let log = Log::open(dir.path()).unwrap();
+            let topic = log.topic("t", 1).unwrap();
+            let records = read_all(&topic, 0, 0);
+            let expected = if name == "garbage appended" { 5 } else { 4 };
+            assert_eq!(records.len(), expected, "{name}");
+            assert!(records.iter().enumerate().all(|(i, r)| r.payload == format!("r{i}").as_bytes()), "{name}");
+            assert_eq!(topic.append_to(0, b"k", b"next", 0).unwrap(), expected as u64, "{name}: offsets stay dense");
+            assert_eq!(read_all(&topic, 0, 0).len(), expected + 1, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_reader_tails_a_concurrent_writer_without_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 4096, fsync_every_append: false }).unwrap();
+        let topic = log.topic("t", 1).unwrap();
+        let writer = {
+            let topic = topic.clone();
+            std::thread::spawn(move || {
+                for i in 0..10_000u32 {
+                    topic.append_to(0, b"k", &i.to_le_bytes(), 0).unwrap();
+                }
+            })
+        };
+        let mut reader = topic.reader(0, 0).unwrap();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while seen.len() < 10_000 && std::time::Instant::now() < deadline {
+            PartitionReader::read(&mut reader, 500, &mut seen).unwrap();
+        }
+        writer.join().unwrap();
+        assert_eq!(seen.len(), 10_000);
+        assert!(seen.iter().enumerate().all(|(i, r)| r.offset == i as u64 && r.payload == (i as u32).to_le_bytes()));
+    }
+
+    #[test]
+    fn rejects_bad_topic_names_and_missing_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        assert!(matches!(log.topic("a/b", 1), Err(SourceError::Invalid(_))));
+        assert!(matches!(log.topic("..", 1), Err(SourceError::Invalid(_))));
+        assert!(log.existing_topic("nope").unwrap().is_none());
+        let batch = log.topic("t", 2).unwrap().append_batch(&[(b"a", b"1", 0), (b"b", b"2", 0), (b"a", b"3", 0)]).unwrap();
+        assert_eq!(batch[0].0, batch[2].0, "one key, one partition");
+        assert!(batch[2].1 > batch[0].1, "later in the batch, later in the partition");
+    }
+}

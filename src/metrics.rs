@@ -1,0 +1,95 @@
+//! Prometheus metrics of the engine and the API, served at `/metrics`.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Every metric stockflow exports. Cheap to clone (handles are `Arc`s inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events decoded and fed to the dataflows, by topic.
+    pub events_in: IntCounterVec,
+    /// Messages that failed to decode or validate, by topic and reason class.
+    pub decode_errors: IntCounterVec,
+    /// Seconds from closing an epoch to publishing the views that reflect it.
+    pub epoch_latency: Histogram,
+    /// Last published epoch.
+    pub published_epoch: IntGauge,
+    /// Rows per view in the published state.
+    pub view_rows: IntGaugeVec,
+    /// Next offset to read, by topic and partition.
+    pub source_position: IntGaugeVec,
+    /// Offset after the last message in the partition, by topic and partition.
+    pub source_end: IntGaugeVec,
+    /// Messages not yet read (end minus position), by topic and partition.
+    pub source_lag: IntGaugeVec,
+    /// Source read errors, by topic.
+    pub source_errors: IntCounterVec,
+    /// HTTP requests by route, method and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency by route and status.
+    pub http_latency: HistogramVec,
+    /// Events appended by the demo generator.
+    pub demo_events: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let published_epoch = IntGauge::new("stockflow_published_epoch", "Last epoch published to readers.").expect("valid metric");
+        registry.register(Box::new(published_epoch.clone())).expect("unique metric");
+        Metrics {
+            events_in: counter("stockflow_events_in_total", "Events decoded and fed to the dataflows.", &["topic"]),
+            decode_errors: counter("stockflow_decode_errors_total", "Messages that failed to decode or validate, skipped.", &["topic", "reason"]),
+            epoch_latency: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("stockflow_epoch_latency_seconds", "From closing an epoch to publishing views that reflect it.")
+                        .buckets(latency_buckets.clone()),
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            published_epoch,
+            view_rows: gauge("stockflow_view_rows", "Rows in each published view.", &["view"]),
+            source_position: gauge("stockflow_source_position", "Next offset to read.", &["topic", "partition"]),
+            source_end: gauge("stockflow_source_end_offset", "Offset after the last message in the partition.", &["topic", "partition"]),
+            source_lag: gauge("stockflow_source_lag", "Messages in the partition not yet read.", &["topic", "partition"]),
+            source_errors: counter("stockflow_source_errors_total", "Errors reading a source.", &["topic"]),
+            http_requests: counter("stockflow_http_requests_total", "HTTP requests.", &["route", "method", "status"]),
+            http_latency: histogram("stockflow_http_request_duration_seconds", "HTTP request latency.", &["route", "status"], latency_buckets),
+            demo_events: counter("stockflow_demo_events_total", "Events appended by the demo generator.", &["tenant"]),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

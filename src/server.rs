@@ -1,0 +1,86 @@
+//! Wiring of a `serve` or `demo` run: embedded log, engine, HTTP server and
+//! (for `demo`) the generator, sharing one shutdown signal.
+
+use crate::config::Settings;
+use crate::engine::{EngineConfig, Format, SourceSpec};
+use crate::http::AppState;
+use crate::log::Log;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Topic of inventory events.
+pub const INVENTORY_EVENTS: &str = "inventory.events";
+/// Topic of order events.
+pub const ORDER_EVENTS: &str = "order.events";
+
+/// A started stockflow: listening, reading, publishing.
+pub struct Running {
+    /// The address the HTTP API actually listens on.
+    pub addr: SocketAddr,
+    /// The published views.
+    pub store: Arc<Store>,
+    /// The embedded log.
+    pub log: Arc<Log>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Triggers an orderly stop.
+    pub shutdown: Shutdown,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    engine: crate::engine::EngineHandle,
+    demo: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Opens the data dir, starts the engine, binds the listener, and (with a
+/// demo rate) starts the generator. Returns once everything runs.
+pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
+    let log = Arc::new(Log::open(&settings.data_dir.join("log")).with_context(|| format!("opening the embedded log in {}", settings.data_dir.display()))?);
+    let inventory = log.topic(INVENTORY_EVENTS, settings.partitions).context("opening topic inventory.events")?;
+    let orders = log.topic(ORDER_EVENTS, settings.partitions).context("opening topic order.events")?;
+    let store = Arc::new(Store::new());
+    let metrics = Metrics::new();
+    let shutdown = Shutdown::new();
+
+    let config = EngineConfig {
+        workers: settings.workers,
+        epoch: settings.epoch,
+        epoch_max_events: settings.epoch_max_events,
+        sources: vec![SourceSpec { source: inventory.clone(), format: Format::Stockflow }, SourceSpec { source: orders, format: Format::Stockflow }],
+    };
+    let engine = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
+
+    let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState { store: store.clone(), metrics: metrics.clone() };
+    let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");
+
+    let demo = settings.demo_rate.map(|rate| {
+        let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("stockflow-demo".into())
+            .spawn(move || crate::demo::run(inventory, store, metrics, shutdown, rate))
+            .expect("spawning a thread")
+    });
+    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo })
+}
+
+impl Running {
+    /// Waits for shutdown, then stops the server, the generator and the engine
+    /// in that order and syncs the log.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.wait().await;
+        self.http.await.context("HTTP server task")?.context("HTTP server")?;
+        if let Some(demo) = self.demo {
+            let _ = tokio::task::spawn_blocking(move || demo.join()).await;
+        }
+        let engine = self.engine;
+        tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread")??;
+        self.log.sync().context("syncing the embedded log")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! The source interface: partitioned, offset-addressed logs that the engine
+//! reads in epochs. The embedded log implements it today; the Kafka source
+//! implements the same traits, so nothing above this module knows which runs.
+
+use std::fmt;
+
+/// One message read from a source partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Offset of the message within its partition.
+    pub offset: u64,
+    /// Timestamp the log gave the message, in ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Message key (`tenant/sku` for inventory topics), if any.
+    pub key: Option<Vec<u8>>,
+    /// Message body (one JSON event for the `stockflow` format).
+    pub payload: Vec<u8>,
+}
+
+/// Why a source could not be read. Sources retry what is worth retrying
+/// themselves; what reaches the engine is reported in `/ready` and logs.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The underlying storage or connection failed.
+    #[error("I/O error on {what}")]
+    Io {
+        /// What was being read or written.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data read is damaged in a way that cannot be skipped safely.
+    #[error("corrupt data in {what}: {detail}")]
+    Corrupt {
+        /// Where.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The caller asked for something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller asked for something invalid (e.g. an offset beyond the end).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A named, partitioned log (a topic).
+pub trait Source: Send + Sync {
+    /// Topic name.
+    fn topic(&self) -> &str;
+    /// Number of partitions, numbered `0..partitions()`.
+    fn partitions(&self) -> u32;
+    /// A reader of one partition that starts at offset `from`.
+    fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn PartitionReader>, SourceError>;
+}
+
+/// Sequential reader of one partition.
+pub trait PartitionReader: Send {
+    /// The partition read.
+    fn partition(&self) -> u32;
+    /// Appends up to `max` records to `out`, in offset order, and returns how
+    /// many; 0 means caught up for now (not end of stream: logs grow).
+    fn read(&mut self, max: usize, out: &mut Vec<Record>) -> Result<usize, SourceError>;
+    /// Offset of the next record `read` will return.
+    fn position(&self) -> u64;
+    /// The offset after the last record currently in the partition.
+    fn end_offset(&self) -> Result<u64, SourceError>;
+}
+
+/// A topic-partition pair, for metrics and `as_of`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionId(pub u32);
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Kafka's default partitioner: murmur2 of the key, positive, modulo the
+/// partition count. The embedded log uses it too, so that a key lands in the
+/// same partition number on both.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Murmur2, as in Kafka's `org.apache.kafka.common.utils.Utils.murmur2`.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = data.len();
+    let mut h: u32 = SEED ^ (length as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= (tail[2] as u32) << 16;
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        2 => {
+            h ^= (tail[1] as u32) << 8;
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        1 => {
+            h ^= tail[0] as u32;
+            h = h.wrapping_mul(M);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Values from Kafka's UtilsTest.testMurmur2.
+        assert_eq!(murmur2(b"21") as i32, -973932308);
+        assert_eq!(murmur2(b"foobar") as i32, -790332482);
+        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
+        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(murmur2(&[b'a', b'b', b'c']) as i32, 479470107);
+    }
+}

@@ -1,0 +1,189 @@
+//! The read-optimised store: the views as of the last completed epoch.
+//!
+//! The engine's publisher owns a working copy, applies each completed epoch to
+//! it, and swaps in an immutable [`Snapshot`]. Maps are persistent (`imbl`), so
+//! a snapshot costs O(1) to take and readers never block the dataflow nor see
+//! half an epoch: they hold an `Arc` to one whole, consistent state.
+
+use imbl::OrdMap;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use stockflow_dataflows::model::{Epoch, ItemRow, SkuKey, StockDelta, StockKey};
+use tokio::sync::watch;
+
+/// Where the views stand: the epoch and, per topic and partition, the next
+/// offset not yet reflected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AsOf {
+    /// Last completed epoch (0 before the first one).
+    pub epoch: Epoch,
+    /// Topic → partition → next offset to be read.
+    pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
+}
+
+impl AsOf {
+    /// True when every position in `targets` has been reached.
+    pub fn covers(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> bool {
+        targets.iter().all(|(topic, partitions)| {
+            partitions.iter().all(|(partition, offset)| self.offsets.get(topic).and_then(|p| p.get(partition)).is_some_and(|reached| reached >= offset))
+        })
+    }
+}
+
+/// One consistent state of every view.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// What the views reflect.
+    pub as_of: AsOf,
+    /// The `items` view.
+    pub items: OrdMap<SkuKey, ItemRow>,
+    /// The `stock` view (accumulated deltas per key).
+    pub stock: OrdMap<StockKey, StockDelta>,
+    /// The `stock_totals` view.
+    pub stock_totals: OrdMap<SkuKey, StockDelta>,
+}
+
+/// Shared handle to the published views.
+#[derive(Debug)]
+pub struct Store {
+    current: RwLock<Arc<Snapshot>>,
+    published: watch::Sender<Epoch>,
+    /// Positions the sources had at start; `/ready` once the views reach them.
+    startup_targets: RwLock<Option<BTreeMap<String, BTreeMap<u32, u64>>>>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+impl Store {
+    /// An empty store (epoch 0, no rows).
+    pub fn new() -> Store {
+        Store { current: RwLock::new(Arc::new(Snapshot::default())), published: watch::channel(0).0, startup_targets: RwLock::new(None) }
+    }
+
+    /// The latest published state. Cheap: clones an `Arc`.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the published state and wakes waiting readers.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let epoch = snapshot.as_of.epoch;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        self.published.send_replace(epoch);
+    }
+
+    /// A receiver that changes whenever an epoch is published.
+    pub fn subscribe(&self) -> watch::Receiver<Epoch> {
+        self.published.subscribe()
+    }
+
+    /// Records the source positions that count as "caught up" for `/ready`.
+    pub fn set_startup_targets(&self, targets: BTreeMap<String, BTreeMap<u32, u64>>) {
+        *self.startup_targets.write().unwrap_or_else(|p| p.into_inner()) = Some(targets);
+    }
+
+    /// `Ok` when the views have caught up with what the sources held at start;
+    /// otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let targets = self.startup_targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(targets) = targets else {
+            return Err("the engine has not started reading its sources yet".into());
+        };
+        let snapshot = self.snapshot();
+        for (topic, partitions) in &targets {
+            for (partition, target) in partitions {
+                let reached = snapshot.as_of.offsets.get(topic).and_then(|p| p.get(partition)).copied().unwrap_or(0);
+                if reached < *target {
+                    return Err(format!("catching up: {topic}/{partition} at offset {reached} of {target}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the published views cover `targets`, at most `wait`.
+    /// Returns the snapshot that covers them, or `None` on timeout.
+    pub async fn wait_for(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>, wait: std::time::Duration) -> Option<Arc<Snapshot>> {
+        let mut changes = self.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let snapshot = self.snapshot();
+            if snapshot.as_of.covers(targets) {
+                return Some(snapshot);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Applies updates of one epoch to a working snapshot.
+impl Snapshot {
+    /// Adds a stock delta to a row (rows are never removed: see [`StockDelta`]).
+    pub fn apply_stock(&mut self, key: StockKey, delta: StockDelta) {
+        use differential_dataflow::difference::Semigroup;
+        match self.stock.get_mut(&key) {
+            Some(row) => row.plus_equals(&delta),
+            None => {
+                self.stock.insert(key, delta);
+            }
+        }
+    }
+
+    /// Adds a stock-total delta to a row.
+    pub fn apply_total(&mut self, key: SkuKey, delta: StockDelta) {
+        use differential_dataflow::difference::Semigroup;
+        match self.stock_totals.get_mut(&key) {
+            Some(row) => row.plus_equals(&delta),
+            None => {
+                self.stock_totals.insert(key, delta);
+            }
+        }
+    }
+
+    /// Applies an item row insertion (`diff > 0`) or retraction (`diff < 0`).
+    /// Retractions are applied before insertions by the caller.
+    pub fn apply_item(&mut self, key: SkuKey, row: ItemRow, diff: isize) {
+        if diff > 0 {
+            self.items.insert(key, row);
+        } else if self.items.get(&key) == Some(&row) {
+            self.items.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covers_needs_every_partition() {
+        let mut as_of = AsOf::default();
+        as_of.offsets.entry("t".into()).or_default().insert(0, 5);
+        let mut target = BTreeMap::new();
+        target.insert("t".to_string(), BTreeMap::from([(0, 5)]));
+        assert!(as_of.covers(&target));
+        target.get_mut("t").unwrap().insert(1, 1);
+        assert!(!as_of.covers(&target));
+    }
+
+    #[test]
+    fn item_retraction_then_insertion_replaces() {
+        let mut s = Snapshot::default();
+        let key = SkuKey { tenant: "t".into(), sku: "a".into() };
+        let row = |name: &str| ItemRow { name: name.into(), price: Default::default(), category: "".into(), reorder_point: None, active: true, updated_at: 0 };
+        s.apply_item(key.clone(), row("old"), 1);
+        s.apply_item(key.clone(), row("old"), -1);
+        s.apply_item(key.clone(), row("new"), 1);
+        assert_eq!(s.items.get(&key).unwrap().name, "new");
+        s.apply_item(key.clone(), row("old"), -1);
+        assert_eq!(s.items.get(&key).unwrap().name, "new", "a stale retraction leaves the current row");
+    }
+}

@@ -1,0 +1,223 @@
+//! The HTTP API against a real listening server, fed through the embedded log.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use stockflow::config::{LogFormat, Settings};
+use stockflow::server::{self, Running, INVENTORY_EVENTS};
+
+fn settings(dir: &std::path::Path, workers: usize) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        workers,
+        epoch: Duration::from_millis(5),
+        epoch_max_events: 10_000,
+        partitions: 3,
+        insecure_listen: false,
+        log_format: LogFormat::Pretty,
+        demo_rate: None,
+    }
+}
+
+/// Appends JSON events to inventory.events; returns an `after` token covering them.
+fn append(running: &Running, events: &[Value]) -> String {
+    let topic = running.log.topic(INVENTORY_EVENTS, 3).unwrap();
+    let mut tokens = Vec::new();
+    for event in events {
+        let key = format!("{}/{}", event["tenant"].as_str().unwrap_or("default"), event["sku"].as_str().unwrap_or(""));
+        let (partition, offset) = topic.append(key.as_bytes(), event.to_string().as_bytes(), 1_700_000_000_000).unwrap();
+        tokens.push(format!("{INVENTORY_EVENTS}:{partition}:{offset}"));
+    }
+    tokens.join(",")
+}
+
+fn append_raw(running: &Running, payload: &[u8]) -> String {
+    let topic = running.log.topic(INVENTORY_EVENTS, 3).unwrap();
+    let (partition, offset) = topic.append(b"default/x", payload, 1_700_000_000_000).unwrap();
+    format!("{INVENTORY_EVENTS}:{partition}:{offset}")
+}
+
+async fn get(running: &Running, path: &str) -> (u16, String, Value) {
+    let response = reqwest::get(format!("http://{}{}", running.addr, path)).await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, content_type, body)
+}
+
+fn created(id: &str, tenant: &str, sku: &str, category: &str, stock: Value) -> Value {
+    json!({"id": id, "type": "item.created", "tenant": tenant, "sku": sku, "name": format!("Item {sku}"), "price": "9.99", "category": category, "reorder_point": 5, "stock": stock})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_reads_reflect_events_with_totals_equal_to_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let token = append(
+        &running,
+        &[
+            created("e1", "default", "A-1", "tools", json!({"madrid": 10, "lima": 4})),
+            json!({"id": "e2", "type": "stock.adjusted", "sku": "A-1", "location": "madrid", "qty": -3, "reason": "sale"}),
+            json!({"id": "e2", "type": "stock.adjusted", "sku": "A-1", "location": "madrid", "qty": -3, "reason": "sale"}),
+            json!({"id": "e3", "type": "stock.reserved", "sku": "A-1", "location": "lima", "qty": 2, "reservation_id": "r1"}),
+            created("e4", "acme", "A-1", "tools", json!({"madrid": 100})),
+        ],
+    );
+    let (status, _, body) = get(&running, &format!("/v1/stock/A-1?after={token}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["totals"]["on_hand"], 11, "duplicate e2 counted once: {body}");
+    assert_eq!(body["totals"]["reserved"], 2);
+    assert_eq!(body["totals"]["available"], 9);
+    let locations = body["locations"].as_array().unwrap();
+    assert_eq!(locations.len(), 2);
+    let sum: i64 = locations.iter().map(|l| l["on_hand"].as_i64().unwrap()).sum();
+    assert_eq!(sum, body["totals"]["on_hand"].as_i64().unwrap());
+    assert!(body["as_of"]["epoch"].as_u64().unwrap() > 0);
+    assert!(body["as_of"]["offsets"][INVENTORY_EVENTS].is_object());
+
+    let (status, _, acme) = get(&running, &format!("/v1/stock/A-1?tenant=acme&after={token}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(acme["totals"]["on_hand"], 100, "tenants are separate: {acme}");
+
+    let (status, _, item) = get(&running, "/v1/items/A-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(item["item"]["price"], 9.99);
+    assert_eq!(item["item"]["active"], true);
+
+    let (status, _, views) = get(&running, "/v1/views").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = views["views"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["items", "stock", "stock_totals"]);
+    assert_eq!(views["views"][1]["rows"], 3);
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_paginate_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let mut events = Vec::new();
+    for i in 0..25 {
+        let category = if i % 2 == 0 { "even" } else { "odd" };
+        events.push(created(&format!("c{i}"), "default", &format!("S-{i:02}"), category, json!({"north": i, "south": 100})));
+    }
+    let token = append(&running, &events);
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut path = format!("/v1/stock?limit=10&after={token}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, _, body) = get(&running, &path).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        for row in body["rows"].as_array().unwrap() {
+            seen.push(format!("{}/{}", row["sku"].as_str().unwrap(), row["location"].as_str().unwrap()));
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 5);
+    assert_eq!(seen.len(), 50);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "pages are ordered and never repeat a row");
+
+    let (_, _, below) = get(&running, "/v1/stock?location=north&below=5").await;
+    let skus: Vec<&str> = below["rows"].as_array().unwrap().iter().map(|r| r["sku"].as_str().unwrap()).collect();
+    assert_eq!(skus, ["S-00", "S-01", "S-02", "S-03", "S-04"]);
+    let (_, _, odd) = get(&running, "/v1/stock?category=odd&location=south&limit=1000").await;
+    assert_eq!(odd["rows"].as_array().unwrap().len(), 12);
+    let (_, _, items) = get(&running, "/v1/items?category=even&limit=5").await;
+    assert_eq!(items["rows"].as_array().unwrap().len(), 5);
+    assert!(items["next_cursor"].is_string());
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let cases = [
+        ("/v1/stock?limit=abc", 400, "limit"),
+        ("/v1/stock?limit=5000", 400, "limit: must be between 1 and 1000"),
+        ("/v1/stock?limt=5", 400, "limt"),
+        ("/v1/stock?below=x", 400, "below"),
+        ("/v1/stock?cursor=zzzz", 400, "cursor"),
+        ("/v1/stock?tenant=a%2Fb", 400, "tenant: character '/' not allowed"),
+        ("/v1/stock/NOPE", 404, "no item or stock for sku `NOPE`"),
+        ("/v1/items/NOPE", 404, "no item `NOPE`"),
+        ("/v1/items/bad%20sku", 400, "sku: character ' ' not allowed"),
+        ("/v1/stock?after=garbage", 400, "after"),
+        ("/v1/stock?after=inventory.events:0:999999&wait_ms=50", 503, "did not reach"),
+        ("/v1/nothing", 404, "no such route"),
+    ];
+    for (path, status, detail) in cases {
+        let (got, content_type, body) = get(&running, path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(content_type, "application/problem+json", "{path}");
+        assert_eq!(body["status"], status);
+        let text = body["detail"].as_str().unwrap();
+        assert!(text.contains(detail), "{path}: detail `{text}` lacks `{detail}`");
+    }
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_are_counted_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let bad_json = append_raw(&running, b"{not json");
+    let bad_qty = append_raw(&running, br#"{"id":"x","type":"stock.adjusted","sku":"B","location":"m","qty":0}"#);
+    let good = append(&running, &[created("ok", "default", "B", "misc", json!({"m": 7}))]);
+    let token = format!("{bad_json},{bad_qty},{good}");
+    let (status, _, body) = get(&running, &format!("/v1/stock/B?after={token}")).await;
+    assert_eq!(status, 200, "ingestion continued past bad messages: {body}");
+    assert_eq!(body["totals"]["on_hand"], 7);
+    let (status, content_type, metrics) = get(&running, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain"));
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(metrics.contains(r#"stockflow_decode_errors_total{reason="json",topic="inventory.events"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"stockflow_decode_errors_total{reason="invalid_field",topic="inventory.events"} 1"#));
+    assert!(metrics.contains(r#"stockflow_events_in_total{topic="inventory.events"} 1"#));
+    assert!(metrics.contains("stockflow_epoch_latency_seconds_bucket"));
+    assert!(metrics.contains(r#"stockflow_view_rows{view="stock"} 1"#));
+    let (status, _, health) = get(&running, "/health").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, _, ready) = get(&running, "/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_rebuilds_the_same_views_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let mut events = Vec::new();
+    for i in 0..40 {
+        events.push(created(&format!("c{i}"), "default", &format!("R-{i:02}"), "misc", json!({"x": i, "y": 2 * i})));
+        events.push(json!({"id": format!("a{i}"), "type": "stock.adjusted", "sku": format!("R-{i:02}"), "location": "x", "qty": 1}));
+    }
+    let token = append(&first, &events);
+    let (_, _, before) = get(&first, &format!("/v1/stock?limit=1000&after={token}")).await;
+    first.shutdown.trigger();
+    first.wait().await.unwrap();
+
+    let second = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let (_, _, after) = get(&second, &format!("/v1/stock?limit=1000&after={token}")).await;
+    assert_eq!(before["rows"], after["rows"]);
+    assert_eq!(after["rows"].as_array().unwrap().len(), 80);
+    second.shutdown.trigger();
+    second.wait().await.unwrap();
+}
