@@ -44,7 +44,7 @@ fn events(mixed: bool) -> Vec<Event> {
                     EventBody::StockCommitted { reservation_id }
                 }
             } else {
-                EventBody::StockAdjusted { sku, location, qty: (next() % 7) as i64 - 3 | 1, reason: Name::from("sale") }
+                EventBody::StockAdjusted { sku, location, qty: ((next() % 7) as i64 - 3) | 1, reason: Name::from("sale") }
             };
             Event { tenant, id: Name::from(format!("e{n}")), seq: n as u64, ts: 1_700_000_000_000 + n as i64, body }
         })

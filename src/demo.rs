@@ -149,7 +149,10 @@ impl Generator {
             6..=8 => 1,
             _ => 2,
         }];
-        let sku = Self::sku(self.rng.random_range(0..plan.skus));
+        // Best sellers sell most: a skewed pick favours the low sku numbers,
+        // so the first page of /v1/stock moves visibly.
+        let skew: f64 = self.rng.random::<f64>().powi(3);
+        let sku = Self::sku(((skew * plan.skus as f64) as usize).min(plan.skus - 1));
         let location = plan.locations[self.rng.random_range(0..plan.locations.len())];
         let key = StockKey { tenant: Name::from(plan.tenant), sku: Name::from(sku.as_str()), location: Name::from(location) };
         let available = snapshot.stock.get(&key).map(|d| d.available()).unwrap_or(0);

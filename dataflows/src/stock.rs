@@ -80,7 +80,7 @@ where
             };
             Some(((event.tenant, closing.0), (event.seq, event.ts, closing.1)))
         })
-        .reduce_named("reservation closings by id", |_id, copies, output| output.push((copies[0].0.clone(), 1)));
+        .reduce_named("reservation closings by id", |_id, copies, output| output.push((*copies[0].0, 1)));
 
     let reserved = reservations.clone().explode(|((tenant, _id), (_seq, ts, sku, location, qty))| {
         Some((StockKey { tenant, sku, location }, StockDelta { on_hand: 0, reserved: qty, updated_at: ts }))

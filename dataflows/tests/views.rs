@@ -300,7 +300,7 @@ fn known_history() {
     let event = |id: &str, ts: i64, seq: u64, body: EventBody| Event { tenant: Name::from("default"), id: Name::from(id), ts, seq, body };
     let sku = || Name::from("A");
     let loc = || Name::from("m");
-    let events = vec![
+    let events = [
         event(
             "1",
             10,

@@ -63,6 +63,9 @@ pub struct EngineConfig {
     pub sources: Vec<SourceSpec>,
 }
 
+/// `(source index, partition, next offset)`: how far a partition has been read.
+type Progress = (u32, u32, u64);
+
 /// Epochs a worker may run ahead of the dataflow before it waits (backpressure).
 const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
 /// Messages read from one partition per call.
@@ -137,8 +140,8 @@ mod worker {
         let closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
         let probe = Handle::new();
 
-        let (mut events_in, mut progress_in): (InputSession<Epoch, Event, isize>, InputSession<Epoch, (u32, u32, u64), isize>) = worker
-            .dataflow::<Epoch, _, _>(|scope| {
+        let (mut events_in, mut progress_in): (InputSession<Epoch, Event, isize>, InputSession<Epoch, Progress, isize>) =
+            worker.dataflow::<Epoch, _, _>(|scope| {
                 let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
                 let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
                 publish::views(events, progress, publish::Publisher::new(index, topics.clone(), store.clone(), metrics.clone(), closed_at.clone()), &probe);

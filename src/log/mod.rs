@@ -285,6 +285,8 @@ impl Partition {
         let path = segment_path(dir, base);
         let (next_offset, valid_len) = recover(&path, base, partition)?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io(format!("opening {}", path.display())))?;
+        // Writer and readers share the one list of segments.
+        let segments = Arc::new(RwLock::new(bases));
         Ok(Partition {
             dir: dir.to_path_buf(),
             writer: Mutex::new(Writer {
@@ -293,15 +295,10 @@ impl Partition {
                 size: valid_len,
                 next_offset,
                 options,
-                segments: Arc::new(RwLock::new(Vec::new())),
+                segments: segments.clone(),
             }),
             end: Arc::new(AtomicU64::new(next_offset)),
-            segments: Arc::new(RwLock::new(bases)),
-        })
-        .map(|p| {
-            // Writer and readers share the one list of segments.
-            p.writer.lock().unwrap_or_else(|e| e.into_inner()).segments = p.segments.clone();
-            p
+            segments,
         })
     }
 }
