@@ -281,7 +281,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn views_match_a_sequential_fold_on_one_worker(steps in steps(), cuts in prop::collection::vec(prop::bool::weighted(0.2), 80)) {
