@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench stock` (figures in events/s are the
 //! "thrpt" lines; see docs/benchmarks.md for what we measured).
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 use stockflow_dataflows::model::{decode_event, Event, EventBody, Money, Name, RecordContext};
 use timely::dataflow::operators::probe::Handle;
@@ -52,8 +52,7 @@ fn events(mixed: bool) -> Vec<Event> {
 }
 
 /// Feeds `events` in epochs of `batch` through the views and waits for them.
-fn run(events: &[Event], batch: usize, full_pipeline: bool) {
-    let events = events.to_vec();
+fn run(events: Vec<Event>, batch: usize, full_pipeline: bool) {
     timely::execute_directly(move |worker| {
         let probe = Handle::new();
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
@@ -71,11 +70,14 @@ fn run(events: &[Event], batch: usize, full_pipeline: bool) {
             }
             input
         });
-        for (epoch, chunk) in events.chunks(batch).enumerate() {
-            for event in chunk {
-                input.insert(event.clone());
+        let mut epoch = 0;
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            for event in events.by_ref().take(batch) {
+                input.insert(event);
             }
-            input.advance_to(epoch as u64 + 1);
+            epoch += 1;
+            input.advance_to(epoch);
             input.flush();
             worker.step_while(|| probe.less_than(input.time()));
         }
@@ -88,14 +90,18 @@ fn dataflows(c: &mut Criterion) {
     let mut group = c.benchmark_group("stock");
     group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(EVENTS as u64));
     for batch in [1_000, 100_000] {
-        group.bench_with_input(BenchmarkId::new("adjustments", batch), &batch, |b, &batch| b.iter(|| run(&adjust_only, batch, false)));
-        group.bench_with_input(BenchmarkId::new("with-reservations", batch), &batch, |b, &batch| b.iter(|| run(&mixed, batch, false)));
+        group.bench_with_input(BenchmarkId::new("adjustments", batch), &batch, |b, &batch| {
+            b.iter_batched(|| adjust_only.clone(), |events| run(events, batch, false), BatchSize::LargeInput)
+        });
+        group.bench_with_input(BenchmarkId::new("with-reservations", batch), &batch, |b, &batch| {
+            b.iter_batched(|| mixed.clone(), |events| run(events, batch, false), BatchSize::LargeInput)
+        });
     }
     group.finish();
 
     let mut group = c.benchmark_group("pipeline");
     group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(EVENTS as u64));
-    group.bench_function("dedup+items+stock+totals/100000", |b| b.iter(|| run(&mixed, 100_000, true)));
+    group.bench_function("dedup+items+stock+totals/100000", |b| b.iter_batched(|| mixed.clone(), |events| run(events, 100_000, true), BatchSize::LargeInput));
     group.finish();
 }
 
@@ -106,7 +112,7 @@ fn decoding(c: &mut Criterion) {
                 .into_bytes()
         })
         .collect();
-    let created = br#"{"id":"c1","type":"item.created","sku":"SKU-1","name":"Wireless Mouse","price":"24.99","category":"electronics","reorder_point":10,"stock":{"madrid":10,"lima":4}}"#;
+    let created = br#"{"id":"c1","type":"item.created","ts":0,"sku":"SKU-1","name":"Wireless Mouse","price":"24.99","category":"electronics","reorder_point":10,"stock":{"madrid":10,"lima":4}}"#;
     assert!(decode_event(created, RecordContext::default())
         .is_ok_and(|e| matches!(e.body, EventBody::ItemCreated { price, .. } if price == Money::parse("24.99").unwrap())));
     let mut group = c.benchmark_group("decode");

@@ -7,12 +7,32 @@
 use crate::model::{Event, EventBody, Name, SkuKey, StockDelta, StockKey};
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
-use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::implementations::ValSpine;
 use differential_dataflow::VecCollection;
+use timely::dataflow::operators::vec::Partition;
 use timely::progress::Timestamp;
 
-/// An arranged stock view: key, no value, the row in the difference.
-pub type StockArrangement<'scope, T, K> = Arranged<'scope, TraceAgent<KeySpine<K, T, StockDelta>>>;
+/// An arranged stock view: keyed by a hash of the key (so that sorting
+/// compares one integer, not three strings), the key as value, the row in the
+/// difference.
+pub type StockArrangement<'scope, T, K> = Arranged<'scope, TraceAgent<ValSpine<u64, K, T, StockDelta>>>;
+
+/// The deltas of one event: usually one (no allocation), several for an
+/// `item.created` with initial stock in several locations.
+enum Deltas {
+    One(Option<(StockKey, StockDelta)>),
+    Many(std::vec::IntoIter<(StockKey, StockDelta)>),
+}
+
+impl Iterator for Deltas {
+    type Item = (StockKey, StockDelta);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Deltas::One(one) => one.take(),
+            Deltas::Many(many) => many.next(),
+        }
+    }
+}
 
 /// How a reservation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -34,35 +54,52 @@ pub fn stock<'scope, T>(events: VecCollection<'scope, T, Event>) -> VecCollectio
 where
     T: Timestamp + Lattice + Ord,
 {
-    stock_arranged(events).as_collection(|key, _| key.clone())
+    stock_arranged(events).as_collection(|_hash, key| key.clone())
 }
 
-/// As [`stock`], arranged by key for operators that want to share the index.
+/// As [`stock`], arranged for operators that want to share the index.
 pub fn stock_arranged<'scope, T>(events: VecCollection<'scope, T, Event>) -> StockArrangement<'scope, T, StockKey>
 where
     T: Timestamp + Lattice + Ord,
 {
-    let direct = events.clone().explode(|event| {
+    // Route each event to the one branch that uses it: no copies of events.
+    let mut branches = events
+        .inner
+        .partition(4, |(event, time, diff)| {
+            let branch = match event.body {
+                EventBody::StockAdjusted { .. } | EventBody::ItemCreated { .. } => 0,
+                EventBody::StockReserved { .. } => 1,
+                EventBody::StockReleased { .. } | EventBody::StockCommitted { .. } => 2,
+                _ => 3,
+            };
+            (branch, (event, time, diff))
+        })
+        .into_iter()
+        .map(VecCollection::new);
+    let (direct, reservations, closings) = (branches.next().expect("branch 0"), branches.next().expect("branch 1"), branches.next().expect("branch 2"));
+
+    let direct = direct.explode(|event| {
         let tenant = event.tenant;
         let updated_at = event.ts;
-        let deltas: Vec<(StockKey, StockDelta)> = match event.body {
+        match event.body {
             EventBody::StockAdjusted { sku, location, qty, .. } => {
-                vec![(StockKey { tenant, sku, location }, StockDelta { on_hand: qty, reserved: 0, updated_at })]
+                Deltas::One(Some((StockKey { tenant, sku, location }, StockDelta { on_hand: qty, reserved: 0, updated_at })))
             }
-            EventBody::ItemCreated { sku, initial, .. } => initial
-                .into_iter()
-                .map(|(location, qty)| {
-                    let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location };
-                    (key, StockDelta { on_hand: qty, reserved: 0, updated_at })
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        deltas
+            EventBody::ItemCreated { sku, initial, .. } => Deltas::Many(
+                initial
+                    .into_iter()
+                    .map(|(location, qty)| {
+                        let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location };
+                        (key, StockDelta { on_hand: qty, reserved: 0, updated_at })
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
+            _ => Deltas::One(None),
+        }
     });
 
-    let reservations = events
-        .clone()
+    let reservations = reservations
         .flat_map(|event| match event.body {
             EventBody::StockReserved { sku, location, qty, reservation_id, .. } => {
                 Some(((event.tenant, reservation_id), (event.seq, event.ts, sku, location, qty)))
@@ -71,7 +108,7 @@ where
         })
         .reduce_named("reservations by id", |_id, copies, output| output.push((copies[0].0.clone(), 1)));
 
-    let closings = events
+    let closings = closings
         .flat_map(|event| {
             let closing = match event.body {
                 EventBody::StockReleased { reservation_id } => (reservation_id, Closing::Released),
@@ -94,7 +131,7 @@ where
         })
         .explode(|(key, delta)| Some((key, delta)));
 
-    direct.concat(reserved).concat(closed).arrange_by_self_named("stock by sku and location")
+    direct.concat(reserved).concat(closed).map(|key| (key_hash(&[&key.tenant, &key.sku, &key.location]), key)).arrange_by_key_named("stock by sku and location")
 }
 
 /// Stock per `(tenant, sku)`: the [`stock`] rows summed over locations.
@@ -102,7 +139,33 @@ pub fn stock_totals<'scope, T>(stock: VecCollection<'scope, T, StockKey, StockDe
 where
     T: Timestamp + Lattice + Ord,
 {
-    stock.map(|key| SkuKey { tenant: key.tenant, sku: key.sku }).arrange_by_self_named("stock totals by sku").as_collection(|key, _| key.clone())
+    stock
+        .map(|key| (key_hash(&[&key.tenant, &key.sku]), SkuKey { tenant: key.tenant, sku: key.sku }))
+        .arrange_by_key_named("stock totals by sku")
+        .as_collection(|_hash, key| key.clone())
+}
+
+/// A fast, deterministic 64-bit hash of key parts (the same on every run and
+/// worker); equal keys hash equal, so `(hash, key)` orders and groups by key.
+pub fn key_hash(parts: &[&str]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h: u64 = parts.len() as u64;
+    for part in parts {
+        let bytes = part.as_bytes();
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in chunks.by_ref() {
+            h = (h ^ u64::from_le_bytes(chunk.try_into().expect("8 bytes"))).wrapping_mul(K).rotate_left(29);
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        h = (h ^ u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56)).wrapping_mul(K).rotate_left(29);
+    }
+    // murmur3's finaliser spreads every input bit over the low bits used for exchange.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// Key helper for callers that build a [`SkuKey`] from parts.
