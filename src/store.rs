@@ -87,6 +87,22 @@ impl Store {
         *self.startup_targets.write().unwrap_or_else(|p| p.into_inner()) = Some(targets);
     }
 
+    /// Checks that a read-your-writes target names topics and partitions the
+    /// engine reads; otherwise says which one it does not.
+    pub fn check_known(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> Result<(), String> {
+        let known = self.startup_targets.read().unwrap_or_else(|p| p.into_inner());
+        let Some(known) = known.as_ref() else { return Ok(()) };
+        for (topic, partitions) in targets {
+            let Some(sources) = known.get(topic) else {
+                return Err(format!("topic `{topic}` is not a source of this engine (sources: {})", known.keys().cloned().collect::<Vec<_>>().join(", ")));
+            };
+            if let Some(partition) = partitions.keys().find(|p| !sources.contains_key(p)) {
+                return Err(format!("topic `{topic}` has no partition {partition} ({} partitions)", sources.len()));
+            }
+        }
+        Ok(())
+    }
+
     /// `Ok` when the views have caught up with what the sources held at start;
     /// otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {

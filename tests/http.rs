@@ -159,6 +159,8 @@ async fn bad_requests_get_precise_problems() {
         ("/v1/stock?after=garbage", 400, "after"),
         ("/v1/stock?after=inventory.events:0:999999&wait_ms=50", 503, "did not reach"),
         ("/v1/nothing", 404, "no such route"),
+        ("/v1/stock?after=orders:0:1", 400, "topic `orders` is not a source"),
+        ("/v1/stock?after=inventory.events:7:1", 400, "has no partition 7"),
     ];
     for (path, status, detail) in cases {
         let (got, content_type, body) = get(&running, path).await;

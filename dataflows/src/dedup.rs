@@ -1,10 +1,10 @@
 //! De-duplication of events by id.
 
-use crate::model::Event;
+use crate::model::{hash_parts, Event};
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::VecCollection;
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
@@ -15,8 +15,8 @@ use timely::progress::Timestamp;
 /// for all its copies, so a producer that retries (at-least-once delivery)
 /// changes no view.
 ///
-/// "First" is in time order (epoch), then in event order (source position
-/// first) within an epoch. Copies of one id share a key and therefore a
+/// "First" is in time order (epoch), then by source position within an epoch
+/// (ties broken by the whole event). Copies of one id share a key and so a
 /// partition, where that is log order: the same copy wins whatever the epoch
 /// split or worker count.
 ///
@@ -30,8 +30,9 @@ where
 {
     let route = |update: &(Event, T, isize)| id_digest(&update.0) as u64;
     let output = events.inner.unary_frontier(Exchange::new(route), "dedup by id", |_capability, _info| {
-        let mut seen: HashSet<u128> = HashSet::new();
+        let mut seen: HashSet<u128, Digested> = HashSet::default();
         let mut stash: BTreeMap<T, (Capability<T>, Vec<Event>)> = BTreeMap::new();
+        let mut first: HashMap<u128, Event, Digested> = HashMap::default();
         move |(input, frontier), output| {
             input.for_each(|capability, data| {
                 for (event, time, diff) in data.drain(..) {
@@ -44,13 +45,25 @@ where
                 if frontier.frontier().less_equal(entry.key()) {
                     break;
                 }
-                let (time, (capability, mut events)) = entry.remove_entry();
-                events.sort_unstable();
-                let mut session = output.session(&capability);
+                let (time, (capability, events)) = entry.remove_entry();
+                // The first copy of each new id in this epoch, whatever the arrival order.
                 for event in events {
-                    if seen.insert(id_digest(&event)) {
-                        session.give((event, time.clone(), 1isize));
+                    let digest = id_digest(&event);
+                    if seen.contains(&digest) {
+                        continue;
                     }
+                    match first.get_mut(&digest) {
+                        Some(kept) if (kept.seq, &*kept) <= (event.seq, &event) => {}
+                        Some(kept) => *kept = event,
+                        None => {
+                            first.insert(digest, event);
+                        }
+                    }
+                }
+                let mut session = output.session(&capability);
+                for (digest, event) in first.drain() {
+                    seen.insert(digest);
+                    session.give((event, time.clone(), 1isize));
                 }
             }
         }
@@ -58,15 +71,30 @@ where
     VecCollection::new(output)
 }
 
-/// 128-bit digest of `(tenant, id)`: two std hashers with different seeds, so
-/// that a collision (which would drop an event) is beyond any realistic volume.
+/// 128-bit digest of `(tenant, id)`: a collision (which would drop an event)
+/// is beyond any realistic volume.
 fn id_digest(event: &Event) -> u128 {
-    let half = |seed: u64| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        seed.hash(&mut hasher);
-        event.tenant.hash(&mut hasher);
-        event.id.hash(&mut hasher);
-        hasher.finish()
-    };
-    ((half(0x5eed_0001) as u128) << 64) | half(0x5eed_0002) as u128
+    let parts = [event.tenant.as_str(), event.id.as_str()];
+    ((hash_parts(0x5eed_0001, &parts) as u128) << 64) | hash_parts(0x5eed_0002, &parts) as u128
+}
+
+/// Digests are already uniform: hash tables use their low bits as they are.
+type Digested = BuildHasherDefault<DigestHasher>;
+
+/// A `Hasher` that passes a digest through.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ b as u64 ^ (self.0 >> 56);
+        }
+    }
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64;
+    }
 }

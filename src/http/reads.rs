@@ -194,6 +194,7 @@ async fn consistent_read(state: &AppState, tenant: Option<String>, after: Option
         return Ok((tenant, state.store.snapshot()));
     };
     let targets = parse_tokens(&after)?;
+    state.store.check_known(&targets).map_err(|reason| ApiError::bad_request(format!("query parameter after: {reason}")))?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(DEFAULT_WAIT_MS));
     match state.store.wait_for(&targets, wait).await {
         Some(snapshot) => Ok((tenant, snapshot)),

@@ -295,3 +295,28 @@ impl differential_dataflow::difference::Multiply<isize> for StockDelta {
         StockDelta { on_hand: self.on_hand * factor, reserved: self.reserved * factor, updated_at: self.updated_at }
     }
 }
+
+/// A fast, deterministic 64-bit hash of string parts, the same on every run,
+/// worker and platform (unlike `std`'s `DefaultHasher`, whose algorithm may
+/// change between Rust releases). Equal parts hash equal; `seed` gives
+/// independent hashes of the same parts.
+pub fn hash_parts(seed: u64, parts: &[&str]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h: u64 = seed ^ (parts.len() as u64).wrapping_mul(K);
+    for part in parts {
+        let bytes = part.as_bytes();
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in chunks.by_ref() {
+            h = (h ^ u64::from_le_bytes(chunk.try_into().expect("8 bytes"))).wrapping_mul(K).rotate_left(29);
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        h = (h ^ u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56)).wrapping_mul(K).rotate_left(29);
+    }
+    // murmur3's finaliser spreads every input bit over the low bits used for exchange.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
