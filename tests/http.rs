@@ -3,7 +3,8 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use stockflow::config::{LogFormat, Settings};
-use stockflow::server::{self, Running, INVENTORY_EVENTS};
+use stockflow::engine::Format;
+use stockflow::server::{self, Running, INVENTORY_EVENTS, ORDER_EVENTS};
 
 fn settings(dir: &std::path::Path, workers: usize) -> Settings {
     Settings {
@@ -16,6 +17,8 @@ fn settings(dir: &std::path::Path, workers: usize) -> Settings {
         insecure_listen: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,
+        kafka: None,
+        sources: vec![(INVENTORY_EVENTS.into(), Format::Stockflow), (ORDER_EVENTS.into(), Format::Stockflow)],
     }
 }
 
@@ -194,6 +197,16 @@ async fn malformed_events_are_counted_and_skipped() {
     assert!(metrics.contains(r#"stockflow_events_in_total{topic="inventory.events"} 1"#));
     assert!(metrics.contains("stockflow_epoch_latency_seconds_bucket"));
     assert!(metrics.contains(r#"stockflow_view_rows{view="stock"} 1"#));
+    let dlq = running.log.existing_topic("inventory.events.dlq").unwrap().expect("dead letters were written");
+    let mut letters = Vec::new();
+    for partition in 0..dlq.partitions() {
+        let mut reader = dlq.reader(partition, 0).unwrap();
+        stockflow::source::PartitionReader::read(&mut reader, 100, &mut letters).unwrap();
+    }
+    let letters: Vec<Value> = letters.iter().map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().any(|l| l["error"].as_str().unwrap().starts_with("not a JSON object") && l["payload"] == "{not json"));
+    assert!(letters.iter().any(|l| l["error"] == "field `qty`: must not be 0, got 0" && l["source_topic"] == INVENTORY_EVENTS));
     let (status, _, health) = get(&running, "/health").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     let (status, _, ready) = get(&running, "/ready").await;

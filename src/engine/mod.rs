@@ -11,7 +11,7 @@ mod publish;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::source::{PartitionReader, Record, Source, SourceError};
+use crate::source::{DeadLetter, DeadLetters, PartitionReader, Record, Source, SourceError};
 use crate::store::Store;
 use anyhow::Context;
 use differential_dataflow::input::InputSession;
@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub epoch_max_events: usize,
     /// Topics to read, from offset 0.
     pub sources: Vec<SourceSpec>,
+    /// Where undecodable messages go (`<topic>.dlq`); `None`: counted and skipped only.
+    pub dead_letters: Option<Arc<dyn DeadLetters>>,
 }
 
 /// `(source index, partition, next offset)`: how far a partition has been read.
@@ -113,6 +115,31 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         Ok(())
     })?;
     Ok(EngineHandle { thread })
+}
+
+/// Sends a dead letter, retrying with backoff until it is acknowledged (or
+/// shutdown): the engine does not read past a message whose letter is not
+/// written.
+fn send_dead_letter(dead_letters: &dyn DeadLetters, letter: &DeadLetter<'_>, metrics: &Metrics, shutdown: &Shutdown) {
+    let mut failures = 0u32;
+    loop {
+        match dead_letters.send(letter) {
+            Ok(()) => {
+                metrics.dead_letters.with_label_values(&[letter.topic, letter.class]).inc();
+                return;
+            }
+            Err(error) => {
+                failures += 1;
+                metrics.dead_letter_failures.with_label_values(&[letter.topic]).inc();
+                let backoff = Duration::from_millis(100u64 << failures.min(6));
+                tracing::warn!(%error, topic = letter.topic, offset = letter.record.offset, retry_in_ms = backoff.as_millis() as u64, "dead letter not acknowledged; retrying");
+                if shutdown.is_triggered() {
+                    return;
+                }
+                std::thread::sleep(backoff);
+            }
+        }
+    }
 }
 
 /// The per-worker read loop.
@@ -206,8 +233,19 @@ mod worker {
                                 decoded += 1;
                             }
                             Err(error) => {
-                                tracing::warn!(topic = %part.topic, partition = part.reader.partition(), offset = record.offset, %error, "skipping a message that does not decode");
+                                tracing::warn!(topic = %part.topic, partition = part.reader.partition(), offset = record.offset, %error, "message does not decode: to the dead-letter topic");
                                 metrics.decode_errors.with_label_values(&[&part.topic, error.class()]).inc();
+                                if let Some(dead_letters) = &config.dead_letters {
+                                    let reason = error.to_string();
+                                    let letter = DeadLetter {
+                                        topic: &part.topic,
+                                        partition: part.reader.partition(),
+                                        record: &record,
+                                        reason: &reason,
+                                        class: error.class(),
+                                    };
+                                    send_dead_letter(dead_letters.as_ref(), &letter, metrics, shutdown);
+                                }
                             }
                         }
                         read_now += 1;

@@ -254,6 +254,40 @@ impl Source for Topic {
     }
 }
 
+/// Dead letters into the embedded log: `<topic>.dlq`, one JSON envelope per
+/// letter (the embedded log has no headers): `error`, `error_class`,
+/// `source_topic`, `source_partition`, `source_offset`, `key` and `payload`
+/// (both as UTF-8 text, lossy).
+pub struct LogDeadLetters {
+    log: Arc<Log>,
+    partitions: u32,
+}
+
+impl LogDeadLetters {
+    /// Letters go to `<topic>.dlq` topics of `log`, created with `partitions`.
+    pub fn new(log: Arc<Log>, partitions: u32) -> LogDeadLetters {
+        LogDeadLetters { log, partitions }
+    }
+}
+
+impl crate::source::DeadLetters for LogDeadLetters {
+    fn send(&self, letter: &crate::source::DeadLetter<'_>) -> Result<(), SourceError> {
+        let topic = self.log.topic(&format!("{}.dlq", letter.topic), self.partitions)?;
+        let envelope = serde_json::json!({
+            "error": letter.reason,
+            "error_class": letter.class,
+            "source_topic": letter.topic,
+            "source_partition": letter.partition,
+            "source_offset": letter.record.offset,
+            "key": letter.record.key.as_deref().map(String::from_utf8_lossy),
+            "payload": String::from_utf8_lossy(&letter.record.payload),
+        });
+        let key = letter.record.key.clone().unwrap_or_default();
+        topic.append(&key, envelope.to_string().as_bytes(), letter.record.timestamp_ms)?;
+        Ok(())
+    }
+}
+
 /// One partition: a writer behind a lock, and what readers share with it.
 struct Partition {
     dir: PathBuf,

@@ -2,6 +2,8 @@
 //! reads in epochs. The embedded log implements it today; the Kafka source
 //! implements the same traits, so nothing above this module knows which runs.
 
+pub mod kafka;
+
 use std::fmt;
 
 /// One message read from a source partition.
@@ -38,6 +40,14 @@ pub enum SourceError {
         /// What was wrong.
         detail: String,
     },
+    /// The broker could not be reached or refused a request.
+    #[error("broker error {what}: {detail}")]
+    Broker {
+        /// What was being done.
+        what: String,
+        /// The broker's or client's error.
+        detail: String,
+    },
     /// The caller asked for something that does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -67,6 +77,29 @@ pub trait PartitionReader: Send {
     fn position(&self) -> u64;
     /// The offset after the last record currently in the partition.
     fn end_offset(&self) -> Result<u64, SourceError>;
+}
+
+/// A message that could not be decoded, on its way to the dead-letter topic.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadLetter<'a> {
+    /// Topic it was read from; the letter goes to `<topic>.dlq`.
+    pub topic: &'a str,
+    /// Partition it was read from.
+    pub partition: u32,
+    /// The message as read.
+    pub record: &'a Record,
+    /// Why it was rejected (precise: names the field and the rule).
+    pub reason: &'a str,
+    /// Short class of the reason (`json`, `missing_field`, ...).
+    pub class: &'a str,
+}
+
+/// Where undecodable messages go. `send` returns only once the letter is
+/// durably written: the engine does not read past a message whose letter was
+/// not acknowledged.
+pub trait DeadLetters: Send + Sync {
+    /// Writes one letter to `<topic>.dlq`.
+    fn send(&self, letter: &DeadLetter<'_>) -> Result<(), SourceError>;
 }
 
 /// A topic-partition pair, for metrics and `as_of`.

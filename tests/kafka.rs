@@ -1,0 +1,183 @@
+//! The Kafka source against a real Kafka-compatible broker over TCP (Tansu,
+//! started by `scripts/services.sh`; override with `STOCKFLOW_KAFKA_BROKERS`).
+//! Every test uses fresh topics.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use stockflow::config::{LogFormat, Settings};
+use stockflow::engine::Format;
+use stockflow::server::{self, Running};
+use stockflow::source::kafka::{header_text, KafkaSettings};
+
+fn brokers() -> String {
+    std::env::var("STOCKFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn unique(name: &str) -> String {
+    format!("it-{name}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        workers,
+        epoch: Duration::from_millis(10),
+        epoch_max_events: 10_000,
+        partitions: 3,
+        insecure_listen: false,
+        log_format: LogFormat::Pretty,
+        demo_rate: None,
+        kafka: Some(KafkaSettings { brokers: brokers(), group_id: "stockflow-tests".into() }),
+        sources: vec![(topic.to_owned(), Format::Stockflow)],
+    }
+}
+
+fn produce(topic: &str, messages: &[(String, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers()).set("acks", "all").create().unwrap();
+    for (key, payload) in messages {
+        producer.send(BaseRecord::to(topic).key(key.as_bytes()).payload(payload)).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn event(value: Value) -> (String, Vec<u8>) {
+    let key = format!("{}/{}", value["tenant"].as_str().unwrap_or("default"), value["sku"].as_str().unwrap_or(""));
+    (key, value.to_string().into_bytes())
+}
+
+async fn get(running: &Running, path: &str) -> (u16, Value) {
+    let response = reqwest::get(format!("http://{}{}", running.addr, path)).await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Polls `path` until `done` holds for its answer (at most 30 s).
+async fn eventually(running: &Running, path: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(running, path).await;
+        if done(status, &body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path} never satisfied the condition; last answer {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads every message of `topic` (all partitions) until `count` have arrived.
+fn consume_all(topic: &str, partitions: i32, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "stockflow-tests")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut messages = Vec::new();
+    while messages.len() < count && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(message.detach());
+        }
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_events_reach_the_views_and_bad_ones_the_dead_letter_topic() {
+    let topic = unique("events");
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), &topic, 2)).await.unwrap();
+    produce(
+        &topic,
+        &[
+            event(
+                json!({"id": "e1", "type": "item.created", "sku": "K-1", "name": "Kettle", "price": 25.5, "category": "home", "stock": {"bogota": 10, "lima": 5}}),
+            ),
+            event(json!({"id": "e2", "type": "stock.adjusted", "sku": "K-1", "location": "bogota", "qty": -4, "reason": "sale"})),
+            ("default/K-1".into(), b"{this is not json".to_vec()),
+            event(json!({"id": "e3", "type": "stock.adjusted", "sku": "K-1", "location": "lima", "qty": 0})),
+            event(json!({"id": "e2", "type": "stock.adjusted", "sku": "K-1", "location": "bogota", "qty": -4, "reason": "sale"})),
+            event(json!({"id": "e4", "type": "stock.reserved", "sku": "K-1", "location": "lima", "qty": 2, "reservation_id": "r1"})),
+        ],
+    );
+    let body = eventually(&running, "/v1/stock/K-1", |status, body| status == 200 && body["totals"]["reserved"] == 2).await;
+    assert_eq!(body["totals"]["on_hand"], 11, "the redelivered e2 counts once: {body}");
+    assert_eq!(body["totals"]["available"], 9);
+    assert!(body["as_of"]["offsets"][&topic].is_object());
+
+    let letters = consume_all(&format!("{topic}.dlq"), 3, 2);
+    assert_eq!(letters.len(), 2, "both bad messages are dead letters");
+    let mut reasons: Vec<String> = letters.iter().map(|m| header_text(m, "stockflow-error").unwrap()).collect();
+    reasons.sort();
+    assert!(reasons[0].starts_with("field `qty`: must not be 0"), "{reasons:?}");
+    assert!(reasons[1].starts_with("not a JSON object"), "{reasons:?}");
+    for letter in &letters {
+        assert_eq!(header_text(letter, "stockflow-source-topic").as_deref(), Some(topic.as_str()));
+        let partition: u32 = header_text(letter, "stockflow-source-partition").unwrap().parse().unwrap();
+        let offset: u64 = header_text(letter, "stockflow-source-offset").unwrap().parse().unwrap();
+        assert!(partition < 3 && offset < 10);
+    }
+    assert!(letters.iter().any(|m| m.payload() == Some(b"{this is not json".as_slice())), "the original bytes are kept");
+
+    let (_, metrics) = get(&running, "/metrics").await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    assert!(metrics.contains(&format!(r#"stockflow_dead_letters_total{{reason="json",topic="{topic}"}} 1"#)), "{metrics}");
+    assert!(metrics.contains(&format!(r#"stockflow_source_lag{{partition="0",topic="{topic}"}}"#)));
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_and_two_workers_build_the_same_views_from_kafka() {
+    let topic = unique("workers");
+    let mut answers = Vec::new();
+    for workers in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let running = server::start(&settings(dir.path(), &topic, workers)).await.unwrap();
+        if workers == 1 {
+            let mut messages = Vec::new();
+            for i in 0..200 {
+                let sku = format!("W-{:03}", i % 40);
+                messages
+                    .push(event(json!({"id": format!("a{i}"), "type": "stock.adjusted", "sku": sku, "location": format!("l{}", i % 3), "qty": (i % 7) + 1})));
+            }
+            produce(&topic, &messages);
+        }
+        let body = eventually(&running, "/v1/stock?limit=1000", |status, body| {
+            status == 200
+                && body["rows"]
+                    .as_array()
+                    .is_some_and(|rows| rows.iter().map(|r| r["on_hand"].as_i64().unwrap()).sum::<i64>() == (0..200).map(|i| (i % 7) + 1).sum::<i64>())
+        })
+        .await;
+        answers.push(body["rows"].clone());
+        running.shutdown.trigger();
+        running.wait().await.unwrap();
+    }
+    assert_eq!(answers[0], answers[1]);
+    // (i % 40, i % 3) repeats every lcm(40, 3) = 120 events: 120 distinct rows.
+    assert_eq!(answers[0].as_array().unwrap().len(), 120);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = settings(dir.path(), "x", 1);
+    bad.kafka = Some(KafkaSettings { brokers: "127.0.0.1:1".into(), group_id: "g".into() });
+    let started = tokio::time::timeout(Duration::from_secs(60), server::start(&bad)).await.expect("start gives up");
+    let error = format!("{:#}", started.err().expect("no broker, no start"));
+    assert!(error.contains("127.0.0.1:1"), "{error}");
+}
