@@ -64,7 +64,7 @@ pub struct ServeArgs {
     /// Group id that labels stockflow's Kafka clients (nothing is consumed by group) [default: stockflow].
     #[arg(long, env = "STOCKFLOW_KAFKA_GROUP_ID")]
     pub kafka_group_id: Option<String>,
-    /// A topic to read, `TOPIC[=FORMAT]` (repeatable; format `stockflow`) [default: inventory.events, order.events].
+    /// A topic to read, `TOPIC[=FORMAT]` (repeatable; formats `stockflow`, `tradex`) [default: inventory.events, order.events].
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
 }
@@ -237,10 +237,10 @@ impl Settings {
         };
         let mut settings = settings;
         for (topic, format) in declared {
-            let format = match format.as_deref() {
-                None | Some("stockflow") => crate::engine::Format::Stockflow,
-                Some(other) => {
-                    errors.push(format!("source {topic}: format `{other}` is not supported (supported: stockflow; tradex and inventory-cqrs are planned)"));
+            let format = match format.as_deref().map(crate::engine::Format::parse).unwrap_or(Ok(crate::engine::Format::Stockflow)) {
+                Ok(format) => format,
+                Err(reason) => {
+                    errors.push(format!("source {topic}: {reason}"));
                     continue;
                 }
             };
@@ -321,9 +321,9 @@ mod tests {
         let args = ServeArgs { sources: vec!["a.events".into(), "b=stockflow".into()], ..Default::default() };
         let settings = Settings::resolve(&args, None).unwrap();
         assert_eq!(settings.sources.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["a.events", "b"]);
-        let args = ServeArgs { sources: vec!["a=tradex".into(), "bad/name".into(), "a".into()], ..Default::default() };
+        let args = ServeArgs { sources: vec!["a=avro".into(), "bad/name".into(), "a".into()], ..Default::default() };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors[0].contains("format `tradex` is not supported"), "{errors:?}");
+        assert!(errors[0].contains("format `avro` is not supported"), "{errors:?}");
         assert!(errors[1].contains("not a topic name"), "{errors:?}");
         let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
         assert_eq!(defaults.sources.len(), 2);

@@ -181,3 +181,29 @@ async fn an_unreachable_broker_is_a_clear_start_error() {
     let error = format!("{:#}", started.err().expect("no broker, no start"));
     assert!(error.contains("127.0.0.1:1"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tradex_topics_plug_in_unchanged() {
+    let prefix = unique("tradex");
+    let (orders, stock, users) = (format!("{prefix}.order.created"), format!("{prefix}.stock.updated"), format!("{prefix}.user.registered"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut tradex = settings(dir.path(), &orders, 1);
+    tradex.sources = [&orders, &stock, &users].iter().map(|t| (t.to_string(), Format::Tradex)).collect();
+    let running = server::start(&tradex).await.unwrap();
+    produce(&stock, &[("P-1".into(), br#"{"productId":"P-1","quantity":50,"operation":"increase","updatedAt":"2026-01-01T10:00:00Z"}"#.to_vec())]);
+    produce(&users, &[("u-1".into(), br#"{"userId":"u-1","email":"ana@example.com","role":"buyer","createdAt":"2026-01-01T09:00:00Z"}"#.to_vec())]);
+    let order = br#"{"orderId":"0f8e","userId":"u-1","items":[{"productId":"P-1","quantity":3,"price":19.99}],"totalAmount":59.97,"status":"pending","createdAt":"2026-01-01T11:00:00Z"}"#;
+    // Delivered twice (at-least-once): one order.
+    produce(&orders, &[("0f8e".into(), order.to_vec()), ("0f8e".into(), order.to_vec())]);
+    produce(&stock, &[("P-1".into(), br#"{"productId":"P-1","quantity":3,"operation":"decrease"}"#.to_vec())]);
+    produce(&stock, &[("P-1".into(), br#"{"productId":"P-1","quantity":3,"operation":"sideways"}"#.to_vec())]);
+    let body = eventually(&running, "/v1/stock/P-1", |status, body| status == 200 && body["totals"]["on_hand"] == 47).await;
+    assert_eq!(body["locations"][0]["location"], "default");
+    let letters = consume_all(&format!("{stock}.dlq"), 3, 1);
+    assert_eq!(header_text(&letters[0], "stockflow-error").unwrap(), "field `operation`: expected `increase` or `decrease`, got `sideways`");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, again) = get(&running, "/v1/stock/P-1").await;
+    assert_eq!(again["totals"]["on_hand"], 47, "the catalog's decrease echo is not applied a second time");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}

@@ -20,24 +20,39 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stockflow_dataflows::model::tradex::decode_tradex;
 use stockflow_dataflows::model::{decode_event, DecodeError, Epoch, Event, RecordContext};
 use timely::dataflow::operators::probe::Handle;
 
-/// How the bytes of a topic's messages are read.
+/// How the bytes of a topic's messages are read (see docs/formats.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// stockflow's own JSON events (DESIGN.md "Events").
     #[default]
     Stockflow,
+    /// The Latam Tradex topics (`order.created`, `order.updated`, `stock.updated`, `user.registered`).
+    Tradex,
 }
 
 impl Format {
-    /// Decodes one message into an event.
-    pub fn decode(self, record: &Record) -> Result<Event, DecodeError> {
-        match self {
-            Format::Stockflow => decode_event(&record.payload, RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) }),
+    /// Parses a format name as written in `--source TOPIC=FORMAT` or the config file.
+    pub fn parse(name: &str) -> Result<Format, String> {
+        match name {
+            "stockflow" => Ok(Format::Stockflow),
+            "tradex" => Ok(Format::Tradex),
+            other => Err(format!("format `{other}` is not supported (supported: stockflow, tradex; inventory-cqrs is planned)")),
         }
+    }
+
+    /// Decodes one message of `topic`/`partition` into the events it means (zero or more).
+    pub fn decode(self, topic: &str, partition: u32, record: &Record, out: &mut Vec<Event>) -> Result<(), DecodeError> {
+        let ctx = RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) };
+        match self {
+            Format::Stockflow => out.push(decode_event(&record.payload, ctx)?),
+            Format::Tradex => out.extend(decode_tradex(topic, &record.payload, ctx, &format!("{topic}:{partition}:{}", record.offset))?),
+        }
+        Ok(())
     }
 }
 
@@ -200,6 +215,7 @@ mod worker {
         events_in.advance_to(epoch);
         progress_in.advance_to(epoch);
         let mut records = Vec::with_capacity(READ_CHUNK);
+        let mut events = Vec::new();
         while !shutdown.is_triggered() {
             let deadline = Instant::now() + config.epoch;
             let mut read_in_epoch = 0usize;
@@ -226,11 +242,14 @@ mod worker {
                         }
                     }
                     let mut decoded = 0u64;
+                    let partition = part.reader.partition();
                     for record in records.drain(..) {
-                        match part.format.decode(&record) {
-                            Ok(event) => {
-                                events_in.insert(event);
-                                decoded += 1;
+                        match part.format.decode(&part.topic, partition, &record, &mut events) {
+                            Ok(()) => {
+                                for event in events.drain(..) {
+                                    events_in.insert(event);
+                                    decoded += 1;
+                                }
                             }
                             Err(error) => {
                                 tracing::warn!(topic = %part.topic, partition = part.reader.partition(), offset = record.offset, %error, "message does not decode: to the dead-letter topic");

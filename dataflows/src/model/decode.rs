@@ -215,15 +215,15 @@ pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeE
 }
 
 /// `null` counts as absent.
-fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+pub(super) fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| r.get() != "null")
 }
 
-fn required<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<&'a RawValue, DecodeError> {
+pub(super) fn required<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<&'a RawValue, DecodeError> {
     present(raw).ok_or_else(|| DecodeError::Missing(field.to_owned()))
 }
 
-fn text(field: &str, raw: &RawValue, max_len: usize) -> Result<String, DecodeError> {
+pub(super) fn text(field: &str, raw: &RawValue, max_len: usize) -> Result<String, DecodeError> {
     let value: String = serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid(field, format!("expected a string, got `{}`", shorten(raw.get()))))?;
     if value.len() > max_len {
         return Err(DecodeError::invalid(field, format!("longer than {max_len} bytes")));
@@ -266,13 +266,13 @@ fn check_chars(value: &str, max_len: usize, allowed: impl Fn(u8) -> bool, what: 
     Ok(())
 }
 
-fn name(field: &str, raw: &RawValue) -> Result<Name, DecodeError> {
+pub(super) fn name(field: &str, raw: &RawValue) -> Result<Name, DecodeError> {
     let value: Name = serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid(field, format!("expected a string, got `{}`", shorten(raw.get()))))?;
     validate_name(&value).map_err(|reason| DecodeError::invalid(field, reason))?;
     Ok(value)
 }
 
-fn identifier(field: &str, raw: &RawValue) -> Result<Name, DecodeError> {
+pub(super) fn identifier(field: &str, raw: &RawValue) -> Result<Name, DecodeError> {
     // Numeric ids are common in existing systems: accept them as their text.
     let value: Name = if raw.get().bytes().all(|b| b.is_ascii_digit()) {
         Name::from(raw.get())
@@ -284,13 +284,13 @@ fn identifier(field: &str, raw: &RawValue) -> Result<Name, DecodeError> {
 }
 
 #[derive(Clone, Copy)]
-enum Sign {
+pub(super) enum Sign {
     Positive,
     NonNegative,
     NonZero,
 }
 
-fn quantity(field: &str, raw: &RawValue, sign: Sign) -> Result<i64, DecodeError> {
+pub(super) fn quantity(field: &str, raw: &RawValue, sign: Sign) -> Result<i64, DecodeError> {
     let value: i64 = serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid(field, format!("expected an integer, got `{}`", shorten(raw.get()))))?;
     if value.abs() > MAX_QTY {
         return Err(DecodeError::invalid(field, format!("{value} is beyond the limit of ±{MAX_QTY}")));
@@ -311,7 +311,7 @@ fn quantity(field: &str, raw: &RawValue, sign: Sign) -> Result<i64, DecodeError>
     Ok(value)
 }
 
-fn non_negative_money(field: &str, raw: &RawValue) -> Result<Money, DecodeError> {
+pub(super) fn non_negative_money(field: &str, raw: &RawValue) -> Result<Money, DecodeError> {
     let value: Money = serde_json::from_str(raw.get()).map_err(|e| DecodeError::invalid(field, strip_position(&e.to_string())))?;
     if value.is_negative() {
         return Err(DecodeError::invalid(field, format!("must not be negative, got {value}")));
@@ -320,7 +320,7 @@ fn non_negative_money(field: &str, raw: &RawValue) -> Result<Money, DecodeError>
 }
 
 /// Event time: epoch milliseconds or an RFC 3339 text.
-fn event_time(raw: &RawValue) -> Result<EventTime, DecodeError> {
+pub(super) fn event_time(raw: &RawValue) -> Result<EventTime, DecodeError> {
     // Year 1970 to 9999: the range ClickHouse DateTime and every dashboard handle.
     const MAX_MS: i64 = 253_402_300_799_999;
     let text = raw.get();
@@ -362,7 +362,7 @@ fn order_line(index: usize, line: &RawLine<'_>) -> Result<OrderLine, DecodeError
     })
 }
 
-fn line_total(lines: &[OrderLine]) -> Result<Money, DecodeError> {
+pub(super) fn line_total(lines: &[OrderLine]) -> Result<Money, DecodeError> {
     lines
         .iter()
         .map(|l| l.price.checked_mul(l.qty))

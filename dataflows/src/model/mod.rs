@@ -7,6 +7,7 @@
 
 pub mod decode;
 mod money;
+pub mod tradex;
 
 pub use decode::{decode_event, DecodeError, RecordContext};
 pub use money::{Money, MoneyError};
