@@ -12,6 +12,7 @@ use crate::store::Store;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Topic of inventory events.
 pub const INVENTORY_EVENTS: &str = "inventory.events";
@@ -31,8 +32,26 @@ pub struct Running {
     /// Triggers an orderly stop.
     pub shutdown: Shutdown,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
-    engine: crate::engine::EngineHandle,
+    engine: tokio::task::JoinHandle<anyhow::Result<Option<crate::engine::EngineHandle>>>,
     demo: Option<std::thread::JoinHandle<()>>,
+}
+
+fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>) -> EngineConfig {
+    EngineConfig { workers: settings.workers, epoch: settings.epoch, epoch_max_events: settings.epoch_max_events, sources, dead_letters: Some(dead_letters) }
+}
+
+/// Creates missing topics (sources and their `.dlq`; Tansu does not create on
+/// produce) and opens every source topic.
+async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>)> {
+    let mut topics: Vec<String> = settings.sources.iter().map(|(t, _)| t.clone()).collect();
+    topics.extend(settings.sources.iter().map(|(t, _)| format!("{t}.dlq")));
+    kafka::ensure_topics(kafka, &topics, settings.partitions).await.context("creating topics")?;
+    let mut sources = Vec::new();
+    for (topic, format) in &settings.sources {
+        let source = kafka::KafkaTopic::open(kafka, topic).with_context(|| format!("opening topic {topic}"))?;
+        sources.push(SourceSpec { source: Arc::new(source), format: *format });
+    }
+    Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?)))
 }
 
 /// Opens the data dir, starts the engine, binds the listener, and (with a
@@ -43,35 +62,48 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
 
-    let mut sources: Vec<SourceSpec> = Vec::new();
-    let dead_letters: Arc<dyn DeadLetters> = match &settings.kafka {
-        Some(kafka) => {
-            // stockflow creates what it reads and writes when missing (Tansu does not on produce).
-            let mut topics: Vec<String> = settings.sources.iter().map(|(t, _)| t.clone()).collect();
-            topics.extend(settings.sources.iter().map(|(t, _)| format!("{t}.dlq")));
-            kafka::ensure_topics(kafka, &topics, settings.partitions).await.with_context(|| format!("creating topics on {}", kafka.brokers))?;
-            for (topic, format) in &settings.sources {
-                let source = kafka::KafkaTopic::open(kafka, topic).with_context(|| format!("opening Kafka topic {topic}"))?;
-                sources.push(SourceSpec { source: Arc::new(source), format: *format });
-            }
-            Arc::new(kafka::KafkaDeadLetters::new(kafka)?)
-        }
+    // The embedded log is local: open it now and fail fast. Kafka may be down:
+    // connect in the background, retrying, while /health answers and /ready
+    // says what it is waiting for.
+    let engine = match &settings.kafka {
         None => {
+            let mut sources = Vec::new();
             for (topic, format) in &settings.sources {
                 let source = log.topic(topic, settings.partitions).with_context(|| format!("opening topic {topic}"))?;
                 sources.push(SourceSpec { source, format: *format });
             }
-            Arc::new(LogDeadLetters::new(log.clone(), settings.partitions))
+            let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters::new(log.clone(), settings.partitions));
+            let config = engine_config(settings, sources, dead_letters);
+            let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
+            tokio::spawn(async move { Ok(Some(handle)) })
+        }
+        Some(kafka) => {
+            let (settings, store, metrics, shutdown, kafka) = (settings.clone(), store.clone(), metrics.clone(), shutdown.clone(), kafka.clone());
+            tokio::spawn(async move {
+                let mut failures = 0u32;
+                loop {
+                    match connect_kafka(&settings, &kafka).await {
+                        Ok((sources, dead_letters)) => {
+                            store.set_waiting(None);
+                            let config = engine_config(&settings, sources, dead_letters);
+                            return crate::engine::start(config, store, metrics, shutdown).map(Some);
+                        }
+                        Err(error) => {
+                            failures += 1;
+                            let backoff = Duration::from_millis((250u64 << failures.min(5)).min(5_000));
+                            let reason = format!("waiting for the Kafka cluster at {}: {error:#}", kafka.brokers);
+                            tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{reason}");
+                            store.set_waiting(Some(reason));
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = shutdown.wait() => return Ok(None),
+                            }
+                        }
+                    }
+                }
+            })
         }
     };
-    let config = EngineConfig {
-        workers: settings.workers,
-        epoch: settings.epoch,
-        epoch_max_events: settings.epoch_max_events,
-        sources,
-        dead_letters: Some(dead_letters),
-    };
-    let engine = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
@@ -102,8 +134,9 @@ impl Running {
         if let Some(demo) = self.demo {
             let _ = tokio::task::spawn_blocking(move || demo.join()).await;
         }
-        let engine = self.engine;
-        tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread")??;
+        if let Some(engine) = self.engine.await.context("engine start task")?? {
+            tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread")??;
+        }
         self.log.sync().context("syncing the embedded log")?;
         tracing::info!("stopped");
         Ok(())

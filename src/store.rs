@@ -51,6 +51,10 @@ pub struct Store {
     published: watch::Sender<Epoch>,
     /// Positions the sources had at start; `/ready` once the views reach them.
     startup_targets: RwLock<Option<BTreeMap<String, BTreeMap<u32, u64>>>>,
+    /// Why the engine has not started yet (e.g. the broker is unreachable).
+    waiting: RwLock<Option<String>>,
+    /// Source partitions whose last read failed (`topic/partition` → error).
+    failing: RwLock<BTreeMap<String, String>>,
 }
 
 impl Default for Store {
@@ -62,7 +66,13 @@ impl Default for Store {
 impl Store {
     /// An empty store (epoch 0, no rows).
     pub fn new() -> Store {
-        Store { current: RwLock::new(Arc::new(Snapshot::default())), published: watch::channel(0).0, startup_targets: RwLock::new(None) }
+        Store {
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            published: watch::channel(0).0,
+            startup_targets: RwLock::new(None),
+            waiting: RwLock::new(None),
+            failing: RwLock::new(BTreeMap::new()),
+        }
     }
 
     /// The latest published state. Cheap: clones an `Arc`.
@@ -87,6 +97,25 @@ impl Store {
         *self.startup_targets.write().unwrap_or_else(|p| p.into_inner()) = Some(targets);
     }
 
+    /// Records why the engine is not reading yet (`None` once it is).
+    pub fn set_waiting(&self, reason: Option<String>) {
+        *self.waiting.write().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// Records that reading `topic/partition` failed (`Some`) or works again (`None`).
+    pub fn set_source_failure(&self, topic: &str, partition: u32, error: Option<String>) {
+        let key = format!("{topic}/{partition}");
+        let mut failing = self.failing.write().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(error) => {
+                failing.insert(key, error);
+            }
+            None => {
+                failing.remove(&key);
+            }
+        }
+    }
+
     /// Checks that a read-your-writes target names topics and partitions the
     /// engine reads; otherwise says which one it does not.
     pub fn check_known(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> Result<(), String> {
@@ -106,6 +135,12 @@ impl Store {
     /// `Ok` when the views have caught up with what the sources held at start;
     /// otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(reason) = self.waiting.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(reason);
+        }
+        if let Some((source, error)) = self.failing.read().unwrap_or_else(|p| p.into_inner()).iter().next() {
+            return Err(format!("reading {source} fails: {error}"));
+        }
         let targets = self.startup_targets.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(targets) = targets else {
             return Err("the engine has not started reading its sources yet".into());

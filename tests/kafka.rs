@@ -70,6 +70,14 @@ async fn eventually(running: &Running, path: &str, done: impl Fn(u16, &Value) ->
     }
 }
 
+/// Starts stockflow and waits until it has created its topics and caught up,
+/// as a producer should before writing to topics it expects stockflow to create.
+async fn start_ready(settings: &Settings) -> Running {
+    let running = server::start(settings).await.unwrap();
+    eventually(&running, "/ready", |status, _| status == 200).await;
+    running
+}
+
 /// Reads every message of `topic` (all partitions) until `count` have arrived.
 fn consume_all(topic: &str, partitions: i32, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -99,7 +107,7 @@ fn consume_all(topic: &str, partitions: i32, count: usize) -> Vec<rdkafka::messa
 async fn kafka_events_reach_the_views_and_bad_ones_the_dead_letter_topic() {
     let topic = unique("events");
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), &topic, 2)).await.unwrap();
+    let running = start_ready(&settings(dir.path(), &topic, 2)).await;
     produce(
         &topic,
         &[
@@ -128,7 +136,7 @@ async fn kafka_events_reach_the_views_and_bad_ones_the_dead_letter_topic() {
         assert_eq!(header_text(letter, "stockflow-source-topic").as_deref(), Some(topic.as_str()));
         let partition: u32 = header_text(letter, "stockflow-source-partition").unwrap().parse().unwrap();
         let offset: u64 = header_text(letter, "stockflow-source-offset").unwrap().parse().unwrap();
-        assert!(partition < 3 && offset < 10);
+        assert!(partition < 3 && offset < 10, "partition {partition} offset {offset}");
     }
     assert!(letters.iter().any(|m| m.payload() == Some(b"{this is not json".as_slice())), "the original bytes are kept");
 
@@ -146,7 +154,7 @@ async fn one_and_two_workers_build_the_same_views_from_kafka() {
     let mut answers = Vec::new();
     for workers in [1, 2] {
         let dir = tempfile::tempdir().unwrap();
-        let running = server::start(&settings(dir.path(), &topic, workers)).await.unwrap();
+        let running = start_ready(&settings(dir.path(), &topic, workers)).await;
         if workers == 1 {
             let mut messages = Vec::new();
             for i in 0..200 {
@@ -172,14 +180,54 @@ async fn one_and_two_workers_build_the_same_views_from_kafka() {
     assert_eq!(answers[0].as_array().unwrap().len(), 120);
 }
 
+/// A broker of the test's own on a free port, stopped when dropped.
+struct OwnBroker(std::process::Child);
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_own_broker(port: u16) -> OwnBroker {
+    let tansu = std::env::var("STOCKFLOW_TANSU").unwrap_or_else(|_| format!("{}/.cache/stockflow/bin/tansu", std::env::var("HOME").unwrap()));
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = std::process::Command::new(tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tansu (installed by scripts/services.sh) starts");
+    OwnBroker(child)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_broker_is_a_clear_start_error() {
+async fn a_broker_down_at_start_is_waited_for_then_read() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let brokers = format!("127.0.0.1:{port}");
+    let topic = unique("late");
     let dir = tempfile::tempdir().unwrap();
-    let mut bad = settings(dir.path(), "x", 1);
-    bad.kafka = Some(KafkaSettings { brokers: "127.0.0.1:1".into(), group_id: "g".into() });
-    let started = tokio::time::timeout(Duration::from_secs(60), server::start(&bad)).await.expect("start gives up");
-    let error = format!("{:#}", started.err().expect("no broker, no start"));
-    assert!(error.contains("127.0.0.1:1"), "{error}");
+    let mut late = settings(dir.path(), &topic, 1);
+    late.kafka = Some(KafkaSettings { brokers: brokers.clone(), group_id: "stockflow-tests".into() });
+    let running = tokio::time::timeout(Duration::from_secs(10), server::start(&late)).await.expect("start does not wait for the broker").unwrap();
+    let (status, _) = get(&running, "/health").await;
+    assert_eq!(status, 200, "alive while the broker is down");
+    let ready =
+        eventually(&running, "/ready", |status, body| status == 503 && body["detail"].as_str().is_some_and(|d| d.contains("waiting for the Kafka cluster")))
+            .await;
+    assert!(ready["detail"].as_str().unwrap().contains(&brokers), "{ready}");
+
+    let _broker = start_own_broker(port);
+    eventually(&running, "/ready", |status, _| status == 200).await;
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let (key, payload) = event(json!({"id": "x1", "type": "stock.adjusted", "sku": "LATE-1", "location": "m", "qty": 9}));
+    producer.send(BaseRecord::to(&topic).key(&key).payload(&payload)).unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let body = eventually(&running, "/v1/stock/LATE-1", |status, _| status == 200).await;
+    assert_eq!(body["totals"]["on_hand"], 9);
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +237,7 @@ async fn tradex_topics_plug_in_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let mut tradex = settings(dir.path(), &orders, 1);
     tradex.sources = [&orders, &stock, &users].iter().map(|t| (t.to_string(), Format::Tradex)).collect();
-    let running = server::start(&tradex).await.unwrap();
+    let running = start_ready(&tradex).await;
     produce(&stock, &[("P-1".into(), br#"{"productId":"P-1","quantity":50,"operation":"increase","updatedAt":"2026-01-01T10:00:00Z"}"#.to_vec())]);
     produce(&users, &[("u-1".into(), br#"{"userId":"u-1","email":"ana@example.com","role":"buyer","createdAt":"2026-01-01T09:00:00Z"}"#.to_vec())]);
     let order = br#"{"orderId":"0f8e","userId":"u-1","items":[{"productId":"P-1","quantity":3,"price":19.99}],"totalAmount":59.97,"status":"pending","createdAt":"2026-01-01T11:00:00Z"}"#;

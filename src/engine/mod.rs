@@ -229,10 +229,15 @@ mod worker {
                     let budget = READ_CHUNK.min(config.epoch_max_events.saturating_sub(read_in_epoch).max(1));
                     match part.reader.read(budget, &mut records) {
                         Ok(_) => {
+                            if part.failures > 0 {
+                                tracing::info!(topic = %part.topic, partition = part.reader.partition(), "source reads again");
+                                store.set_source_failure(&part.topic, part.reader.partition(), None);
+                            }
                             part.failures = 0;
                             part.retry_at = None;
                         }
                         Err(error) => {
+                            store.set_source_failure(&part.topic, part.reader.partition(), Some(error.to_string()));
                             part.failures += 1;
                             let backoff = Duration::from_millis(100u64 << part.failures.min(6));
                             tracing::warn!(%error, topic = %part.topic, partition = part.reader.partition(), retry_in_ms = backoff.as_millis() as u64, "source read failed");
