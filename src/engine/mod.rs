@@ -116,9 +116,15 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         }
     }
     store.set_startup_targets(targets);
+    let (to_publisher, from_workers) = std::sync::mpsc::channel();
+    let publisher = {
+        let topics: Vec<String> = config.sources.iter().map(|s| s.source.topic().to_owned()).collect();
+        let (store, metrics) = (store.clone(), metrics.clone());
+        std::thread::Builder::new().name("stockflow-publish".into()).spawn(move || publish::run_publisher(from_workers, topics, store, metrics))?
+    };
     let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
-            if let Err(error) = worker::run(worker, &config, &store, &metrics, &shutdown) {
+            if let Err(error) = worker::run(worker, &config, &store, &metrics, &shutdown, to_publisher.clone()) {
                 tracing::error!(%error, "worker stopped");
                 shutdown.trigger();
             }
@@ -127,6 +133,8 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         for result in guards.join() {
             result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
         }
+        // The workers (and their senders) are gone: the publisher drains and stops.
+        publisher.join().map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
         Ok(())
     })?;
     Ok(EngineHandle { thread })
@@ -175,10 +183,16 @@ mod worker {
         failures: u32,
     }
 
-    pub(super) fn run(worker: &mut Worker, config: &EngineConfig, store: &Arc<Store>, metrics: &Metrics, shutdown: &Shutdown) -> Result<(), SourceError> {
+    pub(super) fn run(
+        worker: &mut Worker,
+        config: &EngineConfig,
+        store: &Arc<Store>,
+        metrics: &Metrics,
+        shutdown: &Shutdown,
+        to_publisher: std::sync::mpsc::Sender<publish::Completed>,
+    ) -> Result<(), SourceError> {
         let index = worker.index();
         let peers = worker.peers();
-        let topics: Vec<String> = config.sources.iter().map(|s| s.source.topic().to_owned()).collect();
         let closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
         let probe = Handle::new();
 
@@ -186,7 +200,7 @@ mod worker {
             worker.dataflow::<Epoch, _, _>(|scope| {
                 let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
                 let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
-                publish::views(events, progress, publish::Publisher::new(index, topics.clone(), store.clone(), metrics.clone(), closed_at.clone()), &probe);
+                publish::views(events, progress, publish::Publisher::new(index, closed_at.clone(), to_publisher), &probe);
                 (events_in, progress_in)
             });
 

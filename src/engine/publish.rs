@@ -63,82 +63,113 @@ pub fn views<'scope>(
     });
 }
 
-/// Worker 0's end of the dataflow: buffers updates per epoch and publishes
-/// each epoch once the frontier has passed it.
+/// A run of completed epochs, in order, on its way to the publisher thread.
+pub struct Completed {
+    /// Their changes, epoch after epoch (retractions first within an epoch).
+    changes: Vec<Change>,
+    /// The last epoch every worker has finished.
+    last_complete: Epoch,
+    /// When each of these epochs was closed, for the latency histogram.
+    closed: Vec<Instant>,
+}
+
+/// Worker 0's end of the dataflow: buffers updates per epoch and hands each
+/// run of completed epochs to the publisher thread ([`run_publisher`]), so
+/// that applying them to the store never slows the worker down.
 pub struct Publisher {
     active: bool,
-    topics: Vec<String>,
-    store: Arc<Store>,
-    metrics: Metrics,
     closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>>,
     pending: BTreeMap<Epoch, Vec<Change>>,
-    working: Snapshot,
+    sent_epoch: Epoch,
+    to_publisher: std::sync::mpsc::Sender<Completed>,
 }
 
 impl Publisher {
-    /// A publisher; only the one on worker 0 publishes (it receives everything).
-    pub fn new(worker: usize, topics: Vec<String>, store: Arc<Store>, metrics: Metrics, closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>>) -> Publisher {
-        Publisher { active: worker == 0, topics, store, metrics, closed_at, pending: BTreeMap::new(), working: Snapshot::default() }
+    /// The sink of worker `worker`; only worker 0's receives anything.
+    pub fn new(worker: usize, closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>>, to_publisher: std::sync::mpsc::Sender<Completed>) -> Publisher {
+        Publisher { active: worker == 0, closed_at, pending: BTreeMap::new(), sent_epoch: 0, to_publisher }
     }
 
-    /// Applies every epoch before `frontier` (`None`: the input has ended) and
-    /// publishes the result if anything moved.
+    /// Sends every epoch before `frontier` (`None`: the input has ended).
     fn publish_complete(&mut self, frontier: Option<Epoch>) {
         if !self.active {
             return;
         }
         let complete_before = frontier.unwrap_or(Epoch::MAX);
-        let mut changed = false;
+        let mut changes = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() >= complete_before {
                 break;
             }
-            let mut changes = entry.remove();
+            let mut epoch = entry.remove();
             // Retractions first, so a replaced item row is removed before its successor lands.
-            changes.sort_by_key(|c| match c {
+            epoch.sort_by_key(|c| match c {
                 Change::Item(_, _, diff) => *diff,
                 _ => 0,
             });
-            for change in changes {
-                self.apply(change);
-            }
-            changed = true;
+            changes.extend(epoch);
         }
         // The last epoch every worker has finished (epochs with no updates count too).
         let last_complete = match frontier {
             Some(0) => return,
             Some(f) => f - 1,
-            None => self.closed_at.borrow().keys().next_back().copied().unwrap_or(self.working.as_of.epoch),
+            None => self.closed_at.borrow().keys().next_back().copied().unwrap_or(self.sent_epoch),
         };
-        if !changed && last_complete <= self.working.as_of.epoch {
+        if changes.is_empty() && last_complete <= self.sent_epoch {
             return;
         }
-        self.working.as_of.epoch = self.working.as_of.epoch.max(last_complete);
-        self.store.publish(self.working.clone());
-        let now = Instant::now();
-        let mut closed = self.closed_at.borrow_mut();
-        while let Some(entry) = closed.first_entry() {
+        self.sent_epoch = self.sent_epoch.max(last_complete);
+        let mut closed_at = self.closed_at.borrow_mut();
+        let mut closed = Vec::new();
+        while let Some(entry) = closed_at.first_entry() {
             if *entry.key() > last_complete {
                 break;
             }
-            self.metrics.epoch_latency.observe(now.duration_since(entry.remove()).as_secs_f64());
+            closed.push(entry.remove());
         }
-        self.metrics.published_epoch.set(self.working.as_of.epoch as i64);
-        self.metrics.view_rows.with_label_values(&["items"]).set(self.working.items.len() as i64);
-        self.metrics.view_rows.with_label_values(&["stock"]).set(self.working.stock.len() as i64);
-        self.metrics.view_rows.with_label_values(&["stock_totals"]).set(self.working.stock_totals.len() as i64);
+        // The publisher thread only stops after the workers; a send cannot fail before.
+        let _ = self.to_publisher.send(Completed { changes, last_complete, closed });
     }
+}
 
-    fn apply(&mut self, change: Change) {
-        match change {
-            Change::Item(key, row, diff) => self.working.apply_item(key, row, diff),
-            Change::Stock(key, delta) => self.working.apply_stock(key, delta),
-            Change::Total(key, delta) => self.working.apply_total(key, delta),
-            Change::Progress(source, partition, offset) => {
-                let topic = self.topics.get(source as usize).cloned().unwrap_or_else(|| format!("source-{source}"));
-                let reached = self.working.as_of.offsets.entry(topic).or_default().entry(partition).or_insert(0);
-                *reached = (*reached).max(offset);
+/// The publisher thread: applies completed epochs to its working snapshot
+/// and publishes it. Whatever arrived while it was busy is applied before the
+/// next publish, so under load it publishes less often, with more epochs
+/// each: fewer copy-on-write copies of the maps, never half an epoch.
+pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, topics: Vec<String>, store: Arc<Store>, metrics: Metrics) {
+    let mut working = Snapshot::default();
+    while let Ok(first) = from_workers.recv() {
+        let mut batches = vec![first];
+        batches.extend(from_workers.try_iter());
+        let mut closed = Vec::new();
+        for batch in batches {
+            for change in batch.changes {
+                apply(&mut working, &topics, change);
             }
+            working.as_of.epoch = working.as_of.epoch.max(batch.last_complete);
+            closed.extend(batch.closed);
+        }
+        store.publish(working.clone());
+        let now = Instant::now();
+        for at in closed {
+            metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
+        }
+        metrics.published_epoch.set(working.as_of.epoch as i64);
+        metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
+        metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
+        metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
+    }
+}
+
+fn apply(working: &mut Snapshot, topics: &[String], change: Change) {
+    match change {
+        Change::Item(key, row, diff) => working.apply_item(key, row, diff),
+        Change::Stock(key, delta) => working.apply_stock(key, delta),
+        Change::Total(key, delta) => working.apply_total(key, delta),
+        Change::Progress(source, partition, offset) => {
+            let topic = topics.get(source as usize).cloned().unwrap_or_else(|| format!("source-{source}"));
+            let reached = working.as_of.offsets.entry(topic).or_default().entry(partition).or_insert(0);
+            *reached = (*reached).max(offset);
         }
     }
 }
