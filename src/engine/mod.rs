@@ -85,6 +85,8 @@ type Progress = (u32, u32, u64);
 
 /// Epochs a worker may run ahead of the dataflow before it waits (backpressure).
 const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
+/// How long a worker waits before looking at its sources again when they had nothing.
+const IDLE_POLL: Duration = Duration::from_millis(1);
 /// Messages read from one partition per call.
 const READ_CHUNK: usize = 4096;
 
@@ -298,7 +300,8 @@ mod worker {
                     break;
                 }
                 if read_now == 0 {
-                    worker.step_or_park(Some(deadline - now));
+                    // Nothing to read right now: sources do not wake us, so look again soon.
+                    worker.step_or_park(Some((deadline - now).min(IDLE_POLL)));
                 } else {
                     worker.step();
                 }
