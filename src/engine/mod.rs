@@ -85,7 +85,7 @@ type Progress = (u32, u32, u64);
 
 /// Epochs a worker may run ahead of the dataflow before it waits (backpressure).
 const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
-/// How long a worker waits before looking at its sources again when they had nothing.
+/// How long a worker waits before looking again at sources that just ran dry.
 const IDLE_POLL: Duration = Duration::from_millis(1);
 /// Messages read from one partition per call.
 const READ_CHUNK: usize = 4096;
@@ -300,8 +300,10 @@ mod worker {
                     break;
                 }
                 if read_now == 0 {
-                    // Nothing to read right now: sources do not wake us, so look again soon.
-                    worker.step_or_park(Some((deadline - now).min(IDLE_POLL)));
+                    // Nothing to read right now, and sources do not wake us: while data
+                    // flows (this epoch had some) look again soon; when idle, at the epoch's end.
+                    let wait = if read_in_epoch > 0 { (deadline - now).min(IDLE_POLL) } else { deadline - now };
+                    worker.step_or_park(Some(wait));
                 } else {
                     worker.step();
                 }
