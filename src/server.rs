@@ -86,7 +86,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                         Ok((sources, dead_letters)) => {
                             store.set_waiting(None);
                             let config = engine_config(&settings, sources, dead_letters);
-                            return crate::engine::start(config, store, metrics, shutdown).map(Some);
+                            let started = crate::engine::start(config, store, metrics, shutdown.clone());
+                            if let Err(error) = &started {
+                                tracing::error!("the engine could not start: {error:#}");
+                                shutdown.trigger();
+                            }
+                            return started.map(Some);
                         }
                         Err(error) => {
                             failures += 1;
