@@ -255,3 +255,114 @@ async fn tradex_topics_plug_in_unchanged() {
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+/// A TCP proxy in front of a broker that the test can cut and restore.
+struct Proxy {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(listen: u16, target: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await.unwrap();
+        let (up2, generation2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let mut cut = generation2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { up, generation }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_mid_stream_loses_and_doubles_nothing() {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (broker_port, proxy_port) = (free(), free());
+    // The broker advertises the proxy, so every connection goes through it.
+    let tansu = std::env::var("STOCKFLOW_TANSU").unwrap_or_else(|_| format!("{}/.cache/stockflow/bin/tansu", std::env::var("HOME").unwrap()));
+    let _broker = OwnBroker(
+        std::process::Command::new(tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{broker_port}"),
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{proxy_port}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let proxy = Proxy::start(proxy_port, broker_port).await;
+    let brokers = format!("127.0.0.1:{proxy_port}");
+    let topic = unique("outage");
+    let dir = tempfile::tempdir().unwrap();
+    let mut outage = settings(dir.path(), &topic, 2);
+    outage.kafka = Some(KafkaSettings { brokers: brokers.clone(), group_id: "stockflow-tests".into() });
+    let running = server::start(&outage).await.unwrap();
+    eventually(&running, "/ready", |status, _| status == 200).await;
+
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").create().unwrap();
+    let mut expected = 0i64;
+    let mut produce_range = |range: std::ops::Range<i64>| {
+        for i in range {
+            let qty = (i % 5) + 1;
+            expected += qty;
+            let (key, payload) = event(json!({"id": format!("o{i}"), "type": "stock.adjusted", "sku": format!("O-{}", i % 50), "location": "m", "qty": qty}));
+            while producer.send(BaseRecord::to(&topic).key(&key).payload(&payload)).is_err() {
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    };
+    produce_range(0..20_000);
+    producer.flush(Duration::from_secs(60)).unwrap();
+    // Cut the broker away: the second half waits in the producer, the engine
+    // loses its connections mid-stream; then bring the broker back.
+    proxy.cut();
+    produce_range(20_000..40_000);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, _) = get(&running, "/health").await;
+    assert_eq!(status, 200, "alive during the outage");
+    let ready = eventually(&running, "/ready", |status, _| status == 503).await;
+    assert!(ready["detail"].as_str().unwrap().contains("fails"), "{ready}");
+    proxy.restore();
+    producer.flush(Duration::from_secs(60)).unwrap();
+    eventually(&running, "/ready", |status, _| status == 200).await;
+    let total = |body: &Value| body["rows"].as_array().map(|rows| rows.iter().map(|r| r["on_hand"].as_i64().unwrap()).sum::<i64>());
+    let body = eventually(&running, "/v1/stock?limit=1000", |status, body| status == 200 && total(body) == Some(expected)).await;
+    assert_eq!(body["rows"].as_array().unwrap().len(), 50);
+    let reached: u64 = body["as_of"]["offsets"][&topic].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(reached, 40_000, "every offset read exactly once: {body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, later) = get(&running, "/v1/stock?limit=1000").await;
+    assert_eq!(total(&later), Some(expected), "nothing counted twice after the reconnect");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
