@@ -31,6 +31,8 @@ pub struct KafkaSettings {
 
 /// Timeout of metadata and watermark requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of a watermark request (made from the engine's read loop).
+const WATERMARK_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often a reader refreshes its partition's high watermark (a network round trip).
 const WATERMARK_REFRESH: Duration = Duration::from_secs(1);
 
@@ -171,9 +173,14 @@ impl PartitionReader for KafkaReader {
         if fetched.is_some_and(|at| at.elapsed() < WATERMARK_REFRESH) {
             return Ok(end.max(self.position));
         }
+        // Asked once per refresh interval even when it fails, and briefly: the
+        // engine asks every epoch and must not stall on a broker that is away.
+        // The first request (at start, for `/ready`) may take the full request timeout.
+        let timeout = if fetched.is_none() { REQUEST_TIMEOUT } else { WATERMARK_TIMEOUT };
+        self.end.set((end, Some(Instant::now())));
         let (_low, high) = self
             .consumer
-            .fetch_watermarks(&self.topic, self.partition as i32, REQUEST_TIMEOUT)
+            .fetch_watermarks(&self.topic, self.partition as i32, timeout)
             .map_err(broker(format!("fetching the watermarks of {}/{}", self.topic, self.partition)))?;
         // Some brokers (Tansu) under-report; never report less than what was read.
         let end = (high.max(0) as u64).max(self.position);
