@@ -5,7 +5,8 @@
 //! all source partitions goes to worker `i % workers`), is decoded at the
 //! edge (a bad message is counted, logged with its position and skipped),
 //! flows through `stockflow-dataflows`, and leaves through the publisher in
-//! [`publish`], which runs on worker 0 and swaps snapshots into the [`Store`].
+//! [`publish`]: worker 0 collects each completed epoch and a publisher thread
+//! applies it and swaps snapshots into the [`Store`].
 
 mod publish;
 

@@ -1,6 +1,7 @@
 //! Where data leaves the dataflow: every view's updates and every partition's
-//! progress are sent to worker 0, which applies each *completed* epoch to its
-//! working snapshot and publishes it whole.
+//! progress are sent to worker 0, which hands each *completed* epoch to the
+//! publisher thread; that thread applies it to its working snapshot and
+//! publishes it whole.
 
 use crate::metrics::Metrics;
 use crate::store::{Snapshot, Store};
