@@ -247,13 +247,19 @@ async fn demo_views_move_and_stay_consistent_under_load() {
     demo.partitions = 4;
     demo.demo_rate = Some(5_000);
     let running = server::start(&demo).await.unwrap();
+    // Partitions are read at their own pace: wait until the seeded skus read below are all there.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (status, _, body) = get(&running, "/v1/stock?limit=100").await;
-        if status == 200 && body["rows"].as_array().is_some_and(|r| r.len() == 100) {
+        let mut seeded = true;
+        for sku in 0..7 {
+            let (status, _, _) = get(&running, &format!("/v1/stock/SKU-{sku:05}")).await;
+            seeded &= status == 200;
+        }
+        let (_, _, page) = get(&running, "/v1/stock?limit=100").await;
+        if seeded && page["rows"].as_array().is_some_and(|r| r.len() == 100) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the demo never filled the first page");
+        assert!(std::time::Instant::now() < deadline, "the demo never seeded its first skus");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, _, first) = get(&running, "/v1/stock?limit=100").await;

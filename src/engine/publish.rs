@@ -150,15 +150,16 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, topics:
             working.as_of.epoch = working.as_of.epoch.max(batch.last_complete);
             closed.extend(batch.closed);
         }
+        // Metrics first: whoever sees the new snapshot sees metrics at least as new.
+        metrics.published_epoch.set(working.as_of.epoch as i64);
+        metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
+        metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
+        metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
         store.publish(working.clone());
         let now = Instant::now();
         for at in closed {
             metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
         }
-        metrics.published_epoch.set(working.as_of.epoch as i64);
-        metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
-        metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
-        metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
     }
 }
 
