@@ -4,7 +4,7 @@
 //! the view is an arrangement whose accumulated difference per key *is* the
 //! row: no `reduce` over the history of a key.
 
-use crate::model::{Event, EventBody, Name, SkuKey, StockDelta, StockKey};
+use crate::model::{Event, EventBody, SkuKey, StockDelta, StockKey};
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::implementations::ValSpine;
@@ -148,9 +148,4 @@ where
 /// Hash of a key's parts, for arranging by an integer (see [`crate::model::hash_parts`]).
 pub fn key_hash(parts: &[&str]) -> u64 {
     crate::model::hash_parts(0, parts)
-}
-
-/// Key helper for callers that build a [`SkuKey`] from parts.
-pub fn sku_key(tenant: &str, sku: &str) -> SkuKey {
-    SkuKey { tenant: Name::from(tenant), sku: Name::from(sku) }
 }

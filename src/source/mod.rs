@@ -4,8 +4,6 @@
 
 pub mod kafka;
 
-use std::fmt;
-
 /// One message read from a source partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
@@ -100,16 +98,6 @@ pub struct DeadLetter<'a> {
 pub trait DeadLetters: Send + Sync {
     /// Writes one letter to `<topic>.dlq`.
     fn send(&self, letter: &DeadLetter<'_>) -> Result<(), SourceError>;
-}
-
-/// A topic-partition pair, for metrics and `as_of`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PartitionId(pub u32);
-
-impl fmt::Display for PartitionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
 }
 
 /// Kafka's default partitioner: murmur2 of the key, positive, modulo the
