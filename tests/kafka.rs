@@ -180,6 +180,14 @@ async fn one_and_two_workers_build_the_same_views_from_kafka() {
     assert_eq!(answers[0].as_array().unwrap().len(), 120);
 }
 
+/// The Tansu binary that `scripts/services.sh` installs (or `STOCKFLOW_TANSU`).
+fn tansu_binary() -> String {
+    std::env::var("STOCKFLOW_TANSU").unwrap_or_else(|_| {
+        let cache = std::env::var("STOCKFLOW_CACHE").unwrap_or_else(|_| format!("{}/.cache/stockflow", std::env::var("HOME").unwrap()));
+        format!("{cache}/bin/tansu")
+    })
+}
+
 /// A broker of the test's own on a free port, stopped when dropped.
 struct OwnBroker(std::process::Child);
 
@@ -191,7 +199,7 @@ impl Drop for OwnBroker {
 }
 
 fn start_own_broker(port: u16) -> OwnBroker {
-    let tansu = std::env::var("STOCKFLOW_TANSU").unwrap_or_else(|_| format!("{}/.cache/stockflow/bin/tansu", std::env::var("HOME").unwrap()));
+    let tansu = tansu_binary();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = std::process::Command::new(tansu)
         .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
@@ -303,7 +311,7 @@ async fn a_broker_outage_mid_stream_loses_and_doubles_nothing() {
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (broker_port, proxy_port) = (free(), free());
     // The broker advertises the proxy, so every connection goes through it.
-    let tansu = std::env::var("STOCKFLOW_TANSU").unwrap_or_else(|_| format!("{}/.cache/stockflow/bin/tansu", std::env::var("HOME").unwrap()));
+    let tansu = tansu_binary();
     let _broker = OwnBroker(
         std::process::Command::new(tansu)
             .args([
