@@ -51,7 +51,7 @@ impl Format {
         let ctx = RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) };
         match self {
             Format::Stockflow => out.push(decode_event(&record.payload, ctx)?),
-            Format::Tradex => out.extend(decode_tradex(topic, &record.payload, ctx, &format!("{topic}:{partition}:{}", record.offset))?),
+            Format::Tradex => out.extend(decode_tradex(topic, partition, &record.payload, ctx)?),
         }
         Ok(())
     }
@@ -110,11 +110,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
     for spec in &config.sources {
         for partition in 0..spec.source.partitions() {
-            let end = spec
-                .source
-                .reader(partition, 0)
-                .and_then(|r| r.end_offset())
-                .with_context(|| format!("reading the end of {}/{partition}", spec.source.topic()))?;
+            let end = spec.source.end_offset(partition).with_context(|| format!("reading the end of {}/{partition}", spec.source.topic()))?;
             targets.entry(spec.source.topic().to_owned()).or_default().insert(partition, end);
         }
     }

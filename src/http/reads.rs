@@ -79,6 +79,7 @@ pub(super) async fn list_items(State(state): State<AppState>, Params(params): Pa
         None => Bound::Included(SkuKey { tenant: tenant.clone(), sku: Name::default() }),
     };
     let mut rows = Vec::new();
+    let mut last: Option<&SkuKey> = None;
     let mut next_cursor = None;
     for (key, row) in snapshot.items.range((start, Bound::Unbounded)) {
         if key.tenant != tenant {
@@ -88,16 +89,15 @@ pub(super) async fn list_items(State(state): State<AppState>, Params(params): Pa
             continue;
         }
         if rows.len() == limit {
-            next_cursor = Some(encode_cursor(&[&rows_last_sku(&rows)]));
+            if let Some(last) = last {
+                next_cursor = Some(encode_cursor(&[&last.sku]));
+            }
             break;
         }
         rows.push(item_json(key, row));
+        last = Some(key);
     }
     Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})))
-}
-
-fn rows_last_sku(rows: &[Value]) -> String {
-    rows.last().and_then(|r| r["sku"].as_str()).unwrap_or_default().to_owned()
 }
 
 /// `GET /v1/stock/{sku}`: totals plus one row per location.
@@ -254,9 +254,10 @@ pub fn rfc3339(ms: EventTime) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
+/// Quantities of a row; an absent row (an item with no stock yet) is zeros with no `updated_at`.
 fn quantities_json(delta: Option<&StockDelta>) -> Value {
+    let updated_at = delta.and_then(|d| rfc3339(d.updated_at));
     let delta = delta.copied().unwrap_or_default();
-    let updated_at = if delta.updated_at == 0 && delta.on_hand == 0 && delta.reserved == 0 { None } else { rfc3339(delta.updated_at) };
     json!({"on_hand": delta.on_hand, "reserved": delta.reserved, "available": delta.available(), "updated_at": updated_at})
 }
 

@@ -252,6 +252,11 @@ impl Source for Topic {
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn PartitionReader>, SourceError> {
         Ok(Box::new(Topic::reader(self, partition, from)?))
     }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, SourceError> {
+        self.partition(partition)?;
+        Ok(Topic::end_offset(self, partition))
+    }
 }
 
 /// Dead letters into the embedded log: `<topic>.dlq`, one JSON envelope per

@@ -78,6 +78,8 @@ pub struct KafkaTopic {
     settings: KafkaSettings,
     name: String,
     partitions: u32,
+    /// The consumer that looked the topic up; answers watermark requests too.
+    metadata: BaseConsumer,
 }
 
 impl KafkaTopic {
@@ -93,7 +95,8 @@ impl KafkaTopic {
         if topic.partitions().is_empty() {
             return Err(SourceError::NotFound(format!("topic {name} has no partitions")));
         }
-        Ok(KafkaTopic { settings: settings.clone(), name: name.to_owned(), partitions: topic.partitions().len() as u32 })
+        let partitions = topic.partitions().len() as u32;
+        Ok(KafkaTopic { settings: settings.clone(), name: name.to_owned(), partitions, metadata: consumer })
     }
 }
 
@@ -114,6 +117,14 @@ impl Source for KafkaTopic {
             .map_err(broker(format!("assigning {}/{partition}", self.name)))?;
         consumer.assign(&assignment).map_err(broker(format!("assigning {}/{partition}", self.name)))?;
         Ok(Box::new(KafkaReader { consumer, topic: self.name.clone(), partition, position: from, end: Cell::new((from, None)) }))
+    }
+
+    fn end_offset(&self, partition: u32) -> Result<u64, SourceError> {
+        let (_low, high) = self
+            .metadata
+            .fetch_watermarks(&self.name, partition as i32, REQUEST_TIMEOUT)
+            .map_err(broker(format!("fetching the watermarks of {}/{partition}", self.name)))?;
+        Ok(high.max(0) as u64)
     }
 }
 
@@ -175,12 +186,10 @@ impl PartitionReader for KafkaReader {
         }
         // Asked once per refresh interval even when it fails, and briefly: the
         // engine asks every epoch and must not stall on a broker that is away.
-        // The first request (at start, for `/ready`) may take the full request timeout.
-        let timeout = if fetched.is_none() { REQUEST_TIMEOUT } else { WATERMARK_TIMEOUT };
         self.end.set((end, Some(Instant::now())));
         let (_low, high) = self
             .consumer
-            .fetch_watermarks(&self.topic, self.partition as i32, timeout)
+            .fetch_watermarks(&self.topic, self.partition as i32, WATERMARK_TIMEOUT)
             .map_err(broker(format!("fetching the watermarks of {}/{}", self.topic, self.partition)))?;
         // Some brokers (Tansu) under-report; never report less than what was read.
         let end = (high.max(0) as u64).max(self.position);

@@ -62,6 +62,8 @@ pub trait Source: Send + Sync {
     fn partitions(&self) -> u32;
     /// A reader of one partition that starts at offset `from`.
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn PartitionReader>, SourceError>;
+    /// The offset after the last message currently in `partition`.
+    fn end_offset(&self, partition: u32) -> Result<u64, SourceError>;
 }
 
 /// Sequential reader of one partition.

@@ -46,9 +46,9 @@ struct RawItem<'a> {
     price: Option<&'a RawValue>,
 }
 
-/// Decodes one Tradex message read from `topic` into the events it means
-/// (possibly none: `user.registered` changes no view).
-pub fn decode_tradex(topic: &str, payload: &[u8], ctx: RecordContext, position: &str) -> Result<Vec<Event>, DecodeError> {
+/// Decodes one Tradex message read from `topic`/`partition` into the events
+/// it means (possibly none: `user.registered` changes no view).
+pub fn decode_tradex(topic: &str, partition: u32, payload: &[u8], ctx: RecordContext) -> Result<Vec<Event>, DecodeError> {
     let raw: RawTradex<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     // The topic names the message: `order.created`, or any name ending in `.order.created`.
     const KINDS: [&str; 4] = ["order.created", "order.updated", "stock.updated", "user.registered"];
@@ -117,7 +117,7 @@ pub fn decode_tradex(topic: &str, payload: &[u8], ctx: RecordContext, position: 
                     let ts = time(raw.updated_at)?;
                     let body = EventBody::StockAdjusted { sku, location: Name::from(TRADEX_LOCATION), qty, reason: Name::from("restock") };
                     // The message carries no id: its position in the log is its identity.
-                    Ok(vec![event(format!("tradex:stock:{position}"), ts, body)])
+                    Ok(vec![event(format!("tradex:stock:{topic}:{partition}:{}", ctx.offset), ts, body)])
                 }
                 // Tradex's catalog publishes a decrease after applying an order.created,
                 // which stockflow has already applied: reading it again would count twice.
@@ -142,8 +142,8 @@ mod tests {
     #[test]
     fn order_created_places_the_order_and_takes_the_stock() {
         let payload = br#"{"orderId":"7b1c","userId":"u-9","items":[{"productId":"P-1","quantity":2,"price":10.5},{"productId":"P-2","quantity":1,"price":"3"}],"totalAmount":24,"status":"pending","createdAt":"2026-01-01T00:00:00Z"}"#;
-        let events = decode_tradex("order.created", payload, ctx(), "0:3").unwrap();
-        assert_eq!(decode_tradex("shop-eu.order.created", payload, ctx(), "0:3").unwrap(), events, "a prefixed topic is the same kind");
+        let events = decode_tradex("order.created", 0, payload, ctx()).unwrap();
+        assert_eq!(decode_tradex("shop-eu.order.created", 0, payload, ctx()).unwrap(), events, "a prefixed topic is the same kind");
         assert_eq!(events.len(), 3);
         assert!(matches!(&events[0].body, EventBody::StockAdjusted { sku, qty: -2, location, .. } if sku == "P-1" && location == "default"));
         assert!(matches!(&events[1].body, EventBody::StockAdjusted { sku, qty: -1, .. } if sku == "P-2"));
@@ -154,11 +154,11 @@ mod tests {
 
     #[test]
     fn stock_updated_increases_and_ignores_the_echo_of_orders() {
-        let up = decode_tradex("stock.updated", br#"{"productId":"P-1","quantity":5,"operation":"increase"}"#, ctx(), "1:3").unwrap();
+        let up = decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"increase"}"#, ctx()).unwrap();
         assert!(matches!(&up[0].body, EventBody::StockAdjusted { qty: 5, .. }));
         assert_eq!(up[0].ts, 5, "no updatedAt: the log time");
-        assert!(decode_tradex("stock.updated", br#"{"productId":"P-1","quantity":5,"operation":"decrease"}"#, ctx(), "1:4").unwrap().is_empty());
-        let bad = decode_tradex("stock.updated", br#"{"productId":"P-1","quantity":5,"operation":"grow"}"#, ctx(), "1:5").unwrap_err();
+        assert!(decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"decrease"}"#, ctx()).unwrap().is_empty());
+        let bad = decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"grow"}"#, ctx()).unwrap_err();
         assert_eq!(bad.to_string(), "field `operation`: expected `increase` or `decrease`, got `grow`");
     }
 
@@ -175,11 +175,11 @@ mod tests {
             ("orders.misc", r#"{}"#, "tradex topic `orders.misc`"),
         ];
         for (topic, payload, expected) in cases {
-            let error = decode_tradex(topic, payload.as_bytes(), ctx(), "0:0").unwrap_err().to_string();
+            let error = decode_tradex(topic, 0, payload.as_bytes(), ctx()).unwrap_err().to_string();
             assert!(error.contains(expected), "{topic} {payload}: {error}");
         }
-        assert!(decode_tradex("user.registered", br#"{"userId":"u","email":"a@b"}"#, ctx(), "0:0").unwrap().is_empty());
-        let cancelled = decode_tradex("order.updated", br#"{"orderId":"o","status":"CANCELLED"}"#, ctx(), "0:0").unwrap();
+        assert!(decode_tradex("user.registered", 0, br#"{"userId":"u","email":"a@b"}"#, ctx()).unwrap().is_empty());
+        let cancelled = decode_tradex("order.updated", 0, br#"{"orderId":"o","status":"CANCELLED"}"#, ctx()).unwrap();
         assert!(matches!(cancelled[0].body, EventBody::OrderStatus { status: OrderStatus::Cancelled, .. }));
     }
 }
