@@ -264,6 +264,43 @@ async fn tradex_topics_plug_in_unchanged() {
     running.wait().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_cqrs_states_keep_the_newest_version() {
+    let prefix = unique("cqrs");
+    let (items, stock) = (format!("{prefix}.inventory.items"), format!("{prefix}.inventory.stock"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cqrs = settings(dir.path(), &items, 2);
+    cqrs.sources = [&items, &stock].iter().map(|t| (t.to_string(), Format::InventoryCqrs)).collect();
+    let running = start_ready(&cqrs).await;
+    let state = |value: Value| ("0b6e".to_string(), value.to_string().into_bytes());
+    produce(
+        &items,
+        &[state(json!({"event_type": "inventory.items.created", "item_id": "0b6e", "sku": "PROD-001", "name": "Producto de Prueba",
+            "description": "x", "quantity": 100, "reserved_quantity": 0, "version": 1, "timestamp": "2026-01-01T10:00:00Z"}))],
+    );
+    let reserved = state(json!({"event_type": "inventory.stock.reserved", "sku": "PROD-001", "quantity": 100, "reserved_quantity": 10, "version": 2}));
+    produce(
+        &stock,
+        &[
+            reserved.clone(),
+            reserved,
+            state(json!({"event_type": "inventory.stock.adjusted", "sku": "PROD-001", "quantity": 90, "reserved_quantity": 10, "version": 4})),
+            // Late: an older version arrives after a newer one and changes nothing.
+            state(json!({"event_type": "inventory.stock.reserved", "sku": "PROD-001", "quantity": 100, "reserved_quantity": 30, "version": 3})),
+            state(json!({"event_type": "inventory.stock.reserved", "sku": "PROD-001", "quantity": 5, "reserved_quantity": 6, "version": 5})),
+        ],
+    );
+    let letters = consume_all(&format!("{stock}.dlq"), 3, 1);
+    assert_eq!(header_text(&letters[0], "stockflow-error").unwrap(), "field `reserved_quantity`: 6 exceeds `quantity` 5");
+    let body = eventually(&running, "/v1/stock/PROD-001", |status, body| status == 200 && body["totals"]["on_hand"] == 90).await;
+    assert_eq!(body["totals"]["reserved"], 10, "{body}");
+    assert_eq!(body["totals"]["available"], 80, "{body}");
+    let (status, item) = get(&running, "/v1/items/PROD-001").await;
+    assert_eq!((status, &item["item"]["name"]), (200, &json!("Producto de Prueba")), "{item}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
 /// A TCP proxy in front of a broker that the test can cut and restore.
 struct Proxy {
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -50,6 +50,8 @@ enum Closing {
 /// A reservation counts once per `reservation_id` (the earliest in the log wins);
 /// a release or commit applies to the reservation it names, once, whatever
 /// order the two arrive in; a release of an unknown reservation changes nothing.
+/// An absolute [`EventBody::StockLevel`] contributes the level of the highest
+/// version seen for its key (it adds to deltas of the same key, if any).
 pub fn stock<'scope, T>(events: VecCollection<'scope, T, Event>) -> VecCollection<'scope, T, StockKey, StockDelta>
 where
     T: Timestamp + Lattice + Ord,
@@ -65,18 +67,20 @@ where
     // Route each event to the one branch that uses it: no copies of events.
     let mut branches = events
         .inner
-        .partition(4, |(event, time, diff)| {
+        .partition(5, |(event, time, diff)| {
             let branch = match event.body {
                 EventBody::StockAdjusted { .. } | EventBody::ItemCreated { .. } => 0,
                 EventBody::StockReserved { .. } => 1,
                 EventBody::StockReleased { .. } | EventBody::StockCommitted { .. } => 2,
-                _ => 3,
+                EventBody::StockLevel { .. } => 3,
+                _ => 4,
             };
             (branch, (event, time, diff))
         })
         .into_iter()
         .map(VecCollection::new);
-    let (direct, reservations, closings) = (branches.next().expect("branch 0"), branches.next().expect("branch 1"), branches.next().expect("branch 2"));
+    let (direct, reservations, closings, levels) =
+        (branches.next().expect("branch 0"), branches.next().expect("branch 1"), branches.next().expect("branch 2"), branches.next().expect("branch 3"));
 
     let direct = direct.explode(|event| {
         let tenant = event.tenant;
@@ -131,7 +135,26 @@ where
         })
         .explode(|(key, delta)| Some((key, delta)));
 
-    direct.concat(reserved).concat(closed).map(|key| (key_hash(&[&key.tenant, &key.sku, &key.location]), key)).arrange_by_key_named("stock by sku and location")
+    // Absolute levels: the highest version of each key stands (of equal
+    // versions, the earliest in the log). When a newer version arrives the
+    // reduce retracts the old level and asserts the new one, so the difference
+    // moves by new - old. `updated_at` is the newest event time of any level of
+    // the key, so that it does not depend on which versions an epoch saw.
+    let levels = levels
+        .flat_map(|event| match event.body {
+            EventBody::StockLevel { sku, location, on_hand, reserved, version } => {
+                Some((StockKey { tenant: event.tenant, sku, location }, (version, std::cmp::Reverse(event.seq), on_hand, reserved, event.ts)))
+            }
+            _ => None,
+        })
+        .reduce_named("stock levels by version", |_key, levels, output| {
+            let newest = levels.iter().map(|(level, _)| *level).max_by_key(|(version, seq, ..)| (*version, *seq)).expect("reduce input is not empty");
+            let updated_at = levels.iter().map(|(level, _)| level.4).max().expect("reduce input is not empty");
+            output.push(((newest.2, newest.3, updated_at), 1));
+        })
+        .explode(|(key, (on_hand, reserved, updated_at))| Some((key, StockDelta { on_hand, reserved, updated_at })));
+
+    direct.concat(reserved).concat(closed).concat(levels).map(|key| (key_hash(&[&key.tenant, &key.sku, &key.location]), key)).arrange_by_key_named("stock by sku and location")
 }
 
 /// Stock per `(tenant, sku)`: the [`stock`] rows summed over locations.

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stockflow_dataflows::model::cqrs::decode_cqrs;
 use stockflow_dataflows::model::tradex::decode_tradex;
 use stockflow_dataflows::model::{decode_event, DecodeError, Epoch, Event, RecordContext};
 use timely::dataflow::operators::probe::Handle;
@@ -34,6 +35,8 @@ pub enum Format {
     Stockflow,
     /// The Latam Tradex topics (`order.created`, `order.updated`, `stock.updated`, `user.registered`).
     Tradex,
+    /// The `inventory.items` / `inventory.stock` topics of the command/query/listener design.
+    InventoryCqrs,
 }
 
 impl Format {
@@ -42,7 +45,8 @@ impl Format {
         match name {
             "stockflow" => Ok(Format::Stockflow),
             "tradex" => Ok(Format::Tradex),
-            other => Err(format!("format `{other}` is not supported (supported: stockflow, tradex; inventory-cqrs is planned)")),
+            "inventory-cqrs" => Ok(Format::InventoryCqrs),
+            other => Err(format!("format `{other}` is not supported (supported: stockflow, tradex, inventory-cqrs)")),
         }
     }
 
@@ -52,6 +56,7 @@ impl Format {
         match self {
             Format::Stockflow => out.push(decode_event(&record.payload, ctx)?),
             Format::Tradex => out.extend(decode_tradex(topic, partition, &record.payload, ctx)?),
+            Format::InventoryCqrs => out.extend(decode_cqrs(topic, &record.payload, ctx)?),
         }
         Ok(())
     }

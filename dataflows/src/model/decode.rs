@@ -62,7 +62,7 @@ impl DecodeError {
         }
     }
 
-    fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {
+    pub(super) fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {
         DecodeError::Invalid { field: field.to_owned(), reason: reason.into() }
     }
 }

@@ -5,6 +5,7 @@
 //! [`decode_event`]; the dataflows take [`Event`]s; the serving layer and the
 //! sinks read [`ItemRow`]s and [`StockDelta`]s.
 
+pub mod cqrs;
 pub mod decode;
 mod money;
 pub mod tradex;
@@ -120,6 +121,21 @@ pub enum EventBody {
         /// The reservation committed.
         reservation_id: Name,
     },
+    /// The absolute stock of a sku at a location after a change, with the
+    /// version of that state (the `inventory-cqrs` format). The newest version
+    /// stands for the key; levels of older versions change nothing.
+    StockLevel {
+        /// Stock keeping unit.
+        sku: Name,
+        /// Store or warehouse.
+        location: Name,
+        /// Physical quantity on the shelf (>= 0).
+        on_hand: i64,
+        /// Quantity set aside (0..=on_hand).
+        reserved: i64,
+        /// Version of the state; higher is newer.
+        version: u64,
+    },
     /// `reservation.rejected`: the decider refused a command.
     ReservationRejected {
         /// The command refused.
@@ -186,6 +202,7 @@ impl EventBody {
             EventBody::StockReserved { .. } => "stock.reserved",
             EventBody::StockReleased { .. } => "stock.released",
             EventBody::StockCommitted { .. } => "stock.committed",
+            EventBody::StockLevel { .. } => "stock.level",
             EventBody::ReservationRejected { .. } => "reservation.rejected",
             EventBody::OrderPlaced { .. } => "order.placed",
             EventBody::OrderStatus { status, .. } => match status {
@@ -203,7 +220,8 @@ impl EventBody {
             | EventBody::ItemUpdated { sku, .. }
             | EventBody::ItemDeleted { sku }
             | EventBody::StockAdjusted { sku, .. }
-            | EventBody::StockReserved { sku, .. } => Some(sku),
+            | EventBody::StockReserved { sku, .. }
+            | EventBody::StockLevel { sku, .. } => Some(sku),
             EventBody::ReservationRejected { sku, .. } => sku.as_ref(),
             _ => None,
         }
