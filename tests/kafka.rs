@@ -103,6 +103,17 @@ fn consume_all(topic: &str, partitions: i32, count: usize) -> Vec<rdkafka::messa
     messages
 }
 
+/// The offsets committed under the engine's group id (-1: none), per partition.
+fn committed_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", "stockflow-tests").create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    committed.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1).max(0)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_events_reach_the_views_and_bad_ones_the_dead_letter_topic() {
     let topic = unique("events");
@@ -144,6 +155,17 @@ async fn kafka_events_reach_the_views_and_bad_ones_the_dead_letter_topic() {
     let metrics = metrics.as_str().unwrap().to_owned();
     assert!(metrics.contains(&format!(r#"stockflow_dead_letters_total{{reason="json",topic="{topic}"}} 1"#)), "{metrics}");
     assert!(metrics.contains(&format!(r#"stockflow_source_lag{{partition="0",topic="{topic}"}}"#)));
+
+    // The offsets the views reflect are committed under the group id, for lag tools.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let committed = committed_offsets(&topic, 3);
+        if committed.iter().sum::<i64>() == 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed offsets {committed:?} never covered the 6 messages");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }

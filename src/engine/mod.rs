@@ -126,6 +126,10 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         let (store, metrics) = (store.clone(), metrics.clone());
         std::thread::Builder::new().name("stockflow-publish".into()).spawn(move || publish::run_publisher(from_workers, topics, store, metrics))?
     };
+    {
+        let (sources, store, metrics, shutdown) = (config.sources.iter().map(|s| s.source.clone()).collect(), store.clone(), metrics.clone(), shutdown.clone());
+        std::thread::Builder::new().name("stockflow-commit".into()).spawn(move || commit_offsets(sources, &store, &metrics, &shutdown))?;
+    }
     let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
             if let Err(error) = worker::run(worker, &config, &store, &metrics, &shutdown, to_publisher.clone()) {
@@ -142,6 +146,43 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         Ok(())
     })?;
     Ok(EngineHandle { thread })
+}
+
+/// How often the published offsets are committed for lag monitoring.
+const COMMIT_PERIOD: Duration = Duration::from_secs(1);
+
+/// The committer thread: every [`COMMIT_PERIOD`], and once more at shutdown,
+/// hands each source the offsets the published views reflect, if they moved
+/// ([`Source::commit`]). A failure is counted and logged, then retried next
+/// period: commits only serve monitoring, so they never hold anything up.
+fn commit_offsets(sources: Vec<Arc<dyn Source>>, store: &Store, metrics: &Metrics, shutdown: &Shutdown) {
+    let mut committed: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    loop {
+        let last = shutdown.is_triggered();
+        if !last {
+            std::thread::sleep(COMMIT_PERIOD);
+        }
+        let snapshot = store.snapshot();
+        for source in &sources {
+            let Some(reached) = snapshot.as_of.offsets.get(source.topic()) else { continue };
+            if committed.get(source.topic()) == Some(reached) {
+                continue;
+            }
+            let offsets: Vec<(u32, u64)> = reached.iter().map(|(p, o)| (*p, *o)).collect();
+            match source.commit(&offsets) {
+                Ok(()) => {
+                    committed.insert(source.topic().to_owned(), reached.clone());
+                }
+                Err(error) => {
+                    metrics.commit_failures.with_label_values(&[source.topic()]).inc();
+                    tracing::debug!(%error, "offset commit failed; retrying next period");
+                }
+            }
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// Sends a dead letter, retrying with backoff until it is acknowledged (or

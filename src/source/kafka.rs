@@ -3,13 +3,15 @@
 //! Every Kafka setting stockflow uses is set in [`client_config`], each with
 //! why. Offsets belong to the engine: partitions are assigned by hand (no
 //! consumer-group rebalancing), nothing is committed automatically, and a
-//! reader starts exactly where the engine asks.
+//! reader starts exactly where the engine asks. The engine commits the
+//! offsets its published views reflect under the group id, for lag
+//! monitoring only ([`Source::commit`]).
 
 use super::{PartitionReader, Record, Source, SourceError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -24,8 +26,9 @@ use std::time::{Duration, Instant};
 pub struct KafkaSettings {
     /// `host:port,…` bootstrap servers.
     pub brokers: String,
-    /// Group id under which nothing is consumed by group: it only labels the
-    /// client for broker-side monitoring.
+    /// Group id under which nothing is consumed by group: the engine commits
+    /// the offsets its views reflect under it, so that `kafka-consumer-groups`
+    /// and lag exporters see its progress. Never read back.
     pub group_id: String,
 }
 
@@ -125,6 +128,16 @@ impl Source for KafkaTopic {
             .fetch_watermarks(&self.name, partition as i32, REQUEST_TIMEOUT)
             .map_err(broker(format!("fetching the watermarks of {}/{partition}", self.name)))?;
         Ok(high.max(0) as u64)
+    }
+
+    fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), SourceError> {
+        let mut list = TopicPartitionList::new();
+        for &(partition, next) in offsets {
+            list.add_partition_offset(&self.name, partition as i32, Offset::Offset(next as i64))
+                .map_err(broker(format!("committing {}/{partition}", self.name)))?;
+        }
+        // Synchronous: the caller is the engine's committer thread, never a reader.
+        self.metadata.commit(&list, CommitMode::Sync).map_err(broker(format!("committing offsets of {} under group {}", self.name, self.settings.group_id)))
     }
 }
 

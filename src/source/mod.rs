@@ -64,6 +64,13 @@ pub trait Source: Send + Sync {
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn PartitionReader>, SourceError>;
     /// The offset after the last message currently in `partition`.
     fn end_offset(&self, partition: u32) -> Result<u64, SourceError>;
+    /// Records, for monitoring only, that the views reflect `partition` up to
+    /// `next_offset` (Kafka: an offset commit under the group id, so that lag
+    /// tools see the engine's progress). Never read back: the engine's own
+    /// epochs say where to resume. Default: nothing to record.
+    fn commit(&self, _offsets: &[(u32, u64)]) -> Result<(), SourceError> {
+        Ok(())
+    }
 }
 
 /// Sequential reader of one partition.
