@@ -86,7 +86,11 @@ impl Metrics {
             source_end: gauge("stockflow_source_end_offset", "Offset after the last message in the partition.", &["topic", "partition"]),
             source_lag: gauge("stockflow_source_lag", "Messages in the partition not yet read.", &["topic", "partition"]),
             source_errors: counter("stockflow_source_errors_total", "Errors reading a source.", &["topic"]),
-            commit_failures: counter("stockflow_offset_commit_failures_total", "Offset commits for lag monitoring that failed (retried next period).", &["topic"]),
+            commit_failures: counter(
+                "stockflow_offset_commit_failures_total",
+                "Offset commits for lag monitoring that failed (retried next period).",
+                &["topic"],
+            ),
             http_requests: counter("stockflow_http_requests_total", "HTTP requests.", &["route", "method", "status"]),
             http_latency: histogram("stockflow_http_request_duration_seconds", "HTTP request latency.", &["route", "status"], latency_buckets),
             demo_events: counter("stockflow_demo_events_total", "Events appended by the demo generator.", &["tenant"]),

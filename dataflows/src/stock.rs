@@ -154,7 +154,12 @@ where
         })
         .explode(|(key, (on_hand, reserved, updated_at))| Some((key, StockDelta { on_hand, reserved, updated_at })));
 
-    direct.concat(reserved).concat(closed).concat(levels).map(|key| (key_hash(&[&key.tenant, &key.sku, &key.location]), key)).arrange_by_key_named("stock by sku and location")
+    direct
+        .concat(reserved)
+        .concat(closed)
+        .concat(levels)
+        .map(|key| (key_hash(&[&key.tenant, &key.sku, &key.location]), key))
+        .arrange_by_key_named("stock by sku and location")
 }
 
 /// Stock per `(tenant, sku)`: the [`stock`] rows summed over locations.

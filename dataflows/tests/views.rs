@@ -225,7 +225,13 @@ fn history(steps: &[Step]) -> Vec<Event> {
             6 => EventBody::StockReserved { sku: sku_name, location: location_name, qty: qty.abs() + 1, reservation_id, order_id: None },
             7 => EventBody::StockReleased { reservation_id },
             8 => EventBody::StockCommitted { reservation_id },
-            9 | 10 => EventBody::StockLevel { sku: sku_name, location: location_name, on_hand: qty.abs() + 2, reserved: qty.abs() / 2, version: reservation as u64 + 1 },
+            9 | 10 => EventBody::StockLevel {
+                sku: sku_name,
+                location: location_name,
+                on_hand: qty.abs() + 2,
+                reserved: qty.abs() / 2,
+                version: reservation as u64 + 1,
+            },
             _ => {
                 // A redelivery: an earlier event again, later in the log.
                 if let Some(original) = events.get(reservation * 7 % events.len().max(1)).cloned() {

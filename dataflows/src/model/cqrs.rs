@@ -76,9 +76,8 @@ pub fn decode_cqrs(topic: &str, payload: &[u8], ctx: RecordContext) -> Result<Ve
     let kind = match present(raw.event_type).or(present(raw.kind)) {
         Some(t) => {
             let type_name = text("event_type", t, 128)?;
-            kind(&type_name).ok_or_else(|| {
-                DecodeError::UnknownType(format!("{type_name} (expected inventory.items.created|updated|deleted or inventory.stock.*)"))
-            })?
+            kind(&type_name)
+                .ok_or_else(|| DecodeError::UnknownType(format!("{type_name} (expected inventory.items.created|updated|deleted or inventory.stock.*)")))?
         }
         // Untyped: the topic says which.
         None if topic.ends_with("stock") => Kind::Stock,
@@ -169,7 +168,9 @@ mod tests {
 
     #[test]
     fn stock_messages_are_levels_typed_or_not() {
-        let typed = decode_cqrs("inventory.stock", br#"{"event_type":"inventory.stock.reserved","sku":"P","quantity":100,"reserved_quantity":10,"version":2}"#, ctx()).unwrap();
+        let typed =
+            decode_cqrs("inventory.stock", br#"{"event_type":"inventory.stock.reserved","sku":"P","quantity":100,"reserved_quantity":10,"version":2}"#, ctx())
+                .unwrap();
         assert!(matches!(&typed[..], [Event { body: EventBody::StockLevel { on_hand: 100, reserved: 10, version: 2, .. }, ts: 5, .. }]));
         let untyped = decode_cqrs("inventory.stock", br#"{"sku":"P","quantity":100,"reserved_quantity":10,"version":2}"#, ctx()).unwrap();
         assert_eq!(untyped, typed);
@@ -180,7 +181,10 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"event_type":"inventory.stock.adjusted","sku":"P","quantity":5,"reserved_quantity":6,"version":2}"#, "field `reserved_quantity`: 6 exceeds `quantity` 5"),
+            (
+                r#"{"event_type":"inventory.stock.adjusted","sku":"P","quantity":5,"reserved_quantity":6,"version":2}"#,
+                "field `reserved_quantity`: 6 exceeds `quantity` 5",
+            ),
             (r#"{"event_type":"inventory.stock.adjusted","sku":"P","quantity":-1,"version":2}"#, "field `quantity`: must not be negative, got -1"),
             (r#"{"event_type":"inventory.stock.adjusted","sku":"P","quantity":1,"version":0}"#, "field `version`: expected an integer of at least 1, got `0`"),
             (r#"{"event_type":"inventory.stock.adjusted","sku":"P","version":2}"#, "missing required field `quantity`"),
