@@ -8,7 +8,7 @@ use crate::store::{Snapshot, Store};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -143,12 +143,31 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, topics:
         let mut batches = vec![first];
         batches.extend(from_workers.try_iter());
         let mut closed = Vec::new();
+        // Stock deltas commute (sums and a max), so the deltas of every epoch
+        // in hand are folded per key first and each row of the B-trees is
+        // touched once, in key order, however many epochs changed it.
+        let mut stock: HashMap<StockKey, StockDelta, foldhash::fast::RandomState> = HashMap::default();
+        let mut totals: HashMap<SkuKey, StockDelta, foldhash::fast::RandomState> = HashMap::default();
         for batch in batches {
             for change in batch.changes {
-                apply(&mut working, &topics, change);
+                match change {
+                    Change::Stock(key, delta) => fold(&mut stock, key, delta),
+                    Change::Total(key, delta) => fold(&mut totals, key, delta),
+                    other => apply(&mut working, &topics, other),
+                }
             }
             working.as_of.epoch = working.as_of.epoch.max(batch.last_complete);
             closed.extend(batch.closed);
+        }
+        let mut stock: Vec<_> = stock.into_iter().collect();
+        stock.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, delta) in stock {
+            working.apply_stock(key, delta);
+        }
+        let mut totals: Vec<_> = totals.into_iter().collect();
+        totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, delta) in totals {
+            working.apply_total(key, delta);
         }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
         metrics.published_epoch.set(working.as_of.epoch as i64);
@@ -159,6 +178,16 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, topics:
         let now = Instant::now();
         for at in closed {
             metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
+        }
+    }
+}
+
+fn fold<K: std::hash::Hash + Eq>(deltas: &mut HashMap<K, StockDelta, foldhash::fast::RandomState>, key: K, delta: StockDelta) {
+    use differential_dataflow::difference::Semigroup;
+    match deltas.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut row) => row.get_mut().plus_equals(&delta),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(delta);
         }
     }
 }
