@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::engine::{EngineConfig, Format, SourceSpec};
+use stockflow::engine::{EngineConfig, Format, SourceSpec, Start};
 use stockflow::log::Log;
 use stockflow::metrics::Metrics;
 use stockflow::shutdown::Shutdown;
@@ -49,7 +49,7 @@ fn main() {
         workers,
         epoch: Duration::from_millis(10),
         epoch_max_events: 100_000,
-        sources: vec![SourceSpec { source: topic.clone(), format: Format::Stockflow }],
+        sources: vec![SourceSpec { source: topic.clone(), format: Format::Stockflow, start: Start::Earliest }],
         dead_letters: None,
     };
     let start = Instant::now();

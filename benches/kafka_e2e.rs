@@ -19,7 +19,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::engine::{EngineConfig, Format, SourceSpec};
+use stockflow::engine::{EngineConfig, Format, SourceSpec, Start};
 use stockflow::metrics::Metrics;
 use stockflow::shutdown::Shutdown;
 use stockflow::source::kafka::{client_config, ensure_topics, KafkaSettings, KafkaTopic};
@@ -107,7 +107,7 @@ fn main() {
         workers,
         epoch: Duration::from_millis(10),
         epoch_max_events: 100_000,
-        sources: vec![SourceSpec { source: Arc::new(source), format: Format::Stockflow }],
+        sources: vec![SourceSpec { source: Arc::new(source), format: Format::Stockflow, start: Start::Earliest }],
         dead_letters: None,
     };
     let start = Instant::now();

@@ -64,7 +64,7 @@ pub struct ServeArgs {
     /// Group id that labels stockflow's Kafka clients (nothing is consumed by group) [default: stockflow].
     #[arg(long, env = "STOCKFLOW_KAFKA_GROUP_ID")]
     pub kafka_group_id: Option<String>,
-    /// A topic to read, `TOPIC[=FORMAT]` (repeatable; formats `stockflow`, `tradex`) [default: inventory.events, order.events].
+    /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`) [default: inventory.events, order.events].
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
 }
@@ -130,6 +130,27 @@ pub struct SourceConfig {
     /// Message format [default: stockflow].
     #[serde(default)]
     pub format: Option<String>,
+    /// Where reading begins: `earliest`, `latest` or `stored` [default: earliest].
+    #[serde(default)]
+    pub start: Option<String>,
+}
+
+/// A topic to read, as declared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceDecl {
+    /// Topic name.
+    pub topic: String,
+    /// Message format.
+    pub format: crate::engine::Format,
+    /// Where reading begins.
+    pub start: crate::engine::Start,
+}
+
+impl SourceDecl {
+    /// A topic read from the earliest offset.
+    pub fn new(topic: impl Into<String>, format: crate::engine::Format) -> SourceDecl {
+        SourceDecl { topic: topic.into(), format, start: crate::engine::Start::Earliest }
+    }
 }
 
 /// `[demo]` table of the config file.
@@ -163,8 +184,8 @@ pub struct Settings {
     pub demo_rate: Option<u32>,
     /// Kafka, when configured; else the embedded log.
     pub kafka: Option<crate::source::kafka::KafkaSettings>,
-    /// Topics to read and their formats.
-    pub sources: Vec<(String, crate::engine::Format)>,
+    /// Topics to read, their formats and start positions.
+    pub sources: Vec<SourceDecl>,
 }
 
 /// Defaults, in one place.
@@ -222,23 +243,37 @@ impl Settings {
             }),
             sources: Vec::new(),
         };
-        let declared: Vec<(String, Option<String>)> = if !args.sources.is_empty() {
+        // (topic, format, start) as written.
+        let declared: Vec<(String, Option<String>, Option<String>)> = if !args.sources.is_empty() {
             args.sources
                 .iter()
-                .map(|s| match s.split_once('=') {
-                    Some((topic, format)) => (topic.trim().to_owned(), Some(format.trim().to_owned())),
-                    None => (s.trim().to_owned(), None),
+                .map(|s| {
+                    let (rest, start) = match s.split_once('@') {
+                        Some((rest, start)) => (rest, Some(start.trim().to_owned())),
+                        None => (s.as_str(), None),
+                    };
+                    match rest.split_once('=') {
+                        Some((topic, format)) => (topic.trim().to_owned(), Some(format.trim().to_owned()), start),
+                        None => (rest.trim().to_owned(), None, start),
+                    }
                 })
                 .collect()
         } else if let Some(sources) = file.sources {
-            sources.into_iter().map(|s| (s.topic, s.format)).collect()
+            sources.into_iter().map(|s| (s.topic, s.format, s.start)).collect()
         } else {
-            defaults::SOURCES.iter().map(|t| (t.to_string(), None)).collect()
+            defaults::SOURCES.iter().map(|t| (t.to_string(), None, None)).collect()
         };
         let mut settings = settings;
-        for (topic, format) in declared {
+        for (topic, format, start) in declared {
             let format = match format.as_deref().map(crate::engine::Format::parse).unwrap_or(Ok(crate::engine::Format::Stockflow)) {
                 Ok(format) => format,
+                Err(reason) => {
+                    errors.push(format!("source {topic}: {reason}"));
+                    continue;
+                }
+            };
+            let start = match start.as_deref().map(crate::engine::Start::parse).unwrap_or(Ok(crate::engine::Start::Earliest)) {
+                Ok(start) => start,
                 Err(reason) => {
                     errors.push(format!("source {topic}: {reason}"));
                     continue;
@@ -247,11 +282,14 @@ impl Settings {
             let valid = !topic.is_empty() && topic.len() <= 249 && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
             if !valid {
                 errors.push(format!("source `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
-            } else if settings.sources.iter().any(|(t, _)| *t == topic) {
+            } else if settings.sources.iter().any(|s| s.topic == topic) {
                 errors.push(format!("source {topic}: declared twice"));
             } else {
-                settings.sources.push((topic, format));
+                settings.sources.push(SourceDecl { topic, format, start });
             }
+        }
+        if settings.kafka.is_none() && settings.sources.iter().any(|s| s.start == crate::engine::Start::Stored) {
+            errors.push("sources: start `stored` reads offsets committed to Kafka; it needs kafka_brokers".into());
         }
         if settings.demo_rate.is_some() && settings.kafka.is_some() {
             errors.push("demo: the generator writes to the embedded log; run demo without kafka_brokers".into());
@@ -320,7 +358,15 @@ mod tests {
     fn sources_from_flags_with_formats_checked() {
         let args = ServeArgs { sources: vec!["a.events".into(), "b=stockflow".into()], ..Default::default() };
         let settings = Settings::resolve(&args, None).unwrap();
-        assert_eq!(settings.sources.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["a.events", "b"]);
+        assert_eq!(settings.sources.iter().map(|s| s.topic.as_str()).collect::<Vec<_>>(), ["a.events", "b"]);
+        let args = ServeArgs { sources: vec!["a@latest".into(), "b=tradex@stored".into()], kafka_brokers: Some("k:9092".into()), ..Default::default() };
+        let settings = Settings::resolve(&args, None).unwrap();
+        assert_eq!(settings.sources[0].start, crate::engine::Start::Latest);
+        assert_eq!((settings.sources[1].format, settings.sources[1].start), (crate::engine::Format::Tradex, crate::engine::Start::Stored));
+        let args = ServeArgs { sources: vec!["a@soon".into(), "b@stored".into()], ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors.iter().any(|e| e == "source a: start `soon` is not one of earliest, latest, stored"), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("start `stored` reads offsets committed to Kafka")), "{errors:?}");
         let args = ServeArgs { sources: vec!["a=avro".into(), "bad/name".into(), "a".into()], ..Default::default() };
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert!(errors[0].contains("format `avro` is not supported"), "{errors:?}");

@@ -43,13 +43,13 @@ fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Ar
 /// Creates missing topics (sources and their `.dlq`; Tansu does not create on
 /// produce) and opens every source topic.
 async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>)> {
-    let mut topics: Vec<String> = settings.sources.iter().map(|(t, _)| t.clone()).collect();
-    topics.extend(settings.sources.iter().map(|(t, _)| format!("{t}.dlq")));
+    let mut topics: Vec<String> = settings.sources.iter().map(|s| s.topic.clone()).collect();
+    topics.extend(settings.sources.iter().map(|s| format!("{}.dlq", s.topic)));
     kafka::ensure_topics(kafka, &topics, settings.partitions).await.context("creating topics")?;
     let mut sources = Vec::new();
-    for (topic, format) in &settings.sources {
-        let source = kafka::KafkaTopic::open(kafka, topic).with_context(|| format!("opening topic {topic}"))?;
-        sources.push(SourceSpec { source: Arc::new(source), format: *format });
+    for decl in &settings.sources {
+        let source = kafka::KafkaTopic::open(kafka, &decl.topic).with_context(|| format!("opening topic {}", decl.topic))?;
+        sources.push(SourceSpec { source: Arc::new(source), format: decl.format, start: decl.start });
     }
     Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?)))
 }
@@ -68,9 +68,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let engine = match &settings.kafka {
         None => {
             let mut sources = Vec::new();
-            for (topic, format) in &settings.sources {
-                let source = log.topic(topic, settings.partitions).with_context(|| format!("opening topic {topic}"))?;
-                sources.push(SourceSpec { source, format: *format });
+            for decl in &settings.sources {
+                let source = log.topic(&decl.topic, settings.partitions).with_context(|| format!("opening topic {}", decl.topic))?;
+                sources.push(SourceSpec { source, format: decl.format, start: decl.start });
             }
             let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters::new(log.clone(), settings.partitions));
             let config = engine_config(settings, sources, dead_letters);

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use stockflow::config::{LogFormat, Settings};
+use stockflow::config::{LogFormat, Settings, SourceDecl};
 use stockflow::engine::Format;
 use stockflow::server::{self, Running, INVENTORY_EVENTS, ORDER_EVENTS};
 
@@ -18,7 +18,7 @@ fn settings(dir: &std::path::Path, workers: usize) -> Settings {
         log_format: LogFormat::Pretty,
         demo_rate: None,
         kafka: None,
-        sources: vec![(INVENTORY_EVENTS.into(), Format::Stockflow), (ORDER_EVENTS.into(), Format::Stockflow)],
+        sources: vec![SourceDecl::new(INVENTORY_EVENTS, Format::Stockflow), SourceDecl::new(ORDER_EVENTS, Format::Stockflow)],
     }
 }
 

@@ -8,8 +8,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use stockflow::config::{LogFormat, Settings};
-use stockflow::engine::Format;
+use stockflow::config::{LogFormat, Settings, SourceDecl};
+use stockflow::engine::{Format, Start};
 use stockflow::server::{self, Running};
 use stockflow::source::kafka::{header_text, KafkaSettings};
 
@@ -33,7 +33,7 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         log_format: LogFormat::Pretty,
         demo_rate: None,
         kafka: Some(KafkaSettings { brokers: brokers(), group_id: "stockflow-tests".into() }),
-        sources: vec![(topic.to_owned(), Format::Stockflow)],
+        sources: vec![SourceDecl::new(topic, Format::Stockflow)],
     }
 }
 
@@ -266,7 +266,7 @@ async fn tradex_topics_plug_in_unchanged() {
     let (orders, stock, users) = (format!("{prefix}.order.created"), format!("{prefix}.stock.updated"), format!("{prefix}.user.registered"));
     let dir = tempfile::tempdir().unwrap();
     let mut tradex = settings(dir.path(), &orders, 1);
-    tradex.sources = [&orders, &stock, &users].iter().map(|t| (t.to_string(), Format::Tradex)).collect();
+    tradex.sources = [&orders, &stock, &users].iter().map(|t| SourceDecl::new(t.as_str(), Format::Tradex)).collect();
     let running = start_ready(&tradex).await;
     produce(&stock, &[("P-1".into(), br#"{"productId":"P-1","quantity":50,"operation":"increase","updatedAt":"2026-01-01T10:00:00Z"}"#.to_vec())]);
     produce(&users, &[("u-1".into(), br#"{"userId":"u-1","email":"ana@example.com","role":"buyer","createdAt":"2026-01-01T09:00:00Z"}"#.to_vec())]);
@@ -292,7 +292,7 @@ async fn inventory_cqrs_states_keep_the_newest_version() {
     let (items, stock) = (format!("{prefix}.inventory.items"), format!("{prefix}.inventory.stock"));
     let dir = tempfile::tempdir().unwrap();
     let mut cqrs = settings(dir.path(), &items, 2);
-    cqrs.sources = [&items, &stock].iter().map(|t| (t.to_string(), Format::InventoryCqrs)).collect();
+    cqrs.sources = [&items, &stock].iter().map(|t| SourceDecl::new(t.as_str(), Format::InventoryCqrs)).collect();
     let running = start_ready(&cqrs).await;
     let state = |value: Value| ("0b6e".to_string(), value.to_string().into_bytes());
     produce(
@@ -319,6 +319,47 @@ async fn inventory_cqrs_states_keep_the_newest_version() {
     assert_eq!(body["totals"]["available"], 80, "{body}");
     let (status, item) = get(&running, "/v1/items/PROD-001").await;
     assert_eq!((status, &item["item"]["name"]), (200, &json!("Producto de Prueba")), "{item}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_latest_skips_the_backlog_and_stored_resumes_from_the_commits() {
+    let topic = unique("start");
+    let dir = tempfile::tempdir().unwrap();
+    let adjust = |id: &str, qty: i64| event(json!({"id": id, "type": "stock.adjusted", "sku": "S-1", "location": "l", "qty": qty}));
+    // The topic exists (stockflow creates it) and holds a backlog before the `latest` run starts.
+    let first = start_ready(&settings(dir.path(), &topic, 1)).await;
+    // One batch per message: Tansu reports a partition's high watermark as the
+    // base offset of its last batch + 1, which is exact only for one-message batches.
+    produce(&topic, &[adjust("a", 100)]);
+    produce(&topic, &[adjust("b", 10)]);
+    eventually(&first, "/v1/stock/S-1", |status, body| status == 200 && body["totals"]["on_hand"] == 110).await;
+    first.shutdown.trigger();
+    first.wait().await.unwrap();
+
+    let mut latest = settings(dir.path(), &topic, 1);
+    latest.sources[0].start = Start::Latest;
+    let running = start_ready(&latest).await;
+    let (status, body) = get(&running, "/v1/stock/S-1").await;
+    assert_eq!(status, 404, "the backlog before start is not read: {body}");
+    produce(&topic, &[adjust("c", 7)]);
+    eventually(&running, "/v1/stock/S-1", |status, body| status == 200 && body["totals"]["on_hand"] == 7).await;
+    // Wait until the commit covers all three messages, then stop.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while committed_offsets(&topic, 3).iter().sum::<i64>() != 3 {
+        assert!(Instant::now() < deadline, "offsets never committed: {:?}", committed_offsets(&topic, 3));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+
+    let mut stored = settings(dir.path(), &topic, 1);
+    stored.sources[0].start = Start::Stored;
+    let running = start_ready(&stored).await;
+    produce(&topic, &[adjust("d", 5)]);
+    let body = eventually(&running, "/v1/stock/S-1", |status, _| status == 200).await;
+    assert_eq!(body["totals"]["on_hand"], 5, "only what came after the stored offsets: {body}");
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }

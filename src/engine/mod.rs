@@ -62,6 +62,32 @@ impl Format {
     }
 }
 
+/// Where reading a topic begins when the engine starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    /// The first message still in the log: the views cover the whole topic.
+    #[default]
+    Earliest,
+    /// The end of the log at start-up: the views cover only what arrives after.
+    Latest,
+    /// The offsets last committed under the Kafka group id (where a previous
+    /// run's published views had got to); `earliest` where none is stored.
+    Stored,
+}
+
+impl Start {
+    /// Parses `earliest`, `latest` or `stored`.
+    pub fn parse(name: &str) -> Result<Start, String> {
+        match name {
+            "earliest" => Ok(Start::Earliest),
+            "latest" => Ok(Start::Latest),
+            "stored" => Ok(Start::Stored),
+            other => Err(format!("start `{other}` is not one of earliest, latest, stored")),
+        }
+    }
+}
+
 /// A topic to read and how to read it.
 #[derive(Clone)]
 pub struct SourceSpec {
@@ -69,6 +95,8 @@ pub struct SourceSpec {
     pub source: Arc<dyn Source>,
     /// Its message format.
     pub format: Format,
+    /// Where to begin.
+    pub start: Start,
 }
 
 /// How the engine cuts input into epochs and spreads it over threads.
@@ -80,7 +108,7 @@ pub struct EngineConfig {
     pub epoch: Duration,
     /// ...or after this many messages read by one worker, whichever is first.
     pub epoch_max_events: usize,
-    /// Topics to read, from offset 0.
+    /// Topics to read, each from its [`Start`].
     pub sources: Vec<SourceSpec>,
     /// Where undecodable messages go (`<topic>.dlq`); `None`: counted and skipped only.
     pub dead_letters: Option<Arc<dyn DeadLetters>>,
@@ -112,14 +140,33 @@ impl EngineHandle {
 pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<EngineHandle> {
     anyhow::ensure!(config.workers >= 1, "--workers must be at least 1");
     // What "caught up" means for /ready: the ends of the partitions now.
+    // And where each partition begins (`starts[source][partition]`).
     let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
+    let mut starts: Vec<Vec<u64>> = Vec::new();
     for spec in &config.sources {
+        let topic = spec.source.topic();
+        let mut source_starts = Vec::new();
         for partition in 0..spec.source.partitions() {
-            let end = spec.source.end_offset(partition).with_context(|| format!("reading the end of {}/{partition}", spec.source.topic()))?;
-            targets.entry(spec.source.topic().to_owned()).or_default().insert(partition, end);
+            let end = spec.source.end_offset(partition).with_context(|| format!("reading the end of {topic}/{partition}"))?;
+            targets.entry(topic.to_owned()).or_default().insert(partition, end);
+            let start = match spec.start {
+                Start::Earliest => 0,
+                Start::Latest => end,
+                Start::Stored => match spec.source.stored_offset(partition).with_context(|| format!("reading the stored offset of {topic}/{partition}"))? {
+                    Some(stored) => stored,
+                    None => {
+                        tracing::info!(topic, partition, "no stored offset: starting from the earliest");
+                        0
+                    }
+                },
+            };
+            source_starts.push(start);
         }
+        tracing::info!(topic, start = ?spec.start, offsets = ?source_starts, "source starts");
+        starts.push(source_starts);
     }
     store.set_startup_targets(targets);
+    let starts = Arc::new(starts);
     let (to_publisher, from_workers) = std::sync::mpsc::channel();
     let publisher = {
         let topics: Vec<String> = config.sources.iter().map(|s| s.source.topic().to_owned()).collect();
@@ -132,7 +179,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     }
     let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
-            if let Err(error) = worker::run(worker, &config, &store, &metrics, &shutdown, to_publisher.clone()) {
+            if let Err(error) = worker::run(worker, &config, &starts, &store, &metrics, &shutdown, to_publisher.clone()) {
                 tracing::error!(%error, "worker stopped");
                 shutdown.trigger();
             }
@@ -231,6 +278,7 @@ mod worker {
     pub(super) fn run(
         worker: &mut Worker,
         config: &EngineConfig,
+        starts: &[Vec<u64>],
         store: &Arc<Store>,
         metrics: &Metrics,
         shutdown: &Shutdown,
@@ -258,7 +306,7 @@ mod worker {
                         source: source as u32,
                         topic: spec.source.topic().to_owned(),
                         format: spec.format,
-                        reader: spec.source.reader(partition, 0)?,
+                        reader: spec.source.reader(partition, starts[source][partition as usize])?,
                         reported: None,
                         retry_at: None,
                         failures: 0,

@@ -139,6 +139,18 @@ impl Source for KafkaTopic {
         // Synchronous: the caller is the engine's committer thread, never a reader.
         self.metadata.commit(&list, CommitMode::Sync).map_err(broker(format!("committing offsets of {} under group {}", self.name, self.settings.group_id)))
     }
+
+    fn stored_offset(&self, partition: u32) -> Result<Option<u64>, SourceError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.name, partition as i32);
+        let what = || format!("reading the committed offset of {}/{partition} for group {}", self.name, self.settings.group_id);
+        let committed = self.metadata.committed_offsets(list, REQUEST_TIMEOUT).map_err(broker(what()))?;
+        let element = committed.find_partition(&self.name, partition as i32);
+        Ok(element.and_then(|e| match e.offset() {
+            Offset::Offset(offset) if offset >= 0 => Some(offset as u64),
+            _ => None,
+        }))
+    }
 }
 
 /// Reader of one Kafka partition: its own consumer, assigned by hand.

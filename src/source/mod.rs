@@ -71,6 +71,11 @@ pub trait Source: Send + Sync {
     fn commit(&self, _offsets: &[(u32, u64)]) -> Result<(), SourceError> {
         Ok(())
     }
+    /// The offset last recorded with [`Source::commit`] for `partition`, if
+    /// any (read only when a source is told to start from `stored`).
+    fn stored_offset(&self, _partition: u32) -> Result<Option<u64>, SourceError> {
+        Ok(None)
+    }
 }
 
 /// Sequential reader of one partition.
