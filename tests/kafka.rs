@@ -1,5 +1,6 @@
 //! The Kafka source against a real Kafka-compatible broker over TCP (Tansu,
 //! started by `scripts/services.sh`; override with `STOCKFLOW_KAFKA_BROKERS`).
+//! The outage and restart tests start brokers of their own.
 //! Every test uses fresh topics.
 
 use rdkafka::config::ClientConfig;
@@ -471,6 +472,114 @@ async fn a_broker_outage_mid_stream_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, later) = get(&running, "/v1/stock?limit=1000").await;
     assert_eq!(total(&later), Some(expected), "nothing counted twice after the reconnect");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+/// A Tansu whose storage is S3 (moto's server, installed by
+/// `scripts/services.sh`), so that it can be stopped and started again with
+/// its topics, records and offsets intact.
+struct DurableBroker {
+    port: u16,
+    moto_port: u16,
+    /// Held for its `Drop`: the S3 server lives as long as the broker.
+    _moto: OwnBroker,
+    tansu: Option<OwnBroker>,
+}
+
+impl DurableBroker {
+    async fn start() -> DurableBroker {
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (port, moto_port) = (free(), free());
+        let moto_server = std::env::var("STOCKFLOW_MOTO").unwrap_or_else(|_| tansu_binary().replace("/bin/tansu", "/bin/moto_server"));
+        let moto = OwnBroker(
+            std::process::Command::new(moto_server)
+                .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("moto_server (installed by scripts/services.sh) starts"),
+        );
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The bucket Tansu keeps everything in.
+        while client.put(format!("http://127.0.0.1:{moto_port}/tansu")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut broker = DurableBroker { port, moto_port, _moto: moto, tansu: None };
+        broker.start_tansu().await;
+        broker
+    }
+
+    async fn start_tansu(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = std::process::Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "s3://tansu/"])
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.moto_port))
+            .env("AWS_ALLOW_HTTP", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.tansu = Some(OwnBroker(child));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop_tansu(&mut self) {
+        self.tansu = None;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_loses_and_doubles_nothing() {
+    let mut broker = DurableBroker::start().await;
+    let brokers = format!("127.0.0.1:{}", broker.port);
+    let topic = unique("restart");
+    let dir = tempfile::tempdir().unwrap();
+    let mut restart = settings(dir.path(), &topic, 2);
+    restart.kafka = Some(KafkaSettings { brokers: brokers.clone(), group_id: "stockflow-tests".into() });
+    let running = start_ready(&restart).await;
+
+    let mut expected = 0i64;
+    let mut produce_range = |range: std::ops::Range<i64>| {
+        let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).set("linger.ms", "5").set("acks", "all").create().unwrap();
+        for i in range {
+            let qty = (i % 5) + 1;
+            expected += qty;
+            let (key, payload) = event(json!({"id": format!("r{i}"), "type": "stock.adjusted", "sku": format!("R-{}", i % 50), "location": "m", "qty": qty}));
+            while producer.send(BaseRecord::to(&topic).key(&key).payload(&payload)).is_err() {
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    };
+    produce_range(0..5_000);
+    // Stop the broker process while the engine is reading, then start it again.
+    broker.stop_tansu();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = get(&running, "/health").await;
+    assert_eq!(status, 200, "alive while the broker is down");
+    let ready = eventually(&running, "/ready", |status, _| status == 503).await;
+    assert!(ready["detail"].as_str().unwrap().contains("fails"), "{ready}");
+    broker.start_tansu().await;
+    produce_range(5_000..10_000);
+
+    eventually(&running, "/ready", |status, _| status == 200).await;
+    let total = |body: &Value| body["rows"].as_array().map(|rows| rows.iter().map(|r| r["on_hand"].as_i64().unwrap()).sum::<i64>());
+    let body = eventually(&running, "/v1/stock?limit=1000", |status, body| status == 200 && total(body) == Some(expected)).await;
+    let reached: u64 = body["as_of"]["offsets"][&topic].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(reached, 10_000, "every offset read exactly once: {body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, later) = get(&running, "/v1/stock?limit=1000").await;
+    assert_eq!(total(&later), Some(expected), "nothing counted twice after the restart");
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
