@@ -4,11 +4,13 @@
 
 #![deny(missing_docs)]
 
+pub mod decider;
 pub mod dedup;
 pub mod items;
 pub mod model;
 pub mod stock;
 
+pub use decider::decide;
 pub use dedup::dedup;
 pub use items::items;
 pub use stock::{stock, stock_totals};

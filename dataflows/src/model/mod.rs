@@ -5,12 +5,16 @@
 //! [`decode_event`]; the dataflows take [`Event`]s; the serving layer and the
 //! sinks read [`ItemRow`]s and [`StockDelta`]s.
 
+pub mod command;
 pub mod cqrs;
 pub mod decode;
+mod encode;
 mod money;
 pub mod tradex;
 
+pub use command::{decode_command, Command};
 pub use decode::{decode_event, DecodeError, RecordContext};
+pub use encode::encode_event;
 pub use money::{Money, MoneyError};
 
 use compact_str::CompactString;
