@@ -218,6 +218,10 @@ impl Decider {
     }
 }
 
+/// What an epoch brought the decider: a capability to answer with (only
+/// when it brought commands), its events and its commands.
+type Pending<T> = (Option<Capability<T>>, Vec<Event>, Vec<Command>);
+
 /// The decider as a timely operator: `events` (from the event log) and
 /// `commands` in, outcome events out (one per command decided).
 ///
@@ -248,7 +252,7 @@ where
 
     let outcomes = events.binary_frontier(commands, Pipeline, Pipeline, "decide per sku", |_capability, _info| {
         let mut decider = Decider::default();
-        let mut stash: BTreeMap<T, (Option<Capability<T>>, Vec<Event>, Vec<Command>)> = BTreeMap::new();
+        let mut stash: BTreeMap<T, Pending<T>> = BTreeMap::new();
         move |(events, events_frontier), (commands, commands_frontier), output| {
             events.for_each(|_capability, data| {
                 for (event, time, _diff) in data.drain(..) {
