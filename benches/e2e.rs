@@ -51,6 +51,7 @@ fn main() {
         epoch_max_events: 100_000,
         sources: vec![SourceSpec { source: topic.clone(), format: Format::Stockflow, start: Start::Earliest }],
         dead_letters: None,
+        commands: None,
     };
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), Metrics::new(), shutdown.clone()).expect("engine");

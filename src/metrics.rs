@@ -1,6 +1,6 @@
 //! Prometheus metrics of the engine and the API, served at `/metrics`.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric stockflow exports. Cheap to clone (handles are `Arc`s inside).
 #[derive(Clone)]
@@ -28,6 +28,12 @@ pub struct Metrics {
     pub source_lag: IntGaugeVec,
     /// Source read errors, by topic.
     pub source_errors: IntCounterVec,
+    /// Command outcomes appended to the event topic.
+    pub outcomes: IntCounter,
+    /// Appends of outcomes that failed and were retried.
+    pub outcome_append_failures: IntCounter,
+    /// Commands accepted over HTTP, per command type.
+    pub commands_in: IntCounterVec,
     /// Offset commits (monitoring only) that failed, per topic.
     pub commit_failures: IntCounterVec,
     /// HTTP requests by route, method and status.
@@ -58,6 +64,11 @@ impl Metrics {
             registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
+        let int_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
             registry.register(Box::new(h.clone())).expect("unique metric");
@@ -86,6 +97,9 @@ impl Metrics {
             source_end: gauge("stockflow_source_end_offset", "Offset after the last message in the partition.", &["topic", "partition"]),
             source_lag: gauge("stockflow_source_lag", "Messages in the partition not yet read.", &["topic", "partition"]),
             source_errors: counter("stockflow_source_errors_total", "Errors reading a source.", &["topic"]),
+            outcomes: int_counter("stockflow_command_outcomes_total", "Command outcomes (events and rejections) appended to the event topic."),
+            outcome_append_failures: int_counter("stockflow_outcome_append_failures_total", "Appends of command outcomes that failed and were retried."),
+            commands_in: counter("stockflow_commands_total", "Commands accepted over HTTP and appended.", &["type"]),
             commit_failures: counter(
                 "stockflow_offset_commit_failures_total",
                 "Offset commits for lag monitoring that failed (retried next period).",

@@ -2,12 +2,12 @@
 //! (for `demo`) the generator, sharing one shutdown signal.
 
 use crate::config::Settings;
-use crate::engine::{EngineConfig, SourceSpec};
+use crate::engine::{CommandPath, EngineConfig, SourceSpec};
 use crate::http::AppState;
-use crate::log::{Log, LogDeadLetters};
+use crate::log::{Log, LogAppender, LogDeadLetters};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::source::{kafka, DeadLetters};
+use crate::source::{kafka, Appender, DeadLetters, Source};
 use crate::store::Store;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -18,6 +18,8 @@ use std::time::Duration;
 pub const INVENTORY_EVENTS: &str = "inventory.events";
 /// Topic of order events.
 pub const ORDER_EVENTS: &str = "order.events";
+/// Topic of commands (the write path's input).
+pub const INVENTORY_COMMANDS: &str = "inventory.commands";
 
 /// A started stockflow: listening, reading, publishing.
 pub struct Running {
@@ -36,22 +38,34 @@ pub struct Running {
     demo: Option<std::thread::JoinHandle<()>>,
 }
 
-fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>) -> EngineConfig {
-    EngineConfig { workers: settings.workers, epoch: settings.epoch, epoch_max_events: settings.epoch_max_events, sources, dead_letters: Some(dead_letters) }
+fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>, commands: CommandPath) -> EngineConfig {
+    EngineConfig {
+        workers: settings.workers,
+        epoch: settings.epoch,
+        epoch_max_events: settings.epoch_max_events,
+        sources,
+        dead_letters: Some(dead_letters),
+        commands: Some(commands),
+    }
 }
 
 /// Creates missing topics (sources and their `.dlq`; Tansu does not create on
 /// produce) and opens every source topic.
-async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>)> {
+async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>, Arc<dyn Source>)> {
     let mut topics: Vec<String> = settings.sources.iter().map(|s| s.topic.clone()).collect();
-    topics.extend(settings.sources.iter().map(|s| format!("{}.dlq", s.topic)));
+    topics.extend([INVENTORY_COMMANDS.to_owned(), INVENTORY_EVENTS.to_owned()]);
+    topics.sort();
+    topics.dedup();
+    let dead_letter_topics: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
+    topics.extend(dead_letter_topics);
     kafka::ensure_topics(kafka, &topics, settings.partitions).await.context("creating topics")?;
     let mut sources = Vec::new();
     for decl in &settings.sources {
         let source = kafka::KafkaTopic::open(kafka, &decl.topic).with_context(|| format!("opening topic {}", decl.topic))?;
         sources.push(SourceSpec { source: Arc::new(source), format: decl.format, start: decl.start });
     }
-    Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?)))
+    let commands = kafka::KafkaTopic::open(kafka, INVENTORY_COMMANDS).with_context(|| format!("opening topic {INVENTORY_COMMANDS}"))?;
+    Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?), Arc::new(commands)))
 }
 
 /// Opens the data dir, starts the engine, binds the listener, and (with a
@@ -61,6 +75,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let store = Arc::new(Store::new());
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
+
+    // Commands and outcomes are written where the events live.
+    let appender: Arc<dyn Appender> = match &settings.kafka {
+        None => Arc::new(LogAppender::new(log.clone(), settings.partitions)),
+        Some(kafka) => Arc::new(kafka::KafkaAppender::new(kafka)?),
+    };
 
     // The embedded log is local: open it now and fail fast. Kafka may be down:
     // connect in the background, retrying, while /health answers and /ready
@@ -73,19 +93,23 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 sources.push(SourceSpec { source, format: decl.format, start: decl.start });
             }
             let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters::new(log.clone(), settings.partitions));
-            let config = engine_config(settings, sources, dead_letters);
+            let commands = log.topic(INVENTORY_COMMANDS, settings.partitions).with_context(|| format!("opening topic {INVENTORY_COMMANDS}"))?;
+            let path = CommandPath { commands, appender: appender.clone(), events_topic: INVENTORY_EVENTS.into() };
+            let config = engine_config(settings, sources, dead_letters, path);
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
         }
         Some(kafka) => {
             let (settings, store, metrics, shutdown, kafka) = (settings.clone(), store.clone(), metrics.clone(), shutdown.clone(), kafka.clone());
+            let appender = appender.clone();
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 loop {
                     match connect_kafka(&settings, &kafka).await {
-                        Ok((sources, dead_letters)) => {
+                        Ok((sources, dead_letters, commands)) => {
                             store.set_waiting(None);
-                            let config = engine_config(&settings, sources, dead_letters);
+                            let path = CommandPath { commands, appender: appender.clone(), events_topic: INVENTORY_EVENTS.into() };
+                            let config = engine_config(&settings, sources, dead_letters, path);
                             let started = crate::engine::start(config, store, metrics, shutdown.clone());
                             if let Err(error) = &started {
                                 tracing::error!("the engine could not start: {error:#}");
@@ -112,7 +136,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let state = AppState { store: store.clone(), metrics: metrics.clone() };
+    let state =
+        AppState { store: store.clone(), metrics: metrics.clone(), commands: Some(crate::http::CommandWriter { appender, topic: INVENTORY_COMMANDS.into() }) };
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");
 

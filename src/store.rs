@@ -9,7 +9,7 @@ use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use stockflow_dataflows::model::{Epoch, ItemRow, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::{Epoch, Event, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use tokio::sync::watch;
 
 /// Where the views stand: the epoch and, per topic and partition, the next
@@ -42,6 +42,9 @@ pub struct Snapshot {
     pub stock: OrdMap<StockKey, StockDelta>,
     /// The `stock_totals` view.
     pub stock_totals: OrdMap<SkuKey, StockDelta>,
+    /// Decided commands: `(tenant, command id)` → the events they caused
+    /// (one `reservation.rejected` for a rejected command).
+    pub commands: imbl::HashMap<(Name, Name), Vec<Event>>,
 }
 
 /// Shared handle to the published views.
@@ -55,6 +58,9 @@ pub struct Store {
     waiting: RwLock<Option<String>>,
     /// Source partitions whose last read failed (`topic/partition` → error).
     failing: RwLock<BTreeMap<String, String>>,
+    /// Commands accepted over HTTP by this process: `(tenant, command id)`
+    /// → where the command landed. `pending` until the views hold its outcome.
+    submitted: std::sync::Mutex<std::collections::HashMap<(Name, Name), (u32, u64)>>,
 }
 
 impl Default for Store {
@@ -72,6 +78,7 @@ impl Store {
             startup_targets: RwLock::new(None),
             waiting: RwLock::new(None),
             failing: RwLock::new(BTreeMap::new()),
+            submitted: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -157,6 +164,21 @@ impl Store {
         Ok(())
     }
 
+    /// Remembers a command appended by this process (see [`Store::submitted`]).
+    pub fn submit(&self, tenant: Name, command_id: Name, position: (u32, u64)) {
+        self.submitted.lock().unwrap_or_else(|p| p.into_inner()).insert((tenant, command_id), position);
+    }
+
+    /// Where a command appended by this process landed, if it was.
+    pub fn submitted(&self, tenant: &Name, command_id: &Name) -> Option<(u32, u64)> {
+        self.submitted.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant.clone(), command_id.clone())).copied()
+    }
+
+    /// Forgets a submitted command once its outcome is in the views.
+    pub fn forget_submitted(&self, tenant: &Name, command_id: &Name) {
+        self.submitted.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant.clone(), command_id.clone()));
+    }
+
     /// Waits until the published views cover `targets`, at most `wait`.
     /// Returns the snapshot that covers them, or `None` on timeout.
     pub async fn wait_for(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>, wait: std::time::Duration) -> Option<Arc<Snapshot>> {
@@ -197,6 +219,11 @@ impl Snapshot {
                 self.stock_totals.insert(key, delta);
             }
         }
+    }
+
+    /// Records an event caused by a command (its outcome).
+    pub fn apply_command(&mut self, tenant: Name, command_id: Name, event: Event) {
+        self.commands.entry((tenant, command_id)).or_default().push(event);
     }
 
     /// Applies an item row insertion (`diff > 0`) or retraction (`diff < 0`).

@@ -160,7 +160,7 @@ async fn bad_requests_get_precise_problems() {
         ("/v1/items/NOPE", 404, "no item `NOPE`"),
         ("/v1/items/bad%20sku", 400, "sku: character ' ' not allowed"),
         ("/v1/stock?after=garbage", 400, "after"),
-        ("/v1/stock?after=inventory.events:0:999999&wait_ms=50", 503, "did not reach"),
+        ("/v1/stock?after=inventory.events:0:999999&wait_ms=50", 504, "did not reach"),
         ("/v1/nothing", 404, "no such route"),
         ("/v1/stock?after=orders:0:1", 400, "topic `orders` is not a source"),
         ("/v1/stock?after=inventory.events:7:1", 400, "has no partition 7"),

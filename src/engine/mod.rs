@@ -12,7 +12,7 @@ mod publish;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::source::{DeadLetter, DeadLetters, PartitionReader, Record, Source, SourceError};
+use crate::source::{Appender, DeadLetter, DeadLetters, PartitionReader, Record, Source, SourceError};
 use crate::store::Store;
 use anyhow::Context;
 use differential_dataflow::input::InputSession;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::model::cqrs::decode_cqrs;
 use stockflow_dataflows::model::tradex::decode_tradex;
-use stockflow_dataflows::model::{decode_event, DecodeError, Epoch, Event, RecordContext};
+use stockflow_dataflows::model::{decode_command, decode_event, Command, DecodeError, Epoch, Event, RecordContext};
 use timely::dataflow::operators::probe::Handle;
 
 /// How the bytes of a topic's messages are read (see docs/formats.md).
@@ -112,6 +112,30 @@ pub struct EngineConfig {
     pub sources: Vec<SourceSpec>,
     /// Where undecodable messages go (`<topic>.dlq`); `None`: counted and skipped only.
     pub dead_letters: Option<Arc<dyn DeadLetters>>,
+    /// The write path, when commands are taken.
+    pub commands: Option<CommandPath>,
+}
+
+/// The write path: commands are read from `commands` (always from the
+/// earliest offset: commands already decided are recognised in the event log
+/// and not decided again) and their outcomes appended to `events_topic`.
+#[derive(Clone)]
+pub struct CommandPath {
+    /// The commands topic (`inventory.commands`).
+    pub commands: Arc<dyn Source>,
+    /// Writes outcomes.
+    pub appender: Arc<dyn Appender>,
+    /// Where outcomes go (`inventory.events`).
+    pub events_topic: String,
+}
+
+/// What a source partition carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Input {
+    /// Events in a format.
+    Events(Format),
+    /// Commands for the decider.
+    Commands,
 }
 
 /// `(source index, partition, next offset)`: how far a partition has been read.
@@ -143,7 +167,13 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     // And where each partition begins (`starts[source][partition]`).
     let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
     let mut starts: Vec<Vec<u64>> = Vec::new();
-    for spec in &config.sources {
+    // Every topic read: event sources, then the commands topic.
+    let mut inputs: Vec<(Arc<dyn Source>, Input, Start)> = config.sources.iter().map(|s| (s.source.clone(), Input::Events(s.format), s.start)).collect();
+    if let Some(path) = &config.commands {
+        inputs.push((path.commands.clone(), Input::Commands, Start::Earliest));
+    }
+    for (source, input, start) in &inputs {
+        let spec = SourceSpec { source: source.clone(), format: Format::Stockflow, start: *start };
         let topic = spec.source.topic();
         let mut source_starts = Vec::new();
         for partition in 0..spec.source.partitions() {
@@ -162,24 +192,35 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
             };
             source_starts.push(start);
         }
-        tracing::info!(topic, start = ?spec.start, offsets = ?source_starts, "source starts");
+        tracing::info!(topic, start = ?spec.start, input = ?input, offsets = ?source_starts, "source starts");
         starts.push(source_starts);
     }
+    // Commands wait until the events that were in the log at start are in
+    // the views (and so in the decider's state): a command already decided
+    // before a restart is then recognised, and none is decided on a partial state.
+    let mut event_targets = targets.clone();
+    if let Some(path) = &config.commands {
+        event_targets.remove(path.commands.topic());
+    }
     store.set_startup_targets(targets);
-    let starts = Arc::new(starts);
+    let plan = Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets });
     let (to_publisher, from_workers) = std::sync::mpsc::channel();
     let publisher = {
-        let topics: Vec<String> = config.sources.iter().map(|s| s.source.topic().to_owned()).collect();
-        let (store, metrics) = (store.clone(), metrics.clone());
-        std::thread::Builder::new().name("stockflow-publish".into()).spawn(move || publish::run_publisher(from_workers, topics, store, metrics))?
+        let topics: Vec<String> = inputs.iter().map(|(source, _, _)| source.topic().to_owned()).collect();
+        let outcomes_to = config.commands.as_ref().map(|path| (path.appender.clone(), path.events_topic.clone()));
+        let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("stockflow-publish".into())
+            .spawn(move || publish::run_publisher(from_workers, topics, outcomes_to, store, metrics, shutdown))?
     };
     {
-        let (sources, store, metrics, shutdown) = (config.sources.iter().map(|s| s.source.clone()).collect(), store.clone(), metrics.clone(), shutdown.clone());
+        let (sources, store, metrics, shutdown) =
+            (inputs.iter().map(|(source, _, _)| source.clone()).collect(), store.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new().name("stockflow-commit".into()).spawn(move || commit_offsets(sources, &store, &metrics, &shutdown))?;
     }
     let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
-            if let Err(error) = worker::run(worker, &config, &starts, &store, &metrics, &shutdown, to_publisher.clone()) {
+            if let Err(error) = worker::run(worker, &config, &plan, &store, &metrics, &shutdown, to_publisher.clone()) {
                 tracing::error!(%error, "worker stopped");
                 shutdown.trigger();
             }
@@ -193,6 +234,16 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         Ok(())
     })?;
     Ok(EngineHandle { thread })
+}
+
+/// Who reads what, decided at start.
+struct Plan {
+    /// Every topic read, in source-index order.
+    inputs: Vec<(Arc<dyn Source>, Input)>,
+    /// Where each partition begins: `starts[source][partition]`.
+    starts: Vec<Vec<u64>>,
+    /// The ends of the event sources at start (commands wait for them).
+    event_targets: BTreeMap<String, BTreeMap<u32, u64>>,
 }
 
 /// How often the published offsets are committed for lag monitoring.
@@ -262,11 +313,14 @@ mod worker {
     use super::*;
     use timely::worker::Worker;
 
+    /// The dataflow's inputs: events, commands, read progress.
+    type Inputs = (InputSession<Epoch, Event, isize>, InputSession<Epoch, Command, isize>, InputSession<Epoch, Progress, isize>);
+
     /// One partition this worker reads.
     struct Assigned {
         source: u32,
         topic: String,
-        format: Format,
+        input: Input,
         reader: Box<dyn PartitionReader>,
         /// Position last reported to the publisher.
         reported: Option<u64>,
@@ -278,7 +332,7 @@ mod worker {
     pub(super) fn run(
         worker: &mut Worker,
         config: &EngineConfig,
-        starts: &[Vec<u64>],
+        plan: &Plan,
         store: &Arc<Store>,
         metrics: &Metrics,
         shutdown: &Shutdown,
@@ -289,24 +343,24 @@ mod worker {
         let closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
         let probe = Handle::new();
 
-        let (mut events_in, mut progress_in): (InputSession<Epoch, Event, isize>, InputSession<Epoch, Progress, isize>) =
-            worker.dataflow::<Epoch, _, _>(|scope| {
-                let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
-                let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
-                publish::views(events, progress, publish::Publisher::new(index, closed_at.clone(), to_publisher), &probe);
-                (events_in, progress_in)
-            });
+        let (mut events_in, mut commands_in, mut progress_in): Inputs = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
+            let (commands_in, commands) = differential_dataflow::input::Input::new_collection(&scope);
+            let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
+            publish::views(events, commands, progress, publish::Publisher::new(index, closed_at.clone(), to_publisher), &probe);
+            (events_in, commands_in, progress_in)
+        });
 
         let mut assigned = Vec::new();
         let mut flat = 0usize;
-        for (source, spec) in config.sources.iter().enumerate() {
-            for partition in 0..spec.source.partitions() {
+        for (source, (topic, input)) in plan.inputs.iter().enumerate() {
+            for partition in 0..topic.partitions() {
                 if flat % peers == index {
                     assigned.push(Assigned {
                         source: source as u32,
-                        topic: spec.source.topic().to_owned(),
-                        format: spec.format,
-                        reader: spec.source.reader(partition, starts[source][partition as usize])?,
+                        topic: topic.topic().to_owned(),
+                        input: *input,
+                        reader: topic.reader(partition, plan.starts[source][partition as usize])?,
                         reported: None,
                         retry_at: None,
                         failures: 0,
@@ -320,16 +374,21 @@ mod worker {
         // Epoch 0 stays empty: an `as_of.epoch` of 0 means "nothing published yet".
         let mut epoch: Epoch = 1;
         events_in.advance_to(epoch);
+        commands_in.advance_to(epoch);
         progress_in.advance_to(epoch);
         let mut records = Vec::with_capacity(READ_CHUNK);
         let mut events = Vec::new();
+        let mut commands_open = false;
         while !shutdown.is_triggered() {
             let deadline = Instant::now() + config.epoch;
             let mut read_in_epoch = 0usize;
             loop {
                 let mut read_now = 0usize;
+                if !commands_open {
+                    commands_open = store.snapshot().as_of.covers(&plan.event_targets);
+                }
                 for part in assigned.iter_mut() {
-                    if part.retry_at.is_some_and(|at| Instant::now() < at) {
+                    if part.retry_at.is_some_and(|at| Instant::now() < at) || (part.input == Input::Commands && !commands_open) {
                         continue;
                     }
                     records.clear();
@@ -356,7 +415,12 @@ mod worker {
                     let mut decoded = 0u64;
                     let partition = part.reader.partition();
                     for record in records.drain(..) {
-                        match part.format.decode(&part.topic, partition, &record, &mut events) {
+                        let result = match part.input {
+                            Input::Events(format) => format.decode(&part.topic, partition, &record, &mut events),
+                            Input::Commands => decode_command(&record.payload, RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) })
+                                .map(|command| commands_in.insert(command)),
+                        };
+                        match result {
                             Ok(()) => {
                                 for event in events.drain(..) {
                                     events_in.insert(event);
@@ -420,8 +484,10 @@ mod worker {
             }
             epoch += 1;
             events_in.advance_to(epoch);
+            commands_in.advance_to(epoch);
             progress_in.advance_to(epoch);
             events_in.flush();
+            commands_in.flush();
             progress_in.flush();
             worker.step();
             while probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)) && !shutdown.is_triggered() {
@@ -429,6 +495,7 @@ mod worker {
             }
         }
         drop(events_in);
+        drop(commands_in);
         drop(progress_in);
         while worker.step_or_park(Some(Duration::from_millis(10))) {}
         tracing::info!(worker = index, epoch, "worker stopped");

@@ -4,6 +4,8 @@
 //! publishes it whole.
 
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::source::Appender;
 use crate::store::{Snapshot, Store};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -12,7 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
-use stockflow_dataflows::model::{Epoch, Event, ItemRow, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::command::causing_command;
+use stockflow_dataflows::model::{Command, Epoch, Event, EventBody, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle;
@@ -30,17 +33,37 @@ pub enum Change {
     Total(SkuKey, StockDelta),
     /// Source `(index, partition)` has been read up to this next offset.
     Progress(u32, u32, u64),
+    /// An event the decider produced: to append to the event topic before
+    /// the epoch is published.
+    Outcome(Event),
+    /// An event caused by command `(tenant, command id)`: its outcome, for
+    /// `GET /v1/commands/{id}` (from the decider or read back from the log).
+    Command(Name, Name, Event),
 }
 
 /// Builds the views over `events` and routes their updates, with `progress`,
 /// to `publisher` on worker 0. `probe` tracks how far the views have got.
+///
+/// `commands` go through the decider, whose outcomes join the events in the
+/// same epoch (so a command's effects are visible when its position is) and
+/// are appended to the event topic by the publisher.
 pub fn views<'scope>(
     events: VecCollection<'scope, Epoch, Event>,
+    commands: VecCollection<'scope, Epoch, Command>,
     progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
     publisher: Publisher,
     probe: &Handle<Epoch>,
 ) {
-    let events = stockflow_dataflows::dedup(events);
+    let outcomes = stockflow_dataflows::decide(events.clone(), commands);
+    // The log copy of an outcome comes back later with the same id: dedup keeps the first.
+    let events = stockflow_dataflows::dedup(events.concat(outcomes.clone()));
+    let caused = events.clone().flat_map(|event| {
+        let command = match &event.body {
+            EventBody::ReservationRejected { command_id, .. } => Some(command_id.clone()),
+            _ => causing_command(&event.id).map(Name::from),
+        };
+        command.map(|command| (event.tenant.clone(), command, event))
+    });
     let items = stockflow_dataflows::items(events.clone());
     let stock = stockflow_dataflows::stock(events);
     let totals = stockflow_dataflows::stock_totals(stock.clone());
@@ -51,6 +74,8 @@ pub fn views<'scope>(
         .concat(stock.inner.map(|(key, time, delta)| (Change::Stock(key, delta), time)))
         .concat(totals.inner.map(|(key, time, delta)| (Change::Total(key, delta), time)))
         .concat(progress.inner.map(|((source, partition, offset), time, _)| (Change::Progress(source, partition, offset), time)))
+        .concat(outcomes.inner.map(|(event, time, _)| (Change::Outcome(event), time)))
+        .concat(caused.inner.map(|((tenant, command, event), time, _)| (Change::Command(tenant, command, event), time)))
         .probe_with(probe);
 
     let mut publisher = publisher;
@@ -137,7 +162,14 @@ impl Publisher {
 /// and publishes it. Whatever arrived while it was busy is applied before the
 /// next publish, so under load it publishes less often, with more epochs
 /// each: fewer copy-on-write copies of the maps, never half an epoch.
-pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, topics: Vec<String>, store: Arc<Store>, metrics: Metrics) {
+pub fn run_publisher(
+    from_workers: std::sync::mpsc::Receiver<Completed>,
+    topics: Vec<String>,
+    outcomes_to: Option<(Arc<dyn Appender>, String)>,
+    store: Arc<Store>,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) {
     let mut working = Snapshot::default();
     while let Ok(first) = from_workers.recv() {
         let mut batches = vec![first];
@@ -148,11 +180,18 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, topics:
         // touched once, in key order, however many epochs changed it.
         let mut stock: HashMap<StockKey, StockDelta, foldhash::fast::RandomState> = HashMap::default();
         let mut totals: HashMap<SkuKey, StockDelta, foldhash::fast::RandomState> = HashMap::default();
+        let mut outcomes = Vec::new();
+        let mut decided = Vec::new();
         for batch in batches {
             for change in batch.changes {
                 match change {
                     Change::Stock(key, delta) => fold(&mut stock, key, delta),
                     Change::Total(key, delta) => fold(&mut totals, key, delta),
+                    Change::Outcome(event) => outcomes.push(event),
+                    Change::Command(tenant, command, event) => {
+                        decided.push((tenant.clone(), command.clone()));
+                        working.apply_command(tenant, command, event);
+                    }
                     other => apply(&mut working, &topics, other),
                 }
             }
@@ -169,15 +208,58 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, topics:
         for (key, delta) in totals {
             working.apply_total(key, delta);
         }
+        // Outcomes are durable in the event log before anyone can see them.
+        if let Some((appender, topic)) = &outcomes_to {
+            if !outcomes.is_empty() {
+                outcomes.sort_by(|a, b| (&a.tenant, a.seq, &a.id).cmp(&(&b.tenant, b.seq, &b.id)));
+                append_outcomes(appender.as_ref(), topic, &outcomes, &metrics, &shutdown);
+            }
+        }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
         metrics.published_epoch.set(working.as_of.epoch as i64);
         metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
         metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
         metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
         store.publish(working.clone());
+        // Only now: a reader must see the outcome or still see it pending, never neither.
+        for (tenant, command) in decided {
+            store.forget_submitted(&tenant, &command);
+        }
         let now = Instant::now();
         for at in closed {
             metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
+        }
+    }
+}
+
+/// Appends the decider's outcomes to the event topic, keyed `tenant/sku`,
+/// retrying with backoff until they are acknowledged (or shutdown): views
+/// that show an outcome never get ahead of the log that records it.
+fn append_outcomes(appender: &dyn Appender, topic: &str, outcomes: &[Event], metrics: &Metrics, shutdown: &Shutdown) {
+    let records: Vec<(Vec<u8>, Vec<u8>)> = outcomes
+        .iter()
+        .map(|event| {
+            let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
+            (key.into_bytes(), serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize"))
+        })
+        .collect();
+    let mut failures = 0u32;
+    loop {
+        match appender.append(topic, &records) {
+            Ok(_) => {
+                metrics.outcomes.inc_by(records.len() as u64);
+                return;
+            }
+            Err(error) => {
+                failures += 1;
+                metrics.outcome_append_failures.inc();
+                let backoff = std::time::Duration::from_millis(100u64 << failures.min(6));
+                tracing::warn!(%error, topic, retry_in_ms = backoff.as_millis() as u64, "appending command outcomes failed; retrying");
+                if shutdown.is_triggered() {
+                    return;
+                }
+                std::thread::sleep(backoff);
+            }
         }
     }
 }
@@ -197,6 +279,9 @@ fn apply(working: &mut Snapshot, topics: &[String], change: Change) {
         Change::Item(key, row, diff) => working.apply_item(key, row, diff),
         Change::Stock(key, delta) => working.apply_stock(key, delta),
         Change::Total(key, delta) => working.apply_total(key, delta),
+        Change::Command(tenant, command, event) => working.apply_command(tenant, command, event),
+        // Appended by the publisher loop before publishing; nothing to apply.
+        Change::Outcome(_) => {}
         Change::Progress(source, partition, offset) => {
             let topic = topics.get(source as usize).cloned().unwrap_or_else(|| format!("source-{source}"));
             let reached = working.as_of.offsets.entry(topic).or_default().entry(partition).or_insert(0);

@@ -42,6 +42,21 @@ impl ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", title: "Service unavailable", detail: detail.into() }
     }
 
+    /// 413: the body is larger than the limit.
+    pub fn too_large(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "payload-too-large", title: "Payload too large", detail: detail.into() }
+    }
+
+    /// 415: the body is not JSON.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, kind: "unsupported-media-type", title: "Unsupported media type", detail: detail.into() }
+    }
+
+    /// 504: a read waited for `after` longer than `wait_ms`.
+    pub fn timeout(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::GATEWAY_TIMEOUT, kind: "timeout", title: "Gateway timeout", detail: detail.into() }
+    }
+
     /// 500: logged in full here, answered without internals.
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "internal error answering a request");

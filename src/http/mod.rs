@@ -1,10 +1,11 @@
-//! The HTTP API (axum): reads of the published views, health, readiness and
-//! metrics. [`app`] builds the router so tests can serve it on any listener.
+//! The HTTP API (axum): reads of the published views, commands (the write
+//! path), health, readiness and metrics. [`app`] builds the router so tests can serve it on any listener.
 //!
 //! Every read names its tenant (`tenant`, default `default`), answers the
 //! `as_of` it reflects, and accepts `after` (read-your-writes tokens) with
 //! `wait_ms`. Errors are problem+json ([`error::ApiError`]).
 
+mod commands;
 pub mod error;
 mod reads;
 
@@ -14,7 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use std::sync::Arc;
@@ -27,6 +28,17 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Where commands go; `None`: the write path is off (405 on commands).
+    pub commands: Option<CommandWriter>,
+}
+
+/// Appends commands to the commands topic.
+#[derive(Clone)]
+pub struct CommandWriter {
+    /// The log or Kafka.
+    pub appender: Arc<dyn crate::source::Appender>,
+    /// `inventory.commands`.
+    pub topic: String,
 }
 
 /// Largest request body accepted, in bytes.
@@ -35,10 +47,15 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// The whole API as a router.
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
-        .route("/items", get(reads::list_items))
-        .route("/items/{sku}", get(reads::get_item))
+        .route("/items", get(reads::list_items).post(commands::create_item))
+        .route("/items/{sku}", get(reads::get_item).patch(commands::update_item).delete(commands::delete_item))
         .route("/stock", get(reads::list_stock))
         .route("/stock/{sku}", get(reads::get_stock))
+        .route("/stock/{sku}/adjust", post(commands::adjust))
+        .route("/stock/{sku}/reserve", post(commands::reserve))
+        .route("/stock/{sku}/release", post(commands::release))
+        .route("/stock/{sku}/commit", post(commands::commit))
+        .route("/commands/{id}", get(commands::outcome))
         .route("/views", get(reads::views));
     Router::new()
         .nest("/v1", v1)

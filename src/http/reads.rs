@@ -182,7 +182,12 @@ pub(super) async fn views(State(state): State<AppState>, Params(params): Params<
 }
 
 /// Resolves the tenant and returns a snapshot that reflects `after`.
-async fn consistent_read(state: &AppState, tenant: Option<String>, after: Option<String>, wait_ms: Option<u64>) -> Result<(Name, Arc<Snapshot>), ApiError> {
+pub(super) async fn consistent_read(
+    state: &AppState,
+    tenant: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<u64>,
+) -> Result<(Name, Arc<Snapshot>), ApiError> {
     let tenant = match tenant {
         Some(t) => parameter_name("tenant", &t)?,
         None => Name::from(DEFAULT_TENANT),
@@ -198,7 +203,7 @@ async fn consistent_read(state: &AppState, tenant: Option<String>, after: Option
     let wait = Duration::from_millis(wait_ms.unwrap_or(DEFAULT_WAIT_MS));
     match state.store.wait_for(&targets, wait).await {
         Some(snapshot) => Ok((tenant, snapshot)),
-        None => Err(ApiError::unavailable(format!("the views did not reach `{after}` within {} ms; retry or raise wait_ms", wait.as_millis()))),
+        None => Err(ApiError::timeout(format!("the views did not reach `{after}` within {} ms; retry or raise wait_ms", wait.as_millis()))),
     }
 }
 
@@ -218,7 +223,7 @@ pub fn parse_tokens(text: &str) -> Result<BTreeMap<String, BTreeMap<u32, u64>>, 
     Ok(targets)
 }
 
-fn parameter_name(parameter: &str, value: &str) -> Result<Name, ApiError> {
+pub(super) fn parameter_name(parameter: &str, value: &str) -> Result<Name, ApiError> {
     validate_name(value).map_err(|reason| ApiError::bad_request(format!("{parameter}: {reason}")))?;
     Ok(Name::from(value))
 }

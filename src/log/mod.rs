@@ -259,6 +259,28 @@ impl Source for Topic {
     }
 }
 
+/// Appends to topics of the embedded log (created with `partitions` when missing).
+pub struct LogAppender {
+    log: Arc<Log>,
+    partitions: u32,
+}
+
+impl LogAppender {
+    /// An appender to `log`.
+    pub fn new(log: Arc<Log>, partitions: u32) -> LogAppender {
+        LogAppender { log, partitions }
+    }
+}
+
+impl crate::source::Appender for LogAppender {
+    fn append(&self, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>, SourceError> {
+        let topic = self.log.topic(topic, self.partitions)?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let batch: Vec<(&[u8], &[u8], i64)> = records.iter().map(|(key, payload)| (key.as_slice(), payload.as_slice(), now)).collect();
+        topic.append_batch(&batch)
+    }
+}
+
 /// Dead letters into the embedded log: `<topic>.dlq`, one JSON envelope per
 /// letter (the embedded log has no headers): `error`, `error_class`,
 /// `source_topic`, `source_partition`, `source_offset`, `key` and `payload`

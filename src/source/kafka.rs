@@ -264,26 +264,95 @@ pub struct KafkaDeadLetters {
     producer: BaseProducer<AckContext>,
 }
 
+/// The producer configuration: `acks=all`, so an acknowledged record is durable.
+fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = client_config(settings);
+    config.set("acks", "all").set("enable.idempotence", "false").set("message.timeout.ms", "10000");
+    // Consumer-only settings are ignored (with a warning) by a producer; drop them.
+    for key in [
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "session.timeout.ms",
+        "max.poll.interval.ms",
+        "fetch.queue.backoff.ms",
+        "fetch.wait.max.ms",
+    ] {
+        config.remove(key);
+    }
+    config
+}
+
 impl KafkaDeadLetters {
-    /// A producer for dead letters; `acks=all` so an acknowledged letter is durable.
+    /// A producer for dead letters.
     pub fn new(settings: &KafkaSettings) -> Result<KafkaDeadLetters, SourceError> {
-        let mut config = client_config(settings);
-        config.set("acks", "all").set("enable.idempotence", "false").set("message.timeout.ms", "10000");
-        // Consumer-only settings are ignored (with a warning) by a producer; drop them.
-        for key in [
-            "group.id",
-            "enable.auto.commit",
-            "enable.auto.offset.store",
-            "auto.offset.reset",
-            "session.timeout.ms",
-            "max.poll.interval.ms",
-            "fetch.queue.backoff.ms",
-            "fetch.wait.max.ms",
-        ] {
-            config.remove(key);
-        }
-        let producer = config.create_with_context(AckContext::default()).map_err(broker("creating the dead-letter producer"))?;
+        let producer = producer_config(settings).create_with_context(AckContext::default()).map_err(broker("creating the dead-letter producer"))?;
         Ok(KafkaDeadLetters { producer })
+    }
+}
+
+/// Where each record of a batch landed, reported by the delivery callback.
+type Landings = Mutex<Vec<Option<Result<(u32, u64), String>>>>;
+
+/// Delivery reports of the appender: each record carries (batch, index).
+struct LandingContext;
+
+impl ClientContext for LandingContext {}
+
+impl ProducerContext for LandingContext {
+    type DeliveryOpaque = Box<(std::sync::Arc<Landings>, usize)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (landings, index) = *opaque;
+        let landing = match result {
+            Ok(message) => Ok((message.partition() as u32, message.offset() as u64)),
+            Err((error, _)) => Err(error.to_string()),
+        };
+        landings.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(landing);
+    }
+}
+
+/// Appends to Kafka topics (`acks=all`) and reports where each record landed.
+pub struct KafkaAppender {
+    producer: BaseProducer<LandingContext>,
+}
+
+impl KafkaAppender {
+    /// A producer for commands and outcomes.
+    pub fn new(settings: &KafkaSettings) -> Result<KafkaAppender, SourceError> {
+        let mut config = producer_config(settings);
+        // Commands are small and latency-bound: send at once.
+        config.set("linger.ms", "0");
+        let producer = config.create_with_context(LandingContext).map_err(broker("creating the producer"))?;
+        Ok(KafkaAppender { producer })
+    }
+}
+
+impl super::Appender for KafkaAppender {
+    fn append(&self, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>, SourceError> {
+        let landings: std::sync::Arc<Landings> = std::sync::Arc::new(Mutex::new(vec![None; records.len()]));
+        for (index, (key, payload)) in records.iter().enumerate() {
+            let record = BaseRecord::with_opaque_to(topic, Box::new((landings.clone(), index))).key(key.as_slice()).payload(payload.as_slice());
+            self.producer.send(record).map_err(|(error, _)| broker(format!("producing to {topic}"))(error))?;
+        }
+        // Serve delivery reports until every record of this batch has one
+        // (other threads' batches may be served here too: each report goes to its own batch).
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            if landings.lock().unwrap_or_else(|p| p.into_inner()).iter().all(Option::is_some) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(SourceError::Broker { what: format!("producing to {topic}"), detail: "no acknowledgement within 10 s".into() });
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
+        let landings = std::mem::take(&mut *landings.lock().unwrap_or_else(|p| p.into_inner()));
+        landings
+            .into_iter()
+            .map(|landing| landing.expect("every record reported").map_err(|detail| SourceError::Broker { what: format!("producing to {topic}"), detail }))
+            .collect()
     }
 }
 

@@ -106,6 +106,14 @@ pub struct DeadLetter<'a> {
     pub class: &'a str,
 }
 
+/// Writes records to topics and says where they landed: how commands enter
+/// `inventory.commands` and how the decider's outcomes reach the event topic.
+pub trait Appender: Send + Sync {
+    /// Appends `(key, payload)` records to `topic` (partitioned by key, as
+    /// Kafka does) and returns each one's `(partition, offset)` once durable.
+    fn append(&self, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>, SourceError>;
+}
+
 /// Where undecodable messages go. `send` returns only once the letter is
 /// durably written: the engine does not read past a message whose letter was
 /// not acknowledged.

@@ -1,0 +1,284 @@
+//! The write path over HTTP: each command endpoint checks its body, appends
+//! one command to `inventory.commands` and answers `202 Accepted` with the
+//! command id and a read-your-writes `token`; `GET /v1/commands/{id}` answers
+//! the outcome.
+//!
+//! Bodies are checked twice, for precise answers: first their shape here
+//! (JSON object, known fields only, size, content type), then every field
+//! rule by [`decode_command`], the same decoder the engine applies to the
+//! commands topic, so a command accepted here is never a dead letter there.
+
+use super::error::{ApiError, Params};
+use super::reads::{consistent_read, parameter_name};
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use stockflow_dataflows::model::command::MAX_COMMAND_ID_LEN;
+use stockflow_dataflows::model::decode::validate_id;
+use stockflow_dataflows::model::{decode_command, encode_event, EventBody, Name, RecordContext, DEFAULT_TENANT};
+
+/// Largest command body accepted, in bytes.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+
+/// `?tenant=` of a command.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CommandParams {
+    tenant: Option<String>,
+}
+
+/// `?tenant=&after=&wait_ms=` of `GET /v1/commands/{id}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomeParams {
+    tenant: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<u64>,
+}
+
+/// One command endpoint: its command type and the body fields it takes.
+struct Endpoint {
+    command: &'static str,
+    fields: &'static [&'static str],
+    /// Fields that must be present (besides those the decoder requires).
+    at_least_one_of: &'static [&'static str],
+}
+
+const CREATE_ITEM: Endpoint =
+    Endpoint { command: "item.create", fields: &["command_id", "sku", "name", "price", "category", "reorder_point", "stock"], at_least_one_of: &[] };
+const UPDATE_ITEM: Endpoint = Endpoint {
+    command: "item.update",
+    fields: &["command_id", "name", "price", "category", "reorder_point", "expected_version"],
+    at_least_one_of: &["name", "price", "category", "reorder_point"],
+};
+const DELETE_ITEM: Endpoint = Endpoint { command: "item.delete", fields: &["command_id", "expected_version"], at_least_one_of: &[] };
+const ADJUST: Endpoint = Endpoint { command: "stock.adjust", fields: &["command_id", "location", "qty", "reason", "expected_version"], at_least_one_of: &[] };
+const RESERVE: Endpoint =
+    Endpoint { command: "stock.reserve", fields: &["command_id", "location", "qty", "reservation_id", "order_id", "expected_version"], at_least_one_of: &[] };
+const RELEASE: Endpoint = Endpoint { command: "stock.release", fields: &["command_id", "reservation_id", "expected_version"], at_least_one_of: &[] };
+const COMMIT: Endpoint = Endpoint { command: "stock.commit", fields: &["command_id", "reservation_id", "expected_version"], at_least_one_of: &[] };
+
+/// `POST /v1/items`.
+pub async fn create_item(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, None, &CREATE_ITEM).await
+}
+
+/// `PATCH /v1/items/{sku}`.
+pub async fn update_item(
+    state: State<AppState>,
+    Path(sku): Path<String>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, Some(sku), &UPDATE_ITEM).await
+}
+
+/// `DELETE /v1/items/{sku}` (the body is optional).
+pub async fn delete_item(
+    state: State<AppState>,
+    Path(sku): Path<String>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, Some(sku), &DELETE_ITEM).await
+}
+
+/// `POST /v1/stock/{sku}/adjust`.
+pub async fn adjust(
+    state: State<AppState>,
+    Path(sku): Path<String>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, Some(sku), &ADJUST).await
+}
+
+/// `POST /v1/stock/{sku}/reserve`.
+pub async fn reserve(
+    state: State<AppState>,
+    Path(sku): Path<String>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, Some(sku), &RESERVE).await
+}
+
+/// `POST /v1/stock/{sku}/release`.
+pub async fn release(
+    state: State<AppState>,
+    Path(sku): Path<String>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, Some(sku), &RELEASE).await
+}
+
+/// `POST /v1/stock/{sku}/commit`.
+pub async fn commit(
+    state: State<AppState>,
+    Path(sku): Path<String>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, Some(sku), &COMMIT).await
+}
+
+/// Checks, appends and answers one command.
+async fn submit(
+    State(state): State<AppState>,
+    Params(params): Params<CommandParams>,
+    headers: HeaderMap,
+    body: &[u8],
+    sku: Option<String>,
+    endpoint: &Endpoint,
+) -> Result<Response, ApiError> {
+    let Some(writer) = state.commands.clone() else {
+        return Err(ApiError::method_not_allowed());
+    };
+    let tenant = match &params.tenant {
+        Some(t) => parameter_name("tenant", t)?,
+        None => Name::from(DEFAULT_TENANT),
+    };
+    let mut fields = body_object(&headers, body, endpoint.command == "item.delete")?;
+    if let Some(unknown) = fields.keys().find(|k| !endpoint.fields.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("body: unknown field `{unknown}` (this command takes {})", endpoint.fields.join(", "))));
+    }
+    if !endpoint.at_least_one_of.is_empty() && !endpoint.at_least_one_of.iter().any(|f| fields.get(*f).is_some_and(|v| !v.is_null())) {
+        return Err(ApiError::bad_request(format!("body: give at least one of {}", endpoint.at_least_one_of.join(", "))));
+    }
+    // The command id: Idempotency-Key, else the body's command_id, else a new one.
+    let from_header = match headers.get("idempotency-key") {
+        Some(value) => Some(value.to_str().map_err(|_| ApiError::bad_request("header Idempotency-Key: not visible ASCII"))?.to_owned()),
+        None => None,
+    };
+    let from_body = match fields.remove("command_id") {
+        Some(Value::String(id)) => Some(id),
+        Some(Value::Null) | None => None,
+        Some(other) => return Err(ApiError::bad_request(format!("field `command_id`: expected a string, got `{other}`"))),
+    };
+    let command_id = match (from_header, from_body) {
+        (Some(header), Some(body)) if header != body => {
+            return Err(ApiError::bad_request(format!("header Idempotency-Key `{header}` and field `command_id` `{body}` differ; give one")));
+        }
+        (Some(id), _) | (None, Some(id)) => {
+            validate_id(&id).map_err(|reason| ApiError::bad_request(format!("command id: {reason}")))?;
+            if id.len() > MAX_COMMAND_ID_LEN {
+                return Err(ApiError::bad_request(format!("command id: longer than {MAX_COMMAND_ID_LEN} bytes")));
+            }
+            id
+        }
+        (None, None) => new_command_id(),
+    };
+    if let Some(sku) = sku {
+        fields.insert("sku".into(), Value::String(sku));
+    }
+    if endpoint.command == "stock.reserve" && fields.get("reservation_id").is_none_or(Value::is_null) {
+        // Unique per command, so it cannot collide with another reservation.
+        fields.insert("reservation_id".into(), Value::String(format!("res-{command_id}")));
+    }
+    fields.insert("id".into(), Value::String(command_id.clone()));
+    fields.insert("type".into(), Value::String(endpoint.command.into()));
+    fields.insert("tenant".into(), Value::String(tenant.to_string()));
+    fields.insert("ts".into(), json!(chrono::Utc::now().timestamp_millis()));
+    let payload = serde_json::to_vec(&Value::Object(fields)).map_err(ApiError::internal)?;
+    // Every field rule, exactly as the engine will apply them.
+    let command = decode_command(&payload, RecordContext::default()).map_err(|error| ApiError::bad_request(format!("body: {error}")))?;
+
+    let key = format!("{}/{}", command.tenant, command.sku).into_bytes();
+    let topic = writer.topic.clone();
+    let appended = tokio::task::spawn_blocking(move || writer.appender.append(&writer.topic, &[(key, payload)])).await.map_err(ApiError::internal)?;
+    let (partition, offset) = match appended {
+        Ok(positions) => positions[0],
+        Err(error) => {
+            tracing::warn!(%error, "a command could not be appended");
+            return Err(ApiError::unavailable(format!("the command could not be appended to {topic}: {error}; retry with the same Idempotency-Key")));
+        }
+    };
+    state.store.submit(command.tenant.clone(), command.id.clone(), (partition, offset));
+    state.metrics.commands_in.with_label_values(&[endpoint.command]).inc();
+    let token = format!("{topic}:{partition}:{offset}");
+    let mut answer = json!({
+        "command_id": command.id,
+        "token": token,
+        "status_url": format!("/v1/commands/{}?tenant={}", command.id, command.tenant),
+    });
+    if let EventBody::StockReserved { reservation_id, .. } = &command.intent {
+        answer["reservation_id"] = json!(reservation_id);
+    }
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, answer["status_url"].as_str().unwrap_or_default().to_owned())], Json(answer)).into_response())
+}
+
+/// The body as a JSON object, after the content-type and size checks.
+fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> Result<Map<String, Value>, ApiError> {
+    if body.len() > MAX_COMMAND_BYTES {
+        return Err(ApiError::too_large(format!("body: {} bytes, more than the {MAX_COMMAND_BYTES} a command may have", body.len())));
+    }
+    if body.is_empty() && optional {
+        return Ok(Map::new());
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        let got = if content_type.is_empty() { "none".to_owned() } else { format!("`{content_type}`") };
+        return Err(ApiError::unsupported_media_type(format!("header Content-Type: commands are application/json, got {got}")));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(other) => Err(ApiError::bad_request(format!("body: expected a JSON object, got `{}`", shorten(&other.to_string())))),
+        Err(error) => Err(ApiError::bad_request(format!("body: not JSON: {error}"))),
+    }
+}
+
+fn shorten(text: &str) -> String {
+    if text.len() <= 40 {
+        return text.to_owned();
+    }
+    let cut = (0..=40).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}…", &text[..cut])
+}
+
+/// A fresh command id: 128 random bits in hex.
+fn new_command_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// `GET /v1/commands/{id}`: `pending`, `accepted` (with its events) or
+/// `rejected` (with the reason).
+pub async fn outcome(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
+    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("command id: {reason}")))?;
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let id = Name::from(id);
+    if let Some(events) = snapshot.commands.get(&(tenant.clone(), id.clone())) {
+        let rejection = events.iter().find_map(|e| match &e.body {
+            EventBody::ReservationRejected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
+        let mut answer = match rejection {
+            Some(reason) => json!({"command_id": id, "tenant": tenant, "status": "rejected", "reason": reason}),
+            None => json!({"command_id": id, "tenant": tenant, "status": "accepted", "events": events.iter().map(encode_event).collect::<Vec<_>>()}),
+        };
+        answer["as_of"] = json!(snapshot.as_of);
+        return Ok(Json(answer));
+    }
+    match state.store.submitted(&tenant, &id) {
+        Some((partition, offset)) => Ok(Json(json!({
+            "command_id": id,
+            "tenant": tenant,
+            "status": "pending",
+            "token": format!("{}:{partition}:{offset}", state.commands.as_ref().map(|c| c.topic.as_str()).unwrap_or("")),
+            "as_of": snapshot.as_of,
+        }))),
+        None => Err(ApiError::not_found(format!("no command `{id}` of tenant `{tenant}` (decided commands and those sent to this server are known)"))),
+    }
+}
