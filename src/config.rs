@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// Partitions of topics the embedded log creates [default: 4].
     #[arg(long, env = "STOCKFLOW_PARTITIONS")]
     pub partitions: Option<u32>,
+    /// Topic that commands are appended to and decided from [default: inventory.commands].
+    #[arg(long, env = "STOCKFLOW_COMMANDS_TOPIC")]
+    pub commands_topic: Option<String>,
+    /// Topic that the decider appends its outcomes (events) to [default: inventory.events].
+    #[arg(long, env = "STOCKFLOW_OUTCOMES_TOPIC")]
+    pub outcomes_topic: Option<String>,
     /// Allow listening on a non-loopback address without API keys (unsafe: anyone can read every tenant).
     #[arg(long, env = "STOCKFLOW_INSECURE_LISTEN")]
     pub insecure_listen: bool,
@@ -107,6 +113,10 @@ pub struct FileConfig {
     pub epoch_max_events: Option<usize>,
     /// See `--partitions`.
     pub partitions: Option<u32>,
+    /// See `--commands-topic`.
+    pub commands_topic: Option<String>,
+    /// See `--outcomes-topic`.
+    pub outcomes_topic: Option<String>,
     /// See `--insecure-listen`.
     pub insecure_listen: Option<bool>,
     /// See `--log-format`.
@@ -176,6 +186,10 @@ pub struct Settings {
     pub epoch_max_events: usize,
     /// Partitions of created topics.
     pub partitions: u32,
+    /// Where commands go and are decided from.
+    pub commands_topic: String,
+    /// Where the decider's outcomes go.
+    pub outcomes_topic: String,
     /// Non-loopback listening allowed.
     pub insecure_listen: bool,
     /// Log format.
@@ -186,6 +200,11 @@ pub struct Settings {
     pub kafka: Option<crate::source::kafka::KafkaSettings>,
     /// Topics to read, their formats and start positions.
     pub sources: Vec<SourceDecl>,
+}
+
+/// A Kafka topic name: 1 to 249 of letters, digits, '.', '_', '-'.
+fn topic_name_ok(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 249 && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Defaults, in one place.
@@ -208,6 +227,10 @@ pub mod defaults {
     pub const KAFKA_GROUP_ID: &str = "stockflow";
     /// `--source`.
     pub const SOURCES: &[&str] = &["inventory.events", "order.events"];
+    /// `--commands-topic`.
+    pub const COMMANDS_TOPIC: &str = "inventory.commands";
+    /// `--outcomes-topic`.
+    pub const OUTCOMES_TOPIC: &str = "inventory.events";
 }
 
 impl Settings {
@@ -234,6 +257,8 @@ impl Settings {
             epoch: Duration::from_millis(args.epoch_ms.or(file.epoch_ms).unwrap_or(defaults::EPOCH_MS)),
             epoch_max_events: args.epoch_max_events.or(file.epoch_max_events).unwrap_or(defaults::EPOCH_MAX_EVENTS),
             partitions: args.partitions.or(file.partitions).unwrap_or(defaults::PARTITIONS),
+            commands_topic: args.commands_topic.clone().or(file.commands_topic).unwrap_or_else(|| defaults::COMMANDS_TOPIC.into()),
+            outcomes_topic: args.outcomes_topic.clone().or(file.outcomes_topic).unwrap_or_else(|| defaults::OUTCOMES_TOPIC.into()),
             insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             demo_rate: demo_rate.map(|rate| rate.or(file.demo.and_then(|d| d.rate)).unwrap_or(defaults::DEMO_RATE)),
@@ -279,13 +304,19 @@ impl Settings {
                     continue;
                 }
             };
-            let valid = !topic.is_empty() && topic.len() <= 249 && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-            if !valid {
+            if !topic_name_ok(&topic) {
                 errors.push(format!("source `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
+            } else if topic == settings.commands_topic {
+                errors.push(format!("source {topic}: is the commands topic (commands are read from it already)"));
             } else if settings.sources.iter().any(|s| s.topic == topic) {
                 errors.push(format!("source {topic}: declared twice"));
             } else {
                 settings.sources.push(SourceDecl { topic, format, start });
+            }
+        }
+        for (option, topic) in [("commands_topic", &settings.commands_topic), ("outcomes_topic", &settings.outcomes_topic)] {
+            if !topic_name_ok(topic) {
+                errors.push(format!("{option} `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
             }
         }
         if settings.kafka.is_none() && settings.sources.iter().any(|s| s.start == crate::engine::Start::Stored) {

@@ -18,8 +18,6 @@ use std::time::Duration;
 pub const INVENTORY_EVENTS: &str = "inventory.events";
 /// Topic of order events.
 pub const ORDER_EVENTS: &str = "order.events";
-/// Topic of commands (the write path's input).
-pub const INVENTORY_COMMANDS: &str = "inventory.commands";
 
 /// A started stockflow: listening, reading, publishing.
 pub struct Running {
@@ -53,7 +51,7 @@ fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Ar
 /// produce) and opens every source topic.
 async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>, Arc<dyn Source>)> {
     let mut topics: Vec<String> = settings.sources.iter().map(|s| s.topic.clone()).collect();
-    topics.extend([INVENTORY_COMMANDS.to_owned(), INVENTORY_EVENTS.to_owned()]);
+    topics.extend([settings.commands_topic.clone(), settings.outcomes_topic.clone()]);
     topics.sort();
     topics.dedup();
     let dead_letter_topics: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
@@ -64,7 +62,7 @@ async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> any
         let source = kafka::KafkaTopic::open(kafka, &decl.topic).with_context(|| format!("opening topic {}", decl.topic))?;
         sources.push(SourceSpec { source: Arc::new(source), format: decl.format, start: decl.start });
     }
-    let commands = kafka::KafkaTopic::open(kafka, INVENTORY_COMMANDS).with_context(|| format!("opening topic {INVENTORY_COMMANDS}"))?;
+    let commands = kafka::KafkaTopic::open(kafka, &settings.commands_topic).with_context(|| format!("opening topic {}", settings.commands_topic))?;
     Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?), Arc::new(commands)))
 }
 
@@ -93,8 +91,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 sources.push(SourceSpec { source, format: decl.format, start: decl.start });
             }
             let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters::new(log.clone(), settings.partitions));
-            let commands = log.topic(INVENTORY_COMMANDS, settings.partitions).with_context(|| format!("opening topic {INVENTORY_COMMANDS}"))?;
-            let path = CommandPath { commands, appender: appender.clone(), events_topic: INVENTORY_EVENTS.into() };
+            let commands = log.topic(&settings.commands_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.commands_topic))?;
+            let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
             let config = engine_config(settings, sources, dead_letters, path);
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
@@ -108,7 +106,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                     match connect_kafka(&settings, &kafka).await {
                         Ok((sources, dead_letters, commands)) => {
                             store.set_waiting(None);
-                            let path = CommandPath { commands, appender: appender.clone(), events_topic: INVENTORY_EVENTS.into() };
+                            let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
                             let config = engine_config(&settings, sources, dead_letters, path);
                             let started = crate::engine::start(config, store, metrics, shutdown.clone());
                             if let Err(error) = &started {
@@ -136,8 +134,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let state =
-        AppState { store: store.clone(), metrics: metrics.clone(), commands: Some(crate::http::CommandWriter { appender, topic: INVENTORY_COMMANDS.into() }) };
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        commands: Some(crate::http::CommandWriter { appender, topic: settings.commands_topic.clone() }),
+    };
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");
 

@@ -19,6 +19,8 @@ fn settings(dir: &std::path::Path, workers: usize) -> Settings {
         demo_rate: None,
         kafka: None,
         sources: vec![SourceDecl::new(INVENTORY_EVENTS, Format::Stockflow), SourceDecl::new(ORDER_EVENTS, Format::Stockflow)],
+        commands_topic: "inventory.commands".into(),
+        outcomes_topic: INVENTORY_EVENTS.into(),
     }
 }
 

@@ -35,6 +35,9 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         demo_rate: None,
         kafka: Some(KafkaSettings { brokers: brokers(), group_id: "stockflow-tests".into() }),
         sources: vec![SourceDecl::new(topic, Format::Stockflow)],
+        // Per test: the broker is shared by every test.
+        commands_topic: format!("{topic}.commands"),
+        outcomes_topic: topic.to_owned(),
     }
 }
 

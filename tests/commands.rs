@@ -1,0 +1,301 @@
+//! The write path against a real listening server (embedded log): commands
+//! over HTTP, the decider, outcomes, read-your-writes tokens, idempotency,
+//! concurrency and restarts.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use stockflow::config::{LogFormat, Settings, SourceDecl};
+use stockflow::engine::Format;
+use stockflow::server::{self, Running, INVENTORY_EVENTS, ORDER_EVENTS};
+
+const COMMANDS: &str = "inventory.commands";
+
+fn settings(dir: &std::path::Path, workers: usize) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        workers,
+        epoch: Duration::from_millis(5),
+        epoch_max_events: 10_000,
+        partitions: 3,
+        insecure_listen: false,
+        log_format: LogFormat::Pretty,
+        demo_rate: None,
+        kafka: None,
+        sources: vec![SourceDecl::new(INVENTORY_EVENTS, Format::Stockflow), SourceDecl::new(ORDER_EVENTS, Format::Stockflow)],
+        commands_topic: COMMANDS.into(),
+        outcomes_topic: INVENTORY_EVENTS.into(),
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(running: &Running) -> Client {
+        Client { http: reqwest::Client::new(), base: format!("http://{}", running.addr) }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body), &[]).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None, &[]).await
+    }
+
+    /// Posts a command that must be accepted for deciding; returns its answer.
+    async fn command(&self, path: &str, body: Value) -> Value {
+        let (status, answer) = self.post(path, body).await;
+        assert_eq!(status, 202, "{path}: {answer}");
+        answer
+    }
+
+    /// The outcome of a command, once its token is reflected.
+    async fn outcome(&self, answer: &Value) -> Value {
+        let (status, outcome) = self.get(&format!("/v1/commands/{}?after={}", answer["command_id"].as_str().unwrap(), answer["token"].as_str().unwrap())).await;
+        assert_eq!(status, 200, "{outcome}");
+        outcome
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_decided_and_readable_after_their_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let client = Client::new(&running);
+
+    let created = client.command("/v1/items", json!({"sku": "A", "name": "Kettle", "price": "24.99", "category": "home", "stock": {"m": 5}})).await;
+    // Read-your-writes: with the token, the first read already shows the command's effect.
+    let (status, stock) = client.get(&format!("/v1/stock/A?after={}", created["token"].as_str().unwrap())).await;
+    assert_eq!(status, 200, "{stock}");
+    assert_eq!(stock["totals"]["on_hand"], 5);
+    assert_eq!(client.outcome(&created).await["status"], "accepted");
+
+    let reserved = client.command("/v1/stock/A/reserve", json!({"location": "m", "qty": 3, "reservation_id": "r1"})).await;
+    assert_eq!(reserved["reservation_id"], "r1");
+    let outcome = client.outcome(&reserved).await;
+    assert_eq!(outcome["status"], "accepted", "{outcome}");
+    assert_eq!(outcome["events"][0]["type"], "stock.reserved");
+    let (_, stock) = client.get(&format!("/v1/stock/A?after={}", reserved["token"].as_str().unwrap())).await;
+    assert_eq!((stock["totals"]["reserved"].as_i64(), stock["totals"]["available"].as_i64()), (Some(3), Some(2)));
+
+    // Valid commands that cannot apply are rejected outcomes, with the reason.
+    let cases = [
+        ("/v1/stock/A/reserve", json!({"location": "m", "qty": 3}), "insufficient stock of A at m: available 2, requested 3"),
+        ("/v1/stock/A/reserve", json!({"location": "m", "qty": 1, "reservation_id": "r1"}), "reservation r1 already exists"),
+        ("/v1/stock/A/adjust", json!({"location": "m", "qty": -4}), "adjusting A at m by -4 would leave on_hand 1 below reserved 3"),
+        ("/v1/stock/A/commit", json!({"reservation_id": "nope"}), "unknown reservation nope of A"),
+        ("/v1/stock/A/adjust", json!({"location": "m", "qty": 1, "expected_version": 0}), "version mismatch on A: expected 0, current 2"),
+        ("/v1/items", json!({"sku": "A", "name": "Again", "price": 1}), "item A already exists"),
+        ("/v1/items/B", json!({"name": "Nobody"}), "item B does not exist"),
+    ];
+    for (path, body, reason) in cases {
+        let answer = if path == "/v1/items/B" {
+            let (status, answer) = client.send(reqwest::Method::PATCH, path, Some(body), &[]).await;
+            assert_eq!(status, 202, "{answer}");
+            answer
+        } else {
+            client.command(path, body).await
+        };
+        let outcome = client.outcome(&answer).await;
+        assert_eq!(outcome["status"], "rejected", "{path}: {outcome}");
+        assert_eq!(outcome["reason"], reason, "{path}");
+    }
+
+    let released = client.command("/v1/stock/A/release", json!({"reservation_id": "r1"})).await;
+    assert_eq!(client.outcome(&released).await["status"], "accepted");
+    let again = client.command("/v1/stock/A/release", json!({"reservation_id": "r1"})).await;
+    assert_eq!(client.outcome(&again).await["reason"], "reservation r1 is already closed");
+    let committed = client.command("/v1/stock/A/reserve", json!({"location": "m", "qty": 5, "reservation_id": "r2", "expected_version": 3})).await;
+    assert_eq!(client.outcome(&committed).await["status"], "accepted");
+    let commit = client.command("/v1/stock/A/commit", json!({"reservation_id": "r2"})).await;
+    assert_eq!(client.outcome(&commit).await["status"], "accepted");
+    let (_, stock) = client.get(&format!("/v1/stock/A?after={}", commit["token"].as_str().unwrap())).await;
+    assert_eq!((stock["totals"]["on_hand"].as_i64(), stock["totals"]["reserved"].as_i64()), (Some(0), Some(0)), "{stock}");
+
+    // Outcomes are events in the event log too: the source of truth.
+    let (_, unknown) = client.get("/v1/commands/never-sent").await;
+    assert_eq!(unknown["status"], 404);
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_problems_and_append_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let client = Client::new(&running);
+    let huge = "x".repeat(70 * 1024);
+    let cases: Vec<(&str, Option<Value>, &str, u16, &str)> = vec![
+        ("/v1/stock/A/reserve", Some(json!({"location": "m", "qty": 0})), "application/json", 400, "field `qty`: must be greater than 0"),
+        ("/v1/stock/A/reserve", Some(json!({"location": "m", "qty": -2})), "application/json", 400, "field `qty`: must be greater than 0"),
+        ("/v1/stock/A/reserve", Some(json!({"location": "m"})), "application/json", 400, "missing required field `qty`"),
+        ("/v1/stock/A/reserve", Some(json!({"location": "m", "qty": 1, "colour": "red"})), "application/json", 400, "unknown field `colour`"),
+        ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1e30})), "application/json", 400, "field `qty`: expected an integer"),
+        ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 9_223_372_036_854_775_807i64})), "application/json", 400, "beyond the limit"),
+        (
+            "/v1/stock/SKU-THAT-IS-FAR-TOO-LONG-0123456789012345678901234567890123456789/adjust",
+            Some(json!({"location": "m", "qty": 1})),
+            "application/json",
+            400,
+            "field `sku`: longer than 64 bytes",
+        ),
+        ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1})), "text/plain", 415, "commands are application/json"),
+        ("/v1/stock/A/adjust", Some(json!([1, 2])), "application/json", 400, "expected a JSON object"),
+        ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1, "reason": huge})), "application/json", 413, "more than the 65536"),
+        ("/v1/items", Some(json!({"sku": "B", "name": "x", "price": "1.23456"})), "application/json", 400, "field `price`"),
+        ("/v1/items/B", Some(json!({})), "application/json", 400, "give at least one of name, price, category, reorder_point"),
+        ("/v1/stock/A/release", Some(json!({})), "application/json", 400, "missing required field `reservation_id`"),
+        ("/v1/stock/A/adjust?tenant=a/b", Some(json!({"location": "m", "qty": 1})), "application/json", 400, "tenant"),
+    ];
+    for (path, body, content_type, status, detail) in cases {
+        let method = if path == "/v1/items/B" { reqwest::Method::PATCH } else { reqwest::Method::POST };
+        let mut request = client.http.request(method, format!("{}{}", client.base, path)).header("content-type", content_type);
+        if let Some(body) = body {
+            request = request.body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let got = response.status().as_u16();
+        let content = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "{path}: {text}");
+        assert_eq!(content.as_deref(), Some("application/problem+json"), "{path}");
+        assert!(text.contains(detail), "{path}: {text} should contain {detail}");
+    }
+    let (status, problem) =
+        client.send(reqwest::Method::POST, "/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1})), &[("idempotency-key", "a b")]).await;
+    assert_eq!(status, 400, "{problem}");
+    let commands = running.log.topic(COMMANDS, 3).unwrap();
+    let appended: u64 = (0..3).map(|p| commands.end_offset(p)).sum();
+    assert_eq!(appended, 0, "a rejected request appends nothing");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_command_has_one_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let client = Client::new(&running);
+    let adjust = json!({"location": "m", "qty": 7, "reason": "restock"});
+    let key = [("idempotency-key", "restock-2026-11-22")];
+    let (s1, first) = client.send(reqwest::Method::POST, "/v1/stock/A/adjust", Some(adjust.clone()), &key).await;
+    let (s2, second) = client.send(reqwest::Method::POST, "/v1/stock/A/adjust", Some(adjust.clone()), &key).await;
+    let (s3, third) = client.post("/v1/stock/A/adjust", json!({"location": "m", "qty": 7, "command_id": "restock-2026-11-22"})).await;
+    assert_eq!((s1, s2, s3), (202, 202, 202));
+    assert_eq!(first["command_id"], "restock-2026-11-22");
+    assert_eq!(first["command_id"], second["command_id"]);
+    assert_eq!(first["command_id"], third["command_id"]);
+    let after = [&first, &second, &third].iter().map(|a| a["token"].as_str().unwrap().to_owned()).collect::<Vec<_>>().join(",");
+    let (_, stock) = client.get(&format!("/v1/stock/A?after={after}")).await;
+    assert_eq!(stock["totals"]["on_hand"], 7, "three deliveries, one effect: {stock}");
+    let outcome = client.outcome(&third).await;
+    assert_eq!((outcome["status"].as_str(), outcome["events"].as_array().map(Vec::len)), (Some("accepted"), Some(1)), "{outcome}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_never_oversell() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let client = Client::new(&running);
+    let created = client.command("/v1/items", json!({"sku": "HOT", "name": "Hot item", "price": 10, "stock": {"m": 50}})).await;
+    client.outcome(&created).await;
+    // 64 clients at once want 2 each: demand 128, stock 50.
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let http = client.http.clone();
+        let url = format!("{}/v1/stock/HOT/reserve", client.base);
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(json!({"location": "m", "qty": 2, "order_id": format!("o{n}")}).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 202);
+            response.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    let mut accepted = 0;
+    for answer in &answers {
+        let outcome = client.outcome(answer).await;
+        match outcome["status"].as_str() {
+            Some("accepted") => accepted += 1,
+            Some("rejected") => assert!(outcome["reason"].as_str().unwrap().starts_with("insufficient stock"), "{outcome}"),
+            other => panic!("unexpected status {other:?}: {outcome}"),
+        }
+    }
+    assert_eq!(accepted, 25, "exactly what the stock allows");
+    let after = answers.iter().map(|a| a["token"].as_str().unwrap().to_owned()).collect::<Vec<_>>().join(",");
+    let (_, stock) = client.get(&format!("/v1/stock/HOT?after={after}")).await;
+    assert_eq!((stock["totals"]["reserved"].as_i64(), stock["totals"]["available"].as_i64()), (Some(50), Some(0)), "{stock}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_no_command_is_decided_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands: Vec<(String, Value)> = (0..20)
+        .map(|n| match n % 3 {
+            0 => ("/v1/stock/R/adjust".to_owned(), json!({"command_id": format!("c{n}"), "location": "m", "qty": 4})),
+            1 => ("/v1/stock/R/reserve".to_owned(), json!({"command_id": format!("c{n}"), "location": "m", "qty": 3})),
+            _ => ("/v1/stock/R/adjust".to_owned(), json!({"command_id": format!("c{n}"), "location": "m", "qty": -1})),
+        })
+        .collect();
+    let mut before = Vec::new();
+    {
+        let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+        let client = Client::new(&running);
+        for (path, body) in &commands {
+            let answer = client.command(path, body.clone()).await;
+            let outcome = client.outcome(&answer).await;
+            before.push((outcome["status"].clone(), outcome["reason"].clone()));
+        }
+        running.shutdown.trigger();
+        running.wait().await.unwrap();
+    }
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let client = Client::new(&running);
+    let (_, stock_before) = {
+        let answer = client.command(&commands[0].0, commands[0].1.clone()).await;
+        client.get(&format!("/v1/stock/R?after={}", answer["token"].as_str().unwrap())).await
+    };
+    let mut tokens = Vec::new();
+    for (n, (path, body)) in commands.iter().enumerate() {
+        let answer = client.command(path, body.clone()).await;
+        let outcome = client.outcome(&answer).await;
+        assert_eq!((outcome["status"].clone(), outcome["reason"].clone()), before[n], "command c{n}: the same outcome as before the restart");
+        tokens.push(answer["token"].as_str().unwrap().to_owned());
+    }
+    let (_, stock_after) = client.get(&format!("/v1/stock/R?after={}", tokens.join(","))).await;
+    assert_eq!(stock_after["totals"], stock_before["totals"], "re-sent commands change nothing");
+    let accepted_adjusts: i64 = (0..20).filter(|n| n % 3 != 1 && before[*n].0 == "accepted").map(|n| if n % 3 == 0 { 4 } else { -1 }).sum();
+    assert_eq!(stock_after["totals"]["on_hand"].as_i64(), Some(accepted_adjusts), "{stock_after}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
