@@ -87,7 +87,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
                 assert_eq!(response.status().as_u16(), 202);
                 let answer: Value = response.json().await.unwrap();
                 accepted.push(sent.elapsed());
-                if sent_here % 20 == 0 {
+                if sent_here.is_multiple_of(20) {
                     let url =
                         format!("{base}/v1/commands/{}?after={}&wait_ms=30000", answer["command_id"].as_str().unwrap(), answer["token"].as_str().unwrap());
                     let outcome: Value = http.get(url).send().await.unwrap().json().await.unwrap();
