@@ -137,7 +137,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
-        commands: Some(crate::http::CommandWriter { appender, topic: settings.commands_topic.clone() }),
+        commands: Some(crate::http::CommandWriter::start(appender, settings.commands_topic.clone())?),
     };
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");

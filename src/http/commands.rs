@@ -197,9 +197,8 @@ async fn submit(
 
     let key = format!("{}/{}", command.tenant, command.sku).into_bytes();
     let topic = writer.topic.clone();
-    let appended = tokio::task::spawn_blocking(move || writer.appender.append(&writer.topic, &[(key, payload)])).await.map_err(ApiError::internal)?;
-    let (partition, offset) = match appended {
-        Ok(positions) => positions[0],
+    let (partition, offset) = match writer.append(key, payload).await {
+        Ok(position) => position,
         Err(error) => {
             tracing::warn!(%error, "a command could not be appended");
             return Err(ApiError::unavailable(format!("the command could not be appended to {topic}: {error}; retry with the same Idempotency-Key")));

@@ -32,13 +32,63 @@ pub struct AppState {
     pub commands: Option<CommandWriter>,
 }
 
-/// Appends commands to the commands topic.
+/// Appends commands to the commands topic, in groups: a thread of its own
+/// takes every command waiting and appends them in one batch (one lock and
+/// one write on the embedded log, one round of acknowledgements on Kafka),
+/// then answers each request. Under load the batches grow; alone, a command
+/// waits for nobody.
 #[derive(Clone)]
 pub struct CommandWriter {
-    /// The log or Kafka.
-    pub appender: Arc<dyn crate::source::Appender>,
+    to_thread: std::sync::mpsc::Sender<PendingAppend>,
     /// `inventory.commands`.
     pub topic: String,
+}
+
+/// A command waiting for its append: key, payload, where to answer.
+type PendingAppend = (Vec<u8>, Vec<u8>, tokio::sync::oneshot::Sender<Result<(u32, u64), String>>);
+
+/// Most commands appended in one batch.
+const MAX_APPEND_BATCH: usize = 4096;
+
+impl CommandWriter {
+    /// Starts the appending thread; it stops when the last writer is dropped.
+    pub fn start(appender: Arc<dyn crate::source::Appender>, topic: String) -> std::io::Result<CommandWriter> {
+        let (to_thread, from_handlers) = std::sync::mpsc::channel::<PendingAppend>();
+        let thread_topic = topic.clone();
+        std::thread::Builder::new().name("stockflow-commands".into()).spawn(move || {
+            while let Ok(first) = from_handlers.recv() {
+                let mut batch = vec![first];
+                batch.extend(from_handlers.try_iter().take(MAX_APPEND_BATCH - 1));
+                let mut records = Vec::with_capacity(batch.len());
+                let mut replies = Vec::with_capacity(batch.len());
+                for (key, payload, reply) in batch {
+                    records.push((key, payload));
+                    replies.push(reply);
+                }
+                match appender.append(&thread_topic, &records) {
+                    Ok(positions) => {
+                        for (reply, position) in replies.into_iter().zip(positions) {
+                            let _ = reply.send(Ok(position));
+                        }
+                    }
+                    Err(error) => {
+                        let error = error.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(CommandWriter { to_thread, topic })
+    }
+
+    /// Appends one command; answers its `(partition, offset)` once durable.
+    pub async fn append(&self, key: Vec<u8>, payload: Vec<u8>) -> Result<(u32, u64), String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.to_thread.send((key, payload, reply)).map_err(|_| "the command writer has stopped".to_owned())?;
+        answer.await.map_err(|_| "the command writer has stopped".to_owned())?
+    }
 }
 
 /// Largest request body accepted, in bytes.
