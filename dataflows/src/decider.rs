@@ -231,7 +231,18 @@ type Pending<T> = (Option<Capability<T>>, Vec<Event>, Vec<Command>);
 /// order (`seq`, then the whole record), so the outcomes do not depend on the
 /// number of workers or on how the input was cut into epochs, given the
 /// commands of a key in one partition (they are keyed `tenant/sku`).
-pub fn decide<'scope, T>(events: VecCollection<'scope, T, Event>, commands: VecCollection<'scope, T, Command>) -> VecCollection<'scope, T, Event>
+///
+/// `order.place` commands run as sagas around it (see [`crate::orders`]).
+pub fn decide<'scope>(events: VecCollection<'scope, u64, Event>, commands: VecCollection<'scope, u64, Command>) -> VecCollection<'scope, u64, Event> {
+    let is_order = |command: &Command| matches!(command.intent, EventBody::OrderPlaced { .. });
+    let orders = commands.clone().filter(move |c| is_order(c));
+    let stock = commands.filter(move |c| !is_order(c));
+    let (order_events, outcomes) = crate::orders::coordinate(events.clone(), orders, |line_commands| decide_skus(events, stock.concat(line_commands)));
+    outcomes.concat(order_events)
+}
+
+/// The per-sku decider alone.
+fn decide_skus<'scope, T>(events: VecCollection<'scope, T, Event>, commands: VecCollection<'scope, T, Command>) -> VecCollection<'scope, T, Event>
 where
     T: Timestamp + TotalOrder,
 {

@@ -8,6 +8,7 @@ pub mod decider;
 pub mod dedup;
 pub mod items;
 pub mod model;
+pub mod orders;
 pub mod stock;
 
 pub use decider::decide;

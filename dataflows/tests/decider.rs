@@ -9,7 +9,7 @@
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use stockflow_dataflows::model::{Command, Event, EventBody, Money, Name};
+use stockflow_dataflows::model::{Command, Event, EventBody, Money, Name, OrderStatus};
 use timely::dataflow::operators::probe::Handle;
 
 type Epoch = u64;
@@ -277,4 +277,152 @@ fn no_oversell() {
     assert!(
         matches!(&outcomes[1].0.body, EventBody::ReservationRejected { reason, .. } if reason == "insufficient stock of s0 at l0: available 2, requested 3")
     );
+}
+
+// ---------- orders (sagas) ----------
+
+/// (lines: (sku, location, qty)…, or a competing reservation when empty)
+type OrderStep = (Vec<(usize, usize, i64)>, usize, usize, i64);
+
+fn order_commands(steps: &[OrderStep]) -> Vec<Command> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(n, (lines, sku, location, qty))| {
+            let tenant = Name::from("default");
+            if lines.is_empty() {
+                let sku = Name::from(format!("s{sku}"));
+                return Command {
+                    tenant,
+                    id: Name::from(format!("c{n}")),
+                    seq: n as u64,
+                    ts: n as i64,
+                    sku: sku.clone(),
+                    expected_version: None,
+                    intent: EventBody::StockReserved {
+                        sku,
+                        location: Name::from(format!("l{location}")),
+                        qty: *qty,
+                        reservation_id: Name::from(format!("r{n}")),
+                        order_id: None,
+                    },
+                };
+            }
+            let order_id = Name::from(format!("o{n}"));
+            let lines: Vec<_> = lines
+                .iter()
+                .map(|(sku, location, qty)| stockflow_dataflows::model::OrderLine {
+                    sku: Name::from(format!("s{sku}")),
+                    location: Name::from(format!("l{location}")),
+                    qty: *qty,
+                    price: Money::from_cents(100),
+                })
+                .collect();
+            Command {
+                tenant,
+                id: Name::from(format!("c{n}")),
+                seq: n as u64,
+                ts: n as i64,
+                sku: order_id.clone(),
+                expected_version: None,
+                intent: EventBody::OrderPlaced { order_id, customer_id: Name::from("u"), lines, total: Money::ZERO },
+            }
+        })
+        .collect()
+}
+
+fn check_orders(steps: Vec<OrderStep>, cuts: Vec<bool>) -> Result<(), TestCaseError> {
+    let commands = order_commands(&steps);
+    let epochs = split(commands.clone(), &cuts);
+    let one = run(seed(), epochs.clone(), 1);
+    let two = run(seed(), epochs, 2);
+    prop_assert_eq!(&one, &two, "one and two workers decide the same");
+    let ids: BTreeSet<&str> = one.iter().map(|(e, _)| e.id.as_str()).collect();
+    prop_assert_eq!(ids.len(), one.len(), "one outcome per id");
+    let rejected: BTreeSet<String> = one
+        .iter()
+        .filter_map(|(e, _)| match &e.body {
+            EventBody::ReservationRejected { command_id, .. } => Some(command_id.to_string()),
+            _ => None,
+        })
+        .collect();
+    for (n, (lines, _, _, _)) in steps.iter().enumerate() {
+        if lines.is_empty() {
+            continue;
+        }
+        let order = format!("o{n}");
+        prop_assert!(ids.contains(format!("cmd:c{n}:0").as_str()), "order {} placed", order);
+        let status = one.iter().find(|(e, _)| e.id == format!("cmd:c{n}:1")).map(|(e, _)| e.body.clone());
+        let reserved: Vec<usize> =
+            (0..lines.len()).filter(|i| ids.contains(format!("cmd:line:{i}:{order}:0").as_str()) && !rejected.contains(&format!("line:{i}:{order}"))).collect();
+        match status {
+            Some(EventBody::OrderStatus { status: OrderStatus::Confirmed, .. }) => {
+                prop_assert_eq!(reserved.len(), lines.len(), "a confirmed order has every line reserved");
+                let suffix = format!(":{order}:0");
+                prop_assert!(!ids.iter().any(|id| id.starts_with("cmd:release:") && id.ends_with(&suffix)), "a confirmed order releases nothing");
+            }
+            Some(EventBody::OrderStatus { status: OrderStatus::Cancelled, reason, .. }) => {
+                prop_assert!(reason.is_some());
+                prop_assert!(reserved.len() < lines.len(), "a cancelled order has a rejected line");
+                for i in reserved {
+                    let release = format!("cmd:release:{i}:{order}:0");
+                    let accepted = one.iter().any(|(e, _)| e.id == release && matches!(e.body, EventBody::StockReleased { .. }));
+                    prop_assert!(accepted, "line {} of cancelled {} is released", i, order);
+                }
+            }
+            other => prop_assert!(false, "order {} ended {:?}", order, other),
+        }
+    }
+    // No oversell, nothing left reserved by a cancelled order: replay the outcomes on the seed.
+    let mut stock: BTreeMap<(Name, Name), (i64, i64)> = BTreeMap::new();
+    for event in seed() {
+        if let EventBody::ItemCreated { sku, initial, .. } = &event.body {
+            for (location, qty) in initial {
+                stock.entry((sku.clone(), location.clone())).or_default().0 += qty;
+            }
+        }
+    }
+    let mut reservations: BTreeMap<Name, (Name, Name, i64)> = BTreeMap::new();
+    let mut outcomes = one.clone();
+    outcomes.sort_by_key(|(e, t)| (*t, e.seq));
+    for (event, _) in &outcomes {
+        match &event.body {
+            EventBody::StockReserved { sku, location, qty, reservation_id, .. } => {
+                reservations.insert(reservation_id.clone(), (sku.clone(), location.clone(), *qty));
+                let row = stock.entry((sku.clone(), location.clone())).or_default();
+                row.1 += qty;
+                prop_assert!(row.0 >= row.1, "oversold {}/{}", sku, location);
+            }
+            EventBody::StockReleased { reservation_id } => {
+                let (sku, location, qty) = reservations.remove(reservation_id).unwrap();
+                stock.get_mut(&(sku, location)).unwrap().1 -= qty;
+            }
+            _ => {}
+        }
+    }
+    let open: i64 = reservations.iter().filter(|(id, _)| id.contains(':')).map(|(_, r)| r.2).sum();
+    let confirmed: i64 = steps
+        .iter()
+        .enumerate()
+        .filter(|(n, (lines, ..))| {
+            !lines.is_empty()
+                && one.iter().any(|(e, _)| e.id == format!("cmd:c{n}:1") && matches!(e.body, EventBody::OrderStatus { status: OrderStatus::Confirmed, .. }))
+        })
+        .map(|(_, (lines, ..))| lines.iter().map(|l| l.2).sum::<i64>())
+        .sum();
+    prop_assert_eq!(open, confirmed, "what stays reserved for orders is exactly the confirmed orders' lines");
+    Ok(())
+}
+
+fn order_steps() -> impl Strategy<Value = Vec<OrderStep>> {
+    prop::collection::vec((prop::collection::vec((0usize..3, 0usize..2, 1i64..5), 0..4), 0usize..3, 0usize..2, 1i64..4), 1..30)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn orders_end_confirmed_with_every_line_or_cancelled_with_nothing_held(steps in order_steps(), cuts in prop::collection::vec(prop::bool::weighted(0.3), 30)) {
+        check_orders(steps, cuts)?;
+    }
 }

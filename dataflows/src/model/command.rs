@@ -4,9 +4,10 @@
 //! On the wire (topic `inventory.commands`, key `tenant/sku`) a command is a
 //! JSON object like an event: `id` (the command id), `type` (`item.create`,
 //! `item.update`, `item.delete`, `stock.adjust`, `stock.reserve`,
-//! `stock.release`, `stock.commit`), `tenant`, `ts`, the fields of the event
-//! it asks for, `sku` always (it routes the command to its single writer),
-//! and optionally `expected_version`.
+//! `stock.release`, `stock.commit`, `order.place`), `tenant`, `ts`, the
+//! fields of the event it asks for, `sku` (it routes the command to its
+//! single writer; an order is routed by its `order_id`), and optionally
+//! `expected_version`.
 
 use super::decode::{decode_event, present, required, text, DecodeError, RecordContext};
 use super::{EventBody, EventTime, Name};
@@ -16,6 +17,10 @@ use serde_json::value::RawValue;
 /// Longest command id: the ids of the events a command causes
 /// (`cmd:{command_id}:{n}`) must stay within the 128 bytes of an event id.
 pub const MAX_COMMAND_ID_LEN: usize = 120;
+
+/// Longest order id of an `order.place`: the ids its saga derives
+/// (`line:{n}:{order_id}`, `cmd:line:{n}:{order_id}:0`) must fit in 128 bytes.
+pub const MAX_ORDER_ID_LEN: usize = 100;
 
 /// One decoded, validated command.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -28,7 +33,8 @@ pub struct Command {
     pub seq: u64,
     /// When the command was issued.
     pub ts: EventTime,
-    /// The sku whose single writer decides it.
+    /// The sku whose single writer decides it (for `order.place`: the order
+    /// id, which routes it to its saga's coordinator).
     pub sku: Name,
     /// Decide only if the sku's version is this (optimistic concurrency).
     pub expected_version: Option<u64>,
@@ -48,6 +54,7 @@ fn intended_type(command_type: &str) -> Option<&'static str> {
         "stock.reserve" => "stock.reserved",
         "stock.release" => "stock.released",
         "stock.commit" => "stock.committed",
+        "order.place" => "order.placed",
         _ => return None,
     })
 }
@@ -86,10 +93,17 @@ pub fn decode_command(payload: &[u8], ctx: RecordContext) -> Result<Command, Dec
     if event.id.len() > MAX_COMMAND_ID_LEN {
         return Err(DecodeError::Invalid { field: "id".into(), reason: format!("longer than {MAX_COMMAND_ID_LEN} bytes (`{}`)", id.get()) });
     }
-    let sku = match event.body.sku() {
-        Some(sku) => sku.clone(),
+    let sku = match (&event.body, event.body.sku()) {
+        // An order is routed by its id (to its saga's coordinator).
+        (EventBody::OrderPlaced { order_id, .. }, _) => {
+            if order_id.len() > MAX_ORDER_ID_LEN {
+                return Err(DecodeError::Invalid { field: "order_id".into(), reason: format!("longer than {MAX_ORDER_ID_LEN} bytes") });
+            }
+            order_id.clone()
+        }
+        (_, Some(sku)) => sku.clone(),
         // Release and commit name their reservation; the sku routes them.
-        None => {
+        (_, None) => {
             let sku = object.get("sku").filter(|s| !s.is_null()).ok_or_else(|| DecodeError::Missing("sku".into()))?;
             let sku: Name = serde_json::from_value(sku.clone())
                 .map_err(|_| DecodeError::Invalid { field: "sku".into(), reason: format!("expected a string, got `{sku}`") })?;
