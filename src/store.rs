@@ -9,7 +9,7 @@ use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use stockflow_dataflows::model::{Epoch, Event, ItemRow, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::{Epoch, Event, EventBody, EventTime, ItemRow, Money, Name, OrderLine, OrderStatus, SkuKey, StockDelta, StockKey};
 use tokio::sync::watch;
 
 /// Where the views stand: the epoch and, per topic and partition, the next
@@ -42,9 +42,42 @@ pub struct Snapshot {
     pub stock: OrdMap<StockKey, StockDelta>,
     /// The `stock_totals` view.
     pub stock_totals: OrdMap<SkuKey, StockDelta>,
+    /// The `orders` view: `(tenant, order id)` → the order.
+    pub orders: imbl::HashMap<(Name, Name), OrderRow>,
     /// Decided commands: `(tenant, command id)` → the events they caused
     /// (one `reservation.rejected` for a rejected command).
     pub commands: imbl::HashMap<(Name, Name), Vec<Event>>,
+}
+
+/// A row of the `orders` view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrderRow {
+    /// From `order.placed` (absent until it is seen).
+    pub placed: Option<(Name, Vec<OrderLine>, Money, EventTime)>,
+    /// Status events seen (an order may be confirmed, then shipped).
+    pub confirmed: bool,
+    /// Cancelled, with the reason.
+    pub cancelled: Option<Option<String>>,
+    /// Shipped.
+    pub shipped: bool,
+    /// Newest event time of the order's events.
+    pub updated_at: EventTime,
+}
+
+impl OrderRow {
+    /// `pending` (placed, not decided), `confirmed`, `shipped` or `cancelled`
+    /// (which wins whatever order the events arrived in).
+    pub fn status(&self) -> &'static str {
+        if self.cancelled.is_some() {
+            "cancelled"
+        } else if self.shipped {
+            "shipped"
+        } else if self.confirmed {
+            "confirmed"
+        } else {
+            "pending"
+        }
+    }
 }
 
 /// Shared handle to the published views.
@@ -218,6 +251,29 @@ impl Snapshot {
             None => {
                 self.stock_totals.insert(key, delta);
             }
+        }
+    }
+
+    /// Applies an order event to the `orders` view (the view does not depend
+    /// on the order the events arrive in).
+    pub fn apply_order(&mut self, event: &Event) {
+        let row = match &event.body {
+            EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => {
+                self.orders.entry((event.tenant.clone(), order_id.clone())).or_default()
+            }
+            _ => return,
+        };
+        row.updated_at = row.updated_at.max(event.ts);
+        match &event.body {
+            EventBody::OrderPlaced { customer_id, lines, total, .. } => {
+                row.placed.get_or_insert_with(|| (customer_id.clone(), lines.clone(), *total, event.ts));
+            }
+            EventBody::OrderStatus { status: OrderStatus::Confirmed, .. } => row.confirmed = true,
+            EventBody::OrderStatus { status: OrderStatus::Shipped, .. } => row.shipped = true,
+            EventBody::OrderStatus { status: OrderStatus::Cancelled, reason, .. } => {
+                row.cancelled.get_or_insert_with(|| reason.clone());
+            }
+            _ => {}
         }
     }
 

@@ -138,6 +138,53 @@ async fn commands_are_decided_and_readable_after_their_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_reserve_every_line_or_release_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let client = Client::new(&running);
+    for (sku, qty) in [("P", 5), ("Q", 1)] {
+        let answer = client.command("/v1/items", json!({"sku": sku, "name": sku, "price": 2, "stock": {"m": qty}})).await;
+        client.outcome(&answer).await;
+    }
+    let line = |sku: &str, qty: i64| json!({"sku": sku, "location": "m", "qty": qty, "price": "2.50"});
+
+    // Every line can be reserved: confirmed, and the stock stays reserved for it.
+    let ok = client.command("/v1/orders", json!({"order_id": "o-1", "customer_id": "ana", "lines": [line("P", 2), line("Q", 1)]})).await;
+    assert_eq!(ok["order_id"], "o-1");
+    let order = wait_for_order(&client, "o-1").await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["total"], 7.5);
+    assert_eq!(order["lines"].as_array().unwrap().len(), 2);
+
+    // The second line cannot: the first is released and the order cancelled with the reason.
+    let failing = client.command("/v1/orders", json!({"customer_id": "ben", "lines": [line("P", 3), line("Q", 1)]})).await;
+    let id = failing["order_id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("ord-"), "generated: {id}");
+    let order = wait_for_order(&client, &id).await;
+    assert_eq!(order["status"], "cancelled", "{order}");
+    assert_eq!(order["reason"], "line 1 (Q at m): insufficient stock of Q at m: available 0, requested 1");
+    let (_, p) = client.get("/v1/stock/P").await;
+    assert_eq!((p["totals"]["reserved"].as_i64(), p["totals"]["available"].as_i64()), (Some(2), Some(3)), "nothing held by the cancelled order: {p}");
+    let (status, _) = client.get("/v1/orders/nope").await;
+    assert_eq!(status, 404);
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+/// Polls an order until it is decided (a saga takes two epochs after its command).
+async fn wait_for_order(client: &Client, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, order) = client.get(&format!("/v1/orders/{id}")).await;
+        if status == 200 && order["status"] != "pending" {
+            return order;
+        }
+        assert!(std::time::Instant::now() < deadline, "order {id} never decided: {order}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_get_problems_and_append_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let running = server::start(&settings(dir.path(), 1)).await.unwrap();
@@ -164,6 +211,14 @@ async fn bad_commands_get_problems_and_append_nothing() {
         ("/v1/items/B", Some(json!({})), "application/json", 400, "give at least one of name, price, category, reorder_point"),
         ("/v1/stock/A/release", Some(json!({})), "application/json", 400, "missing required field `reservation_id`"),
         ("/v1/stock/A/adjust?tenant=a/b", Some(json!({"location": "m", "qty": 1})), "application/json", 400, "tenant"),
+        ("/v1/orders", Some(json!({"customer_id": "c", "lines": []})), "application/json", 400, "must hold 1 to 1000 lines"),
+        (
+            "/v1/orders",
+            Some(json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]})),
+            "application/json",
+            400,
+            "missing required field `lines[0].price`",
+        ),
     ];
     for (path, body, content_type, status, detail) in cases {
         let method = if path == "/v1/items/B" { reqwest::Method::PATCH } else { reqwest::Method::POST };

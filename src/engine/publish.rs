@@ -36,6 +36,8 @@ pub enum Change {
     /// An event the decider produced: to append to the event topic before
     /// the epoch is published.
     Outcome(Event),
+    /// An order event, for the `orders` view.
+    Order(Event),
     /// An event caused by command `(tenant, command id)`: its outcome, for
     /// `GET /v1/commands/{id}` (from the decider or read back from the log).
     Command(Name, Name, Event),
@@ -64,6 +66,7 @@ pub fn views<'scope>(
         };
         command.map(|command| (event.tenant.clone(), command, event))
     });
+    let orders = events.clone().filter(|event| matches!(event.body, EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. }));
     let items = stockflow_dataflows::items(events.clone());
     let stock = stockflow_dataflows::stock(events);
     let totals = stockflow_dataflows::stock_totals(stock.clone());
@@ -76,6 +79,7 @@ pub fn views<'scope>(
         .concat(progress.inner.map(|((source, partition, offset), time, _)| (Change::Progress(source, partition, offset), time)))
         .concat(outcomes.inner.map(|(event, time, _)| (Change::Outcome(event), time)))
         .concat(caused.inner.map(|((tenant, command, event), time, _)| (Change::Command(tenant, command, event), time)))
+        .concat(orders.inner.map(|(event, time, _)| (Change::Order(event), time)))
         .probe_with(probe);
 
     let mut publisher = publisher;
@@ -220,6 +224,7 @@ pub fn run_publisher(
         metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
         metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
         metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
+        metrics.view_rows.with_label_values(&["orders"]).set(working.orders.len() as i64);
         store.publish(working.clone());
         // Only now: a reader must see the outcome or still see it pending, never neither.
         for (tenant, command) in decided {
@@ -280,6 +285,7 @@ fn apply(working: &mut Snapshot, topics: &[String], change: Change) {
         Change::Stock(key, delta) => working.apply_stock(key, delta),
         Change::Total(key, delta) => working.apply_total(key, delta),
         Change::Command(tenant, command, event) => working.apply_command(tenant, command, event),
+        Change::Order(event) => working.apply_order(&event),
         // Appended by the publisher loop before publishing; nothing to apply.
         Change::Outcome(_) => {}
         Change::Progress(source, partition, offset) => {

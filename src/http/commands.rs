@@ -61,6 +61,7 @@ const ADJUST: Endpoint = Endpoint { command: "stock.adjust", fields: &["command_
 const RESERVE: Endpoint =
     Endpoint { command: "stock.reserve", fields: &["command_id", "location", "qty", "reservation_id", "order_id", "expected_version"], at_least_one_of: &[] };
 const RELEASE: Endpoint = Endpoint { command: "stock.release", fields: &["command_id", "reservation_id", "expected_version"], at_least_one_of: &[] };
+const PLACE_ORDER: Endpoint = Endpoint { command: "order.place", fields: &["command_id", "order_id", "customer_id", "lines"], at_least_one_of: &[] };
 const COMMIT: Endpoint = Endpoint { command: "stock.commit", fields: &["command_id", "reservation_id", "expected_version"], at_least_one_of: &[] };
 
 /// `POST /v1/items`.
@@ -134,6 +135,11 @@ pub async fn commit(
     submit(state, params, headers, &body, Some(sku), &COMMIT).await
 }
 
+/// `POST /v1/orders`: a saga that reserves every line (see `GET /v1/orders/{id}`).
+pub async fn place_order(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    submit(state, params, headers, &body, None, &PLACE_ORDER).await
+}
+
 /// Checks, appends and answers one command.
 async fn submit(
     State(state): State<AppState>,
@@ -183,6 +189,9 @@ async fn submit(
     if let Some(sku) = sku {
         fields.insert("sku".into(), Value::String(sku));
     }
+    if endpoint.command == "order.place" && fields.get("order_id").is_none_or(Value::is_null) {
+        fields.insert("order_id".into(), Value::String(format!("ord-{:016x}", rand::random::<u64>())));
+    }
     if endpoint.command == "stock.reserve" && fields.get("reservation_id").is_none_or(Value::is_null) {
         // Unique per command, so it cannot collide with another reservation.
         fields.insert("reservation_id".into(), Value::String(format!("res-{command_id}")));
@@ -212,8 +221,10 @@ async fn submit(
         "token": token,
         "status_url": format!("/v1/commands/{}?tenant={}", command.id, command.tenant),
     });
-    if let EventBody::StockReserved { reservation_id, .. } = &command.intent {
-        answer["reservation_id"] = json!(reservation_id);
+    match &command.intent {
+        EventBody::StockReserved { reservation_id, .. } => answer["reservation_id"] = json!(reservation_id),
+        EventBody::OrderPlaced { order_id, .. } => answer["order_id"] = json!(order_id),
+        _ => {}
     }
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, answer["status_url"].as_str().unwrap_or_default().to_owned())], Json(answer)).into_response())
 }
@@ -250,6 +261,32 @@ fn shorten(text: &str) -> String {
 /// A fresh command id: 128 random bits in hex.
 fn new_command_id() -> String {
     format!("{:032x}", rand::random::<u128>())
+}
+
+/// `GET /v1/orders/{id}`: the order, its lines and its status.
+pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
+    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("order id: {reason}")))?;
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let Some(row) = snapshot.orders.get(&(tenant.clone(), Name::from(id.as_str()))) else {
+        return Err(ApiError::not_found(format!("no order `{id}` of tenant `{tenant}`")));
+    };
+    let mut answer = json!({
+        "order_id": id,
+        "tenant": tenant,
+        "status": row.status(),
+        "updated_at": super::reads::rfc3339(row.updated_at),
+        "as_of": snapshot.as_of,
+    });
+    if let Some((customer_id, lines, total, placed_at)) = &row.placed {
+        answer["customer_id"] = json!(customer_id);
+        answer["lines"] = json!(lines.iter().map(|l| json!({"sku": l.sku, "location": l.location, "qty": l.qty, "price": l.price})).collect::<Vec<_>>());
+        answer["total"] = json!(total);
+        answer["placed_at"] = json!(super::reads::rfc3339(*placed_at));
+    }
+    if let Some(reason) = &row.cancelled {
+        answer["reason"] = json!(reason);
+    }
+    Ok(Json(answer))
 }
 
 /// `GET /v1/commands/{id}`: `pending`, `accepted` (with its events) or

@@ -106,6 +106,8 @@ pub fn app(state: AppState) -> Router {
         .route("/stock/{sku}/release", post(commands::release))
         .route("/stock/{sku}/commit", post(commands::commit))
         .route("/commands/{id}", get(commands::outcome))
+        .route("/orders", post(commands::place_order))
+        .route("/orders/{id}", get(commands::order))
         .route("/views", get(reads::views));
     Router::new()
         .nest("/v1", v1)

@@ -177,6 +177,7 @@ pub(super) async fn views(State(state): State<AppState>, Params(params): Params<
         {"name": "items", "key": ["tenant", "sku"], "columns": ["name", "price", "category", "reorder_point", "active", "updated_at"], "rows": snapshot.items.len()},
         {"name": "stock", "key": ["tenant", "sku", "location"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock.len()},
         {"name": "stock_totals", "key": ["tenant", "sku"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock_totals.len()},
+        {"name": "orders", "key": ["tenant", "order_id"], "columns": ["customer_id", "status", "reason", "lines", "total", "placed_at", "updated_at"], "rows": snapshot.orders.len()},
     ]);
     Ok(Json(json!({"as_of": snapshot.as_of, "views": views})))
 }
