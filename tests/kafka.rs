@@ -368,6 +368,55 @@ async fn start_latest_skips_the_backlog_and_stored_resumes_from_the_commits() {
     running.wait().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_over_kafka_tradex_and_http_are_decided_once() {
+    let prefix = unique("writes");
+    let (catalog, orders) = (format!("{prefix}.catalog.commands"), format!("{prefix}.order.commands"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut writes = settings(dir.path(), &format!("{prefix}.events"), 2);
+    writes.sources.push(SourceDecl::new(catalog.as_str(), Format::Tradex));
+    writes.sources.push(SourceDecl::new(orders.as_str(), Format::Tradex));
+    let running = start_ready(&writes).await;
+    produce(
+        &catalog,
+        &[("P-1".into(), br#"{"command":"CREATE_PRODUCT","data":{"name":"Mate","sku":"P-1","price":9.5,"stock":5,"category":"food"}}"#.to_vec())],
+    );
+    eventually(&running, "/v1/stock/P-1", |status, body| status == 200 && body["totals"]["on_hand"] == 5).await;
+    produce(
+        &orders,
+        &[(
+            "u-1".into(),
+            br#"{"command":"CREATE_ORDER","data":{"orderId":"T-1","userId":"u-1","items":[{"productId":"P-1","quantity":2,"price":9.5}]}}"#.to_vec(),
+        )],
+    );
+    let order = eventually(&running, "/v1/orders/T-1", |status, body| status == 200 && body["status"] != "pending").await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+
+    // A command over HTTP goes through Kafka too, and its token reads its effect.
+    let client = reqwest::Client::new();
+    let answer: Value = client
+        .post(format!("http://{}/v1/stock/P-1/adjust", running.addr))
+        .header("content-type", "application/json")
+        .body(json!({"location": "default", "qty": 3}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["token"].as_str().unwrap().starts_with(&format!("{prefix}.events.commands:")), "{answer}");
+    let (status, stock) = get(&running, &format!("/v1/stock/P-1?after={}", answer["token"].as_str().unwrap())).await;
+    assert_eq!(status, 200, "{stock}");
+    assert_eq!((stock["totals"]["on_hand"].as_i64(), stock["totals"]["reserved"].as_i64()), (Some(8), Some(2)), "{stock}");
+    // The outcomes are in the event topic: the source of truth.
+    let outcomes = consume_all(&format!("{prefix}.events"), 3, 5);
+    let types: std::collections::BTreeSet<String> =
+        outcomes.iter().map(|m| serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap()["type"].as_str().unwrap().to_owned()).collect();
+    assert!(["item.created", "order.placed", "stock.reserved", "order.confirmed", "stock.adjusted"].iter().all(|t| types.contains(*t)), "{types:?}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
 /// A TCP proxy in front of a broker that the test can cut and restore.
 struct Proxy {
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::model::cqrs::decode_cqrs;
-use stockflow_dataflows::model::tradex::decode_tradex;
+use stockflow_dataflows::model::tradex::{decode_tradex, decode_tradex_command, is_command_topic};
 use stockflow_dataflows::model::{decode_command, decode_event, Command, DecodeError, Epoch, Event, RecordContext};
 use timely::dataflow::operators::probe::Handle;
 
@@ -136,6 +136,8 @@ enum Input {
     Events(Format),
     /// Commands for the decider.
     Commands,
+    /// Commands in the Tradex shape (`catalog.commands`, `order.commands`, ...).
+    TradexCommands,
 }
 
 /// `(source index, partition, next offset)`: how far a partition has been read.
@@ -168,7 +170,17 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
     let mut starts: Vec<Vec<u64>> = Vec::new();
     // Every topic read: event sources, then the commands topic.
-    let mut inputs: Vec<(Arc<dyn Source>, Input, Start)> = config.sources.iter().map(|s| (s.source.clone(), Input::Events(s.format), s.start)).collect();
+    let mut inputs: Vec<(Arc<dyn Source>, Input, Start)> = config
+        .sources
+        .iter()
+        .map(|s| {
+            let input = match s.format {
+                Format::Tradex if is_command_topic(s.source.topic()) => Input::TradexCommands,
+                format => Input::Events(format),
+            };
+            (s.source.clone(), input, s.start)
+        })
+        .collect();
     if let Some(path) = &config.commands {
         inputs.push((path.commands.clone(), Input::Commands, Start::Earliest));
     }
@@ -199,8 +211,10 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     // the views (and so in the decider's state): a command already decided
     // before a restart is then recognised, and none is decided on a partial state.
     let mut event_targets = targets.clone();
-    if let Some(path) = &config.commands {
-        event_targets.remove(path.commands.topic());
+    for (source, input, _) in &inputs {
+        if matches!(input, Input::Commands | Input::TradexCommands) {
+            event_targets.remove(source.topic());
+        }
     }
     store.set_startup_targets(targets);
     let plan = Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets });
@@ -388,7 +402,8 @@ mod worker {
                     commands_open = store.snapshot().as_of.covers(&plan.event_targets);
                 }
                 for part in assigned.iter_mut() {
-                    if part.retry_at.is_some_and(|at| Instant::now() < at) || (part.input == Input::Commands && !commands_open) {
+                    let is_commands = matches!(part.input, Input::Commands | Input::TradexCommands);
+                    if part.retry_at.is_some_and(|at| Instant::now() < at) || (is_commands && !commands_open) {
                         continue;
                     }
                     records.clear();
@@ -419,6 +434,13 @@ mod worker {
                             Input::Events(format) => format.decode(&part.topic, partition, &record, &mut events),
                             Input::Commands => decode_command(&record.payload, RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) })
                                 .map(|command| commands_in.insert(command)),
+                            Input::TradexCommands => decode_tradex_command(
+                                &part.topic,
+                                partition,
+                                &record.payload,
+                                RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) },
+                            )
+                            .map(|commands| commands.into_iter().for_each(|command| commands_in.insert(command))),
                         };
                         match result {
                             Ok(()) => {

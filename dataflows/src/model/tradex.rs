@@ -130,6 +130,112 @@ pub fn decode_tradex(topic: &str, partition: u32, payload: &[u8], ctx: RecordCon
     }
 }
 
+/// True for the Tradex command topics (`auth.commands`, `catalog.commands`,
+/// `order.commands`, or a name ending in one of them).
+pub fn is_command_topic(topic: &str) -> bool {
+    ["auth.commands", "catalog.commands", "order.commands"].iter().any(|k| topic == *k || topic.strip_suffix(k).is_some_and(|p| p.ends_with('.')))
+}
+
+#[derive(Deserialize)]
+struct RawTradexCommand<'a> {
+    #[serde(borrow)]
+    command: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCommandData<'a> {
+    #[serde(borrow)]
+    sku: Option<&'a RawValue>,
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    price: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stock: Option<&'a RawValue>,
+    #[serde(borrow)]
+    category: Option<&'a RawValue>,
+    #[serde(borrow)]
+    order_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    items: Option<Vec<RawItem<'a>>>,
+}
+
+/// Decodes one message of a Tradex command topic into the stockflow
+/// commands it means: `CREATE_PRODUCT` → `item.create` (its `stock` at
+/// location `default`), `CREATE_ORDER` → `order.place` (a saga reserving each
+/// item). Reads and user commands (`GET_PRODUCT`, `REGISTER_USER`,
+/// `LOGIN_USER`) change no stock and mean nothing here. The messages carry
+/// no id: a command's id is its position (`tradex:{topic hash}:{partition}:{offset}`),
+/// so a re-read of the same message is one command, while a producer's
+/// retry that lands at a new offset is another.
+pub fn decode_tradex_command(topic: &str, partition: u32, payload: &[u8], ctx: RecordContext) -> Result<Vec<super::Command>, DecodeError> {
+    let raw: RawTradexCommand<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let command = text("command", required("command", raw.command)?, 64)?;
+    let ts = ctx.log_time.ok_or_else(|| DecodeError::Missing("timestamp".into()))?;
+    // Unique across the command topics (the topic is hashed: ids stay short).
+    let id = Name::from(format!("tradex:{:08x}:{partition}:{}", super::hash_parts(0, &[topic]) & 0xffff_ffff, ctx.offset));
+    let tenant = Name::from(DEFAULT_TENANT);
+    let data = || -> Result<RawCommandData<'_>, DecodeError> {
+        serde_json::from_str(required("data", raw.data)?.get()).map_err(|e| DecodeError::invalid("data", e.to_string()))
+    };
+    match command.as_str() {
+        "CREATE_PRODUCT" => {
+            let data = data()?;
+            let sku = name("data.sku", required("data.sku", data.sku)?)?;
+            let stock = match present(data.stock) {
+                Some(s) => quantity("data.stock", s, Sign::NonNegative)?,
+                None => 0,
+            };
+            let intent = EventBody::ItemCreated {
+                sku: sku.clone(),
+                name: text("data.name", required("data.name", data.name)?, super::decode::MAX_TEXT_LEN)?,
+                price: non_negative_money("data.price", required("data.price", data.price)?)?,
+                category: present(data.category).map(|c| name("data.category", c)).transpose()?.unwrap_or_default(),
+                reorder_point: None,
+                initial: vec![(Name::from(TRADEX_LOCATION), stock)],
+            };
+            Ok(vec![super::Command { tenant, id, seq: ctx.offset, ts, sku, expected_version: None, intent }])
+        }
+        "CREATE_ORDER" => {
+            let data = data()?;
+            let customer_id = identifier("data.userId", required("data.userId", data.user_id)?)?;
+            let order_id = match present(data.order_id) {
+                Some(o) => identifier("data.orderId", o)?,
+                None => Name::from(format!("tradex-{:08x}-{partition}-{}", super::hash_parts(0, &[topic]) & 0xffff_ffff, ctx.offset)),
+            };
+            if order_id.len() > super::command::MAX_ORDER_ID_LEN {
+                return Err(DecodeError::invalid("data.orderId", format!("longer than {} bytes", super::command::MAX_ORDER_ID_LEN)));
+            }
+            let items = data.items.ok_or_else(|| DecodeError::Missing("data.items".into()))?;
+            if items.is_empty() || items.len() > MAX_LINES {
+                return Err(DecodeError::invalid("data.items", format!("must hold 1 to {MAX_LINES} items, got {}", items.len())));
+            }
+            let mut lines = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let field = |f: &str| format!("data.items[{i}].{f}");
+                lines.push(OrderLine {
+                    sku: name(&field("productId"), required(&field("productId"), item.product_id)?)?,
+                    location: Name::from(TRADEX_LOCATION),
+                    qty: quantity(&field("quantity"), required(&field("quantity"), item.quantity)?, Sign::Positive)?,
+                    price: non_negative_money(&field("price"), required(&field("price"), item.price)?)?,
+                });
+            }
+            let total = super::decode::line_total(&lines)?;
+            let intent = EventBody::OrderPlaced { order_id: order_id.clone(), customer_id, lines, total };
+            Ok(vec![super::Command { tenant, id, seq: ctx.offset, ts, sku: order_id, expected_version: None, intent }])
+        }
+        "GET_PRODUCT" | "REGISTER_USER" | "LOGIN_USER" => Ok(Vec::new()),
+        other => {
+            Err(DecodeError::UnknownType(format!("tradex command `{other}` (expected CREATE_PRODUCT, CREATE_ORDER, GET_PRODUCT, REGISTER_USER or LOGIN_USER)")))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +266,51 @@ mod tests {
         assert!(decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"decrease"}"#, ctx()).unwrap().is_empty());
         let bad = decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"grow"}"#, ctx()).unwrap_err();
         assert_eq!(bad.to_string(), "field `operation`: expected `increase` or `decrease`, got `grow`");
+    }
+
+    #[test]
+    fn commands_become_stockflow_commands() {
+        assert!(is_command_topic("catalog.commands") && is_command_topic("eu.order.commands") && !is_command_topic("order.created"));
+        let product = decode_tradex_command(
+            "catalog.commands",
+            1,
+            br#"{"command":"CREATE_PRODUCT","data":{"name":"Mate","description":"x","sku":"P-1","price":9.5,"stock":12,"category":"food"}}"#,
+            ctx(),
+        )
+        .unwrap();
+        assert!(matches!(&product[0].intent, EventBody::ItemCreated { initial, .. } if initial == &vec![(Name::from("default"), 12)]));
+        assert!(product[0].id.starts_with("tradex:") && product[0].id.ends_with(":1:3"), "{}", product[0].id);
+        let other = decode_tradex_command(
+            "order.commands",
+            1,
+            br#"{"command":"CREATE_ORDER","data":{"userId":"u","items":[{"productId":"P","quantity":1,"price":1}]}}"#,
+            ctx(),
+        )
+        .unwrap();
+        assert_ne!(other[0].id, product[0].id, "same position in another topic is another command");
+        let order = decode_tradex_command(
+            "order.commands",
+            0,
+            br#"{"command":"CREATE_ORDER","data":{"userId":"u-1","items":[{"productId":"P-1","quantity":2,"price":9.5}]}}"#,
+            ctx(),
+        )
+        .unwrap();
+        assert!(matches!(&order[0].intent, EventBody::OrderPlaced { lines, total, .. } if lines.len() == 1 && *total == Money::parse("19").unwrap()));
+        assert_eq!(
+            order[0].sku,
+            match &order[0].intent {
+                EventBody::OrderPlaced { order_id, .. } => order_id.clone(),
+                _ => unreachable!(),
+            }
+        );
+        assert!(decode_tradex_command("auth.commands", 0, br#"{"command":"LOGIN_USER","data":{}}"#, ctx()).unwrap().is_empty());
+        let bad = decode_tradex_command(
+            "order.commands",
+            0,
+            br#"{"command":"CREATE_ORDER","data":{"userId":"u","items":[{"productId":"P","quantity":0,"price":1}]}}"#,
+            ctx(),
+        );
+        assert_eq!(bad.unwrap_err().to_string(), "field `data.items[0].quantity`: must be greater than 0, got 0");
     }
 
     #[test]
