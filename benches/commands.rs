@@ -47,6 +47,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         epoch_max_events: 100_000,
         partitions: 4,
         insecure_listen: false,
+        read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,
         kafka: None,

@@ -10,7 +10,10 @@
 //!    broker's watermark, which Tansu under-reports), then checked against the
 //!    oracle.
 //!
-//! Run: `cargo bench --bench kafka_e2e -- [EVENTS] [WORKERS]` (defaults 1000000 2).
+//! Run: `cargo bench --bench kafka_e2e -- [EVENTS] [WORKERS] [commands]`
+//! (defaults 1000000 2). With `commands` the engine runs the write path too
+//! (the decider keeps its per-sku state from every event, as a serving
+//! engine does); without, it is read-only (`--read-only`).
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -19,7 +22,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::engine::{EngineConfig, Format, SourceSpec, Start};
+use stockflow::engine::{CommandPath, EngineConfig, Format, SourceSpec, Start};
 use stockflow::metrics::Metrics;
 use stockflow::shutdown::Shutdown;
 use stockflow::source::kafka::{client_config, ensure_topics, KafkaSettings, KafkaTopic};
@@ -103,13 +106,24 @@ fn main() {
     let source = KafkaTopic::open(&settings, &topic).expect("topic");
     let store = Arc::new(Store::new());
     let shutdown = Shutdown::new();
+    let with_commands = std::env::args().any(|a| a == "commands");
+    let commands_dir = tempfile::tempdir().expect("temp dir");
+    let commands = with_commands.then(|| {
+        // An empty commands topic in an embedded log: the decider runs, no command arrives.
+        let log = Arc::new(stockflow::log::Log::open(commands_dir.path()).expect("log"));
+        CommandPath {
+            commands: log.topic("inventory.commands", 1).expect("topic"),
+            appender: Arc::new(stockflow::log::LogAppender::new(log, 1)),
+            events_topic: "outcomes".into(),
+        }
+    });
     let config = EngineConfig {
         workers,
         epoch: Duration::from_millis(10),
         epoch_max_events: 100_000,
         sources: vec![SourceSpec { source: Arc::new(source), format: Format::Stockflow, start: Start::Earliest }],
         dead_letters: None,
-        commands: None,
+        commands,
     };
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), Metrics::new(), shutdown.clone()).expect("engine");
@@ -127,7 +141,8 @@ fn main() {
     assert_eq!(totals, oracle, "the views equal the oracle");
     let rate = events as f64 / elapsed.as_secs_f64();
     println!(
-        "engine   {events} events, {workers} worker(s), {} stock rows: {elapsed:.2?}, {rate:.0} events/s = {:.0}% of the ceiling; peak RSS {:.0} MiB",
+        "engine   {events} events, {workers} worker(s), {}, {} stock rows: {elapsed:.2?}, {rate:.0} events/s = {:.0}% of the ceiling; peak RSS {:.0} MiB",
+        if with_commands { "with the decider" } else { "read-only" },
         snapshot.stock.len(),
         100.0 * rate / ceiling,
         peak_rss_mib()

@@ -43,7 +43,7 @@ fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Ar
         epoch_max_events: settings.epoch_max_events,
         sources,
         dead_letters: Some(dead_letters),
-        commands: Some(commands),
+        commands: (!settings.read_only).then_some(commands),
     }
 }
 
@@ -137,7 +137,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
-        commands: Some(crate::http::CommandWriter::start(appender, settings.commands_topic.clone())?),
+        commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(appender, settings.commands_topic.clone())?) },
     };
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");

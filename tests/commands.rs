@@ -19,6 +19,7 @@ fn settings(dir: &std::path::Path, workers: usize) -> Settings {
         epoch_max_events: 10_000,
         partitions: 3,
         insecure_listen: false,
+        read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,
         kafka: None,
@@ -351,6 +352,22 @@ async fn after_a_restart_no_command_is_decided_twice() {
     assert_eq!(stock_after["totals"], stock_before["totals"], "re-sent commands change nothing");
     let accepted_adjusts: i64 = (0..20).filter(|n| n % 3 != 1 && before[*n].0 == "accepted").map(|n| if n % 3 == 0 { 4 } else { -1 }).sum();
     assert_eq!(stock_after["totals"]["on_hand"].as_i64(), Some(accepted_adjusts), "{stock_after}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_server_takes_no_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut read_only = settings(dir.path(), 1);
+    read_only.read_only = true;
+    let running = server::start(&read_only).await.unwrap();
+    let client = Client::new(&running);
+    let (status, problem) = client.post("/v1/stock/A/adjust", json!({"location": "m", "qty": 1})).await;
+    assert_eq!(status, 405, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("read-only"), "{problem}");
+    let (status, _) = client.get("/v1/stock?limit=1").await;
+    assert_eq!(status, 200, "reads still work");
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }

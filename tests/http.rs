@@ -15,6 +15,7 @@ fn settings(dir: &std::path::Path, workers: usize) -> Settings {
         epoch_max_events: 10_000,
         partitions: 3,
         insecure_listen: false,
+        read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,
         kafka: None,

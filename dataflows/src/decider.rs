@@ -20,6 +20,7 @@
 //! worker is not seen. stockflow generates reservation ids that cannot
 //! collide when the client gives none.
 
+use crate::dedup::Digested;
 use crate::model::command::{caused_event_id, causing_command};
 use crate::model::{hash_parts, Command, Event, EventBody, Name};
 use differential_dataflow::VecCollection;
@@ -55,15 +56,36 @@ enum Closing {
 /// Every sku state of one worker, and what makes decisions exactly-once.
 #[derive(Default)]
 pub struct Decider {
-    skus: HashMap<(Name, Name), SkuState>,
+    skus: HashMap<(Name, Name), SkuState, Fast>,
     /// Which sku holds a reservation (of the skus on this worker).
-    holders: HashMap<(Name, Name), Name>,
+    holders: HashMap<(Name, Name), Name, Fast>,
     /// Closings seen before their reservation (they apply when it arrives).
-    early_closings: HashMap<(Name, Name), Closing>,
+    early_closings: HashMap<(Name, Name), Closing, Fast>,
     /// Digests of the `(tenant, event id)`s applied: a copy is not applied twice.
-    applied: HashSet<u128>,
+    applied: HashSet<u128, Digested>,
     /// Digests of the `(tenant, command id)`s decided.
-    decided: HashSet<u128>,
+    decided: HashSet<u128, Digested>,
+}
+
+/// A fast hasher for keys of strings (the state is not exposed to untrusted
+/// hash flooding more than the dataflow's own exchange is).
+type Fast = std::hash::BuildHasherDefault<KeyHasher>;
+
+/// FNV-1a over the key's bytes, finished with a multiply: fast for short keys.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(26)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 fn digest(tenant: &str, id: &str) -> u128 {

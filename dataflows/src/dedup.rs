@@ -79,11 +79,11 @@ fn id_digest(event: &Event) -> u128 {
 }
 
 /// Digests are already uniform: hash tables use their low bits as they are.
-type Digested = BuildHasherDefault<DigestHasher>;
+pub(crate) type Digested = BuildHasherDefault<DigestHasher>;
 
 /// A `Hasher` that passes a digest through.
 #[derive(Default)]
-struct DigestHasher(u64);
+pub(crate) struct DigestHasher(u64);
 
 impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {

@@ -361,7 +361,7 @@ mod worker {
             let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
             let (commands_in, commands) = differential_dataflow::input::Input::new_collection(&scope);
             let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
-            publish::views(events, commands, progress, publish::Publisher::new(index, closed_at.clone(), to_publisher), &probe);
+            publish::views(events, commands, config.commands.is_some(), progress, publish::Publisher::new(index, closed_at.clone(), to_publisher), &probe);
             (events_in, commands_in, progress_in)
         });
 

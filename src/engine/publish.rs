@@ -48,15 +48,18 @@ pub enum Change {
 ///
 /// `commands` go through the decider, whose outcomes join the events in the
 /// same epoch (so a command's effects are visible when its position is) and
-/// are appended to the event topic by the publisher.
+/// are appended to the event topic by the publisher. Without `decide` (a
+/// read-only engine) there is no decider: its state would cost ingest
+/// throughput for nothing.
 pub fn views<'scope>(
     events: VecCollection<'scope, Epoch, Event>,
     commands: VecCollection<'scope, Epoch, Command>,
+    decide: bool,
     progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
     publisher: Publisher,
     probe: &Handle<Epoch>,
 ) {
-    let outcomes = stockflow_dataflows::decide(events.clone(), commands);
+    let outcomes = if decide { stockflow_dataflows::decide(events.clone(), commands) } else { commands.flat_map(|_| None::<Event>) };
     // The log copy of an outcome comes back later with the same id: dedup keeps the first.
     let events = stockflow_dataflows::dedup(events.concat(outcomes.clone()));
     let caused = events.clone().flat_map(|event| {

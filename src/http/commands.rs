@@ -150,7 +150,7 @@ async fn submit(
     endpoint: &Endpoint,
 ) -> Result<Response, ApiError> {
     let Some(writer) = state.commands.clone() else {
-        return Err(ApiError::method_not_allowed());
+        return Err(ApiError::method_not_allowed_because("this server is read-only (--read-only): it takes no commands"));
     };
     let tenant = match &params.tenant {
         Some(t) => parameter_name("tenant", t)?,

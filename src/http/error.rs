@@ -37,6 +37,11 @@ impl ApiError {
         }
     }
 
+    /// 405 with a reason.
+    pub fn method_not_allowed_because(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::METHOD_NOT_ALLOWED, kind: "method-not-allowed", title: "Method not allowed", detail: detail.into() }
+    }
+
     /// 503: the service cannot answer yet (catching up, or a wait timed out).
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", title: "Service unavailable", detail: detail.into() }
