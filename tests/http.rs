@@ -2,27 +2,13 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use stockflow::config::{LogFormat, Settings, SourceDecl};
-use stockflow::engine::Format;
-use stockflow::server::{self, Running, INVENTORY_EVENTS, ORDER_EVENTS};
+use stockflow::config::Settings;
+use stockflow::server::{self, Running, INVENTORY_EVENTS};
+
+mod common;
 
 fn settings(dir: &std::path::Path, workers: usize) -> Settings {
-    Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        workers,
-        epoch: Duration::from_millis(5),
-        epoch_max_events: 10_000,
-        partitions: 3,
-        insecure_listen: false,
-        read_only: false,
-        log_format: LogFormat::Pretty,
-        demo_rate: None,
-        kafka: None,
-        sources: vec![SourceDecl::new(INVENTORY_EVENTS, Format::Stockflow), SourceDecl::new(ORDER_EVENTS, Format::Stockflow)],
-        commands_topic: "inventory.commands".into(),
-        outcomes_topic: INVENTORY_EVENTS.into(),
-    }
+    common::local_settings(dir, workers)
 }
 
 /// Appends JSON events to inventory.events; returns an `after` token covering them.
