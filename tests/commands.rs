@@ -116,6 +116,12 @@ async fn commands_are_decided_and_readable_after_their_token() {
     assert_eq!(client.outcome(&commit).await["status"], "accepted");
     let (_, stock) = client.get(&format!("/v1/stock/A?after={}", commit["token"].as_str().unwrap())).await;
     assert_eq!((stock["totals"]["on_hand"].as_i64(), stock["totals"]["reserved"].as_i64()), (Some(0), Some(0)), "{stock}");
+    // The version reads show is the one expected_version is checked against.
+    assert_eq!(stock["version"], 5, "created, reserved, released, reserved, committed: {stock}");
+    let stale = client.command("/v1/stock/A/adjust", json!({"location": "m", "qty": 1, "expected_version": 4})).await;
+    assert_eq!(client.outcome(&stale).await["reason"], "version mismatch on A: expected 4, current 5");
+    let current = client.command("/v1/stock/A/adjust", json!({"location": "m", "qty": 1, "expected_version": 5})).await;
+    assert_eq!(client.outcome(&current).await["status"], "accepted");
 
     // Outcomes are events in the event log too: the source of truth.
     let (_, unknown) = client.get("/v1/commands/never-sent").await;

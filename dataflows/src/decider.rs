@@ -35,9 +35,13 @@ use timely::progress::Timestamp;
 /// The state of one sku, as its single writer knows it.
 #[derive(Clone, Debug, Default)]
 pub struct SkuState {
-    /// Stock changes applied to the sku (events of any kind that touch it):
-    /// what `expected_version` is compared with.
+    /// Stock changes applied to the sku, counted as the stock view counts
+    /// them ([`crate::model::StockDelta::changes`]): what `expected_version`
+    /// is compared with, and what reads show as `version`.
     pub version: u64,
+    /// Locations with an absolute level, and the newest version applied
+    /// (an older one arriving late changes nothing; later versions count 0).
+    pub leveled: BTreeMap<Name, u64>,
     /// `Some(true)` while the item exists, `Some(false)` once deleted.
     pub active: Option<bool>,
     /// `(on_hand, reserved)` per location.
@@ -118,26 +122,35 @@ impl Decider {
                 for (location, qty) in initial {
                     state.locations.entry(location.clone()).or_default().0 += qty;
                 }
-                state.version += 1;
+                state.version += initial.len() as u64;
             }
-            EventBody::ItemUpdated { sku, .. } => self.skus.entry((tenant.clone(), sku.clone())).or_default().version += 1,
+            EventBody::ItemUpdated { .. } => {}
             EventBody::ItemDeleted { sku } => {
                 let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();
                 if state.active.is_some() {
                     state.active = Some(false);
                 }
-                state.version += 1;
             }
             EventBody::StockAdjusted { sku, location, qty, .. } => {
                 let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();
                 state.locations.entry(location.clone()).or_default().0 += qty;
                 state.version += 1;
             }
-            EventBody::StockLevel { sku, location, on_hand, reserved, .. } => {
+            EventBody::StockLevel { sku, location, on_hand, reserved, version } => {
                 // Absolute states come from another system's writer: take them as they are.
                 let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();
-                state.locations.insert(location.clone(), (*on_hand, *reserved));
-                state.version += 1;
+                match state.leveled.get(location) {
+                    Some(newest) if newest >= version => {}
+                    Some(_) => {
+                        state.locations.insert(location.clone(), (*on_hand, *reserved));
+                        state.leveled.insert(location.clone(), *version);
+                    }
+                    None => {
+                        state.locations.insert(location.clone(), (*on_hand, *reserved));
+                        state.leveled.insert(location.clone(), *version);
+                        state.version += 1;
+                    }
+                }
             }
             EventBody::StockReserved { sku, location, qty, reservation_id, .. } => {
                 let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();

@@ -87,14 +87,14 @@ where
         let updated_at = event.ts;
         match event.body {
             EventBody::StockAdjusted { sku, location, qty, .. } => {
-                Deltas::One(Some((StockKey { tenant, sku, location }, StockDelta { on_hand: qty, reserved: 0, updated_at })))
+                Deltas::One(Some((StockKey { tenant, sku, location }, StockDelta { on_hand: qty, reserved: 0, changes: 1, updated_at })))
             }
             EventBody::ItemCreated { sku, initial, .. } => Deltas::Many(
                 initial
                     .into_iter()
                     .map(|(location, qty)| {
                         let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location };
-                        (key, StockDelta { on_hand: qty, reserved: 0, updated_at })
+                        (key, StockDelta { on_hand: qty, reserved: 0, changes: 1, updated_at })
                     })
                     .collect::<Vec<_>>()
                     .into_iter(),
@@ -124,14 +124,14 @@ where
         .reduce_named("reservation closings by id", |_id, copies, output| output.push((*copies[0].0, 1)));
 
     let reserved = reservations.clone().explode(|((tenant, _id), (_seq, ts, sku, location, qty))| {
-        Some((StockKey { tenant, sku, location }, StockDelta { on_hand: 0, reserved: qty, updated_at: ts }))
+        Some((StockKey { tenant, sku, location }, StockDelta { on_hand: 0, reserved: qty, changes: 1, updated_at: ts }))
     });
 
     let closed = reservations
         .join_map(closings, |(tenant, _id), (_seq, _ts, sku, location, qty), (_seq2, closed_at, closing)| {
             let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location: location.clone() };
             let on_hand = if *closing == Closing::Committed { -qty } else { 0 };
-            (key, StockDelta { on_hand, reserved: -qty, updated_at: *closed_at })
+            (key, StockDelta { on_hand, reserved: -qty, changes: 1, updated_at: *closed_at })
         })
         .explode(|(key, delta)| Some((key, delta)));
 
@@ -152,7 +152,7 @@ where
             let updated_at = levels.iter().map(|(level, _)| level.4).max().expect("reduce input is not empty");
             output.push(((newest.2, newest.3, updated_at), 1));
         })
-        .explode(|(key, (on_hand, reserved, updated_at))| Some((key, StockDelta { on_hand, reserved, updated_at })));
+        .explode(|(key, (on_hand, reserved, updated_at))| Some((key, StockDelta { on_hand, reserved, changes: 1, updated_at })));
 
     direct
         .concat(reserved)

@@ -127,13 +127,15 @@ fn oracle_items(events: &[Event]) -> BTreeMap<SkuKey, ItemRow> {
 }
 
 /// (on_hand, reserved, updated_at) per key.
-fn oracle_stock(events: &[Event]) -> BTreeMap<StockKey, (i64, i64, i64)> {
-    let mut rows: BTreeMap<StockKey, (i64, i64, i64)> = BTreeMap::new();
+/// (on_hand, reserved, changes, updated_at) per key; every touch is one change.
+fn oracle_stock(events: &[Event]) -> BTreeMap<StockKey, (i64, i64, i64, i64)> {
+    let mut rows: BTreeMap<StockKey, (i64, i64, i64, i64)> = BTreeMap::new();
     let mut touch = |key: StockKey, on_hand: i64, reserved: i64, ts: i64| {
-        let row = rows.entry(key).or_insert((0, 0, i64::MIN));
+        let row = rows.entry(key).or_insert((0, 0, 0, i64::MIN));
         row.0 += on_hand;
         row.1 += reserved;
-        row.2 = row.2.max(ts);
+        row.2 += 1;
+        row.3 = row.3.max(ts);
     };
     // The earliest reservation and the earliest closing of each reservation id.
     let mut reservations: BTreeMap<(Name, Name), &Event> = BTreeMap::new();
@@ -256,7 +258,7 @@ fn split(events: Vec<Event>, cuts: &[bool]) -> Vec<Vec<Event>> {
     epochs
 }
 
-fn accumulate<K: Ord + Clone>(updates: &[(K, Epoch, StockDelta)], upto: Epoch) -> BTreeMap<K, (i64, i64, i64)> {
+fn accumulate<K: Ord + Clone>(updates: &[(K, Epoch, StockDelta)], upto: Epoch) -> BTreeMap<K, (i64, i64, i64, i64)> {
     let mut rows: BTreeMap<K, StockDelta> = BTreeMap::new();
     for (key, _time, delta) in updates.iter().filter(|u| u.1 <= upto) {
         differential_dataflow::difference::Semigroup::plus_equals(
@@ -264,7 +266,7 @@ fn accumulate<K: Ord + Clone>(updates: &[(K, Epoch, StockDelta)], upto: Epoch) -
             delta,
         );
     }
-    rows.into_iter().map(|(k, d)| (k, (d.on_hand, d.reserved, d.updated_at))).collect()
+    rows.into_iter().map(|(k, d)| (k, (d.on_hand, d.reserved, d.changes, d.updated_at))).collect()
 }
 
 fn check(steps: Vec<Step>, cuts: Vec<bool>, workers: usize) -> Result<(), TestCaseError> {
@@ -290,12 +292,13 @@ fn check(steps: Vec<Step>, cuts: Vec<bool>, workers: usize) -> Result<(), TestCa
         let expected = oracle_stock(&deduped);
         prop_assert_eq!(&stock, &expected, "stock at epoch {}", epoch);
 
-        let mut expected_totals: BTreeMap<SkuKey, (i64, i64, i64)> = BTreeMap::new();
-        for (key, (on_hand, reserved, ts)) in &expected {
-            let total = expected_totals.entry(SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() }).or_insert((0, 0, i64::MIN));
+        let mut expected_totals: BTreeMap<SkuKey, (i64, i64, i64, i64)> = BTreeMap::new();
+        for (key, (on_hand, reserved, changes, ts)) in &expected {
+            let total = expected_totals.entry(SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() }).or_insert((0, 0, 0, i64::MIN));
             total.0 += on_hand;
             total.1 += reserved;
-            total.2 = total.2.max(*ts);
+            total.2 += changes;
+            total.3 = total.3.max(*ts);
         }
         prop_assert_eq!(accumulate(&output.totals, epoch), expected_totals, "stock_totals at epoch {}", epoch);
     }
@@ -349,10 +352,11 @@ fn known_history() {
     ];
     let output = run_dataflows(vec![events[..4].to_vec(), events[4..].to_vec()], 2);
     let stock = accumulate(&output.stock, 1);
-    assert_eq!(stock[&StockKey { tenant: Name::from("default"), sku: sku(), location: loc() }], (10 - 4 - 2, 0, 12));
-    assert_eq!(stock[&StockKey { tenant: Name::from("default"), sku: sku(), location: Name::from("n") }], (0, 1, 13));
+    // Changes: created, adjusted once (the copy of e2 is one event), reserved, committed.
+    assert_eq!(stock[&StockKey { tenant: Name::from("default"), sku: sku(), location: loc() }], (10 - 4 - 2, 0, 4, 12));
+    assert_eq!(stock[&StockKey { tenant: Name::from("default"), sku: sku(), location: Name::from("n") }], (0, 1, 1, 13));
     let totals = accumulate(&output.totals, 1);
-    assert_eq!(totals[&SkuKey { tenant: Name::from("default"), sku: sku() }], (4, 1, 13));
+    assert_eq!(totals[&SkuKey { tenant: Name::from("default"), sku: sku() }], (4, 1, 5, 13));
     let before_reservation = accumulate(&output.stock, 0);
-    assert_eq!(before_reservation[&StockKey { tenant: Name::from("default"), sku: sku(), location: loc() }], (6, 0, 11));
+    assert_eq!(before_reservation[&StockKey { tenant: Name::from("default"), sku: sku(), location: loc() }], (6, 0, 2, 11));
 }

@@ -124,6 +124,8 @@ pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segme
         "as_of": snapshot.as_of,
         "tenant": tenant,
         "sku": sku,
+        // Stock changes applied to the sku: what a command's expected_version is compared with.
+        "version": totals.map_or(0, |t| t.changes),
         "totals": quantities_json(totals),
         "locations": locations,
     })))

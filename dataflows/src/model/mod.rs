@@ -285,6 +285,12 @@ pub struct StockDelta {
     pub on_hand: i64,
     /// Change of quantity set aside by open reservations.
     pub reserved: i64,
+    /// Stock changes counted: 1 per adjustment, reservation, release or
+    /// commit, per location of an item's initial stock, and per location of
+    /// an absolute level (its later versions replace it: they count 0). Summed
+    /// over a sku's locations it is the sku's `version`, what a command's
+    /// `expected_version` is compared with.
+    pub changes: i64,
     /// Newest event time contributing to this delta.
     pub updated_at: EventTime,
 }
@@ -307,6 +313,7 @@ impl differential_dataflow::difference::Semigroup for StockDelta {
     fn plus_equals(&mut self, rhs: &Self) {
         self.on_hand += rhs.on_hand;
         self.reserved += rhs.reserved;
+        self.changes += rhs.changes;
         self.updated_at = self.updated_at.max(rhs.updated_at);
     }
 }
@@ -315,7 +322,7 @@ impl differential_dataflow::difference::Multiply<isize> for StockDelta {
     type Output = StockDelta;
     fn multiply(self, rhs: &isize) -> StockDelta {
         let factor = *rhs as i64;
-        StockDelta { on_hand: self.on_hand * factor, reserved: self.reserved * factor, updated_at: self.updated_at }
+        StockDelta { on_hand: self.on_hand * factor, reserved: self.reserved * factor, changes: self.changes * factor, updated_at: self.updated_at }
     }
 }
 
