@@ -206,6 +206,13 @@ async fn bad_commands_get_problems_and_append_nothing() {
         ("/v1/stock/A/adjust?tenant=a/b", Some(json!({"location": "m", "qty": 1})), "application/json", 400, "tenant"),
         ("/v1/orders", Some(json!({"customer_id": "c", "lines": []})), "application/json", 400, "must hold 1 to 1000 lines"),
         (
+            "/v1/stock/A/explode",
+            Some(json!({"location": "m", "qty": 1})),
+            "application/json",
+            404,
+            "no stock command `explode` (adjust, reserve, release, commit)",
+        ),
+        (
             "/v1/orders",
             Some(json!({"customer_id": "c", "lines": [{"sku": "A", "qty": 1}]})),
             "application/json",

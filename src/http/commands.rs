@@ -91,48 +91,22 @@ pub async fn delete_item(
     submit(state, params, headers, &body, Some(sku), &DELETE_ITEM).await
 }
 
-/// `POST /v1/stock/{sku}/adjust`.
-pub async fn adjust(
+/// `POST /v1/stock/{sku}/{adjust|reserve|release|commit}`.
+pub async fn stock_command(
     state: State<AppState>,
-    Path(sku): Path<String>,
+    Path((sku, action)): Path<(String, String)>,
     params: Params<CommandParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    submit(state, params, headers, &body, Some(sku), &ADJUST).await
-}
-
-/// `POST /v1/stock/{sku}/reserve`.
-pub async fn reserve(
-    state: State<AppState>,
-    Path(sku): Path<String>,
-    params: Params<CommandParams>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    submit(state, params, headers, &body, Some(sku), &RESERVE).await
-}
-
-/// `POST /v1/stock/{sku}/release`.
-pub async fn release(
-    state: State<AppState>,
-    Path(sku): Path<String>,
-    params: Params<CommandParams>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    submit(state, params, headers, &body, Some(sku), &RELEASE).await
-}
-
-/// `POST /v1/stock/{sku}/commit`.
-pub async fn commit(
-    state: State<AppState>,
-    Path(sku): Path<String>,
-    params: Params<CommandParams>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    submit(state, params, headers, &body, Some(sku), &COMMIT).await
+    let endpoint = match action.as_str() {
+        "adjust" => &ADJUST,
+        "reserve" => &RESERVE,
+        "release" => &RELEASE,
+        "commit" => &COMMIT,
+        other => return Err(ApiError::not_found(format!("no stock command `{other}` (adjust, reserve, release, commit)"))),
+    };
+    submit(state, params, headers, &body, Some(sku), endpoint).await
 }
 
 /// `POST /v1/orders`: a saga that reserves every line (see `GET /v1/orders/{id}`).
