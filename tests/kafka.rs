@@ -625,6 +625,8 @@ async fn a_broker_restart_mid_stream_loses_and_doubles_nothing() {
     broker.start_tansu().await;
     produce_range(5_000..10_000);
 
+    // Ready again within seconds (idle partitions included: stale connection
+    // errors queued during the outage are drained at once).
     eventually(&running, "/ready", |status, _| status == 200).await;
     let total = |body: &Value| body["rows"].as_array().map(|rows| rows.iter().map(|r| r["on_hand"].as_i64().unwrap()).sum::<i64>());
     let body = eventually(&running, "/v1/stock?limit=1000", |status, body| status == 200 && total(body) == Some(expected)).await;

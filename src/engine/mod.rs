@@ -420,7 +420,8 @@ mod worker {
                         Err(error) => {
                             store.set_source_failure(&part.topic, part.reader.partition(), Some(error.to_string()));
                             part.failures += 1;
-                            let backoff = Duration::from_millis(100u64 << part.failures.min(6));
+                            // At most 1.6 s: a reader must notice a returning broker soon.
+                            let backoff = Duration::from_millis(100u64 << part.failures.min(4));
                             tracing::warn!(%error, topic = %part.topic, partition = part.reader.partition(), retry_in_ms = backoff.as_millis() as u64, "source read failed");
                             metrics.source_errors.with_label_values(&[&part.topic]).inc();
                             part.retry_at = Some(Instant::now() + backoff);

@@ -170,6 +170,11 @@ impl PartitionReader for KafkaReader {
 
     fn read(&mut self, max: usize, out: &mut Vec<Record>) -> Result<usize, SourceError> {
         let mut count = 0;
+        // librdkafka queues an error event per failed connection attempt while
+        // a broker is away; they are drained in one call, so that once the
+        // broker is back a reader recovers on its next read instead of
+        // spending one retry backoff per stale event.
+        let mut last_error = None;
         while count < max {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
@@ -188,16 +193,15 @@ impl PartitionReader for KafkaReader {
                     self.position = offset + 1;
                     count += 1;
                 }
-                Some(Err(error)) => {
-                    if count > 0 {
-                        // Hand over what was read; the error comes back on the next call.
-                        break;
-                    }
-                    return Err(broker(format!("reading {}/{}", self.topic, self.partition))(error));
-                }
+                Some(Err(error)) => last_error = Some(error),
             }
         }
-        Ok(count)
+        match last_error {
+            // Only errors, no message: the partition cannot be read right now.
+            Some(error) if count == 0 => Err(broker(format!("reading {}/{}", self.topic, self.partition))(error)),
+            // Messages came after (or between) errors: the connection works.
+            _ => Ok(count),
+        }
     }
 
     fn position(&self) -> u64 {
