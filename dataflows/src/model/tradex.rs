@@ -46,6 +46,26 @@ struct RawItem<'a> {
     price: Option<&'a RawValue>,
 }
 
+/// The lines of a Tradex order (`items[{productId, quantity, price}]`, at
+/// location `default`); `field` names the array in errors.
+fn order_lines(field: &str, items: Option<Vec<RawItem<'_>>>) -> Result<Vec<OrderLine>, DecodeError> {
+    let items = items.ok_or_else(|| DecodeError::Missing(field.into()))?;
+    if items.is_empty() || items.len() > MAX_LINES {
+        return Err(DecodeError::invalid(field, format!("must hold 1 to {MAX_LINES} items, got {}", items.len())));
+    }
+    let mut lines = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = |f: &str| format!("{field}[{i}].{f}");
+        lines.push(OrderLine {
+            sku: name(&at("productId"), required(&at("productId"), item.product_id)?)?,
+            location: Name::from(TRADEX_LOCATION),
+            qty: quantity(&at("quantity"), required(&at("quantity"), item.quantity)?, Sign::Positive)?,
+            price: non_negative_money(&at("price"), required(&at("price"), item.price)?)?,
+        });
+    }
+    Ok(lines)
+}
+
 /// Decodes one Tradex message read from `topic`/`partition` into the events
 /// it means (possibly none: `user.registered` changes no view).
 pub fn decode_tradex(topic: &str, partition: u32, payload: &[u8], ctx: RecordContext) -> Result<Vec<Event>, DecodeError> {
@@ -64,20 +84,7 @@ pub fn decode_tradex(topic: &str, partition: u32, payload: &[u8], ctx: RecordCon
         "order.created" => {
             let order_id = identifier("orderId", required("orderId", raw.order_id)?)?;
             let customer_id = identifier("userId", required("userId", raw.user_id)?)?;
-            let items = raw.items.ok_or_else(|| DecodeError::Missing("items".into()))?;
-            if items.is_empty() || items.len() > MAX_LINES {
-                return Err(DecodeError::Invalid { field: "items".into(), reason: format!("must hold 1 to {MAX_LINES} items, got {}", items.len()) });
-            }
-            let mut lines = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let field = |f: &str| format!("items[{i}].{f}");
-                lines.push(OrderLine {
-                    sku: name(&field("productId"), required(&field("productId"), item.product_id)?)?,
-                    location: Name::from(TRADEX_LOCATION),
-                    qty: quantity(&field("quantity"), required(&field("quantity"), item.quantity)?, Sign::Positive)?,
-                    price: non_negative_money(&field("price"), required(&field("price"), item.price)?)?,
-                });
-            }
+            let lines = order_lines("items", raw.items)?;
             let total = match present(raw.total_amount) {
                 Some(t) => non_negative_money("totalAmount", t)?,
                 None => super::decode::line_total(&lines)?,
@@ -211,20 +218,7 @@ pub fn decode_tradex_command(topic: &str, partition: u32, payload: &[u8], ctx: R
             if order_id.len() > super::command::MAX_ORDER_ID_LEN {
                 return Err(DecodeError::invalid("data.orderId", format!("longer than {} bytes", super::command::MAX_ORDER_ID_LEN)));
             }
-            let items = data.items.ok_or_else(|| DecodeError::Missing("data.items".into()))?;
-            if items.is_empty() || items.len() > MAX_LINES {
-                return Err(DecodeError::invalid("data.items", format!("must hold 1 to {MAX_LINES} items, got {}", items.len())));
-            }
-            let mut lines = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let field = |f: &str| format!("data.items[{i}].{f}");
-                lines.push(OrderLine {
-                    sku: name(&field("productId"), required(&field("productId"), item.product_id)?)?,
-                    location: Name::from(TRADEX_LOCATION),
-                    qty: quantity(&field("quantity"), required(&field("quantity"), item.quantity)?, Sign::Positive)?,
-                    price: non_negative_money(&field("price"), required(&field("price"), item.price)?)?,
-                });
-            }
+            let lines = order_lines("data.items", data.items)?;
             let total = super::decode::line_total(&lines)?;
             let intent = EventBody::OrderPlaced { order_id: order_id.clone(), customer_id, lines, total };
             Ok(vec![super::Command { tenant, id, seq: ctx.offset, ts, sku: order_id, expected_version: None, intent }])
