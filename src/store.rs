@@ -312,7 +312,7 @@ mod tests {
     fn item_retraction_then_insertion_replaces() {
         let mut s = Snapshot::default();
         let key = SkuKey { tenant: "t".into(), sku: "a".into() };
-        let row = |name: &str| ItemRow { name: name.into(), price: Default::default(), category: "".into(), reorder_point: None, active: true, updated_at: 0 };
+        let row = |name: &str| ItemRow { name: name.into(), price: Default::default(), category: "".into(), reorder_point: None, target_level: None, active: true, updated_at: 0 };
         s.apply_item(key.clone(), row("old"), 1);
         s.apply_item(key.clone(), row("old"), -1);
         s.apply_item(key.clone(), row("new"), 1);

@@ -201,7 +201,7 @@ async fn bad_commands_get_problems_and_append_nothing() {
         ("/v1/stock/A/adjust", Some(json!([1, 2])), "application/json", 400, "expected a JSON object"),
         ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1, "reason": huge})), "application/json", 413, "more than the 65536"),
         ("/v1/items", Some(json!({"sku": "B", "name": "x", "price": "1.23456"})), "application/json", 400, "field `price`"),
-        ("/v1/items/B", Some(json!({})), "application/json", 400, "give at least one of name, price, category, reorder_point"),
+        ("/v1/items/B", Some(json!({})), "application/json", 400, "give at least one of name, price, category, reorder_point, target_level"),
         ("/v1/stock/A/release", Some(json!({})), "application/json", 400, "missing required field `reservation_id`"),
         ("/v1/stock/A/adjust?tenant=a/b", Some(json!({"location": "m", "qty": 1})), "application/json", 400, "tenant"),
         ("/v1/orders", Some(json!({"customer_id": "c", "lines": []})), "application/json", 400, "must hold 1 to 1000 lines"),

@@ -34,17 +34,18 @@ pub fn fold_item<'a>(history: impl IntoIterator<Item = (EventTime, &'a EventBody
     let mut row: Option<ItemRow> = None;
     for (ts, body) in history {
         match body {
-            EventBody::ItemCreated { name, price, category, reorder_point, .. } => {
+            EventBody::ItemCreated { name, price, category, reorder_point, target_level, .. } => {
                 row = Some(ItemRow {
                     name: name.clone(),
                     price: *price,
                     category: category.clone(),
                     reorder_point: *reorder_point,
+                    target_level: *target_level,
                     active: true,
                     updated_at: ts,
                 });
             }
-            EventBody::ItemUpdated { name, price, category, reorder_point, .. } => {
+            EventBody::ItemUpdated { name, price, category, reorder_point, target_level, .. } => {
                 if let Some(row) = row.as_mut() {
                     if let Some(name) = name {
                         row.name = name.clone();
@@ -57,6 +58,9 @@ pub fn fold_item<'a>(history: impl IntoIterator<Item = (EventTime, &'a EventBody
                     }
                     if reorder_point.is_some() {
                         row.reorder_point = *reorder_point;
+                    }
+                    if target_level.is_some() {
+                        row.target_level = *target_level;
                     }
                     row.updated_at = ts;
                 }

@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alerts;
 pub mod decider;
 pub mod dedup;
 pub mod items;
@@ -11,6 +12,7 @@ pub mod model;
 pub mod orders;
 pub mod stock;
 
+pub use alerts::low_stock;
 pub use decider::decide;
 pub use dedup::dedup;
 pub use items::items;

@@ -161,6 +161,7 @@ fn seed() -> Vec<Event> {
                     price: Money::ZERO,
                     category: Name::from(""),
                     reorder_point: None,
+                    target_level: None,
                     initial: vec![(Name::from("l0"), 5 + sku as i64), (Name::from("l1"), 2)],
                 },
             });

@@ -5,11 +5,14 @@
 //! epoch equal a from-scratch fold of the events seen so far.
 //!
 //! The oracle below is deliberately slow and obvious and shares no code with
-//! the dataflows.
+//! the dataflows. The `low_stock` alerts are checked the same way: after every
+//! epoch the oracle applies the raise/clear rule to every stock row of its
+//! from-scratch views, in order, and the transitions must be the dataflow's.
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use stockflow_dataflows::alerts::{Alert, AlertKind, Thresholds};
 use stockflow_dataflows::model::{Event, EventBody, ItemRow, Money, Name, SkuKey, StockDelta, StockKey};
 use timely::dataflow::operators::probe::Handle;
 
@@ -21,9 +24,14 @@ struct Output {
     items: Vec<((SkuKey, ItemRow), Epoch, isize)>,
     stock: Vec<(StockKey, Epoch, StockDelta)>,
     totals: Vec<(SkuKey, Epoch, StockDelta)>,
+    alerts: Vec<(Alert, Epoch, isize)>,
 }
 
 fn run_dataflows(epochs: Vec<Vec<Event>>, workers: usize) -> Output {
+    run_with_thresholds(epochs, workers, Thresholds::default())
+}
+
+fn run_with_thresholds(epochs: Vec<Vec<Event>>, workers: usize, thresholds: Thresholds) -> Output {
     let output = Arc::new(Mutex::new(Output::default()));
     let shared = output.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
@@ -31,12 +39,16 @@ fn run_dataflows(epochs: Vec<Vec<Event>>, workers: usize) -> Output {
         let peers = worker.peers();
         let out = shared.clone();
         let probe = Handle::new();
+        let thresholds = thresholds.clone();
         let mut input = worker.dataflow::<Epoch, _, _>(|scope| {
             let (input, events) = differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
             let events = stockflow_dataflows::dedup(events);
             let items = stockflow_dataflows::items(events.clone());
             let stock = stockflow_dataflows::stock(events);
             let totals = stockflow_dataflows::stock_totals(stock.clone());
+            let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), thresholds);
+            let o = out.clone();
+            alerts.inspect(move |(d, t, r)| o.lock().unwrap().alerts.push((d.clone(), *t, *r))).probe_with(&probe);
             let o = out.clone();
             items.inspect(move |(d, t, r)| o.lock().unwrap().items.push((d.clone(), *t, *r))).probe_with(&probe);
             let o = out.clone();
@@ -91,22 +103,24 @@ fn oracle_items(events: &[Event]) -> BTreeMap<SkuKey, ItemRow> {
         let mut row: Option<ItemRow> = None;
         for event in history {
             match &event.body {
-                EventBody::ItemCreated { name, price, category, reorder_point, .. } => {
+                EventBody::ItemCreated { name, price, category, reorder_point, target_level, .. } => {
                     row = Some(ItemRow {
                         name: name.clone(),
                         price: *price,
                         category: category.clone(),
                         reorder_point: *reorder_point,
+                        target_level: *target_level,
                         active: true,
                         updated_at: event.ts,
                     })
                 }
-                EventBody::ItemUpdated { name, price, category, reorder_point, .. } => {
+                EventBody::ItemUpdated { name, price, category, reorder_point, target_level, .. } => {
                     if let Some(r) = &mut row {
                         r.name = name.clone().unwrap_or(r.name.clone());
                         r.price = price.unwrap_or(r.price);
                         r.category = category.clone().unwrap_or(r.category.clone());
                         r.reorder_point = reorder_point.or(r.reorder_point);
+                        r.target_level = target_level.or(r.target_level);
                         r.updated_at = event.ts;
                     }
                 }
@@ -213,6 +227,7 @@ fn history(steps: &[Step]) -> Vec<Event> {
                 price: Money::from_cents(100 + n as i64),
                 category: Name::from(["tools", "food"][n % 2]),
                 reorder_point: if n % 3 == 0 { None } else { Some(qty.abs()) },
+                target_level: (n % 4 == 1).then_some(qty.abs() * 3),
                 initial: if qty > 0 { vec![(location_name, qty)] } else { Vec::new() },
             },
             1 => EventBody::ItemUpdated {
@@ -221,6 +236,7 @@ fn history(steps: &[Step]) -> Vec<Event> {
                 price: (n % 3 == 0).then(|| Money::from_cents(n as i64)),
                 category: None,
                 reorder_point: (n % 2 == 1).then_some(qty.abs()),
+                target_level: (n % 5 == 1).then_some(qty.abs() * 2),
             },
             2 => EventBody::ItemDeleted { sku: sku_name },
             3..=5 => EventBody::StockAdjusted { sku: sku_name, location: location_name, qty: if qty == 0 { 1 } else { qty }, reason: Name::from("count") },
@@ -269,15 +285,79 @@ fn accumulate<K: Ord + Clone>(updates: &[(K, Epoch, StockDelta)], upto: Epoch) -
     rows.into_iter().map(|(k, d)| (k, (d.on_hand, d.reserved, d.changes, d.updated_at))).collect()
 }
 
+/// The oracle's alert state per `(key, kind)`: (active, transitions, threshold, target).
+type AlertStates = BTreeMap<(StockKey, AlertKind), (bool, u64, i64, i64)>;
+
+/// Applies the alert rule to every stock row after an epoch; returns the transitions.
+fn oracle_alerts(
+    states: &mut AlertStates,
+    stock: &BTreeMap<StockKey, (i64, i64, i64, i64)>,
+    items: &BTreeMap<SkuKey, ItemRow>,
+    thresholds: &Thresholds,
+) -> Vec<Alert> {
+    let mut transitions = Vec::new();
+    for (key, (on_hand, reserved, _changes, ts)) in stock {
+        let available = on_hand - reserved;
+        let item = items.get(&SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() });
+        // (threshold, target) or none for a deleted item.
+        let rule = match item {
+            Some(row) if !row.active => None,
+            _ => {
+                let threshold = item.and_then(|r| r.reorder_point).or(thresholds.tenants.get(&key.tenant).copied()).unwrap_or(thresholds.default);
+                Some((threshold, item.and_then(|r| r.target_level).unwrap_or(2 * threshold)))
+            }
+        };
+        for kind in [AlertKind::LowStock, AlertKind::OutOfStock] {
+            let state = states.entry((key.clone(), kind)).or_insert((false, 0, 0, 0));
+            let limit = |threshold: i64| if kind == AlertKind::LowStock { threshold } else { 0 };
+            let raise = !state.0 && rule.is_some_and(|(threshold, _)| available <= limit(threshold));
+            let clear = state.0 && rule.is_none_or(|(threshold, _)| available > limit(threshold) + thresholds.hysteresis);
+            if let Some((threshold, target)) = rule {
+                if state.0 || raise {
+                    (state.2, state.3) = (threshold, target);
+                }
+            }
+            if raise || clear {
+                state.0 = raise;
+                state.1 += 1;
+                transitions.push(Alert {
+                    key: key.clone(),
+                    kind,
+                    raised: raise,
+                    transition: state.1,
+                    available,
+                    threshold: limit(state.2),
+                    target_level: state.3,
+                    suggested_reorder_qty: if raise { (state.3 - available).max(0) } else { 0 },
+                    ts: *ts,
+                });
+            }
+        }
+    }
+    transitions
+}
+
 fn check(steps: Vec<Step>, cuts: Vec<bool>, workers: usize) -> Result<(), TestCaseError> {
+    check_with(steps, cuts, workers, Thresholds::default())
+}
+
+fn check_with(steps: Vec<Step>, cuts: Vec<bool>, workers: usize, thresholds: Thresholds) -> Result<(), TestCaseError> {
     let events = history(&steps);
     let epochs = split(events, &cuts);
-    let output = run_dataflows(epochs.clone(), workers);
+    let output = run_with_thresholds(epochs.clone(), workers, thresholds.clone());
     let mut seen: Vec<Event> = Vec::new();
+    let mut alert_states = AlertStates::new();
     for (epoch, batch) in epochs.iter().enumerate() {
         seen.extend(batch.iter().cloned());
         let epoch = epoch as Epoch;
         let deduped = oracle_dedup(&seen);
+
+        let mut alerts: Vec<Alert> = output.alerts.iter().filter(|u| u.1 == epoch).map(|u| u.0.clone()).collect();
+        prop_assert!(output.alerts.iter().all(|u| u.2 == 1), "alert transitions are insertions");
+        alerts.sort();
+        let mut expected = oracle_alerts(&mut alert_states, &oracle_stock(&deduped), &oracle_items(&deduped), &thresholds);
+        expected.sort();
+        prop_assert_eq!(alerts, expected, "alert transitions at epoch {}", epoch);
 
         let mut items: HashMap<(SkuKey, ItemRow), isize> = HashMap::new();
         for (row, _, diff) in output.items.iter().filter(|u| u.1 <= epoch) {
@@ -321,6 +401,19 @@ proptest! {
     fn views_match_a_sequential_fold_on_two_workers(steps in steps(), cuts in prop::collection::vec(prop::bool::weighted(0.2), 80)) {
         check(steps, cuts, 2)?;
     }
+
+    #[test]
+    fn alerts_match_a_sequential_rule_with_hysteresis(
+        steps in steps(),
+        cuts in prop::collection::vec(prop::bool::weighted(0.3), 80),
+        default in 0i64..6,
+        acme in prop::option::of(0i64..6),
+        hysteresis in 0i64..4,
+        workers in 1usize..3,
+    ) {
+        let thresholds = Thresholds { default, tenants: acme.map(|t| (Name::from("acme"), t)).into_iter().collect(), hysteresis };
+        check_with(steps, cuts, workers, thresholds)?;
+    }
 }
 
 /// A hand-written history whose answer is known, so a broken oracle cannot hide a broken view.
@@ -340,6 +433,7 @@ fn known_history() {
                 price: Money::from_cents(250),
                 category: Name::from("tools"),
                 reorder_point: Some(3),
+                target_level: None,
                 initial: vec![(loc(), 10)],
             },
         ),

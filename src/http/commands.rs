@@ -50,11 +50,11 @@ struct Endpoint {
 }
 
 const CREATE_ITEM: Endpoint =
-    Endpoint { command: "item.create", fields: &["command_id", "sku", "name", "price", "category", "reorder_point", "stock"], at_least_one_of: &[] };
+    Endpoint { command: "item.create", fields: &["command_id", "sku", "name", "price", "category", "reorder_point", "target_level", "stock"], at_least_one_of: &[] };
 const UPDATE_ITEM: Endpoint = Endpoint {
     command: "item.update",
-    fields: &["command_id", "name", "price", "category", "reorder_point", "expected_version"],
-    at_least_one_of: &["name", "price", "category", "reorder_point"],
+    fields: &["command_id", "name", "price", "category", "reorder_point", "target_level", "expected_version"],
+    at_least_one_of: &["name", "price", "category", "reorder_point", "target_level"],
 };
 const DELETE_ITEM: Endpoint = Endpoint { command: "item.delete", fields: &["command_id", "expected_version"], at_least_one_of: &[] };
 const ADJUST: Endpoint = Endpoint { command: "stock.adjust", fields: &["command_id", "location", "qty", "reason", "expected_version"], at_least_one_of: &[] };

@@ -176,7 +176,7 @@ pub(super) async fn list_stock(State(state): State<AppState>, Params(params): Pa
 pub(super) async fn views(State(state): State<AppState>, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
     let (_tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let views = json!([
-        {"name": "items", "key": ["tenant", "sku"], "columns": ["name", "price", "category", "reorder_point", "active", "updated_at"], "rows": snapshot.items.len()},
+        {"name": "items", "key": ["tenant", "sku"], "columns": ["name", "price", "category", "reorder_point", "target_level", "active", "updated_at"], "rows": snapshot.items.len()},
         {"name": "stock", "key": ["tenant", "sku", "location"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock.len()},
         {"name": "stock_totals", "key": ["tenant", "sku"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock_totals.len()},
         {"name": "orders", "key": ["tenant", "order_id"], "columns": ["customer_id", "status", "reason", "lines", "total", "placed_at", "updated_at"], "rows": snapshot.orders.len()},
@@ -289,6 +289,7 @@ fn item_json(key: &SkuKey, row: &ItemRow) -> Value {
         "price": row.price,
         "category": row.category,
         "reorder_point": row.reorder_point,
+        "target_level": row.target_level,
         "active": row.active,
         "updated_at": rfc3339(row.updated_at),
     })

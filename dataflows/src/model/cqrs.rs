@@ -116,12 +116,13 @@ pub fn decode_cqrs(topic: &str, payload: &[u8], ctx: RecordContext) -> Result<Ve
                 price: price.unwrap_or(Money::ZERO),
                 category: category.unwrap_or_default(),
                 reorder_point,
+                target_level: None,
                 initial: Vec::new(),
             };
             events.push(event(":item", body));
         }
         Kind::Updated => {
-            events.push(event(":item", EventBody::ItemUpdated { sku: sku.clone(), name: display_name, price, category, reorder_point }));
+            events.push(event(":item", EventBody::ItemUpdated { sku: sku.clone(), name: display_name, price, category, reorder_point, target_level: None }));
         }
         Kind::Deleted => events.push(event(":item", EventBody::ItemDeleted { sku: sku.clone() })),
         Kind::Stock => {}

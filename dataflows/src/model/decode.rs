@@ -89,6 +89,8 @@ struct RawEvent<'a> {
     #[serde(borrow)]
     reorder_point: Option<&'a RawValue>,
     #[serde(borrow)]
+    target_level: Option<&'a RawValue>,
+    #[serde(borrow)]
     stock: Option<&'a RawValue>,
     #[serde(borrow)]
     location: Option<&'a RawValue>,
@@ -148,6 +150,7 @@ pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeE
             price: non_negative_money("price", required("price", raw.price)?)?,
             category: present(raw.category).map(|c| name("category", c)).transpose()?.unwrap_or_default(),
             reorder_point: present(raw.reorder_point).map(|r| quantity("reorder_point", r, Sign::NonNegative)).transpose()?,
+            target_level: present(raw.target_level).map(|r| quantity("target_level", r, Sign::NonNegative)).transpose()?,
             initial: present(raw.stock).map(initial_stock).transpose()?.unwrap_or_default(),
         },
         "item.updated" => {
@@ -157,9 +160,10 @@ pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeE
                 price: present(raw.price).map(|p| non_negative_money("price", p)).transpose()?,
                 category: present(raw.category).map(|c| name("category", c)).transpose()?,
                 reorder_point: present(raw.reorder_point).map(|r| quantity("reorder_point", r, Sign::NonNegative)).transpose()?,
+                target_level: present(raw.target_level).map(|r| quantity("target_level", r, Sign::NonNegative)).transpose()?,
             };
-            if let EventBody::ItemUpdated { name: None, price: None, category: None, reorder_point: None, .. } = body {
-                return Err(DecodeError::invalid("type", "item.updated changes nothing: give at least one of name, price, category, reorder_point"));
+            if let EventBody::ItemUpdated { name: None, price: None, category: None, reorder_point: None, target_level: None, .. } = body {
+                return Err(DecodeError::invalid("type", "item.updated changes nothing: give at least one of name, price, category, reorder_point, target_level"));
             }
             body
         }

@@ -21,7 +21,7 @@ pub fn encode_event(event: &Event) -> Value {
         }
     };
     match &event.body {
-        EventBody::ItemCreated { sku, name, price, category, reorder_point, initial } => {
+        EventBody::ItemCreated { sku, name, price, category, reorder_point, target_level, initial } => {
             put("sku", json!(sku));
             put("name", json!(name));
             put("price", json!(price));
@@ -29,16 +29,18 @@ pub fn encode_event(event: &Event) -> Value {
                 put("category", json!(category));
             }
             put("reorder_point", json!(reorder_point));
+            put("target_level", json!(target_level));
             if !initial.is_empty() {
                 put("stock", Value::Object(initial.iter().map(|(location, qty)| (location.to_string(), json!(qty))).collect()));
             }
         }
-        EventBody::ItemUpdated { sku, name, price, category, reorder_point } => {
+        EventBody::ItemUpdated { sku, name, price, category, reorder_point, target_level } => {
             put("sku", json!(sku));
             put("name", json!(name));
             put("price", json!(price));
             put("category", json!(category));
             put("reorder_point", json!(reorder_point));
+            put("target_level", json!(target_level));
         }
         EventBody::ItemDeleted { sku } => put("sku", json!(sku)),
         EventBody::StockAdjusted { sku, location, qty, reason } => {
@@ -99,10 +101,11 @@ mod tests {
                 price: Money::parse("12.3456").unwrap(),
                 category: n("home"),
                 reorder_point: Some(4),
+                target_level: Some(20),
                 initial: vec![(n("m"), 3), (n("n"), 0)],
             },
-            EventBody::ItemCreated { sku: n("B"), name: "x".into(), price: Money::ZERO, category: n(""), reorder_point: None, initial: vec![] },
-            EventBody::ItemUpdated { sku: n("A"), name: None, price: Some(Money::from_cents(5)), category: None, reorder_point: Some(0) },
+            EventBody::ItemCreated { sku: n("B"), name: "x".into(), price: Money::ZERO, category: n(""), reorder_point: None, target_level: None, initial: vec![] },
+            EventBody::ItemUpdated { sku: n("A"), name: None, price: Some(Money::from_cents(5)), category: None, reorder_point: Some(0), target_level: None },
             EventBody::ItemDeleted { sku: n("A") },
             EventBody::StockAdjusted { sku: n("A"), location: n("m"), qty: -7, reason: n("sale") },
             EventBody::StockAdjusted { sku: n("A"), location: n("m"), qty: 7, reason: n("") },

@@ -70,6 +70,8 @@ pub enum EventBody {
         category: Name,
         /// Per-item low-stock threshold.
         reorder_point: Option<i64>,
+        /// Level a replenishment brings the stock back to (default 2 × threshold).
+        target_level: Option<i64>,
         /// Initial on-hand quantity per location (each >= 0).
         initial: Vec<(Name, i64)>,
     },
@@ -85,6 +87,8 @@ pub enum EventBody {
         category: Option<Name>,
         /// New reorder point.
         reorder_point: Option<i64>,
+        /// New target level.
+        target_level: Option<i64>,
     },
     /// `item.deleted`: the item is no longer active.
     ItemDeleted {
@@ -263,6 +267,8 @@ pub struct ItemRow {
     pub category: Name,
     /// Per-item low-stock threshold, if set.
     pub reorder_point: Option<i64>,
+    /// Level a replenishment brings the stock back to, if set (else 2 × threshold).
+    pub target_level: Option<i64>,
     /// False once the item was deleted (and not re-created).
     pub active: bool,
     /// Event time of the last catalogue event applied.

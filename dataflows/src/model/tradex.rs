@@ -204,6 +204,7 @@ pub fn decode_tradex_command(topic: &str, partition: u32, payload: &[u8], ctx: R
                 price: non_negative_money("data.price", required("data.price", data.price)?)?,
                 category: present(data.category).map(|c| name("data.category", c)).transpose()?.unwrap_or_default(),
                 reorder_point: None,
+                target_level: None,
                 initial: vec![(Name::from(TRADEX_LOCATION), stock)],
             };
             Ok(vec![super::Command { tenant, id, seq: ctx.offset, ts, sku, expected_version: None, intent }])
