@@ -54,6 +54,9 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         sources: vec![SourceDecl::new(INVENTORY_EVENTS, Format::Stockflow)],
         commands_topic: "inventory.commands".into(),
         outcomes_topic: INVENTORY_EVENTS.into(),
+        alerts_topic: "alerts.events".into(),
+        thresholds: Default::default(),
+        changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
     };
     let running = server::start(&settings).await.expect("server starts");
     let base = format!("http://{}", running.addr);

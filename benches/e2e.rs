@@ -52,6 +52,8 @@ fn main() {
         sources: vec![SourceSpec { source: topic.clone(), format: Format::Stockflow, start: Start::Earliest }],
         dead_letters: None,
         commands: None,
+        thresholds: Default::default(),
+        alerts: None,
     };
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), Metrics::new(), shutdown.clone()).expect("engine");

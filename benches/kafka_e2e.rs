@@ -124,6 +124,8 @@ fn main() {
         sources: vec![SourceSpec { source: Arc::new(source), format: Format::Stockflow, start: Start::Earliest }],
         dead_letters: None,
         commands,
+        thresholds: Default::default(),
+        alerts: None,
     };
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), Metrics::new(), shutdown.clone()).expect("engine");

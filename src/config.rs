@@ -73,6 +73,18 @@ pub struct ServeArgs {
     /// Group id that labels stockflow's Kafka clients (nothing is consumed by group) [default: stockflow].
     #[arg(long, env = "STOCKFLOW_KAFKA_GROUP_ID")]
     pub kafka_group_id: Option<String>,
+    /// Low-stock threshold of skus with no `reorder_point` and no tenant threshold [default: 10].
+    #[arg(long, env = "STOCKFLOW_LOW_STOCK_THRESHOLD")]
+    pub low_stock_threshold: Option<i64>,
+    /// How far above its threshold `available` must rise to clear an alert [default: 0].
+    #[arg(long, env = "STOCKFLOW_ALERT_HYSTERESIS")]
+    pub alert_hysteresis: Option<i64>,
+    /// Topic alert events are written to [default: alerts.events].
+    #[arg(long, env = "STOCKFLOW_ALERTS_TOPIC")]
+    pub alerts_topic: Option<String>,
+    /// Row changes kept for change streams to resume from; 0 turns change streams off [default: 250000].
+    #[arg(long, env = "STOCKFLOW_CHANGES_RETENTION")]
+    pub changes_retention: Option<usize>,
     /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`) [default: inventory.events, order.events].
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
@@ -130,6 +142,16 @@ pub struct FileConfig {
     pub kafka_brokers: Option<String>,
     /// See `--kafka-group-id`.
     pub kafka_group_id: Option<String>,
+    /// See `--low-stock-threshold`.
+    pub low_stock_threshold: Option<i64>,
+    /// See `--alert-hysteresis`.
+    pub alert_hysteresis: Option<i64>,
+    /// `[tenant_thresholds]`: low-stock threshold per tenant (`acme = 5`).
+    pub tenant_thresholds: Option<std::collections::BTreeMap<String, i64>>,
+    /// See `--alerts-topic`.
+    pub alerts_topic: Option<String>,
+    /// See `--changes-retention`.
+    pub changes_retention: Option<usize>,
     /// `[[sources]]` tables: the topics to read.
     pub sources: Option<Vec<SourceConfig>>,
     /// Demo generator settings.
@@ -207,6 +229,12 @@ pub struct Settings {
     pub kafka: Option<crate::source::kafka::KafkaSettings>,
     /// Topics to read, their formats and start positions.
     pub sources: Vec<SourceDecl>,
+    /// Low-stock thresholds and hysteresis.
+    pub thresholds: stockflow_dataflows::alerts::Thresholds,
+    /// Where alert events go.
+    pub alerts_topic: String,
+    /// Row changes retained for change streams.
+    pub changes_retention: usize,
 }
 
 /// A Kafka topic name: 1 to 249 of letters, digits, '.', '_', '-'.
@@ -238,6 +266,14 @@ pub mod defaults {
     pub const COMMANDS_TOPIC: &str = "inventory.commands";
     /// `--outcomes-topic`.
     pub const OUTCOMES_TOPIC: &str = "inventory.events";
+    /// `--low-stock-threshold`.
+    pub const LOW_STOCK_THRESHOLD: i64 = 10;
+    /// `--alert-hysteresis`.
+    pub const ALERT_HYSTERESIS: i64 = 0;
+    /// `--alerts-topic`.
+    pub const ALERTS_TOPIC: &str = "alerts.events";
+    /// `--changes-retention`.
+    pub const CHANGES_RETENTION: usize = crate::store::DEFAULT_CHANGES_RETENTION;
 }
 
 impl Settings {
@@ -275,7 +311,33 @@ impl Settings {
                 group_id: args.kafka_group_id.clone().or(file.kafka_group_id).unwrap_or_else(|| defaults::KAFKA_GROUP_ID.into()),
             }),
             sources: Vec::new(),
+            thresholds: stockflow_dataflows::alerts::Thresholds {
+                default: args.low_stock_threshold.or(file.low_stock_threshold).unwrap_or(defaults::LOW_STOCK_THRESHOLD),
+                hysteresis: args.alert_hysteresis.or(file.alert_hysteresis).unwrap_or(defaults::ALERT_HYSTERESIS),
+                tenants: Default::default(),
+            },
+            alerts_topic: args.alerts_topic.clone().or(file.alerts_topic).unwrap_or_else(|| defaults::ALERTS_TOPIC.into()),
+            changes_retention: args.changes_retention.or(file.changes_retention).unwrap_or(defaults::CHANGES_RETENTION),
         };
+        let mut settings = settings;
+        for (tenant, threshold) in file.tenant_thresholds.unwrap_or_default() {
+            if let Err(reason) = stockflow_dataflows::model::decode::validate_name(&tenant) {
+                errors.push(format!("tenant_thresholds: `{tenant}`: {reason}"));
+            } else if threshold < 0 {
+                errors.push(format!("tenant_thresholds: {tenant}: must be at least 0, got {threshold}"));
+            } else {
+                settings.thresholds.tenants.insert(tenant.as_str().into(), threshold);
+            }
+        }
+        if settings.thresholds.default < 0 {
+            errors.push(format!("low_stock_threshold: must be at least 0, got {}", settings.thresholds.default));
+        }
+        if settings.thresholds.hysteresis < 0 {
+            errors.push(format!("alert_hysteresis: must be at least 0, got {}", settings.thresholds.hysteresis));
+        }
+        if settings.changes_retention > 100_000_000 {
+            errors.push(format!("changes_retention: at most 100000000 row changes, got {}", settings.changes_retention));
+        }
         // (topic, format, start) as written.
         let declared: Vec<(String, Option<String>, Option<String>)> = if !args.sources.is_empty() {
             args.sources
@@ -296,7 +358,6 @@ impl Settings {
         } else {
             defaults::SOURCES.iter().map(|t| (t.to_string(), None, None)).collect()
         };
-        let mut settings = settings;
         for (topic, format, start) in declared {
             let format = match format.as_deref().map(crate::engine::Format::parse).unwrap_or(Ok(crate::engine::Format::Stockflow)) {
                 Ok(format) => format,
@@ -322,7 +383,10 @@ impl Settings {
                 settings.sources.push(SourceDecl { topic, format, start });
             }
         }
-        for (option, topic) in [("commands_topic", &settings.commands_topic), ("outcomes_topic", &settings.outcomes_topic)] {
+        if settings.sources.iter().any(|s| s.topic == settings.alerts_topic) || settings.alerts_topic == settings.commands_topic || settings.alerts_topic == settings.outcomes_topic {
+            errors.push(format!("alerts_topic `{}`: is also a source, the commands or the outcomes topic; alerts need a topic of their own", settings.alerts_topic));
+        }
+        for (option, topic) in [("commands_topic", &settings.commands_topic), ("outcomes_topic", &settings.outcomes_topic), ("alerts_topic", &settings.alerts_topic)] {
             if !topic_name_ok(topic) {
                 errors.push(format!("{option} `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
             }

@@ -5,12 +5,14 @@
 //! epoch into the [`store`] that the [`http`] API reads. [`server`] wires a
 //! run together; [`config`] resolves its settings.
 
+pub mod changes;
 pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod rows;
 pub mod server;
 pub mod shutdown;
 pub mod source;

@@ -42,6 +42,26 @@ pub struct Metrics {
     pub http_latency: HistogramVec,
     /// Events appended by the demo generator.
     pub demo_events: IntCounterVec,
+    /// Alert transitions by kind and state (`raised`, `cleared`).
+    pub alert_transitions: IntCounterVec,
+    /// Alerts active now, by kind.
+    pub alerts_active: IntGaugeVec,
+    /// Alert events appended to the alerts topic.
+    pub alerts_written: IntCounter,
+    /// Appends of alert events that failed and were retried.
+    pub alert_append_failures: IntCounter,
+    /// Open change streams by view.
+    pub streams_open: IntGaugeVec,
+    /// Rows sent on change streams by view.
+    pub stream_rows: IntCounterVec,
+    /// Change streams ended by the server, by reason (`behind`).
+    pub streams_dropped: IntCounterVec,
+    /// Row changes retained for change streams.
+    pub changes_retained: IntGauge,
+    /// Webhook delivery attempts by outcome (`delivered`, `retry`, `failed`).
+    pub webhook_attempts: IntCounterVec,
+    /// Alert events waiting for delivery, per webhook.
+    pub webhook_lag: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -108,6 +128,20 @@ impl Metrics {
             http_requests: counter("stockflow_http_requests_total", "HTTP requests.", &["route", "method", "status"]),
             http_latency: histogram("stockflow_http_request_duration_seconds", "HTTP request latency.", &["route", "status"], latency_buckets),
             demo_events: counter("stockflow_demo_events_total", "Events appended by the demo generator.", &["tenant"]),
+            alert_transitions: counter("stockflow_alert_transitions_total", "Alert transitions computed.", &["kind", "state"]),
+            alerts_active: gauge("stockflow_alerts_active", "Alerts active now.", &["kind"]),
+            alerts_written: int_counter("stockflow_alert_events_written_total", "Alert events appended to the alerts topic."),
+            alert_append_failures: int_counter("stockflow_alert_append_failures_total", "Appends of alert events that failed and were retried."),
+            streams_open: gauge("stockflow_change_streams_open", "Open change streams.", &["view"]),
+            stream_rows: counter("stockflow_change_stream_rows_total", "Rows sent on change streams (snapshots and changes).", &["view"]),
+            streams_dropped: counter("stockflow_change_streams_dropped_total", "Change streams ended by the server.", &["reason"]),
+            changes_retained: {
+                let g = IntGauge::new("stockflow_changes_retained_rows", "Row changes retained for change streams to resume from.").expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            webhook_attempts: counter("stockflow_webhook_attempts_total", "Webhook delivery attempts by outcome.", &["webhook", "outcome"]),
+            webhook_lag: gauge("stockflow_webhook_lag", "Alert events not yet delivered (or given up on) per webhook.", &["webhook"]),
             registry,
         }
     }

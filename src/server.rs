@@ -2,7 +2,7 @@
 //! (for `demo`) the generator, sharing one shutdown signal.
 
 use crate::config::Settings;
-use crate::engine::{CommandPath, EngineConfig, SourceSpec};
+use crate::engine::{AlertsPath, CommandPath, EngineConfig, SourceSpec};
 use crate::http::AppState;
 use crate::log::{Log, LogAppender, LogDeadLetters};
 use crate::metrics::Metrics;
@@ -36,8 +36,10 @@ pub struct Running {
     demo: Option<std::thread::JoinHandle<()>>,
 }
 
-fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>, commands: CommandPath) -> EngineConfig {
+fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>, commands: CommandPath, alerts: AlertsPath) -> EngineConfig {
     EngineConfig {
+        thresholds: settings.thresholds.clone(),
+        alerts: Some(alerts),
         workers: settings.workers,
         epoch: settings.epoch,
         epoch_max_events: settings.epoch_max_events,
@@ -49,9 +51,9 @@ fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Ar
 
 /// Creates missing topics (sources and their `.dlq`; Tansu does not create on
 /// produce) and opens every source topic.
-async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>, Arc<dyn Source>)> {
+async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>, Arc<dyn Source>, Arc<dyn Source>)> {
     let mut topics: Vec<String> = settings.sources.iter().map(|s| s.topic.clone()).collect();
-    topics.extend([settings.commands_topic.clone(), settings.outcomes_topic.clone()]);
+    topics.extend([settings.commands_topic.clone(), settings.outcomes_topic.clone(), settings.alerts_topic.clone()]);
     topics.sort();
     topics.dedup();
     let dead_letter_topics: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
@@ -63,14 +65,15 @@ async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> any
         sources.push(SourceSpec { source: Arc::new(source), format: decl.format, start: decl.start });
     }
     let commands = kafka::KafkaTopic::open(kafka, &settings.commands_topic).with_context(|| format!("opening topic {}", settings.commands_topic))?;
-    Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?), Arc::new(commands)))
+    let alerts = kafka::KafkaTopic::open(kafka, &settings.alerts_topic).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
+    Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?), Arc::new(commands), Arc::new(alerts)))
 }
 
 /// Opens the data dir, starts the engine, binds the listener, and (with a
 /// demo rate) starts the generator. Returns once everything runs.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let log = Arc::new(Log::open(&settings.data_dir.join("log")).with_context(|| format!("opening the embedded log in {}", settings.data_dir.display()))?);
-    let store = Arc::new(Store::new());
+    let store = Arc::new(Store::with_changes(settings.changes_retention));
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
 
@@ -93,7 +96,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters::new(log.clone(), settings.partitions));
             let commands = log.topic(&settings.commands_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.commands_topic))?;
             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
-            let config = engine_config(settings, sources, dead_letters, path);
+            let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
+            let config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() });
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
         }
@@ -104,10 +108,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 let mut failures = 0u32;
                 loop {
                     match connect_kafka(&settings, &kafka).await {
-                        Ok((sources, dead_letters, commands)) => {
+                        Ok((sources, dead_letters, commands, alerts)) => {
                             store.set_waiting(None);
                             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
-                            let config = engine_config(&settings, sources, dead_letters, path);
+                            let alerts = AlertsPath { source: alerts, appender: appender.clone() };
+                            let config = engine_config(&settings, sources, dead_letters, path, alerts);
                             let started = crate::engine::start(config, store, metrics, shutdown.clone());
                             if let Err(error) = &started {
                                 tracing::error!("the engine could not start: {error:#}");
@@ -135,6 +140,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState {
+        shutdown: shutdown.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(appender, settings.commands_topic.clone())?) },

@@ -9,6 +9,8 @@ use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use crate::changes::{Batch, Changelog};
+use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::model::{Epoch, Event, EventBody, EventTime, ItemRow, Money, Name, OrderLine, OrderStatus, SkuKey, StockDelta, StockKey};
 use tokio::sync::watch;
 
@@ -47,6 +49,34 @@ pub struct Snapshot {
     /// Decided commands: `(tenant, command id)` → the events they caused
     /// (one `reservation.rejected` for a rejected command).
     pub commands: imbl::HashMap<(Name, Name), Vec<Event>>,
+    /// Alerts: the latest transition of each kind per stock row that ever had one.
+    pub alerts: OrdMap<StockKey, AlertPair>,
+}
+
+/// The latest transition of each alert kind of one stock row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlertPair {
+    /// The low-stock alert.
+    pub low_stock: Option<Alert>,
+    /// The out-of-stock alert.
+    pub out_of_stock: Option<Alert>,
+}
+
+impl AlertPair {
+    /// The latest transition of `kind`.
+    pub fn get(&self, kind: AlertKind) -> Option<&Alert> {
+        match kind {
+            AlertKind::LowStock => self.low_stock.as_ref(),
+            AlertKind::OutOfStock => self.out_of_stock.as_ref(),
+        }
+    }
+
+    fn set(&mut self, alert: Alert) {
+        match alert.kind {
+            AlertKind::LowStock => self.low_stock = Some(alert),
+            AlertKind::OutOfStock => self.out_of_stock = Some(alert),
+        }
+    }
 }
 
 /// A row of the `orders` view.
@@ -94,6 +124,8 @@ pub struct Store {
     /// Commands accepted over HTTP by this process: `(tenant, command id)`
     /// → where the command landed. `pending` until the views hold its outcome.
     submitted: std::sync::Mutex<std::collections::HashMap<(Name, Name), (u32, u64)>>,
+    /// Retained row changes for change streams.
+    changes: std::sync::Mutex<Changelog>,
 }
 
 impl Default for Store {
@@ -102,10 +134,19 @@ impl Default for Store {
     }
 }
 
+/// Row changes retained for change streams by default (see `--changes-retention`).
+pub const DEFAULT_CHANGES_RETENTION: usize = 250_000;
+
 impl Store {
-    /// An empty store (epoch 0, no rows).
+    /// An empty store (epoch 0, no rows) retaining [`DEFAULT_CHANGES_RETENTION`] row changes.
     pub fn new() -> Store {
+        Store::with_changes(DEFAULT_CHANGES_RETENTION)
+    }
+
+    /// An empty store retaining up to `max_rows` row changes for change streams (0: none).
+    pub fn with_changes(max_rows: usize) -> Store {
         Store {
+            changes: std::sync::Mutex::new(Changelog::new(max_rows)),
             current: RwLock::new(Arc::new(Snapshot::default())),
             published: watch::channel(0).0,
             startup_targets: RwLock::new(None),
@@ -122,9 +163,37 @@ impl Store {
 
     /// Replaces the published state and wakes waiting readers.
     pub fn publish(&self, snapshot: Snapshot) {
+        self.publish_with(snapshot, None);
+    }
+
+    /// Replaces the published state and appends the row changes that led to
+    /// it, in one step: a reader that takes a snapshot at epoch `E` finds
+    /// every later batch in the changelog (see [`Store::changes_since`]).
+    pub fn publish_with(&self, snapshot: Snapshot, batch: Option<Batch>) {
         let epoch = snapshot.as_of.epoch;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(batch) = batch {
+            self.changes.lock().unwrap_or_else(|p| p.into_inner()).push(batch);
+        }
+        *current = Arc::new(snapshot);
+        drop(current);
         self.published.send_replace(epoch);
+    }
+
+    /// True when row changes are retained for change streams.
+    pub fn changes_enabled(&self) -> bool {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).enabled()
+    }
+
+    /// The retained batches after `epoch` (see [`Changelog::since`]).
+    pub fn changes_since(&self, epoch: Epoch) -> Result<Vec<Arc<Batch>>, crate::changes::Gone> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).since(epoch)
+    }
+
+    /// (row changes retained, oldest epoch to resume from).
+    pub fn changes_retained(&self) -> (usize, Epoch) {
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        (changes.rows(), changes.horizon())
     }
 
     /// A receiver that changes whenever an epoch is published.
@@ -275,6 +344,11 @@ impl Snapshot {
             }
             _ => {}
         }
+    }
+
+    /// Records an alert transition.
+    pub fn apply_alert(&mut self, alert: Alert) {
+        self.alerts.entry(alert.key.clone()).or_default().set(alert);
     }
 
     /// Records an event caused by a command (its outcome).

@@ -39,6 +39,9 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         // Per test: the broker is shared by every test.
         commands_topic: format!("{topic}.commands"),
         outcomes_topic: topic.to_owned(),
+        alerts_topic: format!("{topic}.alerts"),
+        thresholds: Default::default(),
+        changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
     }
 }
 

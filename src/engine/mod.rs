@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::model::cqrs::decode_cqrs;
 use stockflow_dataflows::model::tradex::{decode_tradex, decode_tradex_command, is_command_topic};
-use stockflow_dataflows::model::{decode_command, decode_event, Command, DecodeError, Epoch, Event, RecordContext};
+use std::collections::HashMap;
+use stockflow_dataflows::alerts::{AlertKind, Thresholds};
+use stockflow_dataflows::model::{decode_command, decode_event, Command, DecodeError, Epoch, Event, Name, RecordContext, StockKey};
 use timely::dataflow::operators::probe::Handle;
 
 /// How the bytes of a topic's messages are read (see docs/formats.md).
@@ -114,6 +116,67 @@ pub struct EngineConfig {
     pub dead_letters: Option<Arc<dyn DeadLetters>>,
     /// The write path, when commands are taken.
     pub commands: Option<CommandPath>,
+    /// Low-stock thresholds and hysteresis.
+    pub thresholds: Thresholds,
+    /// Where alert transitions are written, when they are.
+    pub alerts: Option<AlertsPath>,
+}
+
+/// The alerts topic: read at start (which transitions it holds) and appended to.
+#[derive(Clone)]
+pub struct AlertsPath {
+    /// The alerts topic, to read.
+    pub source: Arc<dyn Source>,
+    /// Writes alert events.
+    pub appender: Arc<dyn Appender>,
+}
+
+/// Reads the alerts topic to its end: the highest transition it holds per
+/// `(stock row, kind)`. Messages that are not alert events are skipped.
+///
+/// The end is where reads stop returning messages after the reported end
+/// offset (Tansu under-reports high watermarks), for at most a minute.
+pub fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<(StockKey, AlertKind), u64>> {
+    let mut written = HashMap::new();
+    let mut readers = Vec::new();
+    for partition in 0..source.partitions() {
+        let end = source.end_offset(partition).with_context(|| format!("reading the end of {}/{partition}", source.topic()))?;
+        readers.push((source.reader(partition, 0)?, end));
+    }
+    let started = Instant::now();
+    let mut last_read = Instant::now();
+    let mut records = Vec::new();
+    loop {
+        let mut read = 0;
+        for (reader, _) in readers.iter_mut() {
+            records.clear();
+            read += reader.read(READ_CHUNK, &mut records).with_context(|| format!("reading {}/{}", source.topic(), reader.partition()))?;
+            for record in &records {
+                let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload) else { continue };
+                let text = |field: &str| event.get(field).and_then(|v| v.as_str()).map(Name::from);
+                let (Some(tenant), Some(sku), Some(location), Some(kind), Some(transition)) =
+                    (text("tenant"), text("sku"), text("location"), text("kind").and_then(|k| AlertKind::parse(&k)), event.get("transition").and_then(|t| t.as_u64()))
+                else {
+                    continue;
+                };
+                let slot = written.entry((StockKey { tenant, sku, location }, kind)).or_insert(0);
+                *slot = (*slot).max(transition);
+            }
+        }
+        let now = Instant::now();
+        if read > 0 {
+            last_read = now;
+            continue;
+        }
+        let at_end = readers.iter().all(|(reader, end)| reader.position() >= *end);
+        if at_end && now.duration_since(last_read) > Duration::from_millis(200) {
+            break;
+        }
+        anyhow::ensure!(now.duration_since(started) < Duration::from_secs(60), "reading the alerts topic {} to its end took over a minute", source.topic());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::info!(topic = source.topic(), alerts = written.len(), "alerts already written");
+    Ok(written)
 }
 
 /// The write path: commands are read from `commands` (always from the
@@ -218,6 +281,14 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     }
     store.set_startup_targets(targets);
     let plan = Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets });
+    let alerts_to = match &config.alerts {
+        Some(path) => Some(publish::AlertsOut {
+            appender: path.appender.clone(),
+            topic: path.source.topic().to_owned(),
+            written: written_alerts(path.source.as_ref())?,
+        }),
+        None => None,
+    };
     let (to_publisher, from_workers) = std::sync::mpsc::channel();
     let publisher = {
         let topics: Vec<String> = inputs.iter().map(|(source, _, _)| source.topic().to_owned()).collect();
@@ -225,7 +296,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new()
             .name("stockflow-publish".into())
-            .spawn(move || publish::run_publisher(from_workers, topics, outcomes_to, store, metrics, shutdown))?
+            .spawn(move || publish::run_publisher(from_workers, topics, outcomes_to, alerts_to, store, metrics, shutdown))?
     };
     {
         let (sources, store, metrics, shutdown) =
@@ -361,7 +432,8 @@ mod worker {
             let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
             let (commands_in, commands) = differential_dataflow::input::Input::new_collection(&scope);
             let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
-            publish::views(events, commands, config.commands.is_some(), progress, publish::Publisher::new(index, closed_at.clone(), to_publisher), &probe);
+            let publisher = publish::Publisher::new(index, closed_at.clone(), to_publisher);
+            publish::views(events, commands, config.commands.is_some(), config.thresholds.clone(), progress, publisher, &probe);
             (events_in, commands_in, progress_in)
         });
 

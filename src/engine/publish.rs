@@ -6,7 +6,10 @@
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::source::Appender;
+use crate::changes::{Batch, Row};
+use crate::rows::{alert_event_json, low_stock_row, LowStockRow};
 use crate::store::{Snapshot, Store};
+use stockflow_dataflows::alerts::{Alert, AlertKind, Thresholds};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -41,6 +44,8 @@ pub enum Change {
     /// An event caused by command `(tenant, command id)`: its outcome, for
     /// `GET /v1/commands/{id}` (from the decider or read back from the log).
     Command(Name, Name, Event),
+    /// An alert transition and the epoch it happened in.
+    Alert(Alert, Epoch),
 }
 
 /// Builds the views over `events` and routes their updates, with `progress`,
@@ -55,6 +60,7 @@ pub fn views<'scope>(
     events: VecCollection<'scope, Epoch, Event>,
     commands: VecCollection<'scope, Epoch, Command>,
     decide: bool,
+    thresholds: Thresholds,
     progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
     publisher: Publisher,
     probe: &Handle<Epoch>,
@@ -73,6 +79,7 @@ pub fn views<'scope>(
     let items = stockflow_dataflows::items(events.clone());
     let stock = stockflow_dataflows::stock(events);
     let totals = stockflow_dataflows::stock_totals(stock.clone());
+    let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), thresholds);
 
     let changes = items
         .inner
@@ -83,6 +90,7 @@ pub fn views<'scope>(
         .concat(outcomes.inner.map(|(event, time, _)| (Change::Outcome(event), time)))
         .concat(caused.inner.map(|((tenant, command, event), time, _)| (Change::Command(tenant, command, event), time)))
         .concat(orders.inner.map(|(event, time, _)| (Change::Order(event), time)))
+        .concat(alerts.inner.map(|(alert, time, _)| (Change::Alert(alert, time), time)))
         .probe_with(probe);
 
     let mut publisher = publisher;
@@ -165,23 +173,45 @@ impl Publisher {
     }
 }
 
+/// Where alert transitions are written: the alerts topic, with the
+/// transitions it already holds, so that a transition computed again after a
+/// restart (the views are rebuilt from the log) is not written twice.
+pub struct AlertsOut {
+    /// Writes the alert events.
+    pub appender: Arc<dyn Appender>,
+    /// `alerts.events`.
+    pub topic: String,
+    /// The highest transition already in the topic per `(stock row, kind)`.
+    pub written: HashMap<(StockKey, AlertKind), u64>,
+}
+
 /// The publisher thread: applies completed epochs to its working snapshot
 /// and publishes it. Whatever arrived while it was busy is applied before the
 /// next publish, so under load it publishes less often, with more epochs
 /// each: fewer copy-on-write copies of the maps, never half an epoch.
+///
+/// Before publishing it appends the decider's outcomes to the event topic and
+/// new alert transitions to the alerts topic (both durable before anyone sees
+/// them), and, when change streams are on, hands the store the row changes of
+/// the publish with the snapshot.
 pub fn run_publisher(
     from_workers: std::sync::mpsc::Receiver<Completed>,
     topics: Vec<String>,
     outcomes_to: Option<(Arc<dyn Appender>, String)>,
+    mut alerts_to: Option<AlertsOut>,
     store: Arc<Store>,
     metrics: Metrics,
     shutdown: Shutdown,
 ) {
     let mut working = Snapshot::default();
+    let track = store.changes_enabled();
     while let Ok(first) = from_workers.recv() {
         let mut batches = vec![first];
         batches.extend(from_workers.try_iter());
+        let after = working.as_of.epoch;
         let mut closed = Vec::new();
+        // Row changes for change streams (only when they are on).
+        let mut rows: Vec<(Row, i8)> = Vec::new();
         // Stock deltas commute (sums and a max), so the deltas of every epoch
         // in hand are folded per key first and each row of the B-trees is
         // touched once, in key order, however many epochs changed it.
@@ -189,15 +219,36 @@ pub fn run_publisher(
         let mut totals: HashMap<SkuKey, StockDelta, foldhash::fast::RandomState> = HashMap::default();
         let mut outcomes = Vec::new();
         let mut decided = Vec::new();
+        let mut alerts: Vec<(Alert, Epoch)> = Vec::new();
         for batch in batches {
             for change in batch.changes {
                 match change {
                     Change::Stock(key, delta) => fold(&mut stock, key, delta),
                     Change::Total(key, delta) => fold(&mut totals, key, delta),
                     Change::Outcome(event) => outcomes.push(event),
+                    Change::Alert(alert, epoch) => alerts.push((alert, epoch)),
                     Change::Command(tenant, command, event) => {
                         decided.push((tenant.clone(), command.clone()));
                         working.apply_command(tenant, command, event);
+                    }
+                    Change::Item(key, row, diff) if track => {
+                        rows.push((Row::Item(key.clone(), row.clone()), diff.signum() as i8));
+                        working.apply_item(key, row, diff);
+                    }
+                    Change::Order(event) if track => {
+                        let Some(key) = order_key(&event) else { continue };
+                        let before = working.orders.get(&key).cloned();
+                        working.apply_order(&event);
+                        let after = working.orders.get(&key).cloned();
+                        if before != after {
+                            let (tenant, id) = key;
+                            if let Some(before) = before {
+                                rows.push((Row::Order(tenant.clone(), id.clone(), Box::new(before)), -1));
+                            }
+                            if let Some(after) = after {
+                                rows.push((Row::Order(tenant, id, Box::new(after)), 1));
+                            }
+                        }
                     }
                     other => apply(&mut working, &topics, other),
                 }
@@ -205,15 +256,40 @@ pub fn run_publisher(
             working.as_of.epoch = working.as_of.epoch.max(batch.last_complete);
             closed.extend(batch.closed);
         }
+        // low_stock rows depend on the alerts and on the stock row: note them before.
+        let low_before: Vec<(StockKey, Option<LowStockRow>)> = if track {
+            let mut keys: Vec<&StockKey> = stock.keys().filter(|k| working.alerts.contains_key(*k)).chain(alerts.iter().map(|(a, _)| &a.key)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.into_iter().map(|k| (k.clone(), low_stock_of(&working, k))).collect()
+        } else {
+            Vec::new()
+        };
         let mut stock: Vec<_> = stock.into_iter().collect();
         stock.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (key, delta) in stock {
-            working.apply_stock(key, delta);
+            if track {
+                if let Some(before) = working.stock.get(&key) {
+                    rows.push((Row::Stock(key.clone(), *before), -1));
+                }
+            }
+            working.apply_stock(key.clone(), delta);
+            if track {
+                rows.push((Row::Stock(key.clone(), working.stock[&key]), 1));
+            }
         }
         let mut totals: Vec<_> = totals.into_iter().collect();
         totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (key, delta) in totals {
-            working.apply_total(key, delta);
+            if track {
+                if let Some(before) = working.stock_totals.get(&key) {
+                    rows.push((Row::Total(key.clone(), *before), -1));
+                }
+            }
+            working.apply_total(key.clone(), delta);
+            if track {
+                rows.push((Row::Total(key.clone(), working.stock_totals[&key]), 1));
+            }
         }
         // Outcomes are durable in the event log before anyone can see them.
         if let Some((appender, topic)) = &outcomes_to {
@@ -222,13 +298,43 @@ pub fn run_publisher(
                 append_outcomes(appender.as_ref(), topic, &outcomes, &metrics, &shutdown);
             }
         }
+        if !alerts.is_empty() {
+            alerts.sort_by(|a, b| (a.1, &a.0.key, a.0.kind).cmp(&(b.1, &b.0.key, b.0.kind)));
+            if let Some(out) = alerts_to.as_mut() {
+                write_alerts(out, &alerts, &metrics, &shutdown);
+            }
+            for (alert, epoch) in alerts {
+                metrics.alert_transitions.with_label_values(&[alert.kind.name(), if alert.raised { "raised" } else { "cleared" }]).inc();
+                let delta = if alert.raised { 1 } else { -1 };
+                metrics.alerts_active.with_label_values(&[alert.kind.name()]).add(delta);
+                if track {
+                    rows.push((Row::Alert(Box::new(alert.clone()), epoch), 1));
+                }
+                working.apply_alert(alert);
+            }
+        }
+        for (key, before) in low_before {
+            let after = low_stock_of(&working, &key);
+            if before != after {
+                if let Some(before) = before {
+                    rows.push((Row::LowStock(key.clone(), before), -1));
+                }
+                if let Some(after) = after {
+                    rows.push((Row::LowStock(key, after), 1));
+                }
+            }
+        }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
         metrics.published_epoch.set(working.as_of.epoch as i64);
         metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
         metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
         metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
         metrics.view_rows.with_label_values(&["orders"]).set(working.orders.len() as i64);
-        store.publish(working.clone());
+        let batch = track.then(|| Batch { after, epoch: working.as_of.epoch, changes: rows, published_at: Instant::now() });
+        store.publish_with(working.clone(), batch);
+        if track {
+            metrics.changes_retained.set(store.changes_retained().0 as i64);
+        }
         // Only now: a reader must see the outcome or still see it pending, never neither.
         for (tenant, command) in decided {
             store.forget_submitted(&tenant, &command);
@@ -237,6 +343,55 @@ pub fn run_publisher(
         for at in closed {
             metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
         }
+    }
+}
+
+fn order_key(event: &Event) -> Option<(Name, Name)> {
+    match &event.body {
+        EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => Some((event.tenant.clone(), order_id.clone())),
+        _ => None,
+    }
+}
+
+fn low_stock_of(snapshot: &Snapshot, key: &StockKey) -> Option<LowStockRow> {
+    snapshot.alerts.get(key).and_then(|pair| low_stock_row(pair, snapshot.stock.get(key)))
+}
+
+/// Appends the alert transitions the alerts topic does not hold yet, keyed
+/// `tenant/sku` (one partition per sku: in order per key), retrying with
+/// backoff until acknowledged (or shutdown).
+fn write_alerts(out: &mut AlertsOut, alerts: &[(Alert, Epoch)], metrics: &Metrics, shutdown: &Shutdown) {
+    let fresh: Vec<&(Alert, Epoch)> =
+        alerts.iter().filter(|(alert, _)| out.written.get(&(alert.key.clone(), alert.kind)).is_none_or(|&written| alert.transition > written)).collect();
+    if fresh.is_empty() {
+        return;
+    }
+    let records: Vec<(Vec<u8>, Vec<u8>)> = fresh
+        .iter()
+        .map(|(alert, epoch)| {
+            let key = format!("{}/{}", alert.key.tenant, alert.key.sku);
+            (key.into_bytes(), serde_json::to_vec(&alert_event_json(alert, *epoch)).expect("JSON values serialize"))
+        })
+        .collect();
+    let mut failures = 0u32;
+    loop {
+        match out.appender.append(&out.topic, &records) {
+            Ok(_) => break,
+            Err(error) => {
+                failures += 1;
+                metrics.alert_append_failures.inc();
+                let backoff = std::time::Duration::from_millis(100u64 << failures.min(6));
+                tracing::warn!(%error, topic = %out.topic, retry_in_ms = backoff.as_millis() as u64, "appending alert events failed; retrying");
+                if shutdown.is_triggered() {
+                    return;
+                }
+                std::thread::sleep(backoff);
+            }
+        }
+    }
+    metrics.alerts_written.inc_by(records.len() as u64);
+    for (alert, _) in fresh {
+        out.written.insert((alert.key.clone(), alert.kind), alert.transition);
     }
 }
 
@@ -289,6 +444,7 @@ fn apply(working: &mut Snapshot, topics: &[String], change: Change) {
         Change::Total(key, delta) => working.apply_total(key, delta),
         Change::Command(tenant, command, event) => working.apply_command(tenant, command, event),
         Change::Order(event) => working.apply_order(&event),
+        Change::Alert(alert, _) => working.apply_alert(alert),
         // Appended by the publisher loop before publishing; nothing to apply.
         Change::Outcome(_) => {}
         Change::Progress(source, partition, offset) => {

@@ -244,22 +244,8 @@ pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params
     let Some(row) = snapshot.orders.get(&(tenant.clone(), Name::from(id.as_str()))) else {
         return Err(ApiError::not_found(format!("no order `{id}` of tenant `{tenant}`")));
     };
-    let mut answer = json!({
-        "order_id": id,
-        "tenant": tenant,
-        "status": row.status(),
-        "updated_at": super::reads::rfc3339(row.updated_at),
-        "as_of": snapshot.as_of,
-    });
-    if let Some((customer_id, lines, total, placed_at)) = &row.placed {
-        answer["customer_id"] = json!(customer_id);
-        answer["lines"] = json!(lines.iter().map(|l| json!({"sku": l.sku, "location": l.location, "qty": l.qty, "price": l.price})).collect::<Vec<_>>());
-        answer["total"] = json!(total);
-        answer["placed_at"] = json!(super::reads::rfc3339(*placed_at));
-    }
-    if let Some(reason) = &row.cancelled {
-        answer["reason"] = json!(reason);
-    }
+    let mut answer = crate::rows::order_json(&tenant, &Name::from(id.as_str()), row);
+    answer["as_of"] = json!(snapshot.as_of);
     Ok(Json(answer))
 }
 

@@ -57,6 +57,16 @@ impl ApiError {
         ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, kind: "unsupported-media-type", title: "Unsupported media type", detail: detail.into() }
     }
 
+    /// 410: what was asked for existed once and is gone (e.g. compacted changes).
+    pub fn gone(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::GONE, kind: "gone", title: "Gone", detail: detail.into() }
+    }
+
+    /// 406: no representation the client accepts.
+    pub fn not_acceptable(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_ACCEPTABLE, kind: "not-acceptable", title: "Not acceptable", detail: detail.into() }
+    }
+
     /// 504: a read waited for `after` longer than `wait_ms`.
     pub fn timeout(detail: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::GATEWAY_TIMEOUT, kind: "timeout", title: "Gateway timeout", detail: detail.into() }

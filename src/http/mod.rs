@@ -7,6 +7,7 @@
 
 mod commands;
 pub mod error;
+mod live;
 mod reads;
 
 use crate::metrics::Metrics;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Where commands go; `None`: the write path is off (405 on commands).
     pub commands: Option<CommandWriter>,
+    /// Fires when the server stops: open change streams end.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 /// Appends commands to the commands topic, in groups: a thread of its own
@@ -105,7 +108,11 @@ pub fn app(state: AppState) -> Router {
         .route("/commands/{id}", get(commands::outcome))
         .route("/orders", post(commands::place_order))
         .route("/orders/{id}", get(commands::order))
-        .route("/views", get(reads::views));
+        .route("/views", get(reads::views))
+        .route("/views/{view}/changes", get(live::view_changes))
+        .route("/alerts", get(live::list_alerts))
+        .route("/alerts/stream", get(live::alert_stream))
+        .route("/replenishment", get(live::replenishment));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))

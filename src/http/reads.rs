@@ -13,7 +13,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_dataflows::model::decode::{validate_name, MAX_NAME_LEN};
-use stockflow_dataflows::model::{EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey, DEFAULT_TENANT};
+use crate::rows::{item_json, quantities_json, stock_json};
+use stockflow_dataflows::model::{Name, SkuKey, StockKey, DEFAULT_TENANT};
 
 /// Rows per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -255,44 +256,6 @@ fn decode_cursor(cursor: &str, parts: usize) -> Result<Vec<Name>, ApiError> {
         return Err(bad());
     }
     Ok(split)
-}
-
-/// RFC 3339 text of an event time, in UTC with milliseconds.
-pub fn rfc3339(ms: EventTime) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-}
-
-/// Quantities of a row; an absent row (an item with no stock yet) is zeros with no `updated_at`.
-fn quantities_json(delta: Option<&StockDelta>) -> Value {
-    let updated_at = delta.and_then(|d| rfc3339(d.updated_at));
-    let delta = delta.copied().unwrap_or_default();
-    json!({"on_hand": delta.on_hand, "reserved": delta.reserved, "available": delta.available(), "updated_at": updated_at})
-}
-
-fn stock_json(key: &StockKey, delta: &StockDelta) -> Value {
-    json!({
-        "tenant": key.tenant,
-        "sku": key.sku,
-        "location": key.location,
-        "on_hand": delta.on_hand,
-        "reserved": delta.reserved,
-        "available": delta.available(),
-        "updated_at": rfc3339(delta.updated_at),
-    })
-}
-
-fn item_json(key: &SkuKey, row: &ItemRow) -> Value {
-    json!({
-        "tenant": key.tenant,
-        "sku": key.sku,
-        "name": row.name,
-        "price": row.price,
-        "category": row.category,
-        "reorder_point": row.reorder_point,
-        "target_level": row.target_level,
-        "active": row.active,
-        "updated_at": rfc3339(row.updated_at),
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,242 @@
+//! The changelog behind live change streams: every published epoch's row
+//! changes, retained up to a bound, so that a subscriber reads a snapshot at
+//! one epoch and then every later change exactly once, and a dropped stream
+//! resumes from the last epoch it saw.
+//!
+//! The publisher appends one [`Batch`] per publish (covering the epochs
+//! since the previous one) in the same step as it swaps in the snapshot, so a
+//! snapshot at epoch `E` and the batches after `E` fit together without a gap
+//! or an overlap. Subscribers pull batches at their own pace: a slow one
+//! costs no memory, it only risks falling behind the retained history, and
+//! is then told so and disconnected (see `http::changes`).
+
+use crate::rows::{self, LowStockRow};
+use crate::store::OrderRow;
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+use stockflow_dataflows::alerts::Alert;
+use stockflow_dataflows::model::{Epoch, ItemRow, Name, SkuKey, StockDelta, StockKey};
+
+/// The views a change stream can follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum View {
+    /// The catalogue.
+    Items,
+    /// Stock per sku and location.
+    Stock,
+    /// Stock per sku.
+    StockTotals,
+    /// Orders.
+    Orders,
+    /// Stock rows whose low-stock alert is active.
+    LowStock,
+    /// Alert transitions (append-only: every row is an insertion).
+    Alerts,
+}
+
+impl View {
+    /// Every view, in catalogue order.
+    pub const ALL: [View; 6] = [View::Items, View::Stock, View::StockTotals, View::Orders, View::LowStock, View::Alerts];
+
+    /// The view's name in URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Items => "items",
+            View::Stock => "stock",
+            View::StockTotals => "stock_totals",
+            View::Orders => "orders",
+            View::LowStock => "low_stock",
+            View::Alerts => "alerts",
+        }
+    }
+
+    /// Parses [`View::name`].
+    pub fn parse(name: &str) -> Option<View> {
+        View::ALL.into_iter().find(|view| view.name() == name)
+    }
+}
+
+/// One row of one view.
+#[derive(Clone, Debug)]
+pub enum Row {
+    /// An `items` row.
+    Item(SkuKey, ItemRow),
+    /// A `stock` row.
+    Stock(StockKey, StockDelta),
+    /// A `stock_totals` row.
+    Total(SkuKey, StockDelta),
+    /// An `orders` row: tenant, order id, row.
+    Order(Name, Name, Box<OrderRow>),
+    /// A `low_stock` row.
+    LowStock(StockKey, LowStockRow),
+    /// An alert transition, with the epoch it happened in.
+    Alert(Box<Alert>, Epoch),
+}
+
+impl Row {
+    /// The view the row belongs to.
+    pub fn view(&self) -> View {
+        match self {
+            Row::Item(..) => View::Items,
+            Row::Stock(..) => View::Stock,
+            Row::Total(..) => View::StockTotals,
+            Row::Order(..) => View::Orders,
+            Row::LowStock(..) => View::LowStock,
+            Row::Alert(..) => View::Alerts,
+        }
+    }
+
+    /// The row's tenant.
+    pub fn tenant(&self) -> &Name {
+        match self {
+            Row::Item(key, _) | Row::Total(key, _) => &key.tenant,
+            Row::Stock(key, _) | Row::LowStock(key, _) => &key.tenant,
+            Row::Order(tenant, ..) => tenant,
+            Row::Alert(alert, _) => &alert.key.tenant,
+        }
+    }
+
+    /// The first key part after the tenant (sku, or order id): what `prefix` filters on.
+    pub fn key(&self) -> &str {
+        match self {
+            Row::Item(key, _) | Row::Total(key, _) => &key.sku,
+            Row::Stock(key, _) | Row::LowStock(key, _) => &key.sku,
+            Row::Order(_, order_id, _) => order_id,
+            Row::Alert(alert, _) => &alert.key.sku,
+        }
+    }
+
+    /// The row as JSON, shaped as the view's reads show it.
+    pub fn json(&self) -> Value {
+        match self {
+            Row::Item(key, row) => rows::item_json(key, row),
+            Row::Stock(key, delta) => rows::stock_json(key, delta),
+            Row::Total(key, delta) => rows::total_json(key, delta),
+            Row::Order(tenant, id, row) => rows::order_json(tenant, id, row),
+            Row::LowStock(key, row) => rows::low_stock_json(key, row),
+            Row::Alert(alert, epoch) => rows::alert_event_json(alert, *epoch),
+        }
+    }
+}
+
+/// The changes of one publish: every epoch in `(after, epoch]`.
+#[derive(Debug)]
+pub struct Batch {
+    /// The epoch published before.
+    pub after: Epoch,
+    /// The epoch this batch brings the views to.
+    pub epoch: Epoch,
+    /// Row changes: `+1` insertion, `-1` retraction; retractions of a key
+    /// come before its insertion.
+    pub changes: Vec<(Row, i8)>,
+    /// When the batch was published (for latency measurements).
+    pub published_at: Instant,
+}
+
+/// Why a stream cannot resume from an epoch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// Changes after this epoch were compacted away: the oldest epoch to resume from is given.
+    Compacted {
+        /// The oldest epoch a stream can resume from.
+        horizon: Epoch,
+    },
+    /// The epoch was never published by this engine run (e.g. it came from a run before a restart).
+    Unknown {
+        /// The newest published epoch.
+        newest: Epoch,
+    },
+}
+
+/// Retained batches, oldest first, bounded by rows and by batches.
+#[derive(Debug)]
+pub struct Changelog {
+    batches: VecDeque<Arc<Batch>>,
+    rows: usize,
+    max_rows: usize,
+    /// The oldest epoch whose later changes are all retained.
+    horizon: Epoch,
+    newest: Epoch,
+}
+
+/// Most batches retained, however small.
+const MAX_BATCHES: usize = 100_000;
+
+impl Changelog {
+    /// A changelog retaining at most `max_rows` row changes (0: none).
+    pub fn new(max_rows: usize) -> Changelog {
+        Changelog { batches: VecDeque::new(), rows: 0, max_rows, horizon: 0, newest: 0 }
+    }
+
+    /// True when changes are retained at all.
+    pub fn enabled(&self) -> bool {
+        self.max_rows > 0
+    }
+
+    /// Appends a publish, then drops the oldest batches beyond the bounds.
+    /// A publish without changes only moves the newest epoch on.
+    pub fn push(&mut self, batch: Batch) {
+        self.newest = batch.epoch;
+        if batch.changes.is_empty() {
+            return;
+        }
+        self.rows += batch.changes.len();
+        self.batches.push_back(Arc::new(batch));
+        while self.rows > self.max_rows || self.batches.len() > MAX_BATCHES {
+            let Some(oldest) = self.batches.pop_front() else { break };
+            self.rows -= oldest.changes.len();
+            self.horizon = oldest.epoch;
+        }
+    }
+
+    /// The batches after `epoch`, oldest first.
+    pub fn since(&self, epoch: Epoch) -> Result<Vec<Arc<Batch>>, Gone> {
+        if epoch < self.horizon {
+            return Err(Gone::Compacted { horizon: self.horizon });
+        }
+        if epoch > self.newest {
+            return Err(Gone::Unknown { newest: self.newest });
+        }
+        let start = self.batches.partition_point(|b| b.epoch <= epoch);
+        Ok(self.batches.range(start..).cloned().collect())
+    }
+
+    /// Row changes retained.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The oldest epoch a stream can resume from.
+    pub fn horizon(&self) -> Epoch {
+        self.horizon
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(after: Epoch, epoch: Epoch, rows: usize) -> Batch {
+        let key = SkuKey { tenant: "t".into(), sku: "s".into() };
+        Batch { after, epoch, changes: vec![(Row::Total(key, StockDelta::default()), 1); rows], published_at: Instant::now() }
+    }
+
+    #[test]
+    fn resumes_inside_the_retained_history_only() {
+        let mut log = Changelog::new(5);
+        log.push(batch(0, 2, 2));
+        log.push(batch(2, 3, 0));
+        log.push(batch(3, 5, 3));
+        assert_eq!(log.since(0).unwrap().iter().map(|b| b.epoch).collect::<Vec<_>>(), [2, 5], "an empty publish is not kept");
+        assert_eq!(log.since(3).unwrap().iter().map(|b| b.epoch).collect::<Vec<_>>(), [5]);
+        assert!(log.since(5).unwrap().is_empty());
+        assert_eq!(log.since(6).unwrap_err(), Gone::Unknown { newest: 5 });
+        log.push(batch(5, 6, 2));
+        assert_eq!(log.rows(), 5, "the first batch was dropped");
+        assert_eq!(log.horizon(), 2);
+        assert_eq!(log.since(1).unwrap_err(), Gone::Compacted { horizon: 2 });
+        assert_eq!(log.since(2).unwrap().iter().map(|b| b.epoch).collect::<Vec<_>>(), [5, 6]);
+    }
+}

@@ -1,0 +1,435 @@
+//! Alerts and live change streams: `GET /v1/alerts`, `GET /v1/replenishment`,
+//! `GET /v1/views/{view}/changes` and `GET /v1/alerts/stream`.
+//!
+//! A change stream sends a snapshot of the view at one epoch, then every
+//! later change, epoch by epoch, pulled from the store's changelog at the
+//! client's pace: a slow client holds one batch at most, and one that falls
+//! behind the retained changes is told so in a final `error` event and
+//! disconnected. At its start (after the snapshot, if any) and after each
+//! epoch that brought it rows, a stream sends `progress` with the epoch: the
+//! point to resume from (`from_epoch`, or SSE's `Last-Event-ID`, which
+//! carries it).
+
+use super::error::{ApiError, Params, Segment};
+use super::reads::{consistent_read, parameter_name};
+use super::AppState;
+use crate::changes::{Batch, Gone, Row, View};
+use crate::metrics::Metrics;
+use crate::rows::{alert_row_json, low_stock_json, low_stock_row};
+use crate::store::{Snapshot, Store};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use stockflow_dataflows::alerts::AlertKind;
+use stockflow_dataflows::model::{Epoch, Name, StockKey, DEFAULT_TENANT};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AlertParams {
+    tenant: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<u64>,
+    state: Option<String>,
+    kind: Option<String>,
+}
+
+/// `GET /v1/alerts?state=active|all&kind=`: the latest transition of each
+/// alert of the tenant (active ones only by default), in key order.
+pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): Params<AlertParams>) -> Result<Json<Value>, ApiError> {
+    let all = match params.state.as_deref() {
+        None | Some("active") => false,
+        Some("all") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("query parameter state: `{other}` is not one of active, all"))),
+    };
+    let kinds: Vec<AlertKind> = match params.kind.as_deref() {
+        None => AlertKind::ALL.to_vec(),
+        Some(kind) => vec![AlertKind::parse(kind).ok_or_else(|| ApiError::bad_request(format!("query parameter kind: `{kind}` is not one of low_stock, out_of_stock")))?],
+    };
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let mut rows = Vec::new();
+    for (key, pair) in tenant_range(&snapshot, &tenant) {
+        for kind in &kinds {
+            if let Some(alert) = pair.get(*kind).filter(|a| all || a.raised) {
+                rows.push(alert_row_json(alert, snapshot.stock.get(key)));
+            }
+        }
+    }
+    Ok(Json(json!({"as_of": snapshot.as_of, "alerts": rows})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TenantParams {
+    tenant: Option<String>,
+    after: Option<String>,
+    wait_ms: Option<u64>,
+}
+
+/// `GET /v1/replenishment`: the open suggestions, one per stock row whose
+/// low-stock alert is active: reorder `target_level - available` now.
+pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<TenantParams>) -> Result<Json<Value>, ApiError> {
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let rows: Vec<Value> = tenant_range(&snapshot, &tenant)
+        .filter_map(|(key, pair)| low_stock_row(pair, snapshot.stock.get(key)).map(|row| (key, row)))
+        .filter(|(_, row)| row.suggested_reorder_qty > 0)
+        .map(|(key, row)| low_stock_json(key, &row))
+        .collect();
+    Ok(Json(json!({"as_of": snapshot.as_of, "suggestions": rows})))
+}
+
+fn tenant_range<'a>(snapshot: &'a Snapshot, tenant: &'a Name) -> impl Iterator<Item = (&'a StockKey, &'a crate::store::AlertPair)> + 'a {
+    let start = StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() };
+    snapshot.alerts.range(start..).take_while(move |(key, _)| key.tenant == *tenant)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StreamParams {
+    tenant: Option<String>,
+    prefix: Option<String>,
+    from_epoch: Option<Epoch>,
+    heartbeat_ms: Option<u64>,
+}
+
+/// Heartbeat period when `heartbeat_ms` is not given.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Rows rendered into one chunk of the response body.
+const ROWS_PER_CHUNK: usize = 512;
+
+/// `GET /v1/views/{view}/changes`
+pub(super) async fn view_changes(State(state): State<AppState>, Segment(view): Segment, headers: HeaderMap, Params(params): Params<StreamParams>) -> Result<Response, ApiError> {
+    let view = View::parse(&view).ok_or_else(|| {
+        let names: Vec<&str> = View::ALL.iter().map(|v| v.name()).collect();
+        ApiError::not_found(format!("no view `{view}`; views with change streams: {}", names.join(", ")))
+    })?;
+    stream(&state, view, Mode::Rows, &headers, params)
+}
+
+/// `GET /v1/alerts/stream`: alert events as they happen (no snapshot; the
+/// active alerts are `GET /v1/alerts`).
+pub(super) async fn alert_stream(State(state): State<AppState>, headers: HeaderMap, Params(params): Params<StreamParams>) -> Result<Response, ApiError> {
+    stream(&state, View::Alerts, Mode::Events, &headers, params)
+}
+
+/// What a stream sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `{"epoch", "row", "diff"}` after a snapshot.
+    Rows,
+    /// Alert events only, each as itself.
+    Events,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Sse,
+    Ndjson,
+}
+
+fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params: StreamParams) -> Result<Response, ApiError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+    let format = if accept.contains("application/x-ndjson") {
+        Format::Ndjson
+    } else if accept.contains("text/event-stream") || accept.contains("*/*") {
+        Format::Sse
+    } else {
+        return Err(ApiError::not_acceptable(format!("`{accept}`: change streams are text/event-stream (SSE) or application/x-ndjson")));
+    };
+    let tenant = match params.tenant {
+        Some(t) => parameter_name("tenant", &t)?,
+        None => Name::from(DEFAULT_TENANT),
+    };
+    let prefix = params.prefix.unwrap_or_default();
+    if prefix.len() > stockflow_dataflows::model::decode::MAX_NAME_LEN {
+        return Err(ApiError::bad_request("query parameter prefix: longer than a key can be"));
+    }
+    let heartbeat = match params.heartbeat_ms {
+        None => DEFAULT_HEARTBEAT,
+        Some(ms) if (100..=300_000).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => return Err(ApiError::bad_request(format!("query parameter heartbeat_ms: must be between 100 and 300000, got {ms}"))),
+    };
+    // SSE clients resume by themselves with Last-Event-ID: the epoch of the last progress event.
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(|v| {
+        v.trim().parse::<Epoch>().map_err(|_| ApiError::bad_request(format!("header Last-Event-ID: `{v}` is not an epoch this server sent")))
+    });
+    let from_epoch = match (params.from_epoch, last_event_id) {
+        (Some(epoch), _) => Some(epoch),
+        (None, Some(parsed)) => Some(parsed?),
+        (None, None) => None,
+    };
+    if !state.store.changes_enabled() {
+        return Err(ApiError::unavailable("change streams are off on this server (changes_retention = 0)"));
+    }
+    let store = state.store.clone();
+    let (snapshot_rows, cursor) = match from_epoch {
+        Some(epoch) => {
+            store.changes_since(epoch).map_err(|gone| match gone {
+                Gone::Compacted { horizon } => ApiError::gone(format!(
+                    "the changes after epoch {epoch} were compacted away (this server keeps changes after epoch {horizon}); open a new stream without from_epoch for a fresh snapshot"
+                )),
+                Gone::Unknown { newest } => ApiError::gone(format!(
+                    "epoch {epoch} is newer than any this server published (newest {newest}); it may come from before a restart: open a new stream without from_epoch"
+                )),
+            })?;
+            (Vec::new(), epoch)
+        }
+        None => {
+            let snapshot = store.snapshot();
+            let rows = if mode == Mode::Rows { snapshot_rows(&snapshot, view, &tenant, &prefix) } else { Vec::new() };
+            (rows, snapshot.as_of.epoch)
+        }
+    };
+    // Every stream begins with a progress event at its starting epoch (after
+    // the snapshot, if any): the client learns where it stands at once.
+    let snapshot_done = false;
+    let subscriber = Subscriber {
+        shutdown: state.shutdown.clone(),
+        changes: store.subscribe(),
+        store,
+        metrics: state.metrics.clone(),
+        view,
+        mode,
+        format,
+        tenant,
+        prefix,
+        cursor,
+        snapshot: snapshot_rows.into(),
+        snapshot_done,
+        pending: VecDeque::new(),
+        sent_in_batch: false,
+        heartbeat,
+        next_heartbeat: tokio::time::Instant::now() + heartbeat,
+        ended: false,
+    };
+    state.metrics.streams_open.with_label_values(&[view.name()]).inc();
+    let body = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
+        let chunk = subscriber.next_chunk().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), subscriber))
+    });
+    let content_type = match format {
+        Format::Sse => "text/event-stream",
+        Format::Ndjson => "application/x-ndjson",
+    };
+    let mut response = Body::from_stream(body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies (nginx) must not buffer a stream.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// The rows of `view` for `tenant` whose key starts with `prefix`, at the snapshot.
+fn snapshot_rows(snapshot: &Snapshot, view: View, tenant: &Name, prefix: &str) -> Vec<Row> {
+    let sku_start = stockflow_dataflows::model::SkuKey { tenant: tenant.clone(), sku: Name::from(prefix) };
+    let stock_start = StockKey { tenant: tenant.clone(), sku: Name::from(prefix), location: Name::default() };
+    let keep = |t: &Name, key: &str| t == tenant && key.starts_with(prefix);
+    match view {
+        View::Items => snapshot.items.range(sku_start..).take_while(|(k, _)| keep(&k.tenant, &k.sku)).map(|(k, r)| Row::Item(k.clone(), r.clone())).collect(),
+        View::Stock => snapshot.stock.range(stock_start..).take_while(|(k, _)| keep(&k.tenant, &k.sku)).map(|(k, d)| Row::Stock(k.clone(), *d)).collect(),
+        View::StockTotals => {
+            snapshot.stock_totals.range(sku_start..).take_while(|(k, _)| keep(&k.tenant, &k.sku)).map(|(k, d)| Row::Total(k.clone(), *d)).collect()
+        }
+        View::Orders => {
+            let mut rows: Vec<Row> = snapshot
+                .orders
+                .iter()
+                .filter(|((t, id), _)| keep(t, id))
+                .map(|((t, id), row)| Row::Order(t.clone(), id.clone(), Box::new(row.clone())))
+                .collect();
+            rows.sort_by(|a, b| a.key().cmp(b.key()));
+            rows
+        }
+        View::LowStock => snapshot
+            .alerts
+            .range(stock_start..)
+            .take_while(|(k, _)| keep(&k.tenant, &k.sku))
+            .filter_map(|(k, pair)| low_stock_row(pair, snapshot.stock.get(k)).map(|row| Row::LowStock(k.clone(), row)))
+            .collect(),
+        // Transitions are events: the snapshot of the alerts is `GET /v1/alerts`.
+        View::Alerts => Vec::new(),
+    }
+}
+
+/// One open stream.
+struct Subscriber {
+    shutdown: crate::shutdown::Shutdown,
+    store: Arc<Store>,
+    metrics: Metrics,
+    changes: tokio::sync::watch::Receiver<Epoch>,
+    view: View,
+    mode: Mode,
+    format: Format,
+    tenant: Name,
+    prefix: String,
+    /// The epoch the client's state reflects once what was sent is applied.
+    cursor: Epoch,
+    snapshot: VecDeque<Row>,
+    snapshot_done: bool,
+    /// Batches fetched, with how many changes of the first were sent.
+    pending: VecDeque<(Arc<Batch>, usize)>,
+    /// Rows of the current batch were sent (so a progress event is due).
+    sent_in_batch: bool,
+    heartbeat: Duration,
+    /// When a heartbeat is due if nothing else was sent.
+    next_heartbeat: tokio::time::Instant,
+    ended: bool,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.metrics.streams_open.with_label_values(&[self.view.name()]).dec();
+    }
+}
+
+impl Subscriber {
+    /// The next piece of the body; `None` ends the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        let chunk = self.produce().await;
+        self.next_heartbeat = tokio::time::Instant::now() + self.heartbeat;
+        chunk
+    }
+
+    async fn produce(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        let mut out = String::new();
+        // The snapshot, chunk by chunk, then its progress line.
+        if !self.snapshot.is_empty() {
+            let n = self.snapshot.len().min(ROWS_PER_CHUNK);
+            for row in self.snapshot.drain(..n) {
+                row_line(self.mode, self.format, &mut out, "snapshot", &row, 1, self.cursor);
+            }
+            self.metrics.stream_rows.with_label_values(&[self.view.name()]).inc_by(n as u64);
+            return Some(Bytes::from(out));
+        }
+        if !self.snapshot_done {
+            self.snapshot_done = true;
+            self.progress_line(&mut out, self.cursor);
+            return Some(Bytes::from(out));
+        }
+        loop {
+            // Changes of fetched batches, a chunk at a time.
+            while let Some((batch, sent)) = self.pending.front_mut() {
+                let mut rows = 0;
+                while *sent < batch.changes.len() && rows < ROWS_PER_CHUNK {
+                    let (row, diff) = &batch.changes[*sent];
+                    *sent += 1;
+                    if row.view() == self.view && row.tenant() == &self.tenant && row.key().starts_with(&self.prefix) {
+                        let epoch = batch.epoch;
+                        row_line(self.mode, self.format, &mut out, "change", row, *diff, epoch);
+                        rows += 1;
+                    }
+                }
+                if rows > 0 {
+                    self.sent_in_batch = true;
+                    self.metrics.stream_rows.with_label_values(&[self.view.name()]).inc_by(rows as u64);
+                }
+                if *sent == batch.changes.len() {
+                    let epoch = batch.epoch;
+                    self.pending.pop_front();
+                    self.cursor = epoch;
+                    if std::mem::take(&mut self.sent_in_batch) {
+                        self.progress_line(&mut out, epoch);
+                    }
+                }
+                if !out.is_empty() {
+                    return Some(Bytes::from(out));
+                }
+            }
+            // Fetch what was published after the cursor, or wait for it. Marked
+            // seen first: a publish after this point wakes the wait below.
+            self.changes.mark_unchanged();
+            match self.store.changes_since(self.cursor) {
+                Ok(batches) if !batches.is_empty() => {
+                    self.pending.extend(batches.into_iter().map(|b| (b, 0)));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(gone) => {
+                    self.metrics.streams_dropped.with_label_values(&["behind"]).inc();
+                    let detail = match gone {
+                        Gone::Compacted { horizon } => format!(
+                            "this stream fell behind: the changes after epoch {} were compacted away (the server keeps changes after epoch {horizon}); reconnect without from_epoch for a fresh snapshot",
+                            self.cursor
+                        ),
+                        Gone::Unknown { newest } => format!("epoch {} is unknown (newest {newest})", self.cursor),
+                    };
+                    self.error_line(&mut out, &detail);
+                    self.ended = true;
+                    return Some(Bytes::from(out));
+                }
+            }
+            // Epochs are published even when idle: wait for a change or the
+            // heartbeat's deadline, whichever comes first.
+            if self.shutdown.is_triggered() {
+                return None;
+            }
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                // The server stops: end the stream so that it can.
+                _ = self.shutdown.wait() => return None,
+                _ = tokio::time::sleep_until(self.next_heartbeat) => {
+                    self.heartbeat_line(&mut out);
+                    return Some(Bytes::from(out));
+                }
+            }
+        }
+    }
+
+    fn progress_line(&self, out: &mut String, epoch: Epoch) {
+        match self.format {
+            // `id` makes the browser's EventSource resume from here by itself.
+            Format::Sse => out.push_str(&format!("id: {epoch}\nevent: progress\ndata: {}\n\n", json!({"epoch": epoch}))),
+            Format::Ndjson => out.push_str(&format!("{}\n", json!({"epoch": epoch, "progress": true}))),
+        }
+    }
+
+    fn heartbeat_line(&self, out: &mut String) {
+        match self.format {
+            Format::Sse => out.push_str(&format!("event: heartbeat\ndata: {}\n\n", json!({"epoch": self.cursor}))),
+            Format::Ndjson => out.push_str(&format!("{}\n", json!({"epoch": self.cursor, "heartbeat": true}))),
+        }
+    }
+
+    fn error_line(&self, out: &mut String, detail: &str) {
+        let problem = json!({"type": "https://stockflow.dev/problems/stream-behind", "title": "Stream fell behind", "detail": detail});
+        match self.format {
+            Format::Sse => out.push_str(&format!("event: error\ndata: {problem}\n\n")),
+            Format::Ndjson => out.push_str(&format!("{}\n", json!({"error": problem}))),
+        }
+    }
+}
+
+/// One row as a stream line: `{"epoch", "row", "diff"}` (or, for alert
+/// event streams, the alert event itself).
+fn row_line(mode: Mode, format: Format, out: &mut String, event: &str, row: &Row, diff: i8, epoch: Epoch) {
+    let (event, data) = match (mode, row) {
+        (Mode::Events, Row::Alert(alert, _)) => (alert.event_type(), row.json()),
+        _ => (event, json!({"epoch": epoch, "row": row.json(), "diff": diff})),
+    };
+    match format {
+        Format::Sse => {
+            out.push_str("event: ");
+            out.push_str(event);
+            out.push_str("\ndata: ");
+            out.push_str(&data.to_string());
+            out.push_str("\n\n");
+        }
+        Format::Ndjson => {
+            out.push_str(&data.to_string());
+            out.push('\n');
+        }
+    }
+}
