@@ -383,10 +383,18 @@ impl Settings {
                 settings.sources.push(SourceDecl { topic, format, start });
             }
         }
-        if settings.sources.iter().any(|s| s.topic == settings.alerts_topic) || settings.alerts_topic == settings.commands_topic || settings.alerts_topic == settings.outcomes_topic {
-            errors.push(format!("alerts_topic `{}`: is also a source, the commands or the outcomes topic; alerts need a topic of their own", settings.alerts_topic));
+        if settings.sources.iter().any(|s| s.topic == settings.alerts_topic)
+            || settings.alerts_topic == settings.commands_topic
+            || settings.alerts_topic == settings.outcomes_topic
+        {
+            errors.push(format!(
+                "alerts_topic `{}`: is also a source, the commands or the outcomes topic; alerts need a topic of their own",
+                settings.alerts_topic
+            ));
         }
-        for (option, topic) in [("commands_topic", &settings.commands_topic), ("outcomes_topic", &settings.outcomes_topic), ("alerts_topic", &settings.alerts_topic)] {
+        for (option, topic) in
+            [("commands_topic", &settings.commands_topic), ("outcomes_topic", &settings.outcomes_topic), ("alerts_topic", &settings.alerts_topic)]
+        {
             if !topic_name_ok(topic) {
                 errors.push(format!("{option} `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
             }

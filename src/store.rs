@@ -5,11 +5,11 @@
 //! a snapshot costs O(1) to take and readers never block the dataflow nor see
 //! half an epoch: they hold an `Arc` to one whole, consistent state.
 
+use crate::changes::{Batch, Changelog};
 use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use crate::changes::{Batch, Changelog};
 use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::model::{Epoch, Event, EventBody, EventTime, ItemRow, Money, Name, OrderLine, OrderStatus, SkuKey, StockDelta, StockKey};
 use tokio::sync::watch;
@@ -386,7 +386,15 @@ mod tests {
     fn item_retraction_then_insertion_replaces() {
         let mut s = Snapshot::default();
         let key = SkuKey { tenant: "t".into(), sku: "a".into() };
-        let row = |name: &str| ItemRow { name: name.into(), price: Default::default(), category: "".into(), reorder_point: None, target_level: None, active: true, updated_at: 0 };
+        let row = |name: &str| ItemRow {
+            name: name.into(),
+            price: Default::default(),
+            category: "".into(),
+            reorder_point: None,
+            target_level: None,
+            active: true,
+            updated_at: 0,
+        };
         s.apply_item(key.clone(), row("old"), 1);
         s.apply_item(key.clone(), row("old"), -1);
         s.apply_item(key.clone(), row("new"), 1);

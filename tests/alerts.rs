@@ -286,8 +286,7 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
             }
         }
     }
-    let expected: BTreeMap<String, i64> =
-        listing["rows"].as_array().unwrap().iter().filter(|r| r["sku"] == "A").map(|r| (r.to_string(), 1)).collect();
+    let expected: BTreeMap<String, i64> = listing["rows"].as_array().unwrap().iter().filter(|r| r["sku"] == "A").map(|r| (r.to_string(), 1)).collect();
     assert_eq!(state, expected, "snapshot + changes + resumed changes = the view");
 
     // An epoch this server never published, and a view that does not exist.

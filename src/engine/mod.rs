@@ -18,13 +18,13 @@ use anyhow::Context;
 use differential_dataflow::input::InputSession;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use stockflow_dataflows::alerts::{AlertKind, Thresholds};
 use stockflow_dataflows::model::cqrs::decode_cqrs;
 use stockflow_dataflows::model::tradex::{decode_tradex, decode_tradex_command, is_command_topic};
-use std::collections::HashMap;
-use stockflow_dataflows::alerts::{AlertKind, Thresholds};
 use stockflow_dataflows::model::{decode_command, decode_event, Command, DecodeError, Epoch, Event, Name, RecordContext, StockKey};
 use timely::dataflow::operators::probe::Handle;
 
@@ -154,9 +154,13 @@ pub fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<(StockKey, 
             for record in &records {
                 let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload) else { continue };
                 let text = |field: &str| event.get(field).and_then(|v| v.as_str()).map(Name::from);
-                let (Some(tenant), Some(sku), Some(location), Some(kind), Some(transition)) =
-                    (text("tenant"), text("sku"), text("location"), text("kind").and_then(|k| AlertKind::parse(&k)), event.get("transition").and_then(|t| t.as_u64()))
-                else {
+                let (Some(tenant), Some(sku), Some(location), Some(kind), Some(transition)) = (
+                    text("tenant"),
+                    text("sku"),
+                    text("location"),
+                    text("kind").and_then(|k| AlertKind::parse(&k)),
+                    event.get("transition").and_then(|t| t.as_u64()),
+                ) else {
                     continue;
                 };
                 let slot = written.entry((StockKey { tenant, sku, location }, kind)).or_insert(0);
@@ -282,11 +286,9 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     store.set_startup_targets(targets);
     let plan = Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets });
     let alerts_to = match &config.alerts {
-        Some(path) => Some(publish::AlertsOut {
-            appender: path.appender.clone(),
-            topic: path.source.topic().to_owned(),
-            written: written_alerts(path.source.as_ref())?,
-        }),
+        Some(path) => {
+            Some(publish::AlertsOut { appender: path.appender.clone(), topic: path.source.topic().to_owned(), written: written_alerts(path.source.as_ref())? })
+        }
         None => None,
     };
     let (to_publisher, from_workers) = std::sync::mpsc::channel();

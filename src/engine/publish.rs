@@ -3,13 +3,12 @@
 //! publisher thread; that thread applies it to its working snapshot and
 //! publishes it whole.
 
+use crate::changes::{Batch, Row};
 use crate::metrics::Metrics;
+use crate::rows::{alert_event_json, low_stock_row, LowStockRow};
 use crate::shutdown::Shutdown;
 use crate::source::Appender;
-use crate::changes::{Batch, Row};
-use crate::rows::{alert_event_json, low_stock_row, LowStockRow};
 use crate::store::{Snapshot, Store};
-use stockflow_dataflows::alerts::{Alert, AlertKind, Thresholds};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -17,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
+use stockflow_dataflows::alerts::{Alert, AlertKind, Thresholds};
 use stockflow_dataflows::model::command::causing_command;
 use stockflow_dataflows::model::{Command, Epoch, Event, EventBody, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use timely::dataflow::channels::pact::Exchange;

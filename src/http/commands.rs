@@ -49,8 +49,11 @@ struct Endpoint {
     at_least_one_of: &'static [&'static str],
 }
 
-const CREATE_ITEM: Endpoint =
-    Endpoint { command: "item.create", fields: &["command_id", "sku", "name", "price", "category", "reorder_point", "target_level", "stock"], at_least_one_of: &[] };
+const CREATE_ITEM: Endpoint = Endpoint {
+    command: "item.create",
+    fields: &["command_id", "sku", "name", "price", "category", "reorder_point", "target_level", "stock"],
+    at_least_one_of: &[],
+};
 const UPDATE_ITEM: Endpoint = Endpoint {
     command: "item.update",
     fields: &["command_id", "name", "price", "category", "reorder_point", "target_level", "expected_version"],

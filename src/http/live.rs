@@ -50,7 +50,9 @@ pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): P
     };
     let kinds: Vec<AlertKind> = match params.kind.as_deref() {
         None => AlertKind::ALL.to_vec(),
-        Some(kind) => vec![AlertKind::parse(kind).ok_or_else(|| ApiError::bad_request(format!("query parameter kind: `{kind}` is not one of low_stock, out_of_stock")))?],
+        Some(kind) => {
+            vec![AlertKind::parse(kind).ok_or_else(|| ApiError::bad_request(format!("query parameter kind: `{kind}` is not one of low_stock, out_of_stock")))?]
+        }
     };
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let mut rows = Vec::new();
@@ -104,7 +106,12 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 const ROWS_PER_CHUNK: usize = 512;
 
 /// `GET /v1/views/{view}/changes`
-pub(super) async fn view_changes(State(state): State<AppState>, Segment(view): Segment, headers: HeaderMap, Params(params): Params<StreamParams>) -> Result<Response, ApiError> {
+pub(super) async fn view_changes(
+    State(state): State<AppState>,
+    Segment(view): Segment,
+    headers: HeaderMap,
+    Params(params): Params<StreamParams>,
+) -> Result<Response, ApiError> {
     let view = View::parse(&view).ok_or_else(|| {
         let names: Vec<&str> = View::ALL.iter().map(|v| v.name()).collect();
         ApiError::not_found(format!("no view `{view}`; views with change streams: {}", names.join(", ")))
@@ -156,9 +163,10 @@ fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params:
         Some(ms) => return Err(ApiError::bad_request(format!("query parameter heartbeat_ms: must be between 100 and 300000, got {ms}"))),
     };
     // SSE clients resume by themselves with Last-Event-ID: the epoch of the last progress event.
-    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(|v| {
-        v.trim().parse::<Epoch>().map_err(|_| ApiError::bad_request(format!("header Last-Event-ID: `{v}` is not an epoch this server sent")))
-    });
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().parse::<Epoch>().map_err(|_| ApiError::bad_request(format!("header Last-Event-ID: `{v}` is not an epoch this server sent"))));
     let from_epoch = match (params.from_epoch, last_event_id) {
         (Some(epoch), _) => Some(epoch),
         (None, Some(parsed)) => Some(parsed?),

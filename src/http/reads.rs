@@ -2,6 +2,7 @@
 
 use super::error::{ApiError, Params, Segment};
 use super::AppState;
+use crate::rows::{item_json, quantities_json, stock_json};
 use crate::store::Snapshot;
 use axum::extract::State;
 use axum::Json;
@@ -13,7 +14,6 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_dataflows::model::decode::{validate_name, MAX_NAME_LEN};
-use crate::rows::{item_json, quantities_json, stock_json};
 use stockflow_dataflows::model::{Name, SkuKey, StockKey, DEFAULT_TENANT};
 
 /// Rows per page when `limit` is not given.

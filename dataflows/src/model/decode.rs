@@ -163,7 +163,10 @@ pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeE
                 target_level: present(raw.target_level).map(|r| quantity("target_level", r, Sign::NonNegative)).transpose()?,
             };
             if let EventBody::ItemUpdated { name: None, price: None, category: None, reorder_point: None, target_level: None, .. } = body {
-                return Err(DecodeError::invalid("type", "item.updated changes nothing: give at least one of name, price, category, reorder_point, target_level"));
+                return Err(DecodeError::invalid(
+                    "type",
+                    "item.updated changes nothing: give at least one of name, price, category, reorder_point, target_level",
+                ));
             }
             body
         }
