@@ -57,6 +57,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         alerts_topic: "alerts.events".into(),
         thresholds: Default::default(),
         changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
+        webhook_policy: Default::default(),
     };
     let running = server::start(&settings).await.expect("server starts");
     let base = format!("http://{}", running.addr);

@@ -85,6 +85,12 @@ pub struct ServeArgs {
     /// Row changes kept for change streams to resume from; 0 turns change streams off [default: 250000].
     #[arg(long, env = "STOCKFLOW_CHANGES_RETENTION")]
     pub changes_retention: Option<usize>,
+    /// Attempts per webhook delivery before it is recorded as failed [default: 6].
+    #[arg(long, env = "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<u32>,
+    /// Wait after a failed webhook attempt, doubled after each further one (ms) [default: 500].
+    #[arg(long, env = "STOCKFLOW_WEBHOOK_BACKOFF_MS")]
+    pub webhook_backoff_ms: Option<u64>,
     /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`) [default: inventory.events, order.events].
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
@@ -152,6 +158,10 @@ pub struct FileConfig {
     pub alerts_topic: Option<String>,
     /// See `--changes-retention`.
     pub changes_retention: Option<usize>,
+    /// See `--webhook-max-attempts`.
+    pub webhook_max_attempts: Option<u32>,
+    /// See `--webhook-backoff-ms`.
+    pub webhook_backoff_ms: Option<u64>,
     /// `[[sources]]` tables: the topics to read.
     pub sources: Option<Vec<SourceConfig>>,
     /// Demo generator settings.
@@ -235,6 +245,8 @@ pub struct Settings {
     pub alerts_topic: String,
     /// Row changes retained for change streams.
     pub changes_retention: usize,
+    /// Webhook delivery retries.
+    pub webhook_policy: stockflow_sinks::webhooks::Policy,
 }
 
 /// A Kafka topic name: 1 to 249 of letters, digits, '.', '_', '-'.
@@ -274,6 +286,10 @@ pub mod defaults {
     pub const ALERTS_TOPIC: &str = "alerts.events";
     /// `--changes-retention`.
     pub const CHANGES_RETENTION: usize = crate::store::DEFAULT_CHANGES_RETENTION;
+    /// `--webhook-max-attempts`.
+    pub const WEBHOOK_MAX_ATTEMPTS: u32 = 6;
+    /// `--webhook-backoff-ms`.
+    pub const WEBHOOK_BACKOFF_MS: u64 = 500;
 }
 
 impl Settings {
@@ -318,7 +334,18 @@ impl Settings {
             },
             alerts_topic: args.alerts_topic.clone().or(file.alerts_topic).unwrap_or_else(|| defaults::ALERTS_TOPIC.into()),
             changes_retention: args.changes_retention.or(file.changes_retention).unwrap_or(defaults::CHANGES_RETENTION),
+            webhook_policy: stockflow_sinks::webhooks::Policy {
+                max_attempts: args.webhook_max_attempts.or(file.webhook_max_attempts).unwrap_or(defaults::WEBHOOK_MAX_ATTEMPTS),
+                first_backoff: Duration::from_millis(args.webhook_backoff_ms.or(file.webhook_backoff_ms).unwrap_or(defaults::WEBHOOK_BACKOFF_MS)),
+                ..Default::default()
+            },
         };
+        if !(1..=100).contains(&settings.webhook_policy.max_attempts) {
+            errors.push(format!("webhook_max_attempts: must be between 1 and 100, got {}", settings.webhook_policy.max_attempts));
+        }
+        if !(1..=600_000).contains(&settings.webhook_policy.first_backoff.as_millis()) {
+            errors.push(format!("webhook_backoff_ms: must be between 1 and 600000, got {}", settings.webhook_policy.first_backoff.as_millis()));
+        }
         let mut settings = settings;
         for (tenant, threshold) in file.tenant_thresholds.unwrap_or_default() {
             if let Err(reason) = stockflow_dataflows::model::decode::validate_name(&tenant) {

@@ -17,3 +17,4 @@ pub mod server;
 pub mod shutdown;
 pub mod source;
 pub mod store;
+pub mod webhooks;

@@ -33,6 +33,8 @@ pub struct Running {
     pub shutdown: Shutdown,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     engine: tokio::task::JoinHandle<anyhow::Result<Option<crate::engine::EngineHandle>>>,
+    /// Alert subscribers.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
     demo: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -79,6 +81,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let store = Arc::new(Store::with_changes(settings.changes_retention));
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
+    let webhooks = crate::webhooks::Webhooks::open(&settings.data_dir, settings.webhook_policy.clone(), metrics.clone())
+        .with_context(|| format!("opening the webhooks in {}", settings.data_dir.display()))?;
 
     // Commands and outcomes are written where the events live.
     let appender: Arc<dyn Appender> = match &settings.kafka {
@@ -100,12 +104,14 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let commands = log.topic(&settings.commands_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.commands_topic))?;
             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
             let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
+            webhooks.set_alerts(alerts.clone());
             let config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() });
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
         }
         Some(kafka) => {
             let (settings, store, metrics, shutdown, kafka) = (settings.clone(), store.clone(), metrics.clone(), shutdown.clone(), kafka.clone());
+            let webhooks = webhooks.clone();
             let appender = appender.clone();
             tokio::spawn(async move {
                 let mut failures = 0u32;
@@ -114,6 +120,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                         Ok((sources, dead_letters, commands, alerts)) => {
                             store.set_waiting(None);
                             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
+                            webhooks.set_alerts(alerts.clone());
                             let alerts = AlertsPath { source: alerts, appender: appender.clone() };
                             let config = engine_config(&settings, sources, dead_letters, path, alerts);
                             let started = crate::engine::start(config, store, metrics, shutdown.clone());
@@ -143,6 +150,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState {
+        webhooks: Some(webhooks.clone()),
         shutdown: shutdown.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
@@ -162,7 +170,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .spawn(move || crate::demo::run(inventory, store, metrics, shutdown, rate))
             .expect("spawning a thread")
     });
-    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo })
+    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks })
 }
 
 impl Running {
@@ -171,6 +179,8 @@ impl Running {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.wait().await;
         self.http.await.context("HTTP server task")?.context("HTTP server")?;
+        let webhooks = self.webhooks.clone();
+        let _ = tokio::task::spawn_blocking(move || webhooks.stop()).await;
         if let Some(demo) = self.demo {
             let _ = tokio::task::spawn_blocking(move || demo.join()).await;
         }

@@ -42,6 +42,7 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         alerts_topic: format!("{topic}.alerts"),
         thresholds: Default::default(),
         changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
+        webhook_policy: Default::default(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! stockflow's sinks: adapters that carry view changes out of the engine.
 //!
-//! Empty for now, on purpose: the ClickHouse writer, Arrow/Parquet export and
-//! alert delivery land here (one folder per sink, each with `config.rs`,
-//! `sink.rs`, `service.rs` and its integration tests), depending on
+//! [`webhooks`]: alert delivery (registry, signature, retries). The
+//! ClickHouse writer and Arrow/Parquet export land here too, depending on
 //! `stockflow-dataflows` for the rows they write and on nothing of the engine.
 
 #![deny(missing_docs)]
+
+pub mod webhooks;

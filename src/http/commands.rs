@@ -207,7 +207,7 @@ async fn submit(
 }
 
 /// The body as a JSON object, after the content-type and size checks.
-fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> Result<Map<String, Value>, ApiError> {
     if body.len() > MAX_COMMAND_BYTES {
         return Err(ApiError::too_large(format!("body: {} bytes, more than the {MAX_COMMAND_BYTES} a command may have", body.len())));
     }

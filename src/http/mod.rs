@@ -9,6 +9,7 @@ mod commands;
 pub mod error;
 mod live;
 mod reads;
+mod webhooks;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Where commands go; `None`: the write path is off (405 on commands).
     pub commands: Option<CommandWriter>,
+    /// Alert subscribers; `None`: webhooks are off.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// Fires when the server stops: open change streams end.
     pub shutdown: crate::shutdown::Shutdown,
 }
@@ -112,7 +115,10 @@ pub fn app(state: AppState) -> Router {
         .route("/views/{view}/changes", get(live::view_changes))
         .route("/alerts", get(live::list_alerts))
         .route("/alerts/stream", get(live::alert_stream))
-        .route("/replenishment", get(live::replenishment));
+        .route("/replenishment", get(live::replenishment))
+        .route("/webhooks", get(webhooks::list).post(webhooks::register))
+        .route("/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))

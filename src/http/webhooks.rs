@@ -1,0 +1,108 @@
+//! `POST/GET /v1/webhooks`, `GET/DELETE /v1/webhooks/{id}`,
+//! `GET /v1/webhooks/{id}/deliveries`: alert subscribers.
+
+use super::commands::body_object;
+use super::error::{ApiError, Params, Segment};
+use super::reads::parameter_name;
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use stockflow_dataflows::model::DEFAULT_TENANT;
+use stockflow_sinks::webhooks::{check_kinds, check_secret, check_url, Webhook, KINDS};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    tenant: Option<String>,
+}
+
+fn webhooks(state: &AppState) -> Result<&Arc<crate::webhooks::Webhooks>, ApiError> {
+    state.webhooks.as_ref().ok_or_else(|| ApiError::unavailable("webhooks are off on this server"))
+}
+
+/// A webhook as shown: everything but the secret.
+fn shown(hook: &Webhook) -> Value {
+    json!({"id": hook.id, "url": hook.url, "tenant": hook.tenant, "kinds": hook.kinds, "created_at": hook.created_at})
+}
+
+/// `POST /v1/webhooks` with `{"url", "secret", "tenant"?, "kinds"?}`.
+pub(super) async fn register(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let hooks = webhooks(&state)?;
+    let mut fields = body_object(&headers, &body, false)?;
+    if let Some(unknown) = fields.keys().find(|k| !["url", "secret", "tenant", "kinds"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!("body: unknown field `{unknown}` (fields: url, secret, tenant, kinds)")));
+    }
+    let text = |fields: &mut serde_json::Map<String, Value>, name: &str| -> Result<Option<String>, ApiError> {
+        match fields.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(ApiError::bad_request(format!("{name}: expected a string, got {other}"))),
+        }
+    };
+    let url = text(&mut fields, "url")?.ok_or_else(|| ApiError::bad_request("url: required"))?;
+    check_url(&url).map_err(|reason| ApiError::bad_request(format!("url: {reason}")))?;
+    let secret = text(&mut fields, "secret")?.ok_or_else(|| ApiError::bad_request("secret: required (signs every delivery)"))?;
+    check_secret(&secret).map_err(ApiError::bad_request)?;
+    let tenant = parameter_name("tenant", &text(&mut fields, "tenant")?.unwrap_or_else(|| DEFAULT_TENANT.to_owned()))?;
+    let kinds: Vec<String> = match fields.remove("kinds") {
+        None | Some(Value::Null) => KINDS.iter().map(|k| k.to_string()).collect(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|k| match k {
+                Value::String(s) => Ok(s),
+                other => Err(ApiError::bad_request(format!("kinds: expected strings, got {other}"))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(ApiError::bad_request(format!("kinds: expected a list, got {other}"))),
+    };
+    check_kinds(&kinds).map_err(ApiError::bad_request)?;
+    let hook = Webhook {
+        id: format!("wh_{:024x}", rand::random::<u128>() >> 32),
+        url,
+        tenant: tenant.to_string(),
+        kinds,
+        secret,
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    };
+    let (hooks, registered) = (hooks.clone(), hook.clone());
+    tokio::task::spawn_blocking(move || hooks.add(registered)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    let location = format!("/v1/webhooks/{}", hook.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(shown(&hook))).into_response())
+}
+
+/// `GET /v1/webhooks?tenant=`
+pub(super) async fn list(State(state): State<AppState>, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
+    let tenant = parameter_name("tenant", params.tenant.as_deref().unwrap_or(DEFAULT_TENANT))?;
+    let rows: Vec<Value> = webhooks(&state)?.list().iter().filter(|h| h.tenant == tenant.as_str()).map(shown).collect();
+    Ok(Json(json!({"webhooks": rows})))
+}
+
+fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, ApiError> {
+    let tenant = parameter_name("tenant", tenant.as_deref().unwrap_or(DEFAULT_TENANT))?;
+    webhooks(state)?.get(id).filter(|h| h.tenant == tenant.as_str()).ok_or_else(|| ApiError::not_found(format!("no webhook `{id}` of tenant `{tenant}`")))
+}
+
+/// `GET /v1/webhooks/{id}`
+pub(super) async fn get(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(shown(&find(&state, &id, params.tenant)?)))
+}
+
+/// `DELETE /v1/webhooks/{id}`
+pub(super) async fn delete(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<StatusCode, ApiError> {
+    let hook = find(&state, &id, params.tenant)?;
+    let hooks = webhooks(&state)?.clone();
+    tokio::task::spawn_blocking(move || hooks.remove(&hook.id)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/webhooks/{id}/deliveries`: the latest deliveries, newest last.
+pub(super) async fn deliveries(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
+    let hook = find(&state, &id, params.tenant)?;
+    Ok(Json(json!({"webhook": hook.id, "deliveries": webhooks(&state)?.deliveries(&hook.id)})))
+}
