@@ -17,12 +17,15 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use stockflow_sinks::webhooks::{deliver, write_atomically, Delivery, Policy, Registry, Webhook};
+use stockflow_sinks::webhooks::{deliver, write_atomically, Delivery, Outgoing, Policy, Registry, Webhook};
 
 /// Deliveries remembered per webhook for `GET /v1/webhooks/{id}/deliveries`.
 const DELIVERIES_KEPT: usize = 200;
 /// How long an idle webhook thread waits before reading again.
 const IDLE: Duration = Duration::from_millis(20);
+
+/// A webhook's thread and the flag that stops it.
+type Running = (Arc<AtomicBool>, std::thread::JoinHandle<()>);
 
 /// The webhooks of one server.
 pub struct Webhooks {
@@ -33,7 +36,7 @@ pub struct Webhooks {
     /// The alerts topic, once the engine has opened it.
     alerts: OnceLock<Arc<dyn Source>>,
     deliveries: Mutex<HashMap<String, VecDeque<Delivery>>>,
-    running: Mutex<HashMap<String, (Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
+    running: Mutex<HashMap<String, Running>>,
     client: stockflow_sinks::webhooks::Client,
 }
 
@@ -190,8 +193,9 @@ impl Webhooks {
                         if hook.wants(&event) {
                             let text = |field: &str| event.get(field).and_then(|v| v.as_str()).unwrap_or("").to_owned();
                             let mut count = |outcome: &str| self.metrics.webhook_attempts.with_label_values(&[&hook.id, outcome]).inc();
-                            let Some(delivery) = deliver(&self.client, &hook, &text("id"), &text("type"), &record.payload, &self.policy, &stopping, &mut count)
-                            else {
+                            let (id, event_type) = (text("id"), text("type"));
+                            let outgoing = Outgoing { id: &id, event_type: &event_type, body: &record.payload };
+                            let Some(delivery) = deliver(&self.client, &hook, outgoing, &self.policy, &stopping, &mut count) else {
                                 return;
                             };
                             if delivery.status == "failed" {

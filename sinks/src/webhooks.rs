@@ -144,6 +144,17 @@ pub struct Delivery {
     pub error: Option<String>,
 }
 
+/// An alert event on its way to a webhook.
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing<'a> {
+    /// The event's id.
+    pub id: &'a str,
+    /// The event's type.
+    pub event_type: &'a str,
+    /// The JSON body, as written to the alerts topic.
+    pub body: &'a [u8],
+}
+
 /// Posts `body` to `webhook` until a 2xx answer or `policy.max_attempts`;
 /// `stopping` cuts the retries short (the delivery is then not recorded:
 /// it is attempted again after a restart). `on_attempt` sees each attempt's
@@ -151,13 +162,12 @@ pub struct Delivery {
 pub fn deliver(
     client: &Client,
     webhook: &Webhook,
-    event_id: &str,
-    event_type: &str,
-    body: &[u8],
+    event: Outgoing<'_>,
     policy: &Policy,
     stopping: &dyn Fn() -> bool,
     on_attempt: &mut dyn FnMut(&str),
 ) -> Option<Delivery> {
+    let Outgoing { id: event_id, event_type, body } = event;
     let delivery_id = format!("{}:{event_id}", webhook.id);
     let signature = sign(webhook.secret.as_bytes(), body);
     let mut delivery = Delivery {

@@ -330,7 +330,7 @@ impl Subscriber {
                 while *sent < batch.changes.len() && rows < ROWS_PER_CHUNK {
                     let (row, diff) = &batch.changes[*sent];
                     *sent += 1;
-                    if row.view() == self.view && row.tenant() == &self.tenant && row.key().starts_with(&self.prefix) {
+                    if row.view() == self.view && *row.tenant() == self.tenant && row.key().starts_with(&self.prefix) {
                         let epoch = batch.epoch;
                         row_line(self.mode, self.format, &mut out, "change", row, *diff, epoch);
                         rows += 1;
