@@ -642,3 +642,36 @@ async fn a_broker_restart_mid_stream_loses_and_doubles_nothing() {
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_the_alerts_topic_once_also_after_a_restart() {
+    let topic = unique("alerts");
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_ready(&settings(dir.path(), &topic, 2)).await;
+    produce(
+        &topic,
+        &[
+            event(json!({"id": "c", "type": "item.created", "sku": "L-1", "name": "Low", "price": 1, "reorder_point": 5, "stock": {"m": 8}})),
+            event(json!({"id": "d", "type": "stock.adjusted", "sku": "L-1", "location": "m", "qty": -4})),
+        ],
+    );
+    let alerts = eventually(&running, "/v1/alerts", |_, body| body["alerts"].as_array().is_some_and(|a| !a.is_empty())).await;
+    assert_eq!(alerts["alerts"][0]["available"], 4, "{alerts}");
+    let written = consume_all(&format!("{topic}.alerts"), 3, 1);
+    let raised: Value = serde_json::from_slice(rdkafka::Message::payload(&written[0]).unwrap()).unwrap();
+    assert_eq!((raised["type"].as_str(), raised["sku"].as_str(), raised["transition"].as_u64()), (Some("alert.low_stock.raised"), Some("L-1"), Some(1)));
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+
+    // The restart recomputes the raise from the log; it is not written again
+    // (a second raise would come before the clear: one key, one partition), the clear is.
+    let running = start_ready(&settings(dir.path(), &topic, 2)).await;
+    produce(&topic, &[event(json!({"id": "e", "type": "stock.adjusted", "sku": "L-1", "location": "m", "qty": 10}))]);
+    eventually(&running, "/v1/alerts", |_, body| body["alerts"] == json!([])).await;
+    let written = consume_all(&format!("{topic}.alerts"), 3, 2);
+    let types: Vec<String> =
+        written.iter().map(|m| serde_json::from_slice::<Value>(rdkafka::Message::payload(m).unwrap()).unwrap()["type"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(types, ["alert.low_stock.raised", "alert.low_stock.cleared"]);
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}

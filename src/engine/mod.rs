@@ -131,6 +131,28 @@ pub struct AlertsPath {
     pub appender: Arc<dyn Appender>,
 }
 
+/// [`written_alerts`], retried with backoff while the topic cannot be read
+/// (a topic just created may not be readable at once), saying so in `/ready`.
+fn read_written_alerts(source: &dyn Source, store: &Store, shutdown: &Shutdown) -> anyhow::Result<HashMap<(StockKey, AlertKind), u64>> {
+    let mut failures = 0u32;
+    loop {
+        match written_alerts(source) {
+            Ok(written) => {
+                store.set_waiting(None);
+                return Ok(written);
+            }
+            Err(error) if failures < 30 && !shutdown.is_triggered() => {
+                failures += 1;
+                let reason = format!("reading the alerts topic {}: {error:#}", source.topic());
+                tracing::warn!(retry_in_ms = 500, "{reason}");
+                store.set_waiting(Some(reason));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Reads the alerts topic to its end: the highest transition it holds per
 /// `(stock row, kind)`. Messages that are not alert events are skipped.
 ///
@@ -145,12 +167,21 @@ pub fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<(StockKey, 
     }
     let started = Instant::now();
     let mut last_read = Instant::now();
+    let mut last_error: Option<String> = None;
     let mut records = Vec::new();
     loop {
         let mut read = 0;
         for (reader, _) in readers.iter_mut() {
             records.clear();
-            read += reader.read(READ_CHUNK, &mut records).with_context(|| format!("reading {}/{}", source.topic(), reader.partition()))?;
+            // librdkafka reports connection trouble as read errors and recovers by
+            // itself: poll again until the deadline below.
+            match reader.read(READ_CHUNK, &mut records) {
+                Ok(n) => read += n,
+                Err(error) => {
+                    tracing::debug!(%error, topic = source.topic(), partition = reader.partition(), "reading the alerts topic; retrying");
+                    last_error = Some(error.to_string());
+                }
+            }
             for record in &records {
                 let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload) else { continue };
                 let text = |field: &str| event.get(field).and_then(|v| v.as_str()).map(Name::from);
@@ -176,7 +207,12 @@ pub fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<(StockKey, 
         if at_end && now.duration_since(last_read) > Duration::from_millis(200) {
             break;
         }
-        anyhow::ensure!(now.duration_since(started) < Duration::from_secs(60), "reading the alerts topic {} to its end took over a minute", source.topic());
+        anyhow::ensure!(
+            now.duration_since(started) < Duration::from_secs(60),
+            "reading the alerts topic {} to its end took over a minute (last error: {})",
+            source.topic(),
+            last_error.as_deref().unwrap_or("none")
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     tracing::info!(topic = source.topic(), alerts = written.len(), "alerts already written");
@@ -286,9 +322,11 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     store.set_startup_targets(targets);
     let plan = Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets });
     let alerts_to = match &config.alerts {
-        Some(path) => {
-            Some(publish::AlertsOut { appender: path.appender.clone(), topic: path.source.topic().to_owned(), written: written_alerts(path.source.as_ref())? })
-        }
+        Some(path) => Some(publish::AlertsOut {
+            appender: path.appender.clone(),
+            topic: path.source.topic().to_owned(),
+            written: read_written_alerts(path.source.as_ref(), &store, &shutdown)?,
+        }),
         None => None,
     };
     let (to_publisher, from_workers) = std::sync::mpsc::channel();
