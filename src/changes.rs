@@ -133,6 +133,53 @@ pub struct Batch {
     pub changes: Vec<(Row, i8)>,
     /// When the batch was published (for latency measurements).
     pub published_at: Instant,
+    /// Each change as a stream line's JSON, rendered once for all the
+    /// streams that send it (see [`Batch::line`]).
+    lines: Vec<std::sync::OnceLock<String>>,
+    /// Per view, the indices of its changes sorted by (tenant, key, index):
+    /// a stream finds its rows by binary search, not by a scan of the batch.
+    index: std::sync::OnceLock<std::collections::HashMap<View, Vec<u32>>>,
+}
+
+impl Batch {
+    /// The changes of the epochs `(after, epoch]`.
+    pub fn new(after: Epoch, epoch: Epoch, changes: Vec<(Row, i8)>) -> Batch {
+        let lines = (0..changes.len()).map(|_| std::sync::OnceLock::new()).collect();
+        Batch { after, epoch, changes, published_at: Instant::now(), lines, index: std::sync::OnceLock::new() }
+    }
+
+    /// The indices of the changes of `view` for `tenant` whose key starts
+    /// with `prefix`, grouped by key, in batch order within a key (so a
+    /// row's retraction still comes before its insertion).
+    pub fn matching(&self, view: View, tenant: &str, prefix: &str) -> &[u32] {
+        let index = self.index.get_or_init(|| {
+            let mut by_view: std::collections::HashMap<View, Vec<u32>> = std::collections::HashMap::new();
+            for (i, (row, _)) in self.changes.iter().enumerate() {
+                by_view.entry(row.view()).or_default().push(i as u32);
+            }
+            for indices in by_view.values_mut() {
+                indices.sort_by(|a, b| {
+                    let (ra, rb) = (&self.changes[*a as usize].0, &self.changes[*b as usize].0);
+                    (ra.tenant().as_str(), ra.key(), a).cmp(&(rb.tenant().as_str(), rb.key(), b))
+                });
+            }
+            by_view
+        });
+        let Some(indices) = index.get(&view) else { return &[] };
+        let row = |i: &u32| &self.changes[*i as usize].0;
+        let start = indices.partition_point(|i| (row(i).tenant().as_str(), row(i).key()) < (tenant, prefix));
+        let len = indices[start..].partition_point(|i| row(i).tenant() == tenant && row(i).key().starts_with(prefix));
+        &indices[start..start + len]
+    }
+
+    /// Change `index` as `{"epoch", "row", "diff"}` JSON text, rendered on
+    /// first use: a thousand streams of one view serialize each row once.
+    pub fn line(&self, index: usize) -> &str {
+        self.lines[index].get_or_init(|| {
+            let (row, diff) = &self.changes[index];
+            serde_json::json!({"epoch": self.epoch, "row": row.json(), "diff": diff}).to_string()
+        })
+    }
 }
 
 /// Why a stream cannot resume from an epoch.
@@ -220,7 +267,7 @@ mod tests {
 
     fn batch(after: Epoch, epoch: Epoch, rows: usize) -> Batch {
         let key = SkuKey { tenant: "t".into(), sku: "s".into() };
-        Batch { after, epoch, changes: vec![(Row::Total(key, StockDelta::default()), 1); rows], published_at: Instant::now() }
+        Batch::new(after, epoch, vec![(Row::Total(key, StockDelta::default()), 1); rows])
     }
 
     #[test]
@@ -238,5 +285,28 @@ mod tests {
         assert_eq!(log.horizon(), 2);
         assert_eq!(log.since(1).unwrap_err(), Gone::Compacted { horizon: 2 });
         assert_eq!(log.since(2).unwrap().iter().map(|b| b.epoch).collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn matching_finds_a_prefix_and_keeps_the_order_within_a_key() {
+        let total =
+            |tenant: &str, sku: &str, on_hand: i64| Row::Total(SkuKey { tenant: tenant.into(), sku: sku.into() }, StockDelta { on_hand, ..Default::default() });
+        let batch = Batch::new(
+            0,
+            1,
+            vec![
+                (total("t", "B2", 1), -1),
+                (total("t", "A1", 5), 1),
+                (total("t", "B2", 2), 1),
+                (total("u", "B1", 9), 1),
+                (total("t", "B1", 3), 1),
+                (total("t", "C", 4), 1),
+            ],
+        );
+        assert_eq!(batch.matching(View::StockTotals, "t", "B"), [4, 0, 2]);
+        assert_eq!(batch.matching(View::StockTotals, "t", ""), [1, 4, 0, 2, 5]);
+        assert_eq!(batch.matching(View::StockTotals, "u", "B"), [3]);
+        assert!(batch.matching(View::Stock, "t", "").is_empty());
+        assert!(batch.matching(View::StockTotals, "t", "Z").is_empty());
     }
 }

@@ -209,6 +209,9 @@ pub fn alert(key: StockKey, kind: AlertKind, state: &AlertState, row: &StockDelt
     }
 }
 
+/// foldhash: keys are hashed per touched row per epoch; SipHash showed in profiles.
+type FastHash = foldhash::fast::RandomState;
+
 /// An epoch's input at one worker: stock deltas and item row changes.
 type Pending<T> = (Option<Capability<T>>, Vec<(StockKey, StockDelta)>, Vec<(SkuKey, ItemRow, isize)>);
 
@@ -232,10 +235,10 @@ where
     let items_pact = Exchange::new(move |((key, _), _, _): &((SkuKey, ItemRow), T, isize)| route(&key.tenant, &key.sku));
     let alerts = stock.inner.binary_frontier(items.inner, stock_pact, items_pact, "low stock", move |_capability, _info| {
         let mut stash: BTreeMap<T, Pending<T>> = BTreeMap::new();
-        let mut rows: HashMap<StockKey, StockDelta> = HashMap::new();
-        let mut locations: HashMap<SkuKey, Vec<Name>> = HashMap::new();
-        let mut catalogue: HashMap<SkuKey, ItemRule> = HashMap::new();
-        let mut states: HashMap<(StockKey, AlertKind), AlertState> = HashMap::new();
+        // Per stock row: its quantities and the state of its two alerts (one lookup for all three).
+        let mut rows: HashMap<StockKey, (StockDelta, [AlertState; 2]), FastHash> = HashMap::default();
+        let mut locations: HashMap<SkuKey, Vec<Name>, FastHash> = HashMap::default();
+        let mut catalogue: HashMap<SkuKey, ItemRule, FastHash> = HashMap::default();
         move |(stock, stock_frontier), (items, items_frontier), output| {
             stock.for_each(|capability, data| {
                 for (key, time, delta) in data.drain(..) {
@@ -260,10 +263,10 @@ where
                 let mut touched: Vec<StockKey> = Vec::with_capacity(deltas.len());
                 for (key, delta) in deltas {
                     match rows.entry(key.clone()) {
-                        std::collections::hash_map::Entry::Occupied(mut row) => row.get_mut().plus_equals(&delta),
+                        std::collections::hash_map::Entry::Occupied(mut row) => row.get_mut().0.plus_equals(&delta),
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             locations.entry(SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() }).or_default().push(key.location.clone());
-                            slot.insert(delta);
+                            slot.insert((delta, [AlertState::default(); 2]));
                         }
                     }
                     touched.push(key);
@@ -281,14 +284,16 @@ where
                 touched.dedup();
                 let Some(capability) = capability else { continue };
                 let mut session = output.session(&capability);
+                let mut sku = SkuKey { tenant: Name::default(), sku: Name::default() };
                 for key in touched {
-                    let row = rows[&key];
-                    let sku = SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() };
+                    let Some((row, states)) = rows.get_mut(&key) else { continue };
+                    if sku.tenant != key.tenant || sku.sku != key.sku {
+                        sku = SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() };
+                    }
                     let rule = thresholds.rule(&key.tenant, catalogue.get(&sku));
-                    for kind in AlertKind::ALL {
-                        let state = states.entry((key.clone(), kind)).or_default();
+                    for (kind, state) in AlertKind::ALL.into_iter().zip(states.iter_mut()) {
                         if step(state, kind, rule, thresholds.hysteresis, row.available()).is_some() {
-                            session.give((alert(key.clone(), kind, state, &row), capability.time().clone(), 1isize));
+                            session.give((alert(key.clone(), kind, state, row), capability.time().clone(), 1isize));
                         }
                     }
                 }

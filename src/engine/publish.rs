@@ -303,14 +303,20 @@ pub fn run_publisher(
             if let Some(out) = alerts_to.as_mut() {
                 write_alerts(out, &alerts, &metrics, &shutdown);
             }
+            // Counted per kind and state here, set once below: no label lookup per alert.
+            let mut counts = [[0u64; 2]; 2];
             for (alert, epoch) in alerts {
-                metrics.alert_transitions.with_label_values(&[alert.kind.name(), if alert.raised { "raised" } else { "cleared" }]).inc();
-                let delta = if alert.raised { 1 } else { -1 };
-                metrics.alerts_active.with_label_values(&[alert.kind.name()]).add(delta);
+                counts[alert.kind as usize][alert.raised as usize] += 1;
                 if track {
                     rows.push((Row::Alert(Box::new(alert.clone()), epoch), 1));
                 }
                 working.apply_alert(alert);
+            }
+            for kind in AlertKind::ALL {
+                let [cleared, raised] = counts[kind as usize];
+                metrics.alert_transitions.with_label_values(&[kind.name(), "raised"]).inc_by(raised);
+                metrics.alert_transitions.with_label_values(&[kind.name(), "cleared"]).inc_by(cleared);
+                metrics.alerts_active.with_label_values(&[kind.name()]).add(raised as i64 - cleared as i64);
             }
         }
         for (key, before) in low_before {
@@ -330,7 +336,7 @@ pub fn run_publisher(
         metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
         metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
         metrics.view_rows.with_label_values(&["orders"]).set(working.orders.len() as i64);
-        let batch = track.then(|| Batch { after, epoch: working.as_of.epoch, changes: rows, published_at: Instant::now() });
+        let batch = track.then(|| Batch::new(after, working.as_of.epoch, rows));
         store.publish_with(working.clone(), batch);
         if track {
             metrics.changes_retained.set(store.changes_retained().0 as i64);

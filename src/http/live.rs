@@ -326,21 +326,22 @@ impl Subscriber {
         loop {
             // Changes of fetched batches, a chunk at a time.
             while let Some((batch, sent)) = self.pending.front_mut() {
-                let mut rows = 0;
-                while *sent < batch.changes.len() && rows < ROWS_PER_CHUNK {
-                    let (row, diff) = &batch.changes[*sent];
-                    *sent += 1;
-                    if row.view() == self.view && *row.tenant() == self.tenant && row.key().starts_with(&self.prefix) {
-                        let epoch = batch.epoch;
-                        row_line(self.mode, self.format, &mut out, "change", row, *diff, epoch);
-                        rows += 1;
+                let matching = batch.matching(self.view, &self.tenant, &self.prefix);
+                let end = (*sent + ROWS_PER_CHUNK).min(matching.len());
+                for &index in &matching[*sent..end] {
+                    let (row, diff) = &batch.changes[index as usize];
+                    match self.mode {
+                        Mode::Rows => push_line(self.format, &mut out, "change", batch.line(index as usize)),
+                        Mode::Events => row_line(self.mode, self.format, &mut out, "change", row, *diff, batch.epoch),
                     }
                 }
+                let rows = end - *sent;
+                *sent = end;
                 if rows > 0 {
                     self.sent_in_batch = true;
                     self.metrics.stream_rows.with_label_values(&[self.view.name()]).inc_by(rows as u64);
                 }
-                if *sent == batch.changes.len() {
+                if *sent == matching.len() {
                     let epoch = batch.epoch;
                     self.pending.pop_front();
                     self.cursor = epoch;
@@ -427,16 +428,21 @@ fn row_line(mode: Mode, format: Format, out: &mut String, event: &str, row: &Row
         (Mode::Events, Row::Alert(alert, _)) => (alert.event_type(), row.json()),
         _ => (event, json!({"epoch": epoch, "row": row.json(), "diff": diff})),
     };
+    push_line(format, out, event, &data.to_string());
+}
+
+/// Frames one JSON text as an SSE event or an NDJSON line.
+fn push_line(format: Format, out: &mut String, event: &str, data: &str) {
     match format {
         Format::Sse => {
             out.push_str("event: ");
             out.push_str(event);
             out.push_str("\ndata: ");
-            out.push_str(&data.to_string());
+            out.push_str(data);
             out.push_str("\n\n");
         }
         Format::Ndjson => {
-            out.push_str(&data.to_string());
+            out.push_str(data);
             out.push('\n');
         }
     }
