@@ -265,32 +265,9 @@ pub fn run_publisher(
         } else {
             Vec::new()
         };
-        let mut stock: Vec<_> = stock.into_iter().collect();
-        stock.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, delta) in stock {
-            if track {
-                if let Some(before) = working.stock.get(&key) {
-                    rows.push((Row::Stock(key.clone(), *before), -1));
-                }
-            }
-            working.apply_stock(key.clone(), delta);
-            if track {
-                rows.push((Row::Stock(key.clone(), working.stock[&key]), 1));
-            }
-        }
-        let mut totals: Vec<_> = totals.into_iter().collect();
-        totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, delta) in totals {
-            if track {
-                if let Some(before) = working.stock_totals.get(&key) {
-                    rows.push((Row::Total(key.clone(), *before), -1));
-                }
-            }
-            working.apply_total(key.clone(), delta);
-            if track {
-                rows.push((Row::Total(key.clone(), working.stock_totals[&key]), 1));
-            }
-        }
+        let tracked = track.then_some(&mut rows);
+        let tracked = apply_deltas(stock, &mut working.stock, tracked, Row::Stock);
+        apply_deltas(totals, &mut working.stock_totals, tracked, Row::Total);
         // Outcomes are durable in the event log before anyone can see them.
         if let Some((appender, topic)) = &outcomes_to {
             if !outcomes.is_empty() {
@@ -431,6 +408,39 @@ fn append_outcomes(appender: &dyn Appender, topic: &str, outcomes: &[Event], met
             }
         }
     }
+}
+
+/// Adds folded deltas to a view, in key order (each row of the B-tree is
+/// touched once), and, when `rows` is given, records each row's retraction
+/// and new value for change streams. Hands `rows` back for the next view.
+fn apply_deltas<'a, K: Ord + Clone + std::hash::Hash>(
+    deltas: HashMap<K, StockDelta, foldhash::fast::RandomState>,
+    view: &mut imbl::OrdMap<K, StockDelta>,
+    mut rows: Option<&'a mut Vec<(Row, i8)>>,
+    row: impl Fn(K, StockDelta) -> Row,
+) -> Option<&'a mut Vec<(Row, i8)>> {
+    use differential_dataflow::difference::Semigroup;
+    let mut deltas: Vec<_> = deltas.into_iter().collect();
+    deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (key, delta) in deltas {
+        let updated = match view.get_mut(&key) {
+            Some(current) => {
+                if let Some(rows) = rows.as_deref_mut() {
+                    rows.push((row(key.clone(), *current), -1));
+                }
+                current.plus_equals(&delta);
+                *current
+            }
+            None => {
+                view.insert(key.clone(), delta);
+                delta
+            }
+        };
+        if let Some(rows) = rows.as_deref_mut() {
+            rows.push((row(key, updated), 1));
+        }
+    }
+    rows
 }
 
 fn fold<K: std::hash::Hash + Eq>(deltas: &mut HashMap<K, StockDelta, foldhash::fast::RandomState>, key: K, delta: StockDelta) {
