@@ -161,15 +161,11 @@ impl Store {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replaces the published state and wakes waiting readers.
-    pub fn publish(&self, snapshot: Snapshot) {
-        self.publish_with(snapshot, None);
-    }
-
-    /// Replaces the published state and appends the row changes that led to
-    /// it, in one step: a reader that takes a snapshot at epoch `E` finds
-    /// every later batch in the changelog (see [`Store::changes_since`]).
-    pub fn publish_with(&self, snapshot: Snapshot, batch: Option<Batch>) {
+    /// Replaces the published state, appends the row changes that led to it
+    /// (when change streams are on) in the same step, and wakes waiting
+    /// readers: a reader that takes a snapshot at epoch `E` finds every later
+    /// batch in the changelog (see [`Store::changes_since`]).
+    pub fn publish(&self, snapshot: Snapshot, batch: Option<Batch>) {
         let epoch = snapshot.as_of.epoch;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         if let Some(batch) = batch {
@@ -190,10 +186,9 @@ impl Store {
         self.changes.lock().unwrap_or_else(|p| p.into_inner()).since(epoch)
     }
 
-    /// (row changes retained, oldest epoch to resume from).
-    pub fn changes_retained(&self) -> (usize, Epoch) {
-        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
-        (changes.rows(), changes.horizon())
+    /// Row changes retained.
+    pub fn changes_retained(&self) -> usize {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).rows()
     }
 
     /// A receiver that changes whenever an epoch is published.
@@ -301,28 +296,6 @@ impl Store {
 
 /// Applies updates of one epoch to a working snapshot.
 impl Snapshot {
-    /// Adds a stock delta to a row (rows are never removed: see [`StockDelta`]).
-    pub fn apply_stock(&mut self, key: StockKey, delta: StockDelta) {
-        use differential_dataflow::difference::Semigroup;
-        match self.stock.get_mut(&key) {
-            Some(row) => row.plus_equals(&delta),
-            None => {
-                self.stock.insert(key, delta);
-            }
-        }
-    }
-
-    /// Adds a stock-total delta to a row.
-    pub fn apply_total(&mut self, key: SkuKey, delta: StockDelta) {
-        use differential_dataflow::difference::Semigroup;
-        match self.stock_totals.get_mut(&key) {
-            Some(row) => row.plus_equals(&delta),
-            None => {
-                self.stock_totals.insert(key, delta);
-            }
-        }
-    }
-
     /// Applies an order event to the `orders` view (the view does not depend
     /// on the order the events arrive in).
     pub fn apply_order(&mut self, event: &Event) {

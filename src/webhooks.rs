@@ -139,6 +139,12 @@ impl Webhooks {
         write_atomically(&self.cursor_path(id), &serde_json::to_vec(cursor).expect("offsets serialize"))
     }
 
+    fn save_cursor_logged(&self, id: &str, cursor: &BTreeMap<u32, u64>) {
+        if let Err(error) = self.save_cursor(id, cursor) {
+            tracing::warn!(webhook = %id, %error, "saving the webhook cursor failed");
+        }
+    }
+
     fn spawn(self: &Arc<Self>, hook: Webhook) {
         let stop = Arc::new(AtomicBool::new(false));
         let (this, flag) = (self.clone(), stop.clone());
@@ -185,18 +191,23 @@ impl Webhooks {
                         continue;
                     }
                 }
+                // Saved after each delivery (at least once) and once per chunk for the
+                // events this webhook skips: not one synced write per skipped event.
+                let mut unsaved = false;
                 for record in &records {
                     if stopping() {
-                        return;
+                        break;
                     }
+                    let mut delivered = false;
                     if let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload) {
                         if hook.wants(&event) {
+                            delivered = true;
                             let text = |field: &str| event.get(field).and_then(|v| v.as_str()).unwrap_or("").to_owned();
                             let mut count = |outcome: &str| self.metrics.webhook_attempts.with_label_values(&[&hook.id, outcome]).inc();
                             let (id, event_type) = (text("id"), text("type"));
                             let outgoing = Outgoing { id: &id, event_type: &event_type, body: &record.payload };
                             let Some(delivery) = deliver(&self.client, &hook, outgoing, &self.policy, &stopping, &mut count) else {
-                                return;
+                                break;
                             };
                             if delivery.status == "failed" {
                                 tracing::warn!(webhook = %hook.id, event = %delivery.event_id, error = ?delivery.error, "webhook delivery failed after every attempt");
@@ -210,9 +221,16 @@ impl Webhooks {
                         }
                     }
                     cursor.insert(reader.partition(), record.offset + 1);
-                    if let Err(error) = self.save_cursor(&hook.id, &cursor) {
-                        tracing::warn!(webhook = %hook.id, %error, "saving the webhook cursor failed");
+                    unsaved = !delivered;
+                    if delivered {
+                        self.save_cursor_logged(&hook.id, &cursor);
                     }
+                }
+                if unsaved {
+                    self.save_cursor_logged(&hook.id, &cursor);
+                }
+                if stopping() {
+                    return;
                 }
                 if let Ok(end) = reader.end_offset() {
                     lag += end.saturating_sub(reader.position());

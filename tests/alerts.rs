@@ -12,23 +12,9 @@ use stockflow::source::PartitionReader;
 
 mod common;
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
+use common::Client;
 
 impl Client {
-    fn new(running: &Running) -> Client {
-        Client { http: reqwest::Client::new(), base: format!("http://{}", running.addr) }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(format!("{}{}", self.base, path)).send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
     /// Posts a command, waits until the views reflect it; returns its token.
     async fn command(&self, path: &str, body: Value) -> String {
         let response = self.http.post(format!("{}{}", self.base, path)).json(&body).send().await.unwrap();

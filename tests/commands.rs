@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use stockflow::config::Settings;
-use stockflow::server::{self, Running};
+use stockflow::server;
 
 const COMMANDS: &str = "inventory.commands";
 
@@ -15,38 +15,9 @@ fn settings(dir: &std::path::Path, workers: usize) -> Settings {
     common::local_settings(dir, workers)
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
+use common::Client;
 
 impl Client {
-    fn new(running: &Running) -> Client {
-        Client { http: reqwest::Client::new(), base: format!("http://{}", running.addr) }
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, Some(body), &[]).await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(reqwest::Method::GET, path, None, &[]).await
-    }
-
     /// Posts a command that must be accepted for deciding; returns its answer.
     async fn command(&self, path: &str, body: Value) -> Value {
         let (status, answer) = self.post(path, body).await;

@@ -173,23 +173,21 @@ pub struct AlertState {
 
 /// Applies the rule to one alert: `Some(raised)` on a transition.
 pub fn step(state: &mut AlertState, kind: AlertKind, rule: Option<Rule>, hysteresis: i64, available: i64) -> Option<bool> {
-    let raised = match (state.active, rule) {
-        (false, Some(rule)) if available <= kind.threshold(&rule) => true,
-        (true, None) => false,
-        (true, Some(rule)) if available > kind.threshold(&rule).saturating_add(hysteresis) => false,
-        _ => {
-            if let (true, Some(rule)) = (state.active, rule) {
-                state.last_rule = Some(rule);
-            }
-            return None;
-        }
+    let transition = match (state.active, rule) {
+        (false, Some(rule)) if available <= kind.threshold(&rule) => Some(true),
+        (true, None) => Some(false),
+        (true, Some(rule)) if available > kind.threshold(&rule).saturating_add(hysteresis) => Some(false),
+        _ => None,
     };
-    state.active = raised;
-    state.transitions += 1;
-    if let Some(rule) = rule {
-        state.last_rule = Some(rule);
+    // An active (or now raised) alert follows its rule; a clear by deletion keeps the last one.
+    if state.active || transition.is_some() {
+        state.last_rule = rule.or(state.last_rule);
     }
-    Some(raised)
+    if let Some(raised) = transition {
+        state.active = raised;
+        state.transitions += 1;
+    }
+    transition
 }
 
 /// Builds the [`Alert`] of a transition.

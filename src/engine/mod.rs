@@ -131,9 +131,19 @@ pub struct AlertsPath {
     pub appender: Arc<dyn Appender>,
 }
 
+/// The fields of an alert event (`rows::alert_event_json`) that name its transition.
+#[derive(serde::Deserialize)]
+struct WrittenAlert {
+    tenant: Name,
+    sku: Name,
+    location: Name,
+    kind: AlertKind,
+    transition: u64,
+}
+
 /// [`written_alerts`], retried with backoff while the topic cannot be read
 /// (a topic just created may not be readable at once), saying so in `/ready`.
-fn read_written_alerts(source: &dyn Source, store: &Store, shutdown: &Shutdown) -> anyhow::Result<HashMap<(StockKey, AlertKind), u64>> {
+fn read_written_alerts(source: &dyn Source, store: &Store, shutdown: &Shutdown) -> anyhow::Result<HashMap<StockKey, [u64; 2]>> {
     let mut failures = 0u32;
     loop {
         match written_alerts(source) {
@@ -158,7 +168,7 @@ fn read_written_alerts(source: &dyn Source, store: &Store, shutdown: &Shutdown) 
 ///
 /// The end is where reads stop returning messages after the reported end
 /// offset (Tansu under-reports high watermarks), for at most a minute.
-pub fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<(StockKey, AlertKind), u64>> {
+fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64; 2]>> {
     let mut written = HashMap::new();
     let mut readers = Vec::new();
     for partition in 0..source.partitions() {
@@ -183,19 +193,9 @@ pub fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<(StockKey, 
                 }
             }
             for record in &records {
-                let Ok(event) = serde_json::from_slice::<serde_json::Value>(&record.payload) else { continue };
-                let text = |field: &str| event.get(field).and_then(|v| v.as_str()).map(Name::from);
-                let (Some(tenant), Some(sku), Some(location), Some(kind), Some(transition)) = (
-                    text("tenant"),
-                    text("sku"),
-                    text("location"),
-                    text("kind").and_then(|k| AlertKind::parse(&k)),
-                    event.get("transition").and_then(|t| t.as_u64()),
-                ) else {
-                    continue;
-                };
-                let slot = written.entry((StockKey { tenant, sku, location }, kind)).or_insert(0);
-                *slot = (*slot).max(transition);
+                let Ok(event) = serde_json::from_slice::<WrittenAlert>(&record.payload) else { continue };
+                let slot: &mut [u64; 2] = written.entry(StockKey { tenant: event.tenant, sku: event.sku, location: event.location }).or_default();
+                slot[event.kind as usize] = slot[event.kind as usize].max(event.transition);
             }
         }
         let now = Instant::now();

@@ -181,8 +181,9 @@ pub struct AlertsOut {
     pub appender: Arc<dyn Appender>,
     /// `alerts.events`.
     pub topic: String,
-    /// The highest transition already in the topic per `(stock row, kind)`.
-    pub written: HashMap<(StockKey, AlertKind), u64>,
+    /// The highest transition already in the topic per stock row, by kind
+    /// (indexed by `AlertKind as usize`).
+    pub written: HashMap<StockKey, [u64; 2]>,
 }
 
 /// The publisher thread: applies completed epochs to its working snapshot
@@ -231,8 +232,10 @@ pub fn run_publisher(
                         decided.push((tenant.clone(), command.clone()));
                         working.apply_command(tenant, command, event);
                     }
-                    Change::Item(key, row, diff) if track => {
-                        rows.push((Row::Item(key.clone(), row.clone()), diff.signum() as i8));
+                    Change::Item(key, row, diff) => {
+                        if track {
+                            rows.push((Row::Item(key.clone(), row.clone()), diff.signum() as i8));
+                        }
                         working.apply_item(key, row, diff);
                     }
                     Change::Order(event) if track => {
@@ -250,7 +253,12 @@ pub fn run_publisher(
                             }
                         }
                     }
-                    other => apply(&mut working, &topics, other),
+                    Change::Order(event) => working.apply_order(&event),
+                    Change::Progress(source, partition, offset) => {
+                        let topic = topics.get(source as usize).cloned().unwrap_or_else(|| format!("source-{source}"));
+                        let reached = working.as_of.offsets.entry(topic).or_default().entry(partition).or_insert(0);
+                        *reached = (*reached).max(offset);
+                    }
                 }
             }
             working.as_of.epoch = working.as_of.epoch.max(batch.last_complete);
@@ -272,7 +280,16 @@ pub fn run_publisher(
         if let Some((appender, topic)) = &outcomes_to {
             if !outcomes.is_empty() {
                 outcomes.sort_by(|a, b| (&a.tenant, a.seq, &a.id).cmp(&(&b.tenant, b.seq, &b.id)));
-                append_outcomes(appender.as_ref(), topic, &outcomes, &metrics, &shutdown);
+                let records: Vec<(Vec<u8>, Vec<u8>)> = outcomes
+                    .iter()
+                    .map(|event| {
+                        let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
+                        (key.into_bytes(), serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize"))
+                    })
+                    .collect();
+                if append_retrying(appender.as_ref(), topic, &records, &metrics.outcome_append_failures, &shutdown) {
+                    metrics.outcomes.inc_by(records.len() as u64);
+                }
             }
         }
         if !alerts.is_empty() {
@@ -314,9 +331,9 @@ pub fn run_publisher(
         metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
         metrics.view_rows.with_label_values(&["orders"]).set(working.orders.len() as i64);
         let batch = track.then(|| Batch::new(after, working.as_of.epoch, rows));
-        store.publish_with(working.clone(), batch);
+        store.publish(working.clone(), batch);
         if track {
-            metrics.changes_retained.set(store.changes_retained().0 as i64);
+            metrics.changes_retained.set(store.changes_retained() as i64);
         }
         // Only now: a reader must see the outcome or still see it pending, never neither.
         for (tenant, command) in decided {
@@ -345,7 +362,7 @@ fn low_stock_of(snapshot: &Snapshot, key: &StockKey) -> Option<LowStockRow> {
 /// backoff until acknowledged (or shutdown).
 fn write_alerts(out: &mut AlertsOut, alerts: &[(Alert, Epoch)], metrics: &Metrics, shutdown: &Shutdown) {
     let fresh: Vec<&(Alert, Epoch)> =
-        alerts.iter().filter(|(alert, _)| out.written.get(&(alert.key.clone(), alert.kind)).is_none_or(|&written| alert.transition > written)).collect();
+        alerts.iter().filter(|(alert, _)| out.written.get(&alert.key).is_none_or(|written| alert.transition > written[alert.kind as usize])).collect();
     if fresh.is_empty() {
         return;
     }
@@ -356,53 +373,30 @@ fn write_alerts(out: &mut AlertsOut, alerts: &[(Alert, Epoch)], metrics: &Metric
             (key.into_bytes(), serde_json::to_vec(&alert_event_json(alert, *epoch)).expect("JSON values serialize"))
         })
         .collect();
-    let mut failures = 0u32;
-    loop {
-        match out.appender.append(&out.topic, &records) {
-            Ok(_) => break,
-            Err(error) => {
-                failures += 1;
-                metrics.alert_append_failures.inc();
-                let backoff = std::time::Duration::from_millis(100u64 << failures.min(6));
-                tracing::warn!(%error, topic = %out.topic, retry_in_ms = backoff.as_millis() as u64, "appending alert events failed; retrying");
-                if shutdown.is_triggered() {
-                    return;
-                }
-                std::thread::sleep(backoff);
-            }
-        }
+    if !append_retrying(out.appender.as_ref(), &out.topic, &records, &metrics.alert_append_failures, shutdown) {
+        return;
     }
     metrics.alerts_written.inc_by(records.len() as u64);
     for (alert, _) in fresh {
-        out.written.insert((alert.key.clone(), alert.kind), alert.transition);
+        out.written.entry(alert.key.clone()).or_default()[alert.kind as usize] = alert.transition;
     }
 }
 
-/// Appends the decider's outcomes to the event topic, keyed `tenant/sku`,
-/// retrying with backoff until they are acknowledged (or shutdown): views
-/// that show an outcome never get ahead of the log that records it.
-fn append_outcomes(appender: &dyn Appender, topic: &str, outcomes: &[Event], metrics: &Metrics, shutdown: &Shutdown) {
-    let records: Vec<(Vec<u8>, Vec<u8>)> = outcomes
-        .iter()
-        .map(|event| {
-            let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
-            (key.into_bytes(), serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize"))
-        })
-        .collect();
-    let mut failures = 0u32;
+/// Appends `records` to `topic`, retrying with backoff until they are
+/// acknowledged (true) or shutdown (false): the views that show what they
+/// record (command outcomes, alert transitions) never get ahead of the log.
+fn append_retrying(appender: &dyn Appender, topic: &str, records: &[(Vec<u8>, Vec<u8>)], failures: &prometheus::IntCounter, shutdown: &Shutdown) -> bool {
+    let mut attempts = 0u32;
     loop {
-        match appender.append(topic, &records) {
-            Ok(_) => {
-                metrics.outcomes.inc_by(records.len() as u64);
-                return;
-            }
+        match appender.append(topic, records) {
+            Ok(_) => return true,
             Err(error) => {
-                failures += 1;
-                metrics.outcome_append_failures.inc();
-                let backoff = std::time::Duration::from_millis(100u64 << failures.min(6));
-                tracing::warn!(%error, topic, retry_in_ms = backoff.as_millis() as u64, "appending command outcomes failed; retrying");
+                attempts += 1;
+                failures.inc();
+                let backoff = std::time::Duration::from_millis(100u64 << attempts.min(6));
+                tracing::warn!(%error, topic, retry_in_ms = backoff.as_millis() as u64, "appending to the log failed; retrying");
                 if shutdown.is_triggered() {
-                    return;
+                    return false;
                 }
                 std::thread::sleep(backoff);
             }
@@ -449,24 +443,6 @@ fn fold<K: std::hash::Hash + Eq>(deltas: &mut HashMap<K, StockDelta, foldhash::f
         std::collections::hash_map::Entry::Occupied(mut row) => row.get_mut().plus_equals(&delta),
         std::collections::hash_map::Entry::Vacant(slot) => {
             slot.insert(delta);
-        }
-    }
-}
-
-fn apply(working: &mut Snapshot, topics: &[String], change: Change) {
-    match change {
-        Change::Item(key, row, diff) => working.apply_item(key, row, diff),
-        Change::Stock(key, delta) => working.apply_stock(key, delta),
-        Change::Total(key, delta) => working.apply_total(key, delta),
-        Change::Command(tenant, command, event) => working.apply_command(tenant, command, event),
-        Change::Order(event) => working.apply_order(&event),
-        Change::Alert(alert, _) => working.apply_alert(alert),
-        // Appended by the publisher loop before publishing; nothing to apply.
-        Change::Outcome(_) => {}
-        Change::Progress(source, partition, offset) => {
-            let topic = topics.get(source as usize).cloned().unwrap_or_else(|| format!("source-{source}"));
-            let reached = working.as_of.offsets.entry(topic).or_default().entry(partition).or_insert(0);
-            *reached = (*reached).max(offset);
         }
     }
 }

@@ -1,7 +1,49 @@
 //! What the tests against a local (embedded-log) server share.
 
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use serde_json::Value;
 use std::path::Path;
 use stockflow::config::{ServeArgs, Settings};
+use stockflow::server::Running;
+
+/// An HTTP client of one running server; tests add their own helpers in
+/// `impl Client` blocks of their own.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Client {
+    pub fn new(running: &Running) -> Client {
+        Client { http: reqwest::Client::new(), base: format!("http://{}", running.addr) }
+    }
+
+    /// Sends a request (a JSON body if given); answers the status and the
+    /// body as JSON (or as a JSON string when it is not JSON).
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body), &[]).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None, &[]).await
+    }
+}
 
 /// Settings of a server on the embedded log in `dir`, listening on a free
 /// loopback port, with short epochs: the defaults otherwise, resolved as the
