@@ -6,7 +6,8 @@
 //! Environment: `CHANGES_RETENTION=0` turns the changelog of change streams
 //! off; `LOW_STOCK_THRESHOLD=-1000000` keeps the alert operator from raising
 //! anything (this workload's levels hover around 0: with the default 10
-//! nearly every row raises and clears alerts).
+//! nearly every row raises and clears alerts); `KPIS=off` runs without the
+//! `kpis` dataflow.
 //! Prints one line per phase with events/s.
 
 use std::sync::Arc;
@@ -59,6 +60,8 @@ fn main() {
         dead_letters: None,
         commands: None,
         // LOW_STOCK_THRESHOLD=-1000000: the alert operator runs but nothing is ever raised.
+        // `KPIS=off`: the engine without the kpis dataflow, for the A/B of its cost.
+        kpis: (std::env::var("KPIS").as_deref() != Ok("off")).then(Default::default),
         thresholds: stockflow_dataflows::alerts::Thresholds {
             default: std::env::var("LOW_STOCK_THRESHOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(10),
             ..Default::default()

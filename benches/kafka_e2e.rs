@@ -125,6 +125,7 @@ fn main() {
         dead_letters: None,
         commands,
         thresholds: Default::default(),
+        kpis: Some(Default::default()),
         alerts: None,
     };
     let start = Instant::now();

@@ -17,7 +17,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use stockflow_dataflows::alerts::Alert;
-use stockflow_dataflows::model::{Epoch, ItemRow, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::kpis::{KpiRow, TopSkus};
+use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
 
 /// The views a change stream can follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,11 +35,15 @@ pub enum View {
     LowStock,
     /// Alert transitions (append-only: every row is an insertion).
     Alerts,
+    /// KPIs per tenant, window, bucket and metric.
+    Kpis,
+    /// Top skus per tenant and day.
+    TopSkus,
 }
 
 impl View {
     /// Every view, in catalogue order.
-    pub const ALL: [View; 6] = [View::Items, View::Stock, View::StockTotals, View::Orders, View::LowStock, View::Alerts];
+    pub const ALL: [View; 8] = [View::Items, View::Stock, View::StockTotals, View::Orders, View::LowStock, View::Alerts, View::Kpis, View::TopSkus];
 
     /// The view's name in URLs.
     pub fn name(self) -> &'static str {
@@ -49,6 +54,8 @@ impl View {
             View::Orders => "orders",
             View::LowStock => "low_stock",
             View::Alerts => "alerts",
+            View::Kpis => "kpis",
+            View::TopSkus => "top_skus",
         }
     }
 
@@ -73,6 +80,10 @@ pub enum Row {
     LowStock(StockKey, LowStockRow),
     /// An alert transition, with the epoch it happened in.
     Alert(Box<Alert>, Epoch),
+    /// A `kpis` row.
+    Kpi(Box<KpiRow>),
+    /// A `top_skus` row: tenant, day, the day's top skus.
+    TopSkus(Name, EventTime, Arc<TopSkus>),
 }
 
 impl Row {
@@ -85,6 +96,8 @@ impl Row {
             Row::Order(..) => View::Orders,
             Row::LowStock(..) => View::LowStock,
             Row::Alert(..) => View::Alerts,
+            Row::Kpi(..) => View::Kpis,
+            Row::TopSkus(..) => View::TopSkus,
         }
     }
 
@@ -95,16 +108,21 @@ impl Row {
             Row::Stock(key, _) | Row::LowStock(key, _) => &key.tenant,
             Row::Order(tenant, ..) => tenant,
             Row::Alert(alert, _) => &alert.key.tenant,
+            Row::Kpi(row) => &row.tenant,
+            Row::TopSkus(tenant, ..) => tenant,
         }
     }
 
-    /// The first key part after the tenant (sku, or order id): what `prefix` filters on.
+    /// The first key part after the tenant (sku, order id, metric; "" for
+    /// top skus): what `prefix` filters on.
     pub fn key(&self) -> &str {
         match self {
             Row::Item(key, _) | Row::Total(key, _) => &key.sku,
             Row::Stock(key, _) | Row::LowStock(key, _) => &key.sku,
             Row::Order(_, order_id, _) => order_id,
             Row::Alert(alert, _) => &alert.key.sku,
+            Row::Kpi(row) => &row.metric,
+            Row::TopSkus(..) => "",
         }
     }
 
@@ -117,6 +135,8 @@ impl Row {
             Row::Order(tenant, id, row) => rows::order_json(tenant, id, row),
             Row::LowStock(key, row) => rows::low_stock_json(key, row),
             Row::Alert(alert, epoch) => rows::alert_event_json(alert, *epoch),
+            Row::Kpi(row) => rows::kpi_json(row),
+            Row::TopSkus(tenant, day, top) => rows::top_skus_json(tenant, *day, top),
         }
     }
 }

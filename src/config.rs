@@ -91,6 +91,9 @@ pub struct ServeArgs {
     /// Wait after a failed webhook attempt, doubled after each further one (ms) [default: 500].
     #[arg(long, env = "STOCKFLOW_WEBHOOK_BACKOFF_MS")]
     pub webhook_backoff_ms: Option<u64>,
+    /// KPI buckets are kept while they end within this much event time of the newest hour seen (`90d`, `36h`) [default: 90d].
+    #[arg(long, env = "STOCKFLOW_KPI_RETENTION")]
+    pub kpi_retention: Option<String>,
     /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`) [default: inventory.events, order.events].
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
@@ -162,6 +165,10 @@ pub struct FileConfig {
     pub webhook_max_attempts: Option<u32>,
     /// See `--webhook-backoff-ms`.
     pub webhook_backoff_ms: Option<u64>,
+    /// See `--kpi-retention`.
+    pub kpi_retention: Option<String>,
+    /// `[[kpis]]` tables: custom KPIs (see docs/api.md, "KPIs").
+    pub kpis: Option<Vec<stockflow_dataflows::kpis::KpiSpecConfig>>,
     /// `[[sources]]` tables: the topics to read.
     pub sources: Option<Vec<SourceConfig>>,
     /// Demo generator settings.
@@ -247,6 +254,26 @@ pub struct Settings {
     pub changes_retention: usize,
     /// Webhook delivery retries.
     pub webhook_policy: stockflow_sinks::webhooks::Policy,
+    /// How long KPI buckets are kept (event time).
+    pub kpi_retention: Duration,
+    /// Custom KPIs.
+    pub kpi_specs: std::sync::Arc<[stockflow_dataflows::kpis::KpiSpec]>,
+}
+
+/// Parses a duration of event time: a whole number of days (`90d`) or hours (`36h`).
+pub fn parse_retention(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a whole number of days or hours (e.g. 90d, 36h)");
+    let (number, unit) = text.trim().split_at(text.trim().len().saturating_sub(1));
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let hours = match unit {
+        "d" => number.checked_mul(24).ok_or_else(bad)?,
+        "h" => number,
+        _ => return Err(bad()),
+    };
+    if hours == 0 || hours > 24 * 366 * 100 {
+        return Err(format!("`{text}`: between 1h and 100 years"));
+    }
+    Ok(Duration::from_secs(hours * 3600))
 }
 
 /// A Kafka topic name: 1 to 249 of letters, digits, '.', '_', '-'.
@@ -290,6 +317,8 @@ pub mod defaults {
     pub const WEBHOOK_MAX_ATTEMPTS: u32 = 6;
     /// `--webhook-backoff-ms`.
     pub const WEBHOOK_BACKOFF_MS: u64 = 500;
+    /// `--kpi-retention`.
+    pub const KPI_RETENTION: &str = "90d";
 }
 
 impl Settings {
@@ -339,6 +368,8 @@ impl Settings {
                 first_backoff: Duration::from_millis(args.webhook_backoff_ms.or(file.webhook_backoff_ms).unwrap_or(defaults::WEBHOOK_BACKOFF_MS)),
                 ..Default::default()
             },
+            kpi_retention: Duration::from_secs(90 * 24 * 3600),
+            kpi_specs: std::sync::Arc::from(Vec::new()),
         };
         if !(1..=100).contains(&settings.webhook_policy.max_attempts) {
             errors.push(format!("webhook_max_attempts: must be between 1 and 100, got {}", settings.webhook_policy.max_attempts));
@@ -347,6 +378,14 @@ impl Settings {
             errors.push(format!("webhook_backoff_ms: must be between 1 and 600000, got {}", settings.webhook_policy.first_backoff.as_millis()));
         }
         let mut settings = settings;
+        match parse_retention(args.kpi_retention.as_deref().or(file.kpi_retention.as_deref()).unwrap_or(defaults::KPI_RETENTION)) {
+            Ok(retention) => settings.kpi_retention = retention,
+            Err(reason) => errors.push(format!("kpi_retention: {reason}")),
+        }
+        match stockflow_dataflows::kpis::compile_all(file.kpis.as_deref().unwrap_or_default()) {
+            Ok(specs) => settings.kpi_specs = specs.into(),
+            Err(problems) => errors.extend(problems),
+        }
         for (tenant, threshold) in file.tenant_thresholds.unwrap_or_default() {
             if let Err(reason) = stockflow_dataflows::model::decode::validate_name(&tenant) {
                 errors.push(format!("tenant_thresholds: `{tenant}`: {reason}"));
@@ -490,6 +529,29 @@ mod tests {
         std::fs::write(&path, "wrokers = 3\n").unwrap();
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert!(errors[0].contains("unknown field `wrokers`"), "{errors:?}");
+    }
+
+    #[test]
+    fn kpi_specs_and_retention_are_validated_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stockflow.toml");
+        std::fs::write(
+            &path,
+            "kpi_retention = \"36h\"\n[[kpis]]\nname = \"damaged\"\nevent_type = \"stock.adjusted\"\nfilter = \"reason == 'damage'\"\ngroup_by = [\"location\"]\naggregate = \"sum\"\nfield = \"qty\"\nwindow = \"day\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let settings = Settings::resolve(&args, None).unwrap();
+        assert_eq!(settings.kpi_retention, Duration::from_secs(36 * 3600));
+        assert_eq!(settings.kpi_specs.len(), 1);
+        assert_eq!(settings.kpi_specs[0].windows, vec![stockflow_dataflows::kpis::Window::Day]);
+        std::fs::write(&path, "[[kpis]]\nname = \"x\"\nevent_type = \"stock.adjusted\"\naggregate = \"avg\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), kpi_retention: Some("90 days".into()), ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("kpi_retention: `90 days` is not")), "{errors:?}");
+        assert!(errors.iter().any(|e| e == "kpis[0] (x): field: `avg` needs the numeric field it aggregates"), "{errors:?}");
+        assert_eq!(parse_retention("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert!(parse_retention("0h").is_err());
     }
 
     #[test]

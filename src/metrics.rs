@@ -62,6 +62,8 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// Alert events waiting for delivery, per webhook.
     pub webhook_lag: IntGaugeVec,
+    /// KPI updates for buckets already past `--kpi-retention`, ignored.
+    pub kpi_too_late: IntCounter,
 }
 
 impl Default for Metrics {
@@ -142,6 +144,7 @@ impl Metrics {
             },
             webhook_attempts: counter("stockflow_webhook_attempts_total", "Webhook delivery attempts by outcome.", &["webhook", "outcome"]),
             webhook_lag: gauge("stockflow_webhook_lag", "Alert events not yet delivered (or given up on) per webhook.", &["webhook"]),
+            kpi_too_late: int_counter("stockflow_kpi_updates_too_late_total", "KPI updates ignored because their bucket was already past --kpi-retention."),
             registry,
         }
     }

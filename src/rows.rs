@@ -5,6 +5,7 @@
 use crate::store::{AlertPair, OrderRow};
 use serde_json::{json, Value};
 use stockflow_dataflows::alerts::Alert;
+use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
 
 /// RFC 3339 text of an event time, in UTC with milliseconds.
@@ -172,4 +173,33 @@ pub fn alert_row_json(alert: &Alert, stock: Option<&StockDelta>) -> Value {
         row["suggested_reorder_qty"] = json!(alert.target_level.saturating_sub(available).max(0));
     }
     row
+}
+
+/// A `kpis` row (`group` only for custom KPIs with `group_by`).
+pub fn kpi_json(row: &KpiRow) -> Value {
+    let mut answer = json!({
+        "tenant": row.tenant,
+        "window": row.window.name(),
+        "bucket": rfc3339(row.bucket),
+        "metric": row.metric,
+        "value": row.value.json(),
+    });
+    if !row.group.is_empty() {
+        answer["group"] = json!(row.group);
+    }
+    answer
+}
+
+/// The date (`YYYY-MM-DD`, UTC) of a day bucket.
+pub fn day_text(day: EventTime) -> String {
+    chrono::DateTime::from_timestamp_millis(day).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+/// A `top_skus` row: one tenant and day, best first.
+pub fn top_skus_json(tenant: &Name, day: EventTime, top: &TopSkus) -> Value {
+    json!({
+        "tenant": tenant,
+        "day": day_text(day),
+        "skus": top.skus.iter().enumerate().map(|(i, (sku, units))| json!({"rank": i + 1, "sku": sku, "units": units})).collect::<Vec<_>>(),
+    })
 }

@@ -42,6 +42,7 @@ fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Ar
     EngineConfig {
         thresholds: settings.thresholds.clone(),
         alerts: Some(alerts),
+        kpis: Some(crate::engine::KpiConfig { specs: settings.kpi_specs.clone(), retention: settings.kpi_retention }),
         workers: settings.workers,
         epoch: settings.epoch,
         epoch_max_events: settings.epoch_max_events,
@@ -154,6 +155,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         shutdown: shutdown.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
+        kpi_metrics: settings.kpi_specs.iter().map(|spec| spec.name.clone()).collect(),
         commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(appender, settings.commands_topic.clone())?) },
     };
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));

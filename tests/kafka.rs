@@ -43,6 +43,8 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         thresholds: Default::default(),
         changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
         webhook_policy: Default::default(),
+        kpi_retention: Duration::from_secs(90 * 24 * 3600),
+        kpi_specs: std::sync::Arc::from(Vec::new()),
     }
 }
 

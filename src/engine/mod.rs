@@ -23,6 +23,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::alerts::{AlertKind, Thresholds};
+use stockflow_dataflows::kpis::KpiSpec;
 use stockflow_dataflows::model::cqrs::decode_cqrs;
 use stockflow_dataflows::model::tradex::{decode_tradex, decode_tradex_command, is_command_topic};
 use stockflow_dataflows::model::{decode_command, decode_event, Command, DecodeError, Epoch, Event, Name, RecordContext, StockKey};
@@ -120,6 +121,24 @@ pub struct EngineConfig {
     pub thresholds: Thresholds,
     /// Where alert transitions are written, when they are.
     pub alerts: Option<AlertsPath>,
+    /// The KPIs (built-in and custom) and their retention; `None`: no KPIs.
+    pub kpis: Option<KpiConfig>,
+}
+
+/// What the `kpis` dataflow computes and how long its buckets live.
+#[derive(Clone)]
+pub struct KpiConfig {
+    /// Custom KPIs from the config file.
+    pub specs: Arc<[KpiSpec]>,
+    /// Buckets that ended this long before the newest hour of event time are dropped.
+    pub retention: Duration,
+}
+
+impl Default for KpiConfig {
+    /// The built-in KPIs, kept 90 days.
+    fn default() -> Self {
+        KpiConfig { specs: Arc::from(Vec::new()), retention: Duration::from_secs(90 * 24 * 3600) }
+    }
 }
 
 /// The alerts topic: read at start (which transitions it holds) and appended to.
@@ -331,12 +350,17 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     };
     let (to_publisher, from_workers) = std::sync::mpsc::channel();
     let publisher = {
-        let topics: Vec<String> = inputs.iter().map(|(source, _, _)| source.topic().to_owned()).collect();
-        let outcomes_to = config.commands.as_ref().map(|path| (path.appender.clone(), path.events_topic.clone()));
+        let outputs = publish::Outputs {
+            topics: inputs.iter().map(|(source, _, _)| source.topic().to_owned()).collect(),
+            outcomes_to: config.commands.as_ref().map(|path| (path.appender.clone(), path.events_topic.clone())),
+            alerts_to,
+            kpis: config.kpis.as_ref().map(|kpis| {
+                let retention = i64::try_from(kpis.retention.as_millis()).unwrap_or(i64::MAX);
+                stockflow_dataflows::kpis::Table::new(kpis.specs.clone(), retention)
+            }),
+        };
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
-        std::thread::Builder::new()
-            .name("stockflow-publish".into())
-            .spawn(move || publish::run_publisher(from_workers, topics, outcomes_to, alerts_to, store, metrics, shutdown))?
+        std::thread::Builder::new().name("stockflow-publish".into()).spawn(move || publish::run_publisher(from_workers, outputs, store, metrics, shutdown))?
     };
     {
         let (sources, store, metrics, shutdown) =
@@ -473,7 +497,7 @@ mod worker {
             let (commands_in, commands) = differential_dataflow::input::Input::new_collection(&scope);
             let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
             let publisher = publish::Publisher::new(index, closed_at.clone(), to_publisher);
-            publish::views(events, commands, config.commands.is_some(), config.thresholds.clone(), progress, publisher, &probe);
+            publish::views(events, commands, config, progress, publisher, &probe);
             (events_in, commands_in, progress_in)
         });
 

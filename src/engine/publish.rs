@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
-use stockflow_dataflows::alerts::{Alert, AlertKind, Thresholds};
+use stockflow_dataflows::alerts::{Alert, AlertKind};
+use stockflow_dataflows::kpis::{Cell, KpiKey, SkuGauge, Table};
 use stockflow_dataflows::model::command::causing_command;
 use stockflow_dataflows::model::{Command, Epoch, Event, EventBody, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use timely::dataflow::channels::pact::Exchange;
@@ -46,6 +47,10 @@ pub enum Change {
     Command(Name, Name, Event),
     /// An alert transition and the epoch it happened in.
     Alert(Alert, Epoch),
+    /// An addition to a KPI cell.
+    Kpi(KpiKey, Cell),
+    /// The min or max of a custom KPI's key, inserted (+1) or retracted (-1).
+    Extreme(KpiKey, i64, isize),
 }
 
 /// Builds the views over `events` and routes their updates, with `progress`,
@@ -53,19 +58,18 @@ pub enum Change {
 ///
 /// `commands` go through the decider, whose outcomes join the events in the
 /// same epoch (so a command's effects are visible when its position is) and
-/// are appended to the event topic by the publisher. Without `decide` (a
-/// read-only engine) there is no decider: its state would cost ingest
+/// are appended to the event topic by the publisher. Without a command path
+/// (a read-only engine) there is no decider: its state would cost ingest
 /// throughput for nothing.
 pub fn views<'scope>(
     events: VecCollection<'scope, Epoch, Event>,
     commands: VecCollection<'scope, Epoch, Command>,
-    decide: bool,
-    thresholds: Thresholds,
+    config: &super::EngineConfig,
     progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
     publisher: Publisher,
     probe: &Handle<Epoch>,
 ) {
-    let outcomes = if decide { stockflow_dataflows::decide(events.clone(), commands) } else { commands.flat_map(|_| None::<Event>) };
+    let outcomes = if config.commands.is_some() { stockflow_dataflows::decide(events.clone(), commands) } else { commands.flat_map(|_| None::<Event>) };
     // The log copy of an outcome comes back later with the same id: dedup keeps the first.
     let events = stockflow_dataflows::dedup(events.concat(outcomes.clone()));
     let caused = events.clone().flat_map(|event| {
@@ -77,9 +81,10 @@ pub fn views<'scope>(
     });
     let orders = events.clone().filter(|event| matches!(event.body, EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. }));
     let items = stockflow_dataflows::items(events.clone());
-    let stock = stockflow_dataflows::stock(events);
+    let stock = stockflow_dataflows::stock(events.clone());
     let totals = stockflow_dataflows::stock_totals(stock.clone());
-    let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), thresholds);
+    let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), config.thresholds.clone());
+    let kpis = config.kpis.as_ref().map(|kpis| stockflow_dataflows::kpis(events.clone(), kpis.specs.clone()));
 
     let changes = items
         .inner
@@ -90,8 +95,14 @@ pub fn views<'scope>(
         .concat(outcomes.inner.map(|(event, time, _)| (Change::Outcome(event), time)))
         .concat(caused.inner.map(|((tenant, command, event), time, _)| (Change::Command(tenant, command, event), time)))
         .concat(orders.inner.map(|(event, time, _)| (Change::Order(event), time)))
-        .concat(alerts.inner.map(|(alert, time, _)| (Change::Alert(alert, time), time)))
-        .probe_with(probe);
+        .concat(alerts.inner.map(|(alert, time, _)| (Change::Alert(alert, time), time)));
+    let changes = match kpis {
+        Some(kpis) => changes
+            .concat(kpis.cells.inner.map(|(key, time, cell)| (Change::Kpi(key, cell), time)))
+            .concat(kpis.extremes.inner.map(|((key, value), time, diff)| (Change::Extreme(key, value, diff), time))),
+        None => changes,
+    }
+    .probe_with(probe);
 
     let mut publisher = publisher;
     changes.sink(Exchange::new(|_: &(Change, Epoch)| 0), "publish views", move |(input, frontier)| {
@@ -186,6 +197,18 @@ pub struct AlertsOut {
     pub written: HashMap<StockKey, [u64; 2]>,
 }
 
+/// Where the publisher sends what it publishes, besides the store.
+pub struct Outputs {
+    /// Topic names by source index (for `as_of`).
+    pub topics: Vec<String>,
+    /// Where the decider's outcomes are appended, when there is a decider.
+    pub outcomes_to: Option<(Arc<dyn Appender>, String)>,
+    /// Where alert transitions are appended, when they are.
+    pub alerts_to: Option<AlertsOut>,
+    /// The KPI table, when KPIs are on.
+    pub kpis: Option<Table>,
+}
+
 /// The publisher thread: applies completed epochs to its working snapshot
 /// and publishes it. Whatever arrived while it was busy is applied before the
 /// next publish, so under load it publishes less often, with more epochs
@@ -195,15 +218,9 @@ pub struct AlertsOut {
 /// new alert transitions to the alerts topic (both durable before anyone sees
 /// them), and, when change streams are on, hands the store the row changes of
 /// the publish with the snapshot.
-pub fn run_publisher(
-    from_workers: std::sync::mpsc::Receiver<Completed>,
-    topics: Vec<String>,
-    outcomes_to: Option<(Arc<dyn Appender>, String)>,
-    mut alerts_to: Option<AlertsOut>,
-    store: Arc<Store>,
-    metrics: Metrics,
-    shutdown: Shutdown,
-) {
+pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs: Outputs, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) {
+    let Outputs { topics, outcomes_to, mut alerts_to, kpis } = outputs;
+    let mut kpis = kpis.map(|table| (table, Gauging::default()));
     let mut working = Snapshot::default();
     let track = store.changes_enabled();
     while let Ok(first) = from_workers.recv() {
@@ -221,6 +238,10 @@ pub fn run_publisher(
         let mut outcomes = Vec::new();
         let mut decided = Vec::new();
         let mut alerts: Vec<(Alert, Epoch)> = Vec::new();
+        let mut kpi_cells = Vec::new();
+        let mut extremes = Vec::new();
+        // Skus whose gauges may have moved: their items changed (stock and alerts are noted below).
+        let mut gauge_skus: Vec<SkuKey> = Vec::new();
         for batch in batches {
             for change in batch.changes {
                 match change {
@@ -232,7 +253,12 @@ pub fn run_publisher(
                         decided.push((tenant.clone(), command.clone()));
                         working.apply_command(tenant, command, event);
                     }
+                    Change::Kpi(key, cell) => kpi_cells.push((key, cell)),
+                    Change::Extreme(key, value, diff) => extremes.push(((key, value), diff)),
                     Change::Item(key, row, diff) => {
+                        if kpis.is_some() {
+                            gauge_skus.push(key.clone());
+                        }
                         if track {
                             rows.push((Row::Item(key.clone(), row.clone()), diff.signum() as i8));
                         }
@@ -273,6 +299,10 @@ pub fn run_publisher(
         } else {
             Vec::new()
         };
+        if kpis.is_some() {
+            gauge_skus.extend(totals.keys().cloned());
+            gauge_skus.extend(alerts.iter().map(|(alert, _)| SkuKey { tenant: alert.key.tenant.clone(), sku: alert.key.sku.clone() }));
+        }
         let tracked = track.then_some(&mut rows);
         let tracked = apply_deltas(stock, &mut working.stock, tracked, Row::Stock);
         apply_deltas(totals, &mut working.stock_totals, tracked, Row::Total);
@@ -324,6 +354,37 @@ pub fn run_publisher(
                 }
             }
         }
+        if let Some((table, gauging)) = kpis.as_mut() {
+            let changes = table.apply(kpi_cells, extremes);
+            metrics.kpi_too_late.inc_by(changes.too_late);
+            for (row, diff) in changes.rows {
+                let key = (row.tenant.clone(), row.window, row.bucket, row.metric.clone(), row.group.clone());
+                if diff > 0 {
+                    working.kpis.insert(key, row.value);
+                } else if working.kpis.get(&key) == Some(&row.value) {
+                    working.kpis.remove(&key);
+                }
+                if track {
+                    rows.push((Row::Kpi(Box::new(row)), diff));
+                }
+            }
+            for ((tenant, day), before, after) in changes.top {
+                match &after {
+                    Some(top) => working.top_skus.insert((tenant.clone(), day), top.clone()),
+                    None => working.top_skus.remove(&(tenant.clone(), day)),
+                };
+                if track {
+                    if let Some(before) = before {
+                        rows.push((Row::TopSkus(tenant.clone(), day, before), -1));
+                    }
+                    if let Some(after) = after {
+                        rows.push((Row::TopSkus(tenant, day, after), 1));
+                    }
+                }
+            }
+            gauging.update(&mut working, gauge_skus);
+            metrics.view_rows.with_label_values(&["kpis"]).set(working.kpis.len() as i64);
+        }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
         metrics.published_epoch.set(working.as_of.epoch as i64);
         metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
@@ -342,6 +403,40 @@ pub fn run_publisher(
         let now = Instant::now();
         for at in closed {
             metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
+        }
+    }
+}
+
+/// The gauges' bookkeeping: what each sku contributes now.
+#[derive(Default)]
+struct Gauging {
+    skus: HashMap<SkuKey, SkuGauge, foldhash::fast::RandomState>,
+}
+
+impl Gauging {
+    /// Recomputes the contribution of every sku in `touched` from the
+    /// working snapshot and moves its tenant's gauges by the difference.
+    fn update(&mut self, working: &mut Snapshot, mut touched: Vec<SkuKey>) {
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched {
+            let item = working.items.get(&key);
+            let on_hand = working.stock_totals.get(&key).map_or(0, |total| total.on_hand);
+            let first = StockKey { tenant: key.tenant.clone(), sku: key.sku.clone(), location: Name::default() };
+            let (mut low, mut out) = (false, false);
+            for (_, pair) in working.alerts.range(first..).take_while(|(k, _)| k.tenant == key.tenant && k.sku == key.sku) {
+                low |= pair.low_stock.as_ref().is_some_and(|a| a.raised);
+                out |= pair.out_of_stock.as_ref().is_some_and(|a| a.raised);
+            }
+            let after = SkuGauge::of(item, on_hand, low, out);
+            let before = match after == SkuGauge::default() {
+                true => self.skus.remove(&key),
+                false => self.skus.insert(key.clone(), after),
+            }
+            .unwrap_or_default();
+            if before != after {
+                working.gauges.entry(key.tenant.clone()).or_default().replace(before, after);
+            }
         }
     }
 }

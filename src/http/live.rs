@@ -16,6 +16,8 @@ use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
 use crate::rows::{alert_row_json, low_stock_json, low_stock_row};
+use stockflow_dataflows::kpis::{KpiRow, Window};
+use stockflow_dataflows::model::EventTime;
 use crate::store::{Snapshot, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -262,6 +264,25 @@ fn snapshot_rows(snapshot: &Snapshot, view: View, tenant: &Name, prefix: &str) -
             .collect(),
         // Transitions are events: the snapshot of the alerts is `GET /v1/alerts`.
         View::Alerts => Vec::new(),
+        View::Kpis => {
+            let start = (tenant.clone(), Window::Hour, EventTime::MIN, Name::default(), Name::default());
+            snapshot
+                .kpis
+                .range(start..)
+                .take_while(|(k, _)| &k.0 == tenant)
+                .filter(|(k, _)| k.3.starts_with(prefix))
+                .map(|((tenant, window, bucket, metric, group), value)| {
+                    Row::Kpi(Box::new(KpiRow { tenant: tenant.clone(), window: *window, bucket: *bucket, metric: metric.clone(), group: group.clone(), value: *value }))
+                })
+                .collect()
+        }
+        View::TopSkus if prefix.is_empty() => snapshot
+            .top_skus
+            .range((tenant.clone(), EventTime::MIN)..)
+            .take_while(|(k, _)| &k.0 == tenant)
+            .map(|((tenant, day), top)| Row::TopSkus(tenant.clone(), *day, top.clone()))
+            .collect(),
+        View::TopSkus => Vec::new(),
     }
 }
 

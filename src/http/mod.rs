@@ -7,6 +7,7 @@
 
 mod commands;
 pub mod error;
+mod kpis;
 mod live;
 mod reads;
 mod webhooks;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// Fires when the server stops: open change streams end.
     pub shutdown: crate::shutdown::Shutdown,
+    /// Names of the custom KPIs (`GET /v1/kpis` accepts them as `metric`).
+    pub kpi_metrics: Arc<[stockflow_dataflows::model::Name]>,
 }
 
 /// Appends commands to the commands topic, in groups: a thread of its own
@@ -116,6 +119,8 @@ pub fn app(state: AppState) -> Router {
         .route("/alerts", get(live::list_alerts))
         .route("/alerts/stream", get(live::alert_stream))
         .route("/replenishment", get(live::replenishment))
+        .route("/kpis", get(kpis::list_kpis))
+        .route("/kpis/top-skus", get(kpis::top_skus))
         .route("/webhooks", get(webhooks::list).post(webhooks::register))
         .route("/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
         .route("/webhooks/{id}/deliveries", get(webhooks::deliveries));

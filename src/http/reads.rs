@@ -181,6 +181,8 @@ pub(super) async fn views(State(state): State<AppState>, Params(params): Params<
         {"name": "stock", "key": ["tenant", "sku", "location"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock.len()},
         {"name": "stock_totals", "key": ["tenant", "sku"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock_totals.len()},
         {"name": "orders", "key": ["tenant", "order_id"], "columns": ["customer_id", "status", "reason", "lines", "total", "placed_at", "updated_at"], "rows": snapshot.orders.len()},
+        {"name": "kpis", "key": ["tenant", "window", "bucket", "metric", "group"], "columns": ["value"], "rows": snapshot.kpis.len()},
+        {"name": "top_skus", "key": ["tenant", "day"], "columns": ["skus"], "rows": snapshot.top_skus.len()},
     ]);
     Ok(Json(json!({"as_of": snapshot.as_of, "views": views})))
 }
