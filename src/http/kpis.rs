@@ -91,7 +91,11 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
         }
     };
     if from >= to {
-        return Err(ApiError::bad_request(format!("query parameters from/to: from ({}) must be before to ({})", rfc3339(from).unwrap_or_default(), rfc3339(to).unwrap_or_default())));
+        return Err(ApiError::bad_request(format!(
+            "query parameters from/to: from ({}) must be before to ({})",
+            rfc3339(from).unwrap_or_default(),
+            rfc3339(to).unwrap_or_default()
+        )));
     }
     // Buckets that overlap [from, to).
     let first = window.bucket(from);
@@ -117,8 +121,12 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
         })
         .collect();
     let gauges = snapshot.gauges.get(&tenant).copied().unwrap_or_default();
-    let gauges: serde_json::Map<String, Value> =
-        gauges.values().into_iter().filter(|(name, _)| params.metric.as_deref().is_none_or(|m| m == *name)).map(|(name, value)| (name.to_owned(), value.json())).collect();
+    let gauges: serde_json::Map<String, Value> = gauges
+        .values()
+        .into_iter()
+        .filter(|(name, _)| params.metric.as_deref().is_none_or(|m| m == *name))
+        .map(|(name, value)| (name.to_owned(), value.json()))
+        .collect();
     Ok(Json(json!({
         "as_of": snapshot.as_of,
         "tenant": tenant,

@@ -16,8 +16,6 @@ use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
 use crate::rows::{alert_row_json, low_stock_json, low_stock_row};
-use stockflow_dataflows::kpis::{KpiRow, Window};
-use stockflow_dataflows::model::EventTime;
 use crate::store::{Snapshot, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -30,6 +28,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_dataflows::alerts::AlertKind;
+use stockflow_dataflows::kpis::{KpiRow, Window};
+use stockflow_dataflows::model::EventTime;
 use stockflow_dataflows::model::{Epoch, Name, StockKey, DEFAULT_TENANT};
 
 #[derive(Deserialize)]
@@ -269,17 +269,24 @@ fn snapshot_rows(snapshot: &Snapshot, view: View, tenant: &Name, prefix: &str) -
             snapshot
                 .kpis
                 .range(start..)
-                .take_while(|(k, _)| &k.0 == tenant)
+                .take_while(|(k, _)| k.0 == *tenant)
                 .filter(|(k, _)| k.3.starts_with(prefix))
                 .map(|((tenant, window, bucket, metric, group), value)| {
-                    Row::Kpi(Box::new(KpiRow { tenant: tenant.clone(), window: *window, bucket: *bucket, metric: metric.clone(), group: group.clone(), value: *value }))
+                    Row::Kpi(Box::new(KpiRow {
+                        tenant: tenant.clone(),
+                        window: *window,
+                        bucket: *bucket,
+                        metric: metric.clone(),
+                        group: group.clone(),
+                        value: *value,
+                    }))
                 })
                 .collect()
         }
         View::TopSkus if prefix.is_empty() => snapshot
             .top_skus
             .range((tenant.clone(), EventTime::MIN)..)
-            .take_while(|(k, _)| &k.0 == tenant)
+            .take_while(|(k, _)| k.0 == *tenant)
             .map(|((tenant, day), top)| Row::TopSkus(tenant.clone(), *day, top.clone()))
             .collect(),
         View::TopSkus => Vec::new(),
