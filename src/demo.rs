@@ -44,6 +44,8 @@ struct OpenReservation {
     tenant: &'static str,
     sku: String,
     id: String,
+    /// The order the reservation holds stock for.
+    order_id: String,
     due: Instant,
 }
 
@@ -73,7 +75,7 @@ pub fn run(topic: Arc<Topic>, store: Arc<Store>, metrics: Metrics, shutdown: Shu
         let snapshot = store.snapshot();
         let mut batch = Vec::with_capacity(count);
         for _ in 0..count {
-            batch.push(generator.next_event(&snapshot));
+            generator.next_event(&snapshot, &mut batch);
         }
         generator.release_due(&mut batch);
         if let Err(error) = generator.append(&batch) {
@@ -143,7 +145,8 @@ impl Generator {
         Ok(())
     }
 
-    fn next_event(&mut self, snapshot: &crate::store::Snapshot) -> Pending {
+    /// Appends the next event (a reservation comes with the order it is for) to `batch`.
+    fn next_event(&mut self, snapshot: &crate::store::Snapshot, batch: &mut Vec<Pending>) {
         let plan = &TENANTS[match self.rng.random_range(0..10) {
             0..=5 => 0,
             6..=8 => 1,
@@ -167,14 +170,29 @@ impl Generator {
                    "qty": -self.rng.random_range(1..=available.min(3)), "reason": "sale"})
         } else if roll < 90 {
             let reservation_id = format!("res-{id}");
+            let order_id = format!("ord-{id}");
+            let qty = self.rng.random_range(1..=available.min(2));
+            let price = snapshot
+                .items
+                .get(&stockflow_dataflows::model::SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() })
+                .map_or(stockflow_dataflows::model::Money::from_cents(999), |item| item.price);
+            let total = price.checked_mul(qty).unwrap_or(price);
+            batch.push((
+                plan.tenant,
+                sku.clone(),
+                json!({"id": format!("{id}-order"), "type": "order.placed", "tenant": plan.tenant, "ts": ts, "order_id": order_id,
+                       "customer_id": format!("customer-{}", self.rng.random_range(1..500)),
+                       "lines": [{"sku": sku, "location": location, "qty": qty, "price": price}], "total": total}),
+            ));
             self.open.push_back(OpenReservation {
                 tenant: plan.tenant,
                 sku: sku.clone(),
                 id: reservation_id.clone(),
+                order_id: order_id.clone(),
                 due: Instant::now() + Duration::from_millis(self.rng.random_range(500..5000)),
             });
             json!({"id": id, "type": "stock.reserved", "tenant": plan.tenant, "ts": ts, "sku": sku, "location": location,
-                   "qty": self.rng.random_range(1..=available.min(2)), "reservation_id": reservation_id})
+                   "qty": qty, "reservation_id": reservation_id, "order_id": order_id})
         } else if roll < 95 {
             json!({"id": id, "type": "stock.adjusted", "tenant": plan.tenant, "ts": ts, "sku": sku, "location": location,
                    "qty": 1, "reason": "return"})
@@ -183,18 +201,22 @@ impl Generator {
             json!({"id": id, "type": "item.updated", "tenant": plan.tenant, "ts": ts, "sku": sku,
                    "price": format!("{}.{:02}", cents / 100, cents % 100)})
         };
-        (plan.tenant, sku, body)
+        batch.push((plan.tenant, sku, body));
     }
 
-    /// Commits (3 in 4) or releases the reservations whose time has come.
+    /// Commits (3 in 4: the order ships) or releases (the order is
+    /// cancelled) the reservations whose time has come.
     fn release_due(&mut self, batch: &mut Vec<Pending>) {
         let now = Instant::now();
         while self.open.front().is_some_and(|r| r.due <= now) {
             let Some(reservation) = self.open.pop_front() else { break };
-            let kind = if self.rng.random_range(0..4) == 0 { "stock.released" } else { "stock.committed" };
+            let released = self.rng.random_range(0..4) == 0;
+            let (kind, status) = if released { ("stock.released", "order.cancelled") } else { ("stock.committed", "order.shipped") };
             let body =
                 json!({"id": self.id(), "type": kind, "tenant": reservation.tenant, "ts": now_ms(), "reservation_id": reservation.id, "sku": reservation.sku});
-            batch.push((reservation.tenant, reservation.sku, body));
+            batch.push((reservation.tenant, reservation.sku.clone(), body));
+            let order = json!({"id": self.id(), "type": status, "tenant": reservation.tenant, "ts": now_ms(), "order_id": reservation.order_id});
+            batch.push((reservation.tenant, reservation.sku, order));
         }
     }
 
