@@ -80,7 +80,7 @@ async fn stock_reads_reflect_events_with_totals_equal_to_locations() {
     let (status, _, views) = get(&running, "/v1/views").await;
     assert_eq!(status, 200);
     let names: Vec<&str> = views["views"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["items", "stock", "stock_totals", "orders"]);
+    assert_eq!(names, ["items", "stock", "stock_totals", "orders", "kpis", "top_skus"]);
     assert_eq!(views["views"][1]["rows"], 3);
     running.shutdown.trigger();
     running.wait().await.unwrap();
