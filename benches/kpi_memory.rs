@@ -20,7 +20,7 @@ fn main() {
     let metrics = [cells::STOCK_MOVEMENTS, cells::ITEMS_CREATED, cells::ORDERS_CANCELLED, cells::UNITS_SOLD];
     let before = resident_bytes();
     let mut table = Table::new(Arc::from(Vec::new()), i64::MAX);
-    let mut snapshot: imbl::OrdMap<(Name, Window, i64, Name, Name), stockflow_dataflows::kpis::KpiValue> = imbl::OrdMap::new();
+    let mut snapshot: imbl::OrdMap<KpiKey, stockflow_dataflows::kpis::KpiValue> = imbl::OrdMap::new();
     let started = std::time::Instant::now();
     let mut made = 0;
     let mut bucket = 0i64;
@@ -43,11 +43,10 @@ fn main() {
         made += batch.len();
         bucket += Window::Hour.millis();
         for (row, diff) in table.apply(batch, Vec::new()).rows {
-            let key = (row.tenant.clone(), row.window, row.bucket, row.metric.clone(), row.group.clone());
             if diff > 0 {
-                snapshot.insert(key, row.value);
+                snapshot.insert(row.key, row.value);
             } else {
-                snapshot.remove(&key);
+                snapshot.remove(&row.key);
             }
         }
     }

@@ -108,7 +108,7 @@ impl Row {
             Row::Stock(key, _) | Row::LowStock(key, _) => &key.tenant,
             Row::Order(tenant, ..) => tenant,
             Row::Alert(alert, _) => &alert.key.tenant,
-            Row::Kpi(row) => &row.tenant,
+            Row::Kpi(row) => &row.key.tenant,
             Row::TopSkus(tenant, ..) => tenant,
         }
     }
@@ -121,7 +121,7 @@ impl Row {
             Row::Stock(key, _) | Row::LowStock(key, _) => &key.sku,
             Row::Order(_, order_id, _) => order_id,
             Row::Alert(alert, _) => &alert.key.sku,
-            Row::Kpi(row) => &row.metric,
+            Row::Kpi(row) => &row.key.metric,
             Row::TopSkus(..) => "",
         }
     }

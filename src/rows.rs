@@ -178,14 +178,14 @@ pub fn alert_row_json(alert: &Alert, stock: Option<&StockDelta>) -> Value {
 /// A `kpis` row (`group` only for custom KPIs with `group_by`).
 pub fn kpi_json(row: &KpiRow) -> Value {
     let mut answer = json!({
-        "tenant": row.tenant,
-        "window": row.window.name(),
-        "bucket": rfc3339(row.bucket),
-        "metric": row.metric,
+        "tenant": row.key.tenant,
+        "window": row.key.window.name(),
+        "bucket": rfc3339(row.key.bucket),
+        "metric": row.key.metric,
         "value": row.value.json(),
     });
-    if !row.group.is_empty() {
-        answer["group"] = json!(row.group);
+    if !row.key.group.is_empty() {
+        answer["group"] = json!(row.key.group);
     }
     answer
 }

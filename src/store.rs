@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use stockflow_dataflows::alerts::{Alert, AlertKind};
-use stockflow_dataflows::kpis::{Gauges, KpiValue, TopSkus, Window};
+use stockflow_dataflows::kpis::{Gauges, KpiKey, KpiValue, TopSkus};
 use stockflow_dataflows::model::{Epoch, Event, EventBody, EventTime, ItemRow, Money, Name, OrderLine, OrderStatus, SkuKey, StockDelta, StockKey};
 use tokio::sync::watch;
 
@@ -53,15 +53,12 @@ pub struct Snapshot {
     /// Alerts: the latest transition of each kind per stock row that ever had one.
     pub alerts: OrdMap<StockKey, AlertPair>,
     /// The `kpis` view: (tenant, window, bucket, metric, group) → value.
-    pub kpis: OrdMap<KpiRowKey, KpiValue>,
+    pub kpis: OrdMap<KpiKey, KpiValue>,
     /// The `top_skus` view: (tenant, day) → the day's top skus.
     pub top_skus: OrdMap<(Name, EventTime), Arc<TopSkus>>,
     /// Point-in-time gauges per tenant.
     pub gauges: OrdMap<Name, Gauges>,
 }
-
-/// Key of a `kpis` row: tenant, window, bucket start, metric, group.
-pub type KpiRowKey = (Name, Window, EventTime, Name, Name);
 
 /// The latest transition of each alert kind of one stock row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

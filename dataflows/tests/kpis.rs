@@ -16,7 +16,9 @@ use stockflow_dataflows::kpis::{Cell, KpiKey, KpiSpec, KpiSpecConfig, Table, Win
 use stockflow_dataflows::model::{Event, EventBody, Money, Name, OrderLine, OrderStatus};
 use timely::dataflow::operators::probe::Handle;
 
-type Epoch = u64;
+mod common;
+
+use common::Epoch;
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 86_400_000;
@@ -52,7 +54,6 @@ fn run(epochs: Vec<Vec<Event>>, workers: usize) -> Output {
     let output = Arc::new(Mutex::new(Output::default()));
     let shared = output.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
-        let (index, peers) = (worker.index(), worker.peers());
         let out = shared.clone();
         let probe = Handle::new();
         let mut input = worker.dataflow::<Epoch, _, _>(|scope| {
@@ -64,18 +65,7 @@ fn run(epochs: Vec<Vec<Event>>, workers: usize) -> Output {
             kpis.extremes.inspect(move |(d, t, r)| o.lock().unwrap().extremes.push((d.clone(), *t, *r))).probe_with(&probe);
             input
         });
-        for (epoch, events) in epochs.iter().enumerate() {
-            for (i, event) in events.iter().enumerate() {
-                if i % peers == index {
-                    input.insert(event.clone());
-                }
-            }
-            input.advance_to(epoch as Epoch + 1);
-            input.flush();
-            while probe.less_than(input.time()) {
-                worker.step();
-            }
-        }
+        common::feed(worker, &mut input, &probe, &epochs);
     })
     .expect("timely runs");
     Arc::try_unwrap(output).ok().expect("workers are done").into_inner().unwrap()
@@ -238,7 +228,7 @@ fn table_rows(table: &Table) -> Rows {
     table
         .rows()
         .into_iter()
-        .map(|r| ((r.tenant.to_string(), r.window.name(), r.bucket, r.metric.to_string(), r.group.to_string()), r.value.json().to_string()))
+        .map(|r| ((r.key.tenant.to_string(), r.key.window.name(), r.key.bucket, r.key.metric.to_string(), r.key.group.to_string()), r.value.json().to_string()))
         .collect()
 }
 

@@ -16,7 +16,9 @@ use stockflow_dataflows::alerts::{Alert, AlertKind, Thresholds};
 use stockflow_dataflows::model::{Event, EventBody, ItemRow, Money, Name, SkuKey, StockDelta, StockKey};
 use timely::dataflow::operators::probe::Handle;
 
-type Epoch = u64;
+mod common;
+
+use common::Epoch;
 
 /// Everything the views emitted, with times.
 #[derive(Default)]
@@ -35,8 +37,6 @@ fn run_with_thresholds(epochs: Vec<Vec<Event>>, workers: usize, thresholds: Thre
     let output = Arc::new(Mutex::new(Output::default()));
     let shared = output.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
-        let index = worker.index();
-        let peers = worker.peers();
         let out = shared.clone();
         let probe = Handle::new();
         let thresholds = thresholds.clone();
@@ -57,18 +57,7 @@ fn run_with_thresholds(epochs: Vec<Vec<Event>>, workers: usize, thresholds: Thre
             totals.inspect(move |(d, t, r)| o.lock().unwrap().totals.push((d.clone(), *t, *r))).probe_with(&probe);
             input
         });
-        for (epoch, events) in epochs.iter().enumerate() {
-            for (i, event) in events.iter().enumerate() {
-                if i % peers == index {
-                    input.insert(event.clone());
-                }
-            }
-            input.advance_to(epoch as Epoch + 1);
-            input.flush();
-            while probe.less_than(input.time()) {
-                worker.step();
-            }
-        }
+        common::feed(worker, &mut input, &probe, &epochs);
     })
     .expect("timely runs");
     Arc::try_unwrap(output).ok().expect("workers are done").into_inner().unwrap()

@@ -240,8 +240,10 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         let mut alerts: Vec<(Alert, Epoch)> = Vec::new();
         let mut kpi_cells = Vec::new();
         let mut extremes = Vec::new();
-        // Skus whose gauges may have moved: their items changed (stock and alerts are noted below).
+        // Skus whose gauges may have moved: their items changed (stock is noted below).
         let mut gauge_skus: Vec<SkuKey> = Vec::new();
+        // ...and skus with alert transitions (their alert flags are looked up again).
+        let mut alerted_skus: Vec<SkuKey> = Vec::new();
         for batch in batches {
             for change in batch.changes {
                 match change {
@@ -301,7 +303,7 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         };
         if kpis.is_some() {
             gauge_skus.extend(totals.keys().cloned());
-            gauge_skus.extend(alerts.iter().map(|(alert, _)| SkuKey { tenant: alert.key.tenant.clone(), sku: alert.key.sku.clone() }));
+            alerted_skus.extend(alerts.iter().map(|(alert, _)| SkuKey { tenant: alert.key.tenant.clone(), sku: alert.key.sku.clone() }));
         }
         let tracked = track.then_some(&mut rows);
         let tracked = apply_deltas(stock, &mut working.stock, tracked, Row::Stock);
@@ -358,11 +360,10 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
             let changes = table.apply(kpi_cells, extremes);
             metrics.kpi_too_late.inc_by(changes.too_late);
             for (row, diff) in changes.rows {
-                let key = (row.tenant.clone(), row.window, row.bucket, row.metric.clone(), row.group.clone());
                 if diff > 0 {
-                    working.kpis.insert(key, row.value);
-                } else if working.kpis.get(&key) == Some(&row.value) {
-                    working.kpis.remove(&key);
+                    working.kpis.insert(row.key.clone(), row.value);
+                } else if working.kpis.get(&row.key) == Some(&row.value) {
+                    working.kpis.remove(&row.key);
                 }
                 if track {
                     rows.push((Row::Kpi(Box::new(row)), diff));
@@ -382,7 +383,7 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
                     }
                 }
             }
-            gauging.update(&mut working, gauge_skus);
+            gauging.update(&mut working, gauge_skus, alerted_skus);
             metrics.view_rows.with_label_values(&["kpis"]).set(working.kpis.len() as i64);
         }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
@@ -414,29 +415,41 @@ struct Gauging {
 }
 
 impl Gauging {
-    /// Recomputes the contribution of every sku in `touched` from the
-    /// working snapshot and moves its tenant's gauges by the difference.
-    fn update(&mut self, working: &mut Snapshot, mut touched: Vec<SkuKey>) {
+    /// Recomputes the contribution of every sku whose item or stock changed
+    /// (`touched`) or that had an alert transition (`alerted`) from the
+    /// working snapshot, and moves its tenant's gauges by the difference.
+    /// Only alerted skus look their alerts up; the others keep the alert
+    /// flags they had, so a publish of stock changes costs two lookups per sku.
+    fn update(&mut self, working: &mut Snapshot, mut touched: Vec<SkuKey>, mut alerted: Vec<SkuKey>) {
+        alerted.sort_unstable();
+        alerted.dedup();
+        touched.extend(alerted.iter().cloned());
         touched.sort_unstable();
         touched.dedup();
         for key in touched {
-            let item = working.items.get(&key);
+            let before = self.skus.get(&key).copied().unwrap_or_default();
+            let (low, out) = if alerted.binary_search(&key).is_ok() {
+                let first = StockKey { tenant: key.tenant.clone(), sku: key.sku.clone(), location: Name::default() };
+                let mut flags = (false, false);
+                for (_, pair) in working.alerts.range(first..).take_while(|(k, _)| k.tenant == key.tenant && k.sku == key.sku) {
+                    flags.0 |= pair.low_stock.as_ref().is_some_and(|a| a.raised);
+                    flags.1 |= pair.out_of_stock.as_ref().is_some_and(|a| a.raised);
+                }
+                flags
+            } else {
+                (before.low == 1, before.out == 1)
+            };
             let on_hand = working.stock_totals.get(&key).map_or(0, |total| total.on_hand);
-            let first = StockKey { tenant: key.tenant.clone(), sku: key.sku.clone(), location: Name::default() };
-            let (mut low, mut out) = (false, false);
-            for (_, pair) in working.alerts.range(first..).take_while(|(k, _)| k.tenant == key.tenant && k.sku == key.sku) {
-                low |= pair.low_stock.as_ref().is_some_and(|a| a.raised);
-                out |= pair.out_of_stock.as_ref().is_some_and(|a| a.raised);
+            let after = SkuGauge::of(working.items.get(&key), on_hand, low, out);
+            if before == after {
+                continue;
             }
-            let after = SkuGauge::of(item, on_hand, low, out);
-            let before = match after == SkuGauge::default() {
-                true => self.skus.remove(&key),
-                false => self.skus.insert(key.clone(), after),
+            if after == SkuGauge::default() {
+                self.skus.remove(&key);
+            } else {
+                self.skus.insert(key.clone(), after);
             }
-            .unwrap_or_default();
-            if before != after {
-                working.gauges.entry(key.tenant.clone()).or_default().replace(before, after);
-            }
+            working.gauges.entry(key.tenant.clone()).or_default().replace(before, after);
         }
     }
 }

@@ -9,7 +9,7 @@
 //! commands topic, so a command accepted here is never a dead letter there.
 
 use super::error::{ApiError, Params};
-use super::reads::{consistent_read, parameter_name};
+use super::reads::{consistent_read, tenant_param};
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use stockflow_dataflows::model::command::MAX_COMMAND_ID_LEN;
 use stockflow_dataflows::model::decode::validate_id;
-use stockflow_dataflows::model::{decode_command, encode_event, EventBody, Name, RecordContext, DEFAULT_TENANT};
+use stockflow_dataflows::model::{decode_command, encode_event, EventBody, Name, RecordContext};
 
 /// Largest command body accepted, in bytes.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -129,10 +129,7 @@ async fn submit(
     let Some(writer) = state.commands.clone() else {
         return Err(ApiError::method_not_allowed_because("this server is read-only (--read-only): it takes no commands"));
     };
-    let tenant = match &params.tenant {
-        Some(t) => parameter_name("tenant", t)?,
-        None => Name::from(DEFAULT_TENANT),
-    };
+    let tenant = tenant_param(params.tenant.as_deref())?;
     let mut fields = body_object(&headers, body, endpoint.command == "item.delete")?;
     if let Some(unknown) = fields.keys().find(|k| !endpoint.fields.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("body: unknown field `{unknown}` (this command takes {})", endpoint.fields.join(", "))));

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stockflow_dataflows::kpis::{KpiRow, Window, BUILT_IN};
+use stockflow_dataflows::kpis::{KpiKey, KpiRow, Window, BUILT_IN};
 use stockflow_dataflows::model::{EventTime, Name};
 
 /// Most buckets one `GET /v1/kpis` may span.
@@ -76,9 +76,9 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
     let newest = || {
         snapshot
             .kpis
-            .range((tenant.clone(), window, EventTime::MIN, Name::default(), Name::default())..)
-            .take_while(|(k, _)| k.0 == tenant && k.1 == window)
-            .map(|(k, _)| k.2 + len)
+            .range(KpiKey::first(&tenant, window, EventTime::MIN)..)
+            .take_while(|(k, _)| k.tenant == tenant && k.window == window)
+            .map(|(k, _)| k.bucket + len)
             .last()
     };
     let (from, to) = match (from, to) {
@@ -108,12 +108,11 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
     }
     let rows: Vec<Value> = snapshot
         .kpis
-        .range((tenant.clone(), window, first, Name::default(), Name::default())..)
-        .take_while(|(k, _)| k.0 == tenant && k.1 == window && k.2 < to)
-        .filter(|(k, _)| params.metric.as_deref().is_none_or(|m| k.3 == m))
-        .map(|((tenant, window, bucket, metric, group), value)| {
-            let row = KpiRow { tenant: tenant.clone(), window: *window, bucket: *bucket, metric: metric.clone(), group: group.clone(), value: *value };
-            let mut json = kpi_json(&row);
+        .range(KpiKey::first(&tenant, window, first)..)
+        .take_while(|(k, _)| k.tenant == tenant && k.window == window && k.bucket < to)
+        .filter(|(k, _)| params.metric.as_deref().is_none_or(|m| k.metric == m))
+        .map(|(key, value)| {
+            let mut json = kpi_json(&KpiRow { key: key.clone(), value: *value });
             if let Some(object) = json.as_object_mut() {
                 object.remove("tenant");
             }

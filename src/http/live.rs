@@ -11,7 +11,7 @@
 //! carries it).
 
 use super::error::{ApiError, Params, Segment};
-use super::reads::{consistent_read, parameter_name};
+use super::reads::{consistent_read, tenant_param, ReadParams};
 use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
@@ -28,9 +28,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_dataflows::alerts::AlertKind;
-use stockflow_dataflows::kpis::{KpiRow, Window};
+use stockflow_dataflows::kpis::{KpiKey, KpiRow, Window};
 use stockflow_dataflows::model::EventTime;
-use stockflow_dataflows::model::{Epoch, Name, StockKey, DEFAULT_TENANT};
+use stockflow_dataflows::model::{Epoch, Name, StockKey};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,17 +68,9 @@ pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): P
     Ok(Json(json!({"as_of": snapshot.as_of, "alerts": rows})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct TenantParams {
-    tenant: Option<String>,
-    after: Option<String>,
-    wait_ms: Option<u64>,
-}
-
 /// `GET /v1/replenishment`: the open suggestions, one per stock row whose
 /// low-stock alert is active: reorder `target_level - available` now.
-pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<TenantParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let rows: Vec<Value> = tenant_range(&snapshot, &tenant)
         .filter_map(|(key, pair)| low_stock_row(pair, snapshot.stock.get(key)).map(|row| (key, row)))
@@ -151,10 +143,7 @@ fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params:
     } else {
         return Err(ApiError::not_acceptable(format!("`{accept}`: change streams are text/event-stream (SSE) or application/x-ndjson")));
     };
-    let tenant = match params.tenant {
-        Some(t) => parameter_name("tenant", &t)?,
-        None => Name::from(DEFAULT_TENANT),
-    };
+    let tenant = tenant_param(params.tenant.as_deref())?;
     let prefix = params.prefix.unwrap_or_default();
     if prefix.len() > stockflow_dataflows::model::decode::MAX_NAME_LEN {
         return Err(ApiError::bad_request("query parameter prefix: longer than a key can be"));
@@ -264,25 +253,13 @@ fn snapshot_rows(snapshot: &Snapshot, view: View, tenant: &Name, prefix: &str) -
             .collect(),
         // Transitions are events: the snapshot of the alerts is `GET /v1/alerts`.
         View::Alerts => Vec::new(),
-        View::Kpis => {
-            let start = (tenant.clone(), Window::Hour, EventTime::MIN, Name::default(), Name::default());
-            snapshot
-                .kpis
-                .range(start..)
-                .take_while(|(k, _)| k.0 == *tenant)
-                .filter(|(k, _)| k.3.starts_with(prefix))
-                .map(|((tenant, window, bucket, metric, group), value)| {
-                    Row::Kpi(Box::new(KpiRow {
-                        tenant: tenant.clone(),
-                        window: *window,
-                        bucket: *bucket,
-                        metric: metric.clone(),
-                        group: group.clone(),
-                        value: *value,
-                    }))
-                })
-                .collect()
-        }
+        View::Kpis => snapshot
+            .kpis
+            .range(KpiKey::first(tenant, Window::Hour, EventTime::MIN)..)
+            .take_while(|(k, _)| k.tenant == *tenant)
+            .filter(|(k, _)| k.metric.starts_with(prefix))
+            .map(|(key, value)| Row::Kpi(Box::new(KpiRow { key: key.clone(), value: *value })))
+            .collect(),
         View::TopSkus if prefix.is_empty() => snapshot
             .top_skus
             .range((tenant.clone(), EventTime::MIN)..)

@@ -28,9 +28,9 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReadParams {
-    tenant: Option<String>,
-    after: Option<String>,
-    wait_ms: Option<u64>,
+    pub(super) tenant: Option<String>,
+    pub(super) after: Option<String>,
+    pub(super) wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +187,11 @@ pub(super) async fn views(State(state): State<AppState>, Params(params): Params<
     Ok(Json(json!({"as_of": snapshot.as_of, "views": views})))
 }
 
+/// The `tenant` parameter, checked; `default` when absent.
+pub(super) fn tenant_param(tenant: Option<&str>) -> Result<Name, ApiError> {
+    parameter_name("tenant", tenant.unwrap_or(DEFAULT_TENANT))
+}
+
 /// Resolves the tenant and returns a snapshot that reflects `after`.
 pub(super) async fn consistent_read(
     state: &AppState,
@@ -194,10 +199,7 @@ pub(super) async fn consistent_read(
     after: Option<String>,
     wait_ms: Option<u64>,
 ) -> Result<(Name, Arc<Snapshot>), ApiError> {
-    let tenant = match tenant {
-        Some(t) => parameter_name("tenant", &t)?,
-        None => Name::from(DEFAULT_TENANT),
-    };
+    let tenant = tenant_param(tenant.as_deref())?;
     if wait_ms.is_some_and(|w| w > MAX_WAIT_MS) {
         return Err(ApiError::bad_request(format!("query parameter wait_ms: at most {MAX_WAIT_MS}")));
     }

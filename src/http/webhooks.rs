@@ -3,7 +3,7 @@
 
 use super::commands::body_object;
 use super::error::{ApiError, Params, Segment};
-use super::reads::parameter_name;
+use super::reads::{parameter_name, tenant_param};
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -78,13 +78,13 @@ pub(super) async fn register(State(state): State<AppState>, headers: HeaderMap, 
 
 /// `GET /v1/webhooks?tenant=`
 pub(super) async fn list(State(state): State<AppState>, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
-    let tenant = parameter_name("tenant", params.tenant.as_deref().unwrap_or(DEFAULT_TENANT))?;
+    let tenant = tenant_param(params.tenant.as_deref())?;
     let rows: Vec<Value> = webhooks(&state)?.list().iter().filter(|h| h.tenant == tenant.as_str()).map(shown).collect();
     Ok(Json(json!({"webhooks": rows})))
 }
 
 fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, ApiError> {
-    let tenant = parameter_name("tenant", tenant.as_deref().unwrap_or(DEFAULT_TENANT))?;
+    let tenant = tenant_param(tenant.as_deref())?;
     webhooks(state)?.get(id).filter(|h| h.tenant == tenant.as_str()).ok_or_else(|| ApiError::not_found(format!("no webhook `{id}` of tenant `{tenant}`")))
 }
 

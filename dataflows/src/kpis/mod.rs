@@ -120,10 +120,18 @@ pub struct KpiKey {
     pub window: Window,
     /// Start of the bucket (ms since the Unix epoch, UTC).
     pub bucket: EventTime,
-    /// Cell name: a built-in cell (see [`cells`]) or a custom KPI's name.
+    /// A cell's name (a built-in cell, see [`cells`], or a custom KPI's
+    /// name); in a [`KpiRow`], the row's metric name.
     pub metric: Name,
     /// Group of a custom KPI with `group_by`, the sku of `units_by_sku`; else "".
     pub group: Name,
+}
+
+impl KpiKey {
+    /// The smallest key of `tenant`'s `window` buckets from `bucket` on: where a range scan starts.
+    pub fn first(tenant: &Name, window: Window, bucket: EventTime) -> KpiKey {
+        KpiKey { tenant: tenant.clone(), window, bucket, metric: Name::default(), group: Name::default() }
+    }
 }
 
 /// The accumulated value of a cell, and the difference type of the `kpis`
@@ -139,6 +147,10 @@ pub struct Cell {
 impl Cell {
     fn new(count: i64, sum: i128) -> Cell {
         Cell { count, sum }
+    }
+
+    fn multiply_by(self, diff: isize) -> Cell {
+        differential_dataflow::difference::Multiply::multiply(self, &diff)
     }
 }
 
@@ -381,10 +393,4 @@ where
             output.push((value, 1));
         });
     Kpis { cells: folded.concat(orders), extremes }
-}
-
-impl Cell {
-    fn multiply_by(self, diff: isize) -> Cell {
-        differential_dataflow::difference::Multiply::multiply(self, &diff)
-    }
 }

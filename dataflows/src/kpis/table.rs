@@ -38,19 +38,12 @@ impl KpiValue {
     }
 }
 
-/// One row of the `kpis` view.
+/// One row of the `kpis` view: its key (whose `metric` is the row's metric
+/// name, e.g. `revenue`, not the cell it derives from) and its value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KpiRow {
-    /// Tenant.
-    pub tenant: Name,
-    /// Window.
-    pub window: Window,
-    /// Start of the bucket.
-    pub bucket: EventTime,
-    /// Metric name (built-in or custom).
-    pub metric: Name,
-    /// Group of a custom KPI with `group_by` ("" otherwise).
-    pub group: Name,
+    /// Tenant, window, bucket, metric, group.
+    pub key: KpiKey,
     /// Value.
     pub value: KpiValue,
 }
@@ -132,16 +125,12 @@ impl Table {
         // Fold per key first: each row is retracted and inserted once per apply.
         let mut folded: HashMap<KpiKey, Cell> = HashMap::new();
         for (key, cell) in cells {
-            if let Some(end) = key.bucket.checked_add(Window::Hour.millis()).filter(|_| key.window == Window::Hour) {
-                self.newest = self.newest.max(end);
-            }
+            self.note_newest(&key);
             folded.entry(key).or_default().plus_equals(&cell);
         }
         let mut extreme_diffs: HashMap<KpiKey, BTreeMap<i64, isize>> = HashMap::new();
         for ((key, value), diff) in extremes {
-            if key.window == Window::Hour {
-                self.newest = self.newest.max(key.bucket.saturating_add(Window::Hour.millis()));
-            }
+            self.note_newest(&key);
             *extreme_diffs.entry(key).or_default().entry(value).or_default() += diff;
         }
         let mut folded: Vec<(KpiKey, Cell)> = folded.into_iter().filter(|(_, c)| *c != Cell::default()).collect();
@@ -229,6 +218,14 @@ impl Table {
         changes
     }
 
+    /// Moves the newest hour seen (what retention counts from) to `key`'s,
+    /// if it is an hour bucket (the built-in cells of every counted event include one).
+    fn note_newest(&mut self, key: &KpiKey) {
+        if key.window == Window::Hour {
+            self.newest = self.newest.max(key.bucket.saturating_add(Window::Hour.millis()));
+        }
+    }
+
     fn spec(&self, name: &str) -> Option<&KpiSpec> {
         self.specs.iter().find(|s| s.name == name)
     }
@@ -280,7 +277,7 @@ impl Table {
 
     /// The rows a cell shows as (built-in cells show one to three metrics).
     pub fn rows_of(&self, key: &KpiKey, cell: Cell) -> Vec<KpiRow> {
-        let row = |metric: &str, value: KpiValue| KpiRow { metric: Name::from(metric), ..KpiRow::of(key, value) };
+        let row = |metric: &str, value: KpiValue| KpiRow { key: KpiKey { metric: Name::from(metric), ..key.clone() }, value };
         let count = KpiValue::Int(cell.count as i128);
         match key.metric.as_str() {
             cells::ORDERS => {
@@ -336,7 +333,7 @@ impl Table {
 
 impl KpiRow {
     fn of(key: &KpiKey, value: KpiValue) -> KpiRow {
-        KpiRow { tenant: key.tenant.clone(), window: key.window, bucket: key.bucket, metric: key.metric.clone(), group: key.group.clone(), value }
+        KpiRow { key: key.clone(), value }
     }
 }
 
@@ -429,13 +426,13 @@ mod tests {
     fn derived_rows_follow_their_cell() {
         let mut table = Table::new(Arc::from(Vec::new()), i64::MAX);
         let changes = table.apply(vec![(key(cells::ORDERS, Window::Hour, 0, ""), Cell { count: 3, sum: 100_000 })], Vec::new());
-        let inserted: Vec<(&str, KpiValue)> = changes.rows.iter().map(|(r, _)| (r.metric.as_str(), r.value)).collect();
+        let inserted: Vec<(&str, KpiValue)> = changes.rows.iter().map(|(r, _)| (r.key.metric.as_str(), r.value)).collect();
         assert_eq!(inserted, vec![("orders", KpiValue::Int(3)), ("revenue", KpiValue::Money(100_000)), ("avg_order_value", KpiValue::Money(33_333))]);
         assert!(changes.rows.iter().all(|(_, d)| *d == 1));
         // A cancellation: the order's contribution leaves; unchanged rows are not re-sent.
         let changes = table.apply(vec![(key(cells::ORDERS, Window::Hour, 0, ""), Cell { count: -1, sum: -40_000 })], Vec::new());
         assert_eq!(changes.rows.len(), 6, "three retractions, three insertions: {:?}", changes.rows);
-        assert_eq!(table.rows().iter().find(|r| r.metric == "avg_order_value").unwrap().value, KpiValue::Money(30_000));
+        assert_eq!(table.rows().iter().find(|r| r.key.metric == "avg_order_value").unwrap().value, KpiValue::Money(30_000));
         // Back to zero: the cell and its rows are gone.
         let changes = table.apply(vec![(key(cells::ORDERS, Window::Hour, 0, ""), Cell { count: -2, sum: -60_000 })], Vec::new());
         assert_eq!(changes.rows.iter().filter(|(_, d)| *d == -1).count(), 3);
