@@ -60,6 +60,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         webhook_policy: Default::default(),
         kpi_retention: std::time::Duration::from_secs(90 * 24 * 3600),
         kpi_specs: std::sync::Arc::from(Vec::new()),
+        clickhouse: None,
     };
     let running = server::start(&settings).await.expect("server starts");
     let base = format!("http://{}", running.addr);

@@ -7,11 +7,16 @@
 #    `cargo install tansu --locked --features dynostore` takes ~10 minutes);
 #  - moto's S3 server (PyPI `moto[server]`, in a venv under the cache): the
 #    durable storage of the Tansu that the broker-restart test stops and
-#    starts again (Tansu's memory storage forgets everything on a restart).
-# Set STOCKFLOW_KAFKA_BROKERS to use a broker of your own instead.
+#    starts again (Tansu's memory storage forgets everything on a restart);
+#  - ClickHouse (Debian's clickhouse-server, 18.16) on 127.0.0.1:8123 (HTTP)
+#    and :19000 (native), with its own data dir under the cache; the sink
+#    tests also start servers of their own to stop them mid-workload.
+# Set STOCKFLOW_KAFKA_BROKERS to use a broker of your own instead, and
+# STOCKFLOW_CLICKHOUSE_URL to use a ClickHouse of your own.
 set -euo pipefail
 
 log() { printf '[services] %s\n' "$*" >&2; }
+HERE="$(cd "$(dirname "$0")" && pwd)"
 
 CACHE="${STOCKFLOW_CACHE:-$HOME/.cache/stockflow}"
 CALFKIT_VERSION="0.1.2"   # ships tansu 0.6.0
@@ -73,6 +78,32 @@ else
   done
   if ! port_open 9092; then
     log "tansu did not start listening within 30 s:"; tail -20 "$CACHE/tansu.log" >&2; exit 1
+  fi
+fi
+
+# --- ClickHouse ---------------------------------------------------------------
+if ! command -v clickhouse-server >/dev/null 2>&1; then
+  log "installing clickhouse-server (Debian)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+fi
+CH_DIR="$CACHE/clickhouse"
+mkdir -p "$CH_DIR"
+if [ -n "${STOCKFLOW_CLICKHOUSE_URL:-}" ]; then
+  log "using the ClickHouse at $STOCKFLOW_CLICKHOUSE_URL (STOCKFLOW_CLICKHOUSE_URL)"
+elif port_open 8123; then
+  log "a ClickHouse already listens on 127.0.0.1:8123"
+else
+  sed -e "s#@DIR@#$CH_DIR#g" -e "s#@HTTP@#8123#" -e "s#@TCP@#19000#" "$HERE/clickhouse.xml" > "$CH_DIR/config.xml"
+  log "starting clickhouse-server on 127.0.0.1:8123 (data and logs: $CH_DIR)"
+  (cd "$CH_DIR" && setsid nohup clickhouse-server --config-file="$CH_DIR/config.xml" >"$CH_DIR/stdout.log" 2>&1 < /dev/null &)
+  for _ in $(seq 1 150); do
+    port_open 8123 && break
+    sleep 0.2
+  done
+  if ! port_open 8123; then
+    log "clickhouse-server did not answer within 30 s:"; tail -20 "$CH_DIR/server.err.log" "$CH_DIR/stdout.log" >&2 || true; exit 1
   fi
 fi
 

@@ -94,6 +94,27 @@ pub struct ServeArgs {
     /// KPI buckets are kept while they end within this much event time of the newest hour seen (`90d`, `36h`) [default: 90d].
     #[arg(long, env = "STOCKFLOW_KPI_RETENTION")]
     pub kpi_retention: Option<String>,
+    /// ClickHouse HTTP endpoint (`http://host:8123`): turns the ClickHouse sink on.
+    #[arg(long, env = "STOCKFLOW_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database, created with its tables if missing [default: stockflow].
+    #[arg(long, env = "STOCKFLOW_CLICKHOUSE_DATABASE")]
+    pub clickhouse_database: Option<String>,
+    /// ClickHouse user [default: default].
+    #[arg(long, env = "STOCKFLOW_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    /// ClickHouse password [default: none].
+    #[arg(long, env = "STOCKFLOW_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// A ClickHouse batch is written once it holds this many rows... [default: 100000].
+    #[arg(long, env = "STOCKFLOW_CLICKHOUSE_BATCH_ROWS")]
+    pub clickhouse_batch_rows: Option<usize>,
+    /// ...or once it is this old (ms) [default: 1000].
+    #[arg(long, env = "STOCKFLOW_CLICKHOUSE_BATCH_MS")]
+    pub clickhouse_batch_ms: Option<u64>,
+    /// Rows the sink holds while ClickHouse is down or slow before it stops pulling epochs [default: 1000000].
+    #[arg(long, env = "STOCKFLOW_CLICKHOUSE_MAX_BUFFER")]
+    pub clickhouse_max_buffer: Option<usize>,
     /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`) [default: inventory.events, order.events].
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
@@ -167,6 +188,20 @@ pub struct FileConfig {
     pub webhook_backoff_ms: Option<u64>,
     /// See `--kpi-retention`.
     pub kpi_retention: Option<String>,
+    /// See `--clickhouse-url`.
+    pub clickhouse_url: Option<String>,
+    /// See `--clickhouse-database`.
+    pub clickhouse_database: Option<String>,
+    /// See `--clickhouse-user`.
+    pub clickhouse_user: Option<String>,
+    /// See `--clickhouse-password`.
+    pub clickhouse_password: Option<String>,
+    /// See `--clickhouse-batch-rows`.
+    pub clickhouse_batch_rows: Option<usize>,
+    /// See `--clickhouse-batch-ms`.
+    pub clickhouse_batch_ms: Option<u64>,
+    /// See `--clickhouse-max-buffer`.
+    pub clickhouse_max_buffer: Option<usize>,
     /// `[[kpis]]` tables: custom KPIs (see docs/api.md, "KPIs").
     pub kpis: Option<Vec<stockflow_dataflows::kpis::KpiSpecConfig>>,
     /// `[[sources]]` tables: the topics to read.
@@ -258,6 +293,8 @@ pub struct Settings {
     pub kpi_retention: Duration,
     /// Custom KPIs.
     pub kpi_specs: std::sync::Arc<[stockflow_dataflows::kpis::KpiSpec]>,
+    /// The ClickHouse sink, when `--clickhouse-url` is given.
+    pub clickhouse: Option<crate::sink::SinkSettings>,
 }
 
 /// Parses a duration of event time: a whole number of days (`90d`) or hours (`36h`).
@@ -319,6 +356,8 @@ pub mod defaults {
     pub const WEBHOOK_BACKOFF_MS: u64 = 500;
     /// `--kpi-retention`.
     pub const KPI_RETENTION: &str = "90d";
+    /// `--clickhouse-database`.
+    pub const CLICKHOUSE_DATABASE: &str = "stockflow";
 }
 
 impl Settings {
@@ -370,6 +409,7 @@ impl Settings {
             },
             kpi_retention: Duration::from_secs(90 * 24 * 3600),
             kpi_specs: std::sync::Arc::from(Vec::new()),
+            clickhouse: None,
         };
         if !(1..=100).contains(&settings.webhook_policy.max_attempts) {
             errors.push(format!("webhook_max_attempts: must be between 1 and 100, got {}", settings.webhook_policy.max_attempts));
@@ -400,6 +440,41 @@ impl Settings {
         }
         if settings.thresholds.hysteresis < 0 {
             errors.push(format!("alert_hysteresis: must be at least 0, got {}", settings.thresholds.hysteresis));
+        }
+        if let Some(url) = args.clickhouse_url.clone().or(file.clickhouse_url).filter(|u| !u.trim().is_empty()) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!("clickhouse_url: `{url}` is not an http:// URL of ClickHouse's HTTP interface (e.g. http://127.0.0.1:8123)"));
+            }
+            if url.starts_with("https://") {
+                errors.push("clickhouse_url: https is not built in yet; put a TLS proxy on loopback in front of ClickHouse".into());
+            }
+            let database = args.clickhouse_database.clone().or(file.clickhouse_database).unwrap_or_else(|| defaults::CLICKHOUSE_DATABASE.into());
+            if database.is_empty()
+                || database.len() > 128
+                || !database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || database.as_bytes()[0].is_ascii_digit()
+            {
+                errors.push(format!("clickhouse_database: `{database}` is not a plain identifier (letters, digits, _; not starting with a digit)"));
+            }
+            let mut sink = crate::sink::SinkSettings::new(stockflow_sinks::clickhouse::Config {
+                url,
+                database,
+                user: args.clickhouse_user.clone().or(file.clickhouse_user).unwrap_or_default(),
+                password: args.clickhouse_password.clone().or(file.clickhouse_password).unwrap_or_default(),
+            });
+            sink.batch_rows = args.clickhouse_batch_rows.or(file.clickhouse_batch_rows).unwrap_or(sink.batch_rows);
+            sink.batch_interval = args.clickhouse_batch_ms.or(file.clickhouse_batch_ms).map_or(sink.batch_interval, Duration::from_millis);
+            sink.max_buffer = args.clickhouse_max_buffer.or(file.clickhouse_max_buffer).unwrap_or(sink.max_buffer);
+            if !(1..=1_000_000).contains(&sink.batch_rows) {
+                errors.push(format!("clickhouse_batch_rows: between 1 and 1000000, got {}", sink.batch_rows));
+            }
+            if !(1..=600_000).contains(&sink.batch_interval.as_millis()) {
+                errors.push(format!("clickhouse_batch_ms: between 1 and 600000, got {}", sink.batch_interval.as_millis()));
+            }
+            if sink.max_buffer < sink.batch_rows {
+                errors.push(format!("clickhouse_max_buffer: at least clickhouse_batch_rows ({}), got {}", sink.batch_rows, sink.max_buffer));
+            }
+            settings.clickhouse = Some(sink);
         }
         if settings.changes_retention > 100_000_000 {
             errors.push(format!("changes_retention: at most 100000000 row changes, got {}", settings.changes_retention));

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod rows;
 pub mod server;
 pub mod shutdown;
+pub mod sink;
 pub mod source;
 pub mod store;
 pub mod webhooks;

@@ -64,6 +64,18 @@ pub struct Metrics {
     pub webhook_lag: IntGaugeVec,
     /// KPI updates for buckets already past `--kpi-retention`, ignored.
     pub kpi_too_late: IntCounter,
+    /// Rows the ClickHouse sink has committed, by table.
+    pub sink_rows: IntCounterVec,
+    /// ClickHouse writes that failed (retried after discarding what they left).
+    pub sink_failures: IntCounter,
+    /// Published epochs the ClickHouse sink has not written yet.
+    pub sink_lag_epochs: IntGauge,
+    /// Rows the ClickHouse sink holds, computed but not committed.
+    pub sink_buffered_rows: IntGauge,
+    /// 1 while the sink has stopped pulling epochs (buffer full).
+    pub sink_paused: IntGauge,
+    /// Last sink epoch committed to ClickHouse.
+    pub sink_epoch: IntGauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +102,11 @@ impl Metrics {
             let c = IntCounter::new(name, help).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique metric");
             c
+        };
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
@@ -145,6 +162,12 @@ impl Metrics {
             webhook_attempts: counter("stockflow_webhook_attempts_total", "Webhook delivery attempts by outcome.", &["webhook", "outcome"]),
             webhook_lag: gauge("stockflow_webhook_lag", "Alert events not yet delivered (or given up on) per webhook.", &["webhook"]),
             kpi_too_late: int_counter("stockflow_kpi_updates_too_late_total", "KPI updates ignored because their bucket was already past --kpi-retention."),
+            sink_rows: counter("stockflow_sink_rows_total", "Rows the ClickHouse sink committed, by table.", &["table"]),
+            sink_failures: int_counter("stockflow_sink_write_failures_total", "ClickHouse writes that failed and were retried."),
+            sink_lag_epochs: int_gauge("stockflow_sink_lag_epochs", "Published epochs the ClickHouse sink has not written yet."),
+            sink_buffered_rows: int_gauge("stockflow_sink_buffered_rows", "Rows computed by the ClickHouse sink and not committed yet."),
+            sink_paused: int_gauge("stockflow_sink_paused", "1 while the ClickHouse sink's buffer is full and it stopped pulling epochs."),
+            sink_epoch: int_gauge("stockflow_sink_epoch", "Last sink epoch committed to ClickHouse."),
             registry,
         }
     }

@@ -36,6 +36,27 @@ pub struct Running {
     /// Alert subscribers.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
     demo: Option<std::thread::JoinHandle<()>>,
+    /// The ClickHouse sink, once started.
+    sink: SinkSlot,
+}
+
+/// Where the sink's handle is kept (it starts with the engine, which may wait for Kafka).
+type SinkSlot = Arc<std::sync::Mutex<Option<crate::sink::SinkHandle>>>;
+
+/// Starts the ClickHouse sink, when configured, over the engine's event
+/// sources (command topics left out) and the alerts topic.
+fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, metrics: &Metrics, slot: &SinkSlot) -> anyhow::Result<()> {
+    let Some(sink) = &settings.clickhouse else { return Ok(()) };
+    let sources = config
+        .sources
+        .iter()
+        .filter(|s| !(s.format == crate::engine::Format::Tradex && stockflow_dataflows::model::tradex::is_command_topic(s.source.topic())))
+        .map(|s| (s.source.clone(), s.format))
+        .collect();
+    let inputs = crate::sink::SinkInputs { sources, alerts: config.alerts.as_ref().map(|a| a.source.clone()) };
+    let handle = crate::sink::start(sink.clone(), inputs, store.clone(), metrics.clone()).context("starting the ClickHouse sink")?;
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    Ok(())
 }
 
 fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>, commands: CommandPath, alerts: AlertsPath) -> EngineConfig {
@@ -84,6 +105,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let shutdown = Shutdown::new();
     let webhooks = crate::webhooks::Webhooks::open(&settings.data_dir, settings.webhook_policy.clone(), metrics.clone())
         .with_context(|| format!("opening the webhooks in {}", settings.data_dir.display()))?;
+    let sink: SinkSlot = Arc::default();
 
     // Commands and outcomes are written where the events live.
     let appender: Arc<dyn Appender> = match &settings.kafka {
@@ -107,6 +129,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
             webhooks.set_alerts(alerts.clone());
             let config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() });
+            start_sink(settings, &config, &store, &metrics, &sink)?;
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
         }
@@ -114,6 +137,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let (settings, store, metrics, shutdown, kafka) = (settings.clone(), store.clone(), metrics.clone(), shutdown.clone(), kafka.clone());
             let webhooks = webhooks.clone();
             let appender = appender.clone();
+            let sink = sink.clone();
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 loop {
@@ -124,6 +148,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                             webhooks.set_alerts(alerts.clone());
                             let alerts = AlertsPath { source: alerts, appender: appender.clone() };
                             let config = engine_config(&settings, sources, dead_letters, path, alerts);
+                            if let Err(error) = start_sink(&settings, &config, &store, &metrics, &sink) {
+                                tracing::error!("{error:#}");
+                                shutdown.trigger();
+                                return Err(error);
+                            }
                             let started = crate::engine::start(config, store, metrics, shutdown.clone());
                             if let Err(error) = &started {
                                 tracing::error!("the engine could not start: {error:#}");
@@ -172,7 +201,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .spawn(move || crate::demo::run(inventory, store, metrics, shutdown, rate))
             .expect("spawning a thread")
     });
-    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks })
+    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks, sink })
 }
 
 impl Running {
@@ -186,9 +215,18 @@ impl Running {
         if let Some(demo) = self.demo {
             let _ = tokio::task::spawn_blocking(move || demo.join()).await;
         }
-        if let Some(engine) = self.engine.await.context("engine start task")?? {
-            tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread")??;
+        let engine = self.engine.await.context("engine start task");
+        let joined = match engine {
+            Ok(Ok(Some(engine))) => tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread").and_then(|r| r),
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(error)) | Err(error) => Err(error),
+        };
+        // After the engine: the sink writes what the last epochs published.
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(sink) = sink {
+            let _ = tokio::task::spawn_blocking(move || sink.stop()).await;
         }
+        joined?;
         self.log.sync().context("syncing the embedded log")?;
         tracing::info!("stopped");
         Ok(())

@@ -58,6 +58,9 @@ pub struct Snapshot {
     pub top_skus: OrdMap<(Name, EventTime), Arc<TopSkus>>,
     /// Point-in-time gauges per tenant.
     pub gauges: OrdMap<Name, Gauges>,
+    /// KPI buckets ending at or before this time have been dropped by
+    /// retention (not retracted: a sink keeps them as history).
+    pub kpi_horizon: EventTime,
 }
 
 /// The latest transition of each alert kind of one stock row.
@@ -133,6 +136,8 @@ pub struct Store {
     submitted: std::sync::Mutex<std::collections::HashMap<(Name, Name), (u32, u64)>>,
     /// Retained row changes for change streams.
     changes: std::sync::Mutex<Changelog>,
+    /// What each sink is doing (`clickhouse` → `writing`, `retrying: ...`), for `/ready`.
+    sinks: RwLock<BTreeMap<&'static str, String>>,
 }
 
 impl Default for Store {
@@ -160,6 +165,7 @@ impl Store {
             waiting: RwLock::new(None),
             failing: RwLock::new(BTreeMap::new()),
             submitted: std::sync::Mutex::new(std::collections::HashMap::new()),
+            sinks: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -241,6 +247,22 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Records what sink `name` is doing, for `/ready`.
+    pub fn set_sink_state(&self, name: &'static str, state: String) {
+        self.sinks.write().unwrap_or_else(|p| p.into_inner()).insert(name, state);
+    }
+
+    /// What each sink is doing.
+    pub fn sink_states(&self) -> BTreeMap<&'static str, String> {
+        self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// True once the published views cover what the sources held at start.
+    pub fn caught_up(&self) -> bool {
+        let targets = self.startup_targets.read().unwrap_or_else(|p| p.into_inner());
+        targets.as_ref().is_some_and(|targets| self.snapshot().as_of.covers(targets))
     }
 
     /// `Ok` when the views have caught up with what the sources held at start;

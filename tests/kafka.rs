@@ -45,6 +45,7 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         webhook_policy: Default::default(),
         kpi_retention: Duration::from_secs(90 * 24 * 3600),
         kpi_specs: std::sync::Arc::from(Vec::new()),
+        clickhouse: None,
     }
 }
 

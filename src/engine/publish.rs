@@ -384,6 +384,7 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
                 }
             }
             gauging.update(&mut working, gauge_skus, alerted_skus);
+            working.kpi_horizon = table.horizon();
             metrics.view_rows.with_label_values(&["kpis"]).set(working.kpis.len() as i64);
         }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.

@@ -159,7 +159,8 @@ async fn health() -> impl IntoResponse {
 
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.readiness().map_err(ApiError::unavailable)?;
-    Ok(axum::Json(serde_json::json!({"ready": true, "as_of": state.store.snapshot().as_of})))
+    // Sinks are reported, not waited for: the views serve reads whatever ClickHouse does.
+    Ok(axum::Json(serde_json::json!({"ready": true, "as_of": state.store.snapshot().as_of, "sinks": state.store.sink_states()})))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -1,0 +1,610 @@
+//! The ClickHouse sink's engine side: what to write and when.
+//!
+//! The sink runs on a thread of its own and never holds the engine up. It
+//! works in *steps*, each numbered by the next sink epoch:
+//!
+//! - **events** and **alerts** are read from their topics by the sink's own
+//!   readers (the log is the buffer: a sink that falls behind reads on from
+//!   where it stopped); events only up to the offsets the published views
+//!   reflect, so a step's events are those its state comes from;
+//! - **state** (`stock_current`, `stock_changes`, `kpis`) is the difference
+//!   between the last snapshot written and the newest published one. The
+//!   snapshots' maps are persistent B-trees sharing structure, so the
+//!   difference only visits what changed.
+//!
+//! Steps are batched (`batch_rows` rows or `batch_interval`, whichever is
+//! first) and written by [`stockflow_sinks::clickhouse::ClickHouse::write`],
+//! whose protocol makes them exactly-once. While ClickHouse is down the sink
+//! retries with backoff and keeps computing steps until it holds
+//! `max_buffer` rows; then it stops pulling (the HTTP views go on) and
+//! catches up from the log and the newest snapshot when ClickHouse is back.
+//! After a restart it loads what ClickHouse holds and, once the engine has
+//! caught up, writes the difference.
+
+use crate::engine::Format;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::source::{PartitionReader, Record, Source};
+use crate::store::{Snapshot, Store};
+use imbl::OrdMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stockflow_dataflows::kpis::{KpiKey, KpiValue, Window};
+use stockflow_dataflows::model::{encode_event, Event, EventBody, Name, StockDelta, StockKey};
+use stockflow_sinks::clickhouse::{self as ch, datetime, AlertRow, Batch, ClickHouse, EventRow, KpiRow, StockChangeRow, StockCurrentRow, StockRow};
+
+/// How the sink batches and where it starts.
+#[derive(Clone, Debug)]
+pub struct SinkSettings {
+    /// Where to write.
+    pub clickhouse: ch::Config,
+    /// A batch is written once it holds this many rows...
+    pub batch_rows: usize,
+    /// ...or once its oldest step is this old.
+    pub batch_interval: Duration,
+    /// Rows held before the sink stops pulling epochs (ClickHouse down or slow).
+    pub max_buffer: usize,
+    /// Where events are read from when ClickHouse has no progress yet:
+    /// `true` from the earliest offset (a backfill), `false` from the end.
+    pub from_earliest: bool,
+}
+
+impl SinkSettings {
+    /// Defaults: 100,000 rows or 1 s per batch, 1,000,000 rows buffered, from the earliest offset.
+    pub fn new(clickhouse: ch::Config) -> SinkSettings {
+        SinkSettings { clickhouse, batch_rows: 100_000, batch_interval: Duration::from_secs(1), max_buffer: 1_000_000, from_earliest: true }
+    }
+}
+
+/// What the sink reads besides the snapshots.
+pub struct SinkInputs {
+    /// Event topics and their formats (command topics are left out by the caller).
+    pub sources: Vec<(Arc<dyn Source>, Format)>,
+    /// The alerts topic.
+    pub alerts: Option<Arc<dyn Source>>,
+}
+
+/// A running sink.
+pub struct SinkHandle {
+    stop: Shutdown,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SinkHandle {
+    /// Asks the sink to write what the published views hold (a few seconds
+    /// at most) and stop; waits for it.
+    pub fn stop(self) {
+        self.stop.trigger();
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the sink on its own thread. It stops when `stop` is called on the
+/// handle (after the engine, so it can write the last epochs).
+pub fn start(settings: SinkSettings, inputs: SinkInputs, store: Arc<Store>, metrics: Metrics) -> std::io::Result<SinkHandle> {
+    let stop = Shutdown::new();
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("stockflow-sink".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            runtime.block_on(Sink::new(settings, inputs, store, metrics, stop).run());
+        })?
+    };
+    Ok(SinkHandle { stop, thread })
+}
+
+/// One topic partition the sink reads.
+struct Reader {
+    topic: String,
+    /// `None` for the alerts topic.
+    format: Option<Format>,
+    reader: Box<dyn PartitionReader>,
+}
+
+/// The state written last: what ClickHouse holds.
+#[derive(Default)]
+struct Written {
+    stock: OrdMap<StockKey, StockDelta>,
+    kpis: OrdMap<KpiKey, KpiValue>,
+    engine_epoch: u64,
+}
+
+struct Sink {
+    settings: SinkSettings,
+    inputs: SinkInputs,
+    store: Arc<Store>,
+    metrics: Metrics,
+    stop: Shutdown,
+    clickhouse: ClickHouse,
+}
+
+const NAME: &str = "clickhouse";
+
+impl Sink {
+    fn new(settings: SinkSettings, inputs: SinkInputs, store: Arc<Store>, metrics: Metrics, stop: Shutdown) -> Sink {
+        let clickhouse = ClickHouse::new(&settings.clickhouse);
+        Sink { settings, inputs, store, metrics, stop, clickhouse }
+    }
+
+    fn state(&self, state: impl Into<String>) {
+        self.store.set_sink_state(NAME, state.into());
+    }
+
+    async fn run(self) {
+        let Some((mut committed, mut written, mut readers)) = self.connect().await else { return };
+        let mut pending: Vec<Batch> = Vec::new();
+        let mut oldest: Option<Instant> = None;
+        let mut failures = 0u32;
+        let mut retry_at = Instant::now();
+        // After a failed write ClickHouse may hold part of it: discard before the next.
+        let mut dirty = false;
+        let mut epoch = committed;
+        let mut published = self.store.subscribe();
+        loop {
+            let stopping = self.stop.is_triggered();
+            let buffered: usize = pending.iter().map(Batch::rows).sum();
+            self.metrics.sink_buffered_rows.set(buffered as i64);
+            let paused = buffered >= self.settings.max_buffer;
+            self.metrics.sink_paused.set(paused as i64);
+            // Take a step when there is room and something new.
+            let mut stepped = false;
+            if !paused && self.store.caught_up() {
+                let snapshot = self.store.snapshot();
+                let budget = self.settings.batch_rows.min(self.settings.max_buffer - buffered).max(1);
+                if let Some(step) = self.step(epoch + 1, &snapshot, &mut written, &mut readers, budget) {
+                    epoch += 1;
+                    stepped = true;
+                    oldest.get_or_insert_with(Instant::now);
+                    pending.push(step);
+                }
+            }
+            self.metrics.sink_lag_epochs.set(self.store.snapshot().as_of.epoch.saturating_sub(written.engine_epoch) as i64);
+            let rows: usize = pending.iter().map(Batch::rows).sum();
+            let due = !pending.is_empty()
+                && (rows >= self.settings.batch_rows || oldest.is_some_and(|t| t.elapsed() >= self.settings.batch_interval) || paused || stopping);
+            if due && Instant::now() >= retry_at {
+                let batch = merge(std::mem::take(&mut pending));
+                match self.write(committed, &batch, dirty).await {
+                    Ok(()) => {
+                        committed = batch.epoch;
+                        failures = 0;
+                        dirty = false;
+                        oldest = None;
+                        self.metrics.sink_epoch.set(committed as i64);
+                        for (table, n) in [
+                            ("events", batch.events.len()),
+                            ("stock_changes", batch.stock_changes.len()),
+                            ("stock_current", batch.stock_current.len()),
+                            ("kpis", batch.kpis.len()),
+                            ("alerts", batch.alerts.len()),
+                        ] {
+                            self.metrics.sink_rows.with_label_values(&[table]).inc_by(n as u64);
+                        }
+                        self.state(format!("writing: epoch {committed} committed (engine epoch {})", batch.engine_epoch));
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        dirty = true;
+                        self.metrics.sink_failures.inc();
+                        let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                        tracing::warn!(error = %format!("{error:#}"), retry_in_ms = backoff.as_millis() as u64, rows = batch.rows(), "writing to ClickHouse failed; retrying");
+                        self.state(format!("retrying: {error:#}"));
+                        retry_at = Instant::now() + backoff;
+                        pending = vec![batch];
+                    }
+                }
+                continue;
+            }
+            if stopping {
+                let done = pending.is_empty() && !stepped;
+                if done || failures >= 3 {
+                    if !pending.is_empty() {
+                        tracing::warn!(rows = rows, "stopping with rows ClickHouse did not take: they are written again from the log at the next start");
+                    }
+                    self.state("stopped");
+                    return;
+                }
+                if !stepped {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                continue;
+            }
+            if !stepped {
+                // Until something is published, a retry is due or a batch ages out.
+                let wait = if pending.is_empty() { Duration::from_millis(200) } else { Duration::from_millis(20) };
+                tokio::select! {
+                    _ = published.changed() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.stop.wait() => {}
+                }
+            }
+        }
+    }
+
+    /// Creates the schema, reads the progress, discards what was never
+    /// committed, loads what ClickHouse holds and opens the readers where
+    /// the progress says. Retries until it works (or the sink is stopped).
+    async fn connect(&self) -> Option<(u64, Written, Vec<Reader>)> {
+        let mut failures = 0u32;
+        loop {
+            match self.try_connect().await {
+                Ok(connected) => return Some(connected),
+                Err(error) => {
+                    failures += 1;
+                    let backoff = Duration::from_millis((250u64 << failures.min(5)).min(5_000));
+                    tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "connecting to ClickHouse at {}: {error:#}", self.settings.clickhouse.url);
+                    self.state(format!("connecting to {}: {error:#}", self.settings.clickhouse.url));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.wait() => {
+                            self.state("stopped");
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_connect(&self) -> anyhow::Result<(u64, Written, Vec<Reader>)> {
+        self.clickhouse.ensure_schema().await?;
+        let progress = self.clickhouse.progress().await?;
+        let discarded = self.clickhouse.discard_uncommitted(progress.epoch).await?;
+        if discarded > 0 {
+            tracing::info!(discarded, committed = progress.epoch, "discarded rows written after the last committed sink epoch");
+        }
+        let mut written = Written::default();
+        for row in self.clickhouse.stock_current().await? {
+            let key = StockKey { tenant: Name::from(row.tenant.as_str()), sku: Name::from(row.sku.as_str()), location: Name::from(row.location.as_str()) };
+            let delta = StockDelta { on_hand: row.on_hand, reserved: row.reserved, changes: row.version, updated_at: i64::from(row.updated_at) * 1000 };
+            written.stock.insert(key, delta);
+        }
+        for row in self.clickhouse.kpis().await? {
+            if let Some((key, value)) = kpi_of_row(&row) {
+                written.kpis.insert(key, value);
+            }
+        }
+        let mut readers = Vec::new();
+        let topics = self.inputs.sources.iter().map(|(source, format)| (source, Some(*format))).chain(self.inputs.alerts.iter().map(|source| (source, None)));
+        for (source, format) in topics {
+            for partition in 0..source.partitions() {
+                let from = match progress.offsets.get(source.topic()).and_then(|p| p.get(&partition)) {
+                    Some(offset) => *offset,
+                    None if self.settings.from_earliest || format.is_none() => 0,
+                    None => source.end_offset(partition)?,
+                };
+                readers.push(Reader { topic: source.topic().to_owned(), format, reader: source.reader(partition, from)? });
+            }
+        }
+        tracing::info!(
+            database = self.clickhouse.database(),
+            committed = progress.epoch,
+            stock_rows = written.stock.len(),
+            kpi_rows = written.kpis.len(),
+            "ClickHouse sink connected"
+        );
+        self.state(format!("connected: epoch {} committed", progress.epoch));
+        Ok((progress.epoch, written, readers))
+    }
+
+    /// One step: events (and alerts) read up to `snapshot`, at most `budget`
+    /// of them, and, once the events reach the snapshot's offsets, the state
+    /// difference. `None` when there is nothing new.
+    fn step(&self, epoch: u64, snapshot: &Snapshot, written: &mut Written, readers: &mut [Reader], budget: usize) -> Option<Batch> {
+        let mut batch = Batch { epoch, ..Batch::default() };
+        let mut events_done = true;
+        let mut records: Vec<Record> = Vec::new();
+        let mut decoded: Vec<Event> = Vec::new();
+        for reader in readers.iter_mut() {
+            let left = budget.saturating_sub(batch.events.len() + batch.alerts.len());
+            let target = match reader.format {
+                Some(_) => snapshot.as_of.offsets.get(&reader.topic).and_then(|p| p.get(&reader.reader.partition())).copied().unwrap_or(0),
+                None => u64::MAX,
+            };
+            let position = reader.reader.position();
+            if position >= target {
+                continue;
+            }
+            if left == 0 {
+                events_done &= reader.format.is_none();
+                continue;
+            }
+            records.clear();
+            let max = left.min(usize::try_from(target - position).unwrap_or(usize::MAX));
+            if let Err(error) = reader.reader.read(max, &mut records) {
+                tracing::debug!(%error, topic = %reader.topic, "sink read failed; retrying next step");
+                events_done &= reader.format.is_none();
+                continue;
+            }
+            let partition = reader.reader.partition();
+            for record in records.drain(..).filter(|r| r.offset < target) {
+                match reader.format {
+                    Some(format) => {
+                        decoded.clear();
+                        // Messages that do not decode are in the dead-letter topic, not here.
+                        if format.decode(&reader.topic, partition, &record, &mut decoded).is_ok() {
+                            for (idx, event) in decoded.drain(..).enumerate() {
+                                batch.events.push(event_row(&reader.topic, partition, record.offset, idx, &event, epoch));
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(row) = alert_row(&reader.topic, partition, &record, epoch) {
+                            batch.alerts.push(row);
+                        }
+                    }
+                }
+            }
+            if reader.format.is_some() && reader.reader.position() < target {
+                events_done = false;
+            }
+        }
+        for reader in readers.iter() {
+            batch.offsets.entry(reader.topic.clone()).or_default().insert(reader.reader.partition(), reader.reader.position());
+        }
+        if events_done && snapshot.as_of.epoch > written.engine_epoch {
+            diff_stock(&written.stock, &snapshot.stock, epoch, &mut batch);
+            diff_kpis(&written.kpis, &snapshot.kpis, snapshot.kpi_horizon, epoch, &mut batch);
+            written.stock = snapshot.stock.clone();
+            written.kpis = snapshot.kpis.clone();
+            written.engine_epoch = snapshot.as_of.epoch;
+        }
+        batch.engine_epoch = written.engine_epoch;
+        (batch.rows() > 0).then_some(batch)
+    }
+
+    /// Writes `batch`; after a failure (`dirty`) it first discards what the
+    /// failed attempt may have left above `committed`.
+    async fn write(&self, committed: u64, batch: &Batch, dirty: bool) -> anyhow::Result<()> {
+        if dirty {
+            self.clickhouse.discard_uncommitted(committed).await?;
+        }
+        self.clickhouse.write(batch).await?;
+        Ok(())
+    }
+}
+
+/// Joins consecutive steps into one batch (the last step's epoch and offsets).
+fn merge(steps: Vec<Batch>) -> Batch {
+    let mut merged = Batch::default();
+    for step in steps {
+        merged.epoch = step.epoch;
+        merged.engine_epoch = step.engine_epoch;
+        merged.offsets = step.offsets;
+        merged.events.extend(step.events);
+        merged.stock_changes.extend(step.stock_changes);
+        merged.stock_current.extend(step.stock_current);
+        merged.kpis.extend(step.kpis);
+        merged.alerts.extend(step.alerts);
+    }
+    merged
+}
+
+/// The `stock` view's row as ClickHouse holds it.
+pub fn stock_row(key: &StockKey, delta: &StockDelta) -> StockRow {
+    StockRow {
+        tenant: key.tenant.to_string(),
+        sku: key.sku.to_string(),
+        location: key.location.to_string(),
+        on_hand: delta.on_hand,
+        reserved: delta.reserved,
+        available: delta.available(),
+        version: delta.changes,
+        updated_at: datetime(delta.updated_at),
+    }
+}
+
+/// Rows for what changed between two states of the stock view: a
+/// retraction of the old row, an insertion of the new (as ClickHouse
+/// columns: a change ClickHouse cannot see, below a second, is none).
+fn diff_stock(before: &OrdMap<StockKey, StockDelta>, after: &OrdMap<StockKey, StockDelta>, epoch: u64, batch: &mut Batch) {
+    use imbl::ordmap::DiffItem;
+    for item in before.diff(after) {
+        let (old, new) = match item {
+            DiffItem::Add(key, new) => (None, Some(stock_row(key, new))),
+            DiffItem::Update { old: (key, old), new: (_, new) } => (Some(stock_row(key, old)), Some(stock_row(key, new))),
+            DiffItem::Remove(key, old) => (Some(stock_row(key, old)), None),
+        };
+        if old == new {
+            continue;
+        }
+        if let Some(old) = &old {
+            batch.stock_changes.push(StockChangeRow::new(old.clone(), epoch, -1));
+        }
+        match new {
+            Some(new) => {
+                batch.stock_changes.push(StockChangeRow::new(new.clone(), epoch, 1));
+                batch.stock_current.push(StockCurrentRow::new(new, epoch, false));
+            }
+            None => batch.stock_current.push(StockCurrentRow::new(old.expect("a removed row had a value"), epoch, true)),
+        }
+    }
+}
+
+/// `kpis` rows for what changed; a row dropped by retention (its bucket
+/// ended at or before `horizon`) stays in ClickHouse as history.
+fn diff_kpis(before: &OrdMap<KpiKey, KpiValue>, after: &OrdMap<KpiKey, KpiValue>, horizon: i64, epoch: u64, batch: &mut Batch) {
+    use imbl::ordmap::DiffItem;
+    for item in before.diff(after) {
+        let row = match item {
+            DiffItem::Add(key, value) | DiffItem::Update { new: (key, value), .. } => kpi_row(key, *value, epoch, false),
+            DiffItem::Remove(key, value) => {
+                if key.bucket.saturating_add(key.window.millis()) <= horizon {
+                    continue;
+                }
+                kpi_row(key, *value, epoch, true)
+            }
+        };
+        if let DiffItem::Update { old: (key, old), .. } = item {
+            if kpi_row(key, *old, epoch, false) == row {
+                continue;
+            }
+        }
+        batch.kpis.push(row);
+    }
+}
+
+/// A KPI row as ClickHouse holds it.
+pub fn kpi_row(key: &KpiKey, value: KpiValue, epoch: u64, deleted: bool) -> KpiRow {
+    let (kind, value) = match value {
+        KpiValue::Int(n) => ("int", n.saturating_mul(10_000)),
+        KpiValue::Money(m) => ("money", m),
+        KpiValue::Ratio(r) => ("ratio", (r * 10_000.0).round() as i128),
+    };
+    KpiRow {
+        tenant: key.tenant.to_string(),
+        window: key.window.name().to_owned(),
+        bucket: datetime(key.bucket),
+        metric: key.metric.to_string(),
+        group_key: key.group.to_string(),
+        kind: kind.to_owned(),
+        value,
+        epoch,
+        deleted: deleted as u8,
+    }
+}
+
+/// The KPI a ClickHouse row holds (`None` for a row this version cannot read).
+fn kpi_of_row(row: &KpiRow) -> Option<(KpiKey, KpiValue)> {
+    let value = match row.kind.as_str() {
+        "int" => KpiValue::Int(row.value / 10_000),
+        "money" => KpiValue::Money(row.value),
+        "ratio" => KpiValue::Ratio(row.value as f64 / 10_000.0),
+        _ => return None,
+    };
+    let key = KpiKey {
+        tenant: Name::from(row.tenant.as_str()),
+        window: Window::parse(&row.window)?,
+        bucket: i64::from(row.bucket) * 1000,
+        metric: Name::from(row.metric.as_str()),
+        group: Name::from(row.group_key.as_str()),
+    };
+    Some((key, value))
+}
+
+/// An `events` row.
+fn event_row(topic: &str, partition: u32, offset: u64, idx: usize, event: &Event, epoch: u64) -> EventRow {
+    let (location, qty, amount) = match &event.body {
+        EventBody::ItemCreated { initial, .. } => (String::new(), initial.iter().map(|(_, q)| q).sum(), 0),
+        EventBody::StockAdjusted { location, qty, .. } | EventBody::StockReserved { location, qty, .. } => (location.to_string(), *qty, 0),
+        EventBody::StockLevel { location, on_hand, .. } => (location.to_string(), *on_hand, 0),
+        EventBody::OrderPlaced { lines, total, .. } => (String::new(), lines.iter().map(|l| l.qty).sum(), i128::from(total.ten_thousandths())),
+        _ => (String::new(), 0, 0),
+    };
+    EventRow {
+        topic: topic.to_owned(),
+        partition,
+        offset,
+        idx: u16::try_from(idx).unwrap_or(u16::MAX),
+        tenant: event.tenant.to_string(),
+        id: event.id.to_string(),
+        r#type: event.body.type_name().to_owned(),
+        sku: event.body.sku().map(|s| s.to_string()).unwrap_or_default(),
+        location,
+        qty,
+        amount,
+        ts: datetime(event.ts),
+        epoch,
+        payload: encode_event(event).to_string(),
+    }
+}
+
+/// An `alerts` row from an alert event of the alerts topic (`None` for a
+/// message that is not one).
+fn alert_row(topic: &str, partition: u32, record: &Record, epoch: u64) -> Option<AlertRow> {
+    #[derive(serde::Deserialize)]
+    struct Written {
+        id: String,
+        tenant: String,
+        sku: String,
+        location: String,
+        kind: String,
+        state: String,
+        transition: u64,
+        available: i64,
+        threshold: i64,
+        target_level: i64,
+        #[serde(default)]
+        suggested_reorder_qty: i64,
+        ts: Option<String>,
+    }
+    let alert: Written = serde_json::from_slice(&record.payload).ok()?;
+    let ts = alert.ts.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map_or(0, |t| t.timestamp_millis());
+    Some(AlertRow {
+        tenant: alert.tenant,
+        sku: alert.sku,
+        location: alert.location,
+        kind: alert.kind,
+        state: alert.state,
+        transition: alert.transition,
+        available: alert.available,
+        threshold: alert.threshold,
+        target_level: alert.target_level,
+        suggested_reorder_qty: alert.suggested_reorder_qty,
+        ts: datetime(ts),
+        id: alert.id,
+        topic: topic.to_owned(),
+        partition,
+        offset: record.offset,
+        epoch,
+    })
+}
+
+// Keeps the shape of `alert_event_json` and `alert_row` together: a field
+// renamed there must be renamed here (tested below).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::alert_event_json;
+    use stockflow_dataflows::alerts::{Alert, AlertKind};
+
+    #[test]
+    fn alert_events_become_alert_rows() {
+        let alert = Alert {
+            key: StockKey { tenant: "acme".into(), sku: "A".into(), location: "W1".into() },
+            kind: AlertKind::LowStock,
+            raised: true,
+            transition: 3,
+            available: 2,
+            threshold: 5,
+            target_level: 10,
+            suggested_reorder_qty: 8,
+            ts: 1_700_000_000_500,
+        };
+        let record = Record { offset: 7, timestamp_ms: 0, key: None, payload: serde_json::to_vec(&alert_event_json(&alert, 4)).unwrap() };
+        let row = alert_row("alerts.events", 1, &record, 9).expect("an alert event");
+        assert_eq!((row.tenant.as_str(), row.kind.as_str(), row.state.as_str()), ("acme", "low_stock", "raised"));
+        assert_eq!((row.transition, row.available, row.threshold, row.target_level, row.suggested_reorder_qty), (3, 2, 5, 10, 8));
+        assert_eq!((row.ts, row.offset, row.partition, row.epoch), (1_700_000_000, 7, 1, 9));
+        let other = Record { payload: b"{\"hello\":1}".to_vec(), ..record };
+        assert!(alert_row("alerts.events", 1, &other, 9).is_none());
+    }
+
+    #[test]
+    fn kpi_rows_read_back_as_the_same_kpi() {
+        let key = KpiKey { tenant: "acme".into(), window: Window::Hour, bucket: 3_600_000, metric: "revenue".into(), group: "".into() };
+        for value in [KpiValue::Int(42), KpiValue::Money(123_456), KpiValue::Ratio(0.8125)] {
+            let row = kpi_row(&key, value, 1, false);
+            assert_eq!(kpi_of_row(&row), Some((key.clone(), value)));
+        }
+    }
+
+    #[test]
+    fn stock_differences_retract_and_insert_and_skip_what_clickhouse_cannot_see() {
+        let key = |sku: &str| StockKey { tenant: "t".into(), sku: sku.into(), location: "L".into() };
+        let delta = |on_hand, ms| StockDelta { on_hand, reserved: 1, changes: 1, updated_at: ms };
+        let before: OrdMap<_, _> = [(key("A"), delta(5, 1_000)), (key("B"), delta(3, 1_000)), (key("C"), delta(1, 1_000))].into_iter().collect();
+        let mut after = before.clone();
+        after.insert(key("A"), delta(4, 2_000)); // changed
+        after.insert(key("B"), delta(3, 1_500)); // same second: nothing to write
+        after.remove(&key("C")); // left the view
+        after.insert(key("D"), delta(9, 2_000)); // new
+        let mut batch = Batch::default();
+        diff_stock(&before, &after, 7, &mut batch);
+        let changes: Vec<(&str, i64, i8)> = batch.stock_changes.iter().map(|c| (c.sku.as_str(), c.on_hand, c.diff)).collect();
+        assert_eq!(changes, vec![("A", 5, -1), ("A", 4, 1), ("C", 1, -1), ("D", 9, 1)]);
+        let current: Vec<(&str, i64, u8)> = batch.stock_current.iter().map(|c| (c.sku.as_str(), c.on_hand, c.deleted)).collect();
+        assert_eq!(current, vec![("A", 4, 0), ("C", 1, 1), ("D", 9, 0)]);
+        assert!(batch.stock_changes.iter().all(|c| c.epoch == 7));
+    }
+}
