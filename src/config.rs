@@ -26,6 +26,63 @@ pub enum Command {
     Serve(ServeArgs),
     /// `serve` plus a generator of stores, SKUs and sales, so the views move on a fresh machine.
     Demo(DemoArgs),
+    /// Write the topics into a sink up to their current end, then exit (a backfill).
+    Sink(SinkArgs),
+    /// Write a view, or a range of a topic's events, to a Parquet or Arrow IPC file.
+    Export(ExportArgs),
+}
+
+/// Sinks `stockflow sink` can fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SinkTarget {
+    /// The ClickHouse sink (`--clickhouse-url` is required).
+    Clickhouse,
+}
+
+/// Options of `sink`.
+#[derive(Debug, Args)]
+pub struct SinkArgs {
+    /// The sink to fill.
+    #[arg(value_enum)]
+    pub target: SinkTarget,
+    /// Where to read events from when the sink has no progress yet: `earliest` (the whole retained topic) or `latest`.
+    #[arg(long, default_value = "earliest")]
+    pub from: String,
+    /// Everything `serve` takes (sources, Kafka, ClickHouse, ...).
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Options of `export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The view to export (`stock`, `kpis`), as rebuilt from the sources.
+    #[arg(long, conflicts_with = "events")]
+    pub view: Option<String>,
+    /// Export raw events of `--topic` instead of a view.
+    #[arg(long, requires = "topic")]
+    pub events: bool,
+    /// The topic whose events to export (with `--events`).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// First offset, in every partition (with `--events`): `earliest` or a number [default: earliest].
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Offset to stop before, in every partition (with `--events`): `latest` or a number [default: latest].
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this tenant's rows.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// File format.
+    #[arg(long, value_enum, default_value = "parquet")]
+    pub format: crate::export::FileFormat,
+    /// The file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Everything `serve` takes (sources, data dir, Kafka, ...).
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Options of `serve` (and `demo`).

@@ -8,8 +8,21 @@ fn main() -> std::process::ExitCode {
     let (args, demo_rate) = match &cli.command {
         Command::Serve(args) => (args, None),
         Command::Demo(demo) => (&demo.serve, Some(demo.rate)),
+        Command::Sink(sink) => (&sink.serve, None),
+        Command::Export(export) => (&export.serve, None),
     };
-    let settings = match Settings::resolve(args, demo_rate) {
+    let resolved = Settings::resolve(args, demo_rate).and_then(|mut settings| {
+        if let Command::Sink(sink) = &cli.command {
+            match (sink.from.as_str(), settings.clickhouse.as_mut()) {
+                (_, None) => return Err(vec!["`stockflow sink clickhouse` needs --clickhouse-url (or STOCKFLOW_CLICKHOUSE_URL)".to_owned()]),
+                ("earliest", Some(clickhouse)) => clickhouse.from_earliest = true,
+                ("latest", Some(clickhouse)) => clickhouse.from_earliest = false,
+                (other, _) => return Err(vec![format!("--from: `{other}` is not earliest or latest")]),
+            }
+        }
+        Ok(settings)
+    });
+    let settings = match resolved {
         Ok(settings) => settings,
         Err(errors) => {
             for error in errors {
@@ -20,7 +33,12 @@ fn main() -> std::process::ExitCode {
     };
     init_logging(settings.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(settings)) {
+    let result = match &cli.command {
+        Command::Sink(_) => runtime.block_on(stockflow::offline::sink(&settings)),
+        Command::Export(export) => runtime.block_on(stockflow::offline::export(&settings, export)),
+        Command::Serve(_) | Command::Demo(_) => runtime.block_on(run(settings)),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

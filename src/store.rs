@@ -259,6 +259,11 @@ impl Store {
         self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The source positions that count as caught up (`None` before the engine started).
+    pub fn startup_targets(&self) -> Option<BTreeMap<String, BTreeMap<u32, u64>>> {
+        self.startup_targets.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// True once the published views cover what the sources held at start.
     pub fn caught_up(&self) -> bool {
         let targets = self.startup_targets.read().unwrap_or_else(|p| p.into_inner());

@@ -6,8 +6,9 @@
 //!   view row for row, `events` holds each event once (plain `count()`, no
 //!   FINAL), every alert transition is there once, and the `stock_changes`
 //!   diffs sum to the current rows;
-//! - the ten queries of docs/clickhouse.md run on the shared server and
-//!   answer rows.
+//! - `stockflow sink clickhouse` backfills history written before the sink
+//!   existed, the serving engine takes over from its progress, and the ten
+//!   queries of docs/clickhouse.md run on the shared server and answer rows.
 //!
 //! ClickHouse is read over its HTTP interface with plain SQL here, not
 //! through the sink's own code.
@@ -360,17 +361,32 @@ fn documented_queries() -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_documented_queries_answer() {
+async fn a_backfill_then_the_documented_queries_answer() {
     let url = std::env::var("STOCKFLOW_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
     let db = format!("stockflow_docs_{}", std::process::id());
     let data = tempfile::tempdir().unwrap();
-    let running = server::start(&settings_for(data.path(), &url, &db)).await.unwrap();
+    let settings = settings_for(data.path(), &url, &db);
 
+    // History written before the sink existed...
+    let mut without_sink = settings.clone();
+    without_sink.clickhouse = None;
+    let running = server::start(&without_sink).await.unwrap();
     let rounds: Vec<_> = (0..3).map(workload).collect();
     for (inventory, orders) in &rounds {
         append(&running, INVENTORY_EVENTS, inventory);
         append(&running, ORDER_EVENTS, orders);
     }
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+    // ...is backfilled by `stockflow sink clickhouse --from earliest`.
+    stockflow::offline::sink(&settings).await.unwrap();
+    let counts = query(&url, &db, "SELECT count(), uniqExact(topic, partition, offset, idx) FROM events").await.unwrap();
+    assert_eq!(counts[0], [events_in(&rounds).to_string(), events_in(&rounds).to_string()], "the backfill wrote each event once");
+    let stock = query(&url, &db, "SELECT count() FROM stock_current FINAL WHERE deleted = 0").await.unwrap();
+    assert_eq!(stock[0][0], (3 * 20 * 2).to_string(), "every stock row");
+
+    // The serving engine takes over from the backfill's progress.
+    let running = server::start(&settings).await.unwrap();
     wait_synced(&running, &url, &db, events_in(&rounds)).await;
     let queries = documented_queries();
     assert_eq!(queries.len(), 10, "docs/clickhouse.md should show ten queries");

@@ -132,8 +132,15 @@ pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segme
     })))
 }
 
-/// `GET /v1/stock`: one row per sku and location, filtered and paginated.
-pub(super) async fn list_stock(State(state): State<AppState>, Params(params): Params<StockListParams>) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/stock`: one row per sku and location, filtered and paginated;
+/// the page as an Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`.
+pub(super) async fn list_stock(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Params(params): Params<StockListParams>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let arrow = headers.get_all(axum::http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains(crate::export::ARROW_STREAM)));
     let location = params.location.as_deref().map(|l| parameter_name("location", l)).transpose()?;
     let category = params.category.as_deref().map(|c| parameter_name("category", c)).transpose()?;
     let limit = page_limit(params.limit)?;
@@ -167,10 +174,20 @@ pub(super) async fn list_stock(State(state): State<AppState>, Params(params): Pa
             }
             break;
         }
-        rows.push(stock_json(key, delta));
+        rows.push((key, delta));
         last = Some(key);
     }
-    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})))
+    if arrow {
+        // The page's rows; where the page ends travels in a header.
+        let body = crate::export::arrow_stream(&crate::export::stock_batch(rows.into_iter()));
+        let mut response = ([(axum::http::header::CONTENT_TYPE, crate::export::ARROW_STREAM)], body).into_response();
+        if let Some(cursor) = next_cursor.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert("x-next-cursor", cursor);
+        }
+        return Ok(response);
+    }
+    let rows: Vec<Value> = rows.into_iter().map(|(key, delta)| stock_json(key, delta)).collect();
+    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})).into_response())
 }
 
 /// `GET /v1/views`: the catalogue of views.

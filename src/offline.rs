@@ -1,0 +1,187 @@
+//! Runs that rebuild the views from the sources, act, and exit:
+//! `stockflow sink clickhouse` (a backfill) and `stockflow export`.
+
+use crate::config::{ExportArgs, Settings};
+use crate::export::{event_batch, view_batch, FileWriter, PositionedEvent};
+use crate::server::Running;
+use crate::source::Source;
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+use std::time::Duration;
+use stockflow_dataflows::model::Name;
+
+/// A progress bar on stderr when it is a terminal (hidden otherwise).
+fn bar(length: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {human_pos}/{human_len} messages, {per_sec}, ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Starts the engine headless (HTTP on a free loopback port, no demo) and
+/// waits until its views cover what the sources held at start.
+async fn caught_up(settings: &Settings, what: &str) -> anyhow::Result<Running> {
+    let mut settings = settings.clone();
+    settings.listen = "127.0.0.1:0".parse().expect("an address");
+    settings.demo_rate = None;
+    let running = crate::server::start(&settings).await?;
+    let bar = bar(0, what);
+    loop {
+        if running.shutdown.is_triggered() {
+            anyhow::bail!("stopped before the views caught up");
+        }
+        if let Some(targets) = running.store.startup_targets() {
+            let total: u64 = targets.values().flat_map(|p| p.values()).sum();
+            let reached: u64 = {
+                let snapshot = running.store.snapshot();
+                targets
+                    .iter()
+                    .flat_map(|(topic, partitions)| {
+                        let snapshot = snapshot.clone();
+                        partitions.iter().map(move |(p, target)| snapshot.as_of.offsets.get(topic).and_then(|o| o.get(p)).copied().unwrap_or(0).min(*target))
+                    })
+                    .sum()
+            };
+            bar.set_length(total);
+            bar.set_position(reached);
+            if running.store.caught_up() {
+                bar.finish_and_clear();
+                return Ok(running);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `stockflow sink clickhouse`: reads the sources to their end at start,
+/// lets the sink write everything, and stops.
+pub async fn sink(settings: &Settings) -> anyhow::Result<()> {
+    anyhow::ensure!(settings.clickhouse.is_some(), "`stockflow sink clickhouse` needs --clickhouse-url (or STOCKFLOW_CLICKHOUSE_URL)");
+    let running = caught_up(settings, "reading the sources").await?;
+    let epoch = running.store.snapshot().as_of.epoch;
+    eprintln!("views caught up at engine epoch {epoch}; writing the last batches to ClickHouse");
+    let (store, metrics) = (running.store.clone(), running.metrics.clone());
+    running.shutdown.trigger();
+    running.wait().await?;
+    let state = store.sink_states().remove("clickhouse").unwrap_or_default();
+    eprintln!(
+        "done: {} events, {} stock changes, {} kpi rows, {} alerts written; sink {state}",
+        metrics.sink_rows.with_label_values(&["events"]).get(),
+        metrics.sink_rows.with_label_values(&["stock_changes"]).get(),
+        metrics.sink_rows.with_label_values(&["kpis"]).get(),
+        metrics.sink_rows.with_label_values(&["alerts"]).get()
+    );
+    anyhow::ensure!(state == "stopped" && metrics.sink_buffered_rows.get() == 0, "ClickHouse did not take every row: run the command again to finish");
+    Ok(())
+}
+
+/// `stockflow export`.
+pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()> {
+    let tenant = args.tenant.as_deref().map(Name::from);
+    if args.events {
+        return export_events(settings, args, tenant);
+    }
+    let view = args.view.as_deref().context("say what to export: --view stock|kpis, or --events --topic T")?;
+    anyhow::ensure!(crate::export::VIEWS.contains(&view), "view `{view}` cannot be exported (views: {})", crate::export::VIEWS.join(", "));
+    let mut settings = settings.clone();
+    settings.clickhouse = None;
+    let running = caught_up(&settings, "rebuilding the views").await?;
+    let snapshot = running.store.snapshot();
+    let batch = view_batch(&snapshot, view, tenant.as_ref())?;
+    let mut writer = FileWriter::create(&args.out, args.format, &batch.schema())?;
+    writer.write(&batch)?;
+    writer.finish()?;
+    eprintln!("{} rows of `{view}` (as of engine epoch {}) written to {}", batch.num_rows(), snapshot.as_of.epoch, args.out.display());
+    running.shutdown.trigger();
+    running.wait().await
+}
+
+/// Rows per record batch of an event export.
+const EVENT_CHUNK: usize = 65_536;
+
+fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -> anyhow::Result<()> {
+    let topic_name = args.topic.as_deref().context("--events needs --topic")?;
+    let offset = |text: Option<&str>, default: Option<u64>| -> anyhow::Result<Option<u64>> {
+        match text {
+            None => Ok(default),
+            Some("earliest") => Ok(Some(0)),
+            Some("latest") => Ok(None),
+            Some(n) => n.parse().map(Some).map_err(|_| anyhow::anyhow!("`{n}` is not an offset (a number, earliest or latest)")),
+        }
+    };
+    let from = offset(args.from.as_deref(), Some(0))?.unwrap_or(0);
+    let to = offset(args.to.as_deref(), None)?;
+    let format = settings.sources.iter().find(|s| s.topic == topic_name).map(|s| s.format).unwrap_or_default();
+    let topic: Arc<dyn Source> = match &settings.kafka {
+        Some(kafka) => Arc::new(crate::source::kafka::KafkaTopic::open(kafka, topic_name)?),
+        None => {
+            let log = crate::log::Log::open(&settings.data_dir.join("log"))
+                .with_context(|| format!("opening the embedded log in {}", settings.data_dir.display()))?;
+            log.topic(topic_name, settings.partitions)?
+        }
+    };
+    let mut ranges = Vec::new();
+    for partition in 0..topic.partitions() {
+        let end = topic.end_offset(partition)?;
+        let stop = to.map_or(end, |to| to.min(end));
+        ranges.push((partition, from.min(stop), stop));
+    }
+    let bar = bar(ranges.iter().map(|(_, a, b)| b - a).sum(), &format!("exporting {topic_name}"));
+    let mut writer: Option<FileWriter> = None;
+    let (mut rows, mut written, mut undecodable) = (Vec::new(), 0usize, 0u64);
+    let mut flush = |rows: &mut Vec<PositionedEvent>, writer: &mut Option<FileWriter>| -> anyhow::Result<()> {
+        let batch = event_batch(rows);
+        if writer.is_none() {
+            *writer = Some(FileWriter::create(&args.out, args.format, &batch.schema())?);
+        }
+        writer.as_mut().expect("just created").write(&batch)?;
+        written += rows.len();
+        rows.clear();
+        Ok(())
+    };
+    let mut records = Vec::new();
+    let mut decoded = Vec::new();
+    for (partition, start, stop) in ranges {
+        let mut reader = topic.reader(partition, start)?;
+        let mut idle = 0;
+        while reader.position() < stop {
+            records.clear();
+            let read = reader.read(4096, &mut records)?;
+            if read == 0 {
+                idle += 1;
+                anyhow::ensure!(idle < 600, "{topic_name}/{partition}: no message at offset {} of {stop} within a minute", reader.position());
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            idle = 0;
+            for record in records.drain(..).filter(|r| r.offset < stop) {
+                bar.inc(1);
+                decoded.clear();
+                if format.decode(topic_name, partition, &record, &mut decoded).is_err() {
+                    undecodable += 1;
+                    continue;
+                }
+                for event in decoded.drain(..) {
+                    if tenant.as_ref().is_none_or(|t| *t == event.tenant) {
+                        rows.push(PositionedEvent { topic: topic_name.to_owned(), partition, offset: record.offset, event });
+                    }
+                }
+                if rows.len() >= EVENT_CHUNK {
+                    flush(&mut rows, &mut writer)?;
+                }
+            }
+        }
+    }
+    if !rows.is_empty() || writer.is_none() {
+        flush(&mut rows, &mut writer)?;
+    }
+    writer.expect("written above").finish()?;
+    bar.finish_and_clear();
+    eprintln!("{written} events of {topic_name} written to {} ({undecodable} messages that do not decode left out)", args.out.display());
+    Ok(())
+}
