@@ -7,7 +7,9 @@
 //! off; `LOW_STOCK_THRESHOLD=-1000000` keeps the alert operator from raising
 //! anything (this workload's levels hover around 0: with the default 10
 //! nearly every row raises and clears alerts); `KPIS=off` runs without the
-//! `kpis` dataflow.
+//! `kpis` dataflow; `CLICKHOUSE=http://127.0.0.1:8123` runs the ClickHouse
+//! sink too (database `stockflow_bench`, dropped first) and also times until
+//! ClickHouse holds every event.
 //! Prints one line per phase with events/s.
 
 use std::sync::Arc;
@@ -68,8 +70,18 @@ fn main() {
         },
         alerts: None,
     };
+    let metrics = Metrics::new();
+    let clickhouse = std::env::var("CLICKHOUSE").ok().filter(|url| !url.is_empty());
+    let sink = clickhouse.as_ref().map(|url| {
+        let config = stockflow_sinks::clickhouse::Config { url: url.clone(), database: "stockflow_bench".into(), user: String::new(), password: String::new() };
+        let client = stockflow_sinks::clickhouse::ClickHouse::new(&config);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(client.execute("DROP DATABASE IF EXISTS stockflow_bench")).expect("dropping the bench database");
+        let inputs = stockflow::sink::SinkInputs { sources: vec![(topic.clone() as Arc<dyn stockflow::source::Source>, Format::Stockflow)], alerts: None };
+        stockflow::sink::start(stockflow::sink::SinkSettings::new(config), inputs, store.clone(), metrics.clone()).expect("sink")
+    });
     let start = Instant::now();
-    let engine = stockflow::engine::start(config, store.clone(), Metrics::new(), shutdown.clone()).expect("engine");
+    let engine = stockflow::engine::start(config, store.clone(), metrics.clone(), shutdown.clone()).expect("engine");
     while store.readiness().is_err() {
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -85,6 +97,23 @@ fn main() {
         caught_up,
         events as f64 / caught_up.as_secs_f64()
     );
+    if let Some(sink) = sink {
+        while metrics.sink_rows.with_label_values(&["events"]).get() < events as u64 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let written = start.elapsed();
+        let rows: u64 = ["events", "stock_changes", "stock_current"].iter().map(|t| metrics.sink_rows.with_label_values(&[t]).get()).sum();
+        println!(
+            "sink     {events} events in ClickHouse after {:.2?}: {:.0} events/s; {rows} rows in all, {:.0} rows/s",
+            written,
+            events as f64 / written.as_secs_f64(),
+            rows as f64 / written.as_secs_f64()
+        );
+        shutdown.trigger();
+        engine.join().expect("engine stops");
+        sink.stop();
+        return;
+    }
     shutdown.trigger();
     engine.join().expect("engine stops");
 }
