@@ -353,11 +353,18 @@ impl Sink {
         (batch.rows() > 0).then_some(batch)
     }
 
-    /// Writes `batch`; after a failure (`dirty`) it first discards what the
-    /// failed attempt may have left above `committed`.
+    /// Writes `batch`. After a failure (`dirty`) it first asks ClickHouse
+    /// what was committed: a failure whose progress row landed (its answer
+    /// was lost) committed the batch, which is then not written again;
+    /// otherwise what the failed attempt left above the commit is discarded.
     async fn write(&self, committed: u64, batch: &Batch, dirty: bool) -> anyhow::Result<()> {
         if dirty {
-            self.clickhouse.discard_uncommitted(committed).await?;
+            let recorded = self.clickhouse.progress().await?.epoch.max(committed);
+            if recorded >= batch.epoch {
+                tracing::info!(epoch = batch.epoch, "the failed write had been committed: not writing it again");
+                return Ok(());
+            }
+            self.clickhouse.discard_uncommitted(recorded).await?;
         }
         self.clickhouse.write(batch).await?;
         Ok(())
