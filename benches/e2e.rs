@@ -109,6 +109,11 @@ fn main() {
             events as f64 / written.as_secs_f64(),
             rows as f64 / written.as_secs_f64()
         );
+        let phase = |p: &str| {
+            let h = metrics.sink_seconds.with_label_values(&[p]);
+            format!("{p} {:.2} s in {} calls", h.get_sample_sum(), h.get_sample_count())
+        };
+        println!("sink     time spent: {}, {}", phase("step"), phase("write"));
         shutdown.trigger();
         engine.join().expect("engine stops");
         sink.stop();

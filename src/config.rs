@@ -687,6 +687,39 @@ mod tests {
     }
 
     #[test]
+    fn clickhouse_options_are_validated_at_start() {
+        let args = ServeArgs {
+            clickhouse_url: Some("http://ch:8123".into()),
+            clickhouse_batch_rows: Some(500),
+            clickhouse_batch_ms: Some(250),
+            clickhouse_user: Some("writer".into()),
+            ..Default::default()
+        };
+        let sink = Settings::resolve(&args, None).unwrap().clickhouse.expect("the sink is on");
+        assert_eq!((sink.clickhouse.url.as_str(), sink.clickhouse.database.as_str(), sink.clickhouse.user.as_str()), ("http://ch:8123", "stockflow", "writer"));
+        assert_eq!((sink.batch_rows, sink.batch_interval, sink.max_buffer), (500, Duration::from_millis(250), 1_000_000));
+        assert!(Settings::resolve(&ServeArgs::default(), None).unwrap().clickhouse.is_none(), "off without a URL");
+        let args = ServeArgs {
+            clickhouse_url: Some("ch:8123".into()),
+            clickhouse_database: Some("stock flow".into()),
+            clickhouse_batch_rows: Some(0),
+            ..Default::default()
+        };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("clickhouse_url: `ch:8123` is not an http:// URL")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("clickhouse_database: `stock flow` is not a plain identifier")), "{errors:?}");
+        assert!(errors.iter().any(|e| e == "clickhouse_batch_rows: between 1 and 1000000, got 0"), "{errors:?}");
+        let args = ServeArgs {
+            clickhouse_url: Some("http://ch:8123".into()),
+            clickhouse_batch_rows: Some(500),
+            clickhouse_max_buffer: Some(100),
+            ..Default::default()
+        };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert_eq!(errors, ["clickhouse_max_buffer: at least clickhouse_batch_rows (500), got 100"]);
+    }
+
+    #[test]
     fn sources_from_flags_with_formats_checked() {
         let args = ServeArgs { sources: vec!["a.events".into(), "b=stockflow".into()], ..Default::default() };
         let settings = Settings::resolve(&args, None).unwrap();

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub sink_paused: IntGauge,
     /// Last sink epoch committed to ClickHouse.
     pub sink_epoch: IntGauge,
+    /// Time the sink spends per phase: `step` (read, decode, diff) and `write` (a batch to ClickHouse).
+    pub sink_seconds: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -168,6 +170,12 @@ impl Metrics {
             sink_buffered_rows: int_gauge("stockflow_sink_buffered_rows", "Rows computed by the ClickHouse sink and not committed yet."),
             sink_paused: int_gauge("stockflow_sink_paused", "1 while the ClickHouse sink's buffer is full and it stopped pulling epochs."),
             sink_epoch: int_gauge("stockflow_sink_epoch", "Last sink epoch committed to ClickHouse."),
+            sink_seconds: histogram(
+                "stockflow_sink_seconds",
+                "Time the ClickHouse sink spends per phase: step (read, decode, diff) and write (one batch).",
+                &["phase"],
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
             registry,
         }
     }

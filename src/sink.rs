@@ -151,7 +151,10 @@ impl Sink {
             if !paused && self.store.caught_up() {
                 let snapshot = self.store.snapshot();
                 let budget = self.settings.batch_rows.min(self.settings.max_buffer - buffered).max(1);
-                if let Some(step) = self.step(epoch + 1, &snapshot, &mut written, &mut readers, budget) {
+                let timer = self.metrics.sink_seconds.with_label_values(&["step"]).start_timer();
+                let step = self.step(epoch + 1, &snapshot, &mut written, &mut readers, budget);
+                timer.observe_duration();
+                if let Some(step) = step {
                     epoch += 1;
                     stepped = true;
                     oldest.get_or_insert_with(Instant::now);
@@ -164,7 +167,10 @@ impl Sink {
                 && (rows >= self.settings.batch_rows || oldest.is_some_and(|t| t.elapsed() >= self.settings.batch_interval) || paused || stopping);
             if due && Instant::now() >= retry_at {
                 let batch = merge(std::mem::take(&mut pending));
-                match self.write(committed, &batch, dirty).await {
+                let timer = self.metrics.sink_seconds.with_label_values(&["write"]).start_timer();
+                let written_ok = self.write(committed, &batch, dirty).await;
+                timer.observe_duration();
+                match written_ok {
                     Ok(()) => {
                         committed = batch.epoch;
                         failures = 0;
