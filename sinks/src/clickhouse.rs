@@ -85,7 +85,7 @@ pub struct EventRow {
     pub ts: u32,
     /// The sink epoch that wrote it.
     pub epoch: u64,
-    /// The event as stockflow JSON (DESIGN.md "Events").
+    /// The message as it is in the topic (of the topic's format).
     pub payload: String,
 }
 
