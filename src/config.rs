@@ -56,7 +56,7 @@ pub struct SinkArgs {
 /// Options of `export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// The view to export (`stock`, `kpis`), as rebuilt from the sources.
+    /// The view to export (`stock`, `items`, `kpis`), as rebuilt from the sources.
     #[arg(long, conflicts_with = "events")]
     pub view: Option<String>,
     /// Export raw events of `--topic` instead of a view.

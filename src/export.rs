@@ -4,19 +4,19 @@
 
 use crate::store::Snapshot;
 use anyhow::Context;
-use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{BooleanBuilder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use std::path::Path;
 use std::sync::Arc;
 use stockflow_dataflows::kpis::{KpiKey, KpiValue};
-use stockflow_dataflows::model::{encode_event, Event, Name, StockDelta, StockKey};
+use stockflow_dataflows::model::{encode_event, Event, ItemRow, Name, SkuKey, StockDelta, StockKey};
 
 /// The media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// Views that can be exported.
-pub const VIEWS: [&str; 2] = ["stock", "kpis"];
+pub const VIEWS: [&str; 3] = ["stock", "items", "kpis"];
 
 /// File formats of `stockflow export`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +64,50 @@ pub fn stock_batch<'a>(rows: impl Iterator<Item = (&'a StockKey, &'a StockDelta)
         Arc::new(reserved.finish()),
         Arc::new(available.finish()),
         Arc::new(version.finish()),
+        Arc::new(updated_at.finish()),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
+}
+
+/// Item rows (`tenant, sku, name, price` — `Decimal128(38, 4)`, exact —
+/// `category, reorder_point, target_level, active, updated_at`).
+pub fn item_batch<'a>(rows: impl Iterator<Item = (&'a SkuKey, &'a ItemRow)>) -> RecordBatch {
+    let (mut tenant, mut sku, mut name, mut category) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let mut price = Decimal128Builder::new().with_precision_and_scale(38, 4).expect("a valid decimal type");
+    let (mut reorder_point, mut target_level) = (Int64Builder::new(), Int64Builder::new());
+    let mut active = BooleanBuilder::new();
+    let mut updated_at = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    for (key, row) in rows {
+        tenant.append_value(&key.tenant);
+        sku.append_value(&key.sku);
+        name.append_value(&row.name);
+        price.append_value(i128::from(row.price.ten_thousandths()));
+        category.append_value(&row.category);
+        reorder_point.append_option(row.reorder_point);
+        target_level.append_option(row.target_level);
+        active.append_value(row.active);
+        updated_at.append_value(row.updated_at);
+    }
+    let schema = Schema::new(vec![
+        Field::new("tenant", DataType::Utf8, false),
+        Field::new("sku", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("price", DataType::Decimal128(38, 4), false),
+        Field::new("category", DataType::Utf8, false),
+        Field::new("reorder_point", DataType::Int64, true),
+        Field::new("target_level", DataType::Int64, true),
+        Field::new("active", DataType::Boolean, false),
+        Field::new("updated_at", utc_ms(), false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(tenant.finish()),
+        Arc::new(sku.finish()),
+        Arc::new(name.finish()),
+        Arc::new(price.finish()),
+        Arc::new(category.finish()),
+        Arc::new(reorder_point.finish()),
+        Arc::new(target_level.finish()),
+        Arc::new(active.finish()),
         Arc::new(updated_at.finish()),
     ];
     RecordBatch::try_new(Arc::new(schema), columns).expect("columns match the schema")
@@ -166,9 +210,25 @@ pub fn view_batch(snapshot: &Snapshot, view: &str, tenant: Option<&Name>) -> any
     let keep = |t: &Name| tenant.is_none_or(|tenant| tenant == t);
     match view {
         "stock" => Ok(stock_batch(snapshot.stock.iter().filter(|(k, _)| keep(&k.tenant)))),
+        "items" => Ok(item_batch(snapshot.items.iter().filter(|(k, _)| keep(&k.tenant)))),
         "kpis" => Ok(kpi_batch(snapshot.kpis.iter().filter(|(k, _)| keep(&k.tenant)))),
         other => anyhow::bail!("view `{other}` cannot be exported (views: {})", VIEWS.join(", ")),
     }
+}
+
+/// Whether a request's `Accept` asks for an Arrow IPC stream.
+pub fn wants_arrow(headers: &axum::http::HeaderMap) -> bool {
+    headers.get_all(axum::http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains(ARROW_STREAM)))
+}
+
+/// A listing page as an Arrow IPC stream; the next page's cursor, if any, in `x-next-cursor`.
+pub fn arrow_page(batch: &RecordBatch, next_cursor: Option<String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = ([(axum::http::header::CONTENT_TYPE, ARROW_STREAM)], arrow_stream(batch)).into_response();
+    if let Some(cursor) = next_cursor.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert("x-next-cursor", cursor);
+    }
+    response
 }
 
 /// `batch` as an Arrow IPC stream (what listings answer to `Accept: application/vnd.apache.arrow.stream`).

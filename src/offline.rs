@@ -86,7 +86,7 @@ pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()
     if args.events {
         return export_events(settings, args, tenant);
     }
-    let view = args.view.as_deref().context("say what to export: --view stock|kpis, or --events --topic T")?;
+    let view = args.view.as_deref().context("say what to export: --view stock|items|kpis, or --events --topic T")?;
     anyhow::ensure!(crate::export::VIEWS.contains(&view), "view `{view}` cannot be exported (views: {})", crate::export::VIEWS.join(", "));
     let mut settings = settings.clone();
     settings.clickhouse = None;

@@ -99,6 +99,16 @@ async fn exports_read_back_equal_the_view() {
     }
     assert_eq!(json_rows.len(), 300);
     assert_eq!(arrow_rows, json_rows);
+    // The items listing too.
+    let response =
+        client.http.get(format!("{}/v1/items?limit=1000", client.base)).header("accept", "application/vnd.apache.arrow.stream").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-next-cursor").is_none(), "one page holds the 150 items");
+    let body = response.bytes().await.unwrap();
+    let batches: Vec<RecordBatch> = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap().map(Result::unwrap).collect();
+    let skus: Vec<String> =
+        batches.iter().flat_map(|b| (0..b.num_rows()).map(|i| column::<StringArray>(b, "sku").value(i).to_owned()).collect::<Vec<_>>()).collect();
+    assert_eq!(skus, (0..150).map(|i| format!("SKU-{i:03}")).collect::<Vec<_>>());
     running.shutdown.trigger();
     running.wait().await.unwrap();
 
@@ -114,6 +124,15 @@ async fn exports_read_back_equal_the_view() {
     let reader = arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&arrow).unwrap(), None).unwrap();
     let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
     assert_eq!(stock_rows(&batches), json_rows, "the Arrow export differs from the view");
+
+    // Items, with their price exact (Decimal128(38, 4)).
+    let items = dir.path().join("items.parquet");
+    stockflow::offline::export(&settings, &ExportArgs { view: Some("items".into()), ..export_args(&items, FileFormat::Parquet) }).await.unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&items).unwrap()).unwrap().build().unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 150);
+    let price = column::<arrow_array::Decimal128Array>(&batches[0], "price");
+    assert_eq!((price.value(0), price.scale()), (10_000, 4), "1.00 exactly");
 
     // Raw events of a range: offsets 1.. of every partition (the bad message is left out).
     let events = dir.path().join("events.parquet");
@@ -133,5 +152,5 @@ async fn exports_read_back_equal_the_view() {
     // A view that cannot be exported is refused with the list.
     let bad = ExportArgs { view: Some("orders".into()), ..export_args(&arrow, FileFormat::Arrow) };
     let error = stockflow::offline::export(&settings, &bad).await.unwrap_err().to_string();
-    assert!(error.contains("view `orders` cannot be exported (views: stock, kpis)"), "{error}");
+    assert!(error.contains("view `orders` cannot be exported (views: stock, items, kpis)"), "{error}");
 }

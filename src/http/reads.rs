@@ -67,8 +67,13 @@ pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segmen
     Ok(Json(json!({"as_of": snapshot.as_of, "item": item_json(&key, row)})))
 }
 
-/// `GET /v1/items`
-pub(super) async fn list_items(State(state): State<AppState>, Params(params): Params<ItemListParams>) -> Result<Json<Value>, ApiError> {
+/// `GET /v1/items` (an Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`).
+pub(super) async fn list_items(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Params(params): Params<ItemListParams>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let category = params.category.as_deref().map(|c| parameter_name("category", c)).transpose()?;
     let limit = page_limit(params.limit)?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -95,10 +100,14 @@ pub(super) async fn list_items(State(state): State<AppState>, Params(params): Pa
             }
             break;
         }
-        rows.push(item_json(key, row));
+        rows.push((key, row));
         last = Some(key);
     }
-    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})))
+    if crate::export::wants_arrow(&headers) {
+        return Ok(crate::export::arrow_page(&crate::export::item_batch(rows.into_iter()), next_cursor));
+    }
+    let rows: Vec<Value> = rows.into_iter().map(|(key, row)| item_json(key, row)).collect();
+    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})).into_response())
 }
 
 /// `GET /v1/stock/{sku}`: totals plus one row per location.
@@ -140,7 +149,6 @@ pub(super) async fn list_stock(
     Params(params): Params<StockListParams>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let arrow = headers.get_all(axum::http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains(crate::export::ARROW_STREAM)));
     let location = params.location.as_deref().map(|l| parameter_name("location", l)).transpose()?;
     let category = params.category.as_deref().map(|c| parameter_name("category", c)).transpose()?;
     let limit = page_limit(params.limit)?;
@@ -177,14 +185,8 @@ pub(super) async fn list_stock(
         rows.push((key, delta));
         last = Some(key);
     }
-    if arrow {
-        // The page's rows; where the page ends travels in a header.
-        let body = crate::export::arrow_stream(&crate::export::stock_batch(rows.into_iter()));
-        let mut response = ([(axum::http::header::CONTENT_TYPE, crate::export::ARROW_STREAM)], body).into_response();
-        if let Some(cursor) = next_cursor.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
-            response.headers_mut().insert("x-next-cursor", cursor);
-        }
-        return Ok(response);
+    if crate::export::wants_arrow(&headers) {
+        return Ok(crate::export::arrow_page(&crate::export::stock_batch(rows.into_iter()), next_cursor));
     }
     let rows: Vec<Value> = rows.into_iter().map(|(key, delta)| stock_json(key, delta)).collect();
     Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})).into_response())
