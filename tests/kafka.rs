@@ -1,6 +1,7 @@
 //! The Kafka source against a real Kafka-compatible broker over TCP (Tansu,
 //! started by `scripts/services.sh`; override with `STOCKFLOW_KAFKA_BROKERS`).
-//! The outage and restart tests start brokers of their own.
+//! The outage and restart tests start brokers of their own. The ClickHouse
+//! sink test writes to the ClickHouse of `scripts/services.sh` too.
 //! Every test uses fresh topics.
 
 use rdkafka::config::ClientConfig;
@@ -677,4 +678,79 @@ async fn alerts_reach_the_alerts_topic_once_also_after_a_restart() {
     assert_eq!(types, ["alert.low_stock.raised", "alert.low_stock.cleared"]);
     running.shutdown.trigger();
     running.wait().await.unwrap();
+}
+
+/// Runs `sql` on the ClickHouse of `scripts/services.sh`; the rows as tab-separated fields.
+async fn clickhouse(db: &str, sql: &str) -> Vec<Vec<String>> {
+    let url = std::env::var("STOCKFLOW_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let response = reqwest::Client::new().post(format!("{url}/?database={db}")).body(format!("{sql} FORMAT TabSeparated")).send().await.unwrap();
+    let (status, text) = (response.status(), response.text().await.unwrap());
+    assert!(status.is_success(), "{sql}: {status} {text}");
+    text.lines().map(|line| line.split('\t').map(str::to_owned).collect()).collect()
+}
+
+/// Polls ClickHouse until `events` hold `count` rows and `stock_current` sums to `on_hand` (at most 60 s).
+async fn clickhouse_holds(db: &str, count: usize, on_hand: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tables = clickhouse("default", &format!("SELECT count() FROM system.tables WHERE database = '{db}'")).await;
+        if tables[0][0] == "6" {
+            let events = clickhouse(db, "SELECT count(), uniqExact(topic, partition, offset, idx) FROM events").await;
+            let stock = clickhouse(db, "SELECT sum(on_hand) FROM stock_current FINAL WHERE deleted = 0").await;
+            let (rows, distinct): (usize, usize) = (events[0][0].parse().unwrap(), events[0][1].parse().unwrap());
+            assert_eq!(rows, distinct, "an event written twice");
+            assert!(rows <= count, "{rows} event rows for {count} events");
+            if rows == count && stock[0][0].parse::<i64>().unwrap_or(i64::MIN) == on_hand {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "ClickHouse never held {count} events and on_hand {on_hand}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clickhouse_sink_writes_kafka_events_once_across_a_restart() {
+    let topic = unique("sink");
+    let db = format!("it_sink_{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path(), &topic, 2);
+    let mut sink = stockflow::sink::SinkSettings::new(stockflow_sinks::clickhouse::Config {
+        url: std::env::var("STOCKFLOW_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
+        database: db.clone(),
+        user: String::new(),
+        password: String::new(),
+    });
+    sink.batch_interval = Duration::from_millis(100);
+    settings.clickhouse = Some(sink);
+    let round = |from: usize| -> Vec<(String, Vec<u8>)> {
+        let mut messages = Vec::new();
+        for i in from..from + 20 {
+            let sku = format!("S-{i:02}");
+            if from == 0 {
+                messages.push(event(json!({"id": format!("c{i}"), "type": "item.created", "sku": sku, "name": sku, "price": 1, "stock": {"lima": 10}})));
+            }
+            messages
+                .push(event(json!({"id": format!("a{from}-{i}"), "type": "stock.adjusted", "sku": format!("S-{:02}", i % 20), "location": "lima", "qty": -1})));
+        }
+        messages
+    };
+
+    let running = start_ready(&settings).await;
+    let mut first = round(0);
+    first.push(("default/S-00".into(), b"{not json".to_vec()));
+    produce(&topic, &first);
+    clickhouse_holds(&db, 40, 20 * 10 - 20).await;
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+
+    // Restarted: the views are rebuilt from Kafka; the sink resumes from its progress.
+    let running = start_ready(&settings).await;
+    produce(&topic, &round(20));
+    clickhouse_holds(&db, 60, 20 * 10 - 40).await;
+    let (_, stock) = get(&running, "/v1/stock/S-03").await;
+    assert_eq!(stock["totals"]["on_hand"], 8, "{stock}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+    clickhouse("default", &format!("DROP DATABASE IF EXISTS {db}")).await;
 }
