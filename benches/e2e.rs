@@ -9,7 +9,8 @@
 //! nearly every row raises and clears alerts); `KPIS=off` runs without the
 //! `kpis` dataflow; `CLICKHOUSE=http://127.0.0.1:8123` runs the ClickHouse
 //! sink too (database `stockflow_bench`, dropped first) and also times until
-//! ClickHouse holds every event.
+//! ClickHouse holds every event (`CLICKHOUSE_BATCH_MS`: the sink's batch age,
+//! default 1000).
 //! Prints one line per phase with events/s.
 
 use std::sync::Arc;
@@ -78,7 +79,12 @@ fn main() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(client.execute("DROP DATABASE IF EXISTS stockflow_bench")).expect("dropping the bench database");
         let inputs = stockflow::sink::SinkInputs { sources: vec![(topic.clone() as Arc<dyn stockflow::source::Source>, Format::Stockflow)], alerts: None };
-        stockflow::sink::start(stockflow::sink::SinkSettings::new(config), inputs, store.clone(), metrics.clone()).expect("sink")
+        let mut settings = stockflow::sink::SinkSettings::new(config);
+        // CLICKHOUSE_BATCH_MS: the age at which a partial batch is written (default 1000).
+        if let Some(ms) = std::env::var("CLICKHOUSE_BATCH_MS").ok().and_then(|v| v.parse().ok()) {
+            settings.batch_interval = Duration::from_millis(ms);
+        }
+        stockflow::sink::start(settings, inputs, store.clone(), metrics.clone()).expect("sink")
     });
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), metrics.clone(), shutdown.clone()).expect("engine");

@@ -86,7 +86,9 @@ pub fn start(settings: SinkSettings, inputs: SinkInputs, store: Arc<Store>, metr
     let thread = {
         let stop = stop.clone();
         std::thread::Builder::new().name("stockflow-sink".into()).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            // One worker: ClickHouse writes run there while this thread takes the next steps.
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("stockflow-sink-io").enable_all().build().expect("a tokio runtime");
             runtime.block_on(Sink::new(settings, inputs, store, metrics, stop).run());
         })?
     };
@@ -133,6 +135,13 @@ impl Sink {
     async fn run(self) {
         let Some((mut committed, mut written, mut readers)) = self.connect().await else { return };
         let mut pending: Vec<Batch> = Vec::new();
+        // A batch whose write failed: written again alone (steps taken since
+        // must not join it: had it been committed after all, they would be
+        // written twice).
+        let mut retry: Option<Batch> = None;
+        // The batch being written, on the runtime's worker thread, while this
+        // thread takes the next steps: one at a time, so commits stay in order.
+        let mut in_flight: Option<(Writing, usize)> = None;
         let mut oldest: Option<Instant> = None;
         let mut failures = 0u32;
         let mut retry_at = Instant::now();
@@ -141,8 +150,49 @@ impl Sink {
         let mut epoch = committed;
         let mut published = self.store.subscribe();
         loop {
+            // A finished write: commit or put the batch back in front.
+            if in_flight.as_ref().is_some_and(|(handle, _)| handle.is_finished()) {
+                let (handle, _) = in_flight.take().expect("checked above");
+                let (batch, result) = match handle.await {
+                    Ok(done) => done,
+                    Err(panicked) => {
+                        tracing::error!(%panicked, "the ClickHouse write task failed");
+                        self.state(format!("stopped: the write task failed: {panicked}"));
+                        return;
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        committed = batch.epoch;
+                        failures = 0;
+                        dirty = false;
+                        self.metrics.sink_epoch.set(committed as i64);
+                        for (table, n) in [
+                            ("events", batch.events.len()),
+                            ("stock_changes", batch.stock_changes.len()),
+                            ("stock_current", batch.stock_current.len()),
+                            ("kpis", batch.kpis.len()),
+                            ("alerts", batch.alerts.len()),
+                        ] {
+                            self.metrics.sink_rows.with_label_values(&[table]).inc_by(n as u64);
+                        }
+                        self.state(format!("writing: epoch {committed} committed (engine epoch {})", batch.engine_epoch));
+                    }
+                    Err(error) => {
+                        failures += 1;
+                        dirty = true;
+                        self.metrics.sink_failures.inc();
+                        let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                        tracing::warn!(error = %format!("{error:#}"), retry_in_ms = backoff.as_millis() as u64, rows = batch.rows(), "writing to ClickHouse failed; retrying");
+                        self.state(format!("retrying: {error:#}"));
+                        retry_at = Instant::now() + backoff;
+                        retry = Some(batch);
+                    }
+                }
+            }
             let stopping = self.stop.is_triggered();
-            let buffered: usize = pending.iter().map(Batch::rows).sum();
+            let buffered: usize =
+                pending.iter().map(Batch::rows).sum::<usize>() + retry.as_ref().map_or(0, Batch::rows) + in_flight.as_ref().map_or(0, |(_, rows)| *rows);
             self.metrics.sink_buffered_rows.set(buffered as i64);
             let paused = buffered >= self.settings.max_buffer;
             self.metrics.sink_paused.set(paused as i64);
@@ -166,61 +216,45 @@ impl Sink {
             }
             self.metrics.sink_lag_epochs.set(self.store.snapshot().as_of.epoch.saturating_sub(written.engine_epoch) as i64);
             let rows: usize = pending.iter().map(Batch::rows).sum();
-            let due = !pending.is_empty()
-                && (rows >= self.settings.batch_rows || oldest.is_some_and(|t| t.elapsed() >= self.settings.batch_interval) || paused || stopping);
-            if due && Instant::now() >= retry_at {
-                let batch = merge(std::mem::take(&mut pending));
-                let timer = self.metrics.sink_seconds.with_label_values(&["write"]).start_timer();
-                let written_ok = self.write(committed, &batch, dirty).await;
-                timer.observe_duration();
-                match written_ok {
-                    Ok(()) => {
-                        committed = batch.epoch;
-                        failures = 0;
-                        dirty = false;
+            let due = retry.is_some()
+                || (!pending.is_empty()
+                    && (rows >= self.settings.batch_rows || oldest.is_some_and(|t| t.elapsed() >= self.settings.batch_interval) || paused || stopping));
+            if in_flight.is_none() && due && Instant::now() >= retry_at {
+                let batch = match retry.take() {
+                    Some(batch) => batch,
+                    None => {
                         oldest = None;
-                        self.metrics.sink_epoch.set(committed as i64);
-                        for (table, n) in [
-                            ("events", batch.events.len()),
-                            ("stock_changes", batch.stock_changes.len()),
-                            ("stock_current", batch.stock_current.len()),
-                            ("kpis", batch.kpis.len()),
-                            ("alerts", batch.alerts.len()),
-                        ] {
-                            self.metrics.sink_rows.with_label_values(&[table]).inc_by(n as u64);
-                        }
-                        self.state(format!("writing: epoch {committed} committed (engine epoch {})", batch.engine_epoch));
+                        merge(std::mem::take(&mut pending))
                     }
-                    Err(error) => {
-                        failures += 1;
-                        dirty = true;
-                        self.metrics.sink_failures.inc();
-                        let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-                        tracing::warn!(error = %format!("{error:#}"), retry_in_ms = backoff.as_millis() as u64, rows = batch.rows(), "writing to ClickHouse failed; retrying");
-                        self.state(format!("retrying: {error:#}"));
-                        retry_at = Instant::now() + backoff;
-                        pending = vec![batch];
-                    }
-                }
+                };
+                let rows = batch.rows();
+                let (clickhouse, timer) = (self.clickhouse.clone(), self.metrics.sink_seconds.with_label_values(&["write"]));
+                let handle = tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = write(&clickhouse, committed, &batch, dirty).await;
+                    timer.observe(started.elapsed().as_secs_f64());
+                    (batch, result)
+                });
+                in_flight = Some((handle, rows));
                 continue;
             }
             if stopping {
-                let done = pending.is_empty() && !stepped;
-                if done || failures >= 3 {
-                    if !pending.is_empty() {
-                        tracing::warn!(rows = rows, "stopping with rows ClickHouse did not take: they are written again from the log at the next start");
+                let done = pending.is_empty() && retry.is_none() && in_flight.is_none() && !stepped;
+                if done || (failures >= 3 && in_flight.is_none()) {
+                    if !pending.is_empty() || retry.is_some() {
+                        tracing::warn!(rows = buffered, "stopping with rows ClickHouse did not take: they are written again from the log at the next start");
                     }
                     self.state("stopped");
                     return;
                 }
                 if !stepped {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 continue;
             }
             if !stepped {
-                // Until something is published, a retry is due or a batch ages out.
-                let wait = if pending.is_empty() { Duration::from_millis(200) } else { Duration::from_millis(20) };
+                // Until something is published, a write ends, a retry is due or a batch ages out.
+                let wait = if pending.is_empty() && retry.is_none() && in_flight.is_none() { Duration::from_millis(200) } else { Duration::from_millis(5) };
                 tokio::select! {
                     _ = published.changed() => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -361,24 +395,27 @@ impl Sink {
         batch.engine_epoch = written.engine_epoch;
         (batch.rows() > 0).then_some(batch)
     }
-
-    /// Writes `batch`. After a failure (`dirty`) it first asks ClickHouse
-    /// what was committed: a failure whose progress row landed (its answer
-    /// was lost) committed the batch, which is then not written again;
-    /// otherwise what the failed attempt left above the commit is discarded.
-    async fn write(&self, committed: u64, batch: &Batch, dirty: bool) -> anyhow::Result<()> {
-        if dirty {
-            let recorded = self.clickhouse.progress().await?.epoch.max(committed);
-            if recorded >= batch.epoch {
-                tracing::info!(epoch = batch.epoch, "the failed write had been committed: not writing it again");
-                return Ok(());
-            }
-            self.clickhouse.discard_uncommitted(recorded).await?;
-        }
-        self.clickhouse.write(batch).await?;
-        Ok(())
-    }
 }
+
+/// Writes `batch`. After a failure (`dirty`) it first asks ClickHouse
+/// what was committed: a failure whose progress row landed (its answer
+/// was lost) committed the batch, which is then not written again;
+/// otherwise what the failed attempt left above the commit is discarded.
+async fn write(clickhouse: &ClickHouse, committed: u64, batch: &Batch, dirty: bool) -> anyhow::Result<()> {
+    if dirty {
+        let recorded = clickhouse.progress().await?.epoch.max(committed);
+        if recorded >= batch.epoch {
+            tracing::info!(epoch = batch.epoch, "the failed write had been committed: not writing it again");
+            return Ok(());
+        }
+        clickhouse.discard_uncommitted(recorded).await?;
+    }
+    clickhouse.write(batch).await?;
+    Ok(())
+}
+
+/// A batch being written: it comes back with the outcome.
+type Writing = tokio::task::JoinHandle<(Batch, anyhow::Result<()>)>;
 
 /// Joins consecutive steps into one batch (the last step's epoch and offsets).
 fn merge(steps: Vec<Batch>) -> Batch {
