@@ -82,7 +82,8 @@ else
 fi
 
 # --- ClickHouse ---------------------------------------------------------------
-if ! command -v clickhouse-server >/dev/null 2>&1; then
+# Debian puts it in /usr/sbin, which is not on every user's PATH.
+if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/sbin/clickhouse-server ]; then
   log "installing clickhouse-server (Debian)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
@@ -97,7 +98,9 @@ elif port_open 8123; then
 else
   sed -e "s#@DIR@#$CH_DIR#g" -e "s#@HTTP@#8123#" -e "s#@TCP@#19000#" "$HERE/clickhouse.xml" > "$CH_DIR/config.xml"
   log "starting clickhouse-server on 127.0.0.1:8123 (data and logs: $CH_DIR)"
-  (cd "$CH_DIR" && setsid nohup clickhouse-server --config-file="$CH_DIR/config.xml" >"$CH_DIR/stdout.log" 2>&1 < /dev/null &)
+  CH_SERVER="$(command -v clickhouse-server || echo /usr/sbin/clickhouse-server)"
+  # `exec`: no shell lingers holding this script's stdout (a pipe would never end).
+  (cd "$CH_DIR" && exec setsid nohup "$CH_SERVER" --config-file="$CH_DIR/config.xml" >"$CH_DIR/stdout.log" 2>&1 < /dev/null) &
   for _ in $(seq 1 150); do
     port_open 8123 && break
     sleep 0.2

@@ -53,7 +53,9 @@ impl Server {
     }
 
     fn run(&mut self) {
-        let child = Command::new("clickhouse-server")
+        // Debian installs it in /usr/sbin, not on every user's PATH.
+        let binary = if Path::new("/usr/sbin/clickhouse-server").exists() { "/usr/sbin/clickhouse-server" } else { "clickhouse-server" };
+        let child = Command::new(binary)
             .arg(format!("--config-file={}", self.dir.join("config.xml").display()))
             .current_dir(&self.dir)
             .stdout(Stdio::null())
