@@ -37,16 +37,12 @@ async fn caught_up(settings: &Settings, what: &str) -> anyhow::Result<Running> {
         }
         if let Some(targets) = running.store.startup_targets() {
             let total: u64 = targets.values().flat_map(|p| p.values()).sum();
-            let reached: u64 = {
-                let snapshot = running.store.snapshot();
-                targets
-                    .iter()
-                    .flat_map(|(topic, partitions)| {
-                        let snapshot = snapshot.clone();
-                        partitions.iter().map(move |(p, target)| snapshot.as_of.offsets.get(topic).and_then(|o| o.get(p)).copied().unwrap_or(0).min(*target))
-                    })
-                    .sum()
-            };
+            let snapshot = running.store.snapshot();
+            let reached: u64 = targets
+                .iter()
+                .flat_map(|(topic, partitions)| partitions.iter().map(move |(partition, target)| (topic, partition, *target)))
+                .map(|(topic, partition, target)| snapshot.as_of.offsets.get(topic).and_then(|o| o.get(partition)).copied().unwrap_or(0).min(target))
+                .sum();
             bar.set_length(total);
             bar.set_position(reached);
             if running.store.caught_up() {

@@ -167,13 +167,7 @@ impl Sink {
                         failures = 0;
                         dirty = false;
                         self.metrics.sink_epoch.set(committed as i64);
-                        for (table, n) in [
-                            ("events", batch.events.len()),
-                            ("stock_changes", batch.stock_changes.len()),
-                            ("stock_current", batch.stock_current.len()),
-                            ("kpis", batch.kpis.len()),
-                            ("alerts", batch.alerts.len()),
-                        ] {
+                        for (table, n) in batch.counts() {
                             self.metrics.sink_rows.with_label_values(&[table]).inc_by(n as u64);
                         }
                         self.state(format!("writing: epoch {committed} committed (engine epoch {})", batch.engine_epoch));
@@ -198,8 +192,8 @@ impl Sink {
             self.metrics.sink_paused.set(paused as i64);
             // Take a step when there is room and something new.
             let mut stepped = false;
+            let snapshot = self.store.snapshot();
             if !paused {
-                let snapshot = self.store.snapshot();
                 let budget = self.settings.batch_rows.min(self.settings.max_buffer - buffered).max(1);
                 let timer = self.metrics.sink_seconds.with_label_values(&["step"]).start_timer();
                 // Events flow from the start; state waits until the views have
@@ -214,7 +208,7 @@ impl Sink {
                     pending.push(step);
                 }
             }
-            self.metrics.sink_lag_epochs.set(self.store.snapshot().as_of.epoch.saturating_sub(written.engine_epoch) as i64);
+            self.metrics.sink_lag_epochs.set(snapshot.as_of.epoch.saturating_sub(written.engine_epoch) as i64);
             let rows: usize = pending.iter().map(Batch::rows).sum();
             let due = retry.is_some()
                 || (!pending.is_empty()

@@ -288,7 +288,13 @@ pub struct Batch {
 impl Batch {
     /// Rows held, all tables together.
     pub fn rows(&self) -> usize {
-        self.events.len() + self.stock_changes.len() + self.stock_current.len() + self.kpis.len() + self.alerts.len()
+        self.counts().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Rows per data table, in [`TABLES`] order.
+    pub fn counts(&self) -> [(&'static str, usize); 5] {
+        let lens = [self.events.len(), self.stock_changes.len(), self.stock_current.len(), self.kpis.len(), self.alerts.len()];
+        std::array::from_fn(|i| (TABLES[i], lens[i]))
     }
 }
 
@@ -481,14 +487,7 @@ impl ClickHouse {
         self.insert("alerts", &batch.alerts).await?;
         let offsets = serde_json::to_string(&batch.offsets).expect("offsets serialize");
         let written_at = u32::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())).unwrap_or(u32::MAX);
-        let rows = [
-            ("events", batch.events.len()),
-            ("stock_changes", batch.stock_changes.len()),
-            ("stock_current", batch.stock_current.len()),
-            ("kpis", batch.kpis.len()),
-            ("alerts", batch.alerts.len()),
-        ]
-        .map(|(table, rows)| ProgressRow {
+        let rows = batch.counts().map(|(table, rows)| ProgressRow {
             table: table.into(),
             epoch: batch.epoch,
             engine_epoch: batch.engine_epoch,
