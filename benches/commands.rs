@@ -61,6 +61,9 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         kpi_retention: std::time::Duration::from_secs(90 * 24 * 3600),
         kpi_specs: std::sync::Arc::from(Vec::new()),
         clickhouse: None,
+        checkpoint_interval: Some(Duration::from_secs(30)),
+        on_checkpoint_gap: Default::default(),
+        offline: false,
     };
     let running = server::start(&settings).await.expect("server starts");
     let base = format!("http://{}", running.addr);

@@ -70,6 +70,8 @@ fn main() {
             ..Default::default()
         },
         alerts: None,
+        restore: None,
+        on_gap: Default::default(),
     };
     let metrics = Metrics::new();
     let clickhouse = std::env::var("CLICKHOUSE").ok().filter(|url| !url.is_empty());

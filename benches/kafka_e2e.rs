@@ -127,6 +127,8 @@ fn main() {
         thresholds: Default::default(),
         kpis: Some(Default::default()),
         alerts: None,
+        restore: None,
+        on_gap: Default::default(),
     };
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), Metrics::new(), shutdown.clone()).expect("engine");

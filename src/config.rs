@@ -30,6 +30,40 @@ pub enum Command {
     Sink(SinkArgs),
     /// Write a view, or a range of a topic's events, to a Parquet or Arrow IPC file.
     Export(ExportArgs),
+    /// Print a view rebuilt from the sources as canonical, sorted JSON: the same input gives the same bytes.
+    Dump(DumpArgs),
+}
+
+/// How `dump` prints rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DumpFormat {
+    /// One row per line.
+    Ndjson,
+    /// One JSON array.
+    Json,
+}
+
+/// Options of `dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The view: items, stock, stock_totals, low_stock, alerts, orders, kpis, top_skus, gauges.
+    #[arg(long)]
+    pub view: String,
+    /// Only this tenant's rows.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// `ndjson` (one row per line) or `json` (an array).
+    #[arg(long, value_enum, default_value = "ndjson")]
+    pub format: DumpFormat,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Start from the data dir's newest checkpoint (read only: none is written) instead of reading every message.
+    #[arg(long)]
+    pub use_checkpoint: bool,
+    /// Everything `serve` takes (sources, Kafka, epochs, workers, ...).
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// Sinks `stockflow sink` can fill.
@@ -172,6 +206,12 @@ pub struct ServeArgs {
     /// Rows the sink holds while ClickHouse is down or slow before it stops pulling epochs [default: 1000000].
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_MAX_BUFFER")]
     pub clickhouse_max_buffer: Option<usize>,
+    /// How often a checkpoint is written to the data dir (`30s`, `5m`, `0` = never; one is also written at shutdown unless 0) [default: 30s].
+    #[arg(long, env = "STOCKFLOW_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<String>,
+    /// When a source no longer holds what the checkpoint resumes from: `fail`, `replay` (ignore the checkpoint) or `accept` (skip what is missing) [default: fail].
+    #[arg(long, env = "STOCKFLOW_ON_CHECKPOINT_GAP")]
+    pub on_checkpoint_gap: Option<String>,
     /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`) [default: inventory.events, order.events].
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
@@ -259,6 +299,10 @@ pub struct FileConfig {
     pub clickhouse_batch_ms: Option<u64>,
     /// See `--clickhouse-max-buffer`.
     pub clickhouse_max_buffer: Option<usize>,
+    /// See `--checkpoint-interval`.
+    pub checkpoint_interval: Option<String>,
+    /// See `--on-checkpoint-gap`.
+    pub on_checkpoint_gap: Option<String>,
     /// `[[kpis]]` tables: custom KPIs (see docs/api.md, "KPIs").
     pub kpis: Option<Vec<stockflow_dataflows::kpis::KpiSpecConfig>>,
     /// `[[sources]]` tables: the topics to read.
@@ -352,6 +396,30 @@ pub struct Settings {
     pub kpi_specs: std::sync::Arc<[stockflow_dataflows::kpis::KpiSpec]>,
     /// The ClickHouse sink, when `--clickhouse-url` is given.
     pub clickhouse: Option<crate::sink::SinkSettings>,
+    /// How often checkpoints are written (`None`: never).
+    pub checkpoint_interval: Option<Duration>,
+    /// What to do when a source no longer holds what the checkpoint resumes from.
+    pub on_checkpoint_gap: crate::checkpoint::GapPolicy,
+    /// A run that only reads (`dump`, `replay`): nothing is written to the
+    /// topics (no alert events, outcomes or dead letters, no commands taken)
+    /// and no checkpoint is written (one is read when `checkpoint_interval` is set).
+    pub offline: bool,
+}
+
+/// Parses a checkpoint interval: `0` (never), whole seconds (`30`, `30s`) or minutes (`5m`).
+pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    let bad = || format!("`{text}` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)");
+    let (number, scale) = match text.strip_suffix('m') {
+        Some(number) => (number, 60),
+        None => (text.strip_suffix('s').unwrap_or(text), 1),
+    };
+    let seconds = number.parse::<u64>().map_err(|_| bad())?.checked_mul(scale).ok_or_else(bad)?;
+    match seconds {
+        0 => Ok(None),
+        1..=86_400 => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(format!("`{text}`: at most a day")),
+    }
 }
 
 /// Parses a duration of event time: a whole number of days (`90d`) or hours (`36h`).
@@ -415,6 +483,8 @@ pub mod defaults {
     pub const KPI_RETENTION: &str = "90d";
     /// `--clickhouse-database`.
     pub const CLICKHOUSE_DATABASE: &str = "stockflow";
+    /// `--checkpoint-interval`.
+    pub const CHECKPOINT_INTERVAL: &str = "30s";
 }
 
 impl Settings {
@@ -467,6 +537,9 @@ impl Settings {
             kpi_retention: Duration::from_secs(90 * 24 * 3600),
             kpi_specs: std::sync::Arc::from(Vec::new()),
             clickhouse: None,
+            checkpoint_interval: None,
+            on_checkpoint_gap: Default::default(),
+            offline: false,
         };
         if !(1..=100).contains(&settings.webhook_policy.max_attempts) {
             errors.push(format!("webhook_max_attempts: must be between 1 and 100, got {}", settings.webhook_policy.max_attempts));
@@ -478,6 +551,14 @@ impl Settings {
         match parse_retention(args.kpi_retention.as_deref().or(file.kpi_retention.as_deref()).unwrap_or(defaults::KPI_RETENTION)) {
             Ok(retention) => settings.kpi_retention = retention,
             Err(reason) => errors.push(format!("kpi_retention: {reason}")),
+        }
+        match parse_interval(args.checkpoint_interval.as_deref().or(file.checkpoint_interval.as_deref()).unwrap_or(defaults::CHECKPOINT_INTERVAL)) {
+            Ok(interval) => settings.checkpoint_interval = interval,
+            Err(reason) => errors.push(format!("checkpoint_interval: {reason}")),
+        }
+        match crate::checkpoint::GapPolicy::parse(args.on_checkpoint_gap.as_deref().or(file.on_checkpoint_gap.as_deref()).unwrap_or("fail")) {
+            Ok(policy) => settings.on_checkpoint_gap = policy,
+            Err(reason) => errors.push(format!("on_checkpoint_gap: {reason}")),
         }
         match stockflow_dataflows::kpis::compile_all(file.kpis.as_deref().unwrap_or_default()) {
             Ok(specs) => settings.kpi_specs = specs.into(),

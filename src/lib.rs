@@ -6,6 +6,7 @@
 //! run together; [`config`] resolves its settings.
 
 pub mod changes;
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod engine;

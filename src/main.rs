@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(demo) => (&demo.serve, Some(demo.rate)),
         Command::Sink(sink) => (&sink.serve, None),
         Command::Export(export) => (&export.serve, None),
+        Command::Dump(dump) => (&dump.serve, None),
     };
     let resolved = Settings::resolve(args, demo_rate).and_then(|mut settings| {
         if let Command::Sink(sink) = &cli.command {
@@ -18,6 +19,12 @@ fn main() -> std::process::ExitCode {
                 ("earliest", Some(clickhouse)) => clickhouse.from_earliest = true,
                 ("latest", Some(clickhouse)) => clickhouse.from_earliest = false,
                 (other, _) => return Err(vec![format!("--from: `{other}` is not earliest or latest")]),
+            }
+        }
+        if let Command::Dump(dump) = &cli.command {
+            settings.offline = true;
+            if !dump.use_checkpoint {
+                settings.checkpoint_interval = None;
             }
         }
         Ok(settings)
@@ -36,6 +43,7 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Sink(_) => runtime.block_on(stockflow::offline::sink(&settings)),
         Command::Export(export) => runtime.block_on(stockflow::offline::export(&settings, export)),
+        Command::Dump(dump) => runtime.block_on(stockflow::offline::dump(&settings, dump)),
         Command::Serve(_) | Command::Demo(_) => runtime.block_on(run(settings)),
     };
     match result {

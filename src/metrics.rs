@@ -78,6 +78,22 @@ pub struct Metrics {
     pub sink_epoch: IntGauge,
     /// Time the sink spends per phase: `step` (read, decode, diff) and `write` (a batch to ClickHouse).
     pub sink_seconds: HistogramVec,
+    /// Checkpoints written.
+    pub checkpoints: IntCounter,
+    /// Checkpoints that failed (retried at the next interval).
+    pub checkpoint_failures: IntCounter,
+    /// Time to write a checkpoint (read the new events back, encode, write, sync).
+    pub checkpoint_seconds: Histogram,
+    /// Bytes of the last checkpoint (every file it names).
+    pub checkpoint_bytes: IntGauge,
+    /// Events the last checkpoint holds.
+    pub checkpoint_events: IntGauge,
+    /// When the last checkpoint was written (Unix seconds; age = now - this).
+    pub checkpoint_time: IntGauge,
+    /// Events restored from a checkpoint at start.
+    pub restored_events: IntGauge,
+    /// Messages a resumed checkpoint needed that the sources no longer held (`--on-checkpoint-gap accept`).
+    pub checkpoint_gap: IntGauge,
 }
 
 impl Default for Metrics {
@@ -175,6 +191,25 @@ impl Metrics {
                 "Time the ClickHouse sink spends per phase: step (read, decode, diff) and write (one batch).",
                 &["phase"],
                 vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            checkpoints: int_counter("stockflow_checkpoints_total", "Checkpoints written."),
+            checkpoint_failures: int_counter("stockflow_checkpoint_failures_total", "Checkpoints that failed (retried at the next interval)."),
+            checkpoint_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("stockflow_checkpoint_seconds", "Time to write a checkpoint (read new events back, encode, write, fsync).")
+                        .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                )
+                .expect("valid metric");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            checkpoint_bytes: int_gauge("stockflow_checkpoint_bytes", "Bytes of the last checkpoint (every file it names)."),
+            checkpoint_events: int_gauge("stockflow_checkpoint_events", "Events the last checkpoint holds."),
+            checkpoint_time: int_gauge("stockflow_checkpoint_timestamp_seconds", "When the last checkpoint was written (Unix seconds)."),
+            restored_events: int_gauge("stockflow_checkpoint_restored_events", "Events restored from a checkpoint at start."),
+            checkpoint_gap: int_gauge(
+                "stockflow_checkpoint_gap_messages",
+                "Messages the resumed checkpoint needed that the sources no longer held (skipped under --on-checkpoint-gap accept).",
             ),
             registry,
         }

@@ -1,12 +1,15 @@
 //! Runs that rebuild the views from the sources, act, and exit:
-//! `stockflow sink clickhouse` (a backfill) and `stockflow export`.
+//! `stockflow sink clickhouse` (a backfill), `stockflow export` and
+//! `stockflow dump`.
 
-use crate::config::{ExportArgs, Settings};
+use crate::config::{DumpArgs, DumpFormat, ExportArgs, Settings};
 use crate::export::{event_batch, view_batch, FileWriter, PositionedEvent};
 use crate::server::Running;
 use crate::source::Source;
+use crate::store::Snapshot;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_dataflows::model::Name;
@@ -179,5 +182,100 @@ fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -
     writer.expect("written above").finish()?;
     bar.finish_and_clear();
     eprintln!("{written} events of {topic_name} written to {} ({undecodable} messages that do not decode left out)", args.out.display());
+    Ok(())
+}
+
+/// The views `stockflow dump` prints.
+pub const DUMP_VIEWS: &[&str] = &["items", "stock", "stock_totals", "low_stock", "alerts", "orders", "kpis", "top_skus", "gauges"];
+
+/// The rows of `view` in `snapshot` (of `tenant` only, when given), in key
+/// order, shaped as the API shows them: a canonical form, the same for the
+/// same input whatever the epoch size or worker count (see docs/replay.md for
+/// the alert fields that depend on how input was cut into epochs).
+pub fn dump_rows(snapshot: &Snapshot, view: &str, tenant: Option<&Name>) -> anyhow::Result<Vec<Value>> {
+    use crate::rows;
+    let keep = |t: &Name| tenant.is_none_or(|wanted| wanted == t);
+    let rows: Vec<Value> = match view {
+        "items" => snapshot.items.iter().filter(|(k, _)| keep(&k.tenant)).map(|(k, row)| rows::item_json(k, row)).collect(),
+        "stock" => snapshot.stock.iter().filter(|(k, _)| keep(&k.tenant)).map(|(k, row)| rows::stock_json(k, row)).collect(),
+        "stock_totals" => snapshot.stock_totals.iter().filter(|(k, _)| keep(&k.tenant)).map(|(k, row)| rows::total_json(k, row)).collect(),
+        "low_stock" => snapshot
+            .alerts
+            .iter()
+            .filter(|(k, _)| keep(&k.tenant))
+            .filter_map(|(k, pair)| rows::low_stock_row(pair, snapshot.stock.get(k)).map(|row| rows::low_stock_json(k, &row)))
+            .collect(),
+        "alerts" => snapshot
+            .alerts
+            .iter()
+            .filter(|(k, _)| keep(&k.tenant))
+            .flat_map(|(k, pair)| [pair.low_stock.as_ref(), pair.out_of_stock.as_ref()].into_iter().flatten().map(move |a| (k, a)))
+            .map(|(k, alert)| rows::alert_row_json(alert, snapshot.stock.get(k)))
+            .collect(),
+        "orders" => {
+            let mut orders: Vec<_> = snapshot.orders.iter().filter(|((t, _), _)| keep(t)).collect();
+            orders.sort_by(|a, b| a.0.cmp(b.0));
+            orders.into_iter().map(|((t, id), row)| rows::order_json(t, id, row)).collect()
+        }
+        "kpis" => snapshot
+            .kpis
+            .iter()
+            .filter(|(k, _)| keep(&k.tenant))
+            .map(|(key, value)| rows::kpi_json(&stockflow_dataflows::kpis::KpiRow { key: key.clone(), value: *value }))
+            .collect(),
+        "top_skus" => snapshot.top_skus.iter().filter(|((t, _), _)| keep(t)).map(|((t, day), top)| rows::top_skus_json(t, *day, top)).collect(),
+        "gauges" => snapshot
+            .gauges
+            .iter()
+            .filter(|(t, _)| keep(t))
+            .map(|(t, gauges)| {
+                let mut row = serde_json::Map::new();
+                row.insert("tenant".into(), Value::from(t.as_str()));
+                for (metric, value) in gauges.values() {
+                    row.insert(metric.into(), value.json());
+                }
+                Value::Object(row)
+            })
+            .collect(),
+        other => anyhow::bail!("view `{other}` cannot be dumped (views: {})", DUMP_VIEWS.join(", ")),
+    };
+    Ok(rows)
+}
+
+/// `stockflow dump`: rebuilds the views (from the data dir's checkpoint with
+/// `--use-checkpoint`), prints one as canonical JSON, and stops.
+pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(DUMP_VIEWS.contains(&args.view.as_str()), "view `{}` cannot be dumped (views: {})", args.view, DUMP_VIEWS.join(", "));
+    let tenant = args.tenant.as_deref().map(Name::from);
+    let mut settings = settings.clone();
+    settings.clickhouse = None;
+    let running = caught_up(&settings, "rebuilding the views").await?;
+    let snapshot = running.store.snapshot();
+    running.shutdown.trigger();
+    running.wait().await?;
+    let rows = dump_rows(&snapshot, &args.view, tenant.as_ref())?;
+    let mut text = String::new();
+    match args.format {
+        DumpFormat::Ndjson => {
+            for row in &rows {
+                text.push_str(&serde_json::to_string(row)?);
+                text.push('\n');
+            }
+        }
+        DumpFormat::Json => {
+            text = serde_json::to_string_pretty(&rows)?;
+            text.push('\n');
+        }
+    }
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("{} rows of `{}` written to {}", rows.len(), args.view, path.display());
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
+        }
+    }
     Ok(())
 }

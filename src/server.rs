@@ -38,21 +38,82 @@ pub struct Running {
     demo: Option<std::thread::JoinHandle<()>>,
     /// The ClickHouse sink, once started.
     sink: SinkSlot,
+    /// The checkpointer, once started.
+    checkpointer: CheckpointSlot,
 }
 
 /// Where the sink's handle is kept (it starts with the engine, which may wait for Kafka).
 type SinkSlot = Arc<std::sync::Mutex<Option<crate::sink::SinkHandle>>>;
 
-/// Starts the ClickHouse sink, when configured, over the engine's event
-/// sources (command topics left out) and the alerts topic.
-fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, metrics: &Metrics, slot: &SinkSlot) -> anyhow::Result<()> {
-    let Some(sink) = &settings.clickhouse else { return Ok(()) };
-    let sources = config
+/// The checkpointer's thread and the signal that the engine has stopped.
+type CheckpointSlot = Arc<std::sync::Mutex<Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>)>>>;
+
+/// The event sources of an engine (Tradex command topics left out): what
+/// the sink writes and checkpoints hold.
+fn event_sources(config: &EngineConfig) -> Vec<(Arc<dyn Source>, crate::engine::Format)> {
+    config
         .sources
         .iter()
         .filter(|s| !(s.format == crate::engine::Format::Tradex && stockflow_dataflows::model::tradex::is_command_topic(s.source.topic())))
         .map(|s| (s.source.clone(), s.format))
-        .collect();
+        .collect()
+}
+
+/// With checkpoints on: loads the newest usable checkpoint of the data dir
+/// into `config` (one taken with other sources is not used) and starts the
+/// checkpointer. Returns what it restored, for the log.
+fn recover(
+    settings: &Settings,
+    config: &mut EngineConfig,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    slot: &CheckpointSlot,
+) -> anyhow::Result<()> {
+    let Some(interval) = settings.checkpoint_interval else { return Ok(()) };
+    let dir = crate::checkpoint::dir_of(&settings.data_dir);
+    let sources = event_sources(config);
+    let names = crate::checkpoint::source_names(sources.iter().map(|(s, f)| (s.topic(), *f)));
+    let started = std::time::Instant::now();
+    let (loaded, skipped) = crate::checkpoint::load(&dir);
+    let loaded = loaded.filter(|loaded| {
+        let same = loaded.manifest.sources == names;
+        if !same {
+            tracing::warn!(
+                checkpoint = loaded.manifest.id,
+                taken_with = ?loaded.manifest.sources,
+                now = ?names,
+                "the newest checkpoint was taken with other sources: not used, the views are rebuilt from the sources"
+            );
+        }
+        same
+    });
+    if !skipped.is_empty() {
+        metrics.checkpoint_failures.inc_by(skipped.len() as u64);
+    }
+    if let Some(loaded) = &loaded {
+        tracing::info!(checkpoint = loaded.manifest.id, events = loaded.events.len(), ms = started.elapsed().as_millis() as u64, "checkpoint loaded");
+    }
+    let manifest = loaded.as_ref().map(|l| l.manifest.clone());
+    config.restore = loaded.map(Arc::new);
+    config.on_gap = settings.on_checkpoint_gap;
+    if settings.offline {
+        return Ok(());
+    }
+    let checkpointer = crate::checkpoint::Checkpointer::new(dir, sources, manifest)?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
+    let thread =
+        std::thread::Builder::new().name("stockflow-checkpoint".into()).spawn(move || checkpointer.run(store, metrics, shutdown, interval, done_rx))?;
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((thread, done_tx));
+    Ok(())
+}
+
+/// Starts the ClickHouse sink, when configured, over the engine's event
+/// sources (command topics left out) and the alerts topic.
+fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, metrics: &Metrics, slot: &SinkSlot) -> anyhow::Result<()> {
+    let Some(sink) = &settings.clickhouse else { return Ok(()) };
+    let sources = event_sources(config);
     let inputs = crate::sink::SinkInputs { sources, alerts: config.alerts.as_ref().map(|a| a.source.clone()) };
     let handle = crate::sink::start(sink.clone(), inputs, store.clone(), metrics.clone()).context("starting the ClickHouse sink")?;
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
@@ -60,16 +121,20 @@ fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, me
 }
 
 fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>, commands: CommandPath, alerts: AlertsPath) -> EngineConfig {
+    // An offline run (dump, replay) writes nothing to the topics.
+    let offline = settings.offline;
     EngineConfig {
         thresholds: settings.thresholds.clone(),
-        alerts: Some(alerts),
+        alerts: (!offline).then_some(alerts),
         kpis: Some(crate::engine::KpiConfig { specs: settings.kpi_specs.clone(), retention: settings.kpi_retention }),
         workers: settings.workers,
         epoch: settings.epoch,
         epoch_max_events: settings.epoch_max_events,
         sources,
-        dead_letters: Some(dead_letters),
-        commands: (!settings.read_only).then_some(commands),
+        dead_letters: (!offline).then_some(dead_letters),
+        commands: (!settings.read_only && !offline).then_some(commands),
+        restore: None,
+        on_gap: settings.on_checkpoint_gap,
     }
 }
 
@@ -106,6 +171,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let webhooks = crate::webhooks::Webhooks::open(&settings.data_dir, settings.webhook_policy.clone(), metrics.clone())
         .with_context(|| format!("opening the webhooks in {}", settings.data_dir.display()))?;
     let sink: SinkSlot = Arc::default();
+    let checkpointer: CheckpointSlot = Arc::default();
 
     // Commands and outcomes are written where the events live.
     let appender: Arc<dyn Appender> = match &settings.kafka {
@@ -128,8 +194,9 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
             let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
             webhooks.set_alerts(alerts.clone());
-            let config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() });
+            let mut config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() });
             start_sink(settings, &config, &store, &metrics, &sink)?;
+            recover(settings, &mut config, &store, &metrics, &shutdown, &checkpointer)?;
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
         }
@@ -138,6 +205,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let webhooks = webhooks.clone();
             let appender = appender.clone();
             let sink = sink.clone();
+            let checkpointer = checkpointer.clone();
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 loop {
@@ -147,8 +215,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
                             webhooks.set_alerts(alerts.clone());
                             let alerts = AlertsPath { source: alerts, appender: appender.clone() };
-                            let config = engine_config(&settings, sources, dead_letters, path, alerts);
-                            if let Err(error) = start_sink(&settings, &config, &store, &metrics, &sink) {
+                            let mut config = engine_config(&settings, sources, dead_letters, path, alerts);
+                            let started = start_sink(&settings, &config, &store, &metrics, &sink)
+                                .and_then(|()| recover(&settings, &mut config, &store, &metrics, &shutdown, &checkpointer));
+                            if let Err(error) = started {
                                 tracing::error!("{error:#}");
                                 shutdown.trigger();
                                 return Err(error);
@@ -201,7 +271,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .spawn(move || crate::demo::run(inventory, store, metrics, shutdown, rate))
             .expect("spawning a thread")
     });
-    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks, sink })
+    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks, sink, checkpointer })
 }
 
 impl Running {
@@ -221,6 +291,12 @@ impl Running {
             Ok(Ok(None)) => Ok(()),
             Ok(Err(error)) | Err(error) => Err(error),
         };
+        // After the engine: the last checkpoint holds the last published epoch.
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((thread, engine_done)) = checkpointer {
+            let _ = engine_done.send(());
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         // After the engine: the sink writes what the last epochs published.
         let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(sink) = sink {

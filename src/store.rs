@@ -120,11 +120,17 @@ impl OrderRow {
     }
 }
 
+/// Next offset per topic and partition.
+pub type Offsets = BTreeMap<String, BTreeMap<u32, u64>>;
+
 /// Shared handle to the published views.
 #[derive(Debug)]
 pub struct Store {
     current: RwLock<Arc<Snapshot>>,
     published: watch::Sender<Epoch>,
+    /// Where the engine began reading each source partition, and the id of
+    /// the checkpoint it resumed from.
+    start_offsets: RwLock<Option<(Offsets, Option<u64>)>>,
     /// Positions the sources had at start; `/ready` once the views reach them.
     startup_targets: RwLock<Option<BTreeMap<String, BTreeMap<u32, u64>>>>,
     /// Why the engine has not started yet (e.g. the broker is unreachable).
@@ -161,6 +167,7 @@ impl Store {
             changes: std::sync::Mutex::new(Changelog::new(max_rows)),
             current: RwLock::new(Arc::new(Snapshot::default())),
             published: watch::channel(0).0,
+            start_offsets: RwLock::new(None),
             startup_targets: RwLock::new(None),
             waiting: RwLock::new(None),
             failing: RwLock::new(BTreeMap::new()),
@@ -257,6 +264,18 @@ impl Store {
     /// What each sink is doing.
     pub fn sink_states(&self) -> BTreeMap<&'static str, String> {
         self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records where the engine began reading each source partition and the
+    /// checkpoint it resumed from, if any.
+    pub fn set_start_offsets(&self, offsets: BTreeMap<String, BTreeMap<u32, u64>>, checkpoint: Option<u64>) {
+        *self.start_offsets.write().unwrap_or_else(|p| p.into_inner()) = Some((offsets, checkpoint));
+    }
+
+    /// Where the engine began reading each source partition and the checkpoint
+    /// it resumed from (`None` before it started).
+    pub fn start_offsets(&self) -> Option<(Offsets, Option<u64>)> {
+        self.start_offsets.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The source positions that count as caught up (`None` before the engine started).

@@ -47,6 +47,9 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         kpi_retention: Duration::from_secs(90 * 24 * 3600),
         kpi_specs: std::sync::Arc::from(Vec::new()),
         clickhouse: None,
+        checkpoint_interval: Some(Duration::from_secs(30)),
+        on_checkpoint_gap: Default::default(),
+        offline: false,
     }
 }
 

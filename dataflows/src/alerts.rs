@@ -19,6 +19,7 @@ use differential_dataflow::difference::Semigroup;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
@@ -207,6 +208,33 @@ pub fn alert(key: StockKey, kind: AlertKind, state: &AlertState, row: &StockDelt
     }
 }
 
+/// Alert states to resume from (a checkpoint's alerts) and the epoch that
+/// restores the rest of the state (a checkpoint's events).
+///
+/// A stock row first seen by the operator takes its restored state instead
+/// of the default; during `epoch` no rule is applied (the levels being
+/// rebuilt are older than or equal to the states, which already reflect
+/// them): an active alert only follows its rule to the current catalogue,
+/// as a step would have. After it the rule applies as always.
+#[derive(Clone, Debug)]
+pub struct Restored<T> {
+    /// The epoch that carries the restored input.
+    pub epoch: T,
+    /// The states, per stock row and kind.
+    pub states: Arc<HashMap<StockKey, [AlertState; 2]>>,
+}
+
+impl AlertState {
+    /// The state that `alert`, the latest transition of its `(key, kind)`, left.
+    pub fn after(alert: &Alert) -> AlertState {
+        AlertState {
+            active: alert.raised,
+            transitions: alert.transition,
+            last_rule: Some(Rule { threshold: alert.threshold, target_level: alert.target_level }),
+        }
+    }
+}
+
 /// foldhash: keys are hashed per touched row per epoch; SipHash showed in profiles.
 type FastHash = foldhash::fast::RandomState;
 
@@ -224,6 +252,7 @@ pub fn low_stock<'scope, T>(
     stock: VecCollection<'scope, T, StockKey, StockDelta>,
     items: VecCollection<'scope, T, (SkuKey, ItemRow)>,
     thresholds: Thresholds,
+    restored: Option<Restored<T>>,
 ) -> VecCollection<'scope, T, Alert>
 where
     T: Timestamp + TotalOrder,
@@ -257,14 +286,16 @@ where
                 if stock_frontier.frontier().less_equal(time) || items_frontier.frontier().less_equal(time) {
                     break;
                 }
-                let (_time, (capability, deltas, item_changes)) = entry.remove_entry();
+                let (time, (capability, deltas, item_changes)) = entry.remove_entry();
+                let restoring = restored.as_ref().is_some_and(|r| r.epoch == time);
                 let mut touched: Vec<StockKey> = Vec::with_capacity(deltas.len());
                 for (key, delta) in deltas {
                     match rows.entry(key.clone()) {
                         std::collections::hash_map::Entry::Occupied(mut row) => row.get_mut().0.plus_equals(&delta),
                         std::collections::hash_map::Entry::Vacant(slot) => {
                             locations.entry(SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() }).or_default().push(key.location.clone());
-                            slot.insert((delta, [AlertState::default(); 2]));
+                            let states = restored.as_ref().and_then(|r| r.states.get(&key).copied()).unwrap_or_default();
+                            slot.insert((delta, states));
                         }
                     }
                     touched.push(key);
@@ -289,6 +320,12 @@ where
                         sku = SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() };
                     }
                     let rule = thresholds.rule(&key.tenant, catalogue.get(&sku));
+                    if restoring {
+                        for state in states.iter_mut().filter(|s| s.active) {
+                            state.last_rule = rule.or(state.last_rule);
+                        }
+                        continue;
+                    }
                     for (kind, state) in AlertKind::ALL.into_iter().zip(states.iter_mut()) {
                         if step(state, kind, rule, thresholds.hysteresis, row.available()).is_some() {
                             session.give((alert(key.clone(), kind, state, row), capability.time().clone(), 1isize));

@@ -46,7 +46,7 @@ fn run_with_thresholds(epochs: Vec<Vec<Event>>, workers: usize, thresholds: Thre
             let items = stockflow_dataflows::items(events.clone());
             let stock = stockflow_dataflows::stock(events);
             let totals = stockflow_dataflows::stock_totals(stock.clone());
-            let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), thresholds);
+            let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), thresholds, None);
             let o = out.clone();
             alerts.inspect(move |(d, t, r)| o.lock().unwrap().alerts.push((d.clone(), *t, *r))).probe_with(&probe);
             let o = out.clone();

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow_dataflows::alerts::{AlertKind, Thresholds};
+use stockflow_dataflows::alerts::{AlertKind, AlertState, Restored, Thresholds};
 use stockflow_dataflows::kpis::KpiSpec;
 use stockflow_dataflows::model::cqrs::decode_cqrs;
 use stockflow_dataflows::model::tradex::{decode_tradex, decode_tradex_command, is_command_topic};
@@ -123,6 +123,11 @@ pub struct EngineConfig {
     pub alerts: Option<AlertsPath>,
     /// The KPIs (built-in and custom) and their retention; `None`: no KPIs.
     pub kpis: Option<KpiConfig>,
+    /// A checkpoint to resume from: its events are the first epoch, its
+    /// alert states the alerts', and its event sources resume at its offsets.
+    pub restore: Option<Arc<crate::checkpoint::Loaded>>,
+    /// What to do when a source no longer holds what `restore` resumes from.
+    pub on_gap: crate::checkpoint::GapPolicy,
 }
 
 /// What the `kpis` dataflow computes and how long its buckets live.
@@ -306,6 +311,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     if let Some(path) = &config.commands {
         inputs.push((path.commands.clone(), Input::Commands, Start::Earliest));
     }
+    let restore = check_gaps(config.restore.clone(), &inputs, config.on_gap, &metrics)?;
     for (source, input, start) in &inputs {
         let spec = SourceSpec { source: source.clone(), format: Format::Stockflow, start: *start };
         let topic = spec.source.topic();
@@ -313,7 +319,12 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         for partition in 0..spec.source.partitions() {
             let end = spec.source.end_offset(partition).with_context(|| format!("reading the end of {topic}/{partition}"))?;
             targets.entry(topic.to_owned()).or_default().insert(partition, end);
+            let resume = match (&restore, input) {
+                (Some(loaded), Input::Events(_)) => loaded.manifest.offsets.get(topic).map(|p| p.get(&partition).copied().unwrap_or(0)),
+                _ => None,
+            };
             let start = match spec.start {
+                _ if resume.is_some() => resume.unwrap_or(0).max(spec.source.start_offset(partition).unwrap_or(0)),
                 Start::Earliest => 0,
                 Start::Latest => end,
                 Start::Stored => match spec.source.stored_offset(partition).with_context(|| format!("reading the stored offset of {topic}/{partition}"))? {
@@ -338,8 +349,33 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
             event_targets.remove(source.topic());
         }
     }
+    store.set_start_offsets(
+        inputs
+            .iter()
+            .zip(&starts)
+            .map(|((source, _, _), starts)| (source.topic().to_owned(), starts.iter().enumerate().map(|(p, o)| (p as u32, *o)).collect()))
+            .collect(),
+        restore.as_ref().map(|loaded| loaded.manifest.id),
+    );
     store.set_startup_targets(targets);
-    let plan = Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets });
+    if let Some(loaded) = &restore {
+        metrics.restored_events.set(loaded.events.len() as i64);
+        tracing::info!(checkpoint = loaded.manifest.id, events = loaded.events.len(), alerts = loaded.alerts.len(), "resuming from a checkpoint");
+    }
+    let restored_alerts = restore.as_ref().map(|loaded| {
+        let mut states: HashMap<StockKey, [AlertState; 2]> = HashMap::new();
+        for alert in &loaded.alerts {
+            states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
+        }
+        Restored { epoch: RESTORE_EPOCH, states: Arc::new(states) }
+    });
+    let plan = Arc::new(Plan {
+        inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(),
+        starts,
+        event_targets,
+        restore: restore.clone(),
+        restored_alerts,
+    });
     let alerts_to = match &config.alerts {
         Some(path) => Some(publish::AlertsOut {
             appender: path.appender.clone(),
@@ -358,6 +394,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
                 let retention = i64::try_from(kpis.retention.as_millis()).unwrap_or(i64::MAX);
                 stockflow_dataflows::kpis::Table::new(kpis.specs.clone(), retention)
             }),
+            restored_alerts: restore.as_ref().map(|loaded| loaded.alerts.clone()).unwrap_or_default(),
         };
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new().name("stockflow-publish".into()).spawn(move || publish::run_publisher(from_workers, outputs, store, metrics, shutdown))?
@@ -393,6 +430,64 @@ struct Plan {
     starts: Vec<Vec<u64>>,
     /// The ends of the event sources at start (commands wait for them).
     event_targets: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// The checkpoint resumed from, if any.
+    restore: Option<Arc<crate::checkpoint::Loaded>>,
+    /// Its alert states, for the `low_stock` operator.
+    restored_alerts: Option<Restored<Epoch>>,
+}
+
+/// The epoch that carries a checkpoint's events (epoch 0 stays empty).
+const RESTORE_EPOCH: Epoch = 1;
+
+/// Checks that the sources still hold what `restore` resumes from: a
+/// partition whose first message is past the checkpoint's offset (retention
+/// deleted the rest) or that is empty while the checkpoint resumes past 0
+/// (the topic was recreated) is a gap, handled by `policy`. Returns the
+/// checkpoint to resume from (`None` when the policy says to replay).
+fn check_gaps(
+    restore: Option<Arc<crate::checkpoint::Loaded>>,
+    inputs: &[(Arc<dyn Source>, Input, Start)],
+    policy: crate::checkpoint::GapPolicy,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Arc<crate::checkpoint::Loaded>>> {
+    use crate::checkpoint::GapPolicy;
+    let Some(loaded) = restore else { return Ok(None) };
+    let mut gaps = Vec::new();
+    let mut missing = 0u64;
+    for (source, input, _) in inputs {
+        let Input::Events(_) = input else { continue };
+        let Some(offsets) = loaded.manifest.offsets.get(source.topic()) else { continue };
+        for partition in 0..source.partitions() {
+            let resume = offsets.get(&partition).copied().unwrap_or(0);
+            let first = source.start_offset(partition).with_context(|| format!("reading the first offset of {}/{partition}", source.topic()))?;
+            let end = source.end_offset(partition).with_context(|| format!("reading the end of {}/{partition}", source.topic()))?;
+            if resume < first {
+                gaps.push(format!("{}/{partition} resumes at offset {resume} but its first message is {first} ({} deleted)", source.topic(), first - resume));
+                missing += first - resume;
+            } else if end == 0 && resume > 0 {
+                gaps.push(format!("{}/{partition} resumes at offset {resume} but holds no message (was the topic recreated?)", source.topic()));
+            }
+        }
+    }
+    if gaps.is_empty() {
+        return Ok(Some(loaded));
+    }
+    let id = loaded.manifest.id;
+    let listed = gaps.join("; ");
+    match policy {
+        GapPolicy::Fail => anyhow::bail!(
+            "the sources no longer hold what checkpoint {id} resumes from: {listed}. Choose: `--on-checkpoint-gap replay`              (ignore the checkpoint, rebuild the views from the messages still held) or `--on-checkpoint-gap accept`              (resume from the checkpoint and skip the missing messages)"
+        ),
+        GapPolicy::Replay => {
+            tracing::warn!(checkpoint = id, "{listed}: ignoring the checkpoint, rebuilding from the messages still held (--on-checkpoint-gap replay)");
+            Ok(None)
+        }
+        GapPolicy::Accept => {
+            metrics.checkpoint_gap.set(missing as i64);
+            tracing::warn!(checkpoint = id, missing, "{listed}: resuming from the checkpoint without them (--on-checkpoint-gap accept)");
+            Ok(Some(loaded))
+        }
+    }
 }
 
 /// How often the published offsets are committed for lag monitoring.
@@ -497,7 +592,7 @@ mod worker {
             let (commands_in, commands) = differential_dataflow::input::Input::new_collection(&scope);
             let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
             let publisher = publish::Publisher::new(index, closed_at.clone(), to_publisher);
-            publish::views(events, commands, config, progress, publisher, &probe);
+            publish::views(events, commands, config, plan.restored_alerts.clone(), progress, publisher, &probe);
             (events_in, commands_in, progress_in)
         });
 
@@ -526,6 +621,30 @@ mod worker {
         events_in.advance_to(epoch);
         commands_in.advance_to(epoch);
         progress_in.advance_to(epoch);
+        if let Some(loaded) = &plan.restore {
+            // The checkpoint's events, alone in their epoch (the `low_stock`
+            // operator restores its states there), spread over the workers.
+            for event in loaded.events.iter().skip(index).step_by(peers) {
+                events_in.insert(event.clone());
+            }
+            for part in assigned.iter_mut() {
+                let position = part.reader.position();
+                progress_in.insert((part.source, part.reader.partition(), position));
+                part.reported = Some(position);
+            }
+            if index == 0 {
+                closed_at.borrow_mut().insert(epoch, Instant::now());
+            }
+            debug_assert_eq!(epoch, RESTORE_EPOCH);
+            epoch += 1;
+            events_in.advance_to(epoch);
+            commands_in.advance_to(epoch);
+            progress_in.advance_to(epoch);
+            events_in.flush();
+            commands_in.flush();
+            progress_in.flush();
+            worker.step();
+        }
         let mut records = Vec::with_capacity(READ_CHUNK);
         let mut events = Vec::new();
         let mut commands_open = false;

@@ -65,6 +65,7 @@ pub fn views<'scope>(
     events: VecCollection<'scope, Epoch, Event>,
     commands: VecCollection<'scope, Epoch, Command>,
     config: &super::EngineConfig,
+    restored_alerts: Option<stockflow_dataflows::alerts::Restored<Epoch>>,
     progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
     publisher: Publisher,
     probe: &Handle<Epoch>,
@@ -83,7 +84,7 @@ pub fn views<'scope>(
     let items = stockflow_dataflows::items(events.clone());
     let stock = stockflow_dataflows::stock(events.clone());
     let totals = stockflow_dataflows::stock_totals(stock.clone());
-    let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), config.thresholds.clone());
+    let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), config.thresholds.clone(), restored_alerts);
     let kpis = config.kpis.as_ref().map(|kpis| stockflow_dataflows::kpis(events.clone(), kpis.specs.clone()));
 
     let changes = items
@@ -207,6 +208,8 @@ pub struct Outputs {
     pub alerts_to: Option<AlertsOut>,
     /// The KPI table, when KPIs are on.
     pub kpis: Option<Table>,
+    /// The alerts of the checkpoint resumed from: the view starts with them.
+    pub restored_alerts: Vec<Alert>,
 }
 
 /// The publisher thread: applies completed epochs to its working snapshot
@@ -219,9 +222,19 @@ pub struct Outputs {
 /// them), and, when change streams are on, hands the store the row changes of
 /// the publish with the snapshot.
 pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs: Outputs, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) {
-    let Outputs { topics, outcomes_to, mut alerts_to, kpis } = outputs;
+    let Outputs { topics, outcomes_to, mut alerts_to, kpis, restored_alerts } = outputs;
     let mut kpis = kpis.map(|table| (table, Gauging::default()));
     let mut working = Snapshot::default();
+    // A checkpoint's alerts are the view's first rows; their skus' gauges are
+    // computed with the first publish (which carries the checkpoint's events).
+    let mut restored_skus: Vec<SkuKey> = Vec::new();
+    for alert in restored_alerts {
+        if alert.raised {
+            metrics.alerts_active.with_label_values(&[alert.kind.name()]).inc();
+        }
+        restored_skus.push(SkuKey { tenant: alert.key.tenant.clone(), sku: alert.key.sku.clone() });
+        working.apply_alert(alert);
+    }
     let track = store.changes_enabled();
     while let Ok(first) = from_workers.recv() {
         let mut batches = vec![first];
@@ -243,7 +256,7 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         // Skus whose gauges may have moved: their items changed (stock is noted below).
         let mut gauge_skus: Vec<SkuKey> = Vec::new();
         // ...and skus with alert transitions (their alert flags are looked up again).
-        let mut alerted_skus: Vec<SkuKey> = Vec::new();
+        let mut alerted_skus: Vec<SkuKey> = std::mem::take(&mut restored_skus);
         for batch in batches {
             for change in batch.changes {
                 match change {

@@ -130,6 +130,14 @@ impl Source for KafkaTopic {
         Ok(high.max(0) as u64)
     }
 
+    fn start_offset(&self, partition: u32) -> Result<u64, SourceError> {
+        let (low, _high) = self
+            .metadata
+            .fetch_watermarks(&self.name, partition as i32, REQUEST_TIMEOUT)
+            .map_err(broker(format!("fetching the watermarks of {}/{partition}", self.name)))?;
+        Ok(low.max(0) as u64)
+    }
+
     fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), SourceError> {
         let mut list = TopicPartitionList::new();
         for &(partition, next) in offsets {

@@ -64,6 +64,11 @@ pub trait Source: Send + Sync {
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn PartitionReader>, SourceError>;
     /// The offset after the last message currently in `partition`.
     fn end_offset(&self, partition: u32) -> Result<u64, SourceError>;
+    /// The offset of the first message `partition` still holds (Kafka's low
+    /// watermark: retention deletes from the front). Default: 0, nothing deleted.
+    fn start_offset(&self, _partition: u32) -> Result<u64, SourceError> {
+        Ok(0)
+    }
     /// Records, for monitoring only, that the views reflect `partition` up to
     /// `next_offset` (Kafka: an offset commit under the group id, so that lag
     /// tools see the engine's progress). Never read back: the engine's own

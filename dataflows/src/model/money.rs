@@ -11,6 +11,7 @@ const SCALE: i64 = 10_000;
 ///
 /// Crosses JSON as a number (`12.34`) and is read from a number or a decimal
 /// string (`"12.34"`); more than four decimals is an error, not a rounding.
+/// Binary formats (checkpoints: `bincode`) hold the integer itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Money(i64);
 
@@ -124,6 +125,9 @@ impl fmt::Display for Money {
 
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            return serializer.serialize_i64(self.0);
+        }
         // Exact for every amount below 2^53 ten-thousandths: the division is
         // correctly rounded and the shortest representation is printed.
         serializer.serialize_f64(self.to_f64())
@@ -132,6 +136,10 @@ impl Serialize for Money {
 
 impl<'de> Deserialize<'de> for Money {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Money, D::Error> {
+        if !deserializer.is_human_readable() {
+            // Binary formats cannot tell a number from a string: the integer itself.
+            return i64::deserialize(deserializer).map(Money);
+        }
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
             type Value = Money;

@@ -1,0 +1,595 @@
+//! Checkpoints: the consolidated input of the dataflows, the alert states and
+//! the source offsets, in the data dir, so that a restart (graceful or after
+//! `kill -9`) resumes from them instead of reading every topic again.
+//!
+//! The dataflows' input is insert-only (decoded events), so its consolidated
+//! state is the set of events read, de-duplicated downstream as always.
+//! Restoring feeds them to the dataflows in one epoch, which rebuilds every
+//! derived state (views, reservations, the decider, KPI cells, the de-dup
+//! ids) exactly; only the alert states depend on the order the levels were
+//! seen in (hysteresis, transition counts), so they are saved as they were
+//! published and handed to the `low_stock` operator
+//! ([`stockflow_dataflows::alerts::Restored`]). The sources then resume at
+//! the checkpoint's offsets.
+//!
+//! Layout of `<data-dir>/checkpoints/`:
+//! - `events-<id>.bin`: the events read since the previous checkpoint
+//!   (bincode), written once, shared by later checkpoints;
+//! - `alerts-<id>.bin`: the latest transition of every alert (bincode);
+//! - `checkpoint-<id>.json`: the manifest, written last (the commit point):
+//!   a first line `stockflow-checkpoint 1 crc32=XXXXXXXX` (CRC-32 of the rest)
+//!   then JSON: offsets, epoch, the sources it was taken with, and every
+//!   segment with its length and CRC-32.
+//!
+//! Each file is written to a temporary name, fsynced and renamed. A manifest
+//! or segment that fails its checksum is skipped for the previous checkpoint.
+//! The newest [`KEEP`] checkpoints are kept; segments none of them names are
+//! deleted. Once a checkpoint would name more than [`MAX_SEGMENTS`] segments
+//! they are merged into one.
+
+use crate::engine::Format;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::source::Source;
+use crate::store::Store;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stockflow_dataflows::alerts::Alert;
+use stockflow_dataflows::model::{Epoch, Event};
+
+/// Checkpoints kept (the newest first): a corrupt newest one falls back to the next.
+pub const KEEP: usize = 3;
+/// Segments a checkpoint may name before they are merged into one.
+pub const MAX_SEGMENTS: usize = 16;
+/// Version of the on-disk format; a checkpoint of another version is not read.
+const FORMAT: u32 = 1;
+/// First bytes of a segment file.
+const SEGMENT_MAGIC: &[u8; 8] = b"SFCKSEG1";
+
+/// What the engine does when a source no longer holds messages a checkpoint
+/// resumes from (Kafka retention deleted them, or the topic was emptied).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GapPolicy {
+    /// Refuse to start and say what is missing and what the choices are.
+    #[default]
+    Fail,
+    /// Ignore the checkpoint: rebuild from the earliest messages still held.
+    Replay,
+    /// Resume from the checkpoint, skipping the missing messages (logged and
+    /// counted in `stockflow_checkpoint_gap_messages`).
+    Accept,
+}
+
+impl GapPolicy {
+    /// Parses `fail`, `replay` or `accept`.
+    pub fn parse(name: &str) -> Result<GapPolicy, String> {
+        match name {
+            "fail" => Ok(GapPolicy::Fail),
+            "replay" => Ok(GapPolicy::Replay),
+            "accept" => Ok(GapPolicy::Accept),
+            other => Err(format!("`{other}` is not one of fail, replay, accept")),
+        }
+    }
+}
+
+pub use crate::store::Offsets;
+
+/// A file of a checkpoint, as its manifest names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// File name in the checkpoint directory.
+    pub file: String,
+    /// Records in it (events or alerts).
+    pub records: u64,
+    /// Length in bytes.
+    pub bytes: u64,
+    /// CRC-32 of the whole file.
+    pub crc32: u32,
+}
+
+/// What a checkpoint records; the events and alerts are in the files it names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// On-disk format version.
+    pub format: u32,
+    /// Grows with every checkpoint of a data dir.
+    pub id: u64,
+    /// When it was written (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// The engine epoch of the published views it reflects (informative: epochs restart at 1).
+    pub epoch: Epoch,
+    /// The event sources (`topic=format`, sorted) it was taken with: another set of sources cannot use it.
+    pub sources: Vec<String>,
+    /// Where each source partition resumes.
+    pub offsets: Offsets,
+    /// The event segments, oldest first.
+    pub segments: Vec<FileRef>,
+    /// The alert states.
+    pub alerts: FileRef,
+}
+
+/// A checkpoint read back and verified.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Every event it holds, segment after segment.
+    pub events: Vec<Event>,
+    /// The latest transition of every alert.
+    pub alerts: Vec<Alert>,
+}
+
+/// The `sources` line of a manifest for event sources `(topic, format)`.
+pub fn source_names<'a>(sources: impl IntoIterator<Item = (&'a str, Format)>) -> Vec<String> {
+    let mut names: Vec<String> = sources
+        .into_iter()
+        .map(|(topic, format)| {
+            let format = serde_json::to_value(format).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            format!("{topic}={format}")
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// The checkpoint directory of a data dir.
+pub fn dir_of(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkpoints")
+}
+
+/// Writes `bytes` to `dir/name` through a synced temporary file and a rename.
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, dir.join(name))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Encodes records as a segment: magic, then bincode.
+fn encode<T: Serialize>(records: &[T]) -> Vec<u8> {
+    let mut bytes = SEGMENT_MAGIC.to_vec();
+    bincode::serialize_into(&mut bytes, records).expect("events and alerts serialize");
+    bytes
+}
+
+/// Reads and verifies a file a manifest names.
+fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path, file: &FileRef) -> anyhow::Result<Vec<T>> {
+    let path = dir.join(&file.file);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(bytes.len() as u64 == file.bytes, "{} is {} bytes long, the manifest says {}", file.file, bytes.len(), file.bytes);
+    let crc = crc32fast::hash(&bytes);
+    anyhow::ensure!(crc == file.crc32, "{} fails its checksum (crc32 {crc:08x}, manifest {:08x})", file.file, file.crc32);
+    anyhow::ensure!(bytes.starts_with(SEGMENT_MAGIC), "{} is not a checkpoint segment", file.file);
+    let records: Vec<T> = bincode::deserialize(&bytes[SEGMENT_MAGIC.len()..]).with_context(|| format!("decoding {}", file.file))?;
+    anyhow::ensure!(records.len() as u64 == file.records, "{} holds {} records, the manifest says {}", file.file, records.len(), file.records);
+    Ok(records)
+}
+
+/// Writes a segment file and returns its reference.
+fn write_records<T: Serialize>(dir: &Path, name: String, records: &[T]) -> std::io::Result<FileRef> {
+    let bytes = encode(records);
+    write_file(dir, &name, &bytes)?;
+    Ok(FileRef { file: name, records: records.len() as u64, bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes) })
+}
+
+fn manifest_name(id: u64) -> String {
+    format!("checkpoint-{id:012}.json")
+}
+
+/// Manifests in `dir`, newest first: `(id, path)`.
+fn manifests(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let id = name.strip_prefix("checkpoint-")?.strip_suffix(".json")?.parse().ok()?;
+            Some((id, entry.path()))
+        })
+        .collect();
+    found.sort_by_key(|found| std::cmp::Reverse(found.0));
+    found
+}
+
+/// Reads and verifies one manifest.
+fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let newline = bytes.iter().position(|b| *b == b'\n').context("no header line")?;
+    let header = std::str::from_utf8(&bytes[..newline]).context("header is not text")?;
+    let expected = header
+        .strip_prefix(&format!("stockflow-checkpoint {FORMAT} crc32="))
+        .with_context(|| format!("header `{header}` is not `stockflow-checkpoint {FORMAT} crc32=…`"))?;
+    let expected = u32::from_str_radix(expected, 16).with_context(|| format!("bad checksum `{expected}`"))?;
+    let body = &bytes[newline + 1..];
+    let crc = crc32fast::hash(body);
+    anyhow::ensure!(crc == expected, "manifest fails its checksum (crc32 {crc:08x}, header {expected:08x})");
+    let manifest: Manifest = serde_json::from_slice(body).context("manifest is not valid JSON")?;
+    anyhow::ensure!(manifest.format == FORMAT, "format {} (this build reads {FORMAT})", manifest.format);
+    Ok(manifest)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
+    let mut bytes = format!("stockflow-checkpoint {FORMAT} crc32={:08x}\n", crc32fast::hash(&body)).into_bytes();
+    bytes.extend_from_slice(&body);
+    write_file(dir, &manifest_name(manifest.id), &bytes)
+}
+
+/// Loads the newest valid checkpoint of `dir`, if any: a manifest or file
+/// that fails its checks is reported (logged and counted in `skipped`) and
+/// the previous checkpoint is tried.
+pub fn load(dir: &Path) -> (Option<Loaded>, Vec<String>) {
+    let mut skipped = Vec::new();
+    for (id, path) in manifests(dir) {
+        let loaded = read_manifest(&path).and_then(|manifest| {
+            let mut events = Vec::new();
+            for segment in &manifest.segments {
+                events.extend(read_records::<Event>(dir, segment)?);
+            }
+            let alerts = read_records::<Alert>(dir, &manifest.alerts)?;
+            Ok(Loaded { manifest, events, alerts })
+        });
+        match loaded {
+            Ok(loaded) => return (Some(loaded), skipped),
+            Err(error) => {
+                let reason = format!("checkpoint {id} ({}) is unusable: {error:#}", path.display());
+                tracing::warn!("{reason}; trying the previous one");
+                skipped.push(reason);
+            }
+        }
+    }
+    (None, skipped)
+}
+
+/// The manifest of the newest checkpoint that passes its own checksum (files not read).
+pub fn newest_manifest(dir: &Path) -> Option<Manifest> {
+    manifests(dir).into_iter().find_map(|(_, path)| read_manifest(&path).ok())
+}
+
+/// Deletes all but the newest [`KEEP`] manifests and every file none of them names.
+fn prune(dir: &Path) -> std::io::Result<()> {
+    let all = manifests(dir);
+    let mut named = std::collections::HashSet::new();
+    for (index, (_, path)) in all.iter().enumerate() {
+        if index >= KEEP {
+            std::fs::remove_file(path)?;
+            continue;
+        }
+        match read_manifest(path) {
+            Ok(manifest) => {
+                named.extend(manifest.segments.into_iter().map(|s| s.file));
+                named.insert(manifest.alerts.file);
+            }
+            // Unreadable: it names nothing we can know; keep what others name.
+            Err(_) => continue,
+        }
+    }
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        let data = name.starts_with("events-") || name.starts_with("alerts-");
+        if (data && !named.contains(&name)) || (name.starts_with('.') && name.ends_with(".tmp")) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// What one checkpoint cost.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// Its id.
+    pub id: u64,
+    /// Events in the new segment.
+    pub new_events: u64,
+    /// Events the checkpoint holds in all.
+    pub events: u64,
+    /// Bytes of every file it names.
+    pub bytes: u64,
+    /// Time to read the new events back, encode and write.
+    pub elapsed: Duration,
+}
+
+/// Takes checkpoints of a running engine: reads the events the published
+/// views reflect since the last checkpoint from the sources (the engine is
+/// never asked for anything), writes them as a segment, the published alerts
+/// and the offsets, and commits with the manifest.
+pub struct Checkpointer {
+    dir: PathBuf,
+    sources: Vec<(Arc<dyn Source>, Format)>,
+    names: Vec<String>,
+    /// The manifest of the last checkpoint (restored or written), if any.
+    last: Option<Manifest>,
+    /// Where the events already in `last`'s segments end; `None` until the engine has said where it started.
+    covered: Option<Offsets>,
+    /// The id of the next checkpoint (above every manifest in the directory).
+    next_id: u64,
+}
+
+impl Checkpointer {
+    /// A checkpointer of event `sources` into `dir`, continuing `restored`
+    /// (the manifest the engine started from) when there is one.
+    pub fn new(dir: PathBuf, sources: Vec<(Arc<dyn Source>, Format)>, restored: Option<Manifest>) -> anyhow::Result<Checkpointer> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let names = source_names(sources.iter().map(|(s, f)| (s.topic(), *f)));
+        let next_id = manifests(&dir).first().map_or(1, |(id, _)| id + 1);
+        Ok(Checkpointer { dir, sources, names, last: restored, covered: None, next_id })
+    }
+
+    /// Writes a checkpoint of the store's published snapshot, if the engine
+    /// has started and its offsets moved since the last checkpoint.
+    pub fn checkpoint(&mut self, store: &Store) -> anyhow::Result<Option<Written>> {
+        let started = Instant::now();
+        let Some((starts, resumed)) = store.start_offsets() else { return Ok(None) };
+        if self.covered.is_none() {
+            // The views hold nothing before where the engine began; a checkpoint
+            // it did not resume from (another policy, or unusable) is not built on.
+            if self.last.as_ref().map(|m| m.id) != resumed {
+                self.last = None;
+            }
+            self.covered = Some(starts);
+        }
+        let snapshot = store.snapshot();
+        let covered = self.covered.clone().unwrap_or_default();
+        let mut target: Offsets = BTreeMap::new();
+        for (source, _) in &self.sources {
+            let topic = source.topic();
+            let reached = snapshot.as_of.offsets.get(topic).cloned().unwrap_or_default();
+            let from = covered.get(topic).cloned().unwrap_or_default();
+            let mut partitions = BTreeMap::new();
+            for partition in 0..source.partitions() {
+                let start = from.get(&partition).copied().unwrap_or(0);
+                partitions.insert(partition, reached.get(&partition).copied().unwrap_or(start).max(start));
+            }
+            target.insert(topic.to_owned(), partitions);
+        }
+        if self.last.as_ref().is_some_and(|last| last.offsets == target) {
+            return Ok(None);
+        }
+        // The events between what is covered and what the views reflect.
+        let mut events = Vec::new();
+        for (source, format) in &self.sources {
+            let topic = source.topic();
+            for (partition, stop) in &target[topic] {
+                let start = covered.get(topic).and_then(|p| p.get(partition)).copied().unwrap_or(0);
+                if start < *stop {
+                    read_range(source.as_ref(), *format, *partition, start, *stop, &mut events)?;
+                }
+            }
+        }
+        let id = self.next_id;
+        let mut segments = self.last.as_ref().map(|last| last.segments.clone()).unwrap_or_default();
+        let new_events = events.len() as u64;
+        if segments.len() >= MAX_SEGMENTS {
+            let mut all = Vec::new();
+            for segment in &segments {
+                all.extend(read_records::<Event>(&self.dir, segment)?);
+            }
+            all.extend(events);
+            events = all;
+            segments.clear();
+        }
+        if !events.is_empty() || segments.is_empty() {
+            segments.push(write_records(&self.dir, format!("events-{id:012}.bin"), &events)?);
+        }
+        let alerts: Vec<Alert> = snapshot.alerts.values().flat_map(|pair| [pair.low_stock.clone(), pair.out_of_stock.clone()]).flatten().collect();
+        let alerts = write_records(&self.dir, format!("alerts-{id:012}.bin"), &alerts)?;
+        sync_dir(&self.dir);
+        let manifest = Manifest {
+            format: FORMAT,
+            id,
+            created_ms: chrono::Utc::now().timestamp_millis(),
+            epoch: snapshot.as_of.epoch,
+            sources: self.names.clone(),
+            offsets: target.clone(),
+            segments,
+            alerts,
+        };
+        write_manifest(&self.dir, &manifest)?;
+        sync_dir(&self.dir);
+        prune(&self.dir).with_context(|| format!("pruning old checkpoints in {}", self.dir.display()))?;
+        let written = Written {
+            id,
+            new_events,
+            events: manifest.segments.iter().map(|s| s.records).sum(),
+            bytes: manifest.segments.iter().map(|s| s.bytes).sum::<u64>() + manifest.alerts.bytes,
+            elapsed: started.elapsed(),
+        };
+        self.covered = Some(target);
+        self.last = Some(manifest);
+        self.next_id = id + 1;
+        Ok(Some(written))
+    }
+
+    /// Runs until shutdown: a checkpoint every `interval` (once the engine
+    /// has started) and a last one once `engine_done` says the engine has
+    /// published its last epoch. Failures are logged, counted and retried at
+    /// the next interval.
+    pub fn run(mut self, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown, interval: Duration, engine_done: std::sync::mpsc::Receiver<()>) {
+        let mut next = Instant::now() + interval;
+        loop {
+            let stopping = shutdown.is_triggered();
+            if stopping {
+                // The last checkpoint reflects the last published epoch: wait for the engine to stop.
+                let _ = engine_done.recv_timeout(Duration::from_secs(60));
+            } else if Instant::now() < next {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            next = Instant::now() + interval;
+            self.checkpoint_logged(&store, &metrics);
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    fn checkpoint_logged(&mut self, store: &Store, metrics: &Metrics) {
+        match self.checkpoint(store) {
+            Ok(Some(written)) => {
+                metrics.checkpoints.inc();
+                metrics.checkpoint_seconds.observe(written.elapsed.as_secs_f64());
+                metrics.checkpoint_bytes.set(written.bytes as i64);
+                metrics.checkpoint_events.set(written.events as i64);
+                metrics.checkpoint_time.set(chrono::Utc::now().timestamp());
+                tracing::info!(
+                    id = written.id,
+                    new_events = written.new_events,
+                    events = written.events,
+                    bytes = written.bytes,
+                    ms = written.elapsed.as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                metrics.checkpoint_failures.inc();
+                tracing::warn!("checkpoint failed (retried at the next interval): {error:#}");
+            }
+        }
+    }
+}
+
+/// Reads `[start, stop)` of one partition and decodes it into `events`
+/// (messages that do not decode are left out, as the engine left them).
+pub fn read_range(source: &dyn Source, format: Format, partition: u32, start: u64, stop: u64, events: &mut Vec<Event>) -> anyhow::Result<()> {
+    let topic = source.topic();
+    let mut reader = source.reader(partition, start).with_context(|| format!("reading {topic}/{partition} from {start}"))?;
+    let mut records = Vec::new();
+    let mut last_progress = Instant::now();
+    while reader.position() < stop {
+        records.clear();
+        let read = reader.read(4096, &mut records).with_context(|| format!("reading {topic}/{partition} at {}", reader.position()))?;
+        if read == 0 {
+            anyhow::ensure!(
+                last_progress.elapsed() < Duration::from_secs(60),
+                "{topic}/{partition}: no message at offset {} (of {stop}) within a minute",
+                reader.position()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        last_progress = Instant::now();
+        for record in records.iter().filter(|r| r.offset < stop) {
+            let _ = format.decode(topic, partition, record, events);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stockflow_dataflows::alerts::AlertKind;
+    use stockflow_dataflows::model::{decode_event, EventBody, Money, RecordContext, StockKey};
+
+    fn event(n: u64) -> Event {
+        let json = format!(
+            r#"{{"id":"e{n}","type":"item.created","tenant":"acme","ts":"2026-01-01T00:00:00Z","sku":"S{n}","name":"Ñandú {n}","price":"12.3456","initial":{{"main":{n}}}}}"#
+        );
+        decode_event(json.as_bytes(), RecordContext { offset: n, log_time: None }).expect("a valid event")
+    }
+
+    fn alert() -> Alert {
+        Alert {
+            key: StockKey { tenant: "acme".into(), sku: "S1".into(), location: "main".into() },
+            kind: AlertKind::LowStock,
+            raised: true,
+            transition: 3,
+            available: 2,
+            threshold: 5,
+            target_level: 10,
+            suggested_reorder_qty: 8,
+            ts: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn events_and_alerts_round_trip_exactly() {
+        let events: Vec<Event> = (0..50).map(event).collect();
+        let EventBody::ItemCreated { price, .. } = &events[1].body else { panic!("an item") };
+        assert_eq!(*price, Money::parse("12.3456").unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let segment = write_records(dir.path(), "events-1.bin".into(), &events).unwrap();
+        assert_eq!(read_records::<Event>(dir.path(), &segment).unwrap(), events);
+        let alerts = write_records(dir.path(), "alerts-1.bin".into(), &[alert()]).unwrap();
+        assert_eq!(read_records::<Alert>(dir.path(), &alerts).unwrap(), vec![alert()]);
+    }
+
+    fn manifest(dir: &Path, id: u64, events: &[Event]) -> Manifest {
+        let segment = write_records(dir, format!("events-{id:012}.bin"), events).unwrap();
+        let alerts = write_records(dir, format!("alerts-{id:012}.bin"), &[alert()]).unwrap();
+        let manifest = Manifest {
+            format: FORMAT,
+            id,
+            created_ms: 0,
+            epoch: id,
+            sources: vec!["t=stockflow".into()],
+            offsets: BTreeMap::from([("t".to_owned(), BTreeMap::from([(0, id * 10)]))]),
+            segments: vec![segment],
+            alerts,
+        };
+        write_manifest(dir, &manifest).unwrap();
+        manifest
+    }
+
+    #[test]
+    fn a_damaged_newest_checkpoint_falls_back_to_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        manifest(dir.path(), 1, &[event(1)]);
+        let second = manifest(dir.path(), 2, &[event(1), event(2)]);
+        let (loaded, skipped) = load(dir.path());
+        assert_eq!(loaded.unwrap().manifest, second);
+        assert!(skipped.is_empty());
+
+        // One flipped byte in the newest segment: its checksum catches it.
+        let path = dir.path().join(&second.segments[0].file);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, bytes).unwrap();
+        let (loaded, skipped) = load(dir.path());
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded.manifest.id, 1);
+        assert_eq!(loaded.events, vec![event(1)]);
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("fails its checksum"), "{skipped:?}");
+
+        // A truncated manifest is caught too.
+        let path = dir.path().join(manifest_name(1));
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let (loaded, skipped) = load(dir.path());
+        assert!(loaded.is_none());
+        assert_eq!(skipped.len(), 2);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_what_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for id in 1..=5 {
+            manifest(dir.path(), id, &[event(id)]);
+        }
+        std::fs::write(dir.path().join(".events-000000000009.bin.tmp"), b"half").unwrap();
+        prune(dir.path()).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        let kept: Vec<u64> = manifests(dir.path()).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(kept, vec![5, 4, 3]);
+        assert_eq!(names.len(), 9, "three manifests, their segments and alerts: {names:?}");
+        assert!(!names.iter().any(|n| n.contains("000000000001") || n.ends_with(".tmp")), "{names:?}");
+    }
+}
