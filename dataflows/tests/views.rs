@@ -12,7 +12,7 @@
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use stockflow_dataflows::alerts::{Alert, AlertKind, Thresholds};
+use stockflow_dataflows::alerts::{Alert, AlertKind, AlertState, Restored, Thresholds};
 use stockflow_dataflows::model::{Event, EventBody, ItemRow, Money, Name, SkuKey, StockDelta, StockKey};
 use timely::dataflow::operators::probe::Handle;
 
@@ -34,19 +34,24 @@ fn run_dataflows(epochs: Vec<Vec<Event>>, workers: usize) -> Output {
 }
 
 fn run_with_thresholds(epochs: Vec<Vec<Event>>, workers: usize, thresholds: Thresholds) -> Output {
+    run_restored(epochs, workers, thresholds, None)
+}
+
+fn run_restored(epochs: Vec<Vec<Event>>, workers: usize, thresholds: Thresholds, restored: Option<Restored<Epoch>>) -> Output {
     let output = Arc::new(Mutex::new(Output::default()));
     let shared = output.clone();
     timely::execute(timely::Config::process(workers), move |worker| {
         let out = shared.clone();
         let probe = Handle::new();
         let thresholds = thresholds.clone();
+        let restored = restored.clone();
         let mut input = worker.dataflow::<Epoch, _, _>(|scope| {
             let (input, events) = differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
             let events = stockflow_dataflows::dedup(events);
             let items = stockflow_dataflows::items(events.clone());
             let stock = stockflow_dataflows::stock(events);
             let totals = stockflow_dataflows::stock_totals(stock.clone());
-            let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), thresholds, None);
+            let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), thresholds, restored);
             let o = out.clone();
             alerts.inspect(move |(d, t, r)| o.lock().unwrap().alerts.push((d.clone(), *t, *r))).probe_with(&probe);
             let o = out.clone();
@@ -402,6 +407,55 @@ proptest! {
     ) {
         let thresholds = Thresholds { default, tenants: acme.map(|t| (Name::from("acme"), t)).into_iter().collect(), hysteresis };
         check_with(steps, cuts, workers, thresholds)?;
+    }
+}
+
+/// Resuming from a checkpoint: the events of epochs `0..=at` fed as one
+/// epoch with the alert states of the full run at that point must give the
+/// full run's transitions for every later epoch, and none while restoring.
+fn check_resume(steps: Vec<Step>, cuts: Vec<bool>, at: usize, workers: usize, thresholds: Thresholds) -> Result<(), TestCaseError> {
+    let epochs = split(history(&steps), &cuts);
+    let at = at % epochs.len();
+    let full = run_with_thresholds(epochs.clone(), workers, thresholds.clone());
+    // The latest transition of each alert up to `at`: what a checkpoint saves.
+    let mut latest: BTreeMap<(StockKey, AlertKind), Alert> = BTreeMap::new();
+    for (alert, _, _) in full.alerts.iter().filter(|u| u.1 <= at as Epoch) {
+        let slot = latest.entry((alert.key.clone(), alert.kind)).or_insert_with(|| alert.clone());
+        if alert.transition > slot.transition {
+            *slot = alert.clone();
+        }
+    }
+    let mut states: HashMap<StockKey, [AlertState; 2]> = HashMap::new();
+    for alert in latest.values() {
+        states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
+    }
+    let mut resumed = vec![epochs[..=at].concat()];
+    resumed.extend(epochs[at + 1..].iter().cloned());
+    let restored = Restored { epoch: 0, states: Arc::new(states) };
+    let output = run_restored(resumed, workers, thresholds, Some(restored));
+    prop_assert!(output.alerts.iter().all(|u| u.1 > 0), "no transition while restoring");
+    for epoch in at + 1..epochs.len() {
+        let mut expected: Vec<Alert> = full.alerts.iter().filter(|u| u.1 == epoch as Epoch).map(|u| u.0.clone()).collect();
+        let mut got: Vec<Alert> = output.alerts.iter().filter(|u| u.1 == (epoch - at) as Epoch).map(|u| u.0.clone()).collect();
+        expected.sort();
+        got.sort();
+        prop_assert_eq!(got, expected, "transitions at epoch {} after resuming at {}", epoch, at);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn alerts_resumed_from_a_checkpoint_continue_as_the_full_run(
+        steps in steps(),
+        cuts in prop::collection::vec(prop::bool::weighted(0.3), 80),
+        at in 0usize..40,
+        hysteresis in 0i64..4,
+        workers in 1usize..3,
+    ) {
+        check_resume(steps, cuts, at, workers, Thresholds { hysteresis, ..Thresholds::default() })?;
     }
 }
 
