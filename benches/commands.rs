@@ -64,6 +64,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         checkpoint_interval: Some(Duration::from_secs(30)),
         on_checkpoint_gap: Default::default(),
         offline: false,
+        replay: None,
     };
     let running = server::start(&settings).await.expect("server starts");
     let base = format!("http://{}", running.addr);

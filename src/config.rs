@@ -32,6 +32,34 @@ pub enum Command {
     Export(ExportArgs),
     /// Print a view rebuilt from the sources as canonical, sorted JSON: the same input gives the same bytes.
     Dump(DumpArgs),
+    /// Rebuild every view from a range of topics into a fresh data dir (a checkpoint), files and/or ClickHouse.
+    Replay(ReplayArgs),
+}
+
+/// Options of `replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A topic to replay, `TOPIC[=FORMAT]` (repeatable) [default: the configured sources].
+    #[arg(long = "topic")]
+    pub topics: Vec<String>,
+    /// Where each partition begins: `earliest`, an offset (`120`), offsets per partition (`0:120,1:98`) or an RFC 3339 time.
+    #[arg(long, default_value = "earliest")]
+    pub from: String,
+    /// Where each partition ends (exclusive): `latest` (the end when the replay starts), offsets, or an RFC 3339 time.
+    #[arg(long, default_value = "latest")]
+    pub to: String,
+    /// What time bounds compare: `log` (the message's timestamp in the log) or `event` (the event's own `ts`).
+    #[arg(long, value_enum, default_value = "log")]
+    pub time_field: crate::replay::TimeField,
+    /// The data dir whose embedded log holds the topics (without --kafka-brokers) [default: ./stockflow-data].
+    #[arg(long)]
+    pub source_dir: Option<PathBuf>,
+    /// Also write every view as `<view>.ndjson` (the canonical form of `stockflow dump`) into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Everything `serve` takes; `--data-dir` is where the result goes (fresh: `./stockflow-replay-<time>` by default).
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// How `dump` prints rows.
@@ -404,6 +432,8 @@ pub struct Settings {
     /// topics (no alert events, outcomes or dead letters, no commands taken)
     /// and no checkpoint is written (one is read when `checkpoint_interval` is set).
     pub offline: bool,
+    /// A replay's range and where its embedded log is (`stockflow replay`).
+    pub replay: Option<crate::replay::ReplaySettings>,
 }
 
 /// Parses a checkpoint interval: `0` (never), whole seconds (`30`, `30s`) or minutes (`5m`).
@@ -540,6 +570,7 @@ impl Settings {
             checkpoint_interval: None,
             on_checkpoint_gap: Default::default(),
             offline: false,
+            replay: None,
         };
         if !(1..=100).contains(&settings.webhook_policy.max_attempts) {
             errors.push(format!("webhook_max_attempts: must be between 1 and 100, got {}", settings.webhook_policy.max_attempts));

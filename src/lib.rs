@@ -15,6 +15,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod offline;
+pub mod replay;
 pub mod rows;
 pub mod server;
 pub mod shutdown;

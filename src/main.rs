@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
         Command::Sink(sink) => (&sink.serve, None),
         Command::Export(export) => (&export.serve, None),
         Command::Dump(dump) => (&dump.serve, None),
+        Command::Replay(replay) => (&replay.serve, None),
     };
     let resolved = Settings::resolve(args, demo_rate).and_then(|mut settings| {
         if let Command::Sink(sink) = &cli.command {
@@ -20,6 +21,9 @@ fn main() -> std::process::ExitCode {
                 ("latest", Some(clickhouse)) => clickhouse.from_earliest = false,
                 (other, _) => return Err(vec![format!("--from: `{other}` is not earliest or latest")]),
             }
+        }
+        if let Command::Replay(replay) = &cli.command {
+            configure_replay(&mut settings, replay)?;
         }
         if let Command::Dump(dump) = &cli.command {
             settings.offline = true;
@@ -44,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Sink(_) => runtime.block_on(stockflow::offline::sink(&settings)),
         Command::Export(export) => runtime.block_on(stockflow::offline::export(&settings, export)),
         Command::Dump(dump) => runtime.block_on(stockflow::offline::dump(&settings, dump)),
+        Command::Replay(replay) => runtime.block_on(stockflow::offline::replay(&settings, replay.out.as_deref())),
         Command::Serve(_) | Command::Demo(_) => runtime.block_on(run(settings)),
     };
     match result {
@@ -53,6 +58,44 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// A replay: its topics, range, fresh data dir and source log; offline, with
+/// one checkpoint (its result) written at the end.
+fn configure_replay(settings: &mut Settings, args: &stockflow::config::ReplayArgs) -> Result<(), Vec<String>> {
+    use stockflow::replay::{Bound, Range, ReplaySettings};
+    let mut errors = Vec::new();
+    if !args.topics.is_empty() {
+        settings.sources.clear();
+        for topic in &args.topics {
+            let (name, format) = topic.split_once('=').unwrap_or((topic.as_str(), "stockflow"));
+            match stockflow::engine::Format::parse(format.trim()) {
+                Ok(format) => settings.sources.push(stockflow::config::SourceDecl::new(name.trim(), format)),
+                Err(error) => errors.push(format!("--topic {topic}: {error}")),
+            }
+        }
+    }
+    let from = Bound::parse(&args.from).map_err(|e| format!("--from: {e}"));
+    let to = Bound::parse(&args.to).map_err(|e| format!("--to: {e}"));
+    match (from, to) {
+        (Ok(Bound::Latest), _) => errors.push("--from: `latest` would replay nothing; use earliest, offsets or a time".into()),
+        (_, Ok(Bound::Earliest)) => errors.push("--to: `earliest` would replay nothing; use latest, offsets or a time".into()),
+        (Ok(from), Ok(to)) => {
+            let source_dir = args.source_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR));
+            settings.replay = Some(ReplaySettings { range: Range { from, to, time_field: args.time_field }, source_dir });
+        }
+        (from, to) => errors.extend(from.err().into_iter().chain(to.err())),
+    }
+    if args.serve.data_dir.is_none() {
+        settings.data_dir = std::path::PathBuf::from(format!("./stockflow-replay-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    }
+    settings.offline = true;
+    settings.checkpoint_interval = Some(std::time::Duration::from_secs(365 * 86_400));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 

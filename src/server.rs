@@ -103,7 +103,9 @@ fn recover(
     let manifest = loaded.as_ref().map(|l| l.manifest.clone());
     config.restore = loaded.map(Arc::new);
     config.on_gap = settings.on_checkpoint_gap;
-    if settings.offline {
+    // Offline runs write no checkpoint, except a replay: its checkpoint (at
+    // the end) is its result.
+    if settings.offline && settings.replay.is_none() {
         return Ok(());
     }
     let checkpointer = crate::checkpoint::Checkpointer::new(dir, sources, manifest)?;
@@ -126,10 +128,23 @@ fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, me
     Ok(())
 }
 
-fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Arc<dyn DeadLetters>, commands: CommandPath, alerts: AlertsPath) -> EngineConfig {
+fn engine_config(
+    settings: &Settings,
+    mut sources: Vec<SourceSpec>,
+    dead_letters: Arc<dyn DeadLetters>,
+    commands: CommandPath,
+    alerts: AlertsPath,
+) -> anyhow::Result<EngineConfig> {
+    // A replay sees its sources through its range.
+    if let Some(replay) = &settings.replay {
+        for spec in &mut sources {
+            spec.source = crate::replay::Bounded::wrap(spec.source.clone(), spec.format, &replay.range)
+                .with_context(|| format!("reading the range of {}", spec.source.topic()))?;
+        }
+    }
     // An offline run (dump, replay) writes nothing to the topics.
     let offline = settings.offline;
-    EngineConfig {
+    Ok(EngineConfig {
         thresholds: settings.thresholds.clone(),
         alerts: (!offline).then_some(alerts),
         kpis: Some(crate::engine::KpiConfig { specs: settings.kpi_specs.clone(), retention: settings.kpi_retention }),
@@ -141,7 +156,7 @@ fn engine_config(settings: &Settings, sources: Vec<SourceSpec>, dead_letters: Ar
         commands: (!settings.read_only && !offline).then_some(commands),
         restore: None,
         on_gap: settings.on_checkpoint_gap,
-    }
+    })
 }
 
 /// Creates missing topics (sources and their `.dlq`; Tansu does not create on
@@ -170,7 +185,9 @@ async fn connect_kafka(
 /// Opens the data dir, starts the engine, binds the listener, and (with a
 /// demo rate) starts the generator. Returns once everything runs.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
-    let log = Arc::new(Log::open(&settings.data_dir.join("log")).with_context(|| format!("opening the embedded log in {}", settings.data_dir.display()))?);
+    // A replay reads the embedded log of another data dir.
+    let log_dir = settings.replay.as_ref().map_or(settings.data_dir.as_path(), |replay| replay.source_dir.as_path());
+    let log = Arc::new(Log::open(&log_dir.join("log")).with_context(|| format!("opening the embedded log in {}", log_dir.display()))?);
     let store = Arc::new(Store::with_changes(settings.changes_retention));
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
@@ -200,7 +217,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
             let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
             webhooks.set_alerts(alerts.clone());
-            let mut config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() });
+            let mut config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() })?;
             start_sink(settings, &config, &store, &metrics, &sink)?;
             recover(settings, &mut config, &store, &metrics, &shutdown, &checkpointer)?;
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
@@ -221,14 +238,19 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                             let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
                             webhooks.set_alerts(alerts.clone());
                             let alerts = AlertsPath { source: alerts, appender: appender.clone() };
-                            let mut config = engine_config(&settings, sources, dead_letters, path, alerts);
-                            let started = start_sink(&settings, &config, &store, &metrics, &sink)
-                                .and_then(|()| recover(&settings, &mut config, &store, &metrics, &shutdown, &checkpointer));
-                            if let Err(error) = started {
-                                tracing::error!("{error:#}");
-                                shutdown.trigger();
-                                return Err(error);
-                            }
+                            let config = engine_config(&settings, sources, dead_letters, path, alerts).and_then(|mut config| {
+                                start_sink(&settings, &config, &store, &metrics, &sink)?;
+                                recover(&settings, &mut config, &store, &metrics, &shutdown, &checkpointer)?;
+                                Ok(config)
+                            });
+                            let config = match config {
+                                Ok(config) => config,
+                                Err(error) => {
+                                    tracing::error!("{error:#}");
+                                    shutdown.trigger();
+                                    return Err(error);
+                                }
+                            };
                             let started = crate::engine::start(config, store, metrics, shutdown.clone());
                             if let Err(error) = &started {
                                 tracing::error!("the engine could not start: {error:#}");

@@ -50,6 +50,7 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         checkpoint_interval: Some(Duration::from_secs(30)),
         on_checkpoint_gap: Default::default(),
         offline: false,
+        replay: None,
     }
 }
 
