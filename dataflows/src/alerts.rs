@@ -208,17 +208,17 @@ pub fn alert(key: StockKey, kind: AlertKind, state: &AlertState, row: &StockDelt
     }
 }
 
-/// Alert states to resume from (a checkpoint's alerts) and the epoch that
-/// restores the rest of the state (a checkpoint's events).
+/// Alert states to resume from (a checkpoint's alerts) and the last epoch
+/// of those that restore the rest of the state (a checkpoint's events).
 ///
 /// A stock row first seen by the operator takes its restored state instead
-/// of the default; during `epoch` no rule is applied (the levels being
+/// of the default; up to `epoch` no rule is applied (the levels being
 /// rebuilt are older than or equal to the states, which already reflect
 /// them): an active alert only follows its rule to the current catalogue,
 /// as a step would have. After it the rule applies as always.
 #[derive(Clone, Debug)]
 pub struct Restored<T> {
-    /// The epoch that carries the restored input.
+    /// The last epoch that carries restored input.
     pub epoch: T,
     /// The states, per stock row and kind.
     pub states: Arc<HashMap<StockKey, [AlertState; 2]>>,
@@ -287,7 +287,7 @@ where
                     break;
                 }
                 let (time, (capability, deltas, item_changes)) = entry.remove_entry();
-                let restoring = restored.as_ref().is_some_and(|r| r.epoch == time);
+                let restoring = restored.as_ref().is_some_and(|r| time.less_equal(&r.epoch));
                 let mut touched: Vec<StockKey> = Vec::with_capacity(deltas.len());
                 for (key, delta) in deltas {
                     match rows.entry(key.clone()) {

@@ -410,10 +410,11 @@ proptest! {
     }
 }
 
-/// Resuming from a checkpoint: the events of epochs `0..=at` fed as one
-/// epoch with the alert states of the full run at that point must give the
-/// full run's transitions for every later epoch, and none while restoring.
-fn check_resume(steps: Vec<Step>, cuts: Vec<bool>, at: usize, workers: usize, thresholds: Thresholds) -> Result<(), TestCaseError> {
+/// Resuming from a checkpoint: the events of epochs `0..=at` fed again (as
+/// one epoch when `merge`, else in their own epochs) with the alert states
+/// of the full run at that point must give the full run's transitions for
+/// every later epoch, and none while restoring.
+fn check_resume(steps: Vec<Step>, cuts: Vec<bool>, at: usize, merge: bool, workers: usize, thresholds: Thresholds) -> Result<(), TestCaseError> {
     let epochs = split(history(&steps), &cuts);
     let at = at % epochs.len();
     let full = run_with_thresholds(epochs.clone(), workers, thresholds.clone());
@@ -429,14 +430,20 @@ fn check_resume(steps: Vec<Step>, cuts: Vec<bool>, at: usize, workers: usize, th
     for alert in latest.values() {
         states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
     }
-    let mut resumed = vec![epochs[..=at].concat()];
-    resumed.extend(epochs[at + 1..].iter().cloned());
-    let restored = Restored { epoch: 0, states: Arc::new(states) };
+    let (resumed, last_restoring) = if merge {
+        let mut resumed = vec![epochs[..=at].concat()];
+        resumed.extend(epochs[at + 1..].iter().cloned());
+        (resumed, 0)
+    } else {
+        (epochs.clone(), at)
+    };
+    let shift = at - last_restoring;
+    let restored = Restored { epoch: last_restoring as Epoch, states: Arc::new(states) };
     let output = run_restored(resumed, workers, thresholds, Some(restored));
-    prop_assert!(output.alerts.iter().all(|u| u.1 > 0), "no transition while restoring");
+    prop_assert!(output.alerts.iter().all(|u| u.1 > last_restoring as Epoch), "no transition while restoring");
     for epoch in at + 1..epochs.len() {
         let mut expected: Vec<Alert> = full.alerts.iter().filter(|u| u.1 == epoch as Epoch).map(|u| u.0.clone()).collect();
-        let mut got: Vec<Alert> = output.alerts.iter().filter(|u| u.1 == (epoch - at) as Epoch).map(|u| u.0.clone()).collect();
+        let mut got: Vec<Alert> = output.alerts.iter().filter(|u| u.1 == (epoch - shift) as Epoch).map(|u| u.0.clone()).collect();
         expected.sort();
         got.sort();
         prop_assert_eq!(got, expected, "transitions at epoch {} after resuming at {}", epoch, at);
@@ -452,10 +459,11 @@ proptest! {
         steps in steps(),
         cuts in prop::collection::vec(prop::bool::weighted(0.3), 80),
         at in 0usize..40,
+        merge in any::<bool>(),
         hysteresis in 0i64..4,
         workers in 1usize..3,
     ) {
-        check_resume(steps, cuts, at, workers, Thresholds { hysteresis, ..Thresholds::default() })?;
+        check_resume(steps, cuts, at, merge, workers, Thresholds { hysteresis, ..Thresholds::default() })?;
     }
 }
 

@@ -367,7 +367,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         for alert in &loaded.alerts {
             states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
         }
-        Restored { epoch: RESTORE_EPOCH, states: Arc::new(states) }
+        Restored { epoch: restore_epochs(loaded, &config), states: Arc::new(states) }
     });
     let plan = Arc::new(Plan {
         inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(),
@@ -436,8 +436,11 @@ struct Plan {
     restored_alerts: Option<Restored<Epoch>>,
 }
 
-/// The epoch that carries a checkpoint's events (epoch 0 stays empty).
-const RESTORE_EPOCH: Epoch = 1;
+/// The last of the epochs that carry a checkpoint's events: epochs 1 to
+/// this one, `epoch_max_events` each (epoch 0 stays empty).
+fn restore_epochs(loaded: &crate::checkpoint::Loaded, config: &EngineConfig) -> Epoch {
+    loaded.events.len().div_ceil(config.epoch_max_events.max(1)).max(1) as Epoch
+}
 
 /// Checks that the sources still hold what `restore` resumes from: a
 /// partition whose first message is past the checkpoint's offset (retention
@@ -622,28 +625,39 @@ mod worker {
         commands_in.advance_to(epoch);
         progress_in.advance_to(epoch);
         if let Some(loaded) = &plan.restore {
-            // The checkpoint's events, alone in their epoch (the `low_stock`
-            // operator restores its states there), spread over the workers.
-            for event in loaded.events.iter().skip(index).step_by(peers) {
-                events_in.insert(event.clone());
+            // The checkpoint's events, alone in their epochs (the `low_stock`
+            // operator restores its states there), spread over the workers,
+            // in epochs of `epoch_max_events` as the log would be read.
+            let chunk = config.epoch_max_events.max(1);
+            let chunks = loaded.events.len().div_ceil(chunk).max(1);
+            for (n, events) in loaded.events.chunks(chunk).chain(loaded.events.is_empty().then_some(&[][..])).enumerate() {
+                for event in events.iter().skip(index).step_by(peers) {
+                    events_in.insert(event.clone());
+                }
+                if n + 1 == chunks {
+                    // The views reflect the checkpoint's offsets once all of it is in.
+                    for part in assigned.iter_mut() {
+                        let position = part.reader.position();
+                        progress_in.insert((part.source, part.reader.partition(), position));
+                        part.reported = Some(position);
+                    }
+                }
+                if index == 0 {
+                    closed_at.borrow_mut().insert(epoch, Instant::now());
+                }
+                epoch += 1;
+                events_in.advance_to(epoch);
+                commands_in.advance_to(epoch);
+                progress_in.advance_to(epoch);
+                events_in.flush();
+                commands_in.flush();
+                progress_in.flush();
+                worker.step();
+                while probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)) && !shutdown.is_triggered() {
+                    worker.step_or_park(Some(Duration::from_millis(1)));
+                }
             }
-            for part in assigned.iter_mut() {
-                let position = part.reader.position();
-                progress_in.insert((part.source, part.reader.partition(), position));
-                part.reported = Some(position);
-            }
-            if index == 0 {
-                closed_at.borrow_mut().insert(epoch, Instant::now());
-            }
-            debug_assert_eq!(epoch, RESTORE_EPOCH);
-            epoch += 1;
-            events_in.advance_to(epoch);
-            commands_in.advance_to(epoch);
-            progress_in.advance_to(epoch);
-            events_in.flush();
-            commands_in.flush();
-            progress_in.flush();
-            worker.step();
+            debug_assert_eq!(epoch, restore_epochs(loaded, config) + 1);
         }
         let mut records = Vec::with_capacity(READ_CHUNK);
         let mut events = Vec::new();
