@@ -1,6 +1,7 @@
 //! Restart time: a full replay of the log vs resuming from a checkpoint.
 //!
-//! Run: `cargo bench --bench restart -- [KEYS] [WORKERS]` (defaults 1000000 1).
+//! Run: `cargo bench --bench restart -- [KEYS] [WORKERS]` (defaults 1000000 1);
+//! `READ_ONLY=1` runs without the command path (no decider).
 //! Appends KEYS/4 `item.created` events with stock at 4 locations (KEYS
 //! stock rows) and KEYS `stock.adjusted` events (one per stock row) to an
 //! embedded log, then starts the server three times on it:
@@ -37,6 +38,7 @@ fn settings(dir: &std::path::Path, workers: usize, checkpoints: bool) -> Setting
         workers: Some(workers),
         sources: vec![INVENTORY_EVENTS.into()],
         changes_retention: Some(0),
+        read_only: std::env::var("READ_ONLY").is_ok(),
         checkpoint_interval: Some(if checkpoints { "30s" } else { "0" }.into()),
         ..Default::default()
     };

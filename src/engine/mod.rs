@@ -311,7 +311,10 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     if let Some(path) = &config.commands {
         inputs.push((path.commands.clone(), Input::Commands, Start::Earliest));
     }
-    let restore = check_gaps(config.restore.clone(), &inputs, config.on_gap, &metrics)?;
+    // Taken out of the config, which the workers keep: the events are handed
+    // to the workers and freed once in the dataflow.
+    let mut config = config;
+    let restore = check_gaps(config.restore.take(), &inputs, config.on_gap, &metrics)?;
     for (source, input, start) in &inputs {
         let spec = SourceSpec { source: source.clone(), format: Format::Stockflow, start: *start };
         let topic = spec.source.topic();
@@ -367,15 +370,21 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         for alert in &loaded.alerts {
             states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
         }
-        Restored { epoch: restore_epochs(loaded, &config), states: Arc::new(states) }
+        Restored { epoch: restore_epochs(loaded.events.len(), &config), states: Arc::new(states) }
     });
-    let plan = Arc::new(Plan {
-        inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(),
-        starts,
-        event_targets,
-        restore: restore.clone(),
-        restored_alerts,
+    let restored_alert_rows = restore.as_ref().map(|loaded| loaded.alerts.clone()).unwrap_or_default();
+    let restore = restore.map(|loaded| {
+        let loaded = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
+        let epochs = restore_epochs(loaded.events.len(), &config);
+        let chunk = config.epoch_max_events.max(1);
+        let mut shares: Vec<Vec<Vec<Event>>> = (0..config.workers).map(|_| (0..epochs).map(|_| Vec::new()).collect()).collect();
+        for (n, event) in loaded.events.into_iter().enumerate() {
+            shares[n % config.workers][n / chunk].push(event);
+        }
+        RestorePlan { epochs, shares: shares.into_iter().map(std::sync::Mutex::new).collect() }
     });
+    let plan =
+        Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets, restore, restored_alerts });
     let alerts_to = match &config.alerts {
         Some(path) => Some(publish::AlertsOut {
             appender: path.appender.clone(),
@@ -394,7 +403,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
                 let retention = i64::try_from(kpis.retention.as_millis()).unwrap_or(i64::MAX);
                 stockflow_dataflows::kpis::Table::new(kpis.specs.clone(), retention)
             }),
-            restored_alerts: restore.as_ref().map(|loaded| loaded.alerts.clone()).unwrap_or_default(),
+            restored_alerts: restored_alert_rows,
         };
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new().name("stockflow-publish".into()).spawn(move || publish::run_publisher(from_workers, outputs, store, metrics, shutdown))?
@@ -430,16 +439,24 @@ struct Plan {
     starts: Vec<Vec<u64>>,
     /// The ends of the event sources at start (commands wait for them).
     event_targets: BTreeMap<String, BTreeMap<u32, u64>>,
-    /// The checkpoint resumed from, if any.
-    restore: Option<Arc<crate::checkpoint::Loaded>>,
+    /// The checkpoint resumed from, if any: its events by worker.
+    restore: Option<RestorePlan>,
     /// Its alert states, for the `low_stock` operator.
     restored_alerts: Option<Restored<Epoch>>,
 }
 
-/// The last of the epochs that carry a checkpoint's events: epochs 1 to
-/// this one, `epoch_max_events` each (epoch 0 stays empty).
-fn restore_epochs(loaded: &crate::checkpoint::Loaded, config: &EngineConfig) -> Epoch {
-    loaded.events.len().div_ceil(config.epoch_max_events.max(1)).max(1) as Epoch
+/// A checkpoint's events on their way into the dataflow.
+struct RestorePlan {
+    /// Epochs 1 to this one carry them.
+    epochs: Epoch,
+    /// Per worker, per epoch: the events that worker inserts (taken once).
+    shares: Vec<std::sync::Mutex<Vec<Vec<Event>>>>,
+}
+
+/// The last of the epochs that carry a checkpoint's `events` events: epochs
+/// 1 to this one, `epoch_max_events` each (epoch 0 stays empty).
+fn restore_epochs(events: usize, config: &EngineConfig) -> Epoch {
+    events.div_ceil(config.epoch_max_events.max(1)).max(1) as Epoch
 }
 
 /// Checks that the sources still hold what `restore` resumes from: a
@@ -624,17 +641,16 @@ mod worker {
         events_in.advance_to(epoch);
         commands_in.advance_to(epoch);
         progress_in.advance_to(epoch);
-        if let Some(loaded) = &plan.restore {
+        if let Some(restore) = &plan.restore {
             // The checkpoint's events, alone in their epochs (the `low_stock`
             // operator restores its states there), spread over the workers,
             // in epochs of `epoch_max_events` as the log would be read.
-            let chunk = config.epoch_max_events.max(1);
-            let chunks = loaded.events.len().div_ceil(chunk).max(1);
-            for (n, events) in loaded.events.chunks(chunk).chain(loaded.events.is_empty().then_some(&[][..])).enumerate() {
-                for event in events.iter().skip(index).step_by(peers) {
-                    events_in.insert(event.clone());
+            let share = std::mem::take(&mut *restore.shares[index].lock().unwrap_or_else(|p| p.into_inner()));
+            for (n, events) in share.into_iter().enumerate() {
+                for event in events {
+                    events_in.insert(event);
                 }
-                if n + 1 == chunks {
+                if n as Epoch + 1 == restore.epochs {
                     // The views reflect the checkpoint's offsets once all of it is in.
                     for part in assigned.iter_mut() {
                         let position = part.reader.position();
@@ -657,7 +673,7 @@ mod worker {
                     worker.step_or_park(Some(Duration::from_millis(1)));
                 }
             }
-            debug_assert_eq!(epoch, restore_epochs(loaded, config) + 1);
+            debug_assert_eq!(epoch, restore.epochs + 1);
         }
         let mut records = Vec::with_capacity(READ_CHUNK);
         let mut events = Vec::new();
