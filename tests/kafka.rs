@@ -758,3 +758,44 @@ async fn the_clickhouse_sink_writes_kafka_events_once_across_a_restart() {
     running.wait().await.unwrap();
     clickhouse("default", &format!("DROP DATABASE IF EXISTS {db}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_a_kafka_topic_is_a_checkpoint_serve_resumes_from() {
+    use stockflow::replay::{Bound, Range, ReplaySettings, TimeField};
+    let topic = unique("replay");
+    let (dir, replayed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let adjust = |id: &str, qty: i64| event(json!({"id": id, "type": "stock.adjusted", "sku": "S-1", "location": "l", "qty": qty}));
+    let first = start_ready(&settings(dir.path(), &topic, 1)).await;
+    // One batch per message: Tansu's high watermark is exact only for one-message batches.
+    for (id, qty) in [("a", 100), ("b", 10), ("c", -3)] {
+        produce(&topic, &[adjust(id, qty)]);
+    }
+    produce(&topic, &[("default/S-1".into(), b"{not json".to_vec())]);
+    eventually(&first, "/v1/stock/S-1", |status, body| status == 200 && body["totals"]["on_hand"] == 107).await;
+    first.shutdown.trigger();
+    first.wait().await.unwrap();
+
+    // `stockflow replay` of the topic into a fresh data dir: its checkpoint holds the three events.
+    let mut replay = settings(replayed.path(), &topic, 2);
+    replay.offline = true;
+    replay.checkpoint_interval = Some(Duration::from_secs(3600));
+    let range = Range { from: Bound::Earliest, to: Bound::Latest, time_field: TimeField::Log };
+    replay.replay = Some(ReplaySettings { range, source_dir: dir.path().to_path_buf() });
+    stockflow::offline::replay(&replay, None).await.unwrap();
+    let manifest = stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(replayed.path())).expect("the replay's checkpoint");
+    assert_eq!(manifest.segments.iter().map(|s| s.records).sum::<u64>(), 3, "three events; the bad message left out");
+    assert_eq!(manifest.offsets[&topic].values().sum::<u64>(), 4, "resumes after all four messages");
+
+    // Serving that data dir resumes from the checkpoint: only what came after is read,
+    // and a redelivery of an event the checkpoint holds is still one event.
+    produce(&topic, &[adjust("d", 5)]);
+    produce(&topic, &[adjust("a", 100)]);
+    let running = start_ready(&settings(replayed.path(), &topic, 1)).await;
+    assert_eq!(running.metrics.restored_events.get(), 3);
+    eventually(&running, "/v1/stock/S-1", |status, body| status == 200 && body["totals"]["on_hand"] == 112).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = get(&running, "/v1/stock/S-1").await;
+    assert_eq!(body["totals"]["on_hand"], 112, "the redelivered `a` counted once: {body}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
