@@ -752,6 +752,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn checkpoint_options_parse_with_precise_errors() {
+        assert_eq!(parse_interval("30s"), Ok(Some(Duration::from_secs(30))));
+        assert_eq!(parse_interval("45"), Ok(Some(Duration::from_secs(45))));
+        assert_eq!(parse_interval("5m"), Ok(Some(Duration::from_secs(300))));
+        assert_eq!(parse_interval("0"), Ok(None));
+        assert_eq!(parse_interval("2d"), Err("`2d` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)".into()));
+        assert_eq!(parse_interval("2000m"), Err("`2000m`: at most a day".into()));
+        let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
+        assert_eq!(defaults.checkpoint_interval, Some(Duration::from_secs(30)));
+        assert_eq!(defaults.on_checkpoint_gap, crate::checkpoint::GapPolicy::Fail);
+        let args = ServeArgs { checkpoint_interval: Some("often".into()), on_checkpoint_gap: Some("skip".into()), ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("checkpoint_interval: `often` is not")), "{errors:?}");
+        assert!(errors.contains(&"on_checkpoint_gap: `skip` is not one of fail, replay, accept".to_owned()), "{errors:?}");
+    }
+
+    #[test]
     fn reports_every_error_at_once() {
         let args = ServeArgs { workers: Some(0), partitions: Some(0), listen: Some("0.0.0.0:80".parse().unwrap()), ..Default::default() };
         let errors = Settings::resolve(&args, None).unwrap_err();

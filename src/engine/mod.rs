@@ -810,3 +810,81 @@ mod worker {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{FileRef, GapPolicy, Loaded, Manifest};
+
+    /// A topic whose partitions begin and end where the test says (retention at work).
+    struct Retained {
+        first: Vec<u64>,
+        end: Vec<u64>,
+    }
+
+    impl Source for Retained {
+        fn topic(&self) -> &str {
+            "t"
+        }
+        fn partitions(&self) -> u32 {
+            self.first.len() as u32
+        }
+        fn reader(&self, _partition: u32, _from: u64) -> Result<Box<dyn PartitionReader>, SourceError> {
+            Err(SourceError::Invalid("not read in this test".into()))
+        }
+        fn end_offset(&self, partition: u32) -> Result<u64, SourceError> {
+            Ok(self.end[partition as usize])
+        }
+        fn start_offset(&self, partition: u32) -> Result<u64, SourceError> {
+            Ok(self.first[partition as usize])
+        }
+    }
+
+    fn checkpoint(offsets: [u64; 2]) -> Arc<Loaded> {
+        let file = FileRef { file: String::new(), records: 0, bytes: 0, crc32: 0 };
+        let manifest = Manifest {
+            format: 1,
+            id: 7,
+            created_ms: 0,
+            epoch: 1,
+            sources: vec!["t=stockflow".into()],
+            offsets: BTreeMap::from([("t".to_owned(), BTreeMap::from([(0, offsets[0]), (1, offsets[1])]))]),
+            segments: Vec::new(),
+            alerts: file,
+        };
+        Arc::new(Loaded { manifest, events: Vec::new(), alerts: Vec::new() })
+    }
+
+    fn inputs(first: [u64; 2], end: [u64; 2]) -> Vec<(Arc<dyn Source>, Input, Start)> {
+        vec![(Arc::new(Retained { first: first.to_vec(), end: end.to_vec() }), Input::Events(Format::Stockflow), Start::Earliest)]
+    }
+
+    #[test]
+    fn a_checkpoint_the_source_still_holds_is_resumed() {
+        let metrics = Metrics::new();
+        let kept = check_gaps(Some(checkpoint([10, 20])), &inputs([0, 20], [100, 100]), GapPolicy::Fail, &metrics).unwrap();
+        assert_eq!(kept.unwrap().manifest.id, 7);
+        assert_eq!(metrics.checkpoint_gap.get(), 0);
+    }
+
+    #[test]
+    fn retention_gaps_fail_or_replay_or_are_accepted_and_counted() {
+        let metrics = Metrics::new();
+        let gap = inputs([0, 50], [100, 100]);
+        let error = check_gaps(Some(checkpoint([10, 20])), &gap, GapPolicy::Fail, &metrics).unwrap_err().to_string();
+        assert!(error.contains("checkpoint 7"), "{error}");
+        assert!(error.contains("t/1 resumes at offset 20 but its first message is 50 (30 deleted)"), "{error}");
+        assert!(error.contains("--on-checkpoint-gap replay") && error.contains("--on-checkpoint-gap accept"), "{error}");
+        assert!(check_gaps(Some(checkpoint([10, 20])), &gap, GapPolicy::Replay, &metrics).unwrap().is_none(), "replay ignores the checkpoint");
+        assert_eq!(metrics.checkpoint_gap.get(), 0);
+        assert!(check_gaps(Some(checkpoint([10, 20])), &gap, GapPolicy::Accept, &metrics).unwrap().is_some());
+        assert_eq!(metrics.checkpoint_gap.get(), 30, "the missing messages are counted");
+    }
+
+    #[test]
+    fn an_emptied_topic_is_a_gap() {
+        let metrics = Metrics::new();
+        let error = check_gaps(Some(checkpoint([10, 0])), &inputs([0, 0], [0, 0]), GapPolicy::Fail, &metrics).unwrap_err().to_string();
+        assert!(error.contains("t/0 resumes at offset 10 but holds no message (was the topic recreated?)"), "{error}");
+    }
+}
