@@ -593,6 +593,43 @@ mod worker {
         failures: u32,
     }
 
+    /// What closing an epoch needs besides the inputs.
+    struct Clock<'a> {
+        index: usize,
+        closed_at: &'a RefCell<BTreeMap<Epoch, Instant>>,
+        probe: &'a Handle<Epoch>,
+        shutdown: &'a Shutdown,
+    }
+
+    impl Clock<'_> {
+        /// Closes `epoch` (its progress already inserted): notes when, moves
+        /// every input to the next epoch, and waits while more than
+        /// [`MAX_EPOCHS_IN_FLIGHT`] epochs are not through the dataflow.
+        fn close(
+            &self,
+            worker: &mut Worker,
+            events_in: &mut InputSession<Epoch, Event, isize>,
+            commands_in: &mut InputSession<Epoch, Command, isize>,
+            progress_in: &mut InputSession<Epoch, Progress, isize>,
+            epoch: &mut Epoch,
+        ) {
+            if self.index == 0 {
+                self.closed_at.borrow_mut().insert(*epoch, Instant::now());
+            }
+            *epoch += 1;
+            events_in.advance_to(*epoch);
+            commands_in.advance_to(*epoch);
+            progress_in.advance_to(*epoch);
+            events_in.flush();
+            commands_in.flush();
+            progress_in.flush();
+            worker.step();
+            while self.probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)) && !self.shutdown.is_triggered() {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        }
+    }
+
     pub(super) fn run(
         worker: &mut Worker,
         config: &EngineConfig,
@@ -636,6 +673,7 @@ mod worker {
         }
         tracing::info!(worker = index, partitions = assigned.len(), "worker started");
 
+        let clock = Clock { index, closed_at: &closed_at, probe: &probe, shutdown };
         // Epoch 0 stays empty: an `as_of.epoch` of 0 means "nothing published yet".
         let mut epoch: Epoch = 1;
         events_in.advance_to(epoch);
@@ -658,20 +696,7 @@ mod worker {
                         part.reported = Some(position);
                     }
                 }
-                if index == 0 {
-                    closed_at.borrow_mut().insert(epoch, Instant::now());
-                }
-                epoch += 1;
-                events_in.advance_to(epoch);
-                commands_in.advance_to(epoch);
-                progress_in.advance_to(epoch);
-                events_in.flush();
-                commands_in.flush();
-                progress_in.flush();
-                worker.step();
-                while probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)) && !shutdown.is_triggered() {
-                    worker.step_or_park(Some(Duration::from_millis(1)));
-                }
+                clock.close(worker, &mut events_in, &mut commands_in, &mut progress_in, &mut epoch);
             }
             debug_assert_eq!(epoch, restore.epochs + 1);
         }
@@ -787,20 +812,7 @@ mod worker {
                     metrics.source_lag.with_label_values(&labels).set(end.saturating_sub(position) as i64);
                 }
             }
-            if index == 0 {
-                closed_at.borrow_mut().insert(epoch, Instant::now());
-            }
-            epoch += 1;
-            events_in.advance_to(epoch);
-            commands_in.advance_to(epoch);
-            progress_in.advance_to(epoch);
-            events_in.flush();
-            commands_in.flush();
-            progress_in.flush();
-            worker.step();
-            while probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)) && !shutdown.is_triggered() {
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
+            clock.close(worker, &mut events_in, &mut commands_in, &mut progress_in, &mut epoch);
         }
         drop(events_in);
         drop(commands_in);
