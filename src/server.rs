@@ -61,7 +61,8 @@ fn event_sources(config: &EngineConfig) -> Vec<(Arc<dyn Source>, crate::engine::
 
 /// With checkpoints on: loads the newest usable checkpoint of the data dir
 /// into `config` (one taken with other sources is not used) and starts the
-/// checkpointer. Returns what it restored, for the log.
+/// checkpointer (not for `dump`; for `replay` it writes the one checkpoint
+/// at the end).
 fn recover(
     settings: &Settings,
     config: &mut EngineConfig,
