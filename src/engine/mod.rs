@@ -373,6 +373,7 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         Restored { epoch: restore_epochs(loaded.events.len(), &config), states: Arc::new(states) }
     });
     let restored_alert_rows = restore.as_ref().map(|loaded| loaded.alerts.clone()).unwrap_or_default();
+    let restoring = restore.as_ref().map(|loaded| format!("restoring checkpoint {}: {} events into the views", loaded.manifest.id, loaded.events.len()));
     let restore = restore.map(|loaded| {
         let loaded = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
         let epochs = restore_epochs(loaded.events.len(), &config);
@@ -412,6 +413,10 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         let (sources, store, metrics, shutdown) =
             (inputs.iter().map(|(source, _, _)| source.clone()).collect(), store.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new().name("stockflow-commit".into()).spawn(move || commit_offsets(sources, &store, &metrics, &shutdown))?;
+    }
+    if let Some(restoring) = restoring {
+        // Until the checkpoint is in the views, /ready says so (the offsets only move once it all is).
+        store.set_waiting(Some(restoring));
     }
     let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
@@ -699,6 +704,12 @@ mod worker {
                 clock.close(worker, &mut events_in, &mut commands_in, &mut progress_in, &mut epoch);
             }
             debug_assert_eq!(epoch, restore.epochs + 1);
+            if index == 0 {
+                while probe.less_than(&epoch) && !shutdown.is_triggered() {
+                    worker.step_or_park(Some(Duration::from_millis(1)));
+                }
+                store.set_waiting(None);
+            }
         }
         let mut records = Vec::with_capacity(READ_CHUNK);
         let mut events = Vec::new();
