@@ -92,6 +92,10 @@ pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()
     anyhow::ensure!(crate::export::VIEWS.contains(&view), "view `{view}` cannot be exported (views: {})", crate::export::VIEWS.join(", "));
     let mut settings = settings.clone();
     settings.clickhouse = None;
+    // Read only: no alert events, outcomes or dead letters written, and no
+    // checkpoint (a server may be running on the same data dir); the newest
+    // checkpoint is read, which spares re-reading what it holds.
+    settings.offline = true;
     let running = caught_up(&settings, "rebuilding the views").await?;
     let snapshot = running.store.snapshot();
     let batch = view_batch(&snapshot, view, tenant.as_ref())?;
