@@ -71,13 +71,7 @@ pub async fn sink(settings: &Settings) -> anyhow::Result<()> {
     running.shutdown.trigger();
     running.wait().await?;
     let state = store.sink_states().remove("clickhouse").unwrap_or_default();
-    eprintln!(
-        "done: {} events, {} stock changes, {} kpi rows, {} alerts written; sink {state}",
-        metrics.sink_rows.with_label_values(&["events"]).get(),
-        metrics.sink_rows.with_label_values(&["stock_changes"]).get(),
-        metrics.sink_rows.with_label_values(&["kpis"]).get(),
-        metrics.sink_rows.with_label_values(&["alerts"]).get()
-    );
+    eprintln!("done: {}; sink {state}", sink_summary(&metrics));
     anyhow::ensure!(state == "stopped" && metrics.sink_buffered_rows.get() == 0, "ClickHouse did not take every row: run the command again to finish");
     Ok(())
 }
@@ -357,14 +351,14 @@ pub async fn replay(settings: &Settings, out: Option<&std::path::Path>) -> anyho
         eprintln!("  files in {}: {}", dir.display(), written.join(", "));
     }
     if settings.clickhouse.is_some() {
-        let state = store_sink_state(&metrics);
-        eprintln!("  ClickHouse: {state}");
+        eprintln!("  ClickHouse: {}", sink_summary(&metrics));
         anyhow::ensure!(metrics.sink_buffered_rows.get() == 0, "ClickHouse did not take every row: run `stockflow sink clickhouse` to finish");
     }
     Ok(())
 }
 
-fn store_sink_state(metrics: &crate::metrics::Metrics) -> String {
+/// What the ClickHouse sink committed, table by table.
+fn sink_summary(metrics: &crate::metrics::Metrics) -> String {
     format!(
         "{} events, {} stock changes, {} kpi rows, {} alerts written",
         metrics.sink_rows.with_label_values(&["events"]).get(),

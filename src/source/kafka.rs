@@ -103,6 +103,17 @@ impl KafkaTopic {
     }
 }
 
+impl KafkaTopic {
+    /// The first offset a partition holds and the offset after its last message.
+    fn watermarks(&self, partition: u32) -> Result<(u64, u64), SourceError> {
+        let (low, high) = self
+            .metadata
+            .fetch_watermarks(&self.name, partition as i32, REQUEST_TIMEOUT)
+            .map_err(broker(format!("fetching the watermarks of {}/{partition}", self.name)))?;
+        Ok((low.max(0) as u64, high.max(0) as u64))
+    }
+}
+
 impl Source for KafkaTopic {
     fn topic(&self) -> &str {
         &self.name
@@ -123,19 +134,11 @@ impl Source for KafkaTopic {
     }
 
     fn end_offset(&self, partition: u32) -> Result<u64, SourceError> {
-        let (_low, high) = self
-            .metadata
-            .fetch_watermarks(&self.name, partition as i32, REQUEST_TIMEOUT)
-            .map_err(broker(format!("fetching the watermarks of {}/{partition}", self.name)))?;
-        Ok(high.max(0) as u64)
+        Ok(self.watermarks(partition)?.1)
     }
 
     fn start_offset(&self, partition: u32) -> Result<u64, SourceError> {
-        let (low, _high) = self
-            .metadata
-            .fetch_watermarks(&self.name, partition as i32, REQUEST_TIMEOUT)
-            .map_err(broker(format!("fetching the watermarks of {}/{partition}", self.name)))?;
-        Ok(low.max(0) as u64)
+        Ok(self.watermarks(partition)?.0)
     }
 
     fn commit(&self, offsets: &[(u32, u64)]) -> Result<(), SourceError> {
