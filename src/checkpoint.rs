@@ -21,7 +21,8 @@
 //!   then JSON: offsets, epoch, the sources it was taken with, and every
 //!   segment with its length and CRC-32.
 //!
-//! Each file is written to a temporary name, fsynced and renamed. A manifest
+//! Each file is written to a temporary name, fsynced and renamed, and the
+//! directory fsynced (`write_atomically`, shared with the webhooks). A manifest
 //! or segment that fails its checksum is skipped for the previous checkpoint.
 //! The newest [`KEEP`] checkpoints are kept; segments none of them names are
 //! deleted. Once a checkpoint would name more than [`MAX_SEGMENTS`] segments
@@ -29,18 +30,17 @@
 
 use crate::engine::Format;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 use crate::source::Source;
 use crate::store::Store;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::alerts::Alert;
 use stockflow_dataflows::model::{Epoch, Event};
+use stockflow_sinks::webhooks::write_atomically;
 
 /// Checkpoints kept (the newest first): a corrupt newest one falls back to the next.
 pub const KEEP: usize = 3;
@@ -127,13 +127,7 @@ pub struct Loaded {
 
 /// The `sources` line of a manifest for event sources `(topic, format)`.
 pub fn source_names<'a>(sources: impl IntoIterator<Item = (&'a str, Format)>) -> Vec<String> {
-    let mut names: Vec<String> = sources
-        .into_iter()
-        .map(|(topic, format)| {
-            let format = serde_json::to_value(format).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            format!("{topic}={format}")
-        })
-        .collect();
+    let mut names: Vec<String> = sources.into_iter().map(|(topic, format)| format!("{topic}={}", format.name())).collect();
     names.sort();
     names
 }
@@ -141,21 +135,6 @@ pub fn source_names<'a>(sources: impl IntoIterator<Item = (&'a str, Format)>) ->
 /// The checkpoint directory of a data dir.
 pub fn dir_of(data_dir: &Path) -> PathBuf {
     data_dir.join("checkpoints")
-}
-
-/// Writes `bytes` to `dir/name` through a synced temporary file and a rename.
-fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(name))
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
 }
 
 /// Encodes records as a segment: magic, then bincode.
@@ -181,7 +160,7 @@ fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path, file: &FileRef) -> any
 /// Writes a segment file and returns its reference.
 fn write_records<T: Serialize>(dir: &Path, name: String, records: &[T]) -> std::io::Result<FileRef> {
     let bytes = encode(records);
-    write_file(dir, &name, &bytes)?;
+    write_atomically(&dir.join(&name), &bytes)?;
     Ok(FileRef { file: name, records: records.len() as u64, bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes) })
 }
 
@@ -226,7 +205,7 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
     let body = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
     let mut bytes = format!("stockflow-checkpoint {FORMAT} crc32={:08x}\n", crc32fast::hash(&body)).into_bytes();
     bytes.extend_from_slice(&body);
-    write_file(dir, &manifest_name(manifest.id), &bytes)
+    write_atomically(&dir.join(manifest_name(manifest.id)), &bytes)
 }
 
 /// Loads the newest valid checkpoint of `dir`, if any: a manifest or file
@@ -281,7 +260,7 @@ fn prune(dir: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)?.flatten() {
         let Ok(name) = entry.file_name().into_string() else { continue };
         let data = name.starts_with("events-") || name.starts_with("alerts-");
-        if (data && !named.contains(&name)) || (name.starts_with('.') && name.ends_with(".tmp")) {
+        if (data && !named.contains(&name)) || name.ends_with(".tmp") {
             std::fs::remove_file(entry.path())?;
         }
     }
@@ -387,7 +366,6 @@ impl Checkpointer {
         }
         let alerts: Vec<Alert> = snapshot.alerts.values().flat_map(|pair| [pair.low_stock.clone(), pair.out_of_stock.clone()]).flatten().collect();
         let alerts = write_records(&self.dir, format!("alerts-{id:012}.bin"), &alerts)?;
-        sync_dir(&self.dir);
         let manifest = Manifest {
             format: FORMAT,
             id,
@@ -399,7 +377,6 @@ impl Checkpointer {
             alerts,
         };
         write_manifest(&self.dir, &manifest)?;
-        sync_dir(&self.dir);
         prune(&self.dir).with_context(|| format!("pruning old checkpoints in {}", self.dir.display()))?;
         let written = Written {
             id,
@@ -414,24 +391,18 @@ impl Checkpointer {
         Ok(Some(written))
     }
 
-    /// Runs until shutdown: a checkpoint every `interval` (once the engine
-    /// has started) and a last one once `engine_done` says the engine has
-    /// published its last epoch. Failures are logged, counted and retried at
-    /// the next interval.
-    pub fn run(mut self, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown, interval: Duration, engine_done: std::sync::mpsc::Receiver<()>) {
-        let mut next = Instant::now() + interval;
+    /// A checkpoint every `interval` (once the engine has started), and a
+    /// last one when `engine_done` says the engine has published its last
+    /// epoch (or its sender is gone). Failures are logged, counted and
+    /// retried at the next interval.
+    pub fn run(mut self, store: Arc<Store>, metrics: Metrics, interval: Duration, engine_done: std::sync::mpsc::Receiver<()>) {
         loop {
-            let stopping = shutdown.is_triggered();
-            if stopping {
-                // The last checkpoint reflects the last published epoch: wait for the engine to stop.
-                let _ = engine_done.recv_timeout(Duration::from_secs(60));
-            } else if Instant::now() < next {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            next = Instant::now() + interval;
+            let last = match engine_done.recv_timeout(interval) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+            };
             self.checkpoint_logged(&store, &metrics);
-            if stopping {
+            if last {
                 return;
             }
         }

@@ -25,12 +25,6 @@ fn main() -> std::process::ExitCode {
         if let Command::Replay(replay) = &cli.command {
             configure_replay(&mut settings, replay)?;
         }
-        if let Command::Dump(dump) = &cli.command {
-            settings.offline = true;
-            if !dump.use_checkpoint {
-                settings.checkpoint_interval = None;
-            }
-        }
         Ok(settings)
     });
     let settings = match resolved {

@@ -243,6 +243,11 @@ pub fn dump_rows(snapshot: &Snapshot, view: &str, tenant: Option<&Name>) -> anyh
     Ok(rows)
 }
 
+/// Rows as NDJSON: one per line, each ending in a newline.
+fn ndjson(rows: &[Value]) -> String {
+    rows.iter().map(|row| row.to_string() + "\n").collect()
+}
+
 /// `stockflow dump`: rebuilds the views (from the data dir's checkpoint with
 /// `--use-checkpoint`), prints one as canonical JSON, and stops.
 pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
@@ -250,24 +255,20 @@ pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
     let tenant = args.tenant.as_deref().map(Name::from);
     let mut settings = settings.clone();
     settings.clickhouse = None;
+    // Read only, and from the sources alone unless told to use the checkpoint.
+    settings.offline = true;
+    if !args.use_checkpoint {
+        settings.checkpoint_interval = None;
+    }
     let running = caught_up(&settings, "rebuilding the views").await?;
     let snapshot = running.store.snapshot();
     running.shutdown.trigger();
     running.wait().await?;
     let rows = dump_rows(&snapshot, &args.view, tenant.as_ref())?;
-    let mut text = String::new();
-    match args.format {
-        DumpFormat::Ndjson => {
-            for row in &rows {
-                text.push_str(&serde_json::to_string(row)?);
-                text.push('\n');
-            }
-        }
-        DumpFormat::Json => {
-            text = serde_json::to_string_pretty(&rows)?;
-            text.push('\n');
-        }
-    }
+    let text = match args.format {
+        DumpFormat::Ndjson => ndjson(&rows),
+        DumpFormat::Json => serde_json::to_string_pretty(&rows)? + "\n",
+    };
     match &args.out {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -304,13 +305,8 @@ pub async fn replay(settings: &Settings, out: Option<&std::path::Path>) -> anyho
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for view in DUMP_VIEWS {
             let rows = dump_rows(&snapshot, view, None)?;
-            let mut text = String::new();
-            for row in &rows {
-                text.push_str(&serde_json::to_string(row)?);
-                text.push('\n');
-            }
             let path = dir.join(format!("{view}.ndjson"));
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, ndjson(&rows)).with_context(|| format!("writing {}", path.display()))?;
             written.push(format!("{view} {}", rows.len()));
         }
     }

@@ -133,11 +133,6 @@ impl Bounded {
         }
         Ok(Arc::new(Bounded { inner, format, starts, ends, times: (range.from.time(), range.to.time()), time_field: range.time_field }))
     }
-
-    /// Messages in the offset range of every partition.
-    pub fn messages(&self) -> u64 {
-        self.starts.iter().zip(&self.ends).map(|(s, e)| e - s).sum()
-    }
 }
 
 impl Source for Bounded {
@@ -212,12 +207,8 @@ impl PartitionReader for BoundedReader {
         let before = out.len();
         self.inner.read(max, out)?;
         let partition = self.inner.partition();
-        let (end, keep, decoded) = (self.end, &self.keep, &mut self.decoded);
-        let mut index = before;
-        out.retain(|record| {
-            index += 1;
-            index <= before || (record.offset < end && keep.keeps(partition, record, decoded))
-        });
+        let read = out.split_off(before);
+        out.extend(read.into_iter().filter(|record| record.offset < self.end && self.keep.keeps(partition, record, &mut self.decoded)));
         Ok(out.len() - before)
     }
     fn position(&self) -> u64 {

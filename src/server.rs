@@ -63,14 +63,7 @@ fn event_sources(config: &EngineConfig) -> Vec<(Arc<dyn Source>, crate::engine::
 /// into `config` (one taken with other sources is not used) and starts the
 /// checkpointer (not for `dump`; for `replay` it writes the one checkpoint
 /// at the end).
-fn recover(
-    settings: &Settings,
-    config: &mut EngineConfig,
-    store: &Arc<Store>,
-    metrics: &Metrics,
-    shutdown: &Shutdown,
-    slot: &CheckpointSlot,
-) -> anyhow::Result<()> {
+fn recover(settings: &Settings, config: &mut EngineConfig, store: &Arc<Store>, metrics: &Metrics, slot: &CheckpointSlot) -> anyhow::Result<()> {
     let Some(interval) = settings.checkpoint_interval else { return Ok(()) };
     // A checkpoint stands for the sources read from their earliest offsets: a
     // source told to begin elsewhere (`latest`, `stored`) begins there at each start.
@@ -103,7 +96,6 @@ fn recover(
     }
     let manifest = loaded.as_ref().map(|l| l.manifest.clone());
     config.restore = loaded.map(Arc::new);
-    config.on_gap = settings.on_checkpoint_gap;
     // Offline runs write no checkpoint, except a replay: its checkpoint (at
     // the end) is its result.
     if settings.offline && settings.replay.is_none() {
@@ -111,9 +103,8 @@ fn recover(
     }
     let checkpointer = crate::checkpoint::Checkpointer::new(dir, sources, manifest)?;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
-    let thread =
-        std::thread::Builder::new().name("stockflow-checkpoint".into()).spawn(move || checkpointer.run(store, metrics, shutdown, interval, done_rx))?;
+    let (store, metrics) = (store.clone(), metrics.clone());
+    let thread = std::thread::Builder::new().name("stockflow-checkpoint".into()).spawn(move || checkpointer.run(store, metrics, interval, done_rx))?;
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((thread, done_tx));
     Ok(())
 }
@@ -220,7 +211,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             webhooks.set_alerts(alerts.clone());
             let mut config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() })?;
             start_sink(settings, &config, &store, &metrics, &sink)?;
-            recover(settings, &mut config, &store, &metrics, &shutdown, &checkpointer)?;
+            recover(settings, &mut config, &store, &metrics, &checkpointer)?;
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
         }
@@ -241,7 +232,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                             let alerts = AlertsPath { source: alerts, appender: appender.clone() };
                             let config = engine_config(&settings, sources, dead_letters, path, alerts).and_then(|mut config| {
                                 start_sink(&settings, &config, &store, &metrics, &sink)?;
-                                recover(&settings, &mut config, &store, &metrics, &shutdown, &checkpointer)?;
+                                recover(&settings, &mut config, &store, &metrics, &checkpointer)?;
                                 Ok(config)
                             });
                             let config = match config {

@@ -132,7 +132,7 @@ pub struct Store {
     /// the checkpoint it resumed from.
     start_offsets: RwLock<Option<(Offsets, Option<u64>)>>,
     /// Positions the sources had at start; `/ready` once the views reach them.
-    startup_targets: RwLock<Option<BTreeMap<String, BTreeMap<u32, u64>>>>,
+    startup_targets: RwLock<Option<Offsets>>,
     /// Why the engine has not started yet (e.g. the broker is unreachable).
     waiting: RwLock<Option<String>>,
     /// Source partitions whose last read failed (`topic/partition` → error).
@@ -268,7 +268,7 @@ impl Store {
 
     /// Records where the engine began reading each source partition and the
     /// checkpoint it resumed from, if any.
-    pub fn set_start_offsets(&self, offsets: BTreeMap<String, BTreeMap<u32, u64>>, checkpoint: Option<u64>) {
+    pub fn set_start_offsets(&self, offsets: Offsets, checkpoint: Option<u64>) {
         *self.start_offsets.write().unwrap_or_else(|p| p.into_inner()) = Some((offsets, checkpoint));
     }
 
@@ -279,7 +279,7 @@ impl Store {
     }
 
     /// The source positions that count as caught up (`None` before the engine started).
-    pub fn startup_targets(&self) -> Option<BTreeMap<String, BTreeMap<u32, u64>>> {
+    pub fn startup_targets(&self) -> Option<Offsets> {
         self.startup_targets.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -43,13 +43,23 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, in the order the docs list them.
+    pub const ALL: [Format; 3] = [Format::Stockflow, Format::Tradex, Format::InventoryCqrs];
+
     /// Parses a format name as written in `--source TOPIC=FORMAT` or the config file.
     pub fn parse(name: &str) -> Result<Format, String> {
-        match name {
-            "stockflow" => Ok(Format::Stockflow),
-            "tradex" => Ok(Format::Tradex),
-            "inventory-cqrs" => Ok(Format::InventoryCqrs),
-            other => Err(format!("format `{other}` is not supported (supported: stockflow, tradex, inventory-cqrs)")),
+        Format::ALL
+            .into_iter()
+            .find(|format| format.name() == name)
+            .ok_or_else(|| format!("format `{name}` is not supported (supported: stockflow, tradex, inventory-cqrs)"))
+    }
+
+    /// The name [`Format::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Stockflow => "stockflow",
+            Format::Tradex => "tradex",
+            Format::InventoryCqrs => "inventory-cqrs",
         }
     }
 
@@ -326,17 +336,19 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
                 (Some(loaded), Input::Events(_)) => loaded.manifest.offsets.get(topic).map(|p| p.get(&partition).copied().unwrap_or(0)),
                 _ => None,
             };
-            let start = match spec.start {
-                _ if resume.is_some() => resume.unwrap_or(0).max(spec.source.start_offset(partition).unwrap_or(0)),
-                Start::Earliest => 0,
-                Start::Latest => end,
-                Start::Stored => match spec.source.stored_offset(partition).with_context(|| format!("reading the stored offset of {topic}/{partition}"))? {
-                    Some(stored) => stored,
-                    None => {
-                        tracing::info!(topic, partition, "no stored offset: starting from the earliest");
-                        0
+            let start = match (resume, spec.start) {
+                (Some(resume), _) => resume,
+                (None, Start::Earliest) => 0,
+                (None, Start::Latest) => end,
+                (None, Start::Stored) => {
+                    match spec.source.stored_offset(partition).with_context(|| format!("reading the stored offset of {topic}/{partition}"))? {
+                        Some(stored) => stored,
+                        None => {
+                            tracing::info!(topic, partition, "no stored offset: starting from the earliest");
+                            0
+                        }
                     }
-                },
+                }
             };
             source_starts.push(start);
         }
@@ -361,29 +373,17 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         restore.as_ref().map(|loaded| loaded.manifest.id),
     );
     store.set_startup_targets(targets);
-    if let Some(loaded) = &restore {
-        metrics.restored_events.set(loaded.events.len() as i64);
-        tracing::info!(checkpoint = loaded.manifest.id, events = loaded.events.len(), alerts = loaded.alerts.len(), "resuming from a checkpoint");
+    let restore = restore.map(|loaded| Restoring::new(loaded, &config));
+    if let Some(restoring) = &restore {
+        metrics.restored_events.set(restoring.events as i64);
+        tracing::info!(checkpoint = restoring.id, events = restoring.events, alerts = restoring.rows.len(), "resuming from a checkpoint");
     }
-    let restored_alerts = restore.as_ref().map(|loaded| {
-        let mut states: HashMap<StockKey, [AlertState; 2]> = HashMap::new();
-        for alert in &loaded.alerts {
-            states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
+    let (restore, restored_alerts, restored_alert_rows, restoring) = match restore {
+        Some(Restoring { id, events, plan, states, rows }) => {
+            (Some(plan), Some(states), rows, Some(format!("restoring checkpoint {id}: {events} events into the views")))
         }
-        Restored { epoch: restore_epochs(loaded.events.len(), &config), states: Arc::new(states) }
-    });
-    let restored_alert_rows = restore.as_ref().map(|loaded| loaded.alerts.clone()).unwrap_or_default();
-    let restoring = restore.as_ref().map(|loaded| format!("restoring checkpoint {}: {} events into the views", loaded.manifest.id, loaded.events.len()));
-    let restore = restore.map(|loaded| {
-        let loaded = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
-        let epochs = restore_epochs(loaded.events.len(), &config);
-        let chunk = config.epoch_max_events.max(1);
-        let mut shares: Vec<Vec<Vec<Event>>> = (0..config.workers).map(|_| (0..epochs).map(|_| Vec::new()).collect()).collect();
-        for (n, event) in loaded.events.into_iter().enumerate() {
-            shares[n % config.workers][n / chunk].push(event);
-        }
-        RestorePlan { epochs, shares: shares.into_iter().map(std::sync::Mutex::new).collect() }
-    });
+        None => (None, None, Vec::new(), None),
+    };
     let plan =
         Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets, restore, restored_alerts });
     let alerts_to = match &config.alerts {
@@ -458,17 +458,49 @@ struct RestorePlan {
     shares: Vec<std::sync::Mutex<Vec<Vec<Event>>>>,
 }
 
-/// The last of the epochs that carry a checkpoint's `events` events: epochs
-/// 1 to this one, `epoch_max_events` each (epoch 0 stays empty).
-fn restore_epochs(events: usize, config: &EngineConfig) -> Epoch {
-    events.div_ceil(config.epoch_max_events.max(1)).max(1) as Epoch
+/// A checkpoint taken apart for its three destinations: the workers (its
+/// events), the `low_stock` operator (the alert states) and the publisher
+/// (the alerts view's first rows).
+struct Restoring {
+    id: u64,
+    events: usize,
+    plan: RestorePlan,
+    states: Restored<Epoch>,
+    rows: Vec<stockflow_dataflows::alerts::Alert>,
+}
+
+impl Restoring {
+    /// Epochs 1 to `plan.epochs` carry the events, `epoch_max_events` each
+    /// (epoch 0 stays empty), spread over the workers.
+    fn new(loaded: Arc<crate::checkpoint::Loaded>, config: &EngineConfig) -> Restoring {
+        let crate::checkpoint::Loaded { manifest, events, alerts } = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
+        let count = events.len();
+        let chunk = config.epoch_max_events.max(1);
+        let epochs = count.div_ceil(chunk).max(1) as Epoch;
+        let mut shares: Vec<Vec<Vec<Event>>> = (0..config.workers).map(|_| (0..epochs).map(|_| Vec::new()).collect()).collect();
+        for (n, event) in events.into_iter().enumerate() {
+            shares[n % config.workers][n / chunk].push(event);
+        }
+        let mut states: HashMap<StockKey, [AlertState; 2]> = HashMap::new();
+        for alert in &alerts {
+            states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
+        }
+        Restoring {
+            id: manifest.id,
+            events: count,
+            plan: RestorePlan { epochs, shares: shares.into_iter().map(std::sync::Mutex::new).collect() },
+            states: Restored { epoch: epochs, states: Arc::new(states) },
+            rows: alerts,
+        }
+    }
 }
 
 /// Checks that the sources still hold what `restore` resumes from: a
 /// partition whose first message is past the checkpoint's offset (retention
 /// deleted the rest) or that is empty while the checkpoint resumes past 0
 /// (the topic was recreated) is a gap, handled by `policy`. Returns the
-/// checkpoint to resume from (`None` when the policy says to replay).
+/// checkpoint to resume from (`None` when the policy says to replay); under
+/// `accept`, a partition with deleted messages resumes at its first one held.
 fn check_gaps(
     restore: Option<Arc<crate::checkpoint::Loaded>>,
     inputs: &[(Arc<dyn Source>, Input, Start)],
@@ -476,9 +508,11 @@ fn check_gaps(
     metrics: &Metrics,
 ) -> anyhow::Result<Option<Arc<crate::checkpoint::Loaded>>> {
     use crate::checkpoint::GapPolicy;
-    let Some(loaded) = restore else { return Ok(None) };
+    let Some(mut loaded) = restore else { return Ok(None) };
     let mut gaps = Vec::new();
     let mut missing = 0u64;
+    // Where each partition resumes under `accept`: its first message still held.
+    let mut held: Vec<(String, u32, u64)> = Vec::new();
     for (source, input, _) in inputs {
         let Input::Events(_) = input else { continue };
         let Some(offsets) = loaded.manifest.offsets.get(source.topic()) else { continue };
@@ -489,6 +523,7 @@ fn check_gaps(
             if resume < first {
                 gaps.push(format!("{}/{partition} resumes at offset {resume} but its first message is {first} ({} deleted)", source.topic(), first - resume));
                 missing += first - resume;
+                held.push((source.topic().to_owned(), partition, first));
             } else if end == 0 && resume > 0 {
                 gaps.push(format!("{}/{partition} resumes at offset {resume} but holds no message (was the topic recreated?)", source.topic()));
             }
@@ -501,13 +536,17 @@ fn check_gaps(
     let listed = gaps.join("; ");
     match policy {
         GapPolicy::Fail => anyhow::bail!(
-            "the sources no longer hold what checkpoint {id} resumes from: {listed}. Choose: `--on-checkpoint-gap replay`              (ignore the checkpoint, rebuild the views from the messages still held) or `--on-checkpoint-gap accept`              (resume from the checkpoint and skip the missing messages)"
+            "the sources no longer hold what checkpoint {id} resumes from: {listed}. Choose: `--on-checkpoint-gap replay` (ignore the checkpoint, rebuild the views from the messages still held) or `--on-checkpoint-gap accept` (resume from the checkpoint and skip the missing messages)"
         ),
         GapPolicy::Replay => {
             tracing::warn!(checkpoint = id, "{listed}: ignoring the checkpoint, rebuilding from the messages still held (--on-checkpoint-gap replay)");
             Ok(None)
         }
         GapPolicy::Accept => {
+            let offsets = &mut Arc::make_mut(&mut loaded).manifest.offsets;
+            for (topic, partition, first) in held {
+                offsets.entry(topic).or_default().insert(partition, first);
+            }
             metrics.checkpoint_gap.set(missing as i64);
             tracing::warn!(checkpoint = id, missing, "{listed}: resuming from the checkpoint without them (--on-checkpoint-gap accept)");
             Ok(Some(loaded))

@@ -101,9 +101,7 @@ impl KafkaTopic {
         let partitions = topic.partitions().len() as u32;
         Ok(KafkaTopic { settings: settings.clone(), name: name.to_owned(), partitions, metadata: consumer })
     }
-}
 
-impl KafkaTopic {
     /// The first offset a partition holds and the offset after its last message.
     fn watermarks(&self, partition: u32) -> Result<(u64, u64), SourceError> {
         let (low, high) = self
