@@ -148,7 +148,7 @@ pub struct ExportArgs {
 }
 
 /// Options of `serve` (and `demo`).
-#[derive(Debug, Args, Default)]
+#[derive(Clone, Debug, Args, Default)]
 pub struct ServeArgs {
     /// Address the HTTP API listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "STOCKFLOW_LISTEN")]
@@ -180,6 +180,15 @@ pub struct ServeArgs {
     /// Allow listening on a non-loopback address without API keys (unsafe: anyone can read every tenant).
     #[arg(long, env = "STOCKFLOW_INSECURE_LISTEN")]
     pub insecure_listen: bool,
+    /// API keys, `KEY:TENANT:RIGHT` comma separated (TENANT `*` = every tenant; RIGHT `read`, `write` or `admin`); with keys, every /v1 request needs `Authorization: Bearer KEY`.
+    #[arg(long, env = "STOCKFLOW_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// Requests a second each API key may make (token bucket, bursts of the same size; 0 = unlimited) [default: 100].
+    #[arg(long, env = "STOCKFLOW_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Longest a request's handler may run before a 503 (`30s`, `2m`) [default: 40s].
+    #[arg(long, env = "STOCKFLOW_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
     /// Serve views only: no commands, no decider (its state costs ~20% of ingest throughput).
     #[arg(long, env = "STOCKFLOW_READ_ONLY")]
     pub read_only: bool,
@@ -289,6 +298,12 @@ pub struct FileConfig {
     pub outcomes_topic: Option<String>,
     /// See `--insecure-listen`.
     pub insecure_listen: Option<bool>,
+    /// API keys, `KEY:TENANT:RIGHT` each (see `--api-keys`).
+    pub api_keys: Option<Vec<String>>,
+    /// See `--rate-limit`.
+    pub rate_limit: Option<u32>,
+    /// See `--request-timeout`.
+    pub request_timeout: Option<String>,
     /// See `--read-only`.
     pub read_only: Option<bool>,
     /// See `--log-format`.
@@ -400,6 +415,12 @@ pub struct Settings {
     pub outcomes_topic: String,
     /// Non-loopback listening allowed.
     pub insecure_listen: bool,
+    /// API keys; `None`: auth is off (and the server listens on loopback only, unless `insecure_listen`).
+    pub api_keys: Option<std::sync::Arc<crate::http::auth::ApiKeys>>,
+    /// Requests a second per API key (`None`: unlimited).
+    pub rate_limit: Option<u32>,
+    /// Longest a handler may run.
+    pub request_timeout: Duration,
     /// Views only: the write path (commands, decider) is off.
     pub read_only: bool,
     /// Log format.
@@ -515,6 +536,10 @@ pub mod defaults {
     pub const CLICKHOUSE_DATABASE: &str = "stockflow";
     /// `--checkpoint-interval`.
     pub const CHECKPOINT_INTERVAL: &str = "30s";
+    /// Requests a second per API key.
+    pub const RATE_LIMIT: u32 = 100;
+    /// Longest a request's handler may run; above the longest `wait_ms`.
+    pub const REQUEST_TIMEOUT: &str = "40s";
 }
 
 impl Settings {
@@ -544,6 +569,9 @@ impl Settings {
             commands_topic: args.commands_topic.clone().or(file.commands_topic).unwrap_or_else(|| defaults::COMMANDS_TOPIC.into()),
             outcomes_topic: args.outcomes_topic.clone().or(file.outcomes_topic).unwrap_or_else(|| defaults::OUTCOMES_TOPIC.into()),
             insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
+            api_keys: None,
+            rate_limit: Some(args.rate_limit.or(file.rate_limit).unwrap_or(defaults::RATE_LIMIT)).filter(|rate| *rate > 0),
+            request_timeout: Duration::from_secs(40),
             read_only: args.read_only || file.read_only.unwrap_or(false),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             demo_rate: demo_rate.map(|rate| rate.or(file.demo.and_then(|d| d.rate)).unwrap_or(defaults::DEMO_RATE)),
@@ -586,6 +614,21 @@ impl Settings {
         match parse_interval(args.checkpoint_interval.as_deref().or(file.checkpoint_interval.as_deref()).unwrap_or(defaults::CHECKPOINT_INTERVAL)) {
             Ok(interval) => settings.checkpoint_interval = interval,
             Err(reason) => errors.push(format!("checkpoint_interval: {reason}")),
+        }
+        // The command line or environment replaces the file's keys.
+        let keys: Option<Vec<&str>> = match &args.api_keys {
+            Some(list) => Some(list.split(',').collect()),
+            None => file.api_keys.as_ref().map(|keys| keys.iter().map(String::as_str).collect()),
+        };
+        match keys.map(crate::http::auth::ApiKeys::parse) {
+            Some(Ok(keys)) => settings.api_keys = Some(std::sync::Arc::new(keys)),
+            Some(Err(problems)) => errors.extend(problems),
+            None => {}
+        }
+        match parse_interval(args.request_timeout.as_deref().or(file.request_timeout.as_deref()).unwrap_or(defaults::REQUEST_TIMEOUT)) {
+            Ok(Some(timeout)) if timeout.as_millis() as u64 > crate::http::MAX_WAIT_MS => settings.request_timeout = timeout,
+            Ok(_) => errors.push(format!("request_timeout: must be longer than the longest wait_ms a read may ask ({} s)", crate::http::MAX_WAIT_MS / 1000)),
+            Err(reason) => errors.push(format!("request_timeout: {reason}")),
         }
         match crate::checkpoint::GapPolicy::parse(args.on_checkpoint_gap.as_deref().or(file.on_checkpoint_gap.as_deref()).unwrap_or("fail")) {
             Ok(policy) => settings.on_checkpoint_gap = policy,
@@ -733,7 +776,7 @@ impl Settings {
         if settings.demo_rate.is_some_and(|r| !(1..=1_000_000).contains(&r)) {
             errors.push("rate: must be between 1 and 1000000 events/s".into());
         }
-        if !settings.listen.ip().is_loopback() && !settings.insecure_listen {
+        if !settings.listen.ip().is_loopback() && !settings.insecure_listen && settings.api_keys.is_none() {
             errors.push(format!(
                 "listen: {} is not a loopback address and no API keys are configured; anyone who can reach it could read every tenant. Use 127.0.0.1, or pass --insecure-listen if a proxy in front does authentication",
                 settings.listen

@@ -94,6 +94,14 @@ pub struct Metrics {
     pub restored_events: IntGauge,
     /// Messages a resumed checkpoint needed that the sources no longer held (`--on-checkpoint-gap accept`).
     pub checkpoint_gap: IntGauge,
+    /// Seconds since the last checkpoint was written (set at each render).
+    pub checkpoint_age: IntGauge,
+    /// Messages stockflow appended, by topic (commands, outcomes, alert events, dead letters).
+    pub events_out: IntCounterVec,
+    /// `/v1` requests refused by auth, by reason (missing, malformed, unknown, rate_limited, right, tenant).
+    pub auth_denied: IntCounterVec,
+    /// Requests answered 503 because their handler ran past `--request-timeout`, by route.
+    pub http_timeouts: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -211,12 +219,22 @@ impl Metrics {
                 "stockflow_checkpoint_gap_messages",
                 "Messages the resumed checkpoint needed that the sources no longer held (skipped under --on-checkpoint-gap accept).",
             ),
+            checkpoint_age: int_gauge("stockflow_checkpoint_age_seconds", "Seconds since the last checkpoint was written (-1: none yet)."),
+            events_out: counter(
+                "stockflow_events_out_total",
+                "Messages appended, by topic: commands, command outcomes, alert events, dead letters.",
+                &["topic"],
+            ),
+            auth_denied: counter("stockflow_http_auth_denied_total", "/v1 requests refused by auth, by reason.", &["reason"]),
+            http_timeouts: counter("stockflow_http_timeouts_total", "Requests whose handler ran past --request-timeout, by route.", &["route"]),
             registry,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let written = self.checkpoint_time.get();
+        self.checkpoint_age.set(if written > 0 { (chrono::Utc::now().timestamp() - written).max(0) } else { -1 });
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);

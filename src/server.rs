@@ -275,6 +275,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         store: store.clone(),
         metrics: metrics.clone(),
         kpi_metrics: settings.kpi_specs.iter().map(|spec| spec.name.clone()).collect(),
+        auth: settings.api_keys.clone().map(|keys| {
+            let rate_limit = settings.rate_limit.map(crate::http::auth::RateLimit::new);
+            std::sync::Arc::new(crate::http::auth::Auth { keys, rate_limit })
+        }),
+        request_timeout: settings.request_timeout,
         commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(appender, settings.commands_topic.clone())?) },
     };
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));

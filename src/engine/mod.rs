@@ -600,6 +600,7 @@ fn send_dead_letter(dead_letters: &dyn DeadLetters, letter: &DeadLetter<'_>, met
         match dead_letters.send(letter) {
             Ok(()) => {
                 metrics.dead_letters.with_label_values(&[letter.topic, letter.class]).inc();
+                metrics.events_out.with_label_values(&[&format!("{}.dlq", letter.topic)]).inc();
                 return;
             }
             Err(error) => {

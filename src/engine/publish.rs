@@ -334,6 +334,7 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
                     .collect();
                 if append_retrying(appender.as_ref(), topic, &records, &metrics.outcome_append_failures, &shutdown) {
                     metrics.outcomes.inc_by(records.len() as u64);
+                    metrics.events_out.with_label_values(&[topic.as_str()]).inc_by(records.len() as u64);
                 }
             }
         }
@@ -499,6 +500,7 @@ fn write_alerts(out: &mut AlertsOut, alerts: &[(Alert, Epoch)], metrics: &Metric
         return;
     }
     metrics.alerts_written.inc_by(records.len() as u64);
+    metrics.events_out.with_label_values(&[out.topic.as_str()]).inc_by(records.len() as u64);
     for (alert, _) in fresh {
         out.written.entry(alert.key.clone()).or_default()[alert.kind as usize] = alert.transition;
     }

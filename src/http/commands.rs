@@ -189,6 +189,7 @@ async fn submit(
     };
     state.store.submit(command.tenant.clone(), command.id.clone(), (partition, offset));
     state.metrics.commands_in.with_label_values(&[endpoint.command]).inc();
+    state.metrics.events_out.with_label_values(&[topic.as_str()]).inc();
     let token = format!("{topic}:{partition}:{offset}");
     let mut answer = json!({
         "command_id": command.id,

@@ -14,17 +14,19 @@ pub struct ApiError {
     kind: &'static str,
     title: &'static str,
     detail: String,
+    /// Seconds for `Retry-After` (429; 503 always says 1).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// 400: a parameter or body is wrong; `detail` names it and the rule.
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, kind: "bad-request", title: "Bad request", detail: detail.into() }
+        ApiError { status: StatusCode::BAD_REQUEST, kind: "bad-request", title: "Bad request", detail: detail.into(), retry_after: None }
     }
 
     /// 404: the resource does not exist.
     pub fn not_found(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, kind: "not-found", title: "Not found", detail: detail.into() }
+        ApiError { status: StatusCode::NOT_FOUND, kind: "not-found", title: "Not found", detail: detail.into(), retry_after: None }
     }
 
     /// 405: the route exists but not with this method.
@@ -34,42 +36,87 @@ impl ApiError {
             kind: "method-not-allowed",
             title: "Method not allowed",
             detail: "this route does not accept that method".into(),
+            retry_after: None,
         }
     }
 
     /// 405 with a reason.
     pub fn method_not_allowed_because(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::METHOD_NOT_ALLOWED, kind: "method-not-allowed", title: "Method not allowed", detail: detail.into() }
+        ApiError { status: StatusCode::METHOD_NOT_ALLOWED, kind: "method-not-allowed", title: "Method not allowed", detail: detail.into(), retry_after: None }
     }
 
     /// 503: the service cannot answer yet (catching up, or a wait timed out).
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", title: "Service unavailable", detail: detail.into() }
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", title: "Service unavailable", detail: detail.into(), retry_after: None }
     }
 
     /// 413: the body is larger than the limit.
     pub fn too_large(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "payload-too-large", title: "Payload too large", detail: detail.into() }
+        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "payload-too-large", title: "Payload too large", detail: detail.into(), retry_after: None }
     }
 
     /// 415: the body is not JSON.
     pub fn unsupported_media_type(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::UNSUPPORTED_MEDIA_TYPE, kind: "unsupported-media-type", title: "Unsupported media type", detail: detail.into() }
+        ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            kind: "unsupported-media-type",
+            title: "Unsupported media type",
+            detail: detail.into(),
+            retry_after: None,
+        }
     }
 
     /// 410: what was asked for existed once and is gone (e.g. compacted changes).
     pub fn gone(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::GONE, kind: "gone", title: "Gone", detail: detail.into() }
+        ApiError { status: StatusCode::GONE, kind: "gone", title: "Gone", detail: detail.into(), retry_after: None }
     }
 
     /// 406: no representation the client accepts.
     pub fn not_acceptable(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_ACCEPTABLE, kind: "not-acceptable", title: "Not acceptable", detail: detail.into() }
+        ApiError { status: StatusCode::NOT_ACCEPTABLE, kind: "not-acceptable", title: "Not acceptable", detail: detail.into(), retry_after: None }
     }
 
     /// 504: a read waited for `after` longer than `wait_ms`.
     pub fn timeout(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::GATEWAY_TIMEOUT, kind: "timeout", title: "Gateway timeout", detail: detail.into() }
+        ApiError { status: StatusCode::GATEWAY_TIMEOUT, kind: "timeout", title: "Gateway timeout", detail: detail.into(), retry_after: None }
+    }
+
+    /// 401: no API key, or not one this server knows.
+    pub fn unauthorized(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::UNAUTHORIZED, kind: "unauthorized", title: "Unauthorized", detail: detail.into(), retry_after: None }
+    }
+
+    /// 403: the key is known but may not do this (another tenant, or a
+    /// right it does not hold).
+    pub fn forbidden(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, kind: "forbidden", title: "Forbidden", detail: detail.into(), retry_after: None }
+    }
+
+    /// 429: the key's request rate is over its limit; retry after `seconds`.
+    pub fn too_many_requests(detail: impl Into<String>, seconds: u64) -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "too-many-requests",
+            title: "Too many requests",
+            detail: detail.into(),
+            retry_after: Some(seconds),
+        }
+    }
+
+    /// A rejection axum answered in plain text (a body over the limit, a
+    /// connection-level problem), as a problem with the same status.
+    pub fn from_rejection(status: StatusCode, text: &str) -> ApiError {
+        let detail = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => format!("body: larger than the {} bytes a request may have", super::MAX_BODY_BYTES),
+            _ => text.to_owned(),
+        };
+        let title = status.canonical_reason().unwrap_or("Error");
+        let kind = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+            s if s.is_client_error() => "bad-request",
+            _ => "internal",
+        };
+        ApiError { status, kind, title, detail, retry_after: None }
     }
 
     /// 500: logged in full here, answered without internals.
@@ -80,7 +127,13 @@ impl ApiError {
             kind: "internal",
             title: "Internal server error",
             detail: "the server failed to answer; the error is in its logs".into(),
+            retry_after: None,
         }
+    }
+
+    /// What went wrong, as answered.
+    pub fn detail(&self) -> &str {
+        &self.detail
     }
 
     /// The HTTP status.
@@ -98,8 +151,12 @@ impl IntoResponse for ApiError {
             "detail": self.detail,
         });
         let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"stockflow\""));
         }
         response
     }

@@ -5,6 +5,7 @@
 //! `as_of` it reflects, and accepts `after` (read-your-writes tokens) with
 //! `wait_ms`. Errors are problem+json ([`error::ApiError`]).
 
+pub mod auth;
 mod commands;
 pub mod error;
 mod kpis;
@@ -22,7 +23,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+pub use reads::MAX_WAIT_MS;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -39,6 +43,10 @@ pub struct AppState {
     pub shutdown: crate::shutdown::Shutdown,
     /// Names of the custom KPIs (`GET /v1/kpis` accepts them as `metric`).
     pub kpi_metrics: Arc<[stockflow_dataflows::model::Name]>,
+    /// API keys and rate limits; `None`: auth is off.
+    pub auth: Option<Arc<auth::Auth>>,
+    /// Longest a handler may run before a 503.
+    pub request_timeout: Duration,
 }
 
 /// Appends commands to the commands topic, in groups: a thread of its own
@@ -100,6 +108,9 @@ impl CommandWriter {
     }
 }
 
+/// The request id header, read from the client and always answered.
+const REQUEST_ID: &str = "x-request-id";
+
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
@@ -123,7 +134,8 @@ pub fn app(state: AppState) -> Router {
         .route("/kpis/top-skus", get(kpis::top_skus))
         .route("/webhooks", get(webhooks::list).post(webhooks::register))
         .route("/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
-        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries));
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
     Router::new()
         .nest("/v1", v1)
         .route("/health", get(health))
@@ -141,13 +153,40 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown:
     axum::serve(listener, app(state)).with_graceful_shutdown(async move { shutdown.wait().await }).await
 }
 
-/// Counts requests and observes latency by route template and status.
+/// What every request goes through: a request id (the client's
+/// `X-Request-Id` when it is a sane one, else a new one) on the response and
+/// on every log line written while answering; the handler's deadline; the
+/// request counter and latency histogram by route template and status.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{:016x}", rand::random::<u64>()));
+    let span = tracing::info_span!("request", request_id = %id, %method, path = %request.uri().path());
+    let answered = tokio::time::timeout(state.request_timeout, next.run(request)).instrument(span.clone()).await;
+    let mut response = answered.unwrap_or_else(|_| {
+        state.metrics.http_timeouts.with_label_values(&[route.as_str()]).inc();
+        let _entered = span.enter();
+        tracing::warn!(timeout_s = state.request_timeout.as_secs(), "the handler ran past the request timeout");
+        ApiError::unavailable(format!("the request took longer than {} s, the server's --request-timeout", state.request_timeout.as_secs())).into_response()
+    });
+    if response.status().as_u16() >= 400 && response.headers().get(header::CONTENT_TYPE).is_none_or(|t| t != "application/problem+json") {
+        // An extractor's rejection (e.g. the body limit) is plain text: answer a problem like every other error.
+        let status = response.status();
+        let text = axum::body::to_bytes(std::mem::take(response.body_mut()), 64 * 1024).await.unwrap_or_default();
+        response = ApiError::from_rejection(status, String::from_utf8_lossy(&text).trim()).into_response();
+    }
     let status = response.status().as_u16().to_string();
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), latency_ms = start.elapsed().as_secs_f64() * 1e3, "answered"));
+    if let Ok(value) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     state.metrics.http_requests.with_label_values(&[route.as_str(), method.as_str(), status.as_str()]).inc();
     state.metrics.http_latency.with_label_values(&[route.as_str(), status.as_str()]).observe(start.elapsed().as_secs_f64());
     response

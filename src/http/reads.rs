@@ -192,16 +192,38 @@ pub(super) async fn list_stock(
     Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})).into_response())
 }
 
-/// `GET /v1/views`: the catalogue of views.
-pub(super) async fn views(State(state): State<AppState>, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
-    let (_tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+/// `GET /v1/views`: the catalogue of views. Row counts are of every tenant,
+/// except for a tenant key: its own tenant's (counted, so slower on big views).
+pub(super) async fn views(
+    State(state): State<AppState>,
+    grant: Option<axum::extract::Extension<super::auth::Grant>>,
+    Params(params): Params<ReadParams>,
+) -> Result<Json<Value>, ApiError> {
+    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let counts = match grant.is_some_and(|grant| grant.tenant.is_some()) {
+        false => [snapshot.items.len(), snapshot.stock.len(), snapshot.stock_totals.len(), snapshot.orders.len(), snapshot.kpis.len(), snapshot.top_skus.len()],
+        true => {
+            let sku = SkuKey { tenant: tenant.clone(), sku: Name::default() };
+            let stock = StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() };
+            let first_kpi =
+                stockflow_dataflows::kpis::KpiKey::first(&tenant, stockflow_dataflows::kpis::Window::Hour, stockflow_dataflows::model::EventTime::MIN);
+            [
+                snapshot.items.range(sku.clone()..).take_while(|(k, _)| k.tenant == tenant).count(),
+                snapshot.stock.range(stock..).take_while(|(k, _)| k.tenant == tenant).count(),
+                snapshot.stock_totals.range(sku..).take_while(|(k, _)| k.tenant == tenant).count(),
+                snapshot.orders.keys().filter(|(t, _)| *t == tenant).count(),
+                snapshot.kpis.range(first_kpi..).take_while(|(k, _)| k.tenant == tenant).count(),
+                snapshot.top_skus.range((tenant.clone(), stockflow_dataflows::model::EventTime::MIN)..).take_while(|(k, _)| k.0 == tenant).count(),
+            ]
+        }
+    };
     let views = json!([
-        {"name": "items", "key": ["tenant", "sku"], "columns": ["name", "price", "category", "reorder_point", "target_level", "active", "updated_at"], "rows": snapshot.items.len()},
-        {"name": "stock", "key": ["tenant", "sku", "location"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock.len()},
-        {"name": "stock_totals", "key": ["tenant", "sku"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": snapshot.stock_totals.len()},
-        {"name": "orders", "key": ["tenant", "order_id"], "columns": ["customer_id", "status", "reason", "lines", "total", "placed_at", "updated_at"], "rows": snapshot.orders.len()},
-        {"name": "kpis", "key": ["tenant", "window", "bucket", "metric", "group"], "columns": ["value"], "rows": snapshot.kpis.len()},
-        {"name": "top_skus", "key": ["tenant", "day"], "columns": ["skus"], "rows": snapshot.top_skus.len()},
+        {"name": "items", "key": ["tenant", "sku"], "columns": ["name", "price", "category", "reorder_point", "target_level", "active", "updated_at"], "rows": counts[0]},
+        {"name": "stock", "key": ["tenant", "sku", "location"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": counts[1]},
+        {"name": "stock_totals", "key": ["tenant", "sku"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": counts[2]},
+        {"name": "orders", "key": ["tenant", "order_id"], "columns": ["customer_id", "status", "reason", "lines", "total", "placed_at", "updated_at"], "rows": counts[3]},
+        {"name": "kpis", "key": ["tenant", "window", "bucket", "metric", "group"], "columns": ["value"], "rows": counts[4]},
+        {"name": "top_skus", "key": ["tenant", "day"], "columns": ["skus"], "rows": counts[5]},
     ]);
     Ok(Json(json!({"as_of": snapshot.as_of, "views": views})))
 }

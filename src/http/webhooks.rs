@@ -1,12 +1,13 @@
 //! `POST/GET /v1/webhooks`, `GET/DELETE /v1/webhooks/{id}`,
 //! `GET /v1/webhooks/{id}/deliveries`: alert subscribers.
 
+use super::auth::Grant;
 use super::commands::body_object;
 use super::error::{ApiError, Params, Segment};
 use super::reads::{parameter_name, tenant_param};
 use super::AppState;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -31,8 +32,15 @@ fn shown(hook: &Webhook) -> Value {
     json!({"id": hook.id, "url": hook.url, "tenant": hook.tenant, "kinds": hook.kinds, "created_at": hook.created_at})
 }
 
-/// `POST /v1/webhooks` with `{"url", "secret", "tenant"?, "kinds"?}`.
-pub(super) async fn register(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+/// `POST /v1/webhooks` with `{"url", "secret", "tenant"?, "kinds"?}`; the
+/// tenant is the body's, else the `tenant` parameter's (a tenant key's own).
+pub(super) async fn register(
+    State(state): State<AppState>,
+    grant: Option<Extension<Grant>>,
+    Params(params): Params<ListParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let hooks = webhooks(&state)?;
     let mut fields = body_object(&headers, &body, false)?;
     if let Some(unknown) = fields.keys().find(|k| !["url", "secret", "tenant", "kinds"].contains(&k.as_str())) {
@@ -49,7 +57,16 @@ pub(super) async fn register(State(state): State<AppState>, headers: HeaderMap, 
     check_url(&url).map_err(|reason| ApiError::bad_request(format!("url: {reason}")))?;
     let secret = text(&mut fields, "secret")?.ok_or_else(|| ApiError::bad_request("secret: required (signs every delivery)"))?;
     check_secret(&secret).map_err(ApiError::bad_request)?;
-    let tenant = parameter_name("tenant", &text(&mut fields, "tenant")?.unwrap_or_else(|| DEFAULT_TENANT.to_owned()))?;
+    let named = text(&mut fields, "tenant")?;
+    if let (Some(Extension(grant)), Some(named)) = (&grant, &named) {
+        grant.allows_tenant(named)?;
+    }
+    if let (Some(body), Some(query)) = (&named, &params.tenant) {
+        if body != query {
+            return Err(ApiError::bad_request(format!("tenant: the body names `{body}` and the query `{query}`; give one")));
+        }
+    }
+    let tenant = parameter_name("tenant", &named.or(params.tenant).unwrap_or_else(|| DEFAULT_TENANT.to_owned()))?;
     let kinds: Vec<String> = match fields.remove("kinds") {
         None | Some(Value::Null) => KINDS.iter().map(|k| k.to_string()).collect(),
         Some(Value::Array(items)) => items

@@ -1,0 +1,351 @@
+//! Who may do what: API keys, tenant scoping and per-key rate limits, checked
+//! on every `/v1` request before its handler runs.
+//!
+//! A key is configured as `KEY:TENANT:RIGHT` (`STOCKFLOW_API_KEYS`, comma
+//! separated, or `api_keys` in the config file). Only the SHA-256 of each key
+//! is kept; a presented key is hashed and compared with every configured hash
+//! in constant time, so neither the comparison nor which entry matched shows
+//! in the answer's timing. Keys must be long and random (at least
+//! [`MIN_KEY_LEN`] characters): a plain hash is enough for such keys, where a
+//! password would need a slow one.
+//!
+//! A tenant key only ever names its own tenant: the request's `tenant`
+//! parameter is checked (another tenant is 403) and, when absent, set to the
+//! key's tenant, so every handler reads and writes that tenant and no other.
+//! An admin key (`*` as its tenant) names any tenant.
+
+use super::error::ApiError;
+use super::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use stockflow_dataflows::model::Name;
+use subtle::ConstantTimeEq;
+
+/// Shortest key accepted: 16 characters of a random token (e.g. `openssl rand -hex 16` gives 32).
+pub const MIN_KEY_LEN: usize = 16;
+
+/// What a key may do; each right includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Right {
+    /// Reads, listings, change streams, KPIs, exports.
+    Read,
+    /// Also commands (`POST`/`PATCH`/`DELETE` on items, stock and orders).
+    Write,
+    /// Also webhooks (register, list, delete, deliveries).
+    Admin,
+}
+
+impl Right {
+    fn parse(text: &str) -> Option<Right> {
+        match text {
+            "read" => Some(Right::Read),
+            "write" => Some(Right::Write),
+            "admin" => Some(Right::Admin),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Right::Read => "read",
+            Right::Write => "write",
+            Right::Admin => "admin",
+        }
+    }
+}
+
+/// What one configured key grants. Handlers find it in the request's
+/// extensions when auth is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The one tenant the key may name; `None`: any (an admin key, `*`).
+    pub tenant: Option<Name>,
+    /// The key's right.
+    pub right: Right,
+    /// The first 8 hex digits of the key's SHA-256: names the key in logs
+    /// and metrics without showing it.
+    pub key_id: String,
+}
+
+impl Grant {
+    /// Checks that the key may name `tenant`: 403 otherwise.
+    pub fn allows_tenant(&self, tenant: &str) -> Result<(), ApiError> {
+        match &self.tenant {
+            Some(own) if own.as_str() != tenant => Err(ApiError::forbidden(format!(
+                "this API key is scoped to tenant `{own}`; it cannot name tenant `{tenant}` (leave `tenant` out, or give `{own}`)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The configured keys, hashed.
+pub struct ApiKeys {
+    entries: Vec<([u8; 32], Grant)>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the hashes: a log of the settings shows how many keys, not which.
+        write!(f, "ApiKeys({} keys)", self.entries.len())
+    }
+}
+
+impl ApiKeys {
+    /// Parses `KEY:TENANT:RIGHT` entries; every bad entry is reported, by
+    /// position and never by its key.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<ApiKeys, Vec<String>> {
+        let mut keys = ApiKeys { entries: Vec::new() };
+        let mut errors = Vec::new();
+        for (index, entry) in entries.into_iter().map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+            let at = index + 1;
+            let parts: Vec<&str> = entry.rsplitn(3, ':').collect();
+            let [right, tenant, key] = parts[..] else {
+                errors.push(format!("api_keys: entry {at} is not KEY:TENANT:RIGHT"));
+                continue;
+            };
+            if key.len() < MIN_KEY_LEN {
+                errors.push(format!(
+                    "api_keys: entry {at}: the key has {} characters; use a random one of at least {MIN_KEY_LEN} (e.g. `openssl rand -hex 16`)",
+                    key.len()
+                ));
+            }
+            if let Some(bad) = key.chars().find(|c| !c.is_ascii_graphic() || *c == ',') {
+                errors.push(format!("api_keys: entry {at}: the key holds `{}`; keys are visible ASCII without `,`", bad.escape_default()));
+            }
+            let tenant = match tenant {
+                "*" => None,
+                name => match stockflow_dataflows::model::decode::validate_name(name) {
+                    Ok(()) => Some(Name::from(name)),
+                    Err(reason) => {
+                        errors.push(format!("api_keys: entry {at}: tenant `{name}`: {reason} (or `*` for every tenant)"));
+                        None
+                    }
+                },
+            };
+            let Some(right) = Right::parse(right) else {
+                errors.push(format!("api_keys: entry {at}: right `{right}` is not read, write or admin"));
+                continue;
+            };
+            let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            if keys.entries.iter().any(|(known, _)| *known == hash) {
+                errors.push(format!("api_keys: entry {at} repeats the key of an earlier entry"));
+            }
+            let key_id = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+            keys.entries.push((hash, Grant { tenant, right, key_id }));
+        }
+        if keys.entries.is_empty() && errors.is_empty() {
+            errors.push("api_keys: no key given (KEY:TENANT:RIGHT, comma separated)".into());
+        }
+        if errors.is_empty() {
+            Ok(keys)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The grant of `key`, if configured. Every entry is compared, in
+    /// constant time, whatever matches.
+    pub fn find(&self, key: &str) -> Option<&Grant> {
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found = None;
+        for (known, grant) in &self.entries {
+            if bool::from(known.ct_eq(&hash)) {
+                found = Some(grant);
+            }
+        }
+        found
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true once parsed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Token buckets, one per key: `rate` requests a second, bursts of up to `rate`.
+pub struct RateLimit {
+    rate: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimit {
+    /// `rate` requests a second per key.
+    pub fn new(rate: u32) -> RateLimit {
+        RateLimit { rate: f64::from(rate), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes a token from `key`'s bucket; `Err(wait)` when empty, with how
+    /// long until the next token.
+    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().expect("rate limit lock");
+        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.rate, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
+    }
+}
+
+/// The auth layer of a server with keys.
+pub struct Auth {
+    /// The keys.
+    pub keys: std::sync::Arc<ApiKeys>,
+    /// Per-key request rate; `None`: unlimited.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// The right a request needs: webhooks are admin, other changes write, the rest read.
+fn needed(method: &Method, route: &str) -> Right {
+    if route.starts_with("/v1/webhooks") {
+        Right::Admin
+    } else if matches!(*method, Method::GET | Method::HEAD) {
+        Right::Read
+    } else {
+        Right::Write
+    }
+}
+
+/// Middleware of the `/v1` routes: authenticates, rate-limits, checks the
+/// right and the tenant, and pins a tenant key's requests to its tenant.
+pub(super) async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let Some(auth) = state.auth.clone() else { return next.run(request).await };
+    let grant = match check(&auth, &mut request) {
+        Ok(grant) => grant,
+        Err((reason, error)) => {
+            state.metrics.auth_denied.with_label_values(&[reason]).inc();
+            tracing::info!(reason, detail = %error.detail(), "request refused");
+            return error.into_response();
+        }
+    };
+    request.extensions_mut().insert(grant);
+    next.run(request).await
+}
+
+/// The checks, in order; a refusal says which (the metric's `reason`).
+fn check(auth: &Auth, request: &mut Request) -> Result<Grant, (&'static str, ApiError)> {
+    let presented = match request.headers().get(header::AUTHORIZATION) {
+        None => return Err(("missing", ApiError::unauthorized("this server requires an API key: send `Authorization: Bearer <key>`"))),
+        Some(value) => value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ").map(str::trim).filter(|key| !key.is_empty())),
+    };
+    let Some(presented) = presented else {
+        return Err(("malformed", ApiError::unauthorized("header Authorization: expected `Bearer <key>`")));
+    };
+    let Some(grant) = auth.keys.find(presented).cloned() else {
+        return Err(("unknown", ApiError::unauthorized("this API key is not one this server knows")));
+    };
+    if let Some(limit) = &auth.rate_limit {
+        if let Err(wait) = limit.take(&grant.key_id, Instant::now()) {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err((
+                "rate_limited",
+                ApiError::too_many_requests(
+                    format!("API key {} is over its limit of {:.0} requests a second; retry in {seconds} s", grant.key_id, limit.rate),
+                    seconds,
+                ),
+            ));
+        }
+    }
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
+    let needs = needed(request.method(), &route);
+    if grant.right < needs {
+        return Err((
+            "right",
+            ApiError::forbidden(format!("this API key has the `{}` right; {} {route} needs `{}`", grant.right.name(), request.method(), needs.name())),
+        ));
+    }
+    if let Some(own) = &grant.tenant {
+        let query = request.uri().query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+        let named: Vec<&str> = pairs.iter().filter(|(name, _)| name == "tenant").map(|(_, value)| value.as_str()).collect();
+        for tenant in &named {
+            grant.allows_tenant(tenant).map_err(|error| ("tenant", error))?;
+        }
+        if named.is_empty() {
+            // The handlers default to `default`: the key's own tenant instead.
+            let extra = serde_urlencoded::to_string([("tenant", own.as_str())]).expect("encodable");
+            let query = if query.is_empty() { extra } else { format!("{query}&{extra}") };
+            let path_and_query = format!("{}?{query}", request.uri().path());
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = Some(path_and_query.parse().expect("a valid path and query"));
+            *request.uri_mut() = axum::http::Uri::from_parts(parts).expect("a valid URI");
+        }
+    }
+    Ok(grant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_parse_hash_and_match() {
+        let keys = ApiKeys::parse(["0123456789abcdef0123:acme:write", " ffffffffffffffff:*:admin "]).unwrap();
+        assert_eq!(keys.len(), 2);
+        let acme = keys.find("0123456789abcdef0123").unwrap();
+        assert_eq!((acme.tenant.as_deref(), acme.right), (Some("acme"), Right::Write));
+        assert_eq!(keys.find("ffffffffffffffff").unwrap().tenant, None);
+        assert!(keys.find("0123456789abcdef012").is_none());
+        assert!(keys.find("").is_none());
+        // A key may hold `:`; the last two fields are tenant and right.
+        let colon = ApiKeys::parse(["abc:defghijklmnopqrs:acme:read"]).unwrap();
+        assert_eq!(colon.find("abc:defghijklmnopqrs").unwrap().right, Right::Read);
+        assert!(!format!("{keys:?}").contains("0123"));
+    }
+
+    #[test]
+    fn bad_keys_are_refused_by_position_without_showing_them() {
+        let errors =
+            ApiKeys::parse(["short:acme:read", "0123456789abcdef:bad tenant:read", "0123456789abcdef:acme:owner", "nocolons", "0123456789abcdef:x:read"])
+                .unwrap_err();
+        let all = errors.join("\n");
+        assert!(all.contains("entry 1: the key has 5 characters"), "{all}");
+        assert!(all.contains("entry 2: tenant `bad tenant`"), "{all}");
+        assert!(all.contains("entry 3: right `owner` is not read, write or admin"), "{all}");
+        assert!(all.contains("entry 4 is not KEY:TENANT:RIGHT"), "{all}");
+        assert!(all.contains("entry 5 repeats the key"), "{all}");
+        assert!(!all.contains("0123456789abcdef"), "{all}");
+        assert_eq!(ApiKeys::parse([" ", ""]).unwrap_err(), vec!["api_keys: no key given (KEY:TENANT:RIGHT, comma separated)".to_owned()]);
+    }
+
+    #[test]
+    fn buckets_refill_at_the_rate_and_say_how_long_to_wait() {
+        let limit = RateLimit::new(2);
+        let start = Instant::now();
+        assert!(limit.take("a", start).is_ok());
+        assert!(limit.take("a", start).is_ok());
+        let wait = limit.take("a", start).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        // Another key has a bucket of its own.
+        assert!(limit.take("b", start).is_ok());
+        assert!(limit.take("a", start + Duration::from_millis(500)).is_ok());
+        assert!(limit.take("a", start + Duration::from_millis(500)).is_err());
+        // Refills to the burst, no further.
+        let later = start + Duration::from_secs(60);
+        assert!(limit.take("a", later).is_ok() && limit.take("a", later).is_ok() && limit.take("a", later).is_err());
+    }
+
+    #[test]
+    fn rights_needed_by_route() {
+        assert_eq!(needed(&Method::GET, "/v1/stock"), Right::Read);
+        assert_eq!(needed(&Method::POST, "/v1/stock/{sku}/{command}"), Right::Write);
+        assert_eq!(needed(&Method::DELETE, "/v1/items/{sku}"), Right::Write);
+        assert_eq!(needed(&Method::GET, "/v1/webhooks"), Right::Admin);
+        assert_eq!(needed(&Method::GET, "/v1/webhooks/{id}/deliveries"), Right::Admin);
+    }
+}
