@@ -1,6 +1,11 @@
 # stockflow, built from source in one stage and run from a slim image.
 #   docker build -t stockflow .
-#   docker run -p 127.0.0.1:8080:8080 stockflow demo --listen 0.0.0.0:8080 --insecure-listen
+#   export STOCKFLOW_API_KEYS="$(openssl rand -hex 16):*:admin"   # KEY:TENANT:RIGHT, comma separated
+#   docker run -p 127.0.0.1:8080:8080 -e STOCKFLOW_API_KEYS stockflow              # serve
+#   docker run -p 127.0.0.1:8080:8080 -e STOCKFLOW_API_KEYS stockflow demo --listen 0.0.0.0:8080
+#   curl -H "Authorization: Bearer ${STOCKFLOW_API_KEYS%%:*}" localhost:8080/v1/stock
+# `-e STOCKFLOW_API_KEYS` without a value passes the variable on from this
+# shell, so the key is not on a command line (`docker inspect` still shows it).
 FROM rust:1-bookworm AS build
 # librdkafka (bundled by the rdkafka crate) builds with make and needs zlib.
 RUN apt-get update \
@@ -23,6 +28,10 @@ VOLUME ["/var/lib/stockflow"]
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s CMD curl -fsS http://127.0.0.1:8080/health || exit 1
 ENTRYPOINT ["stockflow"]
-# API keys are not built yet: stockflow refuses a non-loopback address
-# without --insecure-listen. Publish the port only where it is private.
-CMD ["serve", "--listen", "0.0.0.0:8080", "--insecure-listen"]
+# Listens on every interface of the container, so the keys are required:
+# STOCKFLOW_API_KEYS (or --api-keys) from the environment. Without any,
+# stockflow refuses a non-loopback address and exits (code 2) saying so.
+# Every /v1 request then needs `Authorization: Bearer KEY`; /health (the
+# health check above), /ready and /metrics need none: publish the port only
+# where that is acceptable, behind a TLS proxy (docs/security.md).
+CMD ["serve", "--listen", "0.0.0.0:8080"]
