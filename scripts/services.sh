@@ -10,7 +10,9 @@
 #    starts again (Tansu's memory storage forgets everything on a restart);
 #  - ClickHouse (Debian's clickhouse-server, 18.16) on 127.0.0.1:8123 (HTTP)
 #    and :19000 (native), with its own data dir under the cache; the sink
-#    tests also start servers of their own to stop them mid-workload.
+#    tests also start servers of their own to stop them mid-workload;
+#  - Debian's chromium and playwright-core (npm, under the cache) for the
+#    dashboard's browser test.
 # Set STOCKFLOW_KAFKA_BROKERS to use a broker of your own instead, and
 # STOCKFLOW_CLICKHOUSE_URL to use a ClickHouse of your own.
 set -euo pipefail
@@ -108,6 +110,28 @@ else
   if ! port_open 8123; then
     log "clickhouse-server did not answer within 30 s:"; tail -20 "$CH_DIR/server.err.log" "$CH_DIR/stdout.log" >&2 || true; exit 1
   fi
+fi
+
+# --- Browser test: Debian's Chromium and playwright-core ----------------------
+# tests/dashboard.rs drives the dashboard at `/` in headless Chromium through
+# playwright-core (the library only: it never downloads a browser of its own),
+# installed under the cache and found there by the test.
+PLAYWRIGHT_VERSION="1.65.1"
+BROWSER_PACKAGES=()
+[ -x /usr/bin/chromium ] || BROWSER_PACKAGES+=(chromium)
+command -v node >/dev/null 2>&1 || BROWSER_PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || BROWSER_PACKAGES+=(npm)
+if [ "${#BROWSER_PACKAGES[@]}" -gt 0 ]; then
+  log "installing ${BROWSER_PACKAGES[*]} (Debian)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${BROWSER_PACKAGES[@]}" >/dev/null
+fi
+PW_PACKAGE="$CACHE/node/node_modules/playwright-core/package.json"
+if ! grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$PW_PACKAGE" 2>/dev/null; then
+  log "installing playwright-core $PLAYWRIGHT_VERSION into $CACHE/node"
+  mkdir -p "$CACHE/node"
+  npm install --silent --no-audit --no-fund --prefix "$CACHE/node" "playwright-core@$PLAYWRIGHT_VERSION"
 fi
 
 cargo nextest --version >/dev/null 2>&1 || log "cargo-nextest not found: tests will run with cargo test"

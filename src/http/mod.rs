@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod commands;
+mod dashboard;
 pub mod error;
 mod kpis;
 mod live;
@@ -141,6 +142,8 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard::page))
+        .route("/dashboard/{asset}", get(dashboard::asset))
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1 (see docs/api.md)") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
