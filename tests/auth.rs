@@ -249,6 +249,8 @@ async fn no_key_or_a_wrong_key_is_401_and_operations_stay_open() {
     problem(&As { client: &client, key: None }.get("/v1/stock").await, 401, "send `Authorization: Bearer <key>`");
     problem(&As { client: &client, key: Some("not-a-key-we-know-at-all") }.get("/v1/stock").await, 401, "not one this server knows");
     problem(&client.send(Method::GET, "/v1/stock", None, &[("authorization", "Basic YWRtaW46YWRtaW4=")]).await, 401, "expected `Bearer <key>`");
+    let lower = format!("bearer {ROOT}");
+    assert_eq!(client.send(Method::GET, "/v1/stock", None, &[("authorization", lower.as_str())]).await.0, 200, "the scheme is case-insensitive");
     problem(&As { client: &client, key: None }.post("/v1/items", json!({})).await, 401, "requires an API key");
     let response = client.http.get(format!("{}/v1/items", client.base)).send().await.unwrap();
     assert_eq!(response.headers()["www-authenticate"], "Bearer realm=\"stockflow\"");

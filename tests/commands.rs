@@ -168,7 +168,7 @@ async fn bad_commands_get_problems_and_append_nothing() {
             400,
             "field `sku`: longer than 64 bytes",
         ),
-        ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1})), "text/plain", 415, "commands are application/json"),
+        ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1})), "text/plain", 415, "this route takes application/json"),
         ("/v1/stock/A/adjust", Some(json!([1, 2])), "application/json", 400, "expected a JSON object"),
         ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1, "reason": huge})), "application/json", 413, "more than the 65536"),
         ("/v1/items", Some(json!({"sku": "B", "name": "x", "price": "1.23456"})), "application/json", 400, "field `price`"),

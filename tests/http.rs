@@ -272,3 +272,61 @@ async fn demo_views_move_and_stay_consistent_under_load() {
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+/// `GET /openapi.json` against the real router: every documented operation
+/// is served (not the fallback 404, not 405), every method a path does not
+/// document is 405, every operation documents its problem answers, and the
+/// reads, commands and streams of docs/api.md are all in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let (status, content_type, document) = get(&running, "/openapi.json").await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."), "{document}");
+    assert_eq!(document["components"]["securitySchemes"]["api_key"]["scheme"], "bearer");
+    let paths = document["paths"].as_object().unwrap();
+    let http = reqwest::Client::new();
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path.replace("{sku}", "A-1").replace("{command}", "adjust").replace("{id}", "x1").replace("{view}", "stock");
+        assert!(!concrete.contains('{'), "a path parameter the test does not know: {path}");
+        for method in ["get", "post", "patch", "delete", "put"] {
+            let request = http.request(method.to_uppercase().parse().unwrap(), format!("http://{}{concrete}", running.addr));
+            let request = if method == "get" { request } else { request.header("content-type", "application/json").body("{}") };
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = if path.ends_with("/changes") || path.ends_with("/stream") { String::new() } else { response.text().await.unwrap() };
+            match item.get(method) {
+                Some(operation) => {
+                    operations += 1;
+                    assert!(status != 405 && !body.contains("no such route"), "{method} {path} is documented but answered {status} {body}");
+                    let responses = operation["responses"].as_object().unwrap();
+                    if path.starts_with("/v1") {
+                        assert!(
+                            responses.contains_key("400") && responses.contains_key("401") && responses.contains_key("403"),
+                            "{method} {path}: {responses:?}"
+                        );
+                        assert_eq!(responses["400"]["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem");
+                    }
+                    assert!(operation["summary"].as_str().is_some_and(|s| !s.is_empty()), "{method} {path} has no summary");
+                }
+                None => assert_eq!(status, 405, "{method} {path} is not documented but answered {status} {body}"),
+            }
+        }
+    }
+    assert!(operations >= 25, "{operations} operations");
+    // Every route docs/api.md names is in the document.
+    let api = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    for line in api.lines().filter(|l| l.starts_with("### `")) {
+        for route in line.split('`').filter(|part| part.contains(" /v1/")) {
+            let (method, path) = route.split_once(' ').unwrap();
+            let path = path.split('?').next().unwrap();
+            assert!(paths.get(path).and_then(|item| item.get(method.to_lowercase())).is_some(), "docs/api.md's {method} {path} is not in /openapi.json");
+        }
+    }
+    let params: Vec<&str> = paths["/v1/stock"]["get"]["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(params, ["tenant", "after", "wait_ms", "location", "below", "category", "cursor", "limit"]);
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}

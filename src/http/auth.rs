@@ -68,8 +68,8 @@ pub struct Grant {
     pub tenant: Option<Name>,
     /// The key's right.
     pub right: Right,
-    /// The first 8 hex digits of the key's SHA-256: names the key in logs
-    /// and metrics without showing it.
+    /// The first 8 hex digits of the key's SHA-256: names the key (its rate
+    /// limit's bucket, 429 answers and their log lines) without showing it.
     pub key_id: String,
 }
 
@@ -241,7 +241,14 @@ pub(super) async fn authorize(State(state): State<AppState>, mut request: Reques
 fn check(auth: &Auth, request: &mut Request) -> Result<Grant, (&'static str, ApiError)> {
     let presented = match request.headers().get(header::AUTHORIZATION) {
         None => return Err(("missing", ApiError::unauthorized("this server requires an API key: send `Authorization: Bearer <key>`"))),
-        Some(value) => value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ").map(str::trim).filter(|key| !key.is_empty())),
+        // The scheme is case-insensitive (RFC 7235); the key is not.
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
+            .filter(|key| !key.is_empty()),
     };
     let Some(presented) = presented else {
         return Err(("malformed", ApiError::unauthorized("header Authorization: expected `Bearer <key>`")));

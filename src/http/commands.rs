@@ -8,6 +8,7 @@
 //! rule by [`decode_command`], the same decoder the engine applies to the
 //! commands topic, so a command accepted here is never a dead letter there.
 
+use super::error::Problem;
 use super::error::{ApiError, Params};
 use super::reads::{consistent_read, tenant_param};
 use super::AppState;
@@ -26,18 +27,24 @@ use stockflow_dataflows::model::{decode_command, encode_event, EventBody, Name, 
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 /// `?tenant=` of a command.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CommandParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
 }
 
 /// `?tenant=&after=&wait_ms=` of `GET /v1/commands/{id}`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomeParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
     after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     wait_ms: Option<u64>,
 }
 
@@ -68,11 +75,45 @@ const PLACE_ORDER: Endpoint = Endpoint { command: "order.place", fields: &["comm
 const COMMIT: Endpoint = Endpoint { command: "stock.commit", fields: &["command_id", "reservation_id", "expected_version"], at_least_one_of: &[] };
 
 /// `POST /v1/items`.
+#[utoipa::path(
+    post,
+    path = "/items",
+    tag = "commands",
+    params(("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
+    request_body(description = "sku, name, price required; category, reorder_point, target_level, stock {location: qty}", content(("application/json", example = json!({"sku": "A-1", "name": "Widget", "price": "9.99", "category": "tools", "reorder_point": 5, "stock": {"madrid": 10}})))),
+    responses(
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn create_item(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     submit(state, params, headers, &body, None, &CREATE_ITEM).await
 }
 
 /// `PATCH /v1/items/{sku}`.
+#[utoipa::path(
+    patch,
+    path = "/items/{sku}",
+    tag = "commands",
+    params(("sku" = String, Path, description = "The sku"), ("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
+    request_body(description = "at least one of name, price, category, reorder_point, target_level; expected_version", content(("application/json", example = json!({"price": "10.50"})))),
+    responses(
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn update_item(
     state: State<AppState>,
     Path(sku): Path<String>,
@@ -84,6 +125,22 @@ pub async fn update_item(
 }
 
 /// `DELETE /v1/items/{sku}` (the body is optional).
+#[utoipa::path(
+    delete,
+    path = "/items/{sku}",
+    tag = "commands",
+    params(("sku" = String, Path, description = "The sku"), ("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
+    responses(
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn delete_item(
     state: State<AppState>,
     Path(sku): Path<String>,
@@ -95,6 +152,24 @@ pub async fn delete_item(
 }
 
 /// `POST /v1/stock/{sku}/{adjust|reserve|release|commit}`.
+#[utoipa::path(
+    post,
+    path = "/stock/{sku}/{command}",
+    tag = "commands",
+    params(("sku" = String, Path, description = "The sku"), ("command" = String, Path, description = "adjust, reserve, release or commit"), ("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
+    request_body(description = "adjust: location, qty (≠ 0), reason; reserve: location, qty (> 0), reservation_id, order_id; release/commit: reservation_id; each: expected_version", content(("application/json", example = json!({"location": "madrid", "qty": -2, "reason": "sale"})))),
+    responses(
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such stock command", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn stock_command(
     state: State<AppState>,
     Path((sku, action)): Path<(String, String)>,
@@ -113,6 +188,23 @@ pub async fn stock_command(
 }
 
 /// `POST /v1/orders`: a saga that reserves every line (see `GET /v1/orders/{id}`).
+#[utoipa::path(
+    post,
+    path = "/orders",
+    tag = "commands",
+    params(("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
+    request_body(description = "customer_id, lines [{sku, location, qty, price}] (1–1000), order_id", content(("application/json", example = json!({"customer_id": "c-7", "lines": [{"sku": "A-1", "location": "madrid", "qty": 2, "price": "9.99"}]})))),
+    responses(
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn place_order(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     submit(state, params, headers, &body, None, &PLACE_ORDER).await
 }
@@ -207,7 +299,7 @@ async fn submit(
 /// The body as a JSON object, after the content-type and size checks.
 pub(super) fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> Result<Map<String, Value>, ApiError> {
     if body.len() > MAX_COMMAND_BYTES {
-        return Err(ApiError::too_large(format!("body: {} bytes, more than the {MAX_COMMAND_BYTES} a command may have", body.len())));
+        return Err(ApiError::too_large(format!("body: {} bytes, more than the {MAX_COMMAND_BYTES} this route takes", body.len())));
     }
     if body.is_empty() && optional {
         return Ok(Map::new());
@@ -216,7 +308,7 @@ pub(super) fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> R
     let essence = content_type.split(';').next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         let got = if content_type.is_empty() { "none".to_owned() } else { format!("`{content_type}`") };
-        return Err(ApiError::unsupported_media_type(format!("header Content-Type: commands are application/json, got {got}")));
+        return Err(ApiError::unsupported_media_type(format!("header Content-Type: this route takes application/json, got {got}")));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(fields)) => Ok(fields),
@@ -239,6 +331,21 @@ fn new_command_id() -> String {
 }
 
 /// `GET /v1/orders/{id}`: the order, its lines and its status.
+#[utoipa::path(
+    get,
+    path = "/orders/{id}",
+    tag = "commands",
+    params(("id" = String, Path, description = "The order id"), OutcomeParams),
+    responses(
+        (status = 200, description = "The order: status, reason, lines, total", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order in the tenant", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
     validate_id(&id).map_err(|reason| ApiError::bad_request(format!("order id: {reason}")))?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -252,6 +359,21 @@ pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params
 
 /// `GET /v1/commands/{id}`: `pending`, `accepted` (with its events) or
 /// `rejected` (with the reason).
+#[utoipa::path(
+    get,
+    path = "/commands/{id}",
+    tag = "commands",
+    params(("id" = String, Path, description = "The command id"), OutcomeParams),
+    responses(
+        (status = 200, description = "`pending`, `accepted` (with the events) or `rejected` (with the reason)", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "A command neither decided nor sent to this server", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub async fn outcome(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
     validate_id(&id).map_err(|reason| ApiError::bad_request(format!("command id: {reason}")))?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;

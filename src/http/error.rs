@@ -142,15 +142,26 @@ impl ApiError {
     }
 }
 
+/// The body of every error (RFC 7807), as `application/problem+json`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `https://stockflow.dev/problems/<kind>`: bad-request, unauthorized, forbidden, not-found, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status's name.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What was wrong, precisely: the parameter or field and the rule.
+    pub detail: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "type": format!("https://stockflow.dev/problems/{}", self.kind),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body.to_string()).into_response();
+        let body =
+            Problem { kind: format!("https://stockflow.dev/problems/{}", self.kind), title: self.title, status: self.status.as_u16(), detail: self.detail };
+        let body = serde_json::to_string(&body).expect("a problem serializes");
+        let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
         let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));

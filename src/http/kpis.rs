@@ -1,6 +1,7 @@
 //! `GET /v1/kpis` and `GET /v1/kpis/top-skus`: the `kpis` and `top_skus`
 //! views by tenant, window and event-time range, with the tenant's gauges.
 
+use super::error::Problem;
 use super::error::{ApiError, Params};
 use super::reads::consistent_read;
 use super::AppState;
@@ -17,24 +18,37 @@ pub const MAX_BUCKETS: i64 = 10_000;
 /// Buckets answered when neither `from` nor `to` is given: a day of hours, a month of days.
 const DEFAULT_BUCKETS: [i64; 2] = [24, 30];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KpiParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
     after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     wait_ms: Option<u64>,
+    /// `hour` (default) or `day`.
     window: Option<String>,
+    /// Start (RFC 3339, or a date meaning its midnight UTC); buckets overlapping `[from, to)`. Default: the 24 hours (30 days) up to the newest bucket with data.
     from: Option<String>,
+    /// End, exclusive (RFC 3339 or a date).
     to: Option<String>,
+    /// One metric (built-in or custom); default: every metric.
     metric: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TopSkusParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
     after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     wait_ms: Option<u64>,
+    /// A date or any time within the day (UTC); default: the newest day with sales.
     day: Option<String>,
 }
 
@@ -56,6 +70,20 @@ fn parse_time(parameter: &str, text: &str) -> Result<EventTime, ApiError> {
 }
 
 /// `GET /v1/kpis`
+#[utoipa::path(
+    get,
+    path = "/kpis",
+    tag = "kpis",
+    params(KpiParams),
+    responses(
+        (status = 200, description = "KPI rows by bucket and metric, and the gauges", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Params<KpiParams>) -> Result<Json<Value>, ApiError> {
     let window = match params.window.as_deref() {
         None => Window::Hour,
@@ -138,6 +166,20 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
 }
 
 /// `GET /v1/kpis/top-skus`
+#[utoipa::path(
+    get,
+    path = "/kpis/top-skus",
+    tag = "kpis",
+    params(TopSkusParams),
+    responses(
+        (status = 200, description = "The ten skus with the most units sold that day", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn top_skus(State(state): State<AppState>, Params(params): Params<TopSkusParams>) -> Result<Json<Value>, ApiError> {
     let day = params.day.as_deref().map(|t| parse_time("day", t).map(|ms| Window::Day.bucket(ms))).transpose()?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;

@@ -10,6 +10,7 @@
 //! point to resume from (`from_epoch`, or SSE's `Last-Event-ID`, which
 //! carries it).
 
+use super::error::Problem;
 use super::error::{ApiError, Params, Segment};
 use super::reads::{consistent_read, tenant_param, ReadParams};
 use super::AppState;
@@ -32,18 +33,38 @@ use stockflow_dataflows::kpis::{KpiKey, KpiRow, Window};
 use stockflow_dataflows::model::EventTime;
 use stockflow_dataflows::model::{Epoch, Name, StockKey};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AlertParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
     after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     wait_ms: Option<u64>,
+    /// `active` (default) or `all` (the latest transition of every alert).
     state: Option<String>,
+    /// Alerts of this kind only: `low_stock` or `out_of_stock`.
     kind: Option<String>,
 }
 
 /// `GET /v1/alerts?state=active|all&kind=`: the latest transition of each
 /// alert of the tenant (active ones only by default), in key order.
+#[utoipa::path(
+    get,
+    path = "/alerts",
+    tag = "live",
+    params(AlertParams),
+    responses(
+        (status = 200, description = "The latest transition of each alert of the tenant", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): Params<AlertParams>) -> Result<Json<Value>, ApiError> {
     let all = match params.state.as_deref() {
         None | Some("active") => false,
@@ -70,6 +91,20 @@ pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): P
 
 /// `GET /v1/replenishment`: the open suggestions, one per stock row whose
 /// low-stock alert is active: reorder `target_level - available` now.
+#[utoipa::path(
+    get,
+    path = "/replenishment",
+    tag = "live",
+    params(ReadParams),
+    responses(
+        (status = 200, description = "What to reorder: skus with active alerts and the quantity up to their target level", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let rows: Vec<Value> = tenant_range(&snapshot, &tenant)
@@ -85,12 +120,18 @@ fn tenant_range<'a>(snapshot: &'a Snapshot, tenant: &'a Name) -> impl Iterator<I
     snapshot.alerts.range(start..).take_while(move |(key, _)| key.tenant == *tenant)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StreamParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
+    /// Rows whose sku (order id, KPI metric) starts with this.
     prefix: Option<String>,
+    /// Resume: every change after this epoch, no snapshot (410 if compacted away).
+    #[param(value_type = Option<u64>)]
     from_epoch: Option<Epoch>,
+    /// Heartbeat period in ms (100–300000, default 15000).
     heartbeat_ms: Option<u64>,
 }
 
@@ -100,6 +141,21 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 const ROWS_PER_CHUNK: usize = 512;
 
 /// `GET /v1/views/{view}/changes`
+#[utoipa::path(
+    get,
+    path = "/views/{view}/changes",
+    tag = "live",
+    params(("view" = String, Path, description = "items, stock, stock_totals, orders, low_stock, alerts, kpis or top_skus"), StreamParams),
+    responses(
+        (status = 200, description = "A snapshot then every change, as Server-Sent Events (default) or NDJSON (`Accept: application/x-ndjson`)", body = Object, content_type = "text/event-stream"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such view", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`from_epoch` is older than the retained changes", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn view_changes(
     State(state): State<AppState>,
     Segment(view): Segment,
@@ -115,6 +171,20 @@ pub(super) async fn view_changes(
 
 /// `GET /v1/alerts/stream`: alert events as they happen (no snapshot; the
 /// active alerts are `GET /v1/alerts`).
+#[utoipa::path(
+    get,
+    path = "/alerts/stream",
+    tag = "live",
+    params(StreamParams),
+    responses(
+        (status = 200, description = "Alert events as they happen, as Server-Sent Events (default) or NDJSON", body = Object, content_type = "text/event-stream"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "`from_epoch` is older than the retained changes", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn alert_stream(State(state): State<AppState>, headers: HeaderMap, Params(params): Params<StreamParams>) -> Result<Response, ApiError> {
     stream(&state, View::Alerts, Mode::Events, &headers, params)
 }

@@ -7,7 +7,6 @@
 
 pub mod auth;
 mod commands;
-mod dashboard;
 pub mod error;
 mod kpis;
 mod live;
@@ -20,7 +19,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use error::ApiError;
 use std::sync::Arc;
@@ -115,39 +114,85 @@ const REQUEST_ID: &str = "x-request-id";
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// The OpenAPI document's frame; the paths come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "stockflow", description = "Live stock, alerts and KPIs over Kafka or the embedded log. Every error is application/problem+json."),
+    components(schemas(error::Problem)),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
+    tags(
+        (name = "reads", description = "The published views"),
+        (name = "commands", description = "The write path: each command is appended, then decided by the sku's single writer"),
+        (name = "live", description = "Alerts and change streams"),
+        (name = "kpis", description = "KPIs by hour and day"),
+        (name = "webhooks", description = "Alert subscribers (admin keys)"),
+        (name = "operations", description = "Health, readiness, metrics, this document")
+    )
+)]
+struct ApiDoc;
+
+/// `Authorization: Bearer <key>`, required on `/v1` when keys are configured.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme =
+            HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An API key (`KEY` of `KEY:TENANT:RIGHT`); see docs/security.md")).build();
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme("api_key", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The routes and their OpenAPI document, both built from the handlers'
+/// `#[utoipa::path]` annotations: a route cannot be served undocumented.
+fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(reads::list_items, commands::create_item))
+        .routes(routes!(reads::get_item, commands::update_item, commands::delete_item))
+        .routes(routes!(reads::list_stock))
+        .routes(routes!(reads::get_stock))
+        .routes(routes!(commands::stock_command))
+        .routes(routes!(commands::outcome))
+        .routes(routes!(commands::place_order))
+        .routes(routes!(commands::order))
+        .routes(routes!(reads::views))
+        .routes(routes!(live::view_changes))
+        .routes(routes!(live::list_alerts))
+        .routes(routes!(live::alert_stream))
+        .routes(routes!(live::replenishment))
+        .routes(routes!(kpis::list_kpis))
+        .routes(routes!(kpis::top_skus))
+        .routes(routes!(webhooks::list, webhooks::register))
+        .routes(routes!(webhooks::get, webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
+    let (router, mut document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .nest("/v1", v1)
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+        .split_for_parts();
+    document.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    (router, document)
+}
+
+/// The OpenAPI document served at `/openapi.json` (rendered once).
+#[derive(Clone)]
+struct OpenApiJson(Arc<String>);
+
 /// The whole API as a router.
 pub fn app(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/items", get(reads::list_items).post(commands::create_item))
-        .route("/items/{sku}", get(reads::get_item).patch(commands::update_item).delete(commands::delete_item))
-        .route("/stock", get(reads::list_stock))
-        .route("/stock/{sku}", get(reads::get_stock))
-        .route("/stock/{sku}/{command}", post(commands::stock_command))
-        .route("/commands/{id}", get(commands::outcome))
-        .route("/orders", post(commands::place_order))
-        .route("/orders/{id}", get(commands::order))
-        .route("/views", get(reads::views))
-        .route("/views/{view}/changes", get(live::view_changes))
-        .route("/alerts", get(live::list_alerts))
-        .route("/alerts/stream", get(live::alert_stream))
-        .route("/replenishment", get(live::replenishment))
-        .route("/kpis", get(kpis::list_kpis))
-        .route("/kpis/top-skus", get(kpis::top_skus))
-        .route("/webhooks", get(webhooks::list).post(webhooks::register))
-        .route("/webhooks/{id}", get(webhooks::get).delete(webhooks::delete))
-        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/", get(dashboard::page))
-        .route("/dashboard/{asset}", get(dashboard::asset))
+    let (router, document) = routes(&state);
+    let document = OpenApiJson(Arc::new(document.to_pretty_json().expect("the OpenAPI document serializes")));
+    router
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1 (see docs/api.md)") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::Extension(document))
         .with_state(state)
 }
 
@@ -195,16 +240,37 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
+/// Alive: answers as long as the process serves HTTP.
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
 async fn health() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Ready: caught up with the sources; says what is not ready otherwise.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "`{ready, as_of, sinks}`: the sinks' states are reported, not waited for", body = Object),
+        (status = 503, description = "Not ready: the detail says why (catching up, restoring a checkpoint, waiting for Kafka)", body = error::Problem, content_type = "application/problem+json")
+    )
+)]
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.readiness().map_err(ApiError::unavailable)?;
     // Sinks are reported, not waited for: the views serve reads whatever ClickHouse does.
     Ok(axum::Json(serde_json::json!({"ready": true, "as_of": state.store.snapshot().as_of, "sinks": state.store.sink_states()})))
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Every metric (docs/operations.md)", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// This document: every route of the API, generated from the handlers.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+async fn openapi(axum::Extension(OpenApiJson(document)): axum::Extension<OpenApiJson>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], document.as_str().to_owned())
 }

@@ -1,5 +1,6 @@
 //! Read handlers over the published views.
 
+use super::error::Problem;
 use super::error::{ApiError, Params, Segment};
 use super::AppState;
 use crate::rows::{item_json, quantities_json, stock_json};
@@ -25,40 +26,76 @@ pub const DEFAULT_WAIT_MS: u64 = 2000;
 /// Largest `wait_ms` accepted.
 pub const MAX_WAIT_MS: u64 = 30_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ReadParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     pub(super) tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
     pub(super) after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     pub(super) wait_ms: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StockListParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
     after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     wait_ms: Option<u64>,
+    /// Rows of this location only.
     location: Option<String>,
+    /// Rows whose `available` is below this.
     below: Option<i64>,
+    /// Rows of items of this category only.
     category: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Rows per page (1–1000, default 100).
     limit: Option<usize>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ItemListParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
     after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     wait_ms: Option<u64>,
+    /// Items of this category only.
     category: Option<String>,
+    /// Active (`true`) or deleted (`false`) items only.
     active: Option<bool>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Rows per page (1–1000, default 100).
     limit: Option<usize>,
 }
 
 /// `GET /v1/items/{sku}`
+#[utoipa::path(
+    get,
+    path = "/items/{sku}",
+    tag = "reads",
+    params(("sku" = String, Path, description = "The sku"), ReadParams),
+    responses(
+        (status = 200, description = "The item: `{as_of, item}`", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such item in the tenant", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
     let sku = parameter_name("sku", &sku)?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -68,6 +105,20 @@ pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segmen
 }
 
 /// `GET /v1/items` (an Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`).
+#[utoipa::path(
+    get,
+    path = "/items",
+    tag = "reads",
+    params(ItemListParams),
+    responses(
+        (status = 200, description = "A page of items in sku order: `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream`", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn list_items(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -111,6 +162,21 @@ pub(super) async fn list_items(
 }
 
 /// `GET /v1/stock/{sku}`: totals plus one row per location.
+#[utoipa::path(
+    get,
+    path = "/stock/{sku}",
+    tag = "reads",
+    params(("sku" = String, Path, description = "The sku"), ReadParams),
+    responses(
+        (status = 200, description = "Totals and per-location rows of the sku, with its `version`", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No item or stock for the sku in the tenant", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
     let sku = parameter_name("sku", &sku)?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -143,6 +209,20 @@ pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segme
 
 /// `GET /v1/stock`: one row per sku and location, filtered and paginated;
 /// the page as an Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`.
+#[utoipa::path(
+    get,
+    path = "/stock",
+    tag = "reads",
+    params(StockListParams),
+    responses(
+        (status = 200, description = "A page of stock rows (tenant, sku, location order): `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream`", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn list_stock(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
@@ -194,6 +274,20 @@ pub(super) async fn list_stock(
 
 /// `GET /v1/views`: the catalogue of views. Row counts are of every tenant,
 /// except for a tenant key: its own tenant's (counted, so slower on big views).
+#[utoipa::path(
+    get,
+    path = "/views",
+    tag = "reads",
+    params(ReadParams),
+    responses(
+        (status = 200, description = "The catalogue: each view's name, key, columns and row count", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn views(
     State(state): State<AppState>,
     grant: Option<axum::extract::Extension<super::auth::Grant>>,

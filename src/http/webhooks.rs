@@ -3,6 +3,7 @@
 
 use super::auth::Grant;
 use super::commands::body_object;
+use super::error::Problem;
 use super::error::{ApiError, Params, Segment};
 use super::reads::{parameter_name, tenant_param};
 use super::AppState;
@@ -17,9 +18,11 @@ use std::sync::Arc;
 use stockflow_dataflows::model::DEFAULT_TENANT;
 use stockflow_sinks::webhooks::{check_kinds, check_secret, check_url, Webhook, KINDS};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
     tenant: Option<String>,
 }
 
@@ -34,6 +37,21 @@ fn shown(hook: &Webhook) -> Value {
 
 /// `POST /v1/webhooks` with `{"url", "secret", "tenant"?, "kinds"?}`; the
 /// tenant is the body's, else the `tenant` parameter's (a tenant key's own).
+#[utoipa::path(
+    post,
+    path = "/webhooks",
+    tag = "webhooks",
+    params(ListParams),
+    request_body(description = "url, secret (signs every delivery), tenant, kinds", content(("application/json", example = json!({"url": "https://example.com/hooks/stock", "secret": "a-long-random-secret", "kinds": ["low_stock"]})))),
+    responses(
+        (status = 201, description = "Registered; `Location` names it", body = Object),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn register(
     State(state): State<AppState>,
     grant: Option<Extension<Grant>>,
@@ -59,7 +77,7 @@ pub(super) async fn register(
     check_secret(&secret).map_err(ApiError::bad_request)?;
     let named = text(&mut fields, "tenant")?;
     if let (Some(Extension(grant)), Some(named)) = (&grant, &named) {
-        grant.allows_tenant(named)?;
+        grant.allows_tenant(named).inspect_err(|_| state.metrics.auth_denied.with_label_values(&["tenant"]).inc())?;
     }
     if let (Some(body), Some(query)) = (&named, &params.tenant) {
         if body != query {
@@ -94,6 +112,20 @@ pub(super) async fn register(
 }
 
 /// `GET /v1/webhooks?tenant=`
+#[utoipa::path(
+    get,
+    path = "/webhooks",
+    tag = "webhooks",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The tenant's webhooks (never their secrets)", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn list(State(state): State<AppState>, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_param(params.tenant.as_deref())?;
     let rows: Vec<Value> = webhooks(&state)?.list().iter().filter(|h| h.tenant == tenant.as_str()).map(shown).collect();
@@ -106,11 +138,41 @@ fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, A
 }
 
 /// `GET /v1/webhooks/{id}`
+#[utoipa::path(
+    get,
+    path = "/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id"), ListParams),
+    responses(
+        (status = 200, description = "The webhook", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn get(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
     Ok(Json(shown(&find(&state, &id, params.tenant)?)))
 }
 
 /// `DELETE /v1/webhooks/{id}`
+#[utoipa::path(
+    delete,
+    path = "/webhooks/{id}",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id"), ListParams),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn delete(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<StatusCode, ApiError> {
     let hook = find(&state, &id, params.tenant)?;
     let hooks = webhooks(&state)?.clone();
@@ -119,6 +181,21 @@ pub(super) async fn delete(State(state): State<AppState>, Segment(id): Segment, 
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`: the latest deliveries, newest last.
+#[utoipa::path(
+    get,
+    path = "/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "The webhook id"), ListParams),
+    responses(
+        (status = 200, description = "The latest deliveries, newest last", body = Object, content_type = "application/json"),
+        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json")
+    )
+)]
 pub(super) async fn deliveries(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
     let hook = find(&state, &id, params.tenant)?;
     Ok(Json(json!({"webhook": hook.id, "deliveries": webhooks(&state)?.deliveries(&hook.id)})))
