@@ -97,7 +97,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let running = stockflow::server::start(&settings).await?;
     running.shutdown.trigger_on_signals();
     if settings.demo_rate.is_some() {
-        eprintln!("stockflow demo is live: http://{}/v1/stock  (Ctrl-C to stop)", running.addr);
+        eprintln!("stockflow demo is live: dashboard http://{addr}/  API http://{addr}/v1/stock  (Ctrl-C to stop)", addr = running.addr);
     }
     running.wait().await
 }

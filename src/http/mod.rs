@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod commands;
+mod dashboard;
 pub mod error;
 mod kpis;
 mod live;
@@ -188,6 +189,8 @@ pub fn app(state: AppState) -> Router {
     let (router, document) = routes(&state);
     let document = OpenApiJson(Arc::new(document.to_pretty_json().expect("the OpenAPI document serializes")));
     router
+        .route("/", get(dashboard::page))
+        .route("/dashboard/{asset}", get(dashboard::asset))
         .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1 (see docs/api.md)") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
