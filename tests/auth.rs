@@ -237,6 +237,27 @@ async fn a_tenant_key_sees_and_changes_its_own_tenant_only_route_by_route() {
     // An admin key names any tenant.
     let (status, stock) = root.get("/v1/stock/SKU-1?tenant=globex").await;
     assert_eq!((status, stock["totals"]["on_hand"].as_i64()), (200, Some(901)));
+
+    // /metrics (open) has what an operator watches, for what happened here.
+    let metrics = client.get("/metrics").await.1;
+    let metrics = metrics.as_str().unwrap();
+    for family in [
+        r#"stockflow_http_request_duration_seconds_bucket{route="/v1/stock/{sku}",status="200",le="0.005"}"#,
+        r#"stockflow_http_requests_total{method="POST",route="/v1/stock/{sku}/{command}",status="403"}"#,
+        r#"stockflow_events_in_total{topic="inventory.events"}"#,
+        r#"stockflow_events_out_total{topic="inventory.commands"}"#,
+        r#"stockflow_events_out_total{topic="inventory.events"}"#,
+        r#"stockflow_source_lag{partition="0",topic="inventory.commands"}"#,
+        "stockflow_epoch_latency_seconds_bucket",
+        r#"stockflow_view_rows{view="stock"} 2"#,
+        "stockflow_webhook_lag{webhook=",
+        "stockflow_checkpoint_age_seconds",
+        "stockflow_sink_lag_epochs",
+        r#"stockflow_http_auth_denied_total{reason="tenant"}"#,
+        r#"stockflow_http_auth_denied_total{reason="right"} 2"#,
+    ] {
+        assert!(metrics.contains(family), "/metrics lacks {family}");
+    }
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
