@@ -159,7 +159,7 @@ pub struct ServeArgs {
     /// Timely worker threads; partitions are spread over them [default: 1].
     #[arg(long, env = "STOCKFLOW_WORKERS")]
     pub workers: Option<usize>,
-    /// TOML config file; its keys are the long option names with `_` (see docs/configuration.md).
+    /// TOML config file; its keys are the long option names with `_` (see README.md, "Configuration").
     #[arg(long, env = "STOCKFLOW_CONFIG")]
     pub config: Option<PathBuf>,
     /// Close an epoch after this many milliseconds [default: 10].

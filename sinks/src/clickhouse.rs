@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Where the sink writes.
-#[derive(Clone, Debug)]
+/// Where the sink writes. `Debug` shows no password.
+#[derive(Clone)]
 pub struct Config {
     /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
     pub url: String,
@@ -38,6 +38,13 @@ pub struct Config {
     pub user: String,
     /// Password.
     pub password: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = if self.password.is_empty() { "" } else { "<hidden>" };
+        f.debug_struct("Config").field("url", &self.url).field("database", &self.database).field("user", &self.user).field("password", &password).finish()
+    }
 }
 
 /// A failed ClickHouse operation: what was being done and ClickHouse's answer.

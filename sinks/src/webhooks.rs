@@ -33,8 +33,8 @@ pub fn client() -> Result<Client, reqwest::Error> {
 /// The alert kinds a webhook can ask for.
 pub const KINDS: [&str; 2] = ["low_stock", "out_of_stock"];
 
-/// A registered webhook.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A registered webhook. `Debug` shows no secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     /// Server-assigned id (`wh_<hex>`).
     pub id: String,
@@ -48,6 +48,19 @@ pub struct Webhook {
     pub secret: String,
     /// When it was registered (RFC 3339).
     pub created_at: String,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("tenant", &self.tenant)
+            .field("kinds", &self.kinds)
+            .field("secret", &"<hidden>")
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 impl Webhook {
@@ -324,6 +337,23 @@ mod tests {
     fn signature_is_the_rfc_4231_hmac() {
         // RFC 4231, test case 2.
         assert_eq!(sign(b"Jefe", b"what do ya want for nothing?"), "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let hook = Webhook {
+            id: "wh_1".into(),
+            url: "https://example.com/h".into(),
+            tenant: "acme".into(),
+            kinds: vec!["low_stock".into()],
+            secret: "s3cr3t-value-0123456789".into(),
+            created_at: "2026-11-30T00:00:00.000Z".into(),
+        };
+        let shown = format!("{hook:?}");
+        assert!(!shown.contains("s3cr3t") && shown.contains("<hidden>") && shown.contains("wh_1"), "{shown}");
+        let config =
+            crate::clickhouse::Config { url: "http://ch:8123".into(), database: "stockflow".into(), user: "u".into(), password: "pa55word-xyz".into() };
+        assert!(!format!("{config:?}").contains("pa55word"), "{config:?}");
     }
 
     #[test]
