@@ -40,6 +40,35 @@ pub struct Running {
     sink: SinkSlot,
     /// The checkpointer, once started.
     checkpointer: CheckpointSlot,
+    /// `<data-dir>/LOCK`, held while this process writes the data dir.
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes `<dir>/LOCK` (an OS file lock, released by the OS even on `kill -9`):
+/// two processes writing one data dir would interleave their log appends and
+/// overwrite each other's checkpoints.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            use std::io::Write;
+            file.set_len(0)?;
+            writeln!(file, "{}", std::process::id())?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "the data dir {} is in use by another stockflow process (pid {}, which holds {}); stop it, or give this one another --data-dir",
+                dir.display(),
+                holder.trim(),
+                path.display()
+            )
+        }
+        Err(std::fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// Where the sink's handle is kept (it starts with the engine, which may wait for Kafka).
@@ -177,6 +206,8 @@ async fn connect_kafka(
 /// Opens the data dir, starts the engine, binds the listener, and (with a
 /// demo rate) starts the generator. Returns once everything runs.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
+    // Offline runs (dump, export, replay into a fresh dir) write nothing another process reads.
+    let lock = if settings.offline { None } else { Some(lock_data_dir(&settings.data_dir)?) };
     // A replay reads the embedded log of another data dir.
     let log_dir = settings.replay.as_ref().map_or(settings.data_dir.as_path(), |replay| replay.source_dir.as_path());
     let log = Arc::new(Log::open(&log_dir.join("log")).with_context(|| format!("opening the embedded log in {}", log_dir.display()))?);
@@ -296,7 +327,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .spawn(move || crate::demo::run(inventory, store, metrics, shutdown, rate))
             .expect("spawning a thread")
     });
-    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks, sink, checkpointer })
+    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks, sink, checkpointer, _lock: lock })
 }
 
 impl Running {

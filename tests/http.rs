@@ -215,6 +215,9 @@ async fn restart_rebuilds_the_same_views_from_the_log() {
     }
     let token = append(&first, &events);
     let (_, _, before) = get(&first, &format!("/v1/stock?limit=1000&after={token}")).await;
+    // One process per data dir: a second is refused while the first runs.
+    let refused = server::start(&settings(dir.path(), 1)).await.err().expect("a second server on the same data dir is refused");
+    assert!(format!("{refused:#}").contains(&format!("is in use by another stockflow process (pid {}", std::process::id())), "{refused:#}");
     first.shutdown.trigger();
     first.wait().await.unwrap();
 
