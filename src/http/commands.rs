@@ -8,8 +8,7 @@
 //! rule by [`decode_command`], the same decoder the engine applies to the
 //! commands topic, so a command accepted here is never a dead letter there.
 
-use super::error::Problem;
-use super::error::{ApiError, Params};
+use super::error::{ApiError, CommandProblems, Params, Problem, ReadProblems};
 use super::reads::{consistent_read, tenant_param};
 use super::AppState;
 use axum::body::Bytes;
@@ -83,13 +82,7 @@ const COMMIT: Endpoint = Endpoint { command: "stock.commit", fields: &["command_
     request_body(description = "sku, name, price required; category, reorder_point, target_level, stock {location: qty}", content(("application/json", example = json!({"sku": "A-1", "name": "Widget", "price": "9.99", "category": "tools", "reorder_point": 5, "stock": {"madrid": 10}})))),
     responses(
         (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+        CommandProblems
     )
 )]
 pub async fn create_item(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -105,13 +98,7 @@ pub async fn create_item(state: State<AppState>, params: Params<CommandParams>, 
     request_body(description = "at least one of name, price, category, reorder_point, target_level; expected_version", content(("application/json", example = json!({"price": "10.50"})))),
     responses(
         (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+        CommandProblems
     )
 )]
 pub async fn update_item(
@@ -132,13 +119,7 @@ pub async fn update_item(
     params(("sku" = String, Path, description = "The sku"), ("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
     responses(
         (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+        CommandProblems
     )
 )]
 pub async fn delete_item(
@@ -160,14 +141,8 @@ pub async fn delete_item(
     request_body(description = "adjust: location, qty (≠ 0), reason; reserve: location, qty (> 0), reservation_id, order_id; release/commit: reservation_id; each: expected_version", content(("application/json", example = json!({"location": "madrid", "qty": -2, "reason": "sale"})))),
     responses(
         (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such stock command", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "No such stock command", body = Problem, content_type = "application/problem+json"),
+        CommandProblems
     )
 )]
 pub async fn stock_command(
@@ -196,13 +171,7 @@ pub async fn stock_command(
     request_body(description = "customer_id, lines [{sku, location, qty, price}] (1–1000), order_id", content(("application/json", example = json!({"customer_id": "c-7", "lines": [{"sku": "A-1", "location": "madrid", "qty": 2, "price": "9.99"}]})))),
     responses(
         (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Could not append the command (broker down); retry with the same Idempotency-Key", body = Problem, content_type = "application/problem+json")
+        CommandProblems
     )
 )]
 pub async fn place_order(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -338,12 +307,8 @@ fn new_command_id() -> String {
     params(("id" = String, Path, description = "The order id"), OutcomeParams),
     responses(
         (status = 200, description = "The order: status, reason, lines, total", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order in the tenant", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "No such order in the tenant", body = Problem, content_type = "application/problem+json"),
+        ReadProblems
     )
 )]
 pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
@@ -366,12 +331,8 @@ pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params
     params(("id" = String, Path, description = "The command id"), OutcomeParams),
     responses(
         (status = 200, description = "`pending`, `accepted` (with the events) or `rejected` (with the reason)", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "A command neither decided nor sent to this server", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "A command neither decided nor sent to this server", body = Problem, content_type = "application/problem+json"),
+        ReadProblems
     )
 )]
 pub async fn outcome(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {

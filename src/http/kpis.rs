@@ -1,8 +1,7 @@
 //! `GET /v1/kpis` and `GET /v1/kpis/top-skus`: the `kpis` and `top_skus`
 //! views by tenant, window and event-time range, with the tenant's gauges.
 
-use super::error::Problem;
-use super::error::{ApiError, Params};
+use super::error::{ApiError, Params, ReadProblems};
 use super::reads::consistent_read;
 use super::AppState;
 use crate::rows::{day_text, kpi_json, rfc3339, top_skus_json};
@@ -77,11 +76,7 @@ fn parse_time(parameter: &str, text: &str) -> Result<EventTime, ApiError> {
     params(KpiParams),
     responses(
         (status = 200, description = "KPI rows by bucket and metric, and the gauges", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+        ReadProblems
     )
 )]
 pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Params<KpiParams>) -> Result<Json<Value>, ApiError> {
@@ -173,11 +168,7 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
     params(TopSkusParams),
     responses(
         (status = 200, description = "The ten skus with the most units sold that day", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+        ReadProblems
     )
 )]
 pub(super) async fn top_skus(State(state): State<AppState>, Params(params): Params<TopSkusParams>) -> Result<Json<Value>, ApiError> {

@@ -10,8 +10,7 @@
 //! point to resume from (`from_epoch`, or SSE's `Last-Event-ID`, which
 //! carries it).
 
-use super::error::Problem;
-use super::error::{ApiError, Params, Segment};
+use super::error::{ApiError, Params, Problem, ReadProblems, Segment, StreamProblems};
 use super::reads::{consistent_read, tenant_param, ReadParams};
 use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
@@ -58,11 +57,7 @@ pub(super) struct AlertParams {
     params(AlertParams),
     responses(
         (status = 200, description = "The latest transition of each alert of the tenant", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+        ReadProblems
     )
 )]
 pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): Params<AlertParams>) -> Result<Json<Value>, ApiError> {
@@ -98,11 +93,7 @@ pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): P
     params(ReadParams),
     responses(
         (status = 200, description = "What to reorder: skus with active alerts and the quantity up to their target level", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+        ReadProblems
     )
 )]
 pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
@@ -148,12 +139,8 @@ const ROWS_PER_CHUNK: usize = 512;
     params(("view" = String, Path, description = "items, stock, stock_totals, orders, low_stock, alerts, kpis or top_skus"), StreamParams),
     responses(
         (status = 200, description = "A snapshot then every change, as Server-Sent Events (default) or NDJSON (`Accept: application/x-ndjson`)", body = Object, content_type = "text/event-stream"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such view", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "`from_epoch` is older than the retained changes", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json")
+        StreamProblems
     )
 )]
 pub(super) async fn view_changes(
@@ -178,11 +165,7 @@ pub(super) async fn view_changes(
     params(StreamParams),
     responses(
         (status = 200, description = "Alert events as they happen, as Server-Sent Events (default) or NDJSON", body = Object, content_type = "text/event-stream"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "`from_epoch` is older than the retained changes", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json")
+        StreamProblems
     )
 )]
 pub(super) async fn alert_stream(State(state): State<AppState>, headers: HeaderMap, Params(params): Params<StreamParams>) -> Result<Response, ApiError> {

@@ -1,7 +1,6 @@
 //! Read handlers over the published views.
 
-use super::error::Problem;
-use super::error::{ApiError, Params, Segment};
+use super::error::{ApiError, Params, Problem, ReadProblems, Segment};
 use super::AppState;
 use crate::rows::{item_json, quantities_json, stock_json};
 use crate::store::Snapshot;
@@ -88,12 +87,8 @@ pub(super) struct ItemListParams {
     params(("sku" = String, Path, description = "The sku"), ReadParams),
     responses(
         (status = 200, description = "The item: `{as_of, item}`", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such item in the tenant", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "No such item in the tenant", body = Problem, content_type = "application/problem+json"),
+        ReadProblems
     )
 )]
 pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
@@ -112,11 +107,7 @@ pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segmen
     params(ItemListParams),
     responses(
         (status = 200, description = "A page of items in sku order: `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream`", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+        ReadProblems
     )
 )]
 pub(super) async fn list_items(
@@ -169,12 +160,8 @@ pub(super) async fn list_items(
     params(("sku" = String, Path, description = "The sku"), ReadParams),
     responses(
         (status = 200, description = "Totals and per-location rows of the sku, with its `version`", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No item or stock for the sku in the tenant", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "No item or stock for the sku in the tenant", body = Problem, content_type = "application/problem+json"),
+        ReadProblems
     )
 )]
 pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
@@ -216,11 +203,7 @@ pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segme
     params(StockListParams),
     responses(
         (status = 200, description = "A page of stock rows (tenant, sku, location order): `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream`", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+        ReadProblems
     )
 )]
 pub(super) async fn list_stock(
@@ -281,11 +264,7 @@ pub(super) async fn list_stock(
     params(ReadParams),
     responses(
         (status = 200, description = "The catalogue: each view's name, key, columns and row count", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "`after` was not reached within `wait_ms`", body = Problem, content_type = "application/problem+json")
+        ReadProblems
     )
 )]
 pub(super) async fn views(

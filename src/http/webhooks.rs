@@ -3,8 +3,7 @@
 
 use super::auth::Grant;
 use super::commands::body_object;
-use super::error::Problem;
-use super::error::{ApiError, Params, Segment};
+use super::error::{ApiError, Params, Problem, Segment, WebhookProblems};
 use super::reads::{parameter_name, tenant_param};
 use super::AppState;
 use axum::body::Bytes;
@@ -45,11 +44,7 @@ fn shown(hook: &Webhook) -> Value {
     request_body(description = "url, secret (signs every delivery), tenant, kinds", content(("application/json", example = json!({"url": "https://example.com/hooks/stock", "secret": "a-long-random-secret", "kinds": ["low_stock"]})))),
     responses(
         (status = 201, description = "Registered; `Location` names it", body = Object),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json")
+        WebhookProblems
     )
 )]
 pub(super) async fn register(
@@ -119,11 +114,7 @@ pub(super) async fn register(
     params(ListParams),
     responses(
         (status = 200, description = "The tenant's webhooks (never their secrets)", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json")
+        WebhookProblems
     )
 )]
 pub(super) async fn list(State(state): State<AppState>, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
@@ -145,12 +136,8 @@ fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, A
     params(("id" = String, Path, description = "The webhook id"), ListParams),
     responses(
         (status = 200, description = "The webhook", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json"),
+        WebhookProblems
     )
 )]
 pub(super) async fn get(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
@@ -165,12 +152,8 @@ pub(super) async fn get(State(state): State<AppState>, Segment(id): Segment, Par
     params(("id" = String, Path, description = "The webhook id"), ListParams),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json"),
+        WebhookProblems
     )
 )]
 pub(super) async fn delete(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<StatusCode, ApiError> {
@@ -188,12 +171,8 @@ pub(super) async fn delete(State(state): State<AppState>, Segment(id): Segment, 
     params(("id" = String, Path, description = "The webhook id"), ListParams),
     responses(
         (status = 200, description = "The latest deliveries, newest last", body = Object, content_type = "application/json"),
-        (status = 400, description = "A parameter or the body breaks a rule; the detail names it", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No API key, or an unknown one (auth on)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key may not name this tenant, or lacks the right", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The key is over its rate limit; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Webhooks are off on this server", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json")
+        (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json"),
+        WebhookProblems
     )
 )]
 pub(super) async fn deliveries(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
