@@ -173,94 +173,69 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The problems a `/v1` read may answer (in the OpenAPI document).
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // Documentation only: the handlers answer ApiError.
-pub enum ReadProblems {
-    /// A parameter or the body breaks a rule; the detail names it.
-    #[response(status = 400, content_type = "application/problem+json")]
-    BadRequest(Problem),
-    /// No API key, or one the server does not know (auth on).
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Problem),
-    /// The key may not name this tenant, or lacks the right.
-    #[response(status = 403, content_type = "application/problem+json")]
-    Forbidden(Problem),
-    /// The key is over its rate limit; `Retry-After` says when to retry.
-    #[response(status = 429, content_type = "application/problem+json")]
-    TooManyRequests(Problem),
-    /// `after` was not reached within `wait_ms`.
-    #[response(status = 504, content_type = "application/problem+json")]
-    Timeout(Problem),
+/// Declares a set of problem answers for the OpenAPI document: the four any
+/// `/v1` route may answer (400, 401, 403, 429), then the set's own.
+macro_rules! problems {
+    ($(#[doc = $doc:tt])* $name:ident { $($(#[doc = $variant_doc:tt])* $status:literal $variant:ident,)* }) => {
+        $(#[doc = $doc])*
+        #[derive(utoipa::IntoResponses)]
+        #[allow(dead_code)] // Documentation only: the handlers answer ApiError.
+        pub enum $name {
+            /// A parameter or the body breaks a rule; the detail names it.
+            #[response(status = 400, content_type = "application/problem+json")]
+            BadRequest(Problem),
+            /// No API key, or one the server does not know (auth on).
+            #[response(status = 401, content_type = "application/problem+json")]
+            Unauthorized(Problem),
+            /// The key may not name this tenant, or lacks the right.
+            #[response(status = 403, content_type = "application/problem+json")]
+            Forbidden(Problem),
+            /// The key is over its rate limit; `Retry-After` says when to retry.
+            #[response(status = 429, content_type = "application/problem+json")]
+            TooManyRequests(Problem),
+            $(
+                $(#[doc = $variant_doc])*
+                #[response(status = $status, content_type = "application/problem+json")]
+                $variant(Problem),
+            )*
+        }
+    };
 }
 
-/// The problems a command may answer.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // Documentation only: the handlers answer ApiError.
-pub enum CommandProblems {
-    /// A parameter or the body breaks a rule; the detail names it.
-    #[response(status = 400, content_type = "application/problem+json")]
-    BadRequest(Problem),
-    /// No API key, or one the server does not know (auth on).
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Problem),
-    /// The key may not name this tenant, or lacks the right.
-    #[response(status = 403, content_type = "application/problem+json")]
-    Forbidden(Problem),
-    /// The body is over 64 KiB.
-    #[response(status = 413, content_type = "application/problem+json")]
-    TooLarge(Problem),
-    /// The body is not application/json.
-    #[response(status = 415, content_type = "application/problem+json")]
-    UnsupportedMediaType(Problem),
-    /// The key is over its rate limit; `Retry-After` says when to retry.
-    #[response(status = 429, content_type = "application/problem+json")]
-    TooManyRequests(Problem),
-    /// The command could not be appended (broker down): retry with the same Idempotency-Key.
-    #[response(status = 503, content_type = "application/problem+json")]
-    Unavailable(Problem),
+problems! {
+    /// The problems a `/v1` read may answer (in the OpenAPI document).
+    ReadProblems {
+        /// `after` was not reached within `wait_ms`.
+        504 Timeout,
+    }
 }
 
-/// The problems a change stream may answer.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // Documentation only: the handlers answer ApiError.
-pub enum StreamProblems {
-    /// A parameter or the body breaks a rule; the detail names it.
-    #[response(status = 400, content_type = "application/problem+json")]
-    BadRequest(Problem),
-    /// No API key, or one the server does not know (auth on).
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Problem),
-    /// The key may not name this tenant, or lacks the right.
-    #[response(status = 403, content_type = "application/problem+json")]
-    Forbidden(Problem),
-    /// `from_epoch` is older than the retained changes: open a new stream.
-    #[response(status = 410, content_type = "application/problem+json")]
-    Gone(Problem),
-    /// The key is over its rate limit; `Retry-After` says when to retry.
-    #[response(status = 429, content_type = "application/problem+json")]
-    TooManyRequests(Problem),
+problems! {
+    /// The problems a command may answer.
+    CommandProblems {
+        /// The body is over 64 KiB.
+        413 TooLarge,
+        /// The body is not application/json.
+        415 UnsupportedMediaType,
+        /// The command could not be appended (broker down): retry with the same Idempotency-Key.
+        503 Unavailable,
+    }
 }
 
-/// The problems a webhook route may answer.
-#[derive(utoipa::IntoResponses)]
-#[allow(dead_code)] // Documentation only: the handlers answer ApiError.
-pub enum WebhookProblems {
-    /// A parameter or the body breaks a rule; the detail names it.
-    #[response(status = 400, content_type = "application/problem+json")]
-    BadRequest(Problem),
-    /// No API key, or one the server does not know (auth on).
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Problem),
-    /// The key may not name this tenant, or lacks the right.
-    #[response(status = 403, content_type = "application/problem+json")]
-    Forbidden(Problem),
-    /// The key is over its rate limit; `Retry-After` says when to retry.
-    #[response(status = 429, content_type = "application/problem+json")]
-    TooManyRequests(Problem),
-    /// Webhooks are off on this server.
-    #[response(status = 503, content_type = "application/problem+json")]
-    Unavailable(Problem),
+problems! {
+    /// The problems a change stream may answer.
+    StreamProblems {
+        /// `from_epoch` is older than the retained changes: open a new stream.
+        410 Gone,
+    }
+}
+
+problems! {
+    /// The problems a webhook route may answer.
+    WebhookProblems {
+        /// Webhooks are off on this server.
+        503 Unavailable,
+    }
 }
 
 /// Query parameters whose rejection is a 400 problem naming the parameter.
