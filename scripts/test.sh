@@ -5,6 +5,17 @@ cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
 
+echo "== docker-compose.yml"
+# No Docker engine here: the compose file is checked, not run (docs/operations.md).
+if docker compose version >/dev/null 2>&1; then compose=(docker compose);
+elif command -v docker-compose >/dev/null 2>&1; then compose=(docker-compose);
+else compose=(); fi
+if [ ${#compose[@]} -gt 0 ]; then
+  STOCKFLOW_API_KEYS="check-only-key-0123456789:*:admin" CLICKHOUSE_PASSWORD=check "${compose[@]}" -f docker-compose.yml config -q
+else
+  python3 -c 'import sys, yaml; yaml.safe_load(open("docker-compose.yml"))' 2>/dev/null || echo "(no docker compose and no PyYAML: compose file not checked)"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
