@@ -123,18 +123,30 @@ try {
   assert.deepEqual(problems, [], 'the page reported no error');
   await context.close();
 
-  step('a server that wants a key: the page asks for one and sends it');
+  step('a server that wants a key: the page asks for one, sends it, and goes to the key\'s tenant');
   const KEY = 'sf-test-key-0123456789';
   const keyContext = await browser.newContext({ viewport: { width: 1440, height: 900 } });
   const keyed = await keyContext.newPage();
   keyed.setDefaultTimeout(WAIT);
   const keyProblems = [];
-  watch(keyed, keyProblems, /status of 401/);
+  watch(keyed, keyProblems, /status of 40[13]/);
   const sent = [];
-  // Stands in for the server's key check: the API answers 401 without the key.
+  // Stands in for the server's key check: 401 without the key; the key is
+  // scoped to tenant andina, so naming another tenant is the server's 403.
   await keyed.route(/\/v1\//, async (route) => {
     const authorization = route.request().headers().authorization;
     sent.push(authorization || null);
+    const tenant = new URL(route.request().url()).searchParams.get('tenant');
+    if (authorization === `Bearer ${KEY}` && tenant && tenant !== 'andina') {
+      return route.fulfill({
+        status: 403,
+        contentType: 'application/problem+json',
+        body: JSON.stringify({
+          type: 'https://stockflow.dev/problems/forbidden', title: 'Forbidden', status: 403,
+          detail: `this API key is scoped to tenant \`andina\`; it cannot name tenant \`${tenant}\` (leave \`tenant\` out, or give \`andina\`)`,
+        }),
+      });
+    }
     if (authorization === `Bearer ${KEY}`) return route.continue();
     return route.fulfill({
       status: 401,
@@ -151,7 +163,9 @@ try {
   assert.ok(sent.length > 0 && sent.every((h) => h === null), 'no key was sent before one was given');
   await keyed.getByTestId('key-input').fill(KEY);
   await keyed.getByTestId('key-save').click();
-  await keyed.locator('[data-testid=stock-row][data-location="lima-miraflores"]').first().waitFor();
+  await keyed.locator('[data-testid=stock-row][data-location="bogota-norte"]').first().waitFor();
+  assert.equal(await keyed.getByTestId('tenant').inputValue(), 'andina', 'the page moved to the key\'s tenant');
+  assert.equal(await keyed.locator('[data-testid=stock-row][data-location="lima-miraflores"]').count(), 0, 'no row of the tenant the key may not read');
   await keyed.getByTestId('auth').waitFor({ state: 'hidden' });
   await keyed.waitForFunction(() => document.querySelector('[data-testid=connection]').dataset.state === 'live', null, { timeout: WAIT });
   const first = sent.indexOf(`Bearer ${KEY}`);

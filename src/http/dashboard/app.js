@@ -120,6 +120,17 @@ async function problemDetail(response) {
 }
 
 function refused(status, detail) {
+  const text = detail || '';
+  // A refusal of a request for the tenant the page has just left: stale.
+  const asked = /cannot name tenant `([^`]+)`/.exec(text);
+  if (asked && asked[1] !== state.tenant) return;
+  // A tenant key reads its own tenant only (the 403 names it): go there.
+  const own = /scoped to tenant `([^`]+)`/.exec(text);
+  if (status === 403 && own && own[1] !== state.tenant && TENANT_PATTERN.test(own[1])) {
+    $('tenant').value = own[1];
+    setTenant(own[1]);
+    return;
+  }
   state.refused = { status, detail };
   const why = status === 401
     ? (state.key ? 'The server did not accept this API key.' : 'This server needs an API key.')
