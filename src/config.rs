@@ -571,7 +571,8 @@ impl Settings {
             insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
             api_keys: None,
             rate_limit: Some(args.rate_limit.or(file.rate_limit).unwrap_or(defaults::RATE_LIMIT)).filter(|rate| *rate > 0),
-            request_timeout: Duration::from_secs(40),
+            // Set below from `request_timeout` (default defaults::REQUEST_TIMEOUT).
+            request_timeout: Duration::ZERO,
             read_only: args.read_only || file.read_only.unwrap_or(false),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             demo_rate: demo_rate.map(|rate| rate.or(file.demo.and_then(|d| d.rate)).unwrap_or(defaults::DEMO_RATE)),

@@ -15,14 +15,14 @@
 //! An admin key (`*` as its tenant) names any tenant.
 
 use super::error::ApiError;
-use super::AppState;
+use crate::metrics::Metrics;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stockflow_dataflows::model::Name;
 use subtle::ConstantTimeEq;
@@ -190,7 +190,10 @@ impl RateLimit {
     /// long until the next token.
     pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().expect("rate limit lock");
-        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.rate, now));
+        if !buckets.contains_key(key) {
+            buckets.insert(key.to_owned(), (self.rate, now));
+        }
+        let (tokens, at) = buckets.get_mut(key).expect("inserted above");
         *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
         *at = now;
         if *tokens >= 1.0 {
@@ -205,7 +208,7 @@ impl RateLimit {
 /// The auth layer of a server with keys.
 pub struct Auth {
     /// The keys.
-    pub keys: std::sync::Arc<ApiKeys>,
+    pub keys: Arc<ApiKeys>,
     /// Per-key request rate; `None`: unlimited.
     pub rate_limit: Option<RateLimit>,
 }
@@ -221,14 +224,14 @@ fn needed(method: &Method, route: &str) -> Right {
     }
 }
 
-/// Middleware of the `/v1` routes: authenticates, rate-limits, checks the
-/// right and the tenant, and pins a tenant key's requests to its tenant.
-pub(super) async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let Some(auth) = state.auth.clone() else { return next.run(request).await };
+/// Middleware of the `/v1` routes, installed only when keys are configured:
+/// authenticates, rate-limits, checks the right and the tenant, and pins a
+/// tenant key's requests to its tenant.
+pub(super) async fn authorize(State((auth, metrics)): State<(Arc<Auth>, Metrics)>, mut request: Request, next: Next) -> Response {
     let grant = match check(&auth, &mut request) {
         Ok(grant) => grant,
         Err((reason, error)) => {
-            state.metrics.auth_denied.with_label_values(&[reason]).inc();
+            metrics.auth_denied.with_label_values(&[reason]).inc();
             tracing::info!(reason, detail = %error.detail(), "request refused");
             return error.into_response();
         }
@@ -268,8 +271,8 @@ fn check(auth: &Auth, request: &mut Request) -> Result<Grant, (&'static str, Api
             ));
         }
     }
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
-    let needs = needed(request.method(), &route);
+    let route = request.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
+    let needs = needed(request.method(), route);
     if grant.right < needs {
         return Err((
             "right",

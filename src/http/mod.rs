@@ -167,8 +167,11 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(kpis::top_skus))
         .routes(routes!(webhooks::list, webhooks::register))
         .routes(routes!(webhooks::get, webhooks::delete))
-        .routes(routes!(webhooks::deliveries))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
+        .routes(routes!(webhooks::deliveries));
+    let v1 = match &state.auth {
+        Some(auth) => v1.route_layer(axum::middleware::from_fn_with_state((auth.clone(), state.metrics.clone()), auth::authorize)),
+        None => v1,
+    };
     let (router, mut document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .nest("/v1", v1)
         .routes(routes!(health))
@@ -182,12 +185,12 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI document served at `/openapi.json` (rendered once).
 #[derive(Clone)]
-struct OpenApiJson(Arc<String>);
+struct OpenApiJson(axum::body::Bytes);
 
 /// The whole API as a router.
 pub fn app(state: AppState) -> Router {
     let (router, document) = routes(&state);
-    let document = OpenApiJson(Arc::new(document.to_pretty_json().expect("the OpenAPI document serializes")));
+    let document = OpenApiJson(document.to_pretty_json().expect("the OpenAPI document serializes").into());
     router
         .route("/", get(dashboard::page))
         .route("/dashboard/{asset}", get(dashboard::asset))
@@ -275,5 +278,5 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// This document: every route of the API, generated from the handlers.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
 async fn openapi(axum::Extension(OpenApiJson(document)): axum::Extension<OpenApiJson>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], document.as_str().to_owned())
+    ([(header::CONTENT_TYPE, "application/json")], document)
 }
