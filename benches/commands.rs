@@ -45,6 +45,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         workers,
         epoch: Duration::from_millis(10),
         epoch_max_events: 100_000,
+        max_in_flight_events: 400_000,
         partitions: 4,
         insecure_listen: false,
         api_keys: None,

@@ -60,7 +60,9 @@ fn main() {
         epoch: Duration::from_millis(10),
         epoch_max_events: 100_000,
         sources: vec![SourceSpec { source: topic.clone(), format: Format::Stockflow, start: Start::Earliest }],
-        dead_letters: None,
+        appender: None,
+        dead_letters: false,
+        max_in_flight: 400_000,
         commands: None,
         // LOW_STOCK_THRESHOLD=-1000000: the alert operator runs but nothing is ever raised.
         // `KPIS=off`: the engine without the kpis dataflow, for the A/B of its cost.

@@ -168,6 +168,9 @@ pub struct ServeArgs {
     /// ...or after this many messages read by one worker [default: 100000].
     #[arg(long, env = "STOCKFLOW_EPOCH_MAX_EVENTS")]
     pub epoch_max_events: Option<usize>,
+    /// Most messages read and not yet published, over all workers: past it the sources pause until a slow output (the alerts, outcomes or dead-letter topic) catches up [default: 400000].
+    #[arg(long, env = "STOCKFLOW_MAX_IN_FLIGHT_EVENTS")]
+    pub max_in_flight_events: Option<usize>,
     /// Partitions of topics the embedded log creates [default: 4].
     #[arg(long, env = "STOCKFLOW_PARTITIONS")]
     pub partitions: Option<u32>,
@@ -201,6 +204,9 @@ pub struct ServeArgs {
     /// Group id that labels stockflow's Kafka clients (nothing is consumed by group) [default: stockflow].
     #[arg(long, env = "STOCKFLOW_KAFKA_GROUP_ID")]
     pub kafka_group_id: Option<String>,
+    /// A librdkafka property for stockflow's producer, `KEY=VALUE` (repeatable; env: comma separated), e.g. `compression.type=lz4`.
+    #[arg(long = "kafka-producer-option", env = "STOCKFLOW_KAFKA_PRODUCER_OPTIONS", value_delimiter = ',')]
+    pub kafka_producer_options: Vec<String>,
     /// Low-stock threshold of skus with no `reorder_point` and no tenant threshold [default: 10].
     #[arg(long, env = "STOCKFLOW_LOW_STOCK_THRESHOLD")]
     pub low_stock_threshold: Option<i64>,
@@ -290,6 +296,8 @@ pub struct FileConfig {
     pub epoch_ms: Option<u64>,
     /// See `--epoch-max-events`.
     pub epoch_max_events: Option<usize>,
+    /// See `--max-in-flight-events`.
+    pub max_in_flight_events: Option<usize>,
     /// See `--partitions`.
     pub partitions: Option<u32>,
     /// See `--commands-topic`.
@@ -312,6 +320,8 @@ pub struct FileConfig {
     pub kafka_brokers: Option<String>,
     /// See `--kafka-group-id`.
     pub kafka_group_id: Option<String>,
+    /// `[kafka_producer_options]`: librdkafka properties of the producer (see `--kafka-producer-option`).
+    pub kafka_producer_options: Option<std::collections::BTreeMap<String, String>>,
     /// See `--low-stock-threshold`.
     pub low_stock_threshold: Option<i64>,
     /// See `--alert-hysteresis`.
@@ -407,6 +417,8 @@ pub struct Settings {
     pub epoch: Duration,
     /// Epoch size cap per worker.
     pub epoch_max_events: usize,
+    /// Most messages read and not yet published (all workers).
+    pub max_in_flight_events: usize,
     /// Partitions of created topics.
     pub partitions: u32,
     /// Where commands go and are decided from.
@@ -506,6 +518,8 @@ pub mod defaults {
     pub const EPOCH_MS: u64 = 10;
     /// `--epoch-max-events`.
     pub const EPOCH_MAX_EVENTS: usize = 100_000;
+    /// `--max-in-flight-events`.
+    pub const MAX_IN_FLIGHT_EVENTS: usize = 400_000;
     /// `--partitions`.
     pub const PARTITIONS: u32 = 4;
     /// `--rate`.
@@ -565,6 +579,7 @@ impl Settings {
             workers: args.workers.or(file.workers).unwrap_or(defaults::WORKERS),
             epoch: Duration::from_millis(args.epoch_ms.or(file.epoch_ms).unwrap_or(defaults::EPOCH_MS)),
             epoch_max_events: args.epoch_max_events.or(file.epoch_max_events).unwrap_or(defaults::EPOCH_MAX_EVENTS),
+            max_in_flight_events: args.max_in_flight_events.or(file.max_in_flight_events).unwrap_or(defaults::MAX_IN_FLIGHT_EVENTS),
             partitions: args.partitions.or(file.partitions).unwrap_or(defaults::PARTITIONS),
             commands_topic: args.commands_topic.clone().or(file.commands_topic).unwrap_or_else(|| defaults::COMMANDS_TOPIC.into()),
             outcomes_topic: args.outcomes_topic.clone().or(file.outcomes_topic).unwrap_or_else(|| defaults::OUTCOMES_TOPIC.into()),
@@ -579,6 +594,21 @@ impl Settings {
             kafka: args.kafka_brokers.clone().or(file.kafka_brokers).filter(|b| !b.trim().is_empty()).map(|brokers| crate::source::kafka::KafkaSettings {
                 brokers,
                 group_id: args.kafka_group_id.clone().or(file.kafka_group_id).unwrap_or_else(|| defaults::KAFKA_GROUP_ID.into()),
+                producer_options: if args.kafka_producer_options.is_empty() {
+                    file.kafka_producer_options.clone().unwrap_or_default().into_iter().collect()
+                } else {
+                    args.kafka_producer_options
+                        .iter()
+                        .map(|option| match option.split_once('=') {
+                            Some((key, value)) if !key.trim().is_empty() => (key.trim().to_owned(), value.trim().to_owned()),
+                            _ => {
+                                errors.push(format!("kafka_producer_options: `{option}` is not KEY=VALUE"));
+                                (String::new(), String::new())
+                            }
+                        })
+                        .filter(|(key, _)| !key.is_empty())
+                        .collect()
+                },
             }),
             sources: Vec::new(),
             thresholds: stockflow_dataflows::alerts::Thresholds {
@@ -767,6 +797,9 @@ impl Settings {
         }
         if !(1..=60_000).contains(&settings.epoch.as_millis()) {
             errors.push(format!("epoch_ms: must be between 1 and 60000, got {}", settings.epoch.as_millis()));
+        }
+        if settings.max_in_flight_events == 0 {
+            errors.push("max_in_flight_events: must be at least 1".into());
         }
         if settings.epoch_max_events == 0 {
             errors.push("epoch_max_events: must be at least 1".into());

@@ -24,8 +24,11 @@ pub struct MetricSet {
     pub decode_errors: IntCounterVec,
     /// Messages written to a dead-letter topic, by source topic and reason class.
     pub dead_letters: IntCounterVec,
-    /// Dead-letter writes that failed (and were retried), by source topic.
-    pub dead_letter_failures: IntCounterVec,
+    /// Records to a topic whose delivery failed and that were sent again
+    /// (outcomes, alert events, dead letters), by the topic written.
+    pub append_failures: IntCounterVec,
+    /// Messages read by the workers and not yet in a published epoch.
+    pub events_in_flight: IntGauge,
     /// Seconds from closing an epoch to publishing the views that reflect it.
     pub epoch_latency: Histogram,
     /// Last published epoch.
@@ -42,8 +45,6 @@ pub struct MetricSet {
     pub source_errors: IntCounterVec,
     /// Command outcomes appended to the event topic.
     pub outcomes: IntCounter,
-    /// Appends of outcomes that failed and were retried.
-    pub outcome_append_failures: IntCounter,
     /// Commands accepted over HTTP, per command type.
     pub commands_in: IntCounterVec,
     /// Offset commits (monitoring only) that failed, per topic.
@@ -60,8 +61,6 @@ pub struct MetricSet {
     pub alerts_active: IntGaugeVec,
     /// Alert events appended to the alerts topic.
     pub alerts_written: IntCounter,
-    /// Appends of alert events that failed and were retried.
-    pub alert_append_failures: IntCounter,
     /// Open change streams by view.
     pub streams_open: IntGaugeVec,
     /// Rows sent on change streams by view.
@@ -158,7 +157,13 @@ impl Metrics {
             events_in: counter("stockflow_events_in_total", "Events decoded and fed to the dataflows.", &["topic"]),
             decode_errors: counter("stockflow_decode_errors_total", "Messages that failed to decode or validate, skipped.", &["topic", "reason"]),
             dead_letters: counter("stockflow_dead_letters_total", "Messages written to their dead-letter topic.", &["topic", "reason"]),
-            dead_letter_failures: counter("stockflow_dead_letter_failures_total", "Dead-letter writes that failed and were retried.", &["topic"]),
+            append_failures: counter("stockflow_append_failures_total", "Records whose delivery failed and that were sent again, by topic written.", &["topic"]),
+            events_in_flight: {
+                let g = IntGauge::new("stockflow_events_in_flight", "Messages read and not yet in a published epoch (bounded by --max-in-flight-events).")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             epoch_latency: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new("stockflow_epoch_latency_seconds", "From closing an epoch to publishing views that reflect it.")
@@ -175,7 +180,6 @@ impl Metrics {
             source_lag: gauge("stockflow_source_lag", "Messages in the partition not yet read.", &["topic", "partition"]),
             source_errors: counter("stockflow_source_errors_total", "Errors reading a source.", &["topic"]),
             outcomes: int_counter("stockflow_command_outcomes_total", "Command outcomes (events and rejections) appended to the event topic."),
-            outcome_append_failures: int_counter("stockflow_outcome_append_failures_total", "Appends of command outcomes that failed and were retried."),
             commands_in: counter("stockflow_commands_total", "Commands accepted over HTTP and appended.", &["type"]),
             commit_failures: counter(
                 "stockflow_offset_commit_failures_total",
@@ -188,7 +192,6 @@ impl Metrics {
             alert_transitions: counter("stockflow_alert_transitions_total", "Alert transitions computed.", &["kind", "state"]),
             alerts_active: gauge("stockflow_alerts_active", "Alerts active now.", &["kind"]),
             alerts_written: int_counter("stockflow_alert_events_written_total", "Alert events appended to the alerts topic."),
-            alert_append_failures: int_counter("stockflow_alert_append_failures_total", "Appends of alert events that failed and were retried."),
             streams_open: gauge("stockflow_change_streams_open", "Open change streams.", &["view"]),
             stream_rows: counter("stockflow_change_stream_rows_total", "Rows sent on change streams (snapshots and changes).", &["view"]),
             streams_dropped: counter("stockflow_change_streams_dropped_total", "Change streams ended by the server.", &["reason"]),

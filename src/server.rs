@@ -4,10 +4,10 @@
 use crate::config::Settings;
 use crate::engine::{AlertsPath, CommandPath, EngineConfig, SourceSpec};
 use crate::http::AppState;
-use crate::log::{Log, LogAppender, LogDeadLetters};
+use crate::log::{Log, LogAppender};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::source::{kafka, Appender, DeadLetters, Source};
+use crate::source::{kafka, Appender, Source};
 use crate::store::Store;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -153,7 +153,7 @@ fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, me
 fn engine_config(
     settings: &Settings,
     mut sources: Vec<SourceSpec>,
-    dead_letters: Arc<dyn DeadLetters>,
+    appender: Arc<dyn Appender>,
     commands: CommandPath,
     alerts: AlertsPath,
 ) -> anyhow::Result<EngineConfig> {
@@ -174,7 +174,9 @@ fn engine_config(
         epoch: settings.epoch,
         epoch_max_events: settings.epoch_max_events,
         sources,
-        dead_letters: (!offline).then_some(dead_letters),
+        appender: (!offline).then_some(appender),
+        dead_letters: !offline,
+        max_in_flight: settings.max_in_flight_events,
         commands: (!settings.read_only && !offline).then_some(commands),
         restore: None,
         on_gap: settings.on_checkpoint_gap,
@@ -186,7 +188,7 @@ fn engine_config(
 async fn connect_kafka(
     settings: &Settings,
     kafka: &kafka::KafkaSettings,
-) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn DeadLetters>, Arc<dyn Source>, Arc<dyn Source>)> {
+) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn Source>, Arc<dyn Source>)> {
     let mut topics: Vec<String> = settings.sources.iter().map(|s| s.topic.clone()).collect();
     topics.extend([settings.commands_topic.clone(), settings.outcomes_topic.clone(), settings.alerts_topic.clone()]);
     topics.sort();
@@ -201,7 +203,7 @@ async fn connect_kafka(
     }
     let commands = kafka::KafkaTopic::open(kafka, &settings.commands_topic).with_context(|| format!("opening topic {}", settings.commands_topic))?;
     let alerts = kafka::KafkaTopic::open(kafka, &settings.alerts_topic).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
-    Ok((sources, Arc::new(kafka::KafkaDeadLetters::new(kafka)?), Arc::new(commands), Arc::new(alerts)))
+    Ok((sources, Arc::new(commands), Arc::new(alerts)))
 }
 
 /// Opens the data dir, starts the engine, binds the listener, and (with a
@@ -220,10 +222,19 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     let sink: SinkSlot = Arc::default();
     let checkpointer: CheckpointSlot = Arc::default();
 
-    // Commands and outcomes are written where the events live.
-    let appender: Arc<dyn Appender> = match &settings.kafka {
-        None => Arc::new(LogAppender::new(log.clone(), settings.partitions)),
-        Some(kafka) => Arc::new(kafka::KafkaAppender::new(kafka)?),
+    // Commands, outcomes, alert transitions and dead letters are written
+    // where the events live: on Kafka by one producer for the engine's
+    // outputs (retried until acknowledged) and one for commands (a request
+    // waits for each: bounded).
+    let (appender, command_appender): (Arc<dyn Appender>, Arc<dyn Appender>) = match &settings.kafka {
+        None => {
+            let log_appender: Arc<dyn Appender> = Arc::new(LogAppender::new(log.clone(), settings.partitions));
+            (log_appender.clone(), log_appender)
+        }
+        Some(kafka) => (
+            Arc::new(kafka::KafkaProducer::new(kafka, kafka::Delivery::UntilAcknowledged, shutdown.clone())?),
+            Arc::new(kafka::KafkaProducer::new(kafka, kafka::Delivery::Bounded, shutdown.clone())?),
+        ),
     };
 
     // The embedded log is local: open it now and fail fast. Kafka may be down:
@@ -236,12 +247,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 let source = log.topic(&decl.topic, settings.partitions).with_context(|| format!("opening topic {}", decl.topic))?;
                 sources.push(SourceSpec { source, format: decl.format, start: decl.start });
             }
-            let dead_letters: Arc<dyn DeadLetters> = Arc::new(LogDeadLetters::new(log.clone(), settings.partitions));
             let commands = log.topic(&settings.commands_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.commands_topic))?;
-            let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
+            let path = CommandPath { commands, events_topic: settings.outcomes_topic.clone() };
             let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
             webhooks.set_alerts(alerts.clone());
-            let mut config = engine_config(settings, sources, dead_letters, path, AlertsPath { source: alerts, appender: appender.clone() })?;
+            let mut config = engine_config(settings, sources, appender.clone(), path, AlertsPath { source: alerts })?;
             start_sink(settings, &config, &store, &metrics, &sink)?;
             recover(settings, &mut config, &store, &metrics, &checkpointer)?;
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
@@ -257,12 +267,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 let mut failures = 0u32;
                 loop {
                     match connect_kafka(&settings, &kafka).await {
-                        Ok((sources, dead_letters, commands, alerts)) => {
+                        Ok((sources, commands, alerts)) => {
                             store.set_waiting(None);
-                            let path = CommandPath { commands, appender: appender.clone(), events_topic: settings.outcomes_topic.clone() };
+                            let path = CommandPath { commands, events_topic: settings.outcomes_topic.clone() };
                             webhooks.set_alerts(alerts.clone());
-                            let alerts = AlertsPath { source: alerts, appender: appender.clone() };
-                            let config = engine_config(&settings, sources, dead_letters, path, alerts).and_then(|mut config| {
+                            let alerts = AlertsPath { source: alerts };
+                            let config = engine_config(&settings, sources, appender.clone(), path, alerts).and_then(|mut config| {
                                 start_sink(&settings, &config, &store, &metrics, &sink)?;
                                 recover(&settings, &mut config, &store, &metrics, &checkpointer)?;
                                 Ok(config)
@@ -312,7 +322,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             std::sync::Arc::new(crate::http::auth::Auth { keys, rate_limit })
         }),
         request_timeout: settings.request_timeout,
-        commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(appender, settings.commands_topic.clone())?) },
+        commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(command_appender, settings.commands_topic.clone())?) },
     };
     let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");

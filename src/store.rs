@@ -144,6 +144,8 @@ pub struct Store {
     changes: std::sync::Mutex<Changelog>,
     /// What each sink is doing (`clickhouse` → `writing`, `retrying: ...`), for `/ready`.
     sinks: RwLock<BTreeMap<&'static str, String>>,
+    /// Outputs holding the engine back (`publisher` → what it waits for), for `/ready`.
+    held_back: RwLock<BTreeMap<&'static str, String>>,
 }
 
 impl Default for Store {
@@ -173,6 +175,7 @@ impl Store {
             failing: RwLock::new(BTreeMap::new()),
             submitted: std::sync::Mutex::new(std::collections::HashMap::new()),
             sinks: RwLock::new(BTreeMap::new()),
+            held_back: RwLock::new(BTreeMap::new()),
         }
     }
 
@@ -224,6 +227,20 @@ impl Store {
     /// Records why the engine is not reading yet (`None` once it is).
     pub fn set_waiting(&self, reason: Option<String>) {
         *self.waiting.write().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    /// Records that `who` holds the engine back, and why (`None`: no longer).
+    pub fn set_held_back(&self, who: &'static str, why: Option<String>) {
+        let mut held = self.held_back.write().unwrap_or_else(|p| p.into_inner());
+        match why {
+            Some(why) => held.insert(who, why),
+            None => held.remove(who),
+        };
+    }
+
+    /// The last published epoch (cheaper than a snapshot).
+    pub fn published_epoch(&self) -> Epoch {
+        *self.published.borrow()
     }
 
     /// Records that reading `topic/partition` failed (`Some`) or works again (`None`).
@@ -297,6 +314,9 @@ impl Store {
         }
         if let Some((source, error)) = self.failing.read().unwrap_or_else(|p| p.into_inner()).iter().next() {
             return Err(format!("reading {source} fails: {error}"));
+        }
+        if let Some((who, why)) = self.held_back.read().unwrap_or_else(|p| p.into_inner()).iter().next() {
+            return Err(format!("held back by the {who}: {why}"));
         }
         let targets = self.startup_targets.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(targets) = targets else {

@@ -30,6 +30,7 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         workers,
         epoch: Duration::from_millis(10),
         epoch_max_events: 10_000,
+        max_in_flight_events: 400_000,
         partitions: 3,
         insecure_listen: false,
         api_keys: None,
@@ -38,7 +39,7 @@ fn settings(dir: &std::path::Path, topic: &str, workers: usize) -> Settings {
         read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,
-        kafka: Some(KafkaSettings { brokers: brokers(), group_id: "stockflow-tests".into() }),
+        kafka: Some(KafkaSettings::new(brokers(), "stockflow-tests")),
         sources: vec![SourceDecl::new(topic, Format::Stockflow)],
         // Per test: the broker is shared by every test.
         commands_topic: format!("{topic}.commands"),
@@ -259,7 +260,7 @@ async fn a_broker_down_at_start_is_waited_for_then_read() {
     let topic = unique("late");
     let dir = tempfile::tempdir().unwrap();
     let mut late = settings(dir.path(), &topic, 1);
-    late.kafka = Some(KafkaSettings { brokers: brokers.clone(), group_id: "stockflow-tests".into() });
+    late.kafka = Some(KafkaSettings::new(brokers.clone(), "stockflow-tests"));
     let running = tokio::time::timeout(Duration::from_secs(10), server::start(&late)).await.expect("start does not wait for the broker").unwrap();
     let (status, _) = get(&running, "/health").await;
     assert_eq!(status, 200, "alive while the broker is down");
@@ -502,7 +503,7 @@ async fn a_broker_outage_mid_stream_loses_and_doubles_nothing() {
     let topic = unique("outage");
     let dir = tempfile::tempdir().unwrap();
     let mut outage = settings(dir.path(), &topic, 2);
-    outage.kafka = Some(KafkaSettings { brokers: brokers.clone(), group_id: "stockflow-tests".into() });
+    outage.kafka = Some(KafkaSettings::new(brokers.clone(), "stockflow-tests"));
     let running = server::start(&outage).await.unwrap();
     eventually(&running, "/ready", |status, _| status == 200).await;
 
@@ -613,7 +614,7 @@ async fn a_broker_restart_mid_stream_loses_and_doubles_nothing() {
     let topic = unique("restart");
     let dir = tempfile::tempdir().unwrap();
     let mut restart = settings(dir.path(), &topic, 2);
-    restart.kafka = Some(KafkaSettings { brokers: brokers.clone(), group_id: "stockflow-tests".into() });
+    restart.kafka = Some(KafkaSettings::new(brokers.clone(), "stockflow-tests"));
     let running = start_ready(&restart).await;
 
     let mut expected = 0i64;

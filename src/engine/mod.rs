@@ -12,7 +12,7 @@ mod publish;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::source::{Appender, DeadLetter, DeadLetters, PartitionReader, Record, Source, SourceError};
+use crate::source::{Appender, DeadLetter, PartitionReader, Record, Source, SourceError};
 use crate::store::Store;
 use anyhow::Context;
 use differential_dataflow::input::InputSession;
@@ -123,8 +123,16 @@ pub struct EngineConfig {
     pub epoch_max_events: usize,
     /// Topics to read, each from its [`Start`].
     pub sources: Vec<SourceSpec>,
-    /// Where undecodable messages go (`<topic>.dlq`); `None`: counted and skipped only.
-    pub dead_letters: Option<Arc<dyn DeadLetters>>,
+    /// Writes everything the engine produces: the decider's outcomes, alert
+    /// transitions and dead letters (one producer; `None`: writes nothing).
+    pub appender: Option<Arc<dyn Appender>>,
+    /// Undecodable messages go to `<topic>.dlq` through `appender`; false:
+    /// counted and skipped only.
+    pub dead_letters: bool,
+    /// Most events read but not yet published, over all workers: past it the
+    /// sources stop reading until the publisher (and the outputs it waits
+    /// for) catch up, so a slow or stuck output holds memory flat.
+    pub max_in_flight: usize,
     /// The write path, when commands are taken.
     pub commands: Option<CommandPath>,
     /// Low-stock thresholds and hysteresis.
@@ -156,13 +164,12 @@ impl Default for KpiConfig {
     }
 }
 
-/// The alerts topic: read at start (which transitions it holds) and appended to.
+/// The alerts topic: read at start (which transitions it holds) and
+/// appended to through the engine's appender.
 #[derive(Clone)]
 pub struct AlertsPath {
     /// The alerts topic, to read.
     pub source: Arc<dyn Source>,
-    /// Writes alert events.
-    pub appender: Arc<dyn Appender>,
 }
 
 /// The fields of an alert event (`rows::alert_event_json`) that name its transition.
@@ -255,13 +262,12 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
 
 /// The write path: commands are read from `commands` (always from the
 /// earliest offset: commands already decided are recognised in the event log
-/// and not decided again) and their outcomes appended to `events_topic`.
+/// and not decided again) and their outcomes appended to `events_topic`
+/// through the engine's appender.
 #[derive(Clone)]
 pub struct CommandPath {
     /// The commands topic (`inventory.commands`).
     pub commands: Arc<dyn Source>,
-    /// Writes outcomes.
-    pub appender: Arc<dyn Appender>,
     /// Where outcomes go (`inventory.events`).
     pub events_topic: String,
 }
@@ -302,6 +308,10 @@ impl EngineHandle {
 /// Starts the workers on their own threads and returns at once.
 pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<EngineHandle> {
     anyhow::ensure!(config.workers >= 1, "--workers must be at least 1");
+    anyhow::ensure!(
+        config.appender.is_some() || (config.alerts.is_none() && config.commands.is_none() && !config.dead_letters),
+        "outcomes, alert transitions and dead letters need an appender"
+    );
     // What "caught up" means for /ready: the ends of the partitions now.
     // And where each partition begins (`starts[source][partition]`).
     let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
@@ -388,17 +398,19 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets, restore, restored_alerts });
     let alerts_to = match &config.alerts {
         Some(path) => Some(publish::AlertsOut {
-            appender: path.appender.clone(),
             topic: path.source.topic().to_owned(),
             written: read_written_alerts(path.source.as_ref(), &store, &shutdown)?,
         }),
         None => None,
     };
     let (to_publisher, from_workers) = std::sync::mpsc::channel();
+    let (letters_to_publisher, letters) = std::sync::mpsc::channel();
     let publisher = {
         let outputs = publish::Outputs {
             topics: inputs.iter().map(|(source, _, _)| source.topic().to_owned()).collect(),
-            outcomes_to: config.commands.as_ref().map(|path| (path.appender.clone(), path.events_topic.clone())),
+            appender: config.appender.clone(),
+            letters,
+            outcomes_to: config.commands.as_ref().map(|path| path.events_topic.clone()),
             alerts_to,
             kpis: config.kpis.as_ref().map(|kpis| {
                 let retention = i64::try_from(kpis.retention.as_millis()).unwrap_or(i64::MAX);
@@ -420,7 +432,8 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     }
     let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
-            if let Err(error) = worker::run(worker, &config, &plan, &store, &metrics, &shutdown, to_publisher.clone()) {
+            let to_publisher = (to_publisher.clone(), letters_to_publisher.clone());
+            if let Err(error) = worker::run(worker, &config, &plan, &store, &metrics, &shutdown, to_publisher) {
                 tracing::error!(%error, "worker stopped");
                 shutdown.trigger();
             }
@@ -591,32 +604,6 @@ fn commit_offsets(sources: Vec<Arc<dyn Source>>, store: &Store, metrics: &Metric
     }
 }
 
-/// Sends a dead letter, retrying with backoff until it is acknowledged (or
-/// shutdown): the engine does not read past a message whose letter is not
-/// written.
-fn send_dead_letter(dead_letters: &dyn DeadLetters, letter: &DeadLetter<'_>, metrics: &Metrics, shutdown: &Shutdown) {
-    let mut failures = 0u32;
-    loop {
-        match dead_letters.send(letter) {
-            Ok(()) => {
-                metrics.dead_letters.with_label_values(&[letter.topic, letter.class]).inc();
-                metrics.events_out.with_label_values(&[&format!("{}.dlq", letter.topic)]).inc();
-                return;
-            }
-            Err(error) => {
-                failures += 1;
-                metrics.dead_letter_failures.with_label_values(&[letter.topic]).inc();
-                let backoff = Duration::from_millis(100u64 << failures.min(6));
-                tracing::warn!(%error, topic = letter.topic, offset = letter.record.offset, retry_in_ms = backoff.as_millis() as u64, "dead letter not acknowledged; retrying");
-                if shutdown.is_triggered() {
-                    return;
-                }
-                std::thread::sleep(backoff);
-            }
-        }
-    }
-}
-
 /// The per-worker read loop.
 mod worker {
     use super::*;
@@ -682,7 +669,7 @@ mod worker {
         store: &Arc<Store>,
         metrics: &Metrics,
         shutdown: &Shutdown,
-        to_publisher: std::sync::mpsc::Sender<publish::Completed>,
+        (to_publisher, letters_to_publisher): (std::sync::mpsc::Sender<publish::Completed>, std::sync::mpsc::Sender<publish::Letters>),
     ) -> Result<(), SourceError> {
         let index = worker.index();
         let peers = worker.peers();
@@ -754,6 +741,14 @@ mod worker {
         let mut records = Vec::with_capacity(READ_CHUNK);
         let mut events = Vec::new();
         let mut commands_open = false;
+        // This epoch's dead letters: sent as they come, acknowledged before
+        // the publisher publishes the epoch (it waits for them).
+        let new_letters = || publish::Letters::new(config.appender.clone().filter(|_| config.dead_letters));
+        let mut letters = new_letters();
+        // Messages read per closed epoch not yet published, oldest first, and their sum.
+        let budget = (config.max_in_flight / peers).max(1);
+        let mut in_flight: std::collections::VecDeque<(Epoch, usize)> = std::collections::VecDeque::new();
+        let mut in_flight_sum = 0usize;
         while !shutdown.is_triggered() {
             let deadline = Instant::now() + config.epoch;
             let mut read_in_epoch = 0usize;
@@ -762,13 +757,21 @@ mod worker {
                 if !commands_open {
                     commands_open = store.snapshot().as_of.covers(&plan.event_targets);
                 }
+                let published = store.published_epoch();
+                while let Some(&(_, count)) = in_flight.front().filter(|(closed, _)| *closed <= published) {
+                    in_flight.pop_front();
+                    in_flight_sum -= count;
+                    metrics.events_in_flight.sub(count as i64);
+                }
+                // Room left under the bound on events in flight (0: wait for the publisher).
+                let room = budget.saturating_sub(in_flight_sum + read_in_epoch);
                 for part in assigned.iter_mut() {
                     let is_commands = matches!(part.input, Input::Commands | Input::TradexCommands);
-                    if part.retry_at.is_some_and(|at| Instant::now() < at) || (is_commands && !commands_open) {
+                    if room == 0 || part.retry_at.is_some_and(|at| Instant::now() < at) || (is_commands && !commands_open) {
                         continue;
                     }
                     records.clear();
-                    let budget = READ_CHUNK.min(config.epoch_max_events.saturating_sub(read_in_epoch).max(1));
+                    let budget = READ_CHUNK.min(config.epoch_max_events.saturating_sub(read_in_epoch).max(1)).min(room);
                     match part.reader.read(budget, &mut records) {
                         Ok(_) => {
                             if part.failures > 0 {
@@ -812,19 +815,11 @@ mod worker {
                                 }
                             }
                             Err(error) => {
-                                tracing::warn!(topic = %part.topic, partition = part.reader.partition(), offset = record.offset, %error, "message does not decode: to the dead-letter topic");
+                                tracing::debug!(topic = %part.topic, partition, offset = record.offset, %error, "message does not decode: to the dead-letter topic");
                                 metrics.decode_errors.with_label_values(&[&part.topic, error.class()]).inc();
-                                if let Some(dead_letters) = &config.dead_letters {
-                                    let reason = error.to_string();
-                                    let letter = DeadLetter {
-                                        topic: &part.topic,
-                                        partition: part.reader.partition(),
-                                        record: &record,
-                                        reason: &reason,
-                                        class: error.class(),
-                                    };
-                                    send_dead_letter(dead_letters.as_ref(), &letter, metrics, shutdown);
-                                }
+                                let reason = error.to_string();
+                                let letter = DeadLetter { topic: &part.topic, partition, record: &record, reason: &reason, class: error.class() };
+                                letters.push(&letter);
                             }
                         }
                         read_now += 1;
@@ -832,6 +827,7 @@ mod worker {
                     if decoded > 0 {
                         metrics.events_in.with_label_values(&[&part.topic]).inc_by(decoded);
                     }
+                    letters.send();
                 }
                 read_in_epoch += read_now;
                 let now = Instant::now();
@@ -863,8 +859,18 @@ mod worker {
                     metrics.source_lag.with_label_values(&labels).set(end.saturating_sub(position) as i64);
                 }
             }
+            if !letters.is_empty() {
+                // Before the epoch closes: the publisher has them when it can publish it.
+                let _ = letters_to_publisher.send(std::mem::replace(&mut letters, new_letters()).for_epoch(epoch));
+            }
+            if read_in_epoch > 0 {
+                in_flight.push_back((epoch, read_in_epoch));
+                in_flight_sum += read_in_epoch;
+                metrics.events_in_flight.add(read_in_epoch as i64);
+            }
             clock.close(worker, &mut events_in, &mut commands_in, &mut progress_in, &mut epoch);
         }
+        metrics.events_in_flight.sub(in_flight_sum as i64);
         drop(events_in);
         drop(commands_in);
         drop(progress_in);

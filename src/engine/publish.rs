@@ -7,7 +7,8 @@ use crate::changes::{Batch, Row};
 use crate::metrics::Metrics;
 use crate::rows::{alert_event_json, low_stock_row, LowStockRow};
 use crate::shutdown::Shutdown;
-use crate::source::Appender;
+use crate::source::outbox::{Patience, Watch};
+use crate::source::{Appender, DeadLetter, Outbox, Outgoing};
 use crate::store::{Snapshot, Store};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -185,12 +186,75 @@ impl Publisher {
     }
 }
 
+/// One worker's dead letters of one epoch: sent to `<topic>.dlq` as they
+/// come, and acknowledged before the publisher publishes the epoch (it
+/// waits for them), so no message is skipped without its letter written.
+pub struct Letters {
+    /// `None`: dead letters are off (counted only).
+    outbox: Option<Outbox>,
+    /// Letters per (source topic, reason class), counted once acknowledged.
+    counts: Vec<((String, &'static str), u64)>,
+    /// The epoch they were read in.
+    epoch: Epoch,
+}
+
+impl Letters {
+    /// No letters yet; written through `appender` (`None`: not written).
+    pub fn new(appender: Option<Arc<dyn Appender>>) -> Letters {
+        Letters { outbox: appender.map(Outbox::new), counts: Vec::new(), epoch: 0 }
+    }
+
+    /// Adds a letter (it leaves at the next [`Letters::send`]).
+    pub fn push(&mut self, letter: &DeadLetter<'_>) {
+        let Some(outbox) = self.outbox.as_mut() else { return };
+        outbox.push(&format!("{}.dlq", letter.topic), Outgoing::dead_letter(letter, outbox.carries_headers()));
+        match self.counts.iter_mut().find(|((topic, class), _)| topic == letter.topic && *class == letter.class) {
+            Some((_, count)) => *count += 1,
+            None => self.counts.push(((letter.topic.to_owned(), letter.class), 1)),
+        }
+    }
+
+    /// Hands the letters pushed so far to the producer, without waiting.
+    pub fn send(&mut self) {
+        if let Some(outbox) = self.outbox.as_mut() {
+            outbox.send();
+        }
+    }
+
+    /// True when there is nothing to wait for.
+    pub fn is_empty(&self) -> bool {
+        self.outbox.as_ref().is_none_or(Outbox::is_empty)
+    }
+
+    /// Labels the letters with the epoch they were read in.
+    pub fn for_epoch(mut self, epoch: Epoch) -> Letters {
+        self.epoch = epoch;
+        self
+    }
+}
+
+/// What the publisher's waits for acknowledgements do: count failures by
+/// topic, and say in `/ready` which output holds the engine back.
+struct OutputWatch<'a> {
+    store: &'a Store,
+    metrics: &'a Metrics,
+}
+
+impl Watch for OutputWatch<'_> {
+    fn failed(&self, topic: &str, failed: usize, error: &str, retry_in: std::time::Duration) {
+        self.metrics.append_failures.with_label_values(&[topic]).inc_by(failed as u64);
+        tracing::warn!(topic, failed, error, retry_in_ms = retry_in.as_millis() as u64, "records not acknowledged; sending them again");
+    }
+
+    fn waiting(&self, why: Option<String>) {
+        self.store.set_held_back("publisher", why);
+    }
+}
+
 /// Where alert transitions are written: the alerts topic, with the
 /// transitions it already holds, so that a transition computed again after a
 /// restart (the views are rebuilt from the log) is not written twice.
 pub struct AlertsOut {
-    /// Writes the alert events.
-    pub appender: Arc<dyn Appender>,
     /// `alerts.events`.
     pub topic: String,
     /// The highest transition already in the topic per stock row, by kind
@@ -202,8 +266,12 @@ pub struct AlertsOut {
 pub struct Outputs {
     /// Topic names by source index (for `as_of`).
     pub topics: Vec<String>,
+    /// Writes outcomes, alert transitions and dead letters.
+    pub appender: Option<Arc<dyn Appender>>,
+    /// The workers' dead letters, by epoch: acknowledged before it is published.
+    pub letters: std::sync::mpsc::Receiver<Letters>,
     /// Where the decider's outcomes are appended, when there is a decider.
-    pub outcomes_to: Option<(Arc<dyn Appender>, String)>,
+    pub outcomes_to: Option<String>,
     /// Where alert transitions are appended, when they are.
     pub alerts_to: Option<AlertsOut>,
     /// The KPI table, when KPIs are on.
@@ -222,7 +290,10 @@ pub struct Outputs {
 /// them), and, when change streams are on, hands the store the row changes of
 /// the publish with the snapshot.
 pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs: Outputs, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) {
-    let Outputs { topics, outcomes_to, mut alerts_to, kpis, restored_alerts } = outputs;
+    let Outputs { topics, appender, letters, outcomes_to, mut alerts_to, kpis, restored_alerts } = outputs;
+    let watch = OutputWatch { store: &store, metrics: &metrics };
+    // Letters of epochs not published yet.
+    let mut letters_due: Vec<Letters> = Vec::new();
     let mut kpis = kpis.map(|table| (table, Gauging::default()));
     let mut working = Snapshot::default();
     // A checkpoint's alerts are the view's first rows; their skus' gauges are
@@ -321,28 +392,63 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         let tracked = track.then_some(&mut rows);
         let tracked = apply_deltas(stock, &mut working.stock, tracked, Row::Stock);
         apply_deltas(totals, &mut working.stock_totals, tracked, Row::Total);
-        // Outcomes are durable in the event log before anyone can see them.
-        if let Some((appender, topic)) = &outcomes_to {
-            if !outcomes.is_empty() {
-                outcomes.sort_by(|a, b| (&a.tenant, a.seq, &a.id).cmp(&(&b.tenant, b.seq, &b.id)));
-                let records: Vec<(Vec<u8>, Vec<u8>)> = outcomes
-                    .iter()
-                    .map(|event| {
-                        let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
-                        (key.into_bytes(), serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize"))
-                    })
-                    .collect();
-                if append_retrying(appender.as_ref(), topic, &records, &metrics.outcome_append_failures, &shutdown) {
-                    metrics.outcomes.inc_by(records.len() as u64);
-                    metrics.events_out.with_label_values(&[topic.as_str()]).inc_by(records.len() as u64);
+        // Outcomes, alert transitions and the dead letters of these epochs are
+        // durable before anyone can see the epochs: queued together, awaited once.
+        let mut outbox = appender.clone().map(Outbox::new);
+        let mut outcomes_out = 0;
+        if let (Some(topic), Some(outbox)) = (&outcomes_to, outbox.as_mut()) {
+            outcomes.sort_by(|a, b| (&a.tenant, a.seq, &a.id).cmp(&(&b.tenant, b.seq, &b.id)));
+            for event in &outcomes {
+                let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
+                outbox.push(topic, Outgoing::new(key, serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize")));
+            }
+            outcomes_out = outcomes.len();
+        }
+        alerts.sort_by(|a, b| (a.1, &a.0.key, a.0.kind).cmp(&(b.1, &b.0.key, b.0.kind)));
+        let fresh = match (alerts_to.as_ref(), outbox.as_mut()) {
+            (Some(out), Some(outbox)) => out.queue(&alerts, outbox),
+            _ => Vec::new(),
+        };
+        if let Some(outbox) = outbox.as_mut() {
+            outbox.send();
+        }
+        letters_due.extend(letters.try_iter());
+        let (due, later): (Vec<Letters>, Vec<Letters>) = std::mem::take(&mut letters_due).into_iter().partition(|l| l.epoch <= working.as_of.epoch);
+        letters_due = later;
+        let mut halted = None;
+        for mut due in due {
+            let Some(letters) = due.outbox.as_mut() else { continue };
+            match letters.settle(Patience::UntilAcknowledged(&shutdown), &watch) {
+                Ok(_) => {
+                    for ((topic, class), count) in due.counts {
+                        metrics.dead_letters.with_label_values(&[&topic, class]).inc_by(count);
+                        metrics.events_out.with_label_values(&[&format!("{topic}.dlq")]).inc_by(count);
+                    }
                 }
+                Err(error) => halted = Some(error),
             }
         }
-        if !alerts.is_empty() {
-            alerts.sort_by(|a, b| (a.1, &a.0.key, a.0.kind).cmp(&(b.1, &b.0.key, b.0.kind)));
-            if let Some(out) = alerts_to.as_mut() {
-                write_alerts(out, &alerts, &metrics, &shutdown);
+        if let Some(outbox) = outbox.as_mut() {
+            match outbox.settle(Patience::UntilAcknowledged(&shutdown), &watch) {
+                Ok(_) => {
+                    if let Some(topic) = outcomes_to.as_ref().filter(|_| outcomes_out > 0) {
+                        metrics.outcomes.inc_by(outcomes_out as u64);
+                        metrics.events_out.with_label_values(&[topic.as_str()]).inc_by(outcomes_out as u64);
+                    }
+                    if let Some(out) = alerts_to.as_mut() {
+                        out.written(&fresh, &metrics);
+                    }
+                }
+                Err(error) => halted = Some(error),
             }
+        }
+        if let Some(error) = halted {
+            // Only at shutdown: the epochs stay unpublished (the checkpoint and
+            // the committed offsets stay before them), so a restart reads them again.
+            tracing::error!(%error, epoch = working.as_of.epoch, "stopping without publishing these epochs: their outputs were not acknowledged");
+            return;
+        }
+        if !alerts.is_empty() {
             // Counted per kind and state here, set once below: no label lookup per alert.
             let mut counts = [[0u64; 2]; 2];
             for (alert, epoch) in alerts {
@@ -480,50 +586,32 @@ fn low_stock_of(snapshot: &Snapshot, key: &StockKey) -> Option<LowStockRow> {
     snapshot.alerts.get(key).and_then(|pair| low_stock_row(pair, snapshot.stock.get(key)))
 }
 
-/// Appends the alert transitions the alerts topic does not hold yet, keyed
-/// `tenant/sku` (one partition per sku: in order per key), retrying with
-/// backoff until acknowledged (or shutdown).
-fn write_alerts(out: &mut AlertsOut, alerts: &[(Alert, Epoch)], metrics: &Metrics, shutdown: &Shutdown) {
-    let fresh: Vec<&(Alert, Epoch)> =
-        alerts.iter().filter(|(alert, _)| out.written.get(&alert.key).is_none_or(|written| alert.transition > written[alert.kind as usize])).collect();
-    if fresh.is_empty() {
-        return;
-    }
-    let records: Vec<(Vec<u8>, Vec<u8>)> = fresh
-        .iter()
-        .map(|(alert, epoch)| {
-            let key = format!("{}/{}", alert.key.tenant, alert.key.sku);
-            (key.into_bytes(), serde_json::to_vec(&alert_event_json(alert, *epoch)).expect("JSON values serialize"))
-        })
-        .collect();
-    if !append_retrying(out.appender.as_ref(), &out.topic, &records, &metrics.alert_append_failures, shutdown) {
-        return;
-    }
-    metrics.alerts_written.inc_by(records.len() as u64);
-    metrics.events_out.with_label_values(&[out.topic.as_str()]).inc_by(records.len() as u64);
-    for (alert, _) in fresh {
-        out.written.entry(alert.key.clone()).or_default()[alert.kind as usize] = alert.transition;
-    }
-}
-
-/// Appends `records` to `topic`, retrying with backoff until they are
-/// acknowledged (true) or shutdown (false): the views that show what they
-/// record (command outcomes, alert transitions) never get ahead of the log.
-fn append_retrying(appender: &dyn Appender, topic: &str, records: &[(Vec<u8>, Vec<u8>)], failures: &prometheus::IntCounter, shutdown: &Shutdown) -> bool {
-    let mut attempts = 0u32;
-    loop {
-        match appender.append(topic, records) {
-            Ok(_) => return true,
-            Err(error) => {
-                attempts += 1;
-                failures.inc();
-                let backoff = std::time::Duration::from_millis(100u64 << attempts.min(6));
-                tracing::warn!(%error, topic, retry_in_ms = backoff.as_millis() as u64, "appending to the log failed; retrying");
-                if shutdown.is_triggered() {
-                    return false;
-                }
-                std::thread::sleep(backoff);
+impl AlertsOut {
+    /// Queues the transitions the alerts topic does not hold yet, keyed
+    /// `tenant/sku` (one partition per sku: in order per key); returns them,
+    /// to note as written once acknowledged.
+    fn queue(&self, alerts: &[(Alert, Epoch)], outbox: &mut Outbox) -> Vec<(StockKey, AlertKind, u64)> {
+        let mut fresh = Vec::new();
+        for (alert, epoch) in alerts {
+            if self.written.get(&alert.key).is_some_and(|written| alert.transition <= written[alert.kind as usize]) {
+                continue;
             }
+            let key = format!("{}/{}", alert.key.tenant, alert.key.sku);
+            outbox.push(&self.topic, Outgoing::new(key, serde_json::to_vec(&alert_event_json(alert, *epoch)).expect("JSON values serialize")));
+            fresh.push((alert.key.clone(), alert.kind, alert.transition));
+        }
+        fresh
+    }
+
+    /// Notes `fresh` transitions as written (acknowledged).
+    fn written(&mut self, fresh: &[(StockKey, AlertKind, u64)], metrics: &Metrics) {
+        if fresh.is_empty() {
+            return;
+        }
+        metrics.alerts_written.inc_by(fresh.len() as u64);
+        metrics.events_out.with_label_values(&[self.topic.as_str()]).inc_by(fresh.len() as u64);
+        for (key, kind, transition) in fresh {
+            self.written.entry(key.clone()).or_default()[*kind as usize] = *transition;
         }
     }
 }

@@ -77,24 +77,19 @@ impl CommandWriter {
             while let Ok(first) = from_handlers.recv() {
                 let mut batch = vec![first];
                 batch.extend(from_handlers.try_iter().take(MAX_APPEND_BATCH - 1));
-                let mut records = Vec::with_capacity(batch.len());
+                let mut outbox = crate::source::Outbox::new(appender.clone());
                 let mut replies = Vec::with_capacity(batch.len());
                 for (key, payload, reply) in batch {
-                    records.push((key, payload));
+                    outbox.push(&thread_topic, crate::source::Outgoing::new(key, payload));
                     replies.push(reply);
                 }
-                match appender.append(&thread_topic, &records) {
-                    Ok(positions) => {
-                        for (reply, position) in replies.into_iter().zip(positions) {
-                            let _ = reply.send(Ok(position));
-                        }
-                    }
-                    Err(error) => {
-                        let error = error.to_string();
-                        for reply in replies {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                    }
+                // One attempt: the request is waiting, and its answer says what happened.
+                let landings = match outbox.settle(crate::source::outbox::Patience::Once, &crate::source::outbox::LogOnly) {
+                    Ok(landings) => landings,
+                    Err(error) => vec![Err(error.to_string()); replies.len()],
+                };
+                for (reply, landing) in replies.into_iter().zip(landings) {
+                    let _ = reply.send(landing);
                 }
             }
         })?;

@@ -273,45 +273,19 @@ impl LogAppender {
 }
 
 impl crate::source::Appender for LogAppender {
-    fn append(&self, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>, SourceError> {
-        let topic = self.log.topic(topic, self.partitions)?;
+    /// Appends at once (one lock and one write per partition) and reports
+    /// every record landed, or every one failed with the error.
+    fn enqueue(&self, topic: &str, records: &[(usize, &crate::source::Outgoing)], acks: &Arc<crate::source::Acks>) {
         let now = chrono::Utc::now().timestamp_millis();
-        let batch: Vec<(&[u8], &[u8], i64)> = records.iter().map(|(key, payload)| (key.as_slice(), payload.as_slice(), now)).collect();
-        topic.append_batch(&batch)
+        let batch: Vec<(&[u8], &[u8], i64)> = records.iter().map(|(_, record)| (record.key.as_slice(), record.payload.as_slice(), now)).collect();
+        match self.log.topic(topic, self.partitions).and_then(|topic| topic.append_batch(&batch)) {
+            Ok(landings) => records.iter().zip(landings).for_each(|((slot, _), landing)| acks.report(*slot, Ok(landing))),
+            Err(error) => records.iter().for_each(|(slot, _)| acks.report(*slot, Err(error.to_string()))),
+        }
     }
-}
 
-/// Dead letters into the embedded log: `<topic>.dlq`, one JSON envelope per
-/// letter (the embedded log has no headers): `error`, `error_class`,
-/// `source_topic`, `source_partition`, `source_offset`, `key` and `payload`
-/// (both as UTF-8 text, lossy).
-pub struct LogDeadLetters {
-    log: Arc<Log>,
-    partitions: u32,
-}
-
-impl LogDeadLetters {
-    /// Letters go to `<topic>.dlq` topics of `log`, created with `partitions`.
-    pub fn new(log: Arc<Log>, partitions: u32) -> LogDeadLetters {
-        LogDeadLetters { log, partitions }
-    }
-}
-
-impl crate::source::DeadLetters for LogDeadLetters {
-    fn send(&self, letter: &crate::source::DeadLetter<'_>) -> Result<(), SourceError> {
-        let topic = self.log.topic(&format!("{}.dlq", letter.topic), self.partitions)?;
-        let envelope = serde_json::json!({
-            "error": letter.reason,
-            "error_class": letter.class,
-            "source_topic": letter.topic,
-            "source_partition": letter.partition,
-            "source_offset": letter.record.offset,
-            "key": letter.record.key.as_deref().map(String::from_utf8_lossy),
-            "payload": String::from_utf8_lossy(&letter.record.payload),
-        });
-        let key = letter.record.key.clone().unwrap_or_default();
-        topic.append(&key, envelope.to_string().as_bytes(), letter.record.timestamp_ms)?;
-        Ok(())
+    fn carries_headers(&self) -> bool {
+        false
     }
 }
 

@@ -7,18 +7,19 @@
 //! offsets its published views reflect under the group id, for lag
 //! monitoring only ([`Source::commit`]).
 
-use super::{PartitionReader, Record, Source, SourceError};
+use super::{Acks, Outgoing, PartitionReader, Record, Source, SourceError};
+use crate::shutdown::Shutdown;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::cell::Cell;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How to reach the cluster.
@@ -30,6 +31,17 @@ pub struct KafkaSettings {
     /// the offsets its views reflect under it, so that `kafka-consumer-groups`
     /// and lag exporters see its progress. Never read back.
     pub group_id: String,
+    /// librdkafka properties for stockflow's producer, set last
+    /// (`--kafka-producer-option KEY=VALUE`): e.g. `compression.type`, or a
+    /// small `queue.buffering.max.messages` in tests that force a full queue.
+    pub producer_options: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// Settings for `brokers` under `group_id`, with no producer options.
+    pub fn new(brokers: impl Into<String>, group_id: impl Into<String>) -> KafkaSettings {
+        KafkaSettings { brokers: brokers.into(), group_id: group_id.into(), producer_options: Vec::new() }
+    }
 }
 
 /// Timeout of metadata and watermark requests.
@@ -254,33 +266,53 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String], partitio
     Ok(())
 }
 
-/// Collects delivery failures of the dead-letter producer.
-#[derive(Default)]
-struct AckContext {
-    failures: Mutex<Vec<String>>,
-}
+/// Delivery reports: each record carries its batch's [`Acks`] and its slot there.
+struct Reports;
 
-impl ClientContext for AckContext {}
+impl ClientContext for Reports {}
 
-impl ProducerContext for AckContext {
-    type DeliveryOpaque = ();
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<(Arc<Acks>, usize)>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
-        if let Err((error, _)) = result {
-            self.failures.lock().unwrap_or_else(|p| p.into_inner()).push(error.to_string());
-        }
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (acks, slot) = *opaque;
+        acks.report(
+            slot,
+            match result {
+                Ok(message) => Ok((message.partition() as u32, message.offset() as u64)),
+                Err((error, _)) => Err(error.to_string()),
+            },
+        );
     }
 }
 
-/// Writes undecodable messages to `<topic>.dlq` and waits for the broker's acknowledgement.
-pub struct KafkaDeadLetters {
-    producer: BaseProducer<AckContext>,
+/// What a producer is for, which sets how long librdkafka tries a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The engine's outputs (outcomes, alert transitions, dead letters):
+    /// librdkafka retries a record until the broker takes it
+    /// (`message.timeout.ms=0`), so a record is never reported failed
+    /// because the broker was away, and stockflow never sends it a second
+    /// time; the engine waits, and `/ready` says for what.
+    UntilAcknowledged,
+    /// Commands appended for an HTTP request that is waiting: a record not
+    /// acknowledged within 10 s is reported failed and the request answered.
+    Bounded,
 }
 
-/// The producer configuration: `acks=all`, so an acknowledged record is durable.
-fn producer_config(settings: &KafkaSettings) -> ClientConfig {
+/// Writes records to Kafka topics (`acks=all`, idempotent) and reports where
+/// each landed: the one producer behind every [`super::Appender`] use on
+/// Kafka. Delivery reports are served by rdkafka's polling thread.
+pub struct KafkaProducer {
+    producer: ThreadedProducer<Reports>,
+    /// Ends the wait on a full queue once the process stops.
+    shutdown: Shutdown,
+}
+
+/// The producer configuration, on top of [`client_config`] and before the
+/// operator's `kafka_producer_options`.
+fn producer_config(settings: &KafkaSettings, delivery: Delivery) -> ClientConfig {
     let mut config = client_config(settings);
-    config.set("acks", "all").set("enable.idempotence", "false").set("message.timeout.ms", "10000");
     // Consumer-only settings are ignored (with a warning) by a producer; drop them.
     for key in [
         "group.id",
@@ -291,106 +323,89 @@ fn producer_config(settings: &KafkaSettings) -> ClientConfig {
         "max.poll.interval.ms",
         "fetch.queue.backoff.ms",
         "fetch.wait.max.ms",
+        "max.partition.fetch.bytes",
     ] {
         config.remove(key);
     }
     config
+        // Told apart from the readers in the broker's logs and quotas.
+        .set("client.id", "stockflow-producer")
+        // Durable once acknowledged, and librdkafka's own retries (after a
+        // lost connection) never write a record twice nor out of order.
+        .set("acks", "all")
+        .set("enable.idempotence", "true");
+    match delivery {
+        Delivery::UntilAcknowledged => config.set("message.timeout.ms", "0"),
+        // Commands are small and a request waits for each: send at once.
+        Delivery::Bounded => config.set("message.timeout.ms", "10000").set("linger.ms", "0"),
+    };
+    for (key, value) in &settings.producer_options {
+        config.set(key, value);
+    }
+    config
 }
 
-impl KafkaDeadLetters {
-    /// A producer for dead letters.
-    pub fn new(settings: &KafkaSettings) -> Result<KafkaDeadLetters, SourceError> {
-        let producer = producer_config(settings).create_with_context(AckContext::default()).map_err(broker("creating the dead-letter producer"))?;
-        Ok(KafkaDeadLetters { producer })
+/// How long a full client queue is waited out after shutdown, before the
+/// records that do not fit are reported failed.
+const FULL_QUEUE_GRACE: Duration = Duration::from_secs(5);
+
+impl KafkaProducer {
+    /// A producer for `delivery`; `shutdown` ends waits on a full queue.
+    pub fn new(settings: &KafkaSettings, delivery: Delivery, shutdown: Shutdown) -> Result<KafkaProducer, SourceError> {
+        let producer = producer_config(settings, delivery).create_with_context(Reports).map_err(broker("creating the Kafka producer"))?;
+        Ok(KafkaProducer { producer, shutdown })
     }
 }
 
-/// Where each record of a batch landed, reported by the delivery callback.
-type Landings = Mutex<Vec<Option<Result<(u32, u64), String>>>>;
-
-/// Delivery reports of the appender: each record carries (batch, index).
-struct LandingContext;
-
-impl ClientContext for LandingContext {}
-
-impl ProducerContext for LandingContext {
-    type DeliveryOpaque = Box<(std::sync::Arc<Landings>, usize)>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
-        let (landings, index) = *opaque;
-        let landing = match result {
-            Ok(message) => Ok((message.partition() as u32, message.offset() as u64)),
-            Err((error, _)) => Err(error.to_string()),
-        };
-        landings.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(landing);
-    }
-}
-
-/// Appends to Kafka topics (`acks=all`) and reports where each record landed.
-pub struct KafkaAppender {
-    producer: BaseProducer<LandingContext>,
-}
-
-impl KafkaAppender {
-    /// A producer for commands and outcomes.
-    pub fn new(settings: &KafkaSettings) -> Result<KafkaAppender, SourceError> {
-        let mut config = producer_config(settings);
-        // Commands are small and latency-bound: send at once.
-        config.set("linger.ms", "0");
-        let producer = config.create_with_context(LandingContext).map_err(broker("creating the producer"))?;
-        Ok(KafkaAppender { producer })
-    }
-}
-
-impl super::Appender for KafkaAppender {
-    fn append(&self, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>, SourceError> {
-        let landings: std::sync::Arc<Landings> = std::sync::Arc::new(Mutex::new(vec![None; records.len()]));
-        for (index, (key, payload)) in records.iter().enumerate() {
-            let record = BaseRecord::with_opaque_to(topic, Box::new((landings.clone(), index))).key(key.as_slice()).payload(payload.as_slice());
-            self.producer.send(record).map_err(|(error, _)| broker(format!("producing to {topic}"))(error))?;
-        }
-        // Serve delivery reports until every record of this batch has one
-        // (other threads' batches may be served here too: each report goes to its own batch).
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            if landings.lock().unwrap_or_else(|p| p.into_inner()).iter().all(Option::is_some) {
-                break;
+impl super::Appender for KafkaProducer {
+    fn enqueue(&self, topic: &str, records: &[(usize, &Outgoing)], acks: &Arc<Acks>) {
+        for &(slot, record) in records {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header { key, value: Some(value.as_slice()) });
             }
-            if Instant::now() >= deadline {
-                return Err(SourceError::Broker { what: format!("producing to {topic}"), detail: "no acknowledgement within 10 s".into() });
+            let mut message = BaseRecord::with_opaque_to(topic, Box::new((acks.clone(), slot))).key(record.key.as_slice()).payload(record.payload.as_slice());
+            if !record.headers.is_empty() {
+                message = message.headers(headers);
             }
-            self.producer.poll(Duration::from_millis(1));
+            // A full queue is waited out: the polling thread serves delivery
+            // reports meanwhile, which frees room. Never an error to resend on.
+            let mut full_since: Option<Instant> = None;
+            let mut pause = Duration::from_micros(200);
+            loop {
+                match self.producer.send(message) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                        let since = *full_since.get_or_insert_with(Instant::now);
+                        if self.shutdown.is_triggered() && since.elapsed() > FULL_QUEUE_GRACE {
+                            let (acks, slot) = *returned.delivery_opaque;
+                            acks.report(slot, Err("the producer's queue stayed full until shutdown".into()));
+                            break;
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(10));
+                        message = returned;
+                    }
+                    Err((error, returned)) => {
+                        let (acks, slot) = *returned.delivery_opaque;
+                        acks.report(slot, Err(format!("producing to {topic}: {error}")));
+                        break;
+                    }
+                }
+            }
         }
-        let landings = std::mem::take(&mut *landings.lock().unwrap_or_else(|p| p.into_inner()));
-        landings
-            .into_iter()
-            .map(|landing| landing.expect("every record reported").map_err(|detail| SourceError::Broker { what: format!("producing to {topic}"), detail }))
-            .collect()
+    }
+
+    fn carries_headers(&self) -> bool {
+        true
     }
 }
 
-impl super::DeadLetters for KafkaDeadLetters {
-    fn send(&self, letter: &super::DeadLetter<'_>) -> Result<(), SourceError> {
-        let dlq = format!("{}.dlq", letter.topic);
-        let partition = letter.partition.to_string();
-        let offset = letter.record.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "stockflow-error", value: Some(letter.reason) })
-            .insert(Header { key: "stockflow-error-class", value: Some(letter.class) })
-            .insert(Header { key: "stockflow-source-topic", value: Some(letter.topic) })
-            .insert(Header { key: "stockflow-source-partition", value: Some(&partition) })
-            .insert(Header { key: "stockflow-source-offset", value: Some(&offset) });
-        let mut record = BaseRecord::<[u8], [u8]>::to(&dlq).payload(&letter.record.payload).headers(headers);
-        if let Some(key) = &letter.record.key {
-            record = record.key(key);
-        }
-        self.producer.send(record).map_err(|(error, _)| broker(format!("producing to {dlq}"))(error))?;
-        self.producer.flush(REQUEST_TIMEOUT).map_err(broker(format!("flushing {dlq}")))?;
-        let failures: Vec<String> = std::mem::take(&mut *self.producer.context().failures.lock().unwrap_or_else(|p| p.into_inner()));
-        match failures.first() {
-            None => Ok(()),
-            Some(failure) => Err(SourceError::Broker { what: format!("producing to {dlq}"), detail: failure.clone() }),
-        }
+impl Drop for KafkaProducer {
+    fn drop(&mut self) {
+        // What is still queued gets a last chance; the outboxes already
+        // waited for what they needed.
+        let _ = self.producer.flush(Duration::from_secs(1));
     }
 }
 

@@ -3,6 +3,9 @@
 //! implements the same traits, so nothing above this module knows which runs.
 
 pub mod kafka;
+pub mod outbox;
+
+pub use outbox::{Acks, Outbox, Outgoing};
 
 /// One message read from a source partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,23 +111,23 @@ pub struct DeadLetter<'a> {
     /// Why it was rejected (precise: names the field and the rule).
     pub reason: &'a str,
     /// Short class of the reason (`json`, `missing_field`, ...).
-    pub class: &'a str,
+    pub class: &'static str,
 }
 
-/// Writes records to topics and says where they landed: how commands enter
-/// `inventory.commands` and how the decider's outcomes reach the event topic.
+/// Writes records to topics and reports where each landed: how commands
+/// enter `inventory.commands`, how the decider's outcomes reach the event
+/// topic, alert transitions `alerts.events` and dead letters `<topic>.dlq`.
+/// Callers go through an [`Outbox`], which waits for the reports and sends
+/// again only what failed.
 pub trait Appender: Send + Sync {
-    /// Appends `(key, payload)` records to `topic` (partitioned by key, as
-    /// Kafka does) and returns each one's `(partition, offset)` once durable.
-    fn append(&self, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<(u32, u64)>, SourceError>;
-}
-
-/// Where undecodable messages go. `send` returns only once the letter is
-/// durably written: the engine does not read past a message whose letter was
-/// not acknowledged.
-pub trait DeadLetters: Send + Sync {
-    /// Writes one letter to `<topic>.dlq`.
-    fn send(&self, letter: &DeadLetter<'_>) -> Result<(), SourceError>;
+    /// Hands `records` (each with its slot in `acks`) to `topic`, partitioned
+    /// by key as Kafka does, without waiting for their acknowledgements:
+    /// each one's landing, or why it failed, is reported to `acks` once
+    /// known. Blocks only while the client's queue is full (backpressure);
+    /// a record that could not even be queued is reported failed at once.
+    fn enqueue(&self, topic: &str, records: &[(usize, &Outgoing)], acks: &std::sync::Arc<Acks>);
+    /// Whether records keep their headers (Kafka) or not (the embedded log).
+    fn carries_headers(&self) -> bool;
 }
 
 /// Kafka's default partitioner: murmur2 of the key, positive, modulo the
