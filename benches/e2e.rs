@@ -3,7 +3,9 @@
 //! (decode + dedup + items + stock + stock_totals + publish).
 //!
 //! Run: `cargo bench --bench e2e -- [EVENTS] [WORKERS]` (defaults 1000000 1).
-//! Environment: `CHANGES_RETENTION=0` turns the changelog of change streams
+//! The engine runs as `serve` does (decider, alerts written to the log, dead
+//! letters, change streams, KPIs); `READ_ONLY=1` writes nothing (no decider,
+//! no alert events). Environment: `CHANGES_RETENTION=0` turns the changelog of change streams
 //! off; `LOW_STOCK_THRESHOLD=-1000000` keeps the alert operator from raising
 //! anything (this workload's levels hover around 0: with the default 10
 //! nearly every row raises and clears alerts); `KPIS=off` runs without the
@@ -15,7 +17,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::engine::{EngineConfig, Format, SourceSpec, Start};
+use stockflow::engine::{AlertsPath, CommandPath, EngineConfig, Format, SourceSpec, Start};
 use stockflow::log::Log;
 use stockflow::metrics::Metrics;
 use stockflow::shutdown::Shutdown;
@@ -27,7 +29,7 @@ fn main() {
     let workers: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
     let keys = 100_000;
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = Log::open(dir.path()).expect("log");
+    let log = Arc::new(Log::open(dir.path()).expect("log"));
     let topic = log.topic("inventory.events", 4).expect("topic");
 
     let start = Instant::now();
@@ -55,15 +57,22 @@ fn main() {
         std::env::var("CHANGES_RETENTION").ok().and_then(|v| v.parse().ok()).unwrap_or(stockflow::store::DEFAULT_CHANGES_RETENTION),
     ));
     let shutdown = Shutdown::new();
+    // The default configuration: the decider (an empty commands topic),
+    // alert transitions written to `alerts.events`, dead letters, all
+    // through the log's appender; `READ_ONLY=1`: views only, nothing written.
+    let read_only = std::env::var("READ_ONLY").is_ok_and(|v| v == "1");
+    let appender: Arc<dyn stockflow::source::Appender> = Arc::new(stockflow::log::LogAppender::new(log.clone(), 4));
+    let commands = CommandPath { commands: log.topic("inventory.commands", 4).expect("topic"), events_topic: "inventory.events".into() };
+    let alerts = AlertsPath { source: log.topic("alerts.events", 4).expect("topic") };
     let config = EngineConfig {
         workers,
         epoch: Duration::from_millis(10),
         epoch_max_events: 100_000,
         sources: vec![SourceSpec { source: topic.clone(), format: Format::Stockflow, start: Start::Earliest }],
-        appender: None,
-        dead_letters: false,
+        appender: (!read_only).then_some(appender),
+        dead_letters: !read_only,
         max_in_flight: 400_000,
-        commands: None,
+        commands: (!read_only).then_some(commands),
         // LOW_STOCK_THRESHOLD=-1000000: the alert operator runs but nothing is ever raised.
         // `KPIS=off`: the engine without the kpis dataflow, for the A/B of its cost.
         kpis: (std::env::var("KPIS").as_deref() != Ok("off")).then(Default::default),
@@ -71,7 +80,7 @@ fn main() {
             default: std::env::var("LOW_STOCK_THRESHOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(10),
             ..Default::default()
         },
-        alerts: None,
+        alerts: (!read_only).then_some(alerts),
         restore: None,
         on_gap: Default::default(),
     };

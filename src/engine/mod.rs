@@ -763,15 +763,15 @@ mod worker {
                     in_flight_sum -= count;
                     metrics.events_in_flight.sub(count as i64);
                 }
-                // Room left under the bound on events in flight (0: wait for the publisher).
-                let room = budget.saturating_sub(in_flight_sum + read_in_epoch);
                 for part in assigned.iter_mut() {
+                    // Room left under the bound on events in flight (0: wait for the publisher).
+                    let room = budget.saturating_sub(in_flight_sum + read_in_epoch + read_now);
                     let is_commands = matches!(part.input, Input::Commands | Input::TradexCommands);
                     if room == 0 || part.retry_at.is_some_and(|at| Instant::now() < at) || (is_commands && !commands_open) {
                         continue;
                     }
                     records.clear();
-                    let budget = READ_CHUNK.min(config.epoch_max_events.saturating_sub(read_in_epoch).max(1)).min(room);
+                    let budget = READ_CHUNK.min(config.epoch_max_events.saturating_sub(read_in_epoch + read_now).max(1)).min(room);
                     match part.reader.read(budget, &mut records) {
                         Ok(_) => {
                             if part.failures > 0 {
