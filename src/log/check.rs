@@ -317,7 +317,8 @@ mod tests {
         assert!(file.starts_with(quarantine.join("t/0")), "{file:?}");
         let stretch = (byte as usize)..(byte + done[0].damage.bytes) as usize;
         let mut damaged = before[stretch.clone()].to_vec();
-        damaged[damaged.len() - 1] ^= 0x20;
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x20;
         assert_eq!(fs::read(&file).unwrap(), damaged, "the damaged bytes are kept, as they were");
 
         assert!(!check(&log_dir).unwrap().damaged(), "repaired");
