@@ -4,7 +4,7 @@
 //! reports it and `log repair --quarantine` moves it aside keeping every
 //! other record at its offset; `dump`, `export` and `replay` write nothing
 //! into the data dir they read (no truncation, no topic, webhook, lock or
-//! checkpoint file, no listener), and a missing data dir is an error.
+//! checkpoint file, no listening socket), and a missing data dir is an error.
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -65,6 +65,32 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<(u64, String)>> {
 
 /// Runs the binary to completion (at most 2 minutes).
 fn run(args: &[&str]) -> Output {
+    run_watched(args).0
+}
+
+/// TCP sockets in the listening state that process `pid` holds (from
+/// `/proc`: its socket inodes among the listening ones of its namespace).
+fn listening_sockets(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    let inodes: Vec<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(3) == Some(&"0A") && fields.get(9).is_some_and(|inode| inodes.iter().any(|i| i == inode))
+        })
+        .count()
+}
+
+/// Runs the binary to completion (at most 2 minutes), watching it: answers
+/// its output and whether it was ever seen holding a listening socket.
+fn run_watched(args: &[&str]) -> (Output, bool) {
+    let mut listened = false;
     let mut child = Command::new(env!("CARGO_BIN_EXE_stockflow"))
         .args(args)
         .env("RUST_LOG", "warn")
@@ -79,9 +105,10 @@ fn run(args: &[&str]) -> Output {
             child.kill().unwrap();
             panic!("stockflow {args:?} still runs after 2 minutes: {:?}", child.wait_with_output().unwrap());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        listened |= listening_sockets(child.id()) > 0;
+        std::thread::sleep(Duration::from_millis(2));
     }
-    child.wait_with_output().unwrap()
+    (child.wait_with_output().unwrap(), listened)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -176,47 +203,35 @@ fn dump_export_and_replay_read_their_source_without_writing_to_it() {
     drop(file);
     let before = tree(&data);
     let data_arg = data.to_str().unwrap();
-    // The address they would listen on is taken: a tool that binds it fails.
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = taken.local_addr().unwrap().to_string();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
+    // Each run: it succeeds, the data dir is as it was, and no listening socket was seen.
+    let unchanged = |(output, listened): (Output, bool), what: &str| -> Output {
+        assert_eq!(tree(&data), before, "{what} changed the data dir ({})", text(&output.stderr));
+        assert!(!listened, "{what} listened on a TCP port");
+        output
+    };
 
-    let dump = run(&["dump", "--view", "stock", "--data-dir", data_arg, "--listen", &listen]);
+    let dump = unchanged(run_watched(&["dump", "--view", "stock", "--data-dir", data_arg]), "dump");
     assert_eq!(on_hand(&dump), expected_on_hand(&[]));
-    assert_eq!(tree(&data), before, "dump changed the data dir");
-    let dump = run(&["dump", "--view", "stock", "--use-checkpoint", "--data-dir", data_arg, "--listen", &listen]);
+    let dump = unchanged(run_watched(&["dump", "--view", "stock", "--use-checkpoint", "--data-dir", data_arg]), "dump --use-checkpoint");
     assert_eq!(on_hand(&dump), expected_on_hand(&[]));
-    assert_eq!(tree(&data), before, "dump --use-checkpoint changed the data dir");
 
     let parquet = out.join("stock.parquet");
-    let export = run(&["export", "--view", "stock", "--out", parquet.to_str().unwrap(), "--data-dir", data_arg, "--listen", &listen]);
+    let export = unchanged(run_watched(&["export", "--view", "stock", "--out", parquet.to_str().unwrap(), "--data-dir", data_arg]), "export");
     assert!(export.status.success(), "{}", text(&export.stderr));
     assert!(text(&export.stderr).contains("7 rows of `stock`"), "{}", text(&export.stderr));
     let events = out.join("events.arrow");
-    let export = run(&[
-        "export",
-        "--events",
-        "--topic",
-        INVENTORY_EVENTS,
-        "--format",
-        "arrow",
-        "--out",
-        events.to_str().unwrap(),
-        "--data-dir",
-        data_arg,
-        "--listen",
-        &listen,
-    ]);
+    let export =
+        run_watched(&["export", "--events", "--topic", INVENTORY_EVENTS, "--format", "arrow", "--out", events.to_str().unwrap(), "--data-dir", data_arg]);
+    let export = unchanged(export, "export --events");
     assert!(export.status.success(), "{}", text(&export.stderr));
     assert!(text(&export.stderr).contains(&format!("{EVENTS} events of {INVENTORY_EVENTS}")), "{}", text(&export.stderr));
-    assert_eq!(tree(&data), before, "export changed the data dir");
 
     let target = dir.path().join("replayed");
-    let replay = run(&["replay", "--source-dir", data_arg, "--data-dir", target.to_str().unwrap(), "--listen", &listen]);
+    let replay = unchanged(run_watched(&["replay", "--source-dir", data_arg, "--data-dir", target.to_str().unwrap()]), "replay");
     assert!(replay.status.success(), "{}", text(&replay.stderr));
     assert!(stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(&target)).is_some(), "the replay's result");
-    assert_eq!(tree(&data), before, "replay changed its source dir");
 
     // A data dir that does not exist is an error, and is not created.
     let missing = dir.path().join("typo");
