@@ -296,7 +296,8 @@ mod tests {
         let byte = flip_payload(&segment, 17);
 
         // A writer and a reader both refuse, naming file, byte and offset; nothing changed.
-        let opens: [fn(&Path) -> Result<Log, SourceError>; 2] = [Log::open, Log::open_read_only];
+        type Open = fn(&Path) -> Result<Log, SourceError>;
+        let opens: [Open; 2] = [Log::open, Log::open_read_only];
         for open in opens {
             let error = open(&log_dir).unwrap().topic("t", 1).err().expect("refused").to_string();
             assert!(error.contains(&format!("{} at byte {byte} (offset 17)", segment.display())), "{error}");
