@@ -34,6 +34,37 @@ pub enum Command {
     Dump(DumpArgs),
     /// Rebuild every view from a range of topics into a fresh data dir (a checkpoint), files and/or ClickHouse.
     Replay(ReplayArgs),
+    /// Check the embedded log for damage, or move damaged records aside (with the server stopped).
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+/// `stockflow log …`: the embedded log's operator commands.
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Read every segment and report damage; writes nothing. Exit code 1 when damaged.
+    Check(LogArgs),
+    /// Move every damaged record into `<data-dir>/quarantine/`, a tombstone in its place (offsets are kept), so the log opens again.
+    Repair(LogRepairArgs),
+}
+
+/// Where the embedded log is.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The data dir whose `log/` to read [default: ./stockflow-data].
+    #[arg(long, env = "STOCKFLOW_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Options of `log repair`.
+#[derive(Debug, Args)]
+pub struct LogRepairArgs {
+    /// Move each damaged stretch into `<data-dir>/quarantine/<topic>/<partition>/`, keeping its bytes (required: the only way of repair).
+    #[arg(long, required = true)]
+    pub quarantine: bool,
+    /// The data dir.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Options of `replay`.

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod export;
 pub mod http;
 pub mod log;
+pub mod log_commands;
 pub mod metrics;
 pub mod offline;
 pub mod replay;

@@ -1,11 +1,12 @@
 //! The `stockflow` binary: parse the command line, set up logging, run.
 
 use clap::Parser;
-use stockflow::config::{Cli, Command, LogFormat, Settings};
+use stockflow::config::{Cli, Command, LogCommand, LogFormat, Settings};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (args, demo_rate) = match &cli.command {
+        Command::Log(command) => return log_command(command),
         Command::Serve(args) => (args, None),
         Command::Demo(demo) => (&demo.serve, Some(demo.rate)),
         Command::Sink(sink) => (&sink.serve, None),
@@ -44,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Dump(dump) => runtime.block_on(stockflow::offline::dump(&settings, dump)),
         Command::Replay(replay) => runtime.block_on(stockflow::offline::replay(&settings, replay.out.as_deref())),
         Command::Serve(_) | Command::Demo(_) => runtime.block_on(run(settings)),
+        Command::Log(_) => unreachable!("handled before the settings are resolved"),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -90,6 +92,26 @@ fn configure_replay(settings: &mut Settings, args: &stockflow::config::ReplayArg
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// `stockflow log check|repair`: exit code 1 when the log is damaged (check)
+/// or could not be repaired.
+fn log_command(command: &LogCommand) -> std::process::ExitCode {
+    init_logging(LogFormat::Pretty);
+    let data_dir = |args: &stockflow::config::LogArgs| args.data_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR));
+    let mut out = std::io::stdout().lock();
+    let result = match command {
+        LogCommand::Check(args) => stockflow::log_commands::log_check(&data_dir(args), &mut out).map(|damaged| !damaged),
+        LogCommand::Repair(args) => stockflow::log_commands::log_repair(&data_dir(&args.log), &mut out).map(|()| true),
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,12 +1,18 @@
 //! Runs that rebuild the views from the sources, act, and exit:
-//! `stockflow sink clickhouse` (a backfill), `stockflow export` and
-//! `stockflow dump`.
+//! `stockflow sink clickhouse` (a backfill), `stockflow export`,
+//! `stockflow dump` and `stockflow replay`.
+//!
+//! `export`, `dump` and `replay` are read-only on their source
+//! ([`crate::server::start_offline`]): no listener, no webhooks, no lock, no
+//! checkpoint (but a replay's result in its own fresh data dir), nothing
+//! created, truncated or appended; a missing data dir is an error.
 
 use crate::config::{DumpArgs, DumpFormat, ExportArgs, Settings};
 use crate::export::{event_batch, view_batch, FileWriter, PositionedEvent};
-use crate::server::Running;
+use crate::server::{Offline, Running};
 use crate::source::Source;
 use crate::store::Snapshot;
+use crate::store::Store;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -33,13 +39,43 @@ async fn caught_up(settings: &Settings, what: &str) -> anyhow::Result<Running> {
     settings.listen = "127.0.0.1:0".parse().expect("an address");
     settings.demo_rate = None;
     let running = crate::server::start(&settings).await?;
+    wait_caught_up(&running.store, &running.shutdown, false, what).await?;
+    Ok(running)
+}
+
+/// Starts an offline, read-only run ([`crate::server::start_offline`]) and
+/// waits until its views cover what the sources held at start.
+async fn caught_up_offline(settings: &Settings, what: &str) -> anyhow::Result<Offline> {
+    let mut settings = settings.clone();
+    settings.offline = true;
+    settings.demo_rate = None;
+    let offline = crate::server::start_offline(&settings)?;
+    // The embedded log is local: a read that fails (damage in an older
+    // segment) fails again, so it ends the run instead of being retried.
+    let local = settings.kafka.is_none();
+    if let Err(error) = wait_caught_up(&offline.store, &offline.shutdown, local, what).await {
+        offline.shutdown.trigger();
+        let _ = offline.wait().await;
+        return Err(error);
+    }
+    Ok(offline)
+}
+
+/// Waits until the views of `store` cover what the sources held at start,
+/// with a progress bar; with `fail_on_read_error`, the first failed source
+/// read is an error.
+async fn wait_caught_up(store: &Store, shutdown: &crate::shutdown::Shutdown, fail_on_read_error: bool, what: &str) -> anyhow::Result<()> {
     let bar = bar(0, what);
     loop {
-        if running.shutdown.is_triggered() {
+        if shutdown.is_triggered() {
             anyhow::bail!("stopped before the views caught up");
         }
-        if let (Some(targets), Some((starts, _))) = (running.store.startup_targets(), running.store.start_offsets()) {
-            let snapshot = running.store.snapshot();
+        if let Some((source, error)) = store.source_failure().filter(|_| fail_on_read_error) {
+            bar.finish_and_clear();
+            anyhow::bail!("reading {source} failed: {error}");
+        }
+        if let (Some(targets), Some((starts, _))) = (store.startup_targets(), store.start_offsets()) {
+            let snapshot = store.snapshot();
             let (mut total, mut reached) = (0u64, 0u64);
             for (topic, partitions) in &targets {
                 for (partition, target) in partitions {
@@ -51,9 +87,9 @@ async fn caught_up(settings: &Settings, what: &str) -> anyhow::Result<Running> {
             }
             bar.set_length(total);
             bar.set_position(reached);
-            if running.store.caught_up() {
+            if store.caught_up() {
                 bar.finish_and_clear();
-                return Ok(running);
+                return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -86,11 +122,9 @@ pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()
     anyhow::ensure!(crate::export::VIEWS.contains(&view), "view `{view}` cannot be exported (views: {})", crate::export::VIEWS.join(", "));
     let mut settings = settings.clone();
     settings.clickhouse = None;
-    // Read only: no alert events, outcomes or dead letters written, and no
-    // checkpoint (a server may be running on the same data dir); the newest
+    // Read only (a server may be running on the same data dir); the newest
     // checkpoint is read, which spares re-reading what it holds.
-    settings.offline = true;
-    let running = caught_up(&settings, "rebuilding the views").await?;
+    let running = caught_up_offline(&settings, "rebuilding the views").await?;
     let snapshot = running.store.snapshot();
     let batch = view_batch(&snapshot, view, tenant.as_ref())?;
     let mut writer = FileWriter::create(&args.out, args.format, &batch.schema())?;
@@ -120,9 +154,10 @@ fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -
     let topic: Arc<dyn Source> = match &settings.kafka {
         Some(kafka) => Arc::new(crate::source::kafka::KafkaTopic::open(kafka, topic_name)?),
         None => {
-            let log = crate::log::Log::open(&settings.data_dir.join("log"))
-                .with_context(|| format!("opening the embedded log in {}", settings.data_dir.display()))?;
-            log.topic(topic_name, settings.partitions)?
+            let dir = &settings.data_dir;
+            anyhow::ensure!(dir.is_dir(), "the data dir {} does not exist (give the data dir of a stockflow that ran, with --data-dir)", dir.display());
+            let log = crate::log::Log::open_read_only(&dir.join("log")).with_context(|| format!("opening the embedded log in {} read-only", dir.display()))?;
+            log.existing_topic(topic_name)?.with_context(|| format!("the embedded log in {} has no topic {topic_name}", dir.display()))?
         }
     };
     let mut ranges = Vec::new();
@@ -151,8 +186,10 @@ fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -
         let mut idle = 0;
         while reader.position() < stop {
             records.clear();
+            let before = reader.position();
             let read = reader.read(4096, &mut records)?;
-            if read == 0 {
+            // (A reader that skips a message, a tombstone of the embedded log, moves on without returning it.)
+            if read == 0 && reader.position() == before {
                 idle += 1;
                 anyhow::ensure!(idle < 600, "{topic_name}/{partition}: no message at offset {} of {stop} within a minute", reader.position());
                 std::thread::sleep(Duration::from_millis(100));
@@ -256,11 +293,10 @@ pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
     let mut settings = settings.clone();
     settings.clickhouse = None;
     // Read only, and from the sources alone unless told to use the checkpoint.
-    settings.offline = true;
     if !args.use_checkpoint {
         settings.checkpoint_interval = None;
     }
-    let running = caught_up(&settings, "rebuilding the views").await?;
+    let running = caught_up_offline(&settings, "rebuilding the views").await?;
     let snapshot = running.store.snapshot();
     running.shutdown.trigger();
     running.wait().await?;
@@ -296,7 +332,7 @@ pub async fn replay(settings: &Settings, out: Option<&std::path::Path>) -> anyho
         );
     }
     let started = std::time::Instant::now();
-    let running = caught_up(settings, "replaying").await?;
+    let running = caught_up_offline(settings, "replaying").await?;
     let snapshot = running.store.snapshot();
     let metrics = running.metrics.clone();
     let elapsed = started.elapsed();

@@ -47,7 +47,7 @@ pub struct Running {
 /// Takes `<dir>/LOCK` (an OS file lock, released by the OS even on `kill -9`):
 /// two processes writing one data dir would interleave their log appends and
 /// overwrite each other's checkpoints.
-fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
     let path = dir.join("LOCK");
     let mut file =
@@ -150,13 +150,17 @@ fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, me
     Ok(())
 }
 
-fn engine_config(
-    settings: &Settings,
-    mut sources: Vec<SourceSpec>,
+/// What an engine writes to: one appender for outcomes, alert transitions
+/// and dead letters, the command path and the alerts topic.
+struct Writers {
     appender: Arc<dyn Appender>,
     commands: CommandPath,
     alerts: AlertsPath,
-) -> anyhow::Result<EngineConfig> {
+}
+
+/// The engine's configuration; `writers` is `None` for a run that writes
+/// nothing to the topics.
+fn engine_config(settings: &Settings, mut sources: Vec<SourceSpec>, writers: Option<Writers>) -> anyhow::Result<EngineConfig> {
     // A replay sees its sources through its range.
     if let Some(replay) = &settings.replay {
         for spec in &mut sources {
@@ -165,19 +169,23 @@ fn engine_config(
         }
     }
     // An offline run (dump, replay) writes nothing to the topics.
-    let offline = settings.offline;
+    let (appender, commands, alerts) = match writers.filter(|_| !settings.offline) {
+        Some(Writers { appender, commands, alerts }) => (Some(appender), Some(commands), Some(alerts)),
+        None => (None, None, None),
+    };
+    let dead_letters = appender.is_some();
     Ok(EngineConfig {
         thresholds: settings.thresholds.clone(),
-        alerts: (!offline).then_some(alerts),
+        alerts,
         kpis: Some(crate::engine::KpiConfig { specs: settings.kpi_specs.clone(), retention: settings.kpi_retention }),
         workers: settings.workers,
         epoch: settings.epoch,
         epoch_max_events: settings.epoch_max_events,
         sources,
-        appender: (!offline).then_some(appender),
-        dead_letters: !offline,
+        appender,
+        dead_letters,
         max_in_flight: settings.max_in_flight_events,
-        commands: (!settings.read_only && !offline).then_some(commands),
+        commands: commands.filter(|_| !settings.read_only),
         restore: None,
         on_gap: settings.on_checkpoint_gap,
     })
@@ -204,6 +212,91 @@ async fn connect_kafka(
     let commands = kafka::KafkaTopic::open(kafka, &settings.commands_topic).with_context(|| format!("opening topic {}", settings.commands_topic))?;
     let alerts = kafka::KafkaTopic::open(kafka, &settings.alerts_topic).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
     Ok((sources, Arc::new(commands), Arc::new(alerts)))
+}
+
+/// An offline run (`dump`, `export`, `replay`): the engine rebuilding the
+/// views from the sources, and nothing else.
+///
+/// Its sources are opened read-only ([`Log::open_read_only`], or Kafka
+/// topics that must exist): no listener is bound, no webhook is delivered,
+/// no topic, data dir, lock or file is created, nothing is truncated or
+/// appended, and no checkpoint is written, except a replay's one checkpoint
+/// (its result) into its own fresh `--data-dir`. A newest checkpoint of the
+/// data dir is read when checkpoints are on (`export`, `dump
+/// --use-checkpoint`).
+pub struct Offline {
+    /// The published views.
+    pub store: Arc<Store>,
+    /// Metrics (kept in memory: nothing serves them).
+    pub metrics: Metrics,
+    /// Triggers an orderly stop.
+    pub shutdown: Shutdown,
+    engine: crate::engine::EngineHandle,
+    sink: SinkSlot,
+    checkpointer: CheckpointSlot,
+}
+
+/// Starts an [`Offline`] run. The embedded log is read from the replay's
+/// source dir, else the data dir; either must exist.
+pub fn start_offline(settings: &Settings) -> anyhow::Result<Offline> {
+    anyhow::ensure!(settings.offline, "an offline run needs offline settings (no writes to the topics)");
+    let store = Arc::new(Store::with_changes(settings.changes_retention));
+    let metrics = Metrics::new();
+    let shutdown = Shutdown::new();
+    let mut sources = Vec::new();
+    match &settings.kafka {
+        None => {
+            let dir = settings.replay.as_ref().map_or(settings.data_dir.as_path(), |replay| replay.source_dir.as_path());
+            match std::fs::metadata(dir) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => anyhow::bail!("the data dir {} is not a directory", dir.display()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    anyhow::bail!("the data dir {} does not exist (give the data dir of a stockflow that ran, with --data-dir)", dir.display())
+                }
+                Err(error) => return Err(error).with_context(|| format!("reading the data dir {}", dir.display())),
+            }
+            let log = Log::open_read_only(&dir.join("log")).with_context(|| format!("opening the embedded log in {} read-only", dir.display()))?;
+            for decl in &settings.sources {
+                // A topic never written reads as empty; nothing is created.
+                let source = log.topic(&decl.topic, settings.partitions).with_context(|| format!("opening topic {}", decl.topic))?;
+                sources.push(SourceSpec { source, format: decl.format, start: decl.start });
+            }
+        }
+        Some(kafka) => {
+            for decl in &settings.sources {
+                let source = kafka::KafkaTopic::open(kafka, &decl.topic).with_context(|| format!("opening topic {}", decl.topic))?;
+                sources.push(SourceSpec { source: Arc::new(source), format: decl.format, start: decl.start });
+            }
+        }
+    }
+    let sink: SinkSlot = Arc::default();
+    let checkpointer: CheckpointSlot = Arc::default();
+    let mut config = engine_config(settings, sources, None)?;
+    start_sink(settings, &config, &store, &metrics, &sink)?;
+    recover(settings, &mut config, &store, &metrics, &checkpointer)?;
+    let engine = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
+    tracing::info!(data_dir = %settings.data_dir.display(), workers = settings.workers, "offline run: rebuilding the views (read-only)");
+    Ok(Offline { store, metrics, shutdown, engine, sink, checkpointer })
+}
+
+impl Offline {
+    /// Waits for shutdown, then stops the engine, writes a replay's
+    /// checkpoint and lets the sink write what the last epochs published.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.wait().await;
+        let engine = self.engine;
+        let joined = tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread").and_then(|r| r);
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((thread, engine_done)) = checkpointer {
+            let _ = engine_done.send(());
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(sink) = sink {
+            let _ = tokio::task::spawn_blocking(move || sink.stop()).await;
+        }
+        joined
+    }
 }
 
 /// Opens the data dir, starts the engine, binds the listener, and (with a
@@ -251,7 +344,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             let path = CommandPath { commands, events_topic: settings.outcomes_topic.clone() };
             let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
             webhooks.set_alerts(alerts.clone());
-            let mut config = engine_config(settings, sources, appender.clone(), path, AlertsPath { source: alerts })?;
+            let alerts = AlertsPath { source: alerts };
+            let mut config = engine_config(settings, sources, Some(Writers { appender: appender.clone(), commands: path, alerts }))?;
             start_sink(settings, &config, &store, &metrics, &sink)?;
             recover(settings, &mut config, &store, &metrics, &checkpointer)?;
             let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
@@ -272,7 +366,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                             let path = CommandPath { commands, events_topic: settings.outcomes_topic.clone() };
                             webhooks.set_alerts(alerts.clone());
                             let alerts = AlertsPath { source: alerts };
-                            let config = engine_config(&settings, sources, appender.clone(), path, alerts).and_then(|mut config| {
+                            let writers = Writers { appender: appender.clone(), commands: path, alerts };
+                            let config = engine_config(&settings, sources, Some(writers)).and_then(|mut config| {
                                 start_sink(&settings, &config, &store, &metrics, &sink)?;
                                 recover(&settings, &mut config, &store, &metrics, &checkpointer)?;
                                 Ok(config)

@@ -257,6 +257,11 @@ impl Store {
         }
     }
 
+    /// A source partition whose reads fail, and the error, if any.
+    pub fn source_failure(&self) -> Option<(String, String)> {
+        self.failing.read().unwrap_or_else(|p| p.into_inner()).iter().next().map(|(source, error)| (source.clone(), error.clone()))
+    }
+
     /// Checks that a read-your-writes target names topics and partitions the
     /// engine reads; otherwise says which one it does not.
     pub fn check_known(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> Result<(), String> {

@@ -9,15 +9,27 @@
 //! [len u32][crc32 u32][offset u64][timestamp i64][key_len i32, -1 = none][key][payload]
 //! ```
 //!
-//! `len` counts the bytes after the crc; the crc covers the same bytes.
+//! `len` counts the bytes after the crc; the crc covers the same bytes. A
+//! record with `key_len` -2 is a *tombstone*: the placeholder `stockflow log
+//! repair --quarantine` leaves at the offset of a damaged record it moved
+//! aside, so that later offsets never shift. Readers skip tombstones.
 //!
 //! Durability: every append is written through to the OS before it is
 //! visible to readers, so a crash of the process loses nothing acknowledged;
 //! `fsync` happens on [`Topic::sync`], on segment roll and, with
 //! [`LogOptions::fsync_every_append`], on every append. A power loss can lose
-//! appends since the last fsync. On open, the last segment of every
-//! partition is validated and a torn or corrupt tail is truncated away, so a
-//! damaged record is never returned.
+//! appends since the last fsync.
+//!
+//! On open, the last segment of every partition is validated. A *torn tail*
+//! (an incomplete final record, or damaged bytes with no valid record after
+//! them) is what a crash mid-append leaves: it is truncated away with a
+//! warning. Damage *followed by valid records* is corruption, not a crash:
+//! the open fails naming the file, byte and offset, and nothing is changed
+//! ([`check`] finds such damage in every segment, [`check::repair`] moves it
+//! aside). [`Log::open_read_only`] opens a log without creating, truncating or
+//! appending anything, for the offline tools.
+
+pub mod check;
 
 use crate::source::{partition_for_key, PartitionReader, Record, Source, SourceError};
 use std::collections::HashMap;
@@ -33,6 +45,8 @@ const HEADER: usize = 8;
 const BODY_FIXED: usize = 20;
 /// Largest record body accepted (16 MiB), so a corrupt length is never trusted.
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
+/// The `key_len` of a tombstone: the placeholder of a record moved to quarantine.
+const TOMBSTONE_KEY_LEN: i32 = -2;
 
 /// Tunables of the embedded log.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +67,8 @@ impl Default for LogOptions {
 pub struct Log {
     dir: PathBuf,
     options: LogOptions,
+    /// Opened with [`Log::open_read_only`]: nothing is created, truncated or appended.
+    read_only: bool,
     topics: Mutex<HashMap<String, Arc<Topic>>>,
 }
 
@@ -70,11 +86,37 @@ impl Log {
     /// Opens (creating if needed) the log in `dir`.
     pub fn open_with(dir: &Path, options: LogOptions) -> Result<Log, SourceError> {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        Ok(Log { dir: dir.to_path_buf(), options, topics: Mutex::new(HashMap::new()) })
+        Ok(Log { dir: dir.to_path_buf(), options, read_only: false, topics: Mutex::new(HashMap::new()) })
+    }
+
+    /// Opens the existing log in `dir` for reading only: nothing is created,
+    /// truncated, locked or appended (appends fail), so it is safe on a copy,
+    /// a read-only mount or beside a running server. Each partition ends
+    /// where its records ended at open (a torn tail is left in place and not
+    /// read); damage followed by valid records fails the open, as for a
+    /// writer. A topic that does not exist reads as empty. A missing `dir`
+    /// is an error.
+    pub fn open_read_only(dir: &Path) -> Result<Log, SourceError> {
+        match fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(SourceError::Invalid(format!("{} is not a directory", dir.display()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(SourceError::NotFound(format!("no embedded log at {} (the directory does not exist)", dir.display())))
+            }
+            Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
+        }
+        Ok(Log { dir: dir.to_path_buf(), options: LogOptions::default(), read_only: true, topics: Mutex::new(HashMap::new()) })
+    }
+
+    /// Whether the log was opened with [`Log::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Opens a topic, creating it with `partitions` partitions if it does not
-    /// exist; an existing topic keeps its own partition count.
+    /// exist; an existing topic keeps its own partition count. On a read-only
+    /// log a missing topic is not created: it reads as `partitions` empty
+    /// partitions.
     pub fn topic(&self, name: &str, partitions: u32) -> Result<Arc<Topic>, SourceError> {
         self.open_topic(name, Some(partitions))?.ok_or_else(|| SourceError::NotFound(format!("topic {name}")))
     }
@@ -102,10 +144,9 @@ impl Log {
                     .ok_or_else(|| SourceError::Corrupt { what: meta.display().to_string(), detail: "no partition count".into() })? as u32
             }
             Err(e) if e.kind() == ErrorKind::NotFound => match create {
+                Some(0) => return Err(SourceError::Invalid("a topic needs at least one partition".into())),
+                Some(partitions) if self.read_only => partitions,
                 Some(partitions) => {
-                    if partitions == 0 {
-                        return Err(SourceError::Invalid("a topic needs at least one partition".into()));
-                    }
                     fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
                     write_atomically(&meta, serde_json::json!({"partitions": partitions}).to_string().as_bytes())?;
                     partitions
@@ -114,7 +155,16 @@ impl Log {
             },
             Err(e) => return Err(io(format!("reading {}", meta.display()))(e)),
         };
-        let partitions = (0..partitions).map(|p| Partition::open(&dir.join(p.to_string()), p, self.options)).collect::<Result<Vec<_>, _>>()?;
+        let partitions = (0..partitions)
+            .map(|p| {
+                let dir = dir.join(p.to_string());
+                if self.read_only {
+                    Partition::open_read_only(&dir)
+                } else {
+                    Partition::open(&dir, p, self.options)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let topic = Arc::new(Topic { name: name.to_owned(), partitions });
         topics.insert(name.to_owned(), topic.clone());
         Ok(Some(topic))
@@ -165,6 +215,14 @@ impl Topic {
         self.partitions.len() as u32
     }
 
+    /// The writer of `partition`, locked; an error on a read-only log.
+    fn writer<'a>(&self, partition: &'a Partition) -> Result<std::sync::MutexGuard<'a, Writer>, SourceError> {
+        match &partition.writer {
+            Some(writer) => Ok(writer.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Err(SourceError::Invalid(format!("topic {} is open read-only: nothing can be appended", self.name))),
+        }
+    }
+
     fn partition(&self, partition: u32) -> Result<&Partition, SourceError> {
         self.partitions
             .get(partition as usize)
@@ -181,7 +239,7 @@ impl Topic {
     /// Appends to one partition; returns the offset given.
     pub fn append_to(&self, partition: u32, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<u64, SourceError> {
         let partition = self.partition(partition)?;
-        let mut writer = partition.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = self.writer(partition)?;
         let offset = writer.append(Some(key), payload, timestamp_ms)?;
         writer.commit(&partition.end)?;
         Ok(offset)
@@ -197,7 +255,7 @@ impl Topic {
             if !targets.contains(&(index as u32)) {
                 continue;
             }
-            let mut writer = partition.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut writer = self.writer(partition)?;
             for (i, (key, payload, ts)) in records.iter().enumerate() {
                 if targets[i] == index as u32 {
                     positions[i] = (index as u32, writer.append(Some(key), payload, *ts)?);
@@ -213,10 +271,10 @@ impl Topic {
         self.partitions.get(partition as usize).map_or(0, |p| p.end.load(Ordering::Acquire))
     }
 
-    /// Flushes and fsyncs every partition.
+    /// Flushes and fsyncs every partition (nothing to do when read-only).
     pub fn sync(&self) -> Result<(), SourceError> {
-        for partition in &self.partitions {
-            partition.writer.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
+        for writer in self.partitions.iter().filter_map(|p| p.writer.as_ref()) {
+            writer.lock().unwrap_or_else(|p| p.into_inner()).sync()?;
         }
         Ok(())
     }
@@ -289,10 +347,11 @@ impl crate::source::Appender for LogAppender {
     }
 }
 
-/// One partition: a writer behind a lock, and what readers share with it.
+/// One partition: a writer behind a lock (none when read-only), and what
+/// readers share with it.
 struct Partition {
     dir: PathBuf,
-    writer: Mutex<Writer>,
+    writer: Option<Mutex<Writer>>,
     /// Offset after the last record readers may see (published after the write).
     end: Arc<AtomicU64>,
     /// Base offsets of the segments, ascending.
@@ -303,15 +362,21 @@ fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
 
+/// Base offsets of the segments in a partition directory, ascending.
+fn segment_bases(dir: &Path) -> Result<Vec<u64>, SourceError> {
+    let mut bases: Vec<u64> = fs::read_dir(dir)
+        .map_err(io(format!("listing {}", dir.display())))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.strip_suffix(".log")).and_then(|b| b.parse().ok()))
+        .collect();
+    bases.sort_unstable();
+    Ok(bases)
+}
+
 impl Partition {
     fn open(dir: &Path, partition: u32, options: LogOptions) -> Result<Partition, SourceError> {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let mut bases: Vec<u64> = fs::read_dir(dir)
-            .map_err(io(format!("listing {}", dir.display())))?
-            .filter_map(|entry| entry.ok())
-            .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.strip_suffix(".log")).and_then(|b| b.parse().ok()))
-            .collect();
-        bases.sort_unstable();
+        let mut bases = segment_bases(dir)?;
         if bases.is_empty() {
             File::create(segment_path(dir, 0)).map_err(io(format!("creating a segment in {}", dir.display())))?;
             bases.push(0);
@@ -324,45 +389,251 @@ impl Partition {
         let segments = Arc::new(RwLock::new(bases));
         Ok(Partition {
             dir: dir.to_path_buf(),
-            writer: Mutex::new(Writer {
+            writer: Some(Mutex::new(Writer {
                 dir: dir.to_path_buf(),
                 file: BufWriter::with_capacity(256 << 10, file),
                 size: valid_len,
                 next_offset,
                 options,
                 segments: segments.clone(),
-            }),
+            })),
             end: Arc::new(AtomicU64::new(next_offset)),
             segments,
         })
     }
+
+    /// Opens a partition for reading only: no file or directory is created
+    /// (a missing one reads as empty), a torn tail is left in place and ends
+    /// the partition, damage followed by valid records is an error.
+    fn open_read_only(dir: &Path) -> Result<Partition, SourceError> {
+        let bases = match fs::metadata(dir) {
+            Ok(_) => segment_bases(dir)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
+        };
+        let end = match bases.last() {
+            None => 0,
+            Some(&base) => {
+                let scan = scan_segment(&segment_path(dir, base), base)?;
+                refuse_damage(&scan)?;
+                scan.next_offset
+            }
+        };
+        Ok(Partition { dir: dir.to_path_buf(), writer: None, end: Arc::new(AtomicU64::new(end)), segments: Arc::new(RwLock::new(bases)) })
+    }
 }
 
-/// Validates the last segment; truncates a torn or corrupt tail.
-/// Returns the next offset and the valid length.
+/// Fails with [`SourceError::Corrupt`] naming the file, byte and offset if a
+/// segment holds damage followed by valid records (not a torn tail).
+fn refuse_damage(scan: &SegmentScan) -> Result<(), SourceError> {
+    let Some(damage) = scan.damages.first() else { return Ok(()) };
+    Err(SourceError::Corrupt {
+        what: damage.location(),
+        detail: format!(
+            "{}, and valid records follow it (from offset {}): this is damage, not a torn tail, and nothing was changed{}. \
+             `stockflow log check` lists the damage; `stockflow log repair --quarantine` moves the damaged bytes aside (kept in the \
+             data dir's quarantine/) and keeps every other record",
+            damage.detail,
+            damage.resumes_at.unwrap_or(damage.offset),
+            if scan.damages.len() > 1 { format!(" ({} damaged stretches in this segment)", scan.damages.len()) } else { String::new() }
+        ),
+    })
+}
+
+/// Validates the last segment: truncates a torn tail (an incomplete final
+/// record, or damaged bytes with nothing valid after them), refuses damage
+/// followed by valid records. Returns the next offset and the valid length.
 fn recover(path: &Path, base: u64, partition: u32) -> Result<(u64, u64), SourceError> {
-    let file = File::open(path).map_err(io(format!("opening {}", path.display())))?;
-    let total = file.metadata().map_err(io(format!("reading {}", path.display())))?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut expected = base;
-    let mut valid = 0u64;
-    let mut body = Vec::new();
-    loop {
-        match read_record(&mut reader, &mut body) {
-            Ok(Some(record)) if record.offset == expected => {
-                expected += 1;
-                valid += (HEADER + body.len()) as u64;
-            }
-            Ok(None) => break,
-            Ok(Some(_)) | Err(_) => break,
-        }
-    }
-    if valid < total {
-        tracing::warn!(path = %path.display(), partition, offset = expected, bytes_dropped = total - valid, "embedded log: truncating a torn or corrupt tail");
+    let scan = scan_segment(path, base)?;
+    refuse_damage(&scan)?;
+    let mut valid = scan.len;
+    if let Some(tail) = &scan.tail {
+        valid = tail.byte;
+        tracing::warn!(path = %path.display(), partition, offset = tail.offset, bytes_dropped = tail.bytes, detail = %tail.detail, "embedded log: truncating a torn tail");
         let file = OpenOptions::new().write(true).open(path).map_err(io(format!("opening {}", path.display())))?;
         file.set_len(valid).and_then(|_| file.sync_all()).map_err(io(format!("truncating {}", path.display())))?;
     }
-    Ok((expected, valid))
+    Ok((scan.next_offset, valid))
+}
+
+/// A stretch of a segment that does not hold valid records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Where the damage begins, in bytes from the start of the segment.
+    pub byte: u64,
+    /// How many bytes are damaged: up to the next valid record, or the end of the segment.
+    pub bytes: u64,
+    /// The offset the first damaged record should have had.
+    pub offset: u64,
+    /// The offset of the first valid record after the damage, in this
+    /// segment; `None` when nothing valid follows in this segment.
+    pub resumes_at: Option<u64>,
+    /// What was wrong with the first bad record (`checksum mismatch`, …).
+    pub detail: String,
+}
+
+impl Damage {
+    /// `<segment> at byte B (offset O)`: where an operator finds it.
+    pub fn location(&self) -> String {
+        format!("{} at byte {} (offset {})", self.segment.display(), self.byte, self.offset)
+    }
+}
+
+/// What one pass over a segment found.
+struct SegmentScan {
+    /// The segment's bytes.
+    bytes: Vec<u8>,
+    /// Its length.
+    len: u64,
+    /// Valid records (tombstones included).
+    entries: u64,
+    /// Tombstones among them.
+    tombstones: u64,
+    /// The offset after the last valid record.
+    next_offset: u64,
+    /// Damaged stretches followed by a valid record of this segment.
+    damages: Vec<Damage>,
+    /// Damaged bytes that run to the end of the segment.
+    tail: Option<Damage>,
+}
+
+/// Reads a whole segment and sorts its bytes into valid records and damage.
+/// After a bad record the scan looks, byte by byte, for the next position
+/// holding a valid record (length in bounds, checksum right, offset not
+/// below the one expected and not more than the damaged bytes could hold).
+fn scan_segment(path: &Path, base: u64) -> Result<SegmentScan, SourceError> {
+    let bytes = fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+    let mut scan = SegmentScan { len: bytes.len() as u64, bytes: Vec::new(), entries: 0, tombstones: 0, next_offset: base, damages: Vec::new(), tail: None };
+    let mut at = 0usize;
+    loop {
+        let detail = match parse_entry(&bytes, at) {
+            Ok(None) => break,
+            Ok(Some((entry, size))) if entry.offset() == scan.next_offset => {
+                at += size;
+                scan.next_offset += 1;
+                scan.entries += 1;
+                scan.tombstones += u64::from(matches!(entry, Entry::Tombstone(_)));
+                continue;
+            }
+            Ok(Some((entry, _))) => format!("a record with offset {} where offset {} belongs", entry.offset(), scan.next_offset),
+            Err(detail) => detail,
+        };
+        let mut damage =
+            Damage { segment: path.to_path_buf(), byte: at as u64, bytes: (bytes.len() - at) as u64, offset: scan.next_offset, resumes_at: None, detail };
+        match resync(&bytes, at, scan.next_offset) {
+            Some((next, offset)) => {
+                damage.bytes = (next - at) as u64;
+                damage.resumes_at = Some(offset);
+                scan.damages.push(damage);
+                at = next;
+                scan.next_offset = offset;
+            }
+            None => {
+                scan.tail = Some(damage);
+                break;
+            }
+        }
+    }
+    scan.bytes = bytes;
+    Ok(scan)
+}
+
+/// The first position after `from` that holds a valid record whose offset
+/// is at least `expected` and at most what the bytes in between could have
+/// held: its position and offset.
+fn resync(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64)> {
+    const SMALLEST: usize = HEADER + BODY_FIXED;
+    (from + 1..bytes.len().saturating_sub(SMALLEST - 1)).find_map(|at| {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        if !(BODY_FIXED..=MAX_RECORD_BYTES).contains(&len) || at + HEADER + len > bytes.len() {
+            return None;
+        }
+        let offset = u64::from_le_bytes(bytes[at + HEADER..at + HEADER + 8].try_into().expect("8 bytes"));
+        let most = expected + ((at - from) / SMALLEST) as u64;
+        if offset < expected || offset > most {
+            return None;
+        }
+        match parse_entry(bytes, at) {
+            Ok(Some((entry, _))) => Some((at, entry.offset())),
+            _ => None,
+        }
+    })
+}
+
+/// One valid entry of a segment.
+enum Entry {
+    /// A record.
+    Record(Record),
+    /// The placeholder of a record moved to quarantine, at this offset.
+    Tombstone(u64),
+}
+
+impl Entry {
+    fn offset(&self) -> u64 {
+        match self {
+            Entry::Record(record) => record.offset,
+            Entry::Tombstone(offset) => *offset,
+        }
+    }
+}
+
+/// The bytes of a tombstone at `offset`.
+fn tombstone(offset: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(BODY_FIXED);
+    body.extend_from_slice(&offset.to_le_bytes());
+    body.extend_from_slice(&0i64.to_le_bytes());
+    body.extend_from_slice(&TOMBSTONE_KEY_LEN.to_le_bytes());
+    let mut bytes = Vec::with_capacity(HEADER + BODY_FIXED);
+    bytes.extend_from_slice(&(BODY_FIXED as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Decodes a body whose checksum matched.
+fn decode_body(body: &[u8]) -> Result<Entry, String> {
+    let offset = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
+    let timestamp_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+    let key_len = i32::from_le_bytes(body[16..20].try_into().expect("4 bytes"));
+    if key_len == TOMBSTONE_KEY_LEN {
+        return Ok(Entry::Tombstone(offset));
+    }
+    if key_len < -1 {
+        return Err(format!("key length {key_len}"));
+    }
+    let key_end = BODY_FIXED + key_len.max(0) as usize;
+    if key_end > body.len() {
+        return Err(format!("key length {key_len} beyond the record"));
+    }
+    let key = (key_len >= 0).then(|| body[BODY_FIXED..key_end].to_vec());
+    Ok(Entry::Record(Record { offset, timestamp_ms, key, payload: body[key_end..].to_vec() }))
+}
+
+/// Parses the entry at `bytes[at..]`: `Ok(None)` at the end, else the entry
+/// and its size, or what is wrong with it.
+fn parse_entry(bytes: &[u8], at: usize) -> Result<Option<(Entry, usize)>, String> {
+    let rest = &bytes[at..];
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    if rest.len() < HEADER {
+        return Err(format!("truncated header ({} bytes)", rest.len()));
+    }
+    let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+    if !(BODY_FIXED..=MAX_RECORD_BYTES).contains(&len) {
+        return Err(format!("impossible record length {len}"));
+    }
+    if rest.len() < HEADER + len {
+        return Err(format!("truncated record ({} of {len} bytes)", rest.len() - HEADER));
+    }
+    let body = &rest[HEADER..HEADER + len];
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    Ok(Some((decode_body(body)?, HEADER + len)))
 }
 
 /// Why a record could not be read.
@@ -373,9 +644,9 @@ enum RecordError {
     Io(std::io::Error),
 }
 
-/// Reads one record; `Ok(None)` at a clean end of file. A partial record at
+/// Reads one entry; `Ok(None)` at a clean end of file. A partial record at
 /// the end of the file is `Corrupt("truncated …")`.
-fn read_record(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Record>, RecordError> {
+fn read_record(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Entry>, RecordError> {
     let mut header = [0u8; HEADER];
     match read_full(reader, &mut header) {
         Ok(0) => return Ok(None),
@@ -397,15 +668,7 @@ fn read_record(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Reco
     if crc32fast::hash(body) != crc {
         return Err(RecordError::Corrupt("checksum mismatch".into()));
     }
-    let offset = u64::from_le_bytes(body[0..8].try_into().expect("8 bytes"));
-    let timestamp_ms = i64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
-    let key_len = i32::from_le_bytes(body[16..20].try_into().expect("4 bytes"));
-    let key_end = BODY_FIXED + key_len.max(0) as usize;
-    if key_end > len {
-        return Err(RecordError::Corrupt(format!("key length {key_len} beyond the record")));
-    }
-    let key = (key_len >= 0).then(|| body[BODY_FIXED..key_end].to_vec());
-    Ok(Some(Record { offset, timestamp_ms, key, payload: body[key_end..].to_vec() }))
+    decode_body(body).map(Some).map_err(RecordError::Corrupt)
 }
 
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -513,7 +776,7 @@ impl LogReader {
         // Skip the records before `position` (the segment's sparse index is its start).
         while at < self.position {
             match read_record(&mut reader, &mut body) {
-                Ok(Some(_)) => at += 1,
+                Ok(Some(_)) => at += 1, // a record or a tombstone: each holds one offset
                 Ok(None) => break,
                 Err(RecordError::Io(e)) => return Err(io(format!("reading {}", path.display()))(e)),
                 Err(RecordError::Corrupt(detail)) => return Err(SourceError::Corrupt { what: format!("{} at offset {at}", path.display()), detail }),
@@ -540,17 +803,20 @@ impl PartitionReader for LogReader {
             let (base, reader, at) = self.current.as_mut().expect("segment open");
             let path = || segment_path(&self.dir, *base);
             match read_record(reader, &mut body) {
-                Ok(Some(record)) => {
-                    if record.offset != self.position {
+                Ok(Some(entry)) => {
+                    if entry.offset() != self.position {
                         return Err(SourceError::Corrupt {
                             what: path().display().to_string(),
-                            detail: format!("expected offset {}, found {}", self.position, record.offset),
+                            detail: format!("expected offset {}, found {}", self.position, entry.offset()),
                         });
                     }
                     *at += 1;
                     self.position += 1;
-                    out.push(record);
-                    count += 1;
+                    // A tombstone holds its offset and nothing to read: skipped.
+                    if let Entry::Record(record) = entry {
+                        out.push(record);
+                        count += 1;
+                    }
                 }
                 Ok(None) => {
                     // End of this segment: the next one starts at `position`.
