@@ -497,7 +497,7 @@ async fn money_reads_back_exactly_or_is_refused() {
         // The answer's text, not a float parse of it: the digits must be the client's.
         let url = format!("{}/v1/items/{sku}?after={}", client.base, answer["token"].as_str().unwrap());
         let text = client.http.get(url).send().await.unwrap().text().await.unwrap();
-        let shown = if price == "1.5e2" { "150" } else { price };
+        let shown = if price == "1.5e2" { "150.0" } else { price };
         assert!(text.contains(&format!(r#""price":{shown},"#)), "{sku}: {text}");
     }
     running.shutdown.trigger();
