@@ -123,6 +123,61 @@ impl OrderRow {
 /// Next offset per topic and partition.
 pub type Offsets = BTreeMap<String, BTreeMap<u32, u64>>;
 
+/// Command ids remembered for idempotency checks, per process.
+pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
+
+/// What [`Store::claim_command`] found for a command id.
+#[derive(Debug)]
+pub enum Claim {
+    /// First seen: append it.
+    New,
+    /// Seen with the same content and answered: answer the same again.
+    Repeat(Arc<serde_json::Value>),
+    /// Seen with the same content and still being appended: append it again
+    /// (the decider decides one command id once).
+    InFlight,
+    /// Seen with other content: the first request, as its summary names it.
+    Conflict(String),
+}
+
+/// One command accepted by this process.
+#[derive(Debug)]
+struct CommandRecord {
+    /// Hash of what the command asks for (type, sku, fields; not its time).
+    fingerprint: u64,
+    /// The request, named for a conflict's answer.
+    summary: String,
+    /// The 202 answer's body, once appended.
+    answer: Option<Arc<serde_json::Value>>,
+    /// Which insertion this is (an id dropped after a failed append may be claimed again).
+    generation: u64,
+}
+
+/// The last [`MAX_IDEMPOTENCY_RECORDS`] commands accepted, oldest forgotten first.
+#[derive(Debug, Default)]
+struct IdempotencyRecords {
+    by_id: std::collections::HashMap<(Name, Name), CommandRecord>,
+    /// Insertion order, with each insertion's generation.
+    order: std::collections::VecDeque<((Name, Name), u64)>,
+    generations: u64,
+}
+
+impl IdempotencyRecords {
+    fn insert(&mut self, key: (Name, Name), mut record: CommandRecord) {
+        while self.order.len() >= MAX_IDEMPOTENCY_RECORDS {
+            if let Some((oldest, generation)) = self.order.pop_front() {
+                if self.by_id.get(&oldest).is_some_and(|r| r.generation == generation) {
+                    self.by_id.remove(&oldest);
+                }
+            }
+        }
+        self.generations += 1;
+        record.generation = self.generations;
+        self.order.push_back((key.clone(), self.generations));
+        self.by_id.insert(key, record);
+    }
+}
+
 /// Shared handle to the published views.
 #[derive(Debug)]
 pub struct Store {
@@ -140,6 +195,9 @@ pub struct Store {
     /// Commands accepted over HTTP by this process: `(tenant, command id)`
     /// → where the command landed. `pending` until the views hold its outcome.
     submitted: std::sync::Mutex<std::collections::HashMap<(Name, Name), (u32, u64)>>,
+    /// The commands this process accepted, by `(tenant, command id)`: what
+    /// each one asked for, so that a key reused for another request is refused.
+    idempotency: std::sync::Mutex<IdempotencyRecords>,
     /// Retained row changes for change streams.
     changes: std::sync::Mutex<Changelog>,
     /// What each sink is doing (`clickhouse` → `writing`, `retrying: ...`), for `/ready`.
@@ -174,6 +232,7 @@ impl Store {
             waiting: RwLock::new(None),
             failing: RwLock::new(BTreeMap::new()),
             submitted: std::sync::Mutex::new(std::collections::HashMap::new()),
+            idempotency: std::sync::Mutex::new(IdempotencyRecords::default()),
             sinks: RwLock::new(BTreeMap::new()),
             held_back: RwLock::new(BTreeMap::new()),
         }
@@ -347,6 +406,42 @@ impl Store {
     /// Where a command appended by this process landed, if it was.
     pub fn submitted(&self, tenant: &Name, command_id: &Name) -> Option<(u32, u64)> {
         self.submitted.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant.clone(), command_id.clone())).copied()
+    }
+
+    /// Claims a command id for a request whose content hashes to
+    /// `fingerprint` (see [`Claim`]); `summary` names the request in a later
+    /// conflict. A new claim must be [`Store::command_answered`] or
+    /// [`Store::command_failed`].
+    pub fn claim_command(&self, tenant: &Name, command_id: &Name, fingerprint: u64, summary: impl FnOnce() -> String) -> Claim {
+        let mut records = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.clone(), command_id.clone());
+        match records.by_id.get(&key) {
+            Some(first) if first.fingerprint != fingerprint => Claim::Conflict(first.summary.clone()),
+            Some(first) => match &first.answer {
+                Some(answer) => Claim::Repeat(answer.clone()),
+                None => Claim::InFlight,
+            },
+            None => {
+                records.insert(key, CommandRecord { fingerprint, summary: summary(), answer: None, generation: 0 });
+                Claim::New
+            }
+        }
+    }
+
+    /// Keeps the answer given to a claimed command, for its retries.
+    pub fn command_answered(&self, tenant: &Name, command_id: &Name, answer: serde_json::Value) {
+        let mut records = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(record) = records.by_id.get_mut(&(tenant.clone(), command_id.clone())) {
+            record.answer = Some(Arc::new(answer));
+        }
+    }
+
+    /// Drops the claim of a command that was not appended: it may be sent again, as anything.
+    pub fn command_failed(&self, tenant: &Name, command_id: &Name) {
+        let mut records = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
+        if records.by_id.get(&(tenant.clone(), command_id.clone())).is_some_and(|r| r.answer.is_none()) {
+            records.by_id.remove(&(tenant.clone(), command_id.clone()));
+        }
     }
 
     /// Forgets a submitted command once its outcome is in the views.

@@ -306,3 +306,73 @@ async fn a_stream_that_falls_behind_the_retained_changes_is_told_and_closed() {
     assert!(problem["detail"].as_str().unwrap().contains("compacted away"), "{problem}");
     stop(running).await;
 }
+
+/// Pages of a listing: follows `next_cursor` from the first page to the
+/// last; answers every row in order and the number of pages.
+async fn pages(client: &Client, path: &str, rows: &str) -> (Vec<Value>, usize) {
+    let mut all = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match &cursor {
+            Some(cursor) => format!("{path}&cursor={cursor}"),
+            None => path.to_owned(),
+        };
+        let (status, body) = client.get(&page).await;
+        assert_eq!(status, 200, "{page}: {body}");
+        pages += 1;
+        all.extend(body[rows].as_array().unwrap().iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return (all, pages),
+        }
+        assert!(pages < 100, "{path} never ends");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_replenishment_are_paged_with_limit_and_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path()).await;
+    let client = Client::new(&running);
+    let mut token = String::new();
+    for sku in ["P1", "P2", "P3"] {
+        // Empty at two locations: low_stock and out_of_stock raised at each.
+        token = client
+            .command("/v1/items", json!({"sku": sku, "name": "Pot", "price": "3", "reorder_point": 5, "target_level": 9, "stock": {"a": 0, "b": 0}}))
+            .await;
+    }
+    let (status, whole) = client.get(&format!("/v1/alerts?limit=1000&after={token}")).await;
+    assert_eq!(status, 200, "{whole}");
+    let whole = whole["alerts"].as_array().unwrap().clone();
+    assert_eq!(whole.len(), 12, "3 skus × 2 locations × 2 kinds: {whole:?}");
+    for limit in [1, 3, 5, 12] {
+        let (rows, count) = pages(&client, &format!("/v1/alerts?limit={limit}"), "alerts").await;
+        assert_eq!(rows, whole, "limit={limit}: every alert once, in order");
+        assert_eq!(count, 12usize.div_ceil(limit), "limit={limit}");
+    }
+    let (status, first) = client.get("/v1/alerts?limit=5").await;
+    assert_eq!((status, first["alerts"].as_array().unwrap().len()), (200, 5), "the README's example: {first}");
+    let (rows, _) = pages(&client, "/v1/alerts?kind=out_of_stock&limit=2", "alerts").await;
+    assert_eq!(rows.len(), 6);
+    assert!(rows.iter().all(|r| r["kind"] == "out_of_stock"));
+
+    let (_, whole) = client.get("/v1/replenishment?limit=1000").await;
+    let whole = whole["suggestions"].as_array().unwrap().clone();
+    assert_eq!(whole.len(), 6, "{whole:?}");
+    assert!(whole.iter().all(|s| s["suggested_reorder_qty"] == 9));
+    let (rows, count) = pages(&client, "/v1/replenishment?limit=4", "suggestions").await;
+    assert_eq!((rows, count), (whole, 2));
+
+    for (path, detail) in [
+        ("/v1/alerts?limit=0", "limit: must be between 1 and 1000"),
+        ("/v1/replenishment?limit=1001", "limit: must be between 1 and 1000"),
+        ("/v1/alerts?cursor=zzzz", "cursor"),
+        ("/v1/replenishment?cursor=zzzz", "cursor"),
+    ] {
+        let (status, problem) = client.get(path).await;
+        assert_eq!(status, 400, "{path}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "{path}: {problem}");
+    }
+    stop(running).await;
+}

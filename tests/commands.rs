@@ -166,7 +166,7 @@ async fn bad_commands_get_problems_and_append_nothing() {
             Some(json!({"location": "m", "qty": 1})),
             "application/json",
             400,
-            "field `sku`: longer than 64 bytes",
+            "path parameter sku: longer than 64 bytes",
         ),
         ("/v1/stock/A/adjust", Some(json!({"location": "m", "qty": 1})), "text/plain", 415, "this route takes application/json"),
         ("/v1/stock/A/adjust", Some(json!([1, 2])), "application/json", 400, "expected a JSON object"),
@@ -224,7 +224,7 @@ async fn a_retried_command_has_one_effect() {
     let key = [("idempotency-key", "restock-2026-11-22")];
     let (s1, first) = client.send(reqwest::Method::POST, "/v1/stock/A/adjust", Some(adjust.clone()), &key).await;
     let (s2, second) = client.send(reqwest::Method::POST, "/v1/stock/A/adjust", Some(adjust.clone()), &key).await;
-    let (s3, third) = client.post("/v1/stock/A/adjust", json!({"location": "m", "qty": 7, "command_id": "restock-2026-11-22"})).await;
+    let (s3, third) = client.post("/v1/stock/A/adjust", json!({"location": "m", "qty": 7, "reason": "restock", "command_id": "restock-2026-11-22"})).await;
     assert_eq!((s1, s2, s3), (202, 202, 202));
     assert_eq!(first["command_id"], "restock-2026-11-22");
     assert_eq!(first["command_id"], second["command_id"]);
@@ -338,6 +338,168 @@ async fn a_read_only_server_takes_no_commands() {
     assert!(problem["detail"].as_str().unwrap().contains("read-only"), "{problem}");
     let (status, _) = client.get("/v1/stock?limit=1").await;
     assert_eq!(status, 200, "reads still work");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+impl Client {
+    /// Sends `body` as it is written (a JSON text the `json!` macro could not
+    /// hold, e.g. with a key twice); answers the status and the problem or answer.
+    async fn send_text(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
+        let response =
+            self.http.request(method, format!("{}{}", self.base, path)).header("content-type", "application/json").body(body.to_owned()).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+/// A command id names one request: its retries get the first answer, and the
+/// same id for another request (route, sku or body) is a 409 naming the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_request_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let client = Client::new(&running);
+    client.command("/v1/items", json!({"sku": "A", "name": "Kettle", "price": "24.99", "stock": {"m": 5}})).await;
+    client.command("/v1/items", json!({"sku": "B", "name": "Pan", "price": "9", "stock": {"m": 5}})).await;
+    let key = [("idempotency-key", "k-1")];
+    let reserve = json!({"location": "m", "qty": 1});
+    let (status, first) = client.send(reqwest::Method::POST, "/v1/stock/A/reserve", Some(reserve.clone()), &key).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["reservation_id"], "res-k-1");
+    let (status, again) = client.send(reqwest::Method::POST, "/v1/stock/A/reserve", Some(reserve.clone()), &key).await;
+    assert_eq!((status, &again), (202, &first), "a retry is answered as the first request was");
+
+    let others = [
+        ("/v1/stock/A/reserve", json!({"location": "m", "qty": 2})),
+        ("/v1/stock/A/reserve", json!({"location": "m", "qty": 1, "reservation_id": "mine"})),
+        ("/v1/stock/B/reserve", reserve.clone()),
+        ("/v1/stock/A/adjust", reserve.clone()),
+    ];
+    for (path, body) in others {
+        let (status, problem) = client.send(reqwest::Method::POST, path, Some(body.clone()), &key).await;
+        assert_eq!(status, 409, "{path} {body}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("command id `k-1`") && detail.contains("stock.reserve of sku `A`"), "{path}: {detail}");
+        assert_eq!(problem["type"], "https://stockflow.dev/problems/conflict");
+    }
+    let outcome = client.outcome(&first).await;
+    assert_eq!(outcome["events"][0]["qty"], 1, "the first request is the one decided: {outcome}");
+    let (_, stock) = client.get(&format!("/v1/stock/B?after={}", first["token"].as_str().unwrap())).await;
+    assert_eq!(stock["totals"]["reserved"], 0, "nothing of the refused requests applied: {stock}");
+
+    // Two keys on one request: which one is meant is not for the server to guess.
+    let (status, problem) =
+        client.send(reqwest::Method::POST, "/v1/stock/A/adjust", Some(reserve.clone()), &[("idempotency-key", "k-2"), ("idempotency-key", "k-3")]).await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("Idempotency-Key: given more than once"), "{problem}");
+
+    // An order that names no order id: its retry names the same order.
+    let order = json!({"customer_id": "ana", "lines": [{"sku": "A", "location": "m", "qty": 1, "price": 2}]});
+    let (_, placed) = client.send(reqwest::Method::POST, "/v1/orders", Some(order.clone()), &[("idempotency-key", "o-1")]).await;
+    let (_, retried) = client.send(reqwest::Method::POST, "/v1/orders", Some(order), &[("idempotency-key", "o-1")]).await;
+    assert_eq!(placed["order_id"], retried["order_id"], "{placed} {retried}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+/// A key given twice in a JSON body is refused with the key named, at any
+/// depth and on every route with a body, before anything is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_key_given_twice_is_a_400_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let client = Client::new(&running);
+    let cases = [
+        (reqwest::Method::POST, "/v1/stock/A/adjust", r#"{"location":"m","qty":1,"qty":999}"#, "field `qty` given twice"),
+        (reqwest::Method::POST, "/v1/items", r#"{"sku":"A","name":"n","price":1,"stock":{"m":1,"m":9}}"#, "field `stock.m` given twice"),
+        (reqwest::Method::PATCH, "/v1/items/A", r#"{"name":"n","name":"m"}"#, "field `name` given twice"),
+        (
+            reqwest::Method::POST,
+            "/v1/orders",
+            r#"{"customer_id":"c","lines":[{"sku":"A","qty":1,"price":1,"qty":5}]}"#,
+            "field `lines[0].qty` given twice (in `lines[0]`)",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/webhooks",
+            r#"{"url":"http://127.0.0.1:9/a","secret":"0123456789abcdef","url":"http://127.0.0.1:9/b"}"#,
+            "field `url` given twice",
+        ),
+    ];
+    for (method, path, body, detail) in cases {
+        let (status, problem) = client.send_text(method, path, body).await;
+        assert_eq!(status, 400, "{path} {body}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "{path}: {problem}");
+    }
+    let commands = running.log.topic(COMMANDS, 3).unwrap();
+    assert_eq!((0..3).map(|p| commands.end_offset(p)).sum::<u64>(), 0, "nothing appended");
+    let (status, hooks) = client.get("/v1/webhooks").await;
+    assert_eq!((status, hooks["webhooks"].as_array().map(Vec::len)), (200, Some(0)), "{hooks}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+/// Skus and ids `.` and `..` could never be read back through a URL (clients
+/// normalise them away): refused; an error about a path parameter names the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_names_are_refused_and_path_errors_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let client = Client::new(&running);
+    let cases = [
+        ("/v1/items", json!({"sku": "..", "name": "n", "price": 1}), &[][..], "field `sku`: `..` is not allowed"),
+        ("/v1/items", json!({"sku": ".", "name": "n", "price": 1}), &[][..], "field `sku`: `.` is not allowed"),
+        ("/v1/stock/A/adjust", json!({"location": "..", "qty": 1}), &[][..], "field `location`: `..` is not allowed"),
+        ("/v1/stock/A/adjust", json!({"location": "m", "qty": 1}), &[("idempotency-key", "..")][..], "command id: `..` is not allowed"),
+        ("/v1/stock/A/reserve", json!({"location": "m", "qty": 1, "reservation_id": "."}), &[][..], "`.` is not allowed"),
+        ("/v1/orders", json!({"customer_id": "c", "order_id": "..", "lines": [{"sku": "A", "qty": 1, "price": 1}]}), &[][..], "`..` is not allowed"),
+        ("/v1/stock/bad%20sku/adjust", json!({"location": "m", "qty": 1}), &[][..], "path parameter sku: character ' ' not allowed"),
+    ];
+    for (path, body, headers, detail) in cases {
+        let (status, problem) = client.send(reqwest::Method::POST, path, Some(body.clone()), headers).await;
+        assert_eq!(status, 400, "{path} {body}: {problem}");
+        let text = problem["detail"].as_str().unwrap();
+        assert!(text.contains(detail), "{path} {body}: {text}");
+        assert!(!text.starts_with("body:") || !path.contains("%20"), "a path error names the path: {text}");
+    }
+    let (status, problem) = client.send(reqwest::Method::PATCH, "/v1/items/bad%20sku", Some(json!({"name": "n"})), &[]).await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().starts_with("path parameter sku:"), "{problem}");
+    let (status, problem) = client.get("/v1/commands/a%20b").await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().starts_with("path parameter id"), "{problem}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+/// Money is read from the text the client sent, never through a float: an
+/// amount a JSON number holds exactly reads back as written; a larger one is
+/// a 400 naming the field, not a silently different price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_reads_back_exactly_or_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let client = Client::new(&running);
+    let (status, problem) = client.send_text(reqwest::Method::POST, "/v1/items", r#"{"sku":"BIG","name":"n","price":900719925474.0993}"#).await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("field `price`: `900719925474.0993` is beyond ±549755813887.9999"), "{problem}");
+    let (status, problem) = client
+        .send_text(reqwest::Method::POST, "/v1/orders", r#"{"customer_id":"c","lines":[{"sku":"A","location":"m","qty":1,"price":900719925474.0993}]}"#)
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("field `lines[0].price`"), "{problem}");
+
+    for (sku, price) in [("EDGE", "549755813887.9999"), ("FINE", "123456789012.3457"), ("EXP", "1.5e2")] {
+        let body = format!(r#"{{"sku":"{sku}","name":"n","price":{price},"stock":{{"m":1}}}}"#);
+        let (status, answer) = client.send_text(reqwest::Method::POST, "/v1/items", &body).await;
+        assert_eq!(status, 202, "{answer}");
+        // The answer's text, not a float parse of it: the digits must be the client's.
+        let url = format!("{}/v1/items/{sku}?after={}", client.base, answer["token"].as_str().unwrap());
+        let text = client.http.get(url).send().await.unwrap().text().await.unwrap();
+        let shown = if price == "1.5e2" { "150.0" } else { price };
+        assert!(text.contains(&format!(r#""price":{shown},"#)), "{sku}: {text}");
+    }
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }

@@ -333,3 +333,264 @@ async fn the_openapi_document_matches_the_routes_served() {
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+/// One `curl` of the README, as a request: method, path (and query),
+/// headers, body; `assign` names the shell variable its answer is kept in
+/// (`answer=$(curl …)`), read back by later examples with
+/// `$(echo "$answer" | jq -r .field)`.
+#[derive(Debug)]
+struct Curl {
+    line: String,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+    streams: bool,
+    assign: Option<String>,
+}
+
+/// Splits a shell command into words (quotes removed), ending at the first
+/// unquoted `|`, `;`, `>` or `)`: what follows is not curl's.
+fn shell_words(text: &str) -> (Vec<String>, &str) {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                for (_, c) in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                    w.push(c);
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => w.extend(chars.next().map(|(_, c)| c)),
+                        c => w.push(c),
+                    }
+                }
+            }
+            '|' | ';' | '>' | ')' => {
+                words.extend(word.take());
+                return (words, &text[at..]);
+            }
+            // A comment: the rest of the line is not the command's.
+            '#' if word.is_none() => return (words, ""),
+            c if c.is_whitespace() => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    (words, "")
+}
+
+/// Every `curl … localhost:8080…` of the README's ```sh blocks.
+fn readme_curls() -> Vec<Curl> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut lines = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_sh = !in_sh && line.trim() == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        match line.trim_end().strip_suffix('\\') {
+            Some(start) => pending.push_str(start),
+            None => {
+                pending.push_str(line);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    let mut curls = Vec::new();
+    for line in lines {
+        let mut rest = line.as_str();
+        while let Some(at) = rest.find("curl ") {
+            let before = &rest[..at];
+            let assign = before.trim_end().strip_suffix("=$(").map(|name| name.rsplit(' ').next().unwrap().trim().to_owned());
+            let (words, after) = shell_words(&rest[at..]);
+            rest = after;
+            if !words.iter().any(|w| w.contains("localhost:8080")) {
+                continue;
+            }
+            let mut curl =
+                Curl { line: line.clone(), method: "GET".into(), path: String::new(), headers: Vec::new(), body: None, streams: false, assign: assign.clone() };
+            let mut args = words.into_iter().skip(1);
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "-X" => curl.method = args.next().unwrap(),
+                    "-H" => {
+                        let header = args.next().unwrap();
+                        let (name, value) = header.split_once(':').unwrap();
+                        curl.headers.push((name.trim().to_owned(), value.trim().to_owned()));
+                    }
+                    "-d" => {
+                        curl.body = args.next();
+                        if curl.method == "GET" {
+                            curl.method = "POST".into();
+                        }
+                    }
+                    flags if flags.starts_with('-') => {
+                        assert!(flags.chars().skip(1).all(|f| "sN".contains(f)), "a curl option this test does not know: {flags} in `{line}`");
+                        curl.streams |= flags.contains('N');
+                    }
+                    url => curl.path = url.split_once("localhost:8080").unwrap_or_else(|| panic!("not a local URL: {url} in `{line}`")).1.to_owned(),
+                }
+            }
+            curls.push(curl);
+        }
+    }
+    curls
+}
+
+/// The README's examples cannot drift from the API: every `curl` against
+/// `localhost:8080` in its ```sh blocks is sent, as written, to a running
+/// demo, and answers 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_curl_of_the_readme_answers_2xx_against_the_demo() {
+    let curls = readme_curls();
+    assert!(curls.len() >= 20, "the README's curl examples were not found: {curls:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = settings(dir.path(), 2);
+    demo.partitions = 4;
+    demo.demo_rate = Some(2_000);
+    let running = server::start(&demo).await.unwrap();
+    // The examples name SKU-00042 (at madrid-centro).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while get(&running, "/v1/stock/SKU-00042").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the demo never seeded SKU-00042");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let http = reqwest::Client::new();
+    let mut answers: std::collections::BTreeMap<String, Value> = Default::default();
+    for curl in &curls {
+        // `$(echo "$answer" | jq -r .field)`: a field of an earlier answer.
+        let mut path = curl.path.clone();
+        while let Some(at) = path.find("$(echo $") {
+            let end = at + path[at..].find(')').unwrap();
+            let (variable, field) = path[at + 8..end].split_once(" | jq -r .").unwrap_or_else(|| panic!("unknown substitution in `{}`", curl.line));
+            let value = answers[variable][field].as_str().unwrap_or_else(|| panic!("{variable} has no {field}: {}", answers[variable])).to_owned();
+            path.replace_range(at..=end, &value);
+        }
+        let mut request = http.request(curl.method.parse().unwrap(), format!("http://{}{path}", running.addr));
+        for (name, value) in &curl.headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = &curl.body {
+            request = request.body(body.clone());
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), request.send()).await.unwrap_or_else(|_| panic!("no answer to `{}`", curl.line)).unwrap();
+        let status = response.status();
+        let text = if curl.streams { String::new() } else { response.text().await.unwrap() };
+        assert!(status.is_success(), "`{}` ({} {path}) answered {status}: {text}", curl.line, curl.method);
+        if let Some(variable) = &curl.assign {
+            answers.insert(variable.clone(), serde_json::from_str(&text).unwrap());
+        }
+    }
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+/// Metric labels come from a closed set: made-up methods are counted as
+/// `other` and unknown paths as `unmatched`, so requests anyone can send
+/// (no key needed to be answered 404 or 405) cannot grow `/metrics` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_add_no_metric_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let http = reqwest::Client::new();
+    let send = |method: String, path: String| {
+        let request = http.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("http://{}{path}", running.addr));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // Warm-up: the series a normal client creates.
+    assert_eq!(send("GET".into(), "/v1/stock".into()).await, 200);
+    assert_eq!(send("GET".into(), "/v1/nothing".into()).await, 404);
+    assert_eq!(send("FOO".into(), "/v1/stock".into()).await, 405);
+    // The HTTP series (labels without their values) that exist before.
+    let series = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines().filter(|l| l.starts_with("stockflow_http_")).map(|l| l.rsplit_once(' ').unwrap().0.to_owned()).collect()
+    };
+    get(&running, "/metrics").await;
+    let before = series(get(&running, "/metrics").await.2.as_str().unwrap());
+    for i in 0..300 {
+        let status = send(format!("M{i:03}{}", "X".repeat(i * 10)), format!("/v1/made-up-{i}")).await;
+        assert_eq!(status, 404);
+        assert_eq!(send(format!("FOO{i}"), "/v1/stock".into()).await, 405);
+    }
+    let (_, _, metrics) = get(&running, "/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(!metrics.contains("M000") && !metrics.contains("FOO1") && !metrics.contains("made-up"), "a client's text became a label");
+    assert!(metrics.contains(r#"stockflow_http_requests_total{method="other",route="unmatched",status="404"} 300"#), "{metrics}");
+    assert!(metrics.contains(r#"stockflow_http_requests_total{method="other",route="/v1/stock",status="405"} 301"#), "{metrics}");
+    // 600 requests with 600 made-up methods and 300 made-up paths: one new series.
+    let new: Vec<String> = series(metrics).difference(&before).cloned().collect();
+    assert_eq!(new, [r#"stockflow_http_requests_total{method="other",route="unmatched",status="404"}"#], "new series");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
+
+/// Sends `request` (a whole HTTP/1.1 request head) on a connection of its
+/// own and reads the answer to its end: status, headers (lower-case names),
+/// body. Raw, because HTTP clients refuse to send what these tests send.
+async fn raw_exchange(running: &Running, request: &[u8]) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.expect("the server closes the connection").unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head in `{answer}`"));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned())).collect();
+    (status, headers, body.to_owned())
+}
+
+/// Requests hyper refuses before any route runs (a URI over its 64 KiB, over
+/// 100 headers) are answered like every other error: problem+json with a
+/// request id, and counted under closed labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_refused_before_routing_are_problems_with_a_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let long_uri = format!("GET /v1/stock?cursor={} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(100_000));
+    let headers: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let many_headers = format!("GET /v1/stock HTTP/1.1\r\nhost: x\r\n{headers}\r\n");
+    let cases = [(long_uri, 414, "URI is longer than the 65534 bytes"), (many_headers, 431, "more than 100 headers")];
+    for (request, status, detail) in cases {
+        let (got, headers, body) = raw_exchange(&running, request.as_bytes()).await;
+        assert_eq!(got, status, "{headers:?} {body}");
+        assert_eq!(headers.get("content-type").map(String::as_str), Some("application/problem+json"), "{headers:?}");
+        assert!(headers.get("x-request-id").is_some_and(|id| id.starts_with("req_")), "{headers:?}");
+        assert_eq!(headers.get("content-length"), Some(&body.len().to_string()));
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["status"], status, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "{problem}");
+    }
+    // A head that is not HTTP at all: hyper's 400, also a problem.
+    let (got, headers, _) = raw_exchange(&running, b"NOT HTTP\r\n\r\n").await;
+    assert_eq!((got, headers.get("content-type").map(String::as_str)), (400, Some("application/problem+json")));
+    // Our own answers are left as they are.
+    let (got, headers, body) = raw_exchange(&running, b"GET /v1/nothing HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(got, 404, "{body}");
+    assert!(body.contains("no such route") && headers.contains_key("x-request-id"), "{headers:?} {body}");
+    let (_, _, metrics) = get(&running, "/metrics").await;
+    let metrics = metrics.as_str().unwrap();
+    for status in [400, 414, 431] {
+        let series = format!(r#"stockflow_http_requests_total{{method="other",route="unmatched",status="{status}"}} 1"#);
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}

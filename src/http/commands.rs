@@ -8,18 +8,21 @@
 //! rule by [`decode_command`], the same decoder the engine applies to the
 //! commands topic, so a command accepted here is never a dead letter there.
 
+use super::body::{self, Fields};
 use super::error::{ApiError, CommandProblems, Params, Problem, ReadProblems};
 use super::reads::{consistent_read, tenant_param};
 use super::AppState;
+use crate::store::Claim;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use stockflow_dataflows::model::command::Command;
 use stockflow_dataflows::model::command::MAX_COMMAND_ID_LEN;
-use stockflow_dataflows::model::decode::validate_id;
+use stockflow_dataflows::model::decode::{validate_id, validate_name};
 use stockflow_dataflows::model::{decode_command, encode_event, EventBody, Name, RecordContext};
 
 /// Largest command body accepted, in bytes.
@@ -191,23 +194,35 @@ async fn submit(
         return Err(ApiError::method_not_allowed_because("this server is read-only (--read-only): it takes no commands"));
     };
     let tenant = tenant_param(params.tenant.as_deref())?;
+    if let Some(sku) = &sku {
+        // The sku is the path's, not the body's: say so.
+        validate_name(sku).map_err(|reason| ApiError::bad_request(format!("path parameter sku: {reason}")))?;
+    }
     let mut fields = body_object(&headers, body, endpoint.command == "item.delete")?;
     if let Some(unknown) = fields.keys().find(|k| !endpoint.fields.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("body: unknown field `{unknown}` (this command takes {})", endpoint.fields.join(", "))));
     }
-    if !endpoint.at_least_one_of.is_empty() && !endpoint.at_least_one_of.iter().any(|f| fields.get(*f).is_some_and(|v| !v.is_null())) {
+    if !endpoint.at_least_one_of.is_empty() && endpoint.at_least_one_of.iter().all(|f| body::is_absent(&fields, f)) {
         return Err(ApiError::bad_request(format!("body: give at least one of {}", endpoint.at_least_one_of.join(", "))));
     }
     // The command id: Idempotency-Key, else the body's command_id, else a new one.
-    let from_header = match headers.get("idempotency-key") {
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let from_header = match keys.next() {
         Some(value) => Some(value.to_str().map_err(|_| ApiError::bad_request("header Idempotency-Key: not visible ASCII"))?.to_owned()),
         None => None,
     };
+    if keys.next().is_some() {
+        return Err(ApiError::bad_request("header Idempotency-Key: given more than once; a command has one key"));
+    }
     let from_body = match fields.remove("command_id") {
-        Some(Value::String(id)) => Some(id),
-        Some(Value::Null) | None => None,
-        Some(other) => return Err(ApiError::bad_request(format!("field `command_id`: expected a string, got `{other}`"))),
+        Some(id) if id.get() == "null" => None,
+        Some(id) => match serde_json::from_str::<String>(id.get()) {
+            Ok(id) => Some(id),
+            Err(_) => return Err(ApiError::bad_request(format!("body: field `command_id`: expected a string, got `{}`", body::shorten(id.get())))),
+        },
+        None => None,
     };
+    let client_named_id = from_header.is_some() || from_body.is_some();
     let command_id = match (from_header, from_body) {
         (Some(header), Some(body)) if header != body => {
             return Err(ApiError::bad_request(format!("header Idempotency-Key `{header}` and field `command_id` `{body}` differ; give one")));
@@ -222,29 +237,49 @@ async fn submit(
         (None, None) => new_command_id(),
     };
     if let Some(sku) = sku {
-        fields.insert("sku".into(), Value::String(sku));
+        fields.insert("sku".into(), body::raw(sku));
     }
-    if endpoint.command == "order.place" && fields.get("order_id").is_none_or(Value::is_null) {
-        fields.insert("order_id".into(), Value::String(format!("ord-{:016x}", rand::random::<u64>())));
+    if endpoint.command == "order.place" && body::is_absent(&fields, "order_id") {
+        // Derived from the command id, so a retry of the same command names the same order.
+        fields.insert("order_id".into(), body::raw(derived_order_id(&tenant, &command_id)));
     }
-    if endpoint.command == "stock.reserve" && fields.get("reservation_id").is_none_or(Value::is_null) {
+    if endpoint.command == "stock.reserve" && body::is_absent(&fields, "reservation_id") {
         // Unique per command, so it cannot collide with another reservation.
-        fields.insert("reservation_id".into(), Value::String(format!("res-{command_id}")));
+        fields.insert("reservation_id".into(), body::raw(format!("res-{command_id}")));
     }
-    fields.insert("id".into(), Value::String(command_id.clone()));
-    fields.insert("type".into(), Value::String(endpoint.command.into()));
-    fields.insert("tenant".into(), Value::String(tenant.to_string()));
-    fields.insert("ts".into(), json!(chrono::Utc::now().timestamp_millis()));
-    let payload = serde_json::to_vec(&Value::Object(fields)).map_err(ApiError::internal)?;
+    fields.insert("id".into(), body::raw(&command_id));
+    fields.insert("type".into(), body::raw(endpoint.command));
+    fields.insert("tenant".into(), body::raw(tenant.as_str()));
+    fields.insert("ts".into(), body::raw(chrono::Utc::now().timestamp_millis()));
+    // The fields as the client wrote them: numbers are not read into floats on the way.
+    let payload = serde_json::to_vec(&fields).map_err(ApiError::internal)?;
     // Every field rule, exactly as the engine will apply them.
     let command = decode_command(&payload, RecordContext::default()).map_err(|error| ApiError::bad_request(format!("body: {error}")))?;
 
+    // A command id the client named is one request: its retries are answered
+    // as the first was, and another request under it is refused.
+    let claimed = client_named_id
+        && match state.store.claim_command(&command.tenant, &command.id, fingerprint(&command), || describe(&command)) {
+            Claim::New => true,
+            Claim::InFlight => false,
+            Claim::Repeat(answer) => return Ok(accepted((*answer).clone())),
+            Claim::Conflict(first) => {
+                return Err(ApiError::conflict(format!(
+                    "command id `{}` (Idempotency-Key or command_id) was already used in tenant `{}` for another request: {first}; \
+                     send that request unchanged to retry it, or use a new key for a new command",
+                    command.id, command.tenant
+                )))
+            }
+        };
     let key = format!("{}/{}", command.tenant, command.sku).into_bytes();
     let topic = writer.topic.clone();
     let (partition, offset) = match writer.append(key, payload).await {
         Ok(position) => position,
         Err(error) => {
             tracing::warn!(%error, "a command could not be appended");
+            if claimed {
+                state.store.command_failed(&command.tenant, &command.id);
+            }
             return Err(ApiError::unavailable(format!("the command could not be appended to {topic}: {error}; retry with the same Idempotency-Key")));
         }
     };
@@ -262,16 +297,59 @@ async fn submit(
         EventBody::OrderPlaced { order_id, .. } => answer["order_id"] = json!(order_id),
         _ => {}
     }
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, answer["status_url"].as_str().unwrap_or_default().to_owned())], Json(answer)).into_response())
+    if claimed {
+        state.store.command_answered(&command.tenant, &command.id, answer.clone());
+    }
+    Ok(accepted(answer))
 }
 
-/// The body as a JSON object, after the content-type and size checks.
-pub(super) fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> Result<Map<String, Value>, ApiError> {
+/// `202 Accepted` with a command's answer, `Location` its status URL.
+fn accepted(answer: Value) -> Response {
+    (StatusCode::ACCEPTED, [(header::LOCATION, answer["status_url"].as_str().unwrap_or_default().to_owned())], Json(answer)).into_response()
+}
+
+/// What a command asks for, hashed: its type, sku, fields and expected
+/// version, not when it was sent. Equal for a retry of the same request.
+fn fingerprint(command: &Command) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&command.tenant, &command.id, &command.sku, command.expected_version, &command.intent).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A command as a conflict names it: ``stock.reserve of sku `A` (status: /v1/commands/…)``.
+fn describe(command: &Command) -> String {
+    let (kind, key) = match &command.intent {
+        EventBody::OrderPlaced { .. } => ("order.place", "order"),
+        EventBody::ItemCreated { .. } => ("item.create", "sku"),
+        EventBody::ItemUpdated { .. } => ("item.update", "sku"),
+        EventBody::ItemDeleted { .. } => ("item.delete", "sku"),
+        EventBody::StockAdjusted { .. } => ("stock.adjust", "sku"),
+        EventBody::StockReserved { .. } => ("stock.reserve", "sku"),
+        EventBody::StockReleased { .. } => ("stock.release", "sku"),
+        EventBody::StockCommitted { .. } => ("stock.commit", "sku"),
+        _ => ("command", "sku"),
+    };
+    format!("{kind} of {key} `{}` (its status: /v1/commands/{}?tenant={})", command.sku, command.id, command.tenant)
+}
+
+/// The order id of an `order.place` that gave none: `ord-` and 16 hex digits
+/// of SHA-256 over the tenant and command id, the same for every retry.
+fn derived_order_id(tenant: &str, command_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(tenant).chain_update([0u8]).chain_update(command_id).finalize();
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ord-{hex}")
+}
+
+/// The body as a JSON object, after the content-type and size checks (see
+/// [`body::object`]: no key twice, numbers as sent).
+pub(super) fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> Result<Fields, ApiError> {
     if body.len() > MAX_COMMAND_BYTES {
         return Err(ApiError::too_large(format!("body: {} bytes, more than the {MAX_COMMAND_BYTES} this route takes", body.len())));
     }
     if body.is_empty() && optional {
-        return Ok(Map::new());
+        return Ok(Fields::new());
     }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim();
@@ -279,19 +357,7 @@ pub(super) fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> R
         let got = if content_type.is_empty() { "none".to_owned() } else { format!("`{content_type}`") };
         return Err(ApiError::unsupported_media_type(format!("header Content-Type: this route takes application/json, got {got}")));
     }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(other) => Err(ApiError::bad_request(format!("body: expected a JSON object, got `{}`", shorten(&other.to_string())))),
-        Err(error) => Err(ApiError::bad_request(format!("body: not JSON: {error}"))),
-    }
-}
-
-fn shorten(text: &str) -> String {
-    if text.len() <= 40 {
-        return text.to_owned();
-    }
-    let cut = (0..=40).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
-    format!("{}…", &text[..cut])
+    body::object(body)
 }
 
 /// A fresh command id: 128 random bits in hex.
@@ -312,7 +378,7 @@ fn new_command_id() -> String {
     )
 )]
 pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
-    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("order id: {reason}")))?;
+    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("path parameter id (the order id): {reason}")))?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let Some(row) = snapshot.orders.get(&(tenant.clone(), Name::from(id.as_str()))) else {
         return Err(ApiError::not_found(format!("no order `{id}` of tenant `{tenant}`")));
@@ -336,7 +402,7 @@ pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params
     )
 )]
 pub async fn outcome(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
-    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("command id: {reason}")))?;
+    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("path parameter id (the command id): {reason}")))?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let id = Name::from(id);
     if let Some(events) = snapshot.commands.get(&(tenant.clone(), id.clone())) {

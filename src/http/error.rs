@@ -45,6 +45,11 @@ impl ApiError {
         ApiError { status: StatusCode::METHOD_NOT_ALLOWED, kind: "method-not-allowed", title: "Method not allowed", detail: detail.into(), retry_after: None }
     }
 
+    /// 409: the request conflicts with an earlier one (a command id reused for another request).
+    pub fn conflict(detail: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::CONFLICT, kind: "conflict", title: "Conflict", detail: detail.into(), retry_after: None }
+    }
+
     /// 503: the service cannot answer yet (catching up, or a wait timed out).
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", title: "Service unavailable", detail: detail.into(), retry_after: None }
@@ -213,6 +218,8 @@ problems! {
 problems! {
     /// The problems a command may answer.
     CommandProblems {
+        /// The command id (Idempotency-Key or command_id) was used by this server for another request; the detail names it.
+        409 Conflict,
         /// The body is over 64 KiB.
         413 TooLarge,
         /// The body is not application/json.

@@ -11,7 +11,7 @@
 //! carries it).
 
 use super::error::{ApiError, Params, Problem, ReadProblems, Segment, StreamProblems};
-use super::reads::{consistent_read, tenant_param, ReadParams};
+use super::reads::{consistent_read, decode_cursor, encode_cursor, page_limit, tenant_param};
 use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
@@ -25,6 +25,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_dataflows::alerts::AlertKind;
@@ -46,17 +47,38 @@ pub(super) struct AlertParams {
     state: Option<String>,
     /// Alerts of this kind only: `low_stock` or `out_of_stock`.
     kind: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Rows per page (1–1000, default 100).
+    limit: Option<usize>,
 }
 
-/// `GET /v1/alerts?state=active|all&kind=`: the latest transition of each
-/// alert of the tenant (active ones only by default), in key order.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReplenishmentParams {
+    /// The tenant read or written (default `default`; a tenant key's own when absent).
+    tenant: Option<String>,
+    /// Read-your-writes: a command's `token` (or `topic:partition:offset`, comma separated); the read waits until the views reflect it.
+    after: Option<String>,
+    /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
+    wait_ms: Option<u64>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Rows per page (1–1000, default 100).
+    limit: Option<usize>,
+}
+
+/// `GET /v1/alerts?state=active|all&kind=&limit=&cursor=`: the latest
+/// transition of each alert of the tenant (active ones only by default), in
+/// key order (sku, location, kind), a page at a time.
 #[utoipa::path(
     get,
     path = "/alerts",
     tag = "live",
     params(AlertParams),
     responses(
-        (status = 200, description = "The latest transition of each alert of the tenant", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of the latest transition of each alert of the tenant: `{as_of, alerts, next_cursor}`", body = Object, content_type = "application/json"),
         ReadProblems
     )
 )]
@@ -72,43 +94,89 @@ pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): P
             vec![AlertKind::parse(kind).ok_or_else(|| ApiError::bad_request(format!("query parameter kind: `{kind}` is not one of low_stock, out_of_stock")))?]
         }
     };
+    let limit = page_limit(params.limit)?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    // The cursor names the last (sku, location, kind) returned: resume at its
+    // row, after its kind.
+    let resume = match params.cursor.as_deref() {
+        Some(cursor) => {
+            let parts = decode_cursor(cursor, 3)?;
+            let kind = AlertKind::parse(&parts[2]).ok_or_else(|| ApiError::bad_request("query parameter cursor: not a cursor returned by this listing"))?;
+            Some((StockKey { tenant: tenant.clone(), sku: parts[0].clone(), location: parts[1].clone() }, kind))
+        }
+        None => None,
+    };
+    let start = resume.as_ref().map_or_else(|| first_row(&tenant), |(key, _)| key.clone());
     let mut rows = Vec::new();
-    for (key, pair) in tenant_range(&snapshot, &tenant) {
+    let mut last: Option<(&StockKey, AlertKind)> = None;
+    let mut next_cursor = None;
+    'rows: for (key, pair) in snapshot.alerts.range(start..).take_while(|(key, _)| key.tenant == tenant) {
         for kind in &kinds {
-            if let Some(alert) = pair.get(*kind).filter(|a| all || a.raised) {
-                rows.push(alert_row_json(alert, snapshot.stock.get(key)));
+            if resume.as_ref().is_some_and(|(at, after)| at == key && kind_rank(*kind) <= kind_rank(*after)) {
+                continue;
             }
+            let Some(alert) = pair.get(*kind).filter(|a| all || a.raised) else { continue };
+            if rows.len() == limit {
+                if let Some((key, kind)) = last {
+                    next_cursor = Some(encode_cursor(&[&key.sku, &key.location, kind.name()]));
+                }
+                break 'rows;
+            }
+            rows.push(alert_row_json(alert, snapshot.stock.get(key)));
+            last = Some((key, *kind));
         }
     }
-    Ok(Json(json!({"as_of": snapshot.as_of, "alerts": rows})))
+    Ok(Json(json!({"as_of": snapshot.as_of, "alerts": rows, "next_cursor": next_cursor})))
+}
+
+/// A kind's place in [`AlertKind::ALL`], the order of a listing's rows within one stock row.
+fn kind_rank(kind: AlertKind) -> usize {
+    AlertKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
 /// `GET /v1/replenishment`: the open suggestions, one per stock row whose
-/// low-stock alert is active: reorder `target_level - available` now.
+/// low-stock alert is active: reorder `target_level - available` now; in
+/// (sku, location) order, a page at a time.
 #[utoipa::path(
     get,
     path = "/replenishment",
     tag = "live",
-    params(ReadParams),
+    params(ReplenishmentParams),
     responses(
-        (status = 200, description = "What to reorder: skus with active alerts and the quantity up to their target level", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of what to reorder: skus with active alerts and the quantity up to their target level: `{as_of, suggestions, next_cursor}`", body = Object, content_type = "application/json"),
         ReadProblems
     )
 )]
-pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<ReplenishmentParams>) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(params.limit)?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
-    let rows: Vec<Value> = tenant_range(&snapshot, &tenant)
-        .filter_map(|(key, pair)| low_stock_row(pair, snapshot.stock.get(key)).map(|row| (key, row)))
-        .filter(|(_, row)| row.suggested_reorder_qty > 0)
-        .map(|(key, row)| low_stock_json(key, &row))
-        .collect();
-    Ok(Json(json!({"as_of": snapshot.as_of, "suggestions": rows})))
+    let start = match params.cursor.as_deref() {
+        Some(cursor) => {
+            let parts = decode_cursor(cursor, 2)?;
+            Bound::Excluded(StockKey { tenant: tenant.clone(), sku: parts[0].clone(), location: parts[1].clone() })
+        }
+        None => Bound::Included(first_row(&tenant)),
+    };
+    let mut rows = Vec::new();
+    let mut last: Option<&StockKey> = None;
+    let mut next_cursor = None;
+    for (key, pair) in snapshot.alerts.range((start, Bound::Unbounded)).take_while(|(key, _)| key.tenant == tenant) {
+        let Some(row) = low_stock_row(pair, snapshot.stock.get(key)).filter(|row| row.suggested_reorder_qty > 0) else { continue };
+        if rows.len() == limit {
+            if let Some(last) = last {
+                next_cursor = Some(encode_cursor(&[&last.sku, &last.location]));
+            }
+            break;
+        }
+        rows.push(low_stock_json(key, &row));
+        last = Some(key);
+    }
+    Ok(Json(json!({"as_of": snapshot.as_of, "suggestions": rows, "next_cursor": next_cursor})))
 }
 
-fn tenant_range<'a>(snapshot: &'a Snapshot, tenant: &'a Name) -> impl Iterator<Item = (&'a StockKey, &'a crate::store::AlertPair)> + 'a {
-    let start = StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() };
-    snapshot.alerts.range(start..).take_while(move |(key, _)| key.tenant == *tenant)
+/// The first stock key of a tenant (empty sku and location sort first).
+fn first_row(tenant: &Name) -> StockKey {
+    StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -6,7 +6,9 @@
 //! `wait_ms`. Errors are problem+json ([`error::ApiError`]).
 
 pub mod auth;
+mod body;
 mod commands;
+mod conn;
 mod dashboard;
 pub mod error;
 mod kpis;
@@ -197,8 +199,12 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` fires.
+/// Serves `app` on `listener` until `shutdown` fires. Connections go
+/// through [`conn::Listener`]: even a request hyper refuses before routing
+/// (a URI over 64 KiB, over 100 headers) is answered with a problem and a
+/// request id.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: crate::shutdown::Shutdown) -> std::io::Result<()> {
+    let listener = conn::Listener::new(listener, state.metrics.clone());
     axum::serve(listener, app(state)).with_graceful_shutdown(async move { shutdown.wait().await }).await
 }
 
@@ -209,7 +215,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown:
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let id = request
         .headers()
         .get(REQUEST_ID)
@@ -236,9 +242,28 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    state.metrics.http_requests.with_label_values(&[route.as_str(), method.as_str(), status.as_str()]).inc();
+    state.metrics.http_requests.with_label_values(&[route.as_str(), method, status.as_str()]).inc();
     state.metrics.http_latency.with_label_values(&[route.as_str(), status.as_str()]).observe(start.elapsed().as_secs_f64());
     response
+}
+
+/// The `method` label of a request: one of the methods HTTP defines, else
+/// `other`. Labels come from a closed set: a label per made-up method would
+/// be a metric series kept forever, for any client to add.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Alive: answers as long as the process serves HTTP.

@@ -92,7 +92,7 @@ pub(super) struct ItemListParams {
     )
 )]
 pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
-    let sku = parameter_name("sku", &sku)?;
+    let sku = parameter_name("path parameter sku", &sku)?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let key = SkuKey { tenant: tenant.clone(), sku: sku.clone() };
     let row = snapshot.items.get(&key).ok_or_else(|| ApiError::not_found(format!("no item `{sku}` in tenant `{tenant}`")))?;
@@ -165,7 +165,7 @@ pub(super) async fn list_items(
     )
 )]
 pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
-    let sku = parameter_name("sku", &sku)?;
+    let sku = parameter_name("path parameter sku", &sku)?;
     let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let key = SkuKey { tenant: tenant.clone(), sku: sku.clone() };
     let totals = snapshot.stock_totals.get(&key);
@@ -350,7 +350,8 @@ pub(super) fn parameter_name(parameter: &str, value: &str) -> Result<Name, ApiEr
     Ok(Name::from(value))
 }
 
-fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+/// `limit` of a listing, checked: [`DEFAULT_LIMIT`] when absent, 1–[`MAX_LIMIT`].
+pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
@@ -358,11 +359,13 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-fn encode_cursor(parts: &[&str]) -> String {
+/// A listing's `next_cursor`: the key of the last row returned, opaque to clients.
+pub(super) fn encode_cursor(parts: &[&str]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(parts.join("/"))
 }
 
-fn decode_cursor(cursor: &str, parts: usize) -> Result<Vec<Name>, ApiError> {
+/// Reads a cursor of [`encode_cursor`] holding `parts` names; 400 for anything else.
+pub(super) fn decode_cursor(cursor: &str, parts: usize) -> Result<Vec<Name>, ApiError> {
     let bad = || ApiError::bad_request("query parameter cursor: not a cursor returned by this listing");
     if cursor.len() > 4 * (MAX_NAME_LEN + 1) * parts {
         return Err(bad());

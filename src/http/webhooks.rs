@@ -55,7 +55,7 @@ pub(super) async fn register(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let hooks = webhooks(&state)?;
-    let mut fields = body_object(&headers, &body, false)?;
+    let mut fields = super::body::values(body_object(&headers, &body, false)?);
     if let Some(unknown) = fields.keys().find(|k| !["url", "secret", "tenant", "kinds"].contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("body: unknown field `{unknown}` (fields: url, secret, tenant, kinds)")));
     }

@@ -87,8 +87,9 @@ pub fn decode_command(payload: &[u8], ctx: RecordContext) -> Result<Command, Dec
             None => None,
         };
     // The intended event is the command with its type renamed: every field rule is the event's.
-    let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
-    object.insert("type".into(), event_type.into());
+    // Fields stay as their JSON text (numbers are not read into floats: money stays exact).
+    let mut object: std::collections::BTreeMap<String, Box<RawValue>> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+    object.insert("type".into(), serde_json::value::to_raw_value(event_type).expect("a string serializes"));
     let event = decode_event(&serde_json::to_vec(&object).expect("a map serializes"), ctx)?;
     if event.id.len() > MAX_COMMAND_ID_LEN {
         return Err(DecodeError::Invalid { field: "id".into(), reason: format!("longer than {MAX_COMMAND_ID_LEN} bytes (`{}`)", id.get()) });
@@ -104,9 +105,9 @@ pub fn decode_command(payload: &[u8], ctx: RecordContext) -> Result<Command, Dec
         (_, Some(sku)) => sku.clone(),
         // Release and commit name their reservation; the sku routes them.
         (_, None) => {
-            let sku = object.get("sku").filter(|s| !s.is_null()).ok_or_else(|| DecodeError::Missing("sku".into()))?;
-            let sku: Name = serde_json::from_value(sku.clone())
-                .map_err(|_| DecodeError::Invalid { field: "sku".into(), reason: format!("expected a string, got `{sku}`") })?;
+            let sku = object.get("sku").filter(|s| s.get() != "null").ok_or_else(|| DecodeError::Missing("sku".into()))?;
+            let sku: Name = serde_json::from_str(sku.get())
+                .map_err(|_| DecodeError::Invalid { field: "sku".into(), reason: format!("expected a string, got `{}`", sku.get()) })?;
             super::decode::validate_name(&sku).map_err(|reason| DecodeError::Invalid { field: "sku".into(), reason })?;
             sku
         }

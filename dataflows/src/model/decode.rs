@@ -245,12 +245,13 @@ fn non_empty(field: &str, value: String) -> Result<String, DecodeError> {
     Ok(value)
 }
 
-/// Checks a tenant, sku, location or category: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+/// Checks a tenant, sku, location or category: 1 to 64 of `A-Z a-z 0-9 . _ -`,
+/// not `.` nor `..` (see [`check_chars`]).
 pub fn validate_name(value: &str) -> Result<(), String> {
     check_chars(value, MAX_NAME_LEN, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'), "letters, digits, '.', '_' and '-'")
 }
 
-/// Checks an id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`.
+/// Checks an id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`, not `.` nor `..`.
 pub fn validate_id(value: &str) -> Result<(), String> {
     check_chars(
         value,
@@ -269,6 +270,12 @@ fn check_chars(value: &str, max_len: usize, allowed: impl Fn(u8) -> bool, what: 
     }
     if let Some(bad) = value.chars().find(|c| !c.is_ascii() || !allowed(*c as u8)) {
         return Err(format!("character {bad:?} not allowed (use {what})"));
+    }
+    // Names and ids become URL path segments (`/v1/stock/{sku}`,
+    // `/v1/commands/{id}`), and clients normalise `.` and `..` away: a row
+    // named so could never be read again.
+    if value == "." || value == ".." {
+        return Err(format!("`{value}` is not allowed (a URL path cannot name it)"));
     }
     Ok(())
 }
@@ -318,8 +325,19 @@ pub(super) fn quantity(field: &str, raw: &RawValue, sign: Sign) -> Result<i64, D
     Ok(value)
 }
 
+/// An amount of money, from a JSON number or a decimal string, read from its
+/// text (never through a float), so it is exact or refused.
 pub(super) fn non_negative_money(field: &str, raw: &RawValue) -> Result<Money, DecodeError> {
-    let value: Money = serde_json::from_str(raw.get()).map_err(|e| DecodeError::invalid(field, strip_position(&e.to_string())))?;
+    let text = raw.get();
+    let value = if text.starts_with('"') {
+        let decimal: String = serde_json::from_str(text).map_err(|e| DecodeError::invalid(field, strip_position(&e.to_string())))?;
+        Money::parse(decimal.trim())
+    } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Money::parse_json_number(text)
+    } else {
+        return Err(DecodeError::invalid(field, format!("expected a decimal number or decimal string, got `{}`", shorten(text))));
+    };
+    let value = value.map_err(|error| DecodeError::invalid(field, error.to_string()))?;
     if value.is_negative() {
         return Err(DecodeError::invalid(field, format!("must not be negative, got {value}")));
     }
@@ -454,11 +472,24 @@ mod tests {
             (r#"{"id":"e","type":"item.updated","sku":"A"}"#, "changes nothing"),
             (r#"{"id":"e","type":"order.placed","order_id":"o","customer_id":"c","lines":[{"sku":"A","qty":1}]}"#, "missing required field `lines[0].price`"),
             (r#"{"id":"e","type":"stock.adjusted","sku":"A","location":"m","qty":5000000000}"#, "beyond the limit"),
+            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":900719925474.0993}"#, "field `price`: `900719925474.0993` is beyond"),
+            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":"900719925474.0993"}"#, "field `price`: `900719925474.0993` is beyond"),
+            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":true}"#, "field `price`: expected a decimal number"),
+            (r#"{"id":"e","type":"item.deleted","sku":".."}"#, "field `sku`: `..` is not allowed"),
+            (r#"{"id":".","type":"item.deleted","sku":"A"}"#, "field `id`: `.` is not allowed"),
         ];
         for (json, expected) in cases {
             let error = decode(json).expect_err(json).to_string();
             assert!(error.contains(expected), "{json}: got `{error}`, expected `{expected}`");
         }
+    }
+
+    #[test]
+    fn money_is_read_from_its_text_exactly() {
+        let event = decode(r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":549755813887.9999}"#).unwrap();
+        assert!(matches!(event.body, EventBody::ItemCreated { price, .. } if price.ten_thousandths() == 5_497_558_138_879_999), "{event:?}");
+        let event = decode(r#"{"id":"e","type":"item.updated","sku":"A","price":1.25e2}"#).unwrap();
+        assert!(matches!(event.body, EventBody::ItemUpdated { price: Some(price), .. } if price == Money::parse("125").unwrap()), "{event:?}");
     }
 
     #[test]

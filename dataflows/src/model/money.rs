@@ -6,6 +6,14 @@ use std::fmt;
 /// Scale of [`Money`]: ten-thousandths of the major unit (cents and below).
 const SCALE: i64 = 10_000;
 
+/// Largest amount accepted, in ten-thousandths: 2^39 major units less one
+/// ten-thousandth (549,755,813,887.9999). Up to it a JSON number (a double to
+/// most readers, and to serde_json) holds every amount of four decimals
+/// exactly: doubles below 2^39 are less than 0.0001 apart, so each amount
+/// has a double of its own, whose shortest text is the amount. Above it two
+/// amounts can share a double (900719925474.0993 reads back as …0992).
+pub const MAX_TEN_THOUSANDTHS: i64 = (1 << 39) * SCALE - 1;
+
 /// An exact amount of money in the major units the input used (e.g. `12.34`),
 /// held as ten-thousandths so that sums never round.
 ///
@@ -24,8 +32,8 @@ pub enum MoneyError {
     /// More than four decimal places.
     #[error("`{0}` has more than 4 decimal places")]
     TooPrecise(String),
-    /// Outside the representable range.
-    #[error("`{0}` is out of range")]
+    /// Beyond ±549,755,813,887.9999 (see [`MAX_TEN_THOUSANDTHS`]).
+    #[error("`{0}` is beyond ±549755813887.9999, the largest amount a JSON number holds exactly")]
     OutOfRange(String),
 }
 
@@ -63,7 +71,45 @@ impl Money {
         self.0.checked_mul(qty).map(Money)
     }
 
-    /// Parses a decimal text such as `12`, `-3.5` or `0.0001`.
+    /// Parses a JSON number's text exactly, exponent included (`1.5e3`):
+    /// the digits are read as written, never through a float.
+    pub fn parse_json_number(text: &str) -> Result<Money, MoneyError> {
+        let Some(at) = text.find(['e', 'E']) else { return Money::parse(text) };
+        let bad = || MoneyError::NotANumber(text.to_owned());
+        let (mantissa, exponent) = (&text[..at], &text[at + 1..]);
+        let exponent: i32 = exponent.strip_prefix('+').unwrap_or(exponent).parse().map_err(|_| bad())?;
+        let (sign, digits) = match mantissa.strip_prefix('-') {
+            Some(rest) => ("-", rest),
+            None => ("", mantissa),
+        };
+        let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        if whole.is_empty() || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        // Move the point `exponent` places; beyond ±40 no amount of four decimals fits.
+        if exponent.abs() > 40 {
+            return Err(if exponent > 0 { MoneyError::OutOfRange(text.to_owned()) } else { MoneyError::TooPrecise(text.to_owned()) });
+        }
+        let all = format!("{whole}{frac}");
+        let point = whole.len() as i32 + exponent;
+        let shifted = if point <= 0 {
+            format!("0.{}{all}", "0".repeat(point.unsigned_abs() as usize))
+        } else if point as usize >= all.len() {
+            format!("{all}{}", "0".repeat(point as usize - all.len()))
+        } else {
+            format!("{}.{}", &all[..point as usize], &all[point as usize..])
+        };
+        let trimmed = shifted.trim_start_matches('0');
+        let shifted = if trimmed.is_empty() || trimmed.starts_with('.') { format!("0{trimmed}") } else { trimmed.to_owned() };
+        Money::parse(&format!("{sign}{shifted}")).map_err(|error| match error {
+            MoneyError::TooPrecise(_) => MoneyError::TooPrecise(text.to_owned()),
+            MoneyError::OutOfRange(_) => MoneyError::OutOfRange(text.to_owned()),
+            MoneyError::NotANumber(_) => bad(),
+        })
+    }
+
+    /// Parses a decimal text such as `12`, `-3.5` or `0.0001`; at most four
+    /// decimals and at most ±[`MAX_TEN_THOUSANDTHS`].
     pub fn parse(text: &str) -> Result<Money, MoneyError> {
         let bad = || MoneyError::NotANumber(text.to_owned());
         let (negative, digits) = match text.strip_prefix('-') {
@@ -90,7 +136,7 @@ impl Money {
         for _ in frac.len()..4 {
             fraction *= 10;
         }
-        let value = whole.checked_mul(SCALE).and_then(|w| w.checked_add(fraction)).ok_or_else(range)?;
+        let value = whole.checked_mul(SCALE).and_then(|w| w.checked_add(fraction)).filter(|v| *v <= MAX_TEN_THOUSANDTHS).ok_or_else(range)?;
         Ok(Money(if negative { -value } else { value }))
     }
 }
@@ -128,8 +174,9 @@ impl Serialize for Money {
         if !serializer.is_human_readable() {
             return serializer.serialize_i64(self.0);
         }
-        // Exact for every amount below 2^53 ten-thousandths: the division is
-        // correctly rounded and the shortest representation is printed.
+        // Exact for every amount read by `parse` (within MAX_TEN_THOUSANDTHS):
+        // the division is correctly rounded, and the shortest text of the
+        // double is the amount. Sums beyond it (KPIs) are shown rounded.
         serializer.serialize_f64(self.to_f64())
     }
 }
@@ -147,7 +194,10 @@ impl<'de> Deserialize<'de> for Money {
                 f.write_str("a decimal number or decimal string")
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Money, E> {
-                v.checked_mul(SCALE).map(Money).ok_or_else(|| E::custom(MoneyError::OutOfRange(v.to_string())))
+                v.checked_mul(SCALE)
+                    .filter(|v| v.unsigned_abs() <= MAX_TEN_THOUSANDTHS as u64)
+                    .map(Money)
+                    .ok_or_else(|| E::custom(MoneyError::OutOfRange(v.to_string())))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Money, E> {
                 i64::try_from(v).map_err(|_| E::custom(MoneyError::OutOfRange(v.to_string()))).and_then(|v| self.visit_i64(v))
@@ -197,6 +247,22 @@ mod tests {
         assert!(matches!(Money::parse("1."), Err(MoneyError::NotANumber(_))));
         assert!(matches!(Money::parse(".5"), Err(MoneyError::NotANumber(_))));
         assert!(matches!(Money::parse("99999999999999999999"), Err(MoneyError::OutOfRange(_))));
+    }
+
+    #[test]
+    fn json_numbers_are_read_exactly_or_refused() {
+        for (text, tt) in [("549755813887.9999", MAX_TEN_THOUSANDTHS), ("1.5e3", 15_000_000), ("125E-4", 125), ("-2e0", -20_000), ("0.5e1", 50_000)] {
+            assert_eq!(Money::parse_json_number(text).map(Money::ten_thousandths), Ok(tt), "{text}");
+        }
+        assert!(matches!(Money::parse_json_number("900719925474.0993"), Err(MoneyError::OutOfRange(_))));
+        assert!(matches!(Money::parse_json_number("1e-5"), Err(MoneyError::TooPrecise(_))));
+        assert!(matches!(Money::parse_json_number("1e99"), Err(MoneyError::OutOfRange(_))));
+        assert!(matches!(Money::parse_json_number("1e"), Err(MoneyError::NotANumber(_))));
+        // Every amount up to the limit prints back as itself through a double.
+        for tt in [MAX_TEN_THOUSANDTHS, MAX_TEN_THOUSANDTHS - 1, (1 << 39) * SCALE - 9_999, 1_234_567_890_123_456] {
+            let money = Money(tt);
+            assert_eq!(serde_json::to_string(&money).unwrap(), money.to_string(), "{tt}");
+        }
     }
 
     #[test]
