@@ -155,7 +155,8 @@ fn main() {
 
     let mut rates = BTreeMap::new();
     for variant in variants.split(',') {
-        let (topic, oracle, ceiling) = if variant == "default-malformed" { (&dirty, &oracle_dirty, ceiling_dirty) } else { (&clean, &oracle_clean, ceiling_clean) };
+        let (topic, oracle, ceiling) =
+            if variant == "default-malformed" { (&dirty, &oracle_dirty, ceiling_dirty) } else { (&clean, &oracle_clean, ceiling_clean) };
         let oracle_text: Vec<String> = oracle.iter().map(|(t, v)| format!("{t}={v}")).collect();
         let output = std::process::Command::new(std::env::current_exe().expect("this bench"))
             .env("KAFKA_E2E_RUN", format!("{variant};{topic};{events};{workers};{keys};{brokers};{}", oracle_text.join(",")))

@@ -157,7 +157,11 @@ impl Metrics {
             events_in: counter("stockflow_events_in_total", "Events decoded and fed to the dataflows.", &["topic"]),
             decode_errors: counter("stockflow_decode_errors_total", "Messages that failed to decode or validate, skipped.", &["topic", "reason"]),
             dead_letters: counter("stockflow_dead_letters_total", "Messages written to their dead-letter topic.", &["topic", "reason"]),
-            append_failures: counter("stockflow_append_failures_total", "Records whose delivery failed and that were sent again, by topic written.", &["topic"]),
+            append_failures: counter(
+                "stockflow_append_failures_total",
+                "Records whose delivery failed and that were sent again, by topic written.",
+                &["topic"],
+            ),
             events_in_flight: {
                 let g = IntGauge::new("stockflow_events_in_flight", "Messages read and not yet in a published epoch (bounded by --max-in-flight-events).")
                     .expect("valid metric");

@@ -193,10 +193,7 @@ fn engine_config(settings: &Settings, mut sources: Vec<SourceSpec>, writers: Opt
 
 /// Creates missing topics (sources and their `.dlq`; Tansu does not create on
 /// produce) and opens every source topic.
-async fn connect_kafka(
-    settings: &Settings,
-    kafka: &kafka::KafkaSettings,
-) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn Source>, Arc<dyn Source>)> {
+async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn Source>, Arc<dyn Source>)> {
     let mut topics: Vec<String> = settings.sources.iter().map(|s| s.topic.clone()).collect();
     topics.extend([settings.commands_topic.clone(), settings.outcomes_topic.clone(), settings.alerts_topic.clone()]);
     topics.sort();

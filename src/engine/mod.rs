@@ -397,10 +397,9 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     let plan =
         Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets, restore, restored_alerts });
     let alerts_to = match &config.alerts {
-        Some(path) => Some(publish::AlertsOut {
-            topic: path.source.topic().to_owned(),
-            written: read_written_alerts(path.source.as_ref(), &store, &shutdown)?,
-        }),
+        Some(path) => {
+            Some(publish::AlertsOut { topic: path.source.topic().to_owned(), written: read_written_alerts(path.source.as_ref(), &store, &shutdown)? })
+        }
         None => None,
     };
     let (to_publisher, from_workers) = std::sync::mpsc::channel();

@@ -321,11 +321,7 @@ impl Outbox {
             }
             if started.elapsed() > REPORT_WAIT_AFTER {
                 let queued = self.acks.slots.lock().unwrap_or_else(|p| p.into_inner()).queued;
-                watch.waiting(Some(format!(
-                    "waiting {:.0?} for the acknowledgement of {queued} records to {}",
-                    started.elapsed(),
-                    self.topics.join(", ")
-                )));
+                watch.waiting(Some(format!("waiting {:.0?} for the acknowledgement of {queued} records to {}", started.elapsed(), self.topics.join(", "))));
                 reported_wait = true;
             }
         };
