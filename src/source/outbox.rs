@@ -129,6 +129,9 @@ impl Acks {
     }
 }
 
+/// Each record's `(partition, offset)`, or why it did not land, in push order.
+pub type Landings = Vec<Result<(u32, u64), String>>;
+
 /// How long [`Outbox::settle`] keeps trying.
 #[derive(Clone, Copy, Debug)]
 pub enum Patience<'a> {
@@ -256,7 +259,7 @@ impl Outbox {
     /// sent again (only those) with backoff. Returns each record's
     /// `(partition, offset)` in push order and empties the outbox; with
     /// [`Patience::Once`], a failed record's slot holds its error.
-    pub fn settle(&mut self, patience: Patience<'_>, watch: &dyn Watch) -> Result<Vec<Result<(u32, u64), String>>, Unacknowledged> {
+    pub fn settle(&mut self, patience: Patience<'_>, watch: &dyn Watch) -> Result<Landings, Unacknowledged> {
         self.send();
         let started = Instant::now();
         let mut attempts = 0u32;
@@ -350,22 +353,6 @@ fn sleep_unless(shutdown: &Shutdown, duration: Duration) {
         }
         std::thread::sleep(left.min(Duration::from_millis(50)));
     }
-}
-
-/// Appends `records` to `topic` through an outbox of their own and waits for
-/// every acknowledgement (see [`Outbox::settle`]).
-pub fn append_all(
-    appender: &Arc<dyn Appender>,
-    topic: &str,
-    records: Vec<Outgoing>,
-    patience: Patience<'_>,
-    watch: &dyn Watch,
-) -> Result<Vec<Result<(u32, u64), String>>, Unacknowledged> {
-    let mut outbox = Outbox::new(appender.clone());
-    for record in records {
-        outbox.push(topic, record);
-    }
-    outbox.settle(patience, watch)
 }
 
 impl From<Unacknowledged> for SourceError {
