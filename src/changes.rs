@@ -270,6 +270,11 @@ impl Changelog {
         Ok(self.batches.range(start..).cloned().collect())
     }
 
+    /// The newest epoch published (with or without changes).
+    pub fn newest(&self) -> Epoch {
+        self.newest
+    }
+
     /// Row changes retained.
     pub fn rows(&self) -> usize {
         self.rows

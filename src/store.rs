@@ -268,6 +268,14 @@ impl Store {
         self.changes.lock().unwrap_or_else(|p| p.into_inner()).since(epoch)
     }
 
+    /// The retained batches after `epoch` and, read under the same lock, the
+    /// newest epoch published: a stream with no batch left is caught up to it
+    /// (publishes without changes leave no batch).
+    pub fn changes_and_newest(&self, epoch: Epoch) -> Result<(Vec<Arc<Batch>>, Epoch), crate::changes::Gone> {
+        let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((changes.since(epoch)?, changes.newest()))
+    }
+
     /// Row changes retained.
     pub fn changes_retained(&self) -> usize {
         self.changes.lock().unwrap_or_else(|p| p.into_inner()).rows()

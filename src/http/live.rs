@@ -482,12 +482,15 @@ impl Subscriber {
             // Fetch what was published after the cursor, or wait for it. Marked
             // seen first: a publish after this point wakes the wait below.
             self.changes.mark_unchanged();
-            match self.store.changes_since(self.cursor) {
-                Ok(batches) if !batches.is_empty() => {
+            match self.store.changes_and_newest(self.cursor) {
+                Ok((batches, _)) if !batches.is_empty() => {
                     self.pending.extend(batches.into_iter().map(|b| (b, 0)));
                     continue;
                 }
-                Ok(_) => {}
+                // Caught up: publishes since the cursor had no changes, so the
+                // stream is at the newest epoch (its heartbeats say so; a
+                // client waiting for an epoch is not left behind by idle ones).
+                Ok((_, newest)) => self.cursor = self.cursor.max(newest),
                 Err(gone) => {
                     self.metrics.streams_dropped.with_label_values(&["behind"]).inc();
                     let detail = match gone {
