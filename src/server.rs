@@ -283,15 +283,7 @@ impl Offline {
         self.shutdown.wait().await;
         let engine = self.engine;
         let joined = tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread").and_then(|r| r);
-        let checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((thread, engine_done)) = checkpointer {
-            let _ = engine_done.send(());
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(sink) = sink {
-            let _ = tokio::task::spawn_blocking(move || sink.stop()).await;
-        }
+        stop_after_engine(&self.checkpointer, &self.sink).await;
         joined
     }
 }
@@ -450,20 +442,25 @@ impl Running {
             Ok(Ok(None)) => Ok(()),
             Ok(Err(error)) | Err(error) => Err(error),
         };
-        // After the engine: the last checkpoint holds the last published epoch.
-        let checkpointer = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((thread, engine_done)) = checkpointer {
-            let _ = engine_done.send(());
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-        // After the engine: the sink writes what the last epochs published.
-        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(sink) = sink {
-            let _ = tokio::task::spawn_blocking(move || sink.stop()).await;
-        }
+        stop_after_engine(&self.checkpointer, &self.sink).await;
         joined?;
         self.log.sync().context("syncing the embedded log")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Once the engine has stopped: the checkpointer writes its last checkpoint
+/// (holding the last published epoch), then the sink writes what the last
+/// epochs published.
+async fn stop_after_engine(checkpointer: &CheckpointSlot, sink: &SinkSlot) {
+    let checkpointer = checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((thread, engine_done)) = checkpointer {
+        let _ = engine_done.send(());
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+    let sink = sink.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(sink) = sink {
+        let _ = tokio::task::spawn_blocking(move || sink.stop()).await;
     }
 }
