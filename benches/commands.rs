@@ -51,6 +51,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         api_keys: None,
         rate_limit: None,
         request_timeout: std::time::Duration::from_secs(40),
+        http_limits: stockflow::http::Limits { max_connections: 1024, header_read_timeout: std::time::Duration::from_secs(10) },
         read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,

@@ -223,6 +223,12 @@ pub struct ServeArgs {
     /// Longest a request's handler may run before a 503 (`30s`, `2m`) [default: 40s].
     #[arg(long, env = "STOCKFLOW_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
+    /// Longest a connection may take to send a request head, new or kept alive, before it is closed (`10s`) [default: 10s].
+    #[arg(long, env = "STOCKFLOW_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// HTTP connections served at once; more wait in the listen backlog [default: 4096, lowered to fit the open-files limit].
+    #[arg(long, env = "STOCKFLOW_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Serve views only: no commands, no decider (its state costs ~20% of ingest throughput).
     #[arg(long, env = "STOCKFLOW_READ_ONLY")]
     pub read_only: bool,
@@ -343,6 +349,10 @@ pub struct FileConfig {
     pub rate_limit: Option<u32>,
     /// See `--request-timeout`.
     pub request_timeout: Option<String>,
+    /// See `--header-read-timeout`.
+    pub header_read_timeout: Option<String>,
+    /// See `--max-connections`.
+    pub max_connections: Option<usize>,
     /// See `--read-only`.
     pub read_only: Option<bool>,
     /// See `--log-format`.
@@ -464,6 +474,8 @@ pub struct Settings {
     pub rate_limit: Option<u32>,
     /// Longest a handler may run.
     pub request_timeout: Duration,
+    /// Connections at once and the header-read timeout.
+    pub http_limits: crate::http::Limits,
     /// Views only: the write path (commands, decider) is off.
     pub read_only: bool,
     /// Log format.
@@ -585,6 +597,10 @@ pub mod defaults {
     pub const RATE_LIMIT: u32 = 100;
     /// Longest a request's handler may run; above the longest `wait_ms`.
     pub const REQUEST_TIMEOUT: &str = "40s";
+    /// `--header-read-timeout`.
+    pub const HEADER_READ_TIMEOUT: &str = "10s";
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: usize = 4096;
 }
 
 impl Settings {
@@ -619,6 +635,11 @@ impl Settings {
             rate_limit: Some(args.rate_limit.or(file.rate_limit).unwrap_or(defaults::RATE_LIMIT)).filter(|rate| *rate > 0),
             // Set below from `request_timeout` (default defaults::REQUEST_TIMEOUT).
             request_timeout: Duration::ZERO,
+            http_limits: crate::http::Limits {
+                max_connections: args.max_connections.or(file.max_connections).unwrap_or(defaults::MAX_CONNECTIONS),
+                // Set below from `header_read_timeout`.
+                header_read_timeout: Duration::ZERO,
+            },
             read_only: args.read_only || file.read_only.unwrap_or(false),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             demo_rate: demo_rate.map(|rate| rate.or(file.demo.and_then(|d| d.rate)).unwrap_or(defaults::DEMO_RATE)),
@@ -691,6 +712,14 @@ impl Settings {
             Ok(Some(timeout)) if timeout.as_millis() as u64 > crate::http::MAX_WAIT_MS => settings.request_timeout = timeout,
             Ok(_) => errors.push(format!("request_timeout: must be longer than the longest wait_ms a read may ask ({} s)", crate::http::MAX_WAIT_MS / 1000)),
             Err(reason) => errors.push(format!("request_timeout: {reason}")),
+        }
+        match parse_interval(args.header_read_timeout.as_deref().or(file.header_read_timeout.as_deref()).unwrap_or(defaults::HEADER_READ_TIMEOUT)) {
+            Ok(Some(timeout)) => settings.http_limits.header_read_timeout = timeout,
+            Ok(None) => errors.push("header_read_timeout: must be at least 1s (a connection may not hold the server forever)".into()),
+            Err(reason) => errors.push(format!("header_read_timeout: {reason}")),
+        }
+        if !(1..=1_000_000).contains(&settings.http_limits.max_connections) {
+            errors.push(format!("max_connections: must be between 1 and 1000000, got {}", settings.http_limits.max_connections));
         }
         match crate::checkpoint::GapPolicy::parse(args.on_checkpoint_gap.as_deref().or(file.on_checkpoint_gap.as_deref()).unwrap_or("fail")) {
             Ok(policy) => settings.on_checkpoint_gap = policy,

@@ -53,6 +53,10 @@ pub struct MetricSet {
     pub http_requests: IntCounterVec,
     /// HTTP request latency by route and status.
     pub http_latency: HistogramVec,
+    /// HTTP connections open now (at most `--max-connections`).
+    pub http_connections: IntGauge,
+    /// Times the listener found every connection slot taken and waited.
+    pub http_connection_cap_reached: IntCounter,
     /// Events appended by the demo generator.
     pub demo_events: IntCounterVec,
     /// Alert transitions by kind and state (`raised`, `cleared`).
@@ -192,6 +196,11 @@ impl Metrics {
             ),
             http_requests: counter("stockflow_http_requests_total", "HTTP requests.", &["route", "method", "status"]),
             http_latency: histogram("stockflow_http_request_duration_seconds", "HTTP request latency.", &["route", "status"], latency_buckets),
+            http_connections: int_gauge("stockflow_http_connections", "HTTP connections open (at most --max-connections)."),
+            http_connection_cap_reached: int_counter(
+                "stockflow_http_connection_cap_reached_total",
+                "Times every HTTP connection slot was taken and new connections waited in the listen backlog.",
+            ),
             demo_events: counter("stockflow_demo_events_total", "Events appended by the demo generator.", &["tenant"]),
             alert_transitions: counter("stockflow_alert_transitions_total", "Alert transitions computed.", &["kind", "state"]),
             alerts_active: gauge("stockflow_alerts_active", "Alerts active now.", &["kind"]),

@@ -288,6 +288,35 @@ impl Offline {
     }
 }
 
+/// Open files kept for the engine (log segments, checkpoints, broker
+/// sockets) when the connection cap is fitted to the open-files limit.
+const FILES_FOR_THE_ENGINE: u64 = 256;
+
+/// `limits` once the process may hold them: the soft open-files limit raised
+/// to the hard one, and the connection cap lowered, with a warning, when
+/// the files left beside the engine's cannot hold it.
+fn http_limits(mut limits: crate::http::Limits) -> crate::http::Limits {
+    match crate::http::raise_open_files_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!(before, after, "raised the soft limit of open files to the hard limit");
+            }
+            let fits = after.saturating_sub(FILES_FOR_THE_ENGINE).max(1) as usize;
+            if limits.max_connections > fits {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    open_files_limit = after,
+                    lowered_to = fits,
+                    "--max-connections does not fit in the open-files limit (raise LimitNOFILE / ulimit -n); the cap is lowered"
+                );
+                limits.max_connections = fits;
+            }
+        }
+        Err(error) => tracing::warn!(%error, "could not read or raise the open-files limit"),
+    }
+    limits
+}
+
 /// Opens the data dir, starts the engine, binds the listener, and (with a
 /// demo rate) starts the generator. Returns once everything runs.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
@@ -408,7 +437,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         request_timeout: settings.request_timeout,
         commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(command_appender, settings.commands_topic.clone())?) },
     };
-    let http = tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
+    let http = tokio::spawn(crate::http::serve(listener, state, http_limits(settings.http_limits), shutdown.clone()));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");
 
     let demo = match settings.demo_rate {

@@ -12,14 +12,14 @@ use stockflow::source::PartitionReader;
 
 mod common;
 
-use common::Client;
+use common::{within, Client};
 
 impl Client {
     /// Posts a command, waits until the views reflect it; returns its token.
     async fn command(&self, path: &str, body: Value) -> String {
-        let response = self.http.post(format!("{}{}", self.base, path)).json(&body).send().await.unwrap();
+        let response = within(format!("POST {path}"), self.http.post(format!("{}{}", self.base, path)).json(&body).send()).await.unwrap();
         assert_eq!(response.status().as_u16(), 202, "{path}");
-        let answer: Value = response.json().await.unwrap();
+        let answer: Value = within(format!("POST {path}: the body"), response.json()).await.unwrap();
         let token = answer["token"].as_str().unwrap().to_owned();
         let (status, outcome) = self.get(&format!("/v1/commands/{}?after={token}", answer["command_id"].as_str().unwrap())).await;
         assert_eq!((status, outcome["status"].as_str()), (200, Some("accepted")), "{outcome}");
@@ -31,7 +31,7 @@ impl Client {
     }
 
     async fn stream(&self, path: &str, accept: &str) -> EventReader {
-        let response = self.http.get(format!("{}{}", self.base, path)).header("accept", accept).send().await.unwrap();
+        let response = within(format!("GET {path}"), self.http.get(format!("{}{}", self.base, path)).header("accept", accept).send()).await.unwrap();
         assert_eq!(response.status().as_u16(), 200, "{path}");
         EventReader { response, buffer: String::new() }
     }
@@ -107,7 +107,7 @@ fn alerts_topic(running: &Running) -> Vec<Value> {
 async fn start(dir: &std::path::Path) -> Running {
     let mut settings = common::local_settings(dir, 2);
     settings.thresholds.hysteresis = 2;
-    let running = server::start(&settings).await.unwrap();
+    let running = within("the server starts", server::start(&settings)).await.unwrap();
     let client = Client::new(&running);
     for _ in 0..200 {
         if client.get("/ready").await.0 == 200 {
@@ -120,7 +120,7 @@ async fn start(dir: &std::path::Path) -> Running {
 
 async fn stop(running: Running) {
     running.shutdown.trigger();
-    running.wait().await.unwrap();
+    within("the server stops", running.wait()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,9 +276,8 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
     assert_eq!(state, expected, "snapshot + changes + resumed changes = the view");
 
     // An epoch this server never published, and a view that does not exist.
-    let response = client.http.get(format!("{}/v1/views/stock/changes?from_epoch=999999999", client.base)).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 410);
-    let problem: Value = response.json().await.unwrap();
+    let (status, problem) = client.get("/v1/views/stock/changes?from_epoch=999999999").await;
+    assert_eq!(status, 410);
     assert!(problem["detail"].as_str().unwrap().contains("newer than any this server published"), "{problem}");
     let (status, problem) = client.get("/v1/views/nope/changes").await;
     assert_eq!(status, 404);
@@ -291,7 +290,7 @@ async fn a_stream_that_falls_behind_the_retained_changes_is_told_and_closed() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = common::local_settings(dir.path(), 1);
     settings.changes_retention = 4;
-    let running = server::start(&settings).await.unwrap();
+    let running = within("the server starts", server::start(&settings)).await.unwrap();
     let client = Client::new(&running);
     client.command("/v1/items", json!({"sku": "A", "name": "A", "price": "1", "stock": {"madrid": 50}})).await;
     let (_, first) = client.get("/v1/stock/A").await;
@@ -300,9 +299,8 @@ async fn a_stream_that_falls_behind_the_retained_changes_is_told_and_closed() {
         client.adjust("A", -1).await;
     }
     // Each adjustment is 4 row changes (stock and totals, retracted and inserted): the early ones are gone.
-    let response = client.http.get(format!("{}/v1/views/stock/changes?from_epoch={epoch}", client.base)).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 410);
-    let problem: Value = response.json().await.unwrap();
+    let (status, problem) = client.get(&format!("/v1/views/stock/changes?from_epoch={epoch}")).await;
+    assert_eq!(status, 410);
     assert!(problem["detail"].as_str().unwrap().contains("compacted away"), "{problem}");
     stop(running).await;
 }

@@ -594,3 +594,58 @@ async fn heads_refused_before_routing_are_problems_with_a_request_id() {
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+/// Reads `stream` until the server closes it (end of stream or reset);
+/// answers what it read.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return read,
+            Ok(n) => read.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_are_closed_and_the_cap_keeps_the_api_reachable() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(dir.path(), 1);
+    settings.http_limits = stockflow::http::Limits { max_connections: 8, header_read_timeout: Duration::from_secs(1) };
+    let running = server::start(&settings).await.unwrap();
+
+    // A kept-alive connection answered once, then silent: closed like a new one.
+    let mut kept = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let answered = common::within("a kept-alive connection is closed after its answer", read_until_closed(&mut kept)).await;
+    assert!(answered.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&answered));
+
+    // Three times the cap of sockets that send nothing, and one that sends half a head.
+    let mut idle = Vec::new();
+    for _ in 0..24 {
+        idle.push(tokio::net::TcpStream::connect(running.addr).await.unwrap());
+    }
+    let mut slow = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    // A client behind them is answered: the idle ones are closed and their slots freed.
+    let client = reqwest::Client::builder().timeout(common::PATIENCE).build().unwrap();
+    let health = common::within("GET /health behind the idle sockets", client.get(format!("http://{}/health", running.addr)).send()).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    for (n, socket) in idle.iter_mut().enumerate() {
+        let read = common::within(format!("idle socket {n} is closed"), read_until_closed(socket)).await;
+        assert!(read.is_empty(), "a socket that sent nothing is closed without an answer");
+    }
+    let read = common::within("the half head's socket is closed", read_until_closed(&mut slow)).await;
+    assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
+
+    let metrics = client.get(format!("http://{}/metrics", running.addr)).send().await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 { metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(-1.0) };
+    assert!(value("stockflow_http_connection_cap_reached_total ") >= 1.0, "the cap was reached: {metrics}");
+    let open = value("stockflow_http_connections ");
+    assert!((1.0..=8.0).contains(&open), "open connections within the cap: {open}");
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}

@@ -45,6 +45,7 @@ fn settings(dir: &std::path::Path, brokers: &str, topic: &str) -> Settings {
         api_keys: None,
         rate_limit: None,
         request_timeout: Duration::from_secs(40),
+        http_limits: stockflow::http::Limits { max_connections: 1024, header_read_timeout: Duration::from_secs(10) },
         read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,

@@ -4,59 +4,133 @@
 //! code runs, and closes the connection: `414` for a request line over its
 //! fixed 65,534-byte URI limit, `431` for more than 100 headers or a head
 //! over its buffer, `400` for a head that is not HTTP/1.1. Those answers are
-//! bare (no body, no request id) and offer no hook. [`Listener`] wraps every
+//! bare (no body, no request id) and offer no hook. [`serve`] wraps every
 //! accepted connection in [`Conn`], which recognises such an answer as hyper
 //! writes it — a `400`, `414` or `431` head without the `x-request-id` that
 //! every answer of ours carries (see `track` in `mod.rs`) — and writes a
 //! problem+json answer with a request id in its place, counted in
 //! `stockflow_http_requests_total{route="unmatched",method="other"}`.
+//!
+//! [`serve`] is also where a client's hold on the server is bounded: a
+//! connection cap and a header-read timeout ([`Limits`]), so that idle or
+//! slow sockets cannot use up the process's file descriptors.
 
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Semaphore;
 
 /// hyper's longest request URI (its `MAX_URI_LEN`, not configurable).
 const MAX_URI_BYTES: usize = 65_534;
 /// hyper's most headers in a request (its default `max_headers`).
 const MAX_HEADERS: usize = 100;
 
-/// A TCP listener whose connections are [`Conn`]s.
-pub struct Listener {
-    tcp: tokio::net::TcpListener,
-    metrics: Metrics,
+/// What the listener allows a client: connections open at once, and how
+/// long a connection may take to send a request head.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once (`--max-connections`); more wait in the
+    /// kernel's listen backlog until one closes.
+    pub max_connections: usize,
+    /// Longest a connection may take to send a whole request head, from
+    /// its accept or from its previous answer (`--header-read-timeout`);
+    /// then it is closed without an answer.
+    pub header_read_timeout: Duration,
 }
 
-impl Listener {
-    /// Wraps `tcp`; refused heads are counted in `metrics`.
-    pub fn new(tcp: tokio::net::TcpListener, metrics: Metrics) -> Listener {
-        Listener { tcp, metrics }
-    }
-}
+/// The cap's log line comes at most this often.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
-impl axum::serve::Listener for Listener {
-    type Io = Conn<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.tcp.accept().await {
-                Ok((stream, addr)) => return (Conn { inner: stream, replacement: None, metrics: self.metrics.clone() }, addr),
+/// Serves `app` on `tcp` under `limits` until `shutdown` fires, then lets
+/// the open connections finish their answers (change streams end with the
+/// shutdown) and returns once every one is closed.
+///
+/// HTTP/1.1 only (hyper's `http1` connection, with a timer so that its
+/// header-read timeout applies to a new connection and to an idle kept-alive
+/// one alike). At the cap the loop stops accepting — the kernel holds new
+/// connections in the backlog — and says so once per episode in the log
+/// (at most every 10 s) and in `stockflow_http_connection_cap_reached_total`.
+pub async fn serve(tcp: tokio::net::TcpListener, app: axum::Router, limits: Limits, metrics: Metrics, shutdown: Shutdown) -> io::Result<()> {
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS) as u32;
+    let permits = Arc::new(Semaphore::new(max as usize));
+    let mut warned: Option<std::time::Instant> = None;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics.http_connection_cap_reached.inc();
+                if warned.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
+                    warned = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = max,
+                        "HTTP connection cap reached (--max-connections): new connections wait in the listen backlog until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                    () = shutdown.wait() => break,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            accepted = tcp.accept() => match accepted {
+                Ok((stream, _)) => stream,
                 Err(error) => {
                     // As axum's own listener does: a failed accept (e.g. out of
                     // file descriptors) is logged and retried after a pause.
                     tracing::error!(%error, "accepting a connection failed; retrying in 1 s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
+            },
+            () = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Conn { inner: stream, replacement: None, metrics: metrics.clone() };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            metrics.http_connections.inc();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            tokio::pin!(connection);
+            let served = tokio::select! {
+                served = connection.as_mut() => served,
+                () = shutdown.wait() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%error, "a connection ended with an error");
             }
-        }
+            metrics.http_connections.dec();
+            drop(permit);
+        });
     }
+    // Every permit back: every connection closed.
+    let _all = permits.acquire_many(max).await;
+    Ok(())
+}
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.tcp.local_addr()
+/// Raises the soft limit of open files to the hard limit (a common soft
+/// limit, 1,024, is less than a busy server's connections); answers
+/// `(before, after)`. Logged by the caller; on a failure the limit stays.
+pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is "unlimited".
+    let (before, hard) = (limit.current.unwrap_or(u64::MAX), limit.maximum.unwrap_or(u64::MAX));
+    if before < hard {
+        setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum })?;
     }
+    Ok((before, hard.max(before)))
 }
 
 /// One accepted connection: reads pass through; hyper's bare answer to a
@@ -195,6 +269,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Conn<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        // This test runs in a process of its own (nextest).
+        let hard = getrlimit(Resource::Nofile).maximum;
+        let lowered = hard.unwrap_or(u64::MAX).min(256);
+        setrlimit(Resource::Nofile, Rlimit { current: Some(lowered), maximum: hard }).unwrap();
+        let (before, after) = raise_open_files_limit().unwrap();
+        assert_eq!((before, after), (lowered, hard.unwrap_or(u64::MAX)));
+        assert_eq!(getrlimit(Resource::Nofile).current, hard, "the soft limit is the hard one now");
+    }
 
     #[test]
     fn only_hyper_s_own_bare_heads_are_replaced() {

@@ -16,6 +16,8 @@ mod live;
 mod reads;
 mod webhooks;
 
+pub use conn::{raise_open_files_limit, Limits};
+
 use crate::metrics::Metrics;
 use crate::store::Store;
 use axum::extract::{MatchedPath, Request, State};
@@ -199,13 +201,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown` fires. Connections go
-/// through [`conn::Listener`]: even a request hyper refuses before routing
-/// (a URI over 64 KiB, over 100 headers) is answered with a problem and a
-/// request id.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: crate::shutdown::Shutdown) -> std::io::Result<()> {
-    let listener = conn::Listener::new(listener, state.metrics.clone());
-    axum::serve(listener, app(state)).with_graceful_shutdown(async move { shutdown.wait().await }).await
+/// Serves `app` on `listener` under `limits` until `shutdown` fires (see
+/// [`conn::serve`]): even a request hyper refuses before routing (a URI
+/// over 64 KiB, over 100 headers) is answered with a problem and a request
+/// id.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, limits: conn::Limits, shutdown: crate::shutdown::Shutdown) -> std::io::Result<()> {
+    let metrics = state.metrics.clone();
+    conn::serve(listener, app(state), limits, metrics, shutdown).await
 }
 
 /// What every request goes through: a request id (the client's

@@ -4,12 +4,28 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::future::Future;
 use std::path::Path;
+use std::time::Duration;
 use stockflow::config::{ServeArgs, Settings};
 use stockflow::server::Running;
 
+/// How long a test waits for any one answer before it fails, naming what it
+/// waited for (a hang then reads as a failure with its place, not as a test
+/// killed by the runner's timeout).
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// `future`, or a panic naming `what` when it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: impl std::fmt::Display, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what}: nothing within {PATIENCE:?}"),
+    }
+}
+
 /// An HTTP client of one running server; tests add their own helpers in
-/// `impl Client` blocks of their own.
+/// `impl Client` blocks of their own. Every request it sends is bounded by
+/// [`PATIENCE`] and names its method and path when it is not answered.
 pub struct Client {
     pub http: reqwest::Client,
     pub base: String,
@@ -17,12 +33,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(running: &Running) -> Client {
-        Client { http: reqwest::Client::new(), base: format!("http://{}", running.addr) }
+        let http = reqwest::Client::builder().connect_timeout(PATIENCE).read_timeout(PATIENCE).build().expect("an HTTP client");
+        Client { http, base: format!("http://{}", running.addr) }
     }
 
     /// Sends a request (a JSON body if given); answers the status and the
     /// body as JSON (or as a JSON string when it is not JSON).
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let what = format!("{method} {path}");
         let mut request = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
@@ -30,9 +48,9 @@ impl Client {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.unwrap();
+        let response = within(&what, request.send()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
+        let text = within(&what, response.text()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
