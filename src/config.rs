@@ -5,7 +5,7 @@
 //! reported at once before exiting.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -178,8 +178,9 @@ pub struct ExportArgs {
     pub serve: ServeArgs,
 }
 
-/// Options of `serve` (and `demo`).
-#[derive(Clone, Debug, Args, Default)]
+/// Options of `serve` (and `demo`). Serialize: to tell which options the
+/// command line or environment gave (see `FileKeys::locate`).
+#[derive(Clone, Debug, Args, Default, Serialize)]
 pub struct ServeArgs {
     /// Address the HTTP API listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "STOCKFLOW_LISTEN")]
@@ -309,7 +310,7 @@ pub struct DemoArgs {
 }
 
 /// Log output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -607,19 +608,16 @@ impl Settings {
     /// Resolves flags, environment, config file and defaults; lists every problem.
     pub fn resolve(args: &ServeArgs, demo_rate: Option<Option<u32>>) -> Result<Settings, Vec<String>> {
         let mut errors = Vec::new();
-        let file = match &args.config {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => toml::from_str::<FileConfig>(&text).unwrap_or_else(|e| {
-                    errors.push(format!("config file {}: {}", path.display(), e.message()));
-                    FileConfig::default()
-                }),
-                Err(e) => {
-                    errors.push(format!("config file {}: {e}", path.display()));
-                    FileConfig::default()
-                }
-            },
-            None => FileConfig::default(),
+        let (file, file_keys) = match &args.config {
+            Some(path) => read_config_file(path, &mut errors),
+            None => (FileConfig::default(), FileKeys::default()),
         };
+        let result = Settings::resolve_with(args, demo_rate, file, errors);
+        result.map_err(|errors| file_keys.locate(args, errors))
+    }
+
+    /// [`Settings::resolve`] once the config file is read.
+    fn resolve_with(args: &ServeArgs, demo_rate: Option<Option<u32>>, file: FileConfig, mut errors: Vec<String>) -> Result<Settings, Vec<String>> {
         let settings = Settings {
             listen: args.listen.or(file.listen).unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
@@ -827,6 +825,23 @@ impl Settings {
                 settings.sources.push(SourceDecl { topic, format, start });
             }
         }
+        if settings.outcomes_topic == settings.commands_topic {
+            errors.push(format!(
+                "outcomes_topic `{}`: is also the commands topic; outcomes would be read back as commands (and become dead letters): give each a topic of its own",
+                settings.outcomes_topic
+            ));
+        }
+        // A topic that is another's dead-letter topic would mix letters into it, or read them back.
+        let read: Vec<&str> = settings.sources.iter().map(|s| s.topic.as_str()).chain([settings.commands_topic.as_str()]).collect();
+        for (option, topic) in settings.sources.iter().map(|s| ("source", &s.topic)).chain([
+            ("commands_topic", &settings.commands_topic),
+            ("outcomes_topic", &settings.outcomes_topic),
+            ("alerts_topic", &settings.alerts_topic),
+        ]) {
+            if let Some(owner) = read.iter().find(|owner| format!("{owner}.dlq") == *topic) {
+                errors.push(format!("{option} `{topic}`: is the dead-letter topic of `{owner}`; give it a topic of its own"));
+            }
+        }
         if settings.sources.iter().any(|s| s.topic == settings.alerts_topic)
             || settings.alerts_topic == settings.commands_topic
             || settings.alerts_topic == settings.outcomes_topic
@@ -884,6 +899,112 @@ impl Settings {
     }
 }
 
+/// Where each top-level key of the config file is: its path and the line of
+/// each key, to say where an error comes from.
+#[derive(Debug, Default)]
+struct FileKeys {
+    path: Option<PathBuf>,
+    lines: std::collections::BTreeMap<String, usize>,
+}
+
+impl FileKeys {
+    /// `errors`, each once, in order; an error about a key the file sets
+    /// (and the command line or environment does not) is prefixed with the
+    /// file and the key's line: `config file stockflow.toml:7: workers: …`.
+    fn locate(&self, args: &ServeArgs, errors: Vec<String>) -> Vec<String> {
+        let given = serde_json::to_value(args).unwrap_or_default();
+        let by_args = |key: &str| match &given[key] {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+            serde_json::Value::Array(items) => !items.is_empty(),
+            _ => true,
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut located = Vec::new();
+        for error in errors {
+            if !seen.insert(error.clone()) {
+                continue;
+            }
+            let word: String = error.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            // "source X: …" is about the key `sources`, "rate: …" about `[demo]`.
+            let key = match word.as_str() {
+                "source" => "sources",
+                "rate" => "demo",
+                other => other,
+            };
+            match (&self.path, self.lines.get(key)) {
+                (Some(path), Some(line)) if !by_args(key) && !error.starts_with("config file ") => {
+                    located.push(format!("config file {}:{line}: {error}", path.display()))
+                }
+                _ => located.push(error),
+            }
+        }
+        located
+    }
+}
+
+/// Reads the config file at `path`: the keys that are valid, and an error
+/// for each key that is not (every one, not only the first), with the file,
+/// the key's line and the key.
+fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileConfig, FileKeys) {
+    let mut keys = FileKeys { path: Some(path.to_path_buf()), lines: Default::default() };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            errors.push(format!("config file {}: {e}", path.display()));
+            return (FileConfig::default(), keys);
+        }
+    };
+    let table = match toml::from_str::<toml::Table>(&text) {
+        Ok(table) => table,
+        Err(e) => {
+            // Not TOML: one error, where the parser stopped.
+            let line = e.span().map(|span| format!(":{}", 1 + text[..span.start.min(text.len())].matches('\n').count())).unwrap_or_default();
+            errors.push(format!("config file {}{line}: {}", path.display(), e.message().trim()));
+            return (FileConfig::default(), keys);
+        }
+    };
+    let mut valid = toml::Table::new();
+    for (key, value) in table {
+        let line = key_line(&text, &key);
+        let located = || format!("config file {}{}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default());
+        let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
+        match FileConfig::deserialize(toml::Value::Table(alone)) {
+            Ok(_) => {
+                valid.insert(key.clone(), value);
+            }
+            Err(e) if e.message().starts_with("unknown field") => {
+                // serde's message lists the known keys: "unknown field `x`, expected one of `a`, `b`".
+                let message = e.message();
+                let expected = message.split_once("expected").map_or("", |(_, list)| list);
+                let known = expected.split('`').skip(1).step_by(2).min_by_key(|k| strsim::levenshtein(k, &key)).filter(|k| strsim::levenshtein(k, &key) <= 3);
+                let hint = known.map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+                errors.push(format!("{}: `{key}` is not a key of the config file (the keys are the long option names with `_`){hint}", located()));
+            }
+            Err(e) => errors.push(format!("{}: {key}: {}", located(), e.message().trim())),
+        }
+        if let Some(line) = line {
+            keys.lines.insert(key, line);
+        }
+    }
+    let file = FileConfig::deserialize(toml::Value::Table(valid)).unwrap_or_else(|e| {
+        errors.push(format!("config file {}: {}", path.display(), e.message().trim()));
+        FileConfig::default()
+    });
+    (file, keys)
+}
+
+/// The line (from 1) where top-level `key` of a TOML `text` is set: `key =`,
+/// `key.sub =`, `[key]`, `[key.sub]` or `[[key]]`, bare or quoted.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let quoted = format!("\"{key}\"");
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches('[').trim_start();
+            [key, quoted.as_str()].iter().any(|k| line.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with(['=', '.', ']'])))
+        })
+        .map(|index| index + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,7 +1047,62 @@ mod tests {
         assert_eq!(settings.demo_rate, Some(7));
         std::fs::write(&path, "wrokers = 3\n").unwrap();
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors[0].contains("unknown field `wrokers`"), "{errors:?}");
+        assert_eq!(
+            errors,
+            [format!(
+                "config file {}:1: `wrokers` is not a key of the config file (the keys are the long option names with `_`); did you mean `workers`?",
+                path.display()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_config_file_reports_every_error_once_with_its_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stockflow.toml");
+        let text = "# stockflow\nworkers = \"two\"\nwrokers = 3\nrequest_timeout = \"often\"\noutcomes_topic = \"inventory.commands\"\n\n[[sources]]\ntopic = \"a\"\nformat = \"xml\"\n\n[demo]\nrate = 0\n";
+        std::fs::write(&path, text).unwrap();
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let errors = Settings::resolve(&args, Some(None)).unwrap_err();
+        let at = |line: usize| format!("config file {}:{line}: ", path.display());
+        let expected = [
+            (2, "workers: invalid type: string \"two\", expected usize"),
+            (3, "`wrokers` is not a key of the config file"),
+            (4, "request_timeout: `often` is not a number of seconds or minutes"),
+            (5, "outcomes_topic `inventory.commands`: is also the commands topic"),
+            (7, "source a: format `xml` is not supported"),
+            (11, "rate: must be between 1 and 1000000"),
+        ];
+        for (line, start) in expected {
+            let wanted = format!("{}{start}", at(line));
+            assert_eq!(errors.iter().filter(|e| e.starts_with(&wanted)).count(), 1, "{wanted} once in {errors:#?}");
+        }
+        assert_eq!(errors.len(), expected.len(), "nothing else, nothing twice: {errors:#?}");
+
+        // A flag that replaces the file's value: its error is the flag's, without the file's line.
+        let args = ServeArgs { config: Some(path.clone()), request_timeout: Some("soon".into()), ..Default::default() };
+        let errors = Settings::resolve(&args, Some(None)).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("request_timeout: `soon`")), "{errors:#?}");
+
+        // Not TOML at all: where the parser stopped.
+        std::fs::write(&path, "workers = 2\nepoch_ms = = 5\n").unwrap();
+        let errors = Settings::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }, None).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with(&at(2)), "{errors:?}");
+    }
+
+    #[test]
+    fn topics_that_would_feed_each_other_are_refused() {
+        let args = ServeArgs { outcomes_topic: Some("inventory.commands".into()), ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("outcomes_topic `inventory.commands`: is also the commands topic"), "{errors:?}");
+        let args = ServeArgs { alerts_topic: Some("inventory.events.dlq".into()), ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert_eq!(errors, ["alerts_topic `inventory.events.dlq`: is the dead-letter topic of `inventory.events`; give it a topic of its own"]);
+        let args = ServeArgs { sources: vec!["a".into(), "a.dlq".into()], ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert_eq!(errors, ["source `a.dlq`: is the dead-letter topic of `a`; give it a topic of its own"]);
     }
 
     #[test]
@@ -944,10 +1120,11 @@ mod tests {
         assert_eq!(settings.kpi_specs.len(), 1);
         assert_eq!(settings.kpi_specs[0].windows, vec![stockflow_dataflows::kpis::Window::Day]);
         std::fs::write(&path, "[[kpis]]\nname = \"x\"\nevent_type = \"stock.adjusted\"\naggregate = \"avg\"\n").unwrap();
-        let args = ServeArgs { config: Some(path), kpi_retention: Some("90 days".into()), ..Default::default() };
+        let args = ServeArgs { config: Some(path.clone()), kpi_retention: Some("90 days".into()), ..Default::default() };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("kpi_retention: `90 days` is not")), "{errors:?}");
-        assert!(errors.iter().any(|e| e == "kpis[0] (x): field: `avg` needs the numeric field it aggregates"), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("kpi_retention: `90 days` is not")), "the flag's value, not the file's: {errors:?}");
+        let kpi = format!("config file {}:1: kpis[0] (x): field: `avg` needs the numeric field it aggregates", path.display());
+        assert!(errors.contains(&kpi), "{errors:?}");
         assert_eq!(parse_retention("90d").unwrap(), Duration::from_secs(90 * 86400));
         assert!(parse_retention("0h").is_err());
     }

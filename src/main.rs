@@ -37,7 +37,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(settings.log_format);
+    let log_format = settings.log_format;
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = match &cli.command {
         Command::Sink(_) => runtime.block_on(stockflow::offline::sink(&settings)),
@@ -50,8 +51,11 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("error: {error:#}");
+            // Once: the log line where logs are JSON (for the collector), else the plain line (both go to stderr).
+            match log_format {
+                LogFormat::Json => tracing::error!("{error:#}"),
+                LogFormat::Pretty => eprintln!("error: {error:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -155,6 +155,7 @@ fn a_damaged_record_mid_partition_stops_serve_and_dump_and_is_repaired_into_quar
     let stderr = text(&serve.stderr);
     assert!(!serve.status.success(), "serve started on a damaged log: {stderr}");
     assert!(stderr.contains(&location) && stderr.contains("checksum mismatch"), "{stderr}");
+    assert_eq!(stderr.matches("checksum mismatch").count(), 1, "the error is printed once: {stderr}");
     assert!(stderr.contains("stockflow log check") && stderr.contains("stockflow log repair --quarantine"), "{stderr}");
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "the segment is untouched");
 
