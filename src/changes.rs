@@ -210,10 +210,16 @@ pub enum Gone {
         /// The oldest epoch a stream can resume from.
         horizon: Epoch,
     },
-    /// The epoch was never published by this engine run (e.g. it came from a run before a restart).
+    /// The epoch is newer than any this run published.
     Unknown {
         /// The newest published epoch.
         newest: Epoch,
+    },
+    /// The epoch comes from an earlier run (epochs keep growing across
+    /// restarts): the changes between it and this run's start are not here.
+    BeforeStart {
+        /// This run's first epoch.
+        first: Epoch,
     },
 }
 
@@ -226,6 +232,8 @@ pub struct Changelog {
     /// The oldest epoch whose later changes are all retained.
     horizon: Epoch,
     newest: Epoch,
+    /// The run's first epoch (see [`Changelog::start_at`]).
+    first: Epoch,
 }
 
 /// Most batches retained, however small.
@@ -234,7 +242,14 @@ const MAX_BATCHES: usize = 100_000;
 impl Changelog {
     /// A changelog retaining at most `max_rows` row changes (0: none).
     pub fn new(max_rows: usize) -> Changelog {
-        Changelog { batches: VecDeque::new(), rows: 0, max_rows, horizon: 0, newest: 0 }
+        Changelog { batches: VecDeque::new(), rows: 0, max_rows, horizon: 0, newest: 0, first: 1 }
+    }
+
+    /// Before anything is published: this run's epochs begin at `first`, so
+    /// an older epoch is one a client kept from an earlier run.
+    pub fn start_at(&mut self, first: Epoch) {
+        let first = first.max(1);
+        (self.first, self.horizon, self.newest) = (first, first - 1, first - 1);
     }
 
     /// True when changes are retained at all.
@@ -259,7 +274,12 @@ impl Changelog {
     }
 
     /// The batches after `epoch`, oldest first.
+    /// Epoch 0 is "nothing published yet": the run's start.
     pub fn since(&self, epoch: Epoch) -> Result<Vec<Arc<Batch>>, Gone> {
+        let epoch = if epoch == 0 { self.first - 1 } else { epoch };
+        if epoch < self.first - 1 {
+            return Err(Gone::BeforeStart { first: self.first });
+        }
         if epoch < self.horizon {
             return Err(Gone::Compacted { horizon: self.horizon });
         }
@@ -289,6 +309,17 @@ impl Changelog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epoch_of_an_earlier_run_is_refused_and_nothing_published_is_the_start() {
+        let mut log = Changelog::new(100);
+        log.start_at(1_000);
+        assert_eq!(log.since(0).unwrap().len(), 0, "a stream opened before the first publish starts at the run's start");
+        assert_eq!(log.since(998).unwrap_err(), Gone::BeforeStart { first: 1_000 });
+        assert_eq!(log.since(5).unwrap_err(), Gone::BeforeStart { first: 1_000 });
+        assert!(log.since(999).unwrap().is_empty());
+        assert_eq!(log.since(1_000).unwrap_err(), Gone::Unknown { newest: 999 });
+    }
 
     fn batch(after: Epoch, epoch: Epoch, rows: usize) -> Batch {
         let key = SkuKey { tenant: "t".into(), sku: "s".into() };

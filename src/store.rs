@@ -258,6 +258,13 @@ impl Store {
         self.published.send_replace(epoch);
     }
 
+    /// Before the engine publishes: this run's epochs begin at `first`
+    /// (see [`crate::engine::first_epoch_of_run`]); a change stream asked to
+    /// resume from an older epoch is refused.
+    pub fn start_run(&self, first: Epoch) {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner()).start_at(first);
+    }
+
     /// True when row changes are retained for change streams.
     pub fn changes_enabled(&self) -> bool {
         self.changes.lock().unwrap_or_else(|p| p.into_inner()).enabled()

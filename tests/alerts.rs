@@ -276,7 +276,7 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
     assert_eq!(state, expected, "snapshot + changes + resumed changes = the view");
 
     // An epoch this server never published, and a view that does not exist.
-    let (status, problem) = client.get("/v1/views/stock/changes?from_epoch=999999999").await;
+    let (status, problem) = client.get(&format!("/v1/views/stock/changes?from_epoch={}", reached["as_of"]["epoch"].as_u64().unwrap() + 1_000_000_000)).await;
     assert_eq!(status, 410);
     assert!(problem["detail"].as_str().unwrap().contains("newer than any this server published"), "{problem}");
     let (status, problem) = client.get("/v1/views/nope/changes").await;
@@ -372,5 +372,38 @@ async fn alerts_and_replenishment_are_paged_with_limit_and_cursor() {
         assert_eq!(status, 400, "{path}: {problem}");
         assert!(problem["detail"].as_str().unwrap().contains(detail), "{path}: {problem}");
     }
+    stop(running).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_point_from_before_a_restart_is_refused_not_taken_for_one_of_the_new_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(dir.path()).await;
+    let client = Client::new(&running);
+    client.command("/v1/items", json!({"sku": "A", "name": "Widget", "price": "2.50", "reorder_point": 5, "target_level": 20, "stock": {"madrid": 10}})).await;
+    let (_, seen) = client.get("/v1/stock/A").await;
+    let kept = seen["as_of"]["epoch"].as_u64().unwrap();
+    // A change the client has not seen, then a restart.
+    client.adjust("A", -7).await;
+    stop(running).await;
+
+    let running = start(dir.path()).await;
+    let client = Client::new(&running);
+    for _ in 0..3 {
+        client.adjust("A", 1).await;
+    }
+    let (_, now) = client.get("/v1/stock/A").await;
+    assert!(now["as_of"]["epoch"].as_u64().unwrap() > kept, "epochs keep growing across a restart: {now}");
+    let (status, problem) = client.get(&format!("/v1/views/stock/changes?from_epoch={kept}")).await;
+    assert_eq!(status, 410, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("comes from before this server's last start"), "{problem}");
+    // The SSE alert stream's automatic resume (Last-Event-ID) likewise.
+    let (status, problem) = client.send(reqwest::Method::GET, "/v1/alerts/stream", None, &[("last-event-id", &kept.to_string())]).await;
+    assert_eq!(status, 410, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("comes from before this server's last start"), "{problem}");
+    // A fresh stream is a snapshot of the view as it is now.
+    let mut fresh = client.stream("/v1/views/stock/changes?prefix=A", "application/x-ndjson").await;
+    let chunk = within("the fresh snapshot", fresh.response.chunk()).await.unwrap().unwrap();
+    assert!(std::str::from_utf8(&chunk).unwrap().contains("\"on_hand\":6"), "{}", String::from_utf8_lossy(&chunk));
     stop(running).await;
 }

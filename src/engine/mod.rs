@@ -383,7 +383,9 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         restore.as_ref().map(|loaded| loaded.manifest.id),
     );
     store.set_startup_targets(targets);
-    let restore = restore.map(|loaded| Restoring::new(loaded, &config));
+    let first_epoch = first_epoch_of_run();
+    store.start_run(first_epoch);
+    let restore = restore.map(|loaded| Restoring::new(loaded, &config, first_epoch));
     if let Some(restoring) = &restore {
         metrics.restored_events.set(restoring.events as i64);
         tracing::info!(checkpoint = restoring.id, events = restoring.events, alerts = restoring.rows.len(), "resuming from a checkpoint");
@@ -394,8 +396,14 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         }
         None => (None, None, Vec::new(), None),
     };
-    let plan =
-        Arc::new(Plan { inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(), starts, event_targets, restore, restored_alerts });
+    let plan = Arc::new(Plan {
+        inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(),
+        starts,
+        event_targets,
+        first_epoch,
+        restore,
+        restored_alerts,
+    });
     let alerts_to = match &config.alerts {
         Some(path) => {
             Some(publish::AlertsOut { topic: path.source.topic().to_owned(), written: read_written_alerts(path.source.as_ref(), &store, &shutdown)? })
@@ -448,6 +456,17 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     Ok(EngineHandle { thread })
 }
 
+/// The first epoch of a run: the microseconds since 1970 at its start.
+/// Epochs keep growing across restarts (a run publishes far fewer than one
+/// epoch a microsecond), so an epoch a client kept from an earlier run —
+/// a change stream's `from_epoch`, an SSE `Last-Event-ID` — is older than
+/// any of this run and refused, never taken for one of this run's. Below
+/// 2^53 until the year 2255: exact as a JSON number in a browser too.
+pub fn first_epoch_of_run() -> Epoch {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as Epoch).unwrap_or(0);
+    micros.max(1)
+}
+
 /// Who reads what, decided at start.
 struct Plan {
     /// Every topic read, in source-index order.
@@ -456,6 +475,8 @@ struct Plan {
     starts: Vec<Vec<u64>>,
     /// The ends of the event sources at start (commands wait for them).
     event_targets: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// The run's first epoch ([`first_epoch_of_run`]).
+    first_epoch: Epoch,
     /// The checkpoint resumed from, if any: its events by worker.
     restore: Option<RestorePlan>,
     /// Its alert states, for the `low_stock` operator.
@@ -464,7 +485,7 @@ struct Plan {
 
 /// A checkpoint's events on their way into the dataflow.
 struct RestorePlan {
-    /// Epochs 1 to this one carry them.
+    /// How many epochs carry them, from the run's first.
     epochs: Epoch,
     /// Per worker, per epoch: the events that worker inserts (taken once).
     shares: Vec<std::sync::Mutex<Vec<Vec<Event>>>>,
@@ -482,9 +503,9 @@ struct Restoring {
 }
 
 impl Restoring {
-    /// Epochs 1 to `plan.epochs` carry the events, `epoch_max_events` each
-    /// (epoch 0 stays empty), spread over the workers.
-    fn new(loaded: Arc<crate::checkpoint::Loaded>, config: &EngineConfig) -> Restoring {
+    /// The run's first `plan.epochs` epochs, from `first_epoch`, carry the
+    /// events, `epoch_max_events` each, spread over the workers.
+    fn new(loaded: Arc<crate::checkpoint::Loaded>, config: &EngineConfig, first_epoch: Epoch) -> Restoring {
         let crate::checkpoint::Loaded { manifest, events, alerts } = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
         let count = events.len();
         let chunk = config.epoch_max_events.max(1);
@@ -501,7 +522,7 @@ impl Restoring {
             id: manifest.id,
             events: count,
             plan: RestorePlan { epochs, shares: shares.into_iter().map(std::sync::Mutex::new).collect() },
-            states: Restored { epoch: epochs, states: Arc::new(states) },
+            states: Restored { epoch: first_epoch + epochs - 1, states: Arc::new(states) },
             rows: alerts,
         }
     }
@@ -706,7 +727,7 @@ mod worker {
 
         let clock = Clock { index, closed_at: &closed_at, probe: &probe, shutdown };
         // Epoch 0 stays empty: an `as_of.epoch` of 0 means "nothing published yet".
-        let mut epoch: Epoch = 1;
+        let mut epoch: Epoch = plan.first_epoch;
         events_in.advance_to(epoch);
         commands_in.advance_to(epoch);
         progress_in.advance_to(epoch);
@@ -729,7 +750,7 @@ mod worker {
                 }
                 clock.close(worker, &mut events_in, &mut commands_in, &mut progress_in, &mut epoch);
             }
-            debug_assert_eq!(epoch, restore.epochs + 1);
+            debug_assert_eq!(epoch, plan.first_epoch + restore.epochs);
             if index == 0 {
                 while probe.less_than(&epoch) && !shutdown.is_triggered() {
                     worker.step_or_park(Some(Duration::from_millis(1)));

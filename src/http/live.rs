@@ -295,7 +295,10 @@ fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params:
                     "the changes after epoch {epoch} were compacted away (this server keeps changes after epoch {horizon}); open a new stream without from_epoch for a fresh snapshot"
                 )),
                 Gone::Unknown { newest } => ApiError::gone(format!(
-                    "epoch {epoch} is newer than any this server published (newest {newest}); it may come from before a restart: open a new stream without from_epoch"
+                    "epoch {epoch} is newer than any this server published (newest {newest}): open a new stream without from_epoch for a fresh snapshot"
+                )),
+                Gone::BeforeStart { first } => ApiError::gone(format!(
+                    "epoch {epoch} comes from before this server's last start (its first epoch is {first}): the changes between them are not kept across a restart; open a new stream without from_epoch for a fresh snapshot"
                 )),
             })?;
             (Vec::new(), epoch)
@@ -499,6 +502,7 @@ impl Subscriber {
                             self.cursor
                         ),
                         Gone::Unknown { newest } => format!("epoch {} is unknown (newest {newest})", self.cursor),
+                        Gone::BeforeStart { first } => format!("epoch {} is from before this server's start (first epoch {first})", self.cursor),
                     };
                     self.error_line(&mut out, &detail);
                     self.ended = true;
