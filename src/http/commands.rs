@@ -275,12 +275,25 @@ async fn submit(
     let topic = writer.topic.clone();
     let (partition, offset) = match writer.append(key, payload).await {
         Ok(position) => position,
-        Err(error) => {
-            tracing::warn!(%error, "a command could not be appended");
+        Err(failed) => {
+            tracing::warn!(error = %failed.detail, unknown = failed.unknown, command_id = %command.id, "a command could not be appended");
             if claimed {
                 state.store.command_failed(&command.tenant, &command.id);
             }
-            return Err(ApiError::unavailable(format!("the command could not be appended to {topic}: {error}; retry with the same Idempotency-Key")));
+            let id = &command.id;
+            let detail = if failed.unknown {
+                format!(
+                    "the outcome of command `{id}` is unknown: its append to {topic} failed ({}) but may have been written; \
+                     retry with header `Idempotency-Key: {id}` (it is decided once however often it arrives), or read GET /v1/commands/{id}",
+                    failed.detail
+                )
+            } else {
+                format!(
+                    "command `{id}` was not appended to {topic} ({}); nothing of it was written: retry (with header `Idempotency-Key: {id}` to be safe)",
+                    failed.detail
+                )
+            };
+            return Err(ApiError::unavailable(detail).about_command(id.clone()));
         }
     };
     state.store.submit(command.tenant.clone(), command.id.clone(), (partition, offset));

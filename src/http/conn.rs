@@ -204,9 +204,14 @@ fn problem_answer(status: u16, id: &str, detail: &str) -> Vec<u8> {
         431 => "headers-too-large",
         _ => "bad-request",
     };
-    let body =
-        serde_json::to_string(&super::error::Problem { kind: format!("https://stockflow.dev/problems/{kind}"), title, status, detail: detail.to_owned() })
-            .expect("a problem serializes");
+    let body = serde_json::to_string(&super::error::Problem {
+        kind: format!("https://stockflow.dev/problems/{kind}"),
+        title,
+        status,
+        detail: detail.to_owned(),
+        command_id: None,
+    })
+    .expect("a problem serializes");
     format!(
         "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n{body}",
         body.len()

@@ -16,17 +16,19 @@ pub struct ApiError {
     detail: String,
     /// Seconds for `Retry-After` (429; 503 always says 1).
     retry_after: Option<u64>,
+    /// The command the problem is about (a command that was not, or may not have been, appended).
+    command_id: Option<String>,
 }
 
 impl ApiError {
     /// 400: a parameter or body is wrong; `detail` names it and the rule.
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, kind: "bad-request", title: "Bad request", detail: detail.into(), retry_after: None }
+        ApiError { status: StatusCode::BAD_REQUEST, kind: "bad-request", title: "Bad request", detail: detail.into(), retry_after: None, command_id: None }
     }
 
     /// 404: the resource does not exist.
     pub fn not_found(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, kind: "not-found", title: "Not found", detail: detail.into(), retry_after: None }
+        ApiError { status: StatusCode::NOT_FOUND, kind: "not-found", title: "Not found", detail: detail.into(), retry_after: None, command_id: None }
     }
 
     /// 405: the route exists but not with this method.
@@ -37,27 +39,55 @@ impl ApiError {
             title: "Method not allowed",
             detail: "this route does not accept that method".into(),
             retry_after: None,
+            command_id: None,
         }
     }
 
     /// 405 with a reason.
     pub fn method_not_allowed_because(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::METHOD_NOT_ALLOWED, kind: "method-not-allowed", title: "Method not allowed", detail: detail.into(), retry_after: None }
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            kind: "method-not-allowed",
+            title: "Method not allowed",
+            detail: detail.into(),
+            retry_after: None,
+            command_id: None,
+        }
     }
 
     /// 409: the request conflicts with an earlier one (a command id reused for another request).
     pub fn conflict(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::CONFLICT, kind: "conflict", title: "Conflict", detail: detail.into(), retry_after: None }
+        ApiError { status: StatusCode::CONFLICT, kind: "conflict", title: "Conflict", detail: detail.into(), retry_after: None, command_id: None }
+    }
+
+    /// The same problem, about command `id` (its answer carries the id).
+    pub fn about_command(mut self, id: impl Into<String>) -> ApiError {
+        self.command_id = Some(id.into());
+        self
     }
 
     /// 503: the service cannot answer yet (catching up, or a wait timed out).
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, kind: "unavailable", title: "Service unavailable", detail: detail.into(), retry_after: None }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            title: "Service unavailable",
+            detail: detail.into(),
+            retry_after: None,
+            command_id: None,
+        }
     }
 
     /// 413: the body is larger than the limit.
     pub fn too_large(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::PAYLOAD_TOO_LARGE, kind: "payload-too-large", title: "Payload too large", detail: detail.into(), retry_after: None }
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "payload-too-large",
+            title: "Payload too large",
+            detail: detail.into(),
+            retry_after: None,
+            command_id: None,
+        }
     }
 
     /// 415: the body is not JSON.
@@ -68,33 +98,41 @@ impl ApiError {
             title: "Unsupported media type",
             detail: detail.into(),
             retry_after: None,
+            command_id: None,
         }
     }
 
     /// 410: what was asked for existed once and is gone (e.g. compacted changes).
     pub fn gone(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::GONE, kind: "gone", title: "Gone", detail: detail.into(), retry_after: None }
+        ApiError { status: StatusCode::GONE, kind: "gone", title: "Gone", detail: detail.into(), retry_after: None, command_id: None }
     }
 
     /// 406: no representation the client accepts.
     pub fn not_acceptable(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_ACCEPTABLE, kind: "not-acceptable", title: "Not acceptable", detail: detail.into(), retry_after: None }
+        ApiError {
+            status: StatusCode::NOT_ACCEPTABLE,
+            kind: "not-acceptable",
+            title: "Not acceptable",
+            detail: detail.into(),
+            retry_after: None,
+            command_id: None,
+        }
     }
 
     /// 504: a read waited for `after` longer than `wait_ms`.
     pub fn timeout(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::GATEWAY_TIMEOUT, kind: "timeout", title: "Gateway timeout", detail: detail.into(), retry_after: None }
+        ApiError { status: StatusCode::GATEWAY_TIMEOUT, kind: "timeout", title: "Gateway timeout", detail: detail.into(), retry_after: None, command_id: None }
     }
 
     /// 401: no API key, or not one this server knows.
     pub fn unauthorized(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::UNAUTHORIZED, kind: "unauthorized", title: "Unauthorized", detail: detail.into(), retry_after: None }
+        ApiError { status: StatusCode::UNAUTHORIZED, kind: "unauthorized", title: "Unauthorized", detail: detail.into(), retry_after: None, command_id: None }
     }
 
     /// 403: the key is known but may not do this (another tenant, or a
     /// right it does not hold).
     pub fn forbidden(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::FORBIDDEN, kind: "forbidden", title: "Forbidden", detail: detail.into(), retry_after: None }
+        ApiError { status: StatusCode::FORBIDDEN, kind: "forbidden", title: "Forbidden", detail: detail.into(), retry_after: None, command_id: None }
     }
 
     /// 429: the key's request rate is over its limit; retry after `seconds`.
@@ -105,6 +143,7 @@ impl ApiError {
             title: "Too many requests",
             detail: detail.into(),
             retry_after: Some(seconds),
+            command_id: None,
         }
     }
 
@@ -121,7 +160,7 @@ impl ApiError {
             s if s.is_client_error() => "bad-request",
             _ => "internal",
         };
-        ApiError { status, kind, title, detail, retry_after: None }
+        ApiError { status, kind, title, detail, retry_after: None, command_id: None }
     }
 
     /// 500: logged in full here, answered without internals.
@@ -133,6 +172,7 @@ impl ApiError {
             title: "Internal server error",
             detail: "the server failed to answer; the error is in its logs".into(),
             retry_after: None,
+            command_id: None,
         }
     }
 
@@ -159,12 +199,20 @@ pub struct Problem {
     pub status: u16,
     /// What was wrong, precisely: the parameter or field and the rule.
     pub detail: String,
+    /// On a command's 503: its id, to retry it safely as `Idempotency-Key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            Problem { kind: format!("https://stockflow.dev/problems/{}", self.kind), title: self.title, status: self.status.as_u16(), detail: self.detail };
+        let body = Problem {
+            kind: format!("https://stockflow.dev/problems/{}", self.kind),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+            command_id: self.command_id,
+        };
         let body = serde_json::to_string(&body).expect("a problem serializes");
         let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
         let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
@@ -224,7 +272,7 @@ problems! {
         413 TooLarge,
         /// The body is not application/json.
         415 UnsupportedMediaType,
-        /// The command could not be appended (broker down): retry with the same Idempotency-Key.
+        /// The command was not appended, or its outcome is unknown (broker down, disk full): the problem's `command_id` is the Idempotency-Key to retry it with.
         503 Unavailable,
     }
 }

@@ -67,7 +67,18 @@ pub struct CommandWriter {
 }
 
 /// A command waiting for its append: key, payload, where to answer.
-type PendingAppend = (Vec<u8>, Vec<u8>, tokio::sync::oneshot::Sender<Result<(u32, u64), String>>);
+type PendingAppend = (Vec<u8>, Vec<u8>, tokio::sync::oneshot::Sender<Result<(u32, u64), AppendFailed>>);
+
+/// Why a command was not appended, and whether it may have been after all.
+#[derive(Clone, Debug)]
+pub struct AppendFailed {
+    /// The error.
+    pub detail: String,
+    /// True when the record may still have been written (a Kafka delivery
+    /// that failed or timed out; a failed append the log could not undo);
+    /// false when it certainly was not.
+    pub unknown: bool,
+}
 
 /// Most commands appended in one batch.
 const MAX_APPEND_BATCH: usize = 4096;
@@ -88,10 +99,14 @@ impl CommandWriter {
                     replies.push(reply);
                 }
                 // One attempt: the request is waiting, and its answer says what happened.
-                let landings = match outbox.settle(crate::source::outbox::Patience::Once, &crate::source::outbox::LogOnly) {
-                    Ok(landings) => landings,
-                    Err(error) => vec![Err(error.to_string()); replies.len()],
-                };
+                let certain = appender.failures_are_certain();
+                let failed = |detail: String| AppendFailed { unknown: !certain || crate::source::outcome_unknown(&detail), detail };
+                let landings: Vec<Result<(u32, u64), AppendFailed>> =
+                    match outbox.settle(crate::source::outbox::Patience::Once, &crate::source::outbox::LogOnly) {
+                        Ok(landings) => landings.into_iter().map(|landing| landing.map_err(failed)).collect(),
+                        // Not acknowledged in time: written or not, nobody knows yet.
+                        Err(error) => vec![Err(AppendFailed { detail: error.to_string(), unknown: true }); replies.len()],
+                    };
                 for (reply, landing) in replies.into_iter().zip(landings) {
                     let _ = reply.send(landing);
                 }
@@ -101,10 +116,11 @@ impl CommandWriter {
     }
 
     /// Appends one command; answers its `(partition, offset)` once durable.
-    pub async fn append(&self, key: Vec<u8>, payload: Vec<u8>) -> Result<(u32, u64), String> {
+    pub async fn append(&self, key: Vec<u8>, payload: Vec<u8>) -> Result<(u32, u64), AppendFailed> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.to_thread.send((key, payload, reply)).map_err(|_| "the command writer has stopped".to_owned())?;
-        answer.await.map_err(|_| "the command writer has stopped".to_owned())?
+        let stopped = |unknown| AppendFailed { detail: "the command writer has stopped".into(), unknown };
+        self.to_thread.send((key, payload, reply)).map_err(|_| stopped(false))?;
+        answer.await.map_err(|_| stopped(true))?
     }
 }
 

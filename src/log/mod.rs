@@ -240,30 +240,67 @@ impl Topic {
     pub fn append_to(&self, partition: u32, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<u64, SourceError> {
         let partition = self.partition(partition)?;
         let mut writer = self.writer(partition)?;
-        let offset = writer.append(Some(key), payload, timestamp_ms)?;
-        writer.commit(&partition.end)?;
-        Ok(offset)
+        writer.transaction(&partition.end, |writer| writer.append(Some(key), payload, timestamp_ms))
     }
 
     /// Appends many records, taking each partition's lock once; returns the
-    /// partition and offset of each, in order.
+    /// partition and offset of each, in order, or the first partition's
+    /// error (the other partitions' records may be appended: see
+    /// [`Topic::append_each`] for each record's own outcome).
     pub fn append_batch(&self, records: &[(&[u8], &[u8], i64)]) -> Result<Vec<(u32, u64)>, SourceError> {
+        let mut landed = Vec::with_capacity(records.len());
+        for (landing, error) in self.append_partitions(records) {
+            match error {
+                Some(error) => return Err(error),
+                None => landed.push(landing),
+            }
+        }
+        Ok(landed)
+    }
+
+    /// Appends many records, one transaction per partition (all of a
+    /// partition's records, or none: [`Writer::transaction`]); answers each
+    /// record's own outcome, in order: a partition that failed does not make
+    /// the records of one that did look failed, nor the other way round.
+    pub fn append_each(&self, records: &[(&[u8], &[u8], i64)]) -> Vec<Result<(u32, u64), String>> {
+        let results = self.append_partitions(records);
+        let mut errors: HashMap<u32, String> = HashMap::new();
+        results
+            .into_iter()
+            .map(|((partition, offset), error)| match error {
+                Some(error) => Err(errors.entry(partition).or_insert_with(|| error.to_string()).clone()),
+                None => match errors.get(&partition) {
+                    Some(error) => Err(error.clone()),
+                    None => Ok((partition, offset)),
+                },
+            })
+            .collect()
+    }
+
+    /// Each record's `(partition, offset)` and, for the first record of a
+    /// partition whose transaction failed, the error (its other records
+    /// carry the partition with no error and are failed by the caller).
+    fn append_partitions(&self, records: &[(&[u8], &[u8], i64)]) -> Vec<((u32, u64), Option<SourceError>)> {
         let n = self.partitions();
         let targets: Vec<u32> = records.iter().map(|(key, _, _)| partition_for_key(key, n)).collect();
-        let mut positions = vec![(0, 0); records.len()];
+        let mut results: Vec<((u32, u64), Option<SourceError>)> = targets.iter().map(|p| ((*p, 0), None)).collect();
         for (index, partition) in self.partitions.iter().enumerate() {
-            if !targets.contains(&(index as u32)) {
-                continue;
+            let Some(first) = targets.iter().position(|t| *t == index as u32) else { continue };
+            let appended = self.writer(partition).and_then(|mut writer| {
+                writer.transaction(&partition.end, |writer| {
+                    for (i, (key, payload, ts)) in records.iter().enumerate() {
+                        if targets[i] == index as u32 {
+                            results[i].0 .1 = writer.append(Some(key), payload, *ts)?;
+                        }
+                    }
+                    Ok(())
+                })
+            });
+            if let Err(error) = appended {
+                results[first].1 = Some(error);
             }
-            let mut writer = self.writer(partition)?;
-            for (i, (key, payload, ts)) in records.iter().enumerate() {
-                if targets[i] == index as u32 {
-                    positions[i] = (index as u32, writer.append(Some(key), payload, *ts)?);
-                }
-            }
-            writer.commit(&partition.end)?;
         }
-        Ok(positions)
+        results
     }
 
     /// Offset after the last record of `partition` (0 for an unknown partition).
@@ -332,18 +369,23 @@ impl LogAppender {
 
 impl crate::source::Appender for LogAppender {
     /// Appends at once (one lock and one write per partition) and reports
-    /// every record landed, or every one failed with the error.
+    /// each record landed, or failed with its partition's error (a failed
+    /// partition's records are undone: see [`Topic::append_each`]).
     fn enqueue(&self, topic: &str, records: &[(usize, &crate::source::Outgoing)], acks: &Arc<crate::source::Acks>) {
         let now = chrono::Utc::now().timestamp_millis();
         let batch: Vec<(&[u8], &[u8], i64)> = records.iter().map(|(_, record)| (record.key.as_slice(), record.payload.as_slice(), now)).collect();
-        match self.log.topic(topic, self.partitions).and_then(|topic| topic.append_batch(&batch)) {
-            Ok(landings) => records.iter().zip(landings).for_each(|((slot, _), landing)| acks.report(*slot, Ok(landing))),
+        match self.log.topic(topic, self.partitions) {
+            Ok(topic) => records.iter().zip(topic.append_each(&batch)).for_each(|((slot, _), landing)| acks.report(*slot, landing)),
             Err(error) => records.iter().for_each(|(slot, _)| acks.report(*slot, Err(error.to_string()))),
         }
     }
 
     fn carries_headers(&self) -> bool {
         false
+    }
+
+    fn failures_are_certain(&self) -> bool {
+        true
     }
 }
 
@@ -396,6 +438,8 @@ impl Partition {
                 next_offset,
                 options,
                 segments: segments.clone(),
+                committed: Committed { base, size: valid_len, next_offset },
+                broken: None,
             })),
             end: Arc::new(AtomicU64::new(next_offset)),
             segments,
@@ -692,9 +736,80 @@ struct Writer {
     next_offset: u64,
     options: LogOptions,
     segments: Arc<RwLock<Vec<u64>>>,
+    /// Where the last commit left the partition: what a failed append is undone to.
+    committed: Committed,
+    /// Why a failed append could not be undone: nothing more is appended
+    /// (the next start checks the tail).
+    broken: Option<String>,
+}
+
+/// The partition's state at its last commit.
+#[derive(Clone, Copy, Debug)]
+struct Committed {
+    /// The active segment's base offset.
+    base: u64,
+    /// Its length.
+    size: u64,
+    next_offset: u64,
 }
 
 impl Writer {
+    /// Runs `append` (any number of [`Writer::append`]s) and commits; on
+    /// any failure undoes every record of it — buffered bytes dropped,
+    /// segments cut back to the last commit's length, segments it opened
+    /// removed — so that an append that answered an error is never read
+    /// (not even once the disk has room again and a later append flushes).
+    /// If the undo itself fails the writer refuses every later append and
+    /// the error says that the outcome is unknown.
+    fn transaction<T>(&mut self, end: &AtomicU64, append: impl FnOnce(&mut Writer) -> Result<T, SourceError>) -> Result<T, SourceError> {
+        if let Some(why) = &self.broken {
+            return Err(SourceError::Invalid(format!(
+                "{}: nothing is appended since a failed append could not be undone ({why}); restart stockflow (the start checks the tail)",
+                self.dir.display()
+            )));
+        }
+        let done = append(self).and_then(|value| self.commit(end).map(|()| value));
+        match done {
+            Ok(value) => {
+                let base = *self.segments.read().unwrap_or_else(|p| p.into_inner()).last().expect("one segment at least");
+                self.committed = Committed { base, size: self.size, next_offset: self.next_offset };
+                Ok(value)
+            }
+            Err(error) => match self.undo() {
+                Ok(()) => Err(error),
+                Err(undo) => {
+                    let why = undo.to_string();
+                    self.broken = Some(why.clone());
+                    Err(SourceError::OutcomeUnknown(format!("{error}; undoing it failed too ({why}): the records may be read after a restart")))
+                }
+            },
+        }
+    }
+
+    /// Back to the last commit (see [`Writer::transaction`]).
+    fn undo(&mut self) -> Result<(), SourceError> {
+        let Committed { base, size, next_offset } = self.committed;
+        let what = |path: &Path| format!("undoing a failed append to {}", path.display());
+        // Drop what is buffered, unwritten: a later flush must not write it.
+        let path = segment_path(&self.dir, base);
+        let file = OpenOptions::new().append(true).open(&path).map_err(io(what(&path)))?;
+        let (_, _unwritten) = std::mem::replace(&mut self.file, BufWriter::with_capacity(256 << 10, file)).into_parts();
+        // Segments opened since the commit go; the commit's own is cut back.
+        let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+        while segments.last().is_some_and(|last| *last > base) {
+            let newer = segment_path(&self.dir, segments.pop().expect("a newer segment"));
+            match std::fs::remove_file(&newer) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io(what(&newer))(e)),
+            }
+        }
+        drop(segments);
+        self.file.get_ref().set_len(size).map_err(io(what(&path)))?;
+        (self.size, self.next_offset) = (size, next_offset);
+        Ok(())
+    }
+
     /// Buffers one record; visible to readers after [`Writer::commit`].
     fn append(&mut self, key: Option<&[u8]>, payload: &[u8], timestamp_ms: i64) -> Result<u64, SourceError> {
         let key_len = key.map_or(0, <[u8]>::len);
@@ -856,6 +971,57 @@ mod tests {
         let mut out = Vec::new();
         while PartitionReader::read(&mut reader, 7, &mut out).unwrap() > 0 {}
         out
+    }
+
+    /// The file-size limit stands in for a full disk: a write past it
+    /// writes what fits, then fails (EFBIG), as a write to a full disk does.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_append_that_failed_for_want_of_space_is_undone_and_never_read() {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit, Signal};
+        // A handler, so that SIGXFSZ does not end the test's process (it runs in one of its own under nextest).
+        let _handled = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(Signal::XFSZ.as_raw())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let payloads = |topic: &Topic| -> Vec<String> { read_all(topic, 0, 0).iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect() };
+        let mut expected: Vec<String> = (0..10).map(|i| format!("ok {i}")).collect();
+        {
+            let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 4096, fsync_every_append: false }).unwrap();
+            let topic = log.topic("t", 1).unwrap();
+            for (i, payload) in expected.iter().enumerate() {
+                topic.append_to(0, b"k", payload.as_bytes(), i as i64).unwrap();
+            }
+            let written: u64 = fs::read_dir(dir.path().join("t/0")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+            let limit = getrlimit(Resource::Fsize);
+            setrlimit(Resource::Fsize, Rlimit { current: Some(written + 10), maximum: limit.maximum }).unwrap();
+            let big = vec![b'x'; 1000];
+            assert!(topic.append_to(0, b"k", &big, 99).is_err(), "no room for it");
+            // A batch that rolls into a new segment on the way, then fails.
+            let batch: Vec<(&[u8], &[u8], i64)> = (0..6).map(|i| (&b"k"[..], &big[..], i)).collect();
+            assert!(topic.append_batch(&batch).is_err(), "no room for them");
+            assert_eq!(topic.end_offset(0), 10, "nothing of the failed appends is visible");
+
+            // Two partitions, one with room and one without: each record is told its own outcome.
+            let two = log.topic("two", 2).unwrap();
+            let full_key: &[u8] = b"a";
+            let roomy_key: &[u8] = [&b"b"[..], b"c", b"d", b"e", b"f"]
+                .into_iter()
+                .find(|k| partition_for_key(k, 2) != partition_for_key(full_key, 2))
+                .expect("a key of the other partition");
+            setrlimit(Resource::Fsize, limit).unwrap();
+            two.append(full_key, &vec![b'y'; 3000], 0).unwrap();
+            two.append(roomy_key, b"small", 0).unwrap();
+            setrlimit(Resource::Fsize, Rlimit { current: Some(1000), maximum: limit.maximum }).unwrap();
+            let outcomes = two.append_each(&[(full_key, &b"to the full one"[..], 1), (roomy_key, &b"to the roomy one"[..], 1)]);
+            assert!(outcomes[0].is_err(), "{outcomes:?}");
+            assert_eq!(outcomes[1], Ok((partition_for_key(roomy_key, 2), 1)), "the other partition's record landed and says so");
+            setrlimit(Resource::Fsize, limit).unwrap();
+
+            // Room again: the next append takes the next offset, and the failed ones never appear.
+            assert_eq!(topic.append_to(0, b"k", b"after", 100).unwrap(), 10, "the failed records took no offset");
+            expected.push("after".into());
+            assert_eq!(payloads(&topic), expected);
+        }
+        let log = Log::open(dir.path()).unwrap();
+        assert_eq!(payloads(&log.topic("t", 1).unwrap()), expected, "nor after a restart");
     }
 
     #[test]

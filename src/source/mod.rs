@@ -55,6 +55,17 @@ pub enum SourceError {
     /// The caller asked for something invalid (e.g. an offset beyond the end).
     #[error("{0}")]
     Invalid(String),
+    /// An append failed and whether its records were written is not known:
+    /// they may still be read (e.g. a delivery that timed out; a failed
+    /// append of the embedded log that could not be undone).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+}
+
+/// Whether an append error's text (as an [`Acks`] slot reports it) says
+/// that its records may have been written after all.
+pub fn outcome_unknown(error: &str) -> bool {
+    error.starts_with("outcome unknown: ")
 }
 
 /// A named, partitioned log (a topic).
@@ -128,6 +139,13 @@ pub trait Appender: Send + Sync {
     fn enqueue(&self, topic: &str, records: &[(usize, &Outgoing)], acks: &std::sync::Arc<Acks>);
     /// Whether records keep their headers (Kafka) or not (the embedded log).
     fn carries_headers(&self) -> bool;
+    /// Whether a record reported failed is certainly not written (the
+    /// embedded log undoes a failed append, except an error that says
+    /// [`outcome_unknown`]); with Kafka a failed or timed-out delivery may
+    /// still have landed.
+    fn failures_are_certain(&self) -> bool {
+        false
+    }
 }
 
 /// Kafka's default partitioner: murmur2 of the key, positive, modulo the
