@@ -343,9 +343,7 @@ impl Webhooks {
         let mut readers = loop {
             let source = alerts.clone();
             let opened = self
-                .blocking(move || {
-                    (0..source.partitions()).map(|p| source.end_offset(p).and_then(|end| source.reader(p, end))).collect::<Result<Vec<_>, _>>()
-                })
+                .blocking(move || (0..source.partitions()).map(|p| source.end_offset(p).and_then(|end| source.reader(p, end))).collect::<Result<Vec<_>, _>>())
                 .await;
             match opened {
                 Ok(readers) => break readers,

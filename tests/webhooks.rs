@@ -311,11 +311,8 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
     let received = received.lock().unwrap().clone();
     for (path, id) in [("/stuck", stuck_id), ("/fast", fast["id"].as_str().unwrap())] {
         for key in keys {
-            let seqs: Vec<u64> = received
-                .iter()
-                .filter(|r| r.0 == path)
-                .filter_map(|r| r.1.strip_prefix(&format!("{id}:{key}-")).map(|seq| seq.parse().unwrap()))
-                .collect();
+            let seqs: Vec<u64> =
+                received.iter().filter(|r| r.0 == path).filter_map(|r| r.1.strip_prefix(&format!("{id}:{key}-")).map(|seq| seq.parse().unwrap())).collect();
             assert_eq!(seqs, (0..=per_key).collect::<Vec<_>>(), "{path}, key {key}: each event once, in order");
         }
     }
@@ -327,7 +324,8 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
 async fn webhook_targets_without_a_host_link_local_or_metadata_are_refused_whatever_the_lists() {
     let dir = tempfile::tempdir().unwrap();
     let everything: Vec<stockflow_sinks::webhooks::IpNet> = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
-    let running = start_with(dir.path(), |s| s.webhook_policy.networks = Arc::new(stockflow_sinks::webhooks::Networks { allow: everything, deny: vec![] })).await;
+    let running =
+        start_with(dir.path(), |s| s.webhook_policy.networks = Arc::new(stockflow_sinks::webhooks::Networks { allow: everything, deny: vec![] })).await;
     for (url, detail) in [
         ("http:///hook", "url: `http:///hook` names no host"),
         ("http://169.254.169.254/latest/meta-data/", "cloud metadata address"),
@@ -387,10 +385,9 @@ async fn webhook_network_lists_refuse_at_registration_and_when_connecting() {
         created_at: String::new(),
     };
     let event = stockflow_sinks::webhooks::Outgoing { id: "e1", event_type: "alert.low_stock.raised", body: b"{}" };
-    for (networks, expected, outcomes) in [
-        (loopback(), "failed", vec!["refused"]),
-        (stockflow_sinks::webhooks::Networks::default(), "delivered", vec!["delivered"]),
-    ] {
+    for (networks, expected, outcomes) in
+        [(loopback(), "failed", vec!["refused"]), (stockflow_sinks::webhooks::Networks::default(), "delivered", vec!["delivered"])]
+    {
         let client = stockflow_sinks::webhooks::client(Arc::new(networks.clone())).unwrap();
         let policy = stockflow_sinks::webhooks::Policy { networks: Arc::new(networks), ..policy.clone() };
         let mut seen = Vec::new();

@@ -57,8 +57,7 @@ pub const METADATA_NAMES: [&str; 1] = ["metadata.google.internal"];
 /// Cloud metadata addresses outside the link-local ranges: AWS's IPv6
 /// instance metadata and Alibaba Cloud's (169.254.169.254, the usual one, is
 /// link-local).
-pub const METADATA_ADDRESSES: [IpAddr; 2] =
-    [IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)), IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200))];
+pub const METADATA_ADDRESSES: [IpAddr; 2] = [IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)), IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200))];
 
 /// Why a delivery may not go to an address or host.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -374,13 +373,7 @@ pub struct Outgoing<'a> {
 /// reach, see [`Networks`]; not retried). Dropping the future cuts the
 /// retries short: nothing is recorded, and the event is attempted again
 /// after a restart.
-pub async fn deliver(
-    client: &Client,
-    webhook: &Webhook,
-    event: Outgoing<'_>,
-    policy: &Policy,
-    on_attempt: &mut (dyn FnMut(&str) + Send),
-) -> Delivery {
+pub async fn deliver(client: &Client, webhook: &Webhook, event: Outgoing<'_>, policy: &Policy, on_attempt: &mut (dyn FnMut(&str) + Send)) -> Delivery {
     let Outgoing { id: event_id, event_type, body } = event;
     let delivery_id = format!("{}:{event_id}", webhook.id);
     let signature = sign(webhook.secret.as_bytes(), body);

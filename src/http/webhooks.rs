@@ -6,6 +6,7 @@ use super::commands::body_object;
 use super::error::{ApiError, Params, Problem, Segment, WebhookProblems};
 use super::reads::{parameter_name, tenant_param};
 use super::AppState;
+use crate::webhooks::AddError;
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,7 +16,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use stockflow_dataflows::model::DEFAULT_TENANT;
-use crate::webhooks::AddError;
 use stockflow_sinks::webhooks::{check_kinds, check_secret, check_url, Networks, Url, Webhook, KINDS};
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -130,7 +130,9 @@ async fn check_resolved(url: &str, parsed: &Url, networks: &Networks) -> Result<
     let Ok(Ok(resolved)) = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await else { return Ok(()) };
     let checks: Vec<_> = resolved.map(|address| networks.check(address.ip())).collect();
     match checks.iter().find_map(|check| check.as_ref().err()) {
-        Some(refusal) if checks.iter().all(Result::is_err) => Err(ApiError::bad_request(format!("url: `{url}`: `{name}` resolves only to addresses webhooks may not reach ({refusal})"))),
+        Some(refusal) if checks.iter().all(Result::is_err) => {
+            Err(ApiError::bad_request(format!("url: `{url}`: `{name}` resolves only to addresses webhooks may not reach ({refusal})")))
+        }
         _ => Ok(()),
     }
 }
