@@ -263,6 +263,15 @@ pub struct ServeArgs {
     /// Wait after a failed webhook attempt, doubled after each further one (ms) [default: 500].
     #[arg(long, env = "STOCKFLOW_WEBHOOK_BACKOFF_MS")]
     pub webhook_backoff_ms: Option<u64>,
+    /// Most webhooks one tenant may register; past it a registration answers 409 [default: 20].
+    #[arg(long, env = "STOCKFLOW_WEBHOOKS_PER_TENANT")]
+    pub webhooks_per_tenant: Option<usize>,
+    /// A network webhooks may be delivered to, CIDR or one address (repeatable; env: comma separated); when any is given, only these [default: every network but link-local and cloud metadata addresses].
+    #[arg(long = "webhook-allow-network", env = "STOCKFLOW_WEBHOOK_ALLOW_NETWORKS", value_delimiter = ',')]
+    pub webhook_allow_networks: Vec<String>,
+    /// A network webhooks are never delivered to, CIDR or one address (repeatable; env: comma separated); wins over the allowed ones.
+    #[arg(long = "webhook-deny-network", env = "STOCKFLOW_WEBHOOK_DENY_NETWORKS", value_delimiter = ',')]
+    pub webhook_deny_networks: Vec<String>,
     /// KPI buckets are kept while they end within this much event time of the newest hour seen (`90d`, `36h`) [default: 90d].
     #[arg(long, env = "STOCKFLOW_KPI_RETENTION")]
     pub kpi_retention: Option<String>,
@@ -378,6 +387,12 @@ pub struct FileConfig {
     pub webhook_max_attempts: Option<u32>,
     /// See `--webhook-backoff-ms`.
     pub webhook_backoff_ms: Option<u64>,
+    /// See `--webhooks-per-tenant`.
+    pub webhooks_per_tenant: Option<usize>,
+    /// Networks webhooks may be delivered to (see `--webhook-allow-network`).
+    pub webhook_allow_networks: Option<Vec<String>>,
+    /// Networks webhooks are never delivered to (see `--webhook-deny-network`).
+    pub webhook_deny_networks: Option<Vec<String>>,
     /// See `--kpi-retention`.
     pub kpi_retention: Option<String>,
     /// See `--clickhouse-url`.
@@ -493,7 +508,7 @@ pub struct Settings {
     pub alerts_topic: String,
     /// Row changes retained for change streams.
     pub changes_retention: usize,
-    /// Webhook delivery retries.
+    /// Webhook delivery: retries, the networks it may reach, the per-tenant cap.
     pub webhook_policy: stockflow_sinks::webhooks::Policy,
     /// How long KPI buckets are kept (event time).
     pub kpi_retention: Duration,
@@ -588,6 +603,8 @@ pub mod defaults {
     pub const WEBHOOK_MAX_ATTEMPTS: u32 = 6;
     /// `--webhook-backoff-ms`.
     pub const WEBHOOK_BACKOFF_MS: u64 = 500;
+    /// `--webhooks-per-tenant`.
+    pub const WEBHOOKS_PER_TENANT: usize = stockflow_sinks::webhooks::DEFAULT_PER_TENANT;
     /// `--kpi-retention`.
     pub const KPI_RETENTION: &str = "90d";
     /// `--clickhouse-database`.
@@ -671,6 +688,7 @@ impl Settings {
             webhook_policy: stockflow_sinks::webhooks::Policy {
                 max_attempts: args.webhook_max_attempts.or(file.webhook_max_attempts).unwrap_or(defaults::WEBHOOK_MAX_ATTEMPTS),
                 first_backoff: Duration::from_millis(args.webhook_backoff_ms.or(file.webhook_backoff_ms).unwrap_or(defaults::WEBHOOK_BACKOFF_MS)),
+                per_tenant: args.webhooks_per_tenant.or(file.webhooks_per_tenant).unwrap_or(defaults::WEBHOOKS_PER_TENANT),
                 ..Default::default()
             },
             kpi_retention: Duration::from_secs(90 * 24 * 3600),
@@ -687,7 +705,23 @@ impl Settings {
         if !(1..=600_000).contains(&settings.webhook_policy.first_backoff.as_millis()) {
             errors.push(format!("webhook_backoff_ms: must be between 1 and 600000, got {}", settings.webhook_policy.first_backoff.as_millis()));
         }
+        if !(1..=10_000).contains(&settings.webhook_policy.per_tenant) {
+            errors.push(format!("webhooks_per_tenant: must be between 1 and 10000, got {}", settings.webhook_policy.per_tenant));
+        }
         let mut settings = settings;
+        // The command line or environment replaces the file's list.
+        let mut networks = |option: &str, flags: &[String], file: Option<Vec<String>>| -> Vec<stockflow_sinks::webhooks::IpNet> {
+            let listed = if flags.is_empty() { file.unwrap_or_default() } else { flags.to_vec() };
+            listed
+                .iter()
+                .filter(|text| !text.trim().is_empty())
+                .filter_map(|text| stockflow_sinks::webhooks::parse_network(text).map_err(|reason| errors.push(format!("{option}: {reason}"))).ok())
+                .collect()
+        };
+        settings.webhook_policy.networks = std::sync::Arc::new(stockflow_sinks::webhooks::Networks {
+            allow: networks("webhook_allow_networks", &args.webhook_allow_networks, file.webhook_allow_networks),
+            deny: networks("webhook_deny_networks", &args.webhook_deny_networks, file.webhook_deny_networks),
+        });
         match parse_retention(args.kpi_retention.as_deref().or(file.kpi_retention.as_deref()).unwrap_or(defaults::KPI_RETENTION)) {
             Ok(retention) => settings.kpi_retention = retention,
             Err(reason) => errors.push(format!("kpi_retention: {reason}")),
@@ -1160,6 +1194,34 @@ mod tests {
         };
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert_eq!(errors, ["clickhouse_max_buffer: at least clickhouse_batch_rows (500), got 100"]);
+    }
+
+    #[test]
+    fn webhook_cap_and_networks_come_from_flags_or_the_file() {
+        let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
+        assert_eq!(defaults.webhook_policy.per_tenant, 20);
+        assert_eq!(*defaults.webhook_policy.networks, stockflow_sinks::webhooks::Networks::default(), "no lists: every network but the refused ones");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stockflow.toml");
+        std::fs::write(&path, "webhooks_per_tenant = 3\nwebhook_allow_networks = [\"10.0.0.0/8\"]\nwebhook_deny_networks = [\"10.9.0.0/16\", \"192.0.2.7\"]\n")
+            .unwrap();
+        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let settings = Settings::resolve(&args, None).unwrap();
+        assert_eq!(settings.webhook_policy.per_tenant, 3);
+        let shown = |nets: &[stockflow_sinks::webhooks::IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(shown(&settings.webhook_policy.networks.allow), ["10.0.0.0/8"]);
+        assert_eq!(shown(&settings.webhook_policy.networks.deny), ["10.9.0.0/16", "192.0.2.7/32"]);
+        let args = ServeArgs {
+            config: Some(path),
+            webhooks_per_tenant: Some(0),
+            webhook_allow_networks: vec!["127.0.0.1/32".into()],
+            webhook_deny_networks: vec!["10.0.0.0/40".into()],
+            ..Default::default()
+        };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors.contains(&"webhooks_per_tenant: must be between 1 and 10000, got 0".to_owned()), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("webhook_deny_networks: `10.0.0.0/40` is not a network")), "{errors:?}");
+        assert_eq!(errors.len(), 2, "the flag's allow list replaced the file's and is valid: {errors:?}");
     }
 
     #[test]

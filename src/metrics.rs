@@ -73,8 +73,11 @@ pub struct MetricSet {
     pub streams_dropped: IntCounterVec,
     /// Row changes retained for change streams.
     pub changes_retained: IntGauge,
-    /// Webhook delivery attempts by outcome (`delivered`, `retry`, `failed`).
+    /// Webhook delivery attempts by outcome (`delivered`, `retry`, `failed`, `refused`).
     pub webhook_attempts: IntCounterVec,
+    /// Times a webhook fell behind the shared reader of the alerts topic (its
+    /// queue full) and went on reading from its own cursor, per webhook.
+    pub webhook_behind: IntCounterVec,
     /// Alert events waiting for delivery, per webhook.
     pub webhook_lag: IntGaugeVec,
     /// KPI updates for buckets already past `--kpi-retention`, ignored.
@@ -214,6 +217,11 @@ impl Metrics {
                 g
             },
             webhook_attempts: counter("stockflow_webhook_attempts_total", "Webhook delivery attempts by outcome.", &["webhook", "outcome"]),
+            webhook_behind: counter(
+                "stockflow_webhook_behind_total",
+                "Times a webhook fell behind the shared alerts reader and read from its own cursor.",
+                &["webhook"],
+            ),
             webhook_lag: gauge("stockflow_webhook_lag", "Alert events not yet delivered (or given up on) per webhook.", &["webhook"]),
             kpi_too_late: int_counter("stockflow_kpi_updates_too_late_total", "KPI updates ignored because their bucket was already past --kpi-retention."),
             sink_rows: counter("stockflow_sink_rows_total", "Rows the ClickHouse sink committed, by table.", &["table"]),

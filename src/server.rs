@@ -460,8 +460,7 @@ impl Running {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.wait().await;
         self.http.await.context("HTTP server task")?.context("HTTP server")?;
-        let webhooks = self.webhooks.clone();
-        let _ = tokio::task::spawn_blocking(move || webhooks.stop()).await;
+        self.webhooks.stop().await;
         if let Some(demo) = self.demo {
             let _ = tokio::task::spawn_blocking(move || demo.join()).await;
         }

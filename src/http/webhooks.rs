@@ -6,6 +6,7 @@ use super::commands::body_object;
 use super::error::{ApiError, Params, Problem, Segment, WebhookProblems};
 use super::reads::{parameter_name, tenant_param};
 use super::AppState;
+use crate::webhooks::AddError;
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use stockflow_dataflows::model::DEFAULT_TENANT;
-use stockflow_sinks::webhooks::{check_kinds, check_secret, check_url, Webhook, KINDS};
+use stockflow_sinks::webhooks::{check_kinds, check_secret, check_url, Networks, Url, Webhook, KINDS};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -36,6 +37,9 @@ fn shown(hook: &Webhook) -> Value {
 
 /// `POST /v1/webhooks` with `{"url", "secret", "tenant"?, "kinds"?}`; the
 /// tenant is the body's, else the `tenant` parameter's (a tenant key's own).
+/// The URL must name a host that is not link-local nor a cloud metadata
+/// service and that the operator's network lists allow; a tenant holds at
+/// most `--webhooks-per-tenant` webhooks (409 past it).
 #[utoipa::path(
     post,
     path = "/webhooks",
@@ -44,6 +48,7 @@ fn shown(hook: &Webhook) -> Value {
     request_body(description = "url, secret (signs every delivery), tenant, kinds", content(("application/json", example = json!({"url": "https://example.com/hooks/stock", "secret": "a-long-random-secret", "kinds": ["low_stock"]})))),
     responses(
         (status = 201, description = "Registered; `Location` names it", body = Object),
+        (status = 409, description = "The tenant holds as many webhooks as `--webhooks-per-tenant` allows", body = Problem, content_type = "application/problem+json"),
         WebhookProblems
     )
 )]
@@ -67,7 +72,8 @@ pub(super) async fn register(
         }
     };
     let url = text(&mut fields, "url")?.ok_or_else(|| ApiError::bad_request("url: required"))?;
-    check_url(&url).map_err(|reason| ApiError::bad_request(format!("url: {reason}")))?;
+    let parsed = check_url(&url, &hooks.policy().networks).map_err(|reason| ApiError::bad_request(format!("url: {reason}")))?;
+    check_resolved(&url, &parsed, &hooks.policy().networks).await?;
     let secret = text(&mut fields, "secret")?.ok_or_else(|| ApiError::bad_request("secret: required (signs every delivery)"))?;
     check_secret(&secret).map_err(ApiError::bad_request)?;
     let named = text(&mut fields, "tenant")?;
@@ -101,9 +107,34 @@ pub(super) async fn register(
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     };
     let (hooks, registered) = (hooks.clone(), hook.clone());
-    tokio::task::spawn_blocking(move || hooks.add(registered)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    match tokio::task::spawn_blocking(move || hooks.add(registered)).await.map_err(ApiError::internal)? {
+        Ok(()) => {}
+        Err(cap @ AddError::Cap { .. }) => return Err(ApiError::conflict(cap.to_string())),
+        Err(AddError::Other(error)) => return Err(ApiError::internal(format!("{error:#}"))),
+    }
     let location = format!("/v1/webhooks/{}", hook.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(shown(&hook))).into_response())
+}
+
+/// How long a registration waits for the URL's host name to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A host name that resolves, now, only to addresses deliveries may not
+/// reach is refused at once (a name that does not resolve yet is accepted:
+/// every delivery checks the addresses it connects to anyway).
+async fn check_resolved(url: &str, parsed: &Url, networks: &Networks) -> Result<(), ApiError> {
+    let Some(name) = parsed.host_str().filter(|host| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_err()) else {
+        return Ok(());
+    };
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let Ok(Ok(resolved)) = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await else { return Ok(()) };
+    let checks: Vec<_> = resolved.map(|address| networks.check(address.ip())).collect();
+    match checks.iter().find_map(|check| check.as_ref().err()) {
+        Some(refusal) if checks.iter().all(Result::is_err) => {
+            Err(ApiError::bad_request(format!("url: `{url}`: `{name}` resolves only to addresses webhooks may not reach ({refusal})")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `GET /v1/webhooks?tenant=`
