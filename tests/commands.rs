@@ -503,3 +503,47 @@ async fn money_reads_back_exactly_or_is_refused() {
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
+
+/// A full disk, with the file-size limit standing in for it (a write past
+/// it writes what fits, then fails with EFBIG, as a write to a full disk
+/// fails with ENOSPC): every command answered 503 is one not applied, also
+/// once there is room again; the answer names the command to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_answered_503_for_a_full_disk_is_never_applied() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit, Signal};
+    // A handler, so that SIGXFSZ does not end the test's process (one of its own under nextest).
+    let _handled = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(Signal::XFSZ.as_raw())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let client = Client::new(&running);
+    let created = client.command("/v1/items", json!({"sku": "A", "name": "Kettle", "price": "24.99", "stock": {"m": 100}})).await;
+    client.outcome(&created).await;
+
+    let limit = getrlimit(Resource::Fsize);
+    setrlimit(Resource::Fsize, Rlimit { current: Some(1), maximum: limit.maximum }).unwrap();
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        let (status, problem) = client.post("/v1/stock/A/adjust", json!({"location": "m", "qty": -1, "reason": "sale"})).await;
+        assert_eq!(status, 503, "{problem}");
+        let id = problem["command_id"].as_str().unwrap_or_else(|| panic!("the 503 names the command: {problem}")).to_owned();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("command `{id}` was not appended")) && detail.contains(&format!("Idempotency-Key: {id}")), "{detail}");
+        refused.push(id);
+    }
+    setrlimit(Resource::Fsize, limit).unwrap();
+
+    // Room again: five more, accepted; the twenty refused ones never apply.
+    let mut last = Value::Null;
+    for _ in 0..5 {
+        last = client.command("/v1/stock/A/adjust", json!({"location": "m", "qty": -1, "reason": "sale"})).await;
+    }
+    assert_eq!(client.outcome(&last).await["status"], "accepted");
+    let (_, stock) = client.get(&format!("/v1/stock/A?after={}", last["token"].as_str().unwrap())).await;
+    assert_eq!(stock["totals"]["on_hand"], 95, "100 - the 5 accepted: {stock}");
+    for id in &refused {
+        let (status, outcome) = client.get(&format!("/v1/commands/{id}?after={}", last["token"].as_str().unwrap())).await;
+        assert_eq!(status, 404, "a refused command is unknown: {outcome}");
+    }
+    running.shutdown.trigger();
+    running.wait().await.unwrap();
+}
