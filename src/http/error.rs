@@ -21,43 +21,34 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// A problem with no `Retry-After` (but a 503's) and no command.
+    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> ApiError {
+        ApiError { status, kind, title, detail, retry_after: None, command_id: None }
+    }
+
     /// 400: a parameter or body is wrong; `detail` names it and the rule.
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, kind: "bad-request", title: "Bad request", detail: detail.into(), retry_after: None, command_id: None }
+        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail.into())
     }
 
     /// 404: the resource does not exist.
     pub fn not_found(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, kind: "not-found", title: "Not found", detail: detail.into(), retry_after: None, command_id: None }
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail.into())
     }
 
     /// 405: the route exists but not with this method.
     pub fn method_not_allowed() -> ApiError {
-        ApiError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            kind: "method-not-allowed",
-            title: "Method not allowed",
-            detail: "this route does not accept that method".into(),
-            retry_after: None,
-            command_id: None,
-        }
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "this route does not accept that method".into())
     }
 
     /// 405 with a reason.
     pub fn method_not_allowed_because(detail: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            kind: "method-not-allowed",
-            title: "Method not allowed",
-            detail: detail.into(),
-            retry_after: None,
-            command_id: None,
-        }
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", detail.into())
     }
 
     /// 409: the request conflicts with an earlier one (a command id reused for another request).
     pub fn conflict(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::CONFLICT, kind: "conflict", title: "Conflict", detail: detail.into(), retry_after: None, command_id: None }
+        ApiError::new(StatusCode::CONFLICT, "conflict", "Conflict", detail.into())
     }
 
     /// The same problem, about command `id` (its answer carries the id).
@@ -68,83 +59,48 @@ impl ApiError {
 
     /// 503: the service cannot answer yet (catching up, or a wait timed out).
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            kind: "unavailable",
-            title: "Service unavailable",
-            detail: detail.into(),
-            retry_after: None,
-            command_id: None,
-        }
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail.into())
     }
 
     /// 413: the body is larger than the limit.
     pub fn too_large(detail: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind: "payload-too-large",
-            title: "Payload too large",
-            detail: detail.into(),
-            retry_after: None,
-            command_id: None,
-        }
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", detail.into())
     }
 
     /// 415: the body is not JSON.
     pub fn unsupported_media_type(detail: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            kind: "unsupported-media-type",
-            title: "Unsupported media type",
-            detail: detail.into(),
-            retry_after: None,
-            command_id: None,
-        }
+        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", detail.into())
     }
 
     /// 410: what was asked for existed once and is gone (e.g. compacted changes).
     pub fn gone(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::GONE, kind: "gone", title: "Gone", detail: detail.into(), retry_after: None, command_id: None }
+        ApiError::new(StatusCode::GONE, "gone", "Gone", detail.into())
     }
 
     /// 406: no representation the client accepts.
     pub fn not_acceptable(detail: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_ACCEPTABLE,
-            kind: "not-acceptable",
-            title: "Not acceptable",
-            detail: detail.into(),
-            retry_after: None,
-            command_id: None,
-        }
+        ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-acceptable", "Not acceptable", detail.into())
     }
 
     /// 504: a read waited for `after` longer than `wait_ms`.
     pub fn timeout(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::GATEWAY_TIMEOUT, kind: "timeout", title: "Gateway timeout", detail: detail.into(), retry_after: None, command_id: None }
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Gateway timeout", detail.into())
     }
 
     /// 401: no API key, or not one this server knows.
     pub fn unauthorized(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::UNAUTHORIZED, kind: "unauthorized", title: "Unauthorized", detail: detail.into(), retry_after: None, command_id: None }
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail.into())
     }
 
     /// 403: the key is known but may not do this (another tenant, or a
     /// right it does not hold).
     pub fn forbidden(detail: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::FORBIDDEN, kind: "forbidden", title: "Forbidden", detail: detail.into(), retry_after: None, command_id: None }
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail.into())
     }
 
     /// 429: the key's request rate is over its limit; retry after `seconds`.
     pub fn too_many_requests(detail: impl Into<String>, seconds: u64) -> ApiError {
-        ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            kind: "too-many-requests",
-            title: "Too many requests",
-            detail: detail.into(),
-            retry_after: Some(seconds),
-            command_id: None,
-        }
+        ApiError { retry_after: Some(seconds), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests", detail.into()) }
     }
 
     /// A rejection axum answered in plain text (a body over the limit, a
@@ -160,20 +116,13 @@ impl ApiError {
             s if s.is_client_error() => "bad-request",
             _ => "internal",
         };
-        ApiError { status, kind, title, detail, retry_after: None, command_id: None }
+        ApiError::new(status, kind, title, detail)
     }
 
     /// 500: logged in full here, answered without internals.
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "internal error answering a request");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "internal",
-            title: "Internal server error",
-            detail: "the server failed to answer; the error is in its logs".into(),
-            retry_after: None,
-            command_id: None,
-        }
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error", "the server failed to answer; the error is in its logs".into())
     }
 
     /// What went wrong, as answered.
