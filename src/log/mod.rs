@@ -244,18 +244,15 @@ impl Topic {
     }
 
     /// Appends many records, taking each partition's lock once; returns the
-    /// partition and offset of each, in order, or the first partition's
+    /// partition and offset of each, in order, or a failed partition's
     /// error (the other partitions' records may be appended: see
     /// [`Topic::append_each`] for each record's own outcome).
     pub fn append_batch(&self, records: &[(&[u8], &[u8], i64)]) -> Result<Vec<(u32, u64)>, SourceError> {
-        let mut landed = Vec::with_capacity(records.len());
-        for (landing, error) in self.append_partitions(records) {
-            match error {
-                Some(error) => return Err(error),
-                None => landed.push(landing),
-            }
+        let (landings, failures) = self.append_partitions(records);
+        match failures.into_iter().flatten().next() {
+            Some(error) => Err(error),
+            None => Ok(landings),
         }
-        Ok(landed)
     }
 
     /// Appends many records, one transaction per partition (all of a
@@ -263,44 +260,35 @@ impl Topic {
     /// record's own outcome, in order: a partition that failed does not make
     /// the records of one that did look failed, nor the other way round.
     pub fn append_each(&self, records: &[(&[u8], &[u8], i64)]) -> Vec<Result<(u32, u64), String>> {
-        let results = self.append_partitions(records);
-        let mut errors: HashMap<u32, String> = HashMap::new();
-        results
-            .into_iter()
-            .map(|((partition, offset), error)| match error {
-                Some(error) => Err(errors.entry(partition).or_insert_with(|| error.to_string()).clone()),
-                None => match errors.get(&partition) {
-                    Some(error) => Err(error.clone()),
-                    None => Ok((partition, offset)),
-                },
-            })
-            .collect()
+        let (landings, failures) = self.append_partitions(records);
+        let failures: Vec<Option<String>> = failures.iter().map(|f| f.as_ref().map(ToString::to_string)).collect();
+        landings.into_iter().map(|(partition, offset)| failures[partition as usize].clone().map_or(Ok((partition, offset)), Err)).collect()
     }
 
-    /// Each record's `(partition, offset)` and, for the first record of a
-    /// partition whose transaction failed, the error (its other records
-    /// carry the partition with no error and are failed by the caller).
-    fn append_partitions(&self, records: &[(&[u8], &[u8], i64)]) -> Vec<((u32, u64), Option<SourceError>)> {
+    /// Each record's `(partition, offset)` (the offset meaningless where its
+    /// partition failed), and each partition's failure.
+    fn append_partitions(&self, records: &[(&[u8], &[u8], i64)]) -> (Vec<(u32, u64)>, Vec<Option<SourceError>>) {
         let n = self.partitions();
-        let targets: Vec<u32> = records.iter().map(|(key, _, _)| partition_for_key(key, n)).collect();
-        let mut results: Vec<((u32, u64), Option<SourceError>)> = targets.iter().map(|p| ((*p, 0), None)).collect();
+        let mut landings: Vec<(u32, u64)> = records.iter().map(|(key, _, _)| (partition_for_key(key, n), 0)).collect();
+        let mut failures: Vec<Option<SourceError>> = (0..self.partitions.len()).map(|_| None).collect();
         for (index, partition) in self.partitions.iter().enumerate() {
-            let Some(first) = targets.iter().position(|t| *t == index as u32) else { continue };
+            let index = index as u32;
+            if !landings.iter().any(|(p, _)| *p == index) {
+                continue;
+            }
             let appended = self.writer(partition).and_then(|mut writer| {
                 writer.transaction(&partition.end, |writer| {
-                    for (i, (key, payload, ts)) in records.iter().enumerate() {
-                        if targets[i] == index as u32 {
-                            results[i].0 .1 = writer.append(Some(key), payload, *ts)?;
+                    for ((target, offset), (key, payload, ts)) in landings.iter_mut().zip(records) {
+                        if *target == index {
+                            *offset = writer.append(Some(key), payload, *ts)?;
                         }
                     }
                     Ok(())
                 })
             });
-            if let Err(error) = appended {
-                results[first].1 = Some(error);
-            }
+            failures[index as usize] = appended.err();
         }
-        results
+        (landings, failures)
     }
 
     /// Offset after the last record of `partition` (0 for an unknown partition).
