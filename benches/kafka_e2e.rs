@@ -17,7 +17,9 @@
 //!
 //! Variants: `default` (the headline), `default-malformed` (the topic with
 //! malformed messages), `read-only` (`--read-only`), `alerts-off` (a
-//! threshold nothing reaches).
+//! threshold nothing reaches); not run unless named in `VARIANTS`, for the
+//! memory breakdown: `changes-off` (`--changes-retention 0`) and
+//! `in-flight-100k` (`--max-in-flight-events 100000`).
 //!
 //! Run: `cargo bench --bench kafka_e2e -- [EVENTS] [WORKERS]` (defaults
 //! 1000000 2); knobs in the environment: `KEYS` (630000), `LOW_SHARE` (0.8),
@@ -198,6 +200,8 @@ fn run_variant(run: &str) {
         read_only: variant == "read-only",
         // Every on-hand of the workload stays at 1 or more: threshold 0 raises nothing.
         low_stock_threshold: (variant == "alerts-off").then_some(0),
+        changes_retention: (variant == "changes-off").then_some(0),
+        max_in_flight_events: (variant == "in-flight-100k").then_some(100_000),
         ..Default::default()
     };
     let settings = Settings::resolve(&args, None).expect("settings");

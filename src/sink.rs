@@ -599,7 +599,7 @@ fn alert_row(topic: &str, partition: u32, record: &Record, epoch: u64) -> Option
     })
 }
 
-// Keeps the shape of `alert_event_json` and `alert_row` together: a field
+// Keeps the shape of `AlertEvent` and `alert_row` together: a field
 // renamed there must be renamed here (tested below).
 #[cfg(test)]
 mod tests {

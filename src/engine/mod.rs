@@ -172,7 +172,7 @@ pub struct AlertsPath {
     pub source: Arc<dyn Source>,
 }
 
-/// The fields of an alert event (`rows::alert_event_json`) that name its transition.
+/// The fields of an alert event (`rows::AlertEvent`) that name its transition.
 #[derive(serde::Deserialize)]
 struct WrittenAlert {
     tenant: Name,

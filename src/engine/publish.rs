@@ -5,7 +5,7 @@
 
 use crate::changes::{Batch, Row};
 use crate::metrics::Metrics;
-use crate::rows::{alert_event_json, low_stock_row, LowStockRow};
+use crate::rows::{low_stock_row, AlertEvent, LowStockRow};
 use crate::shutdown::Shutdown;
 use crate::source::outbox::{Patience, Watch};
 use crate::source::{Appender, DeadLetter, Outbox, Outgoing};
@@ -286,14 +286,15 @@ pub struct Outputs {
 /// each: fewer copy-on-write copies of the maps, never half an epoch.
 ///
 /// Before publishing it appends the decider's outcomes to the event topic and
-/// new alert transitions to the alerts topic (both durable before anyone sees
-/// them), and, when change streams are on, hands the store the row changes of
-/// the publish with the snapshot.
+/// new alert transitions to the alerts topic and waits for them and the
+/// epochs' dead letters to be acknowledged (durable before anyone sees the
+/// epochs); a scoped `stockflow-outputs` thread does that while this one
+/// applies the epochs. When change streams are on, it hands the store the
+/// row changes of the publish with the snapshot.
 pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs: Outputs, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) {
-    let Outputs { topics, appender, letters, outcomes_to, mut alerts_to, kpis, restored_alerts } = outputs;
+    let Outputs { topics, appender, letters, outcomes_to, alerts_to, kpis, restored_alerts } = outputs;
     let watch = OutputWatch { store: &store, metrics: &metrics };
-    // Letters of epochs not published yet.
-    let mut letters_due: Vec<Letters> = Vec::new();
+    let mut writer = Writer { appender, letters, letters_due: Vec::new(), outcomes_to, alerts_to };
     let mut kpis = kpis.map(|table| (table, Gauging::default()));
     let mut working = Snapshot::default();
     // A checkpoint's alerts are the view's first rows; their skus' gauges are
@@ -393,119 +394,90 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         let tracked = apply_deltas(stock, &mut working.stock, tracked, Row::Stock);
         apply_deltas(totals, &mut working.stock_totals, tracked, Row::Total);
         // Outcomes, alert transitions and the dead letters of these epochs are
-        // durable before anyone can see the epochs: queued together, awaited once.
-        let mut outbox = appender.clone().map(Outbox::new);
-        let mut outcomes_out = 0;
-        if let (Some(topic), Some(outbox)) = (&outcomes_to, outbox.as_mut()) {
-            outcomes.sort_by(|a, b| (&a.tenant, a.seq, &a.id).cmp(&(&b.tenant, b.seq, &b.id)));
-            for event in &outcomes {
-                let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
-                outbox.push(topic, Outgoing::new(key, serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize")));
-            }
-            outcomes_out = outcomes.len();
-        }
+        // durable before anyone can see the epochs: queued together and
+        // awaited once, by a second thread while this one applies the epochs
+        // to the working snapshot (so an alert storm's serialization and
+        // acknowledgements overlap its alerts view, low-stock rows and KPIs).
         alerts.sort_by(|a, b| (a.1, &a.0.key, a.0.kind).cmp(&(b.1, &b.0.key, b.0.kind)));
-        let fresh = match (alerts_to.as_ref(), outbox.as_mut()) {
-            (Some(out), Some(outbox)) => out.queue(&alerts, outbox),
-            _ => Vec::new(),
-        };
-        if let Some(outbox) = outbox.as_mut() {
-            outbox.send();
-        }
-        letters_due.extend(letters.try_iter());
-        let (due, later): (Vec<Letters>, Vec<Letters>) = std::mem::take(&mut letters_due).into_iter().partition(|l| l.epoch <= working.as_of.epoch);
-        letters_due = later;
-        let mut halted = None;
-        for mut due in due {
-            let Some(letters) = due.outbox.as_mut() else { continue };
-            match letters.settle(Patience::UntilAcknowledged(&shutdown), &watch) {
-                Ok(_) => {
-                    for ((topic, class), count) in due.counts {
-                        metrics.dead_letters.with_label_values(&[&topic, class]).inc_by(count);
-                        metrics.events_out.with_label_values(&[&format!("{topic}.dlq")]).inc_by(count);
+        let through = working.as_of.epoch;
+        let written = std::thread::scope(|scope| {
+            let writing = writer.has_work(&outcomes, &alerts).then(|| {
+                let (writer, alerts, outcomes) = (&mut writer, &alerts, std::mem::take(&mut outcomes));
+                let (shutdown, watch, metrics) = (&shutdown, &watch, &metrics);
+                std::thread::Builder::new()
+                    .name("stockflow-outputs".into())
+                    .spawn_scoped(scope, move || writer.write(outcomes, alerts, through, shutdown, watch, metrics))
+                    .expect("a thread starts")
+            });
+            if !alerts.is_empty() {
+                // Counted per kind and state here, set once below: no label lookup per alert.
+                let mut counts = [[0u64; 2]; 2];
+                for (alert, epoch) in &alerts {
+                    counts[alert.kind as usize][alert.raised as usize] += 1;
+                    if track {
+                        rows.push((Row::Alert(Box::new(alert.clone()), *epoch), 1));
+                    }
+                    working.apply_alert(alert.clone());
+                }
+                for kind in AlertKind::ALL {
+                    let [cleared, raised] = counts[kind as usize];
+                    metrics.alert_transitions.with_label_values(&[kind.name(), "raised"]).inc_by(raised);
+                    metrics.alert_transitions.with_label_values(&[kind.name(), "cleared"]).inc_by(cleared);
+                    metrics.alerts_active.with_label_values(&[kind.name()]).add(raised as i64 - cleared as i64);
+                }
+            }
+            for (key, before) in low_before {
+                let after = low_stock_of(&working, &key);
+                if before != after {
+                    if let Some(before) = before {
+                        rows.push((Row::LowStock(key.clone(), before), -1));
+                    }
+                    if let Some(after) = after {
+                        rows.push((Row::LowStock(key, after), 1));
                     }
                 }
-                Err(error) => halted = Some(error),
             }
-        }
-        if let Some(outbox) = outbox.as_mut() {
-            match outbox.settle(Patience::UntilAcknowledged(&shutdown), &watch) {
-                Ok(_) => {
-                    if let Some(topic) = outcomes_to.as_ref().filter(|_| outcomes_out > 0) {
-                        metrics.outcomes.inc_by(outcomes_out as u64);
-                        metrics.events_out.with_label_values(&[topic.as_str()]).inc_by(outcomes_out as u64);
+            if let Some((table, gauging)) = kpis.as_mut() {
+                let changes = table.apply(kpi_cells, extremes);
+                metrics.kpi_too_late.inc_by(changes.too_late);
+                for (row, diff) in changes.rows {
+                    if diff > 0 {
+                        working.kpis.insert(row.key.clone(), row.value);
+                    } else if working.kpis.get(&row.key) == Some(&row.value) {
+                        working.kpis.remove(&row.key);
                     }
-                    if let Some(out) = alerts_to.as_mut() {
-                        out.written(&fresh, &metrics);
+                    if track {
+                        rows.push((Row::Kpi(Box::new(row)), diff));
                     }
                 }
-                Err(error) => halted = Some(error),
+                for ((tenant, day), before, after) in changes.top {
+                    match &after {
+                        Some(top) => working.top_skus.insert((tenant.clone(), day), top.clone()),
+                        None => working.top_skus.remove(&(tenant.clone(), day)),
+                    };
+                    if track {
+                        if let Some(before) = before {
+                            rows.push((Row::TopSkus(tenant.clone(), day, before), -1));
+                        }
+                        if let Some(after) = after {
+                            rows.push((Row::TopSkus(tenant, day, after), 1));
+                        }
+                    }
+                }
+                gauging.update(&mut working, gauge_skus, alerted_skus);
+                working.kpi_horizon = table.horizon();
+                metrics.view_rows.with_label_values(&["kpis"]).set(working.kpis.len() as i64);
             }
-        }
-        if let Some(error) = halted {
+            match writing {
+                Some(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                None => Ok(()),
+            }
+        });
+        if let Err(error) = written {
             // Only at shutdown: the epochs stay unpublished (the checkpoint and
             // the committed offsets stay before them), so a restart reads them again.
             tracing::error!(%error, epoch = working.as_of.epoch, "stopping without publishing these epochs: their outputs were not acknowledged");
             return;
-        }
-        if !alerts.is_empty() {
-            // Counted per kind and state here, set once below: no label lookup per alert.
-            let mut counts = [[0u64; 2]; 2];
-            for (alert, epoch) in alerts {
-                counts[alert.kind as usize][alert.raised as usize] += 1;
-                if track {
-                    rows.push((Row::Alert(Box::new(alert.clone()), epoch), 1));
-                }
-                working.apply_alert(alert);
-            }
-            for kind in AlertKind::ALL {
-                let [cleared, raised] = counts[kind as usize];
-                metrics.alert_transitions.with_label_values(&[kind.name(), "raised"]).inc_by(raised);
-                metrics.alert_transitions.with_label_values(&[kind.name(), "cleared"]).inc_by(cleared);
-                metrics.alerts_active.with_label_values(&[kind.name()]).add(raised as i64 - cleared as i64);
-            }
-        }
-        for (key, before) in low_before {
-            let after = low_stock_of(&working, &key);
-            if before != after {
-                if let Some(before) = before {
-                    rows.push((Row::LowStock(key.clone(), before), -1));
-                }
-                if let Some(after) = after {
-                    rows.push((Row::LowStock(key, after), 1));
-                }
-            }
-        }
-        if let Some((table, gauging)) = kpis.as_mut() {
-            let changes = table.apply(kpi_cells, extremes);
-            metrics.kpi_too_late.inc_by(changes.too_late);
-            for (row, diff) in changes.rows {
-                if diff > 0 {
-                    working.kpis.insert(row.key.clone(), row.value);
-                } else if working.kpis.get(&row.key) == Some(&row.value) {
-                    working.kpis.remove(&row.key);
-                }
-                if track {
-                    rows.push((Row::Kpi(Box::new(row)), diff));
-                }
-            }
-            for ((tenant, day), before, after) in changes.top {
-                match &after {
-                    Some(top) => working.top_skus.insert((tenant.clone(), day), top.clone()),
-                    None => working.top_skus.remove(&(tenant.clone(), day)),
-                };
-                if track {
-                    if let Some(before) = before {
-                        rows.push((Row::TopSkus(tenant.clone(), day, before), -1));
-                    }
-                    if let Some(after) = after {
-                        rows.push((Row::TopSkus(tenant, day, after), 1));
-                    }
-                }
-            }
-            gauging.update(&mut working, gauge_skus, alerted_skus);
-            working.kpi_horizon = table.horizon();
-            metrics.view_rows.with_label_values(&["kpis"]).set(working.kpis.len() as i64);
         }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
         metrics.published_epoch.set(working.as_of.epoch as i64);
@@ -526,6 +498,89 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         for at in closed {
             metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
         }
+    }
+}
+
+/// What the publisher writes before it publishes: the decider's outcomes,
+/// new alert transitions and the workers' dead letters.
+struct Writer {
+    appender: Option<Arc<dyn Appender>>,
+    letters: std::sync::mpsc::Receiver<Letters>,
+    /// Letters of epochs not published yet.
+    letters_due: Vec<Letters>,
+    outcomes_to: Option<String>,
+    alerts_to: Option<AlertsOut>,
+}
+
+impl Writer {
+    /// Whether a publish with these `outcomes` and `alerts` has anything to
+    /// write or wait for (the letters the workers sent so far are taken in).
+    fn has_work(&mut self, outcomes: &[Event], alerts: &[(Alert, Epoch)]) -> bool {
+        self.letters_due.extend(self.letters.try_iter());
+        let writes = |out: bool| out && self.appender.is_some();
+        !self.letters_due.is_empty() || writes(self.outcomes_to.is_some() && !outcomes.is_empty()) || writes(self.alerts_to.is_some() && !alerts.is_empty())
+    }
+
+    /// Appends `outcomes` (to the event topic) and the `alerts` transitions
+    /// the alerts topic does not hold yet, and waits until they and the dead
+    /// letters of every epoch up to `through` are acknowledged. Fails only
+    /// at shutdown (records are retried until then).
+    fn write(
+        &mut self,
+        mut outcomes: Vec<Event>,
+        alerts: &[(Alert, Epoch)],
+        through: Epoch,
+        shutdown: &Shutdown,
+        watch: &OutputWatch<'_>,
+        metrics: &Metrics,
+    ) -> Result<(), crate::source::outbox::Unacknowledged> {
+        let mut outbox = self.appender.clone().map(Outbox::new);
+        let mut outcomes_out = 0;
+        if let (Some(topic), Some(outbox)) = (&self.outcomes_to, outbox.as_mut()) {
+            outcomes.sort_by(|a, b| (&a.tenant, a.seq, &a.id).cmp(&(&b.tenant, b.seq, &b.id)));
+            for event in &outcomes {
+                let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
+                outbox.push(topic, Outgoing::new(key, serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize")));
+            }
+            outcomes_out = outcomes.len();
+        }
+        let fresh = match (self.alerts_to.as_ref(), outbox.as_mut()) {
+            (Some(out), Some(outbox)) => out.queue(alerts, outbox),
+            _ => Vec::new(),
+        };
+        if let Some(outbox) = outbox.as_mut() {
+            outbox.send();
+        }
+        let (due, later): (Vec<Letters>, Vec<Letters>) = std::mem::take(&mut self.letters_due).into_iter().partition(|l| l.epoch <= through);
+        self.letters_due = later;
+        let mut halted = Ok(());
+        for mut due in due {
+            let Some(letters) = due.outbox.as_mut() else { continue };
+            match letters.settle(Patience::UntilAcknowledged(shutdown), watch) {
+                Ok(_) => {
+                    for ((topic, class), count) in due.counts {
+                        metrics.dead_letters.with_label_values(&[&topic, class]).inc_by(count);
+                        metrics.events_out.with_label_values(&[&format!("{topic}.dlq")]).inc_by(count);
+                    }
+                }
+                Err(error) => halted = Err(error),
+            }
+        }
+        if let Some(outbox) = outbox.as_mut() {
+            match outbox.settle(Patience::UntilAcknowledged(shutdown), watch) {
+                Ok(_) => {
+                    if let Some(topic) = self.outcomes_to.as_ref().filter(|_| outcomes_out > 0) {
+                        metrics.outcomes.inc_by(outcomes_out as u64);
+                        metrics.events_out.with_label_values(&[topic.as_str()]).inc_by(outcomes_out as u64);
+                    }
+                    if let Some(out) = self.alerts_to.as_mut() {
+                        out.written(&fresh, metrics);
+                    }
+                }
+                Err(error) => halted = Err(error),
+            }
+        }
+        halted
     }
 }
 
@@ -597,7 +652,7 @@ impl AlertsOut {
                 continue;
             }
             let key = format!("{}/{}", alert.key.tenant, alert.key.sku);
-            outbox.push(&self.topic, Outgoing::new(key, serde_json::to_vec(&alert_event_json(alert, *epoch)).expect("JSON values serialize")));
+            outbox.push(&self.topic, Outgoing::new(key, serde_json::to_vec(&AlertEvent::of(alert, *epoch)).expect("alert events serialize")));
             fresh.push((alert.key.clone(), alert.kind, alert.transition));
         }
         fresh
