@@ -33,7 +33,7 @@ use timely::dataflow::operators::probe::Handle;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
-    /// stockflow's own JSON events (DESIGN.md "Events").
+    /// stockflow's own JSON events (docs/formats.md, `stockflow`).
     #[default]
     Stockflow,
     /// The Latam Tradex topics (`order.created`, `order.updated`, `stock.updated`, `user.registered`).

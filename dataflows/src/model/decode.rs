@@ -1,4 +1,4 @@
-//! Decoding and validation of stockflow's JSON events (DESIGN.md "Events").
+//! Decoding and validation of stockflow's JSON events (the `stockflow` format of docs/formats.md).
 //!
 //! A message is first split into its fields without interpreting them, then
 //! each field is read on its own, so that an error names the field and says

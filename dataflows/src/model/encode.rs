@@ -1,4 +1,4 @@
-//! Event → stockflow JSON (DESIGN.md "Events"): what the decider appends to the
+//! Event → stockflow JSON (docs/formats.md): what the decider appends to the
 //! event topic. [`super::decode_event`] reads it back to the same event.
 
 use super::{Event, EventBody, OrderStatus};

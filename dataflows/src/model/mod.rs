@@ -55,7 +55,7 @@ pub struct Event {
     pub body: EventBody,
 }
 
-/// The payload of an [`Event`], one variant per event type of DESIGN.md.
+/// The payload of an [`Event`], one variant per event type (docs/formats.md).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum EventBody {
     /// `item.created`: a catalogue item appears, optionally with initial stock.
