@@ -267,14 +267,19 @@ impl Outbox {
         let mut reported_wait = false;
         let result = loop {
             if self.acks.wait(Duration::from_millis(100)) {
-                let failed: Vec<usize> = {
+                // The failed slots and the last failure's error, under one lock.
+                let (failed, last_error) = {
                     let slots = self.acks.slots.lock().unwrap_or_else(|p| p.into_inner());
-                    slots.landings.iter().enumerate().filter(|(_, l)| matches!(l, Landing::Failed(_))).map(|(slot, _)| slot).collect()
+                    let mut failed = Vec::new();
+                    let mut last_error = None;
+                    for (slot, landing) in slots.landings.iter().enumerate() {
+                        if let Landing::Failed(error) = landing {
+                            failed.push(slot);
+                            last_error = Some(error);
+                        }
+                    }
+                    (failed, last_error.cloned())
                 };
-                let last_error = failed.last().map(|&slot| match &self.acks.slots.lock().unwrap_or_else(|p| p.into_inner()).landings[slot] {
-                    Landing::Failed(error) => error.clone(),
-                    _ => String::new(),
-                });
                 match (failed.is_empty(), patience) {
                     (true, _) | (false, Patience::Once) => {
                         let landings = self.acks.take();
