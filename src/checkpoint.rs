@@ -22,7 +22,7 @@
 //!   segment with its length and CRC-32.
 //!
 //! Each file is written to a temporary name, fsynced and renamed, and the
-//! directory fsynced (`write_atomically`, shared with the webhooks). A manifest
+//! directory fsynced (`stockflow_sinks::fs::write_atomically`). A manifest
 //! or segment that fails its checksum is skipped for the previous checkpoint.
 //! The newest [`KEEP`] checkpoints are kept; segments none of them names are
 //! deleted. Once a checkpoint would name more than [`MAX_SEGMENTS`] segments
@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::alerts::Alert;
 use stockflow_dataflows::model::{Epoch, Event};
-use stockflow_sinks::webhooks::write_atomically;
+use stockflow_sinks::fs::write_atomically;
 
 /// Checkpoints kept (the newest first): a corrupt newest one falls back to the next.
 pub const KEEP: usize = 3;

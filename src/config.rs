@@ -560,11 +560,6 @@ pub fn parse_retention(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(hours * 3600))
 }
 
-/// A Kafka topic name: 1 to 249 of letters, digits, '.', '_', '-'.
-fn topic_name_ok(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= 249 && topic.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// Defaults, in one place.
 pub mod defaults {
     /// `--listen`.
@@ -849,8 +844,8 @@ impl Settings {
                     continue;
                 }
             };
-            if !topic_name_ok(&topic) {
-                errors.push(format!("source `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
+            if !crate::source::is_topic_name(&topic) {
+                errors.push(format!("source `{topic}`: not a topic name ({})", crate::source::TOPIC_NAME_RULE));
             } else if topic == settings.commands_topic {
                 errors.push(format!("source {topic}: is the commands topic (commands are read from it already)"));
             } else if settings.sources.iter().any(|s| s.topic == topic) {
@@ -888,8 +883,8 @@ impl Settings {
         for (option, topic) in
             [("commands_topic", &settings.commands_topic), ("outcomes_topic", &settings.outcomes_topic), ("alerts_topic", &settings.alerts_topic)]
         {
-            if !topic_name_ok(topic) {
-                errors.push(format!("{option} `{topic}`: not a topic name (1 to 249 of letters, digits, '.', '_', '-')"));
+            if !crate::source::is_topic_name(topic) {
+                errors.push(format!("{option} `{topic}`: not a topic name ({})", crate::source::TOPIC_NAME_RULE));
             }
         }
         if settings.kafka.is_none() && settings.sources.iter().any(|s| s.start == crate::engine::Start::Stored) {
@@ -1241,6 +1236,11 @@ mod tests {
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert!(errors[0].contains("format `avro` is not supported"), "{errors:?}");
         assert!(errors[1].contains("not a topic name"), "{errors:?}");
+        // The rule the embedded log applies: `.` and `..` are refused here too, not at the first append.
+        let args = ServeArgs { sources: vec!["..".into()], alerts_topic: Some(".".into()), ..Default::default() };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(errors.iter().any(|e| e.starts_with("source `..`: not a topic name")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("alerts_topic `.`: not a topic name")), "{errors:?}");
         let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
         assert_eq!(defaults.sources.len(), 2);
         assert!(defaults.kafka.is_none());

@@ -33,7 +33,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use stockflow_sinks::webhooks::{deliver, write_atomically, Client, Delivery, Outgoing, Policy, Registry, Webhook};
+use stockflow_sinks::fs::write_atomically;
+use stockflow_sinks::webhooks::{deliver, Client, Delivery, Outgoing, Policy, Registry, Webhook};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Deliveries remembered per webhook for `GET /v1/webhooks/{id}/deliveries`.

@@ -1,6 +1,7 @@
 //! stockflow's sinks: adapters that carry view changes out of the engine.
 //!
 //! [`webhooks`]: alert delivery (registry, signature, retries).
+//! [`fs`]: the one atomic file write (temporary file, fsync, rename).
 //! [`clickhouse`]: the ClickHouse sink's schema, rows and exactly-once write
 //! protocol. Both depend on `stockflow-dataflows` for the rows they write and
 //! on nothing of the engine.
@@ -8,4 +9,5 @@
 #![deny(missing_docs)]
 
 pub mod clickhouse;
+pub mod fs;
 pub mod webhooks;

@@ -504,29 +504,8 @@ impl Registry {
     fn save(&self, hooks: &BTreeMap<String, Webhook>) -> Result<(), RegistryError> {
         let list: Vec<&Webhook> = hooks.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).expect("webhooks serialize");
-        write_atomically(&self.path, &bytes).map_err(|e| RegistryError { path: self.path.display().to_string(), detail: e.to_string() })
+        crate::fs::write_atomically(&self.path, &bytes).map_err(|e| RegistryError { path: self.path.display().to_string(), detail: e.to_string() })
     }
-}
-
-/// Writes `bytes` to `path` through a synced temporary file and a rename:
-/// a crash leaves the old file or the new one, never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(parent) = path.parent() {
-        // The rename itself is durable once the directory is synced.
-        if let Ok(dir) = std::fs::File::open(parent) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

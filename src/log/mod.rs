@@ -171,31 +171,17 @@ impl Log {
     }
 }
 
-/// Kafka's topic name rule: 1 to 249 of `A-Z a-z 0-9 . _ -`, not `.` or `..`.
+/// [`crate::source::is_topic_name`], as a log error.
 fn validate_topic(name: &str) -> Result<(), SourceError> {
-    let ok = !name.is_empty()
-        && name.len() <= 249
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if crate::source::is_topic_name(name) {
         Ok(())
     } else {
-        Err(SourceError::Invalid(format!("`{name}` is not a topic name (1 to 249 of letters, digits, '.', '_', '-')")))
+        Err(SourceError::Invalid(format!("`{name}` is not a topic name ({})", crate::source::TOPIC_NAME_RULE)))
     }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
-    let temp = path.with_extension("tmp");
-    let mut file = File::create(&temp).map_err(io(format!("creating {}", temp.display())))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io(format!("writing {}", temp.display())))?;
-    fs::rename(&temp, path).map_err(io(format!("renaming {}", temp.display())))?;
-    if let Some(parent) = path.parent() {
-        if let Ok(dir) = File::open(parent) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(())
+    stockflow_sinks::fs::write_atomically(path, bytes).map_err(io(format!("writing {} (through a temporary file)", path.display())))
 }
 
 /// One topic of the embedded log.

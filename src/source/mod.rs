@@ -68,6 +68,16 @@ pub fn outcome_unknown(error: &str) -> bool {
     error.starts_with("outcome unknown: ")
 }
 
+/// Kafka's topic name rule, which the embedded log follows too, as the
+/// errors that refuse a name state it.
+pub const TOPIC_NAME_RULE: &str = "1 to 249 of letters, digits, '.', '_', '-'; not '.' nor '..'";
+
+/// Whether `name` is a topic name: [`TOPIC_NAME_RULE`]. The one check,
+/// for the configuration and the embedded log alike.
+pub fn is_topic_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 249 && name != "." && name != ".." && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// A named, partitioned log (a topic).
 pub trait Source: Send + Sync {
     /// Topic name.
