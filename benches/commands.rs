@@ -22,11 +22,18 @@ use stockflow::server::{self, INVENTORY_EVENTS};
 const SKUS: usize = 1000;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let seconds: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10);
     let connections: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let workers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(2);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(run(seconds, connections, workers));
 }
 
@@ -51,7 +58,10 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         api_keys: None,
         rate_limit: None,
         request_timeout: std::time::Duration::from_secs(40),
-        http_limits: stockflow::http::Limits { max_connections: 1024, header_read_timeout: std::time::Duration::from_secs(10) },
+        http_limits: stockflow::http::Limits {
+            max_connections: 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
+        },
         read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,
@@ -73,16 +83,33 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
     };
     let running = server::start(&settings).await.expect("server starts");
     let base = format!("http://{}", running.addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .unwrap();
 
     // Seed: every sku with plenty of stock.
     let mut last = String::new();
     for n in 0..SKUS {
         let body = json!({"sku": format!("B-{n:04}"), "name": "bench", "price": 1, "stock": {"m": 1_000_000}});
-        let answer: Value = http.post(format!("{base}/v1/items")).json(&body).send().await.unwrap().json().await.unwrap();
+        let answer: Value = http
+            .post(format!("{base}/v1/items"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         last = answer["token"].as_str().unwrap().to_owned();
     }
-    let _ = http.get(format!("{base}/v1/stock?limit=1&after={last}&wait_ms=30000")).send().await.unwrap();
+    let _ = http
+        .get(format!(
+            "{base}/v1/stock?limit=1&after={last}&wait_ms=30000"
+        ))
+        .send()
+        .await
+        .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -97,18 +124,33 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
             while !stop.load(Ordering::Relaxed) {
                 sent_here += 1;
                 let sku = format!("B-{:04}", n.wrapping_mul(2_654_435_761) % SKUS);
-                let body = if n % 2 == 0 { json!({"location": "m", "qty": 1}) } else { json!({"location": "m", "qty": -1, "reason": "sale"}) };
+                let body = if n % 2 == 0 {
+                    json!({"location": "m", "qty": 1})
+                } else {
+                    json!({"location": "m", "qty": -1, "reason": "sale"})
+                };
                 let path = if n % 2 == 0 { "reserve" } else { "adjust" };
                 let sent = Instant::now();
-                let response = http.post(format!("{base}/v1/stock/{sku}/{path}")).json(&body).send().await.unwrap();
+                let response = http
+                    .post(format!("{base}/v1/stock/{sku}/{path}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(response.status().as_u16(), 202);
                 let answer: Value = response.json().await.unwrap();
                 accepted.push(sent.elapsed());
                 if sent_here.is_multiple_of(20) {
-                    let url =
-                        format!("{base}/v1/commands/{}?after={}&wait_ms=30000", answer["command_id"].as_str().unwrap(), answer["token"].as_str().unwrap());
+                    let url = format!(
+                        "{base}/v1/commands/{}?after={}&wait_ms=30000",
+                        answer["command_id"].as_str().unwrap(),
+                        answer["token"].as_str().unwrap()
+                    );
                     let outcome: Value = http.get(url).send().await.unwrap().json().await.unwrap();
-                    assert!(outcome["status"] == "accepted" || outcome["status"] == "rejected", "{outcome}");
+                    assert!(
+                        outcome["status"] == "accepted" || outcome["status"] == "rejected",
+                        "{outcome}"
+                    );
                     visible.push(sent.elapsed());
                 }
                 n += connections;

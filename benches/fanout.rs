@@ -19,16 +19,27 @@ use stockflow::server;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let subscribers: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let rate: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let all = args.get(3).is_some_and(|a| a == "all");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(run(subscribers, rate, seconds, all));
 }
 
@@ -40,7 +51,12 @@ async fn run(subscribers: usize, rate: u64, seconds: u64, all: bool) {
         read_only: true,
         // At 100,000 events/s the views change some 300,000 rows a second: keep
         // several seconds of them, so that a subscriber a little behind is not dropped.
-        changes_retention: Some(std::env::var("CHANGES_RETENTION").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000_000)),
+        changes_retention: Some(
+            std::env::var("CHANGES_RETENTION")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3_000_000),
+        ),
         ..Default::default()
     };
     let settings = Settings::resolve(&args, None).unwrap();
@@ -66,23 +82,47 @@ async fn run(subscribers: usize, rate: u64, seconds: u64, all: bool) {
     let measuring = Arc::new(AtomicBool::new(false));
     let http = reqwest::Client::new();
     for i in 0..subscribers {
-        let prefix = if all { String::new() } else { format!("SKU-0{:02}", i % 100) };
-        let (http, url) = (http.clone(), format!("{base}/v1/views/stock_totals/changes?heartbeat_ms=1000&prefix={prefix}"));
-        let (rows, ready, latencies, published, measuring) = (rows.clone(), ready.clone(), latencies.clone(), published.clone(), measuring.clone());
+        let prefix = if all {
+            String::new()
+        } else {
+            format!("SKU-0{:02}", i % 100)
+        };
+        let (http, url) = (
+            http.clone(),
+            format!("{base}/v1/views/stock_totals/changes?heartbeat_ms=1000&prefix={prefix}"),
+        );
+        let (rows, ready, latencies, published, measuring) = (
+            rows.clone(),
+            ready.clone(),
+            latencies.clone(),
+            published.clone(),
+            measuring.clone(),
+        );
         tokio::spawn(async move {
-            let mut response = http.get(url).header("accept", "text/event-stream").send().await.unwrap();
+            let mut response = http
+                .get(url)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .unwrap();
             let mut carry = String::new();
             let mut first = true;
             while let Ok(Some(chunk)) = response.chunk().await {
                 carry.push_str(std::str::from_utf8(&chunk).unwrap());
-                let Some(end) = carry.rfind("\n\n") else { continue };
+                let Some(end) = carry.rfind("\n\n") else {
+                    continue;
+                };
                 let complete: String = carry.drain(..end + 2).collect();
                 let changes = complete.matches("event: change\n").count() as u64;
                 if measuring.load(Ordering::Relaxed) {
                     rows.fetch_add(changes, Ordering::Relaxed);
                 }
                 for progress in complete.split("event: progress\ndata: {\"epoch\":").skip(1) {
-                    let epoch: u64 = progress.split('}').next().and_then(|e| e.parse().ok()).unwrap_or(0);
+                    let epoch: u64 = progress
+                        .split('}')
+                        .next()
+                        .and_then(|e| e.parse().ok())
+                        .unwrap_or(0);
                     if first {
                         first = false;
                         ready.fetch_add(1, Ordering::Relaxed);
@@ -101,7 +141,10 @@ async fn run(subscribers: usize, rate: u64, seconds: u64, all: bool) {
     let rss_connected = rss_bytes();
 
     // The generator: RATE events/s in 10 ms slices, over 10,000 skus × 10 locations.
-    let topic = running.log.topic("inventory.events", settings.partitions).unwrap();
+    let topic = running
+        .log
+        .topic("inventory.events", settings.partitions)
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let appended = Arc::new(AtomicU64::new(0));
     let generator = {
@@ -125,7 +168,10 @@ async fn run(subscribers: usize, rate: u64, seconds: u64, all: bool) {
                     batch.push((format!("default/{sku}").into_bytes(), body.into_bytes()));
                     n += 1;
                 }
-                let records: Vec<(&[u8], &[u8], i64)> = batch.iter().map(|(k, v)| (k.as_slice(), v.as_slice(), 0)).collect();
+                let records: Vec<(&[u8], &[u8], i64)> = batch
+                    .iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_slice(), 0))
+                    .collect();
                 topic.append_batch(&records).unwrap();
                 appended.fetch_add(per_slice, Ordering::Relaxed);
                 slice += 1;
@@ -139,9 +185,19 @@ async fn run(subscribers: usize, rate: u64, seconds: u64, all: bool) {
     // Warm up one second, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let events_in = |running: &server::Running| -> f64 {
-        running.metrics.render().lines().filter(|l| l.starts_with("stockflow_events_in_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        running
+            .metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("stockflow_events_in_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
-    let (events_at_start, epoch_at_start, in_at_start) = (appended.load(Ordering::Relaxed), running.store.snapshot().as_of.epoch, events_in(&running));
+    let (events_at_start, epoch_at_start, in_at_start) = (
+        appended.load(Ordering::Relaxed),
+        running.store.snapshot().as_of.epoch,
+        events_in(&running),
+    );
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -156,8 +212,20 @@ async fn run(subscribers: usize, rate: u64, seconds: u64, all: bool) {
     let delivered = rows.load(Ordering::Relaxed);
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort();
-    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
-    println!("subscribers {subscribers} ({}), generator {rate} events/s, measured {elapsed:.1} s", if all { "whole view each" } else { "1% of the skus each" });
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "subscribers {subscribers} ({}), generator {rate} events/s, measured {elapsed:.1} s",
+        if all {
+            "whole view each"
+        } else {
+            "1% of the skus each"
+        }
+    );
     println!("ingested   {:.0} events/s appended, {:.0} events/s through the engine, {} epochs published", events as f64 / elapsed, ingested / elapsed, epochs);
     println!(
         "delivered  {:.0} diff rows/s to all subscribers ({:.0} per subscriber)",
@@ -170,8 +238,11 @@ async fn run(subscribers: usize, rate: u64, seconds: u64, all: bool) {
         (rss_connected.saturating_sub(rss_before)) as f64 / 1024.0 / subscribers as f64
     );
     let metrics = running.metrics.render();
-    let dropped: f64 =
-        metrics.lines().filter(|l| l.starts_with("stockflow_change_streams_dropped_total")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    let dropped: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("stockflow_change_streams_dropped_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     println!("dropped    {dropped} streams fell behind the retained changes");
     running.shutdown.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;

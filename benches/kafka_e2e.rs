@@ -39,19 +39,32 @@ const PARTITIONS: u32 = 4;
 const TENANTS: [&str; 5] = ["default", "andina", "pacifico", "norte", "sur"];
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     kib / 1024.0
 }
 
 /// The workload's n-th message: `(key, payload, tenant index, qty)`; qty
 /// `None` for a malformed message. Key `k` gets its first event at
 /// `n = k`, a second one for `n >= keys` (key `n - keys`).
-fn message(n: usize, keys: usize, low_share: f64, malformed: f64) -> (String, String, usize, Option<i64>) {
+fn message(
+    n: usize,
+    keys: usize,
+    low_share: f64,
+    malformed: f64,
+) -> (String, String, usize, Option<i64>) {
     let key = if n < keys { n } else { (n - keys) % keys };
     let tenant = key % TENANTS.len();
     let sku = format!("SKU-{:07}", key / 10);
@@ -67,7 +80,12 @@ fn message(n: usize, keys: usize, low_share: f64, malformed: f64) -> (String, St
     let broken = malformed > 0.0 && (n.wrapping_mul(40_503) % 10_000) as f64 / 10_000.0 < malformed;
     let key_text = format!("{}/{sku}", TENANTS[tenant]);
     if broken {
-        return (key_text, format!(r#"{{"id":"bad-{n}","type":"stock.adjusted","sku":"{sku}""#), tenant, None);
+        return (
+            key_text,
+            format!(r#"{{"id":"bad-{n}","type":"stock.adjusted","sku":"{sku}""#),
+            tenant,
+            None,
+        );
     }
     let payload = format!(
         r#"{{"id":"b{n}","type":"stock.adjusted","tenant":"{}","ts":{},"sku":"{sku}","location":"store-{location}","qty":{qty},"reason":"bench"}}"#,
@@ -78,7 +96,14 @@ fn message(n: usize, keys: usize, low_share: f64, malformed: f64) -> (String, St
 }
 
 /// Produces the workload to `topic`; returns the on-hand per tenant it leaves.
-fn produce(brokers: &str, topic: &str, events: usize, keys: usize, low_share: f64, malformed: f64) -> BTreeMap<String, i64> {
+fn produce(
+    brokers: &str,
+    topic: &str,
+    events: usize,
+    keys: usize,
+    low_share: f64,
+    malformed: f64,
+) -> BTreeMap<String, i64> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -94,13 +119,19 @@ fn produce(brokers: &str, topic: &str, events: usize, keys: usize, low_share: f6
         if let Some(qty) = qty {
             *oracle.entry(TENANTS[tenant].to_owned()).or_default() += qty;
         }
-        while producer.send(BaseRecord::to(topic).key(&key).payload(&payload)).is_err() {
+        while producer
+            .send(BaseRecord::to(topic).key(&key).payload(&payload))
+            .is_err()
+        {
             producer.poll(Duration::from_millis(10));
         }
     }
     producer.flush(Duration::from_secs(300)).expect("flush");
     let produced = start.elapsed();
-    println!("produce  {topic}: {events} messages in {produced:.2?}: {:.0}/s", events as f64 / produced.as_secs_f64());
+    println!(
+        "produce  {topic}: {events} messages in {produced:.2?}: {:.0}/s",
+        events as f64 / produced.as_secs_f64()
+    );
     oracle
 }
 
@@ -109,20 +140,31 @@ fn ceiling(settings: &KafkaSettings, topic: &str, events: usize) -> f64 {
     let consumer: BaseConsumer = client_config(settings).create().expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        assignment.add_partition_offset(topic, p as i32, Offset::Beginning).expect("assign");
+        assignment
+            .add_partition_offset(topic, p as i32, Offset::Beginning)
+            .expect("assign");
     }
     consumer.assign(&assignment).expect("assign");
     let start = Instant::now();
     let mut seen = 0usize;
     while seen < events && start.elapsed() < Duration::from_secs(600) {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            let event = decode_event(message.payload().unwrap_or_default(), RecordContext { offset: message.offset() as u64, log_time: None });
+            let event = decode_event(
+                message.payload().unwrap_or_default(),
+                RecordContext {
+                    offset: message.offset() as u64,
+                    log_time: None,
+                },
+            );
             std::hint::black_box(event.is_ok());
             seen += 1;
         }
     }
     let rate = seen as f64 / start.elapsed().as_secs_f64();
-    println!("ceiling  {topic}: consume+decode {seen} messages in {:.2?}: {rate:.0}/s", start.elapsed());
+    println!(
+        "ceiling  {topic}: consume+decode {seen} messages in {:.2?}: {rate:.0}/s",
+        start.elapsed()
+    );
     rate
 }
 
@@ -130,20 +172,39 @@ fn main() {
     if let Ok(run) = std::env::var("KAFKA_E2E_RUN") {
         return run_variant(&run);
     }
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let events: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let events: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let workers: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2);
     let keys: usize = env("KEYS", 630_000);
     let low_share: f64 = env("LOW_SHARE", 0.8);
     let malformed: f64 = env("MALFORMED", 0.05);
-    let variants: String = env("VARIANTS", "default,default-malformed,read-only,alerts-off".to_owned());
-    let brokers = std::env::var("STOCKFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let variants: String = env(
+        "VARIANTS",
+        "default,default-malformed,read-only,alerts-off".to_owned(),
+    );
+    let brokers =
+        std::env::var("STOCKFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let settings = KafkaSettings::new(brokers.clone(), "stockflow-bench");
     let run = format!("bench-{:08x}", rand::random::<u32>());
     let (clean, dirty) = (format!("{run}-clean"), format!("{run}-malformed"));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(ensure_topics(&settings, &[clean.clone(), dirty.clone()], PARTITIONS)).expect("topics");
-    println!("workload {events} events over {keys} keys, {:.0}% of them ending low, {workers} worker(s)", low_share * 100.0);
+    runtime
+        .block_on(ensure_topics(
+            &settings,
+            &[clean.clone(), dirty.clone()],
+            PARTITIONS,
+        ))
+        .expect("topics");
+    println!(
+        "workload {events} events over {keys} keys, {:.0}% of them ending low, {workers} worker(s)",
+        low_share * 100.0
+    );
 
     let oracle_clean = produce(&brokers, &clean, events, keys, low_share, 0.0);
     let ceiling_clean = ceiling(&settings, &clean, events);
@@ -157,36 +218,69 @@ fn main() {
 
     let mut rates = BTreeMap::new();
     for variant in variants.split(',') {
-        let (topic, oracle, ceiling) =
-            if variant == "default-malformed" { (&dirty, &oracle_dirty, ceiling_dirty) } else { (&clean, &oracle_clean, ceiling_clean) };
+        let (topic, oracle, ceiling) = if variant == "default-malformed" {
+            (&dirty, &oracle_dirty, ceiling_dirty)
+        } else {
+            (&clean, &oracle_clean, ceiling_clean)
+        };
         let oracle_text: Vec<String> = oracle.iter().map(|(t, v)| format!("{t}={v}")).collect();
         let output = std::process::Command::new(std::env::current_exe().expect("this bench"))
-            .env("KAFKA_E2E_RUN", format!("{variant};{topic};{events};{workers};{keys};{brokers};{}", oracle_text.join(",")))
+            .env(
+                "KAFKA_E2E_RUN",
+                format!(
+                    "{variant};{topic};{events};{workers};{keys};{brokers};{}",
+                    oracle_text.join(",")
+                ),
+            )
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("a variant runs");
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "variant {variant} failed: {text}");
-        let rate: f64 = text.lines().find_map(|l| l.strip_prefix("rate ")).and_then(|r| r.trim().parse().ok()).expect("a rate");
+        let rate: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("rate "))
+            .and_then(|r| r.trim().parse().ok())
+            .expect("a rate");
         for line in text.lines().filter(|l| !l.starts_with("rate ")) {
             println!("{line}");
         }
-        println!("         = {:.0}% of the ceiling of its topic ({ceiling:.0}/s)", 100.0 * rate / ceiling);
+        println!(
+            "         = {:.0}% of the ceiling of its topic ({ceiling:.0}/s)",
+            100.0 * rate / ceiling
+        );
         rates.insert(variant.to_owned(), rate);
     }
     if let (Some(clean), Some(dirty)) = (rates.get("default"), rates.get("default-malformed")) {
-        println!("malformed {:.0}%: {:.0}% of the clean rate", malformed * 100.0, 100.0 * dirty / clean);
+        println!(
+            "malformed {:.0}%: {:.0}% of the clean rate",
+            malformed * 100.0,
+            100.0 * dirty / clean
+        );
     }
 }
 
 /// One variant, in its own process: `variant;topic;events;workers;keys;brokers;oracle`.
 fn run_variant(run: &str) {
     let parts: Vec<&str> = run.split(';').collect();
-    let [variant, topic, events, workers, keys, brokers, oracle] = parts[..] else { panic!("bad KAFKA_E2E_RUN {run}") };
-    let (events, workers, keys): (usize, usize, usize) = (events.parse().unwrap(), workers.parse().unwrap(), keys.parse().unwrap());
-    let oracle: BTreeMap<String, i64> = oracle.split(',').filter_map(|kv| kv.split_once('=')).map(|(t, v)| (t.to_owned(), v.parse().unwrap())).collect();
+    let [variant, topic, events, workers, keys, brokers, oracle] = parts[..] else {
+        panic!("bad KAFKA_E2E_RUN {run}")
+    };
+    let (events, workers, keys): (usize, usize, usize) = (
+        events.parse().unwrap(),
+        workers.parse().unwrap(),
+        keys.parse().unwrap(),
+    );
+    let oracle: BTreeMap<String, i64> = oracle
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(t, v)| (t.to_owned(), v.parse().unwrap()))
+        .collect();
     let dir = tempfile::tempdir().expect("data dir");
-    let label = format!("{topic}-{variant}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let label = format!(
+        "{topic}-{variant}-{:06x}",
+        rand::random::<u32>() & 0xff_ffff
+    );
     let args = ServeArgs {
         listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: Some(dir.path().to_path_buf()),
@@ -205,7 +299,11 @@ fn run_variant(run: &str) {
         ..Default::default()
     };
     let settings = Settings::resolve(&args, None).expect("settings");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let start = Instant::now();
         let running = stockflow::server::start(&settings).await.expect("server");

@@ -11,16 +11,30 @@ use stockflow_dataflows::model::Name;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident pages");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
     pages * 4096
 }
 
 fn main() {
-    let keys: usize = std::env::args().skip(1).find(|a| !a.starts_with("--")).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let metrics = [cells::STOCK_MOVEMENTS, cells::ITEMS_CREATED, cells::ORDERS_CANCELLED, cells::UNITS_SOLD];
+    let keys: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let metrics = [
+        cells::STOCK_MOVEMENTS,
+        cells::ITEMS_CREATED,
+        cells::ORDERS_CANCELLED,
+        cells::UNITS_SOLD,
+    ];
     let before = resident_bytes();
     let mut table = Table::new(Arc::from(Vec::new()), i64::MAX);
-    let mut snapshot: imbl::OrdMap<KpiKey, stockflow_dataflows::kpis::KpiValue> = imbl::OrdMap::new();
+    let mut snapshot: imbl::OrdMap<KpiKey, stockflow_dataflows::kpis::KpiValue> =
+        imbl::OrdMap::new();
     let started = std::time::Instant::now();
     let mut made = 0;
     let mut bucket = 0i64;

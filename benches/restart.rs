@@ -22,12 +22,25 @@ use stockflow::server::{self, INVENTORY_EVENTS};
 fn main() {
     // `RUST_LOG=info` shows the engine's own timings (checkpoint loaded, written).
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
-    let keys: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let keys: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let workers: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(run(keys, workers));
 }
 
@@ -64,18 +77,30 @@ async fn run(keys: usize, workers: usize) {
         let locations = ["madrid", "lima", "bogota", "quito"];
         let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let flush = |batch: &mut Vec<(Vec<u8>, Vec<u8>)>| {
-            let records: Vec<(&[u8], &[u8], i64)> = batch.iter().map(|(k, v)| (k.as_slice(), v.as_slice(), 1_764_000_000_000)).collect();
+            let records: Vec<(&[u8], &[u8], i64)> = batch
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice(), 1_764_000_000_000))
+                .collect();
             topic.append_batch(&records).expect("append");
             batch.clear();
         };
         for n in 0..keys / 4 {
             let sku = format!("SKU-{n:07}");
-            let stock: serde_json::Map<String, serde_json::Value> = locations.iter().map(|l| (l.to_string(), json!(20 + n % 50))).collect();
+            let stock: serde_json::Map<String, serde_json::Value> = locations
+                .iter()
+                .map(|l| (l.to_string(), json!(20 + n % 50)))
+                .collect();
             let event = json!({"id": format!("c{n}"), "type": "item.created", "ts": "2026-11-20T10:00:00Z", "sku": sku, "name": "Item", "price": "9.99", "stock": stock});
-            batch.push((format!("default/{sku}").into_bytes(), event.to_string().into_bytes()));
+            batch.push((
+                format!("default/{sku}").into_bytes(),
+                event.to_string().into_bytes(),
+            ));
             for (l, location) in locations.iter().enumerate() {
                 let event = json!({"id": format!("a{n}-{l}"), "type": "stock.adjusted", "ts": "2026-11-20T11:00:00Z", "sku": sku, "location": location, "qty": -((n % 7) as i64) - 1, "reason": "sale"});
-                batch.push((format!("default/{sku}").into_bytes(), event.to_string().into_bytes()));
+                batch.push((
+                    format!("default/{sku}").into_bytes(),
+                    event.to_string().into_bytes(),
+                ));
             }
             if batch.len() >= 50_000 {
                 flush(&mut batch);
@@ -85,16 +110,26 @@ async fn run(keys: usize, workers: usize) {
         log.sync().expect("sync");
     }
     let messages = keys / 4 * 5;
-    println!("log: {messages} messages ({} stock keys) appended in {:.1} s", keys / 4 * 4, started.elapsed().as_secs_f64());
+    println!(
+        "log: {messages} messages ({} stock keys) appended in {:.1} s",
+        keys / 4 * 4,
+        started.elapsed().as_secs_f64()
+    );
 
     let (running, full) = ready(&settings(dir.path(), workers, true)).await;
     let rows = running.store.snapshot().stock.len();
-    println!("full replay to ready: {:.2} s ({rows} stock rows, {:.0} messages/s)", full.as_secs_f64(), messages as f64 / full.as_secs_f64());
+    println!(
+        "full replay to ready: {:.2} s ({rows} stock rows, {:.0} messages/s)",
+        full.as_secs_f64(),
+        messages as f64 / full.as_secs_f64()
+    );
     let stopping = Instant::now();
     let metrics = running.metrics.clone();
     running.shutdown.trigger();
     running.wait().await.expect("stops");
-    let manifest = stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path())).expect("a checkpoint at shutdown");
+    let manifest =
+        stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path()))
+            .expect("a checkpoint at shutdown");
     let bytes = manifest.segments.iter().map(|s| s.bytes).sum::<u64>() + manifest.alerts.bytes;
     let events: u64 = manifest.segments.iter().map(|s| s.records).sum();
     println!(
@@ -107,8 +142,14 @@ async fn run(keys: usize, workers: usize) {
 
     let (running, resumed) = ready(&settings(dir.path(), workers, true)).await;
     assert_eq!(running.store.snapshot().stock.len(), rows, "the same views");
-    assert!(running.metrics.restored_events.get() > 0, "restored from the checkpoint");
-    println!("from the checkpoint to ready: {:.2} s", resumed.as_secs_f64());
+    assert!(
+        running.metrics.restored_events.get() > 0,
+        "restored from the checkpoint"
+    );
+    println!(
+        "from the checkpoint to ready: {:.2} s",
+        resumed.as_secs_f64()
+    );
     running.shutdown.trigger();
     running.wait().await.expect("stops");
 

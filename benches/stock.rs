@@ -24,7 +24,9 @@ fn events(mixed: bool) -> Vec<Event> {
         state
     };
     let tenants = [Name::from("default"), Name::from("andina")];
-    let locations: Vec<Name> = (0..10).map(|l| Name::from(format!("store-{l:02}"))).collect();
+    let locations: Vec<Name> = (0..10)
+        .map(|l| Name::from(format!("store-{l:02}")))
+        .collect();
     let mut open: Vec<(Name, Name)> = Vec::new();
     (0..EVENTS)
         .map(|n| {
@@ -35,7 +37,13 @@ fn events(mixed: bool) -> Vec<Event> {
             let body = if mixed && n % 5 == 0 {
                 let reservation_id = Name::from(format!("r{n}"));
                 open.push((tenant.clone(), reservation_id.clone()));
-                EventBody::StockReserved { sku, location, qty: 1, reservation_id, order_id: None }
+                EventBody::StockReserved {
+                    sku,
+                    location,
+                    qty: 1,
+                    reservation_id,
+                    order_id: None,
+                }
             } else if mixed && n % 5 == 1 && !open.is_empty() {
                 let (_, reservation_id) = open.swap_remove((next() as usize) % open.len());
                 if n % 3 == 0 {
@@ -44,9 +52,20 @@ fn events(mixed: bool) -> Vec<Event> {
                     EventBody::StockCommitted { reservation_id }
                 }
             } else {
-                EventBody::StockAdjusted { sku, location, qty: ((next() % 7) as i64 - 3) | 1, reason: Name::from("sale") }
+                EventBody::StockAdjusted {
+                    sku,
+                    location,
+                    qty: ((next() % 7) as i64 - 3) | 1,
+                    reason: Name::from("sale"),
+                }
             };
-            Event { tenant, id: Name::from(format!("e{n}")), seq: n as u64, ts: 1_700_000_000_000 + n as i64, body }
+            Event {
+                tenant,
+                id: Name::from(format!("e{n}")),
+                seq: n as u64,
+                ts: 1_700_000_000_000 + n as i64,
+                body,
+            }
         })
         .collect()
 }
@@ -56,7 +75,8 @@ fn run(events: Vec<Event>, batch: usize, full_pipeline: bool) {
     timely::execute_directly(move |worker| {
         let probe = Handle::new();
         let mut input = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, events) = differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
+            let (input, events) =
+                differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
             if full_pipeline {
                 let events = stockflow_dataflows::dedup(events);
                 stockflow_dataflows::items(events.clone()).probe_with(&probe);
@@ -88,20 +108,48 @@ fn dataflows(c: &mut Criterion) {
     let adjust_only = events(false);
     let mixed = events(true);
     let mut group = c.benchmark_group("stock");
-    group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(EVENTS as u64));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Elements(EVENTS as u64));
     for batch in [1_000, 100_000] {
-        group.bench_with_input(BenchmarkId::new("adjustments", batch), &batch, |b, &batch| {
-            b.iter_batched(|| adjust_only.clone(), |events| run(events, batch, false), BatchSize::LargeInput)
-        });
-        group.bench_with_input(BenchmarkId::new("with-reservations", batch), &batch, |b, &batch| {
-            b.iter_batched(|| mixed.clone(), |events| run(events, batch, false), BatchSize::LargeInput)
-        });
+        group.bench_with_input(
+            BenchmarkId::new("adjustments", batch),
+            &batch,
+            |b, &batch| {
+                b.iter_batched(
+                    || adjust_only.clone(),
+                    |events| run(events, batch, false),
+                    BatchSize::LargeInput,
+                )
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("with-reservations", batch),
+            &batch,
+            |b, &batch| {
+                b.iter_batched(
+                    || mixed.clone(),
+                    |events| run(events, batch, false),
+                    BatchSize::LargeInput,
+                )
+            },
+        );
     }
     group.finish();
 
     let mut group = c.benchmark_group("pipeline");
-    group.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(EVENTS as u64));
-    group.bench_function("dedup+items+stock+totals/100000", |b| b.iter_batched(|| mixed.clone(), |events| run(events, 100_000, true), BatchSize::LargeInput));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Elements(EVENTS as u64));
+    group.bench_function("dedup+items+stock+totals/100000", |b| {
+        b.iter_batched(
+            || mixed.clone(),
+            |events| run(events, 100_000, true),
+            BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 
@@ -120,7 +168,14 @@ fn decoding(c: &mut Criterion) {
     group.bench_function("stock.adjusted", |b| {
         b.iter(|| {
             for (offset, message) in messages.iter().enumerate() {
-                let event = decode_event(message, RecordContext { offset: offset as u64, log_time: None }).expect("valid");
+                let event = decode_event(
+                    message,
+                    RecordContext {
+                        offset: offset as u64,
+                        log_time: None,
+                    },
+                )
+                .expect("valid");
                 std::hint::black_box(event);
             }
         })

@@ -43,7 +43,16 @@ pub enum View {
 
 impl View {
     /// Every view, in catalogue order.
-    pub const ALL: [View; 8] = [View::Items, View::Stock, View::StockTotals, View::Orders, View::LowStock, View::Alerts, View::Kpis, View::TopSkus];
+    pub const ALL: [View; 8] = [
+        View::Items,
+        View::Stock,
+        View::StockTotals,
+        View::Orders,
+        View::LowStock,
+        View::Alerts,
+        View::Kpis,
+        View::TopSkus,
+    ];
 
     /// The view's name in URLs.
     pub fn name(self) -> &'static str {
@@ -164,8 +173,17 @@ pub struct Batch {
 impl Batch {
     /// The changes of the epochs `(after, epoch]`.
     pub fn new(after: Epoch, epoch: Epoch, changes: Vec<(Row, i8)>) -> Batch {
-        let lines = (0..changes.len()).map(|_| std::sync::OnceLock::new()).collect();
-        Batch { after, epoch, changes, published_at: Instant::now(), lines, index: std::sync::OnceLock::new() }
+        let lines = (0..changes.len())
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
+        Batch {
+            after,
+            epoch,
+            changes,
+            published_at: Instant::now(),
+            lines,
+            index: std::sync::OnceLock::new(),
+        }
     }
 
     /// The indices of the changes of `view` for `tenant` whose key starts
@@ -173,7 +191,8 @@ impl Batch {
     /// row's retraction still comes before its insertion).
     pub fn matching(&self, view: View, tenant: &str, prefix: &str) -> &[u32] {
         let index = self.index.get_or_init(|| {
-            let mut by_view: std::collections::HashMap<View, Vec<u32>> = std::collections::HashMap::new();
+            let mut by_view: std::collections::HashMap<View, Vec<u32>> =
+                std::collections::HashMap::new();
             for (i, (row, _)) in self.changes.iter().enumerate() {
                 by_view.entry(row.view()).or_default().push(i as u32);
             }
@@ -185,10 +204,14 @@ impl Batch {
             }
             by_view
         });
-        let Some(indices) = index.get(&view) else { return &[] };
+        let Some(indices) = index.get(&view) else {
+            return &[];
+        };
         let row = |i: &u32| &self.changes[*i as usize].0;
-        let start = indices.partition_point(|i| (row(i).tenant().as_str(), row(i).key()) < (tenant, prefix));
-        let len = indices[start..].partition_point(|i| row(i).tenant() == tenant && row(i).key().starts_with(prefix));
+        let start = indices
+            .partition_point(|i| (row(i).tenant().as_str(), row(i).key()) < (tenant, prefix));
+        let len = indices[start..]
+            .partition_point(|i| row(i).tenant() == tenant && row(i).key().starts_with(prefix));
         &indices[start..start + len]
     }
 
@@ -242,7 +265,14 @@ const MAX_BATCHES: usize = 100_000;
 impl Changelog {
     /// A changelog retaining at most `max_rows` row changes (0: none).
     pub fn new(max_rows: usize) -> Changelog {
-        Changelog { batches: VecDeque::new(), rows: 0, max_rows, horizon: 0, newest: 0, first: 1 }
+        Changelog {
+            batches: VecDeque::new(),
+            rows: 0,
+            max_rows,
+            horizon: 0,
+            newest: 0,
+            first: 1,
+        }
     }
 
     /// Before anything is published: this run's epochs begin at `first`, so
@@ -267,7 +297,9 @@ impl Changelog {
         self.rows += batch.changes.len();
         self.batches.push_back(Arc::new(batch));
         while self.rows > self.max_rows || self.batches.len() > MAX_BATCHES {
-            let Some(oldest) = self.batches.pop_front() else { break };
+            let Some(oldest) = self.batches.pop_front() else {
+                break;
+            };
             self.rows -= oldest.changes.len();
             self.horizon = oldest.epoch;
         }
@@ -281,10 +313,14 @@ impl Changelog {
             return Err(Gone::BeforeStart { first: self.first });
         }
         if epoch < self.horizon {
-            return Err(Gone::Compacted { horizon: self.horizon });
+            return Err(Gone::Compacted {
+                horizon: self.horizon,
+            });
         }
         if epoch > self.newest {
-            return Err(Gone::Unknown { newest: self.newest });
+            return Err(Gone::Unknown {
+                newest: self.newest,
+            });
         }
         let start = self.batches.partition_point(|b| b.epoch <= epoch);
         Ok(self.batches.range(start..).cloned().collect())
@@ -314,16 +350,33 @@ mod tests {
     fn an_epoch_of_an_earlier_run_is_refused_and_nothing_published_is_the_start() {
         let mut log = Changelog::new(100);
         log.start_at(1_000);
-        assert_eq!(log.since(0).unwrap().len(), 0, "a stream opened before the first publish starts at the run's start");
-        assert_eq!(log.since(998).unwrap_err(), Gone::BeforeStart { first: 1_000 });
-        assert_eq!(log.since(5).unwrap_err(), Gone::BeforeStart { first: 1_000 });
+        assert_eq!(
+            log.since(0).unwrap().len(),
+            0,
+            "a stream opened before the first publish starts at the run's start"
+        );
+        assert_eq!(
+            log.since(998).unwrap_err(),
+            Gone::BeforeStart { first: 1_000 }
+        );
+        assert_eq!(
+            log.since(5).unwrap_err(),
+            Gone::BeforeStart { first: 1_000 }
+        );
         assert!(log.since(999).unwrap().is_empty());
         assert_eq!(log.since(1_000).unwrap_err(), Gone::Unknown { newest: 999 });
     }
 
     fn batch(after: Epoch, epoch: Epoch, rows: usize) -> Batch {
-        let key = SkuKey { tenant: "t".into(), sku: "s".into() };
-        Batch::new(after, epoch, vec![(Row::Total(key, StockDelta::default()), 1); rows])
+        let key = SkuKey {
+            tenant: "t".into(),
+            sku: "s".into(),
+        };
+        Batch::new(
+            after,
+            epoch,
+            vec![(Row::Total(key, StockDelta::default()), 1); rows],
+        )
     }
 
     #[test]
@@ -332,21 +385,53 @@ mod tests {
         log.push(batch(0, 2, 2));
         log.push(batch(2, 3, 0));
         log.push(batch(3, 5, 3));
-        assert_eq!(log.since(0).unwrap().iter().map(|b| b.epoch).collect::<Vec<_>>(), [2, 5], "an empty publish is not kept");
-        assert_eq!(log.since(3).unwrap().iter().map(|b| b.epoch).collect::<Vec<_>>(), [5]);
+        assert_eq!(
+            log.since(0)
+                .unwrap()
+                .iter()
+                .map(|b| b.epoch)
+                .collect::<Vec<_>>(),
+            [2, 5],
+            "an empty publish is not kept"
+        );
+        assert_eq!(
+            log.since(3)
+                .unwrap()
+                .iter()
+                .map(|b| b.epoch)
+                .collect::<Vec<_>>(),
+            [5]
+        );
         assert!(log.since(5).unwrap().is_empty());
         assert_eq!(log.since(6).unwrap_err(), Gone::Unknown { newest: 5 });
         log.push(batch(5, 6, 2));
         assert_eq!(log.rows(), 5, "the first batch was dropped");
         assert_eq!(log.horizon(), 2);
         assert_eq!(log.since(1).unwrap_err(), Gone::Compacted { horizon: 2 });
-        assert_eq!(log.since(2).unwrap().iter().map(|b| b.epoch).collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(
+            log.since(2)
+                .unwrap()
+                .iter()
+                .map(|b| b.epoch)
+                .collect::<Vec<_>>(),
+            [5, 6]
+        );
     }
 
     #[test]
     fn matching_finds_a_prefix_and_keeps_the_order_within_a_key() {
-        let total =
-            |tenant: &str, sku: &str, on_hand: i64| Row::Total(SkuKey { tenant: tenant.into(), sku: sku.into() }, StockDelta { on_hand, ..Default::default() });
+        let total = |tenant: &str, sku: &str, on_hand: i64| {
+            Row::Total(
+                SkuKey {
+                    tenant: tenant.into(),
+                    sku: sku.into(),
+                },
+                StockDelta {
+                    on_hand,
+                    ..Default::default()
+                },
+            )
+        };
         let batch = Batch::new(
             0,
             1,

@@ -127,7 +127,10 @@ pub struct Loaded {
 
 /// The `sources` line of a manifest for event sources `(topic, format)`.
 pub fn source_names<'a>(sources: impl IntoIterator<Item = (&'a str, Format)>) -> Vec<String> {
-    let mut names: Vec<String> = sources.into_iter().map(|(topic, format)| format!("{topic}={}", format.name())).collect();
+    let mut names: Vec<String> = sources
+        .into_iter()
+        .map(|(topic, format)| format!("{topic}={}", format.name()))
+        .collect();
     names.sort();
     names
 }
@@ -145,23 +148,57 @@ fn encode<T: Serialize>(records: &[T]) -> Vec<u8> {
 }
 
 /// Reads and verifies a file a manifest names.
-fn read_records<T: for<'de> Deserialize<'de>>(dir: &Path, file: &FileRef) -> anyhow::Result<Vec<T>> {
+fn read_records<T: for<'de> Deserialize<'de>>(
+    dir: &Path,
+    file: &FileRef,
+) -> anyhow::Result<Vec<T>> {
     let path = dir.join(&file.file);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    anyhow::ensure!(bytes.len() as u64 == file.bytes, "{} is {} bytes long, the manifest says {}", file.file, bytes.len(), file.bytes);
+    anyhow::ensure!(
+        bytes.len() as u64 == file.bytes,
+        "{} is {} bytes long, the manifest says {}",
+        file.file,
+        bytes.len(),
+        file.bytes
+    );
     let crc = crc32fast::hash(&bytes);
-    anyhow::ensure!(crc == file.crc32, "{} fails its checksum (crc32 {crc:08x}, manifest {:08x})", file.file, file.crc32);
-    anyhow::ensure!(bytes.starts_with(SEGMENT_MAGIC), "{} is not a checkpoint segment", file.file);
-    let records: Vec<T> = bincode::deserialize(&bytes[SEGMENT_MAGIC.len()..]).with_context(|| format!("decoding {}", file.file))?;
-    anyhow::ensure!(records.len() as u64 == file.records, "{} holds {} records, the manifest says {}", file.file, records.len(), file.records);
+    anyhow::ensure!(
+        crc == file.crc32,
+        "{} fails its checksum (crc32 {crc:08x}, manifest {:08x})",
+        file.file,
+        file.crc32
+    );
+    anyhow::ensure!(
+        bytes.starts_with(SEGMENT_MAGIC),
+        "{} is not a checkpoint segment",
+        file.file
+    );
+    let records: Vec<T> = bincode::deserialize(&bytes[SEGMENT_MAGIC.len()..])
+        .with_context(|| format!("decoding {}", file.file))?;
+    anyhow::ensure!(
+        records.len() as u64 == file.records,
+        "{} holds {} records, the manifest says {}",
+        file.file,
+        records.len(),
+        file.records
+    );
     Ok(records)
 }
 
 /// Writes a segment file and returns its reference.
-fn write_records<T: Serialize>(dir: &Path, name: String, records: &[T]) -> std::io::Result<FileRef> {
+fn write_records<T: Serialize>(
+    dir: &Path,
+    name: String,
+    records: &[T],
+) -> std::io::Result<FileRef> {
     let bytes = encode(records);
     write_atomically(&dir.join(&name), &bytes)?;
-    Ok(FileRef { file: name, records: records.len() as u64, bytes: bytes.len() as u64, crc32: crc32fast::hash(&bytes) })
+    Ok(FileRef {
+        file: name,
+        records: records.len() as u64,
+        bytes: bytes.len() as u64,
+        crc32: crc32fast::hash(&bytes),
+    })
 }
 
 fn manifest_name(id: u64) -> String {
@@ -176,7 +213,11 @@ fn manifests(dir: &Path) -> Vec<(u64, PathBuf)> {
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
-            let id = name.strip_prefix("checkpoint-")?.strip_suffix(".json")?.parse().ok()?;
+            let id = name
+                .strip_prefix("checkpoint-")?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
             Some((id, entry.path()))
         })
         .collect();
@@ -187,23 +228,40 @@ fn manifests(dir: &Path) -> Vec<(u64, PathBuf)> {
 /// Reads and verifies one manifest.
 fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let newline = bytes.iter().position(|b| *b == b'\n').context("no header line")?;
+    let newline = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .context("no header line")?;
     let header = std::str::from_utf8(&bytes[..newline]).context("header is not text")?;
     let expected = header
         .strip_prefix(&format!("stockflow-checkpoint {FORMAT} crc32="))
-        .with_context(|| format!("header `{header}` is not `stockflow-checkpoint {FORMAT} crc32=…`"))?;
-    let expected = u32::from_str_radix(expected, 16).with_context(|| format!("bad checksum `{expected}`"))?;
+        .with_context(|| {
+            format!("header `{header}` is not `stockflow-checkpoint {FORMAT} crc32=…`")
+        })?;
+    let expected =
+        u32::from_str_radix(expected, 16).with_context(|| format!("bad checksum `{expected}`"))?;
     let body = &bytes[newline + 1..];
     let crc = crc32fast::hash(body);
-    anyhow::ensure!(crc == expected, "manifest fails its checksum (crc32 {crc:08x}, header {expected:08x})");
+    anyhow::ensure!(
+        crc == expected,
+        "manifest fails its checksum (crc32 {crc:08x}, header {expected:08x})"
+    );
     let manifest: Manifest = serde_json::from_slice(body).context("manifest is not valid JSON")?;
-    anyhow::ensure!(manifest.format == FORMAT, "format {} (this build reads {FORMAT})", manifest.format);
+    anyhow::ensure!(
+        manifest.format == FORMAT,
+        "format {} (this build reads {FORMAT})",
+        manifest.format
+    );
     Ok(manifest)
 }
 
 fn write_manifest(dir: &Path, manifest: &Manifest) -> std::io::Result<()> {
     let body = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
-    let mut bytes = format!("stockflow-checkpoint {FORMAT} crc32={:08x}\n", crc32fast::hash(&body)).into_bytes();
+    let mut bytes = format!(
+        "stockflow-checkpoint {FORMAT} crc32={:08x}\n",
+        crc32fast::hash(&body)
+    )
+    .into_bytes();
     bytes.extend_from_slice(&body);
     write_atomically(&dir.join(manifest_name(manifest.id)), &bytes)
 }
@@ -220,12 +278,19 @@ pub fn load(dir: &Path) -> (Option<Loaded>, Vec<String>) {
                 events.extend(read_records::<Event>(dir, segment)?);
             }
             let alerts = read_records::<Alert>(dir, &manifest.alerts)?;
-            Ok(Loaded { manifest, events, alerts })
+            Ok(Loaded {
+                manifest,
+                events,
+                alerts,
+            })
         });
         match loaded {
             Ok(loaded) => return (Some(loaded), skipped),
             Err(error) => {
-                let reason = format!("checkpoint {id} ({}) is unusable: {error:#}", path.display());
+                let reason = format!(
+                    "checkpoint {id} ({}) is unusable: {error:#}",
+                    path.display()
+                );
                 tracing::warn!("{reason}; trying the previous one");
                 skipped.push(reason);
             }
@@ -236,7 +301,9 @@ pub fn load(dir: &Path) -> (Option<Loaded>, Vec<String>) {
 
 /// The manifest of the newest checkpoint that passes its own checksum (files not read).
 pub fn newest_manifest(dir: &Path) -> Option<Manifest> {
-    manifests(dir).into_iter().find_map(|(_, path)| read_manifest(&path).ok())
+    manifests(dir)
+        .into_iter()
+        .find_map(|(_, path)| read_manifest(&path).ok())
 }
 
 /// Deletes all but the newest [`KEEP`] manifests and every file none of them names.
@@ -258,7 +325,9 @@ fn prune(dir: &Path) -> std::io::Result<()> {
         }
     }
     for entry in std::fs::read_dir(dir)?.flatten() {
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         let data = name.starts_with("events-") || name.starts_with("alerts-");
         if (data && !named.contains(&name)) || name.ends_with(".tmp") {
             std::fs::remove_file(entry.path())?;
@@ -301,18 +370,31 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// A checkpointer of event `sources` into `dir`, continuing `restored`
     /// (the manifest the engine started from) when there is one.
-    pub fn new(dir: PathBuf, sources: Vec<(Arc<dyn Source>, Format)>, restored: Option<Manifest>) -> anyhow::Result<Checkpointer> {
+    pub fn new(
+        dir: PathBuf,
+        sources: Vec<(Arc<dyn Source>, Format)>,
+        restored: Option<Manifest>,
+    ) -> anyhow::Result<Checkpointer> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let names = source_names(sources.iter().map(|(s, f)| (s.topic(), *f)));
         let next_id = manifests(&dir).first().map_or(1, |(id, _)| id + 1);
-        Ok(Checkpointer { dir, sources, names, last: restored, covered: None, next_id })
+        Ok(Checkpointer {
+            dir,
+            sources,
+            names,
+            last: restored,
+            covered: None,
+            next_id,
+        })
     }
 
     /// Writes a checkpoint of the store's published snapshot, if the engine
     /// has started and its offsets moved since the last checkpoint.
     pub fn checkpoint(&mut self, store: &Store) -> anyhow::Result<Option<Written>> {
         let started = Instant::now();
-        let Some((starts, resumed)) = store.start_offsets() else { return Ok(None) };
+        let Some((starts, resumed)) = store.start_offsets() else {
+            return Ok(None);
+        };
         if self.covered.is_none() {
             // The views hold nothing before where the engine began; a checkpoint
             // it did not resume from (another policy, or unusable) is not built on.
@@ -326,16 +408,28 @@ impl Checkpointer {
         let mut target: Offsets = BTreeMap::new();
         for (source, _) in &self.sources {
             let topic = source.topic();
-            let reached = snapshot.as_of.offsets.get(topic).cloned().unwrap_or_default();
+            let reached = snapshot
+                .as_of
+                .offsets
+                .get(topic)
+                .cloned()
+                .unwrap_or_default();
             let from = covered.get(topic).cloned().unwrap_or_default();
             let mut partitions = BTreeMap::new();
             for partition in 0..source.partitions() {
                 let start = from.get(&partition).copied().unwrap_or(0);
-                partitions.insert(partition, reached.get(&partition).copied().unwrap_or(start).max(start));
+                partitions.insert(
+                    partition,
+                    reached.get(&partition).copied().unwrap_or(start).max(start),
+                );
             }
             target.insert(topic.to_owned(), partitions);
         }
-        if self.last.as_ref().is_some_and(|last| last.offsets == target) {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|last| last.offsets == target)
+        {
             return Ok(None);
         }
         // The events between what is covered and what the views reflect.
@@ -343,14 +437,29 @@ impl Checkpointer {
         for (source, format) in &self.sources {
             let topic = source.topic();
             for (partition, stop) in &target[topic] {
-                let start = covered.get(topic).and_then(|p| p.get(partition)).copied().unwrap_or(0);
+                let start = covered
+                    .get(topic)
+                    .and_then(|p| p.get(partition))
+                    .copied()
+                    .unwrap_or(0);
                 if start < *stop {
-                    read_range(source.as_ref(), *format, *partition, start, *stop, &mut events)?;
+                    read_range(
+                        source.as_ref(),
+                        *format,
+                        *partition,
+                        start,
+                        *stop,
+                        &mut events,
+                    )?;
                 }
             }
         }
         let id = self.next_id;
-        let mut segments = self.last.as_ref().map(|last| last.segments.clone()).unwrap_or_default();
+        let mut segments = self
+            .last
+            .as_ref()
+            .map(|last| last.segments.clone())
+            .unwrap_or_default();
         let new_events = events.len() as u64;
         if segments.len() >= MAX_SEGMENTS {
             let mut all = Vec::new();
@@ -362,9 +471,18 @@ impl Checkpointer {
             segments.clear();
         }
         if !events.is_empty() || segments.is_empty() {
-            segments.push(write_records(&self.dir, format!("events-{id:012}.bin"), &events)?);
+            segments.push(write_records(
+                &self.dir,
+                format!("events-{id:012}.bin"),
+                &events,
+            )?);
         }
-        let alerts: Vec<Alert> = snapshot.alerts.values().flat_map(|pair| [pair.low_stock.clone(), pair.out_of_stock.clone()]).flatten().collect();
+        let alerts: Vec<Alert> = snapshot
+            .alerts
+            .values()
+            .flat_map(|pair| [pair.low_stock.clone(), pair.out_of_stock.clone()])
+            .flatten()
+            .collect();
         let alerts = write_records(&self.dir, format!("alerts-{id:012}.bin"), &alerts)?;
         let manifest = Manifest {
             format: FORMAT,
@@ -377,7 +495,8 @@ impl Checkpointer {
             alerts,
         };
         write_manifest(&self.dir, &manifest)?;
-        prune(&self.dir).with_context(|| format!("pruning old checkpoints in {}", self.dir.display()))?;
+        prune(&self.dir)
+            .with_context(|| format!("pruning old checkpoints in {}", self.dir.display()))?;
         let written = Written {
             id,
             new_events,
@@ -395,7 +514,13 @@ impl Checkpointer {
     /// last one when `engine_done` says the engine has published its last
     /// epoch (or its sender is gone). Failures are logged, counted and
     /// retried at the next interval.
-    pub fn run(mut self, store: Arc<Store>, metrics: Metrics, interval: Duration, engine_done: std::sync::mpsc::Receiver<()>) {
+    pub fn run(
+        mut self,
+        store: Arc<Store>,
+        metrics: Metrics,
+        interval: Duration,
+        engine_done: std::sync::mpsc::Receiver<()>,
+    ) {
         loop {
             let last = match engine_done.recv_timeout(interval) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
@@ -412,7 +537,9 @@ impl Checkpointer {
         match self.checkpoint(store) {
             Ok(Some(written)) => {
                 metrics.checkpoints.inc();
-                metrics.checkpoint_seconds.observe(written.elapsed.as_secs_f64());
+                metrics
+                    .checkpoint_seconds
+                    .observe(written.elapsed.as_secs_f64());
                 metrics.checkpoint_bytes.set(written.bytes as i64);
                 metrics.checkpoint_events.set(written.events as i64);
                 metrics.checkpoint_time.set(chrono::Utc::now().timestamp());
@@ -436,15 +563,26 @@ impl Checkpointer {
 
 /// Reads `[start, stop)` of one partition and decodes it into `events`
 /// (messages that do not decode are left out, as the engine left them).
-pub fn read_range(source: &dyn Source, format: Format, partition: u32, start: u64, stop: u64, events: &mut Vec<Event>) -> anyhow::Result<()> {
+pub fn read_range(
+    source: &dyn Source,
+    format: Format,
+    partition: u32,
+    start: u64,
+    stop: u64,
+    events: &mut Vec<Event>,
+) -> anyhow::Result<()> {
     let topic = source.topic();
-    let mut reader = source.reader(partition, start).with_context(|| format!("reading {topic}/{partition} from {start}"))?;
+    let mut reader = source
+        .reader(partition, start)
+        .with_context(|| format!("reading {topic}/{partition} from {start}"))?;
     let mut records = Vec::new();
     let mut last_progress = Instant::now();
     while reader.position() < stop {
         records.clear();
         let before = reader.position();
-        let read = reader.read(4096, &mut records).with_context(|| format!("reading {topic}/{partition} at {}", reader.position()))?;
+        let read = reader
+            .read(4096, &mut records)
+            .with_context(|| format!("reading {topic}/{partition} at {}", reader.position()))?;
         // (A source that skips messages, a replay's time range, moves on without returning any.)
         if read == 0 && reader.position() == before {
             anyhow::ensure!(
@@ -473,12 +611,23 @@ mod tests {
         let json = format!(
             r#"{{"id":"e{n}","type":"item.created","tenant":"acme","ts":"2026-01-01T00:00:00Z","sku":"S{n}","name":"Ñandú {n}","price":"12.3456","initial":{{"main":{n}}}}}"#
         );
-        decode_event(json.as_bytes(), RecordContext { offset: n, log_time: None }).expect("a valid event")
+        decode_event(
+            json.as_bytes(),
+            RecordContext {
+                offset: n,
+                log_time: None,
+            },
+        )
+        .expect("a valid event")
     }
 
     fn alert() -> Alert {
         Alert {
-            key: StockKey { tenant: "acme".into(), sku: "S1".into(), location: "main".into() },
+            key: StockKey {
+                tenant: "acme".into(),
+                sku: "S1".into(),
+                location: "main".into(),
+            },
             kind: AlertKind::LowStock,
             raised: true,
             transition: 3,
@@ -493,13 +642,18 @@ mod tests {
     #[test]
     fn events_and_alerts_round_trip_exactly() {
         let events: Vec<Event> = (0..50).map(event).collect();
-        let EventBody::ItemCreated { price, .. } = &events[1].body else { panic!("an item") };
+        let EventBody::ItemCreated { price, .. } = &events[1].body else {
+            panic!("an item")
+        };
         assert_eq!(*price, Money::parse("12.3456").unwrap());
         let dir = tempfile::tempdir().unwrap();
         let segment = write_records(dir.path(), "events-1.bin".into(), &events).unwrap();
         assert_eq!(read_records::<Event>(dir.path(), &segment).unwrap(), events);
         let alerts = write_records(dir.path(), "alerts-1.bin".into(), &[alert()]).unwrap();
-        assert_eq!(read_records::<Alert>(dir.path(), &alerts).unwrap(), vec![alert()]);
+        assert_eq!(
+            read_records::<Alert>(dir.path(), &alerts).unwrap(),
+            vec![alert()]
+        );
     }
 
     fn manifest(dir: &Path, id: u64, events: &[Event]) -> Manifest {
@@ -558,11 +712,26 @@ mod tests {
         }
         std::fs::write(dir.path().join(".events-000000000009.bin.tmp"), b"half").unwrap();
         prune(dir.path()).unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
-        let kept: Vec<u64> = manifests(dir.path()).into_iter().map(|(id, _)| id).collect();
+        let kept: Vec<u64> = manifests(dir.path())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(kept, vec![5, 4, 3]);
-        assert_eq!(names.len(), 9, "three manifests, their segments and alerts: {names:?}");
-        assert!(!names.iter().any(|n| n.contains("000000000001") || n.ends_with(".tmp")), "{names:?}");
+        assert_eq!(
+            names.len(),
+            9,
+            "three manifests, their segments and alerts: {names:?}"
+        );
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("000000000001") || n.ends_with(".tmp")),
+            "{names:?}"
+        );
     }
 }

@@ -243,7 +243,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STOCKFLOW_KAFKA_GROUP_ID")]
     pub kafka_group_id: Option<String>,
     /// A librdkafka property for stockflow's producer, `KEY=VALUE` (repeatable; env: comma separated), e.g. `compression.type=lz4`.
-    #[arg(long = "kafka-producer-option", env = "STOCKFLOW_KAFKA_PRODUCER_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-producer-option",
+        env = "STOCKFLOW_KAFKA_PRODUCER_OPTIONS",
+        value_delimiter = ','
+    )]
     pub kafka_producer_options: Vec<String>,
     /// Low-stock threshold of skus with no `reorder_point` and no tenant threshold [default: 10].
     #[arg(long, env = "STOCKFLOW_LOW_STOCK_THRESHOLD")]
@@ -267,10 +271,18 @@ pub struct ServeArgs {
     #[arg(long, env = "STOCKFLOW_WEBHOOKS_PER_TENANT")]
     pub webhooks_per_tenant: Option<usize>,
     /// A network webhooks may be delivered to, CIDR or one address (repeatable; env: comma separated); when any is given, only these [default: every network but link-local and cloud metadata addresses].
-    #[arg(long = "webhook-allow-network", env = "STOCKFLOW_WEBHOOK_ALLOW_NETWORKS", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-allow-network",
+        env = "STOCKFLOW_WEBHOOK_ALLOW_NETWORKS",
+        value_delimiter = ','
+    )]
     pub webhook_allow_networks: Vec<String>,
     /// A network webhooks are never delivered to, CIDR or one address (repeatable; env: comma separated); wins over the allowed ones.
-    #[arg(long = "webhook-deny-network", env = "STOCKFLOW_WEBHOOK_DENY_NETWORKS", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-deny-network",
+        env = "STOCKFLOW_WEBHOOK_DENY_NETWORKS",
+        value_delimiter = ','
+    )]
     pub webhook_deny_networks: Vec<String>,
     /// KPI buckets are kept while they end within this much event time of the newest hour seen (`90d`, `36h`) [default: 90d].
     #[arg(long, env = "STOCKFLOW_KPI_RETENTION")]
@@ -449,7 +461,11 @@ pub struct SourceDecl {
 impl SourceDecl {
     /// A topic read from the earliest offset.
     pub fn new(topic: impl Into<String>, format: crate::engine::Format) -> SourceDecl {
-        SourceDecl { topic: topic.into(), format, start: crate::engine::Start::Earliest }
+        SourceDecl {
+            topic: topic.into(),
+            format,
+            start: crate::engine::Start::Earliest,
+        }
     }
 }
 
@@ -531,12 +547,17 @@ pub struct Settings {
 /// Parses a checkpoint interval: `0` (never), whole seconds (`30`, `30s`) or minutes (`5m`).
 pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
     let text = text.trim();
-    let bad = || format!("`{text}` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)");
+    let bad =
+        || format!("`{text}` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)");
     let (number, scale) = match text.strip_suffix('m') {
         Some(number) => (number, 60),
         None => (text.strip_suffix('s').unwrap_or(text), 1),
     };
-    let seconds = number.parse::<u64>().map_err(|_| bad())?.checked_mul(scale).ok_or_else(bad)?;
+    let seconds = number
+        .parse::<u64>()
+        .map_err(|_| bad())?
+        .checked_mul(scale)
+        .ok_or_else(bad)?;
     match seconds {
         0 => Ok(None),
         1..=86_400 => Ok(Some(Duration::from_secs(seconds))),
@@ -618,7 +639,10 @@ pub mod defaults {
 
 impl Settings {
     /// Resolves flags, environment, config file and defaults; lists every problem.
-    pub fn resolve(args: &ServeArgs, demo_rate: Option<Option<u32>>) -> Result<Settings, Vec<String>> {
+    pub fn resolve(
+        args: &ServeArgs,
+        demo_rate: Option<Option<u32>>,
+    ) -> Result<Settings, Vec<String>> {
         let mut errors = Vec::new();
         let (file, file_keys) = match &args.config {
             Some(path) => read_config_file(path, &mut errors),
@@ -629,61 +653,145 @@ impl Settings {
     }
 
     /// [`Settings::resolve`] once the config file is read.
-    fn resolve_with(args: &ServeArgs, demo_rate: Option<Option<u32>>, file: FileConfig, mut errors: Vec<String>) -> Result<Settings, Vec<String>> {
+    fn resolve_with(
+        args: &ServeArgs,
+        demo_rate: Option<Option<u32>>,
+        file: FileConfig,
+        mut errors: Vec<String>,
+    ) -> Result<Settings, Vec<String>> {
         let settings = Settings {
-            listen: args.listen.or(file.listen).unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
-            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
             workers: args.workers.or(file.workers).unwrap_or(defaults::WORKERS),
-            epoch: Duration::from_millis(args.epoch_ms.or(file.epoch_ms).unwrap_or(defaults::EPOCH_MS)),
-            epoch_max_events: args.epoch_max_events.or(file.epoch_max_events).unwrap_or(defaults::EPOCH_MAX_EVENTS),
-            max_in_flight_events: args.max_in_flight_events.or(file.max_in_flight_events).unwrap_or(defaults::MAX_IN_FLIGHT_EVENTS),
-            partitions: args.partitions.or(file.partitions).unwrap_or(defaults::PARTITIONS),
-            commands_topic: args.commands_topic.clone().or(file.commands_topic).unwrap_or_else(|| defaults::COMMANDS_TOPIC.into()),
-            outcomes_topic: args.outcomes_topic.clone().or(file.outcomes_topic).unwrap_or_else(|| defaults::OUTCOMES_TOPIC.into()),
+            epoch: Duration::from_millis(
+                args.epoch_ms
+                    .or(file.epoch_ms)
+                    .unwrap_or(defaults::EPOCH_MS),
+            ),
+            epoch_max_events: args
+                .epoch_max_events
+                .or(file.epoch_max_events)
+                .unwrap_or(defaults::EPOCH_MAX_EVENTS),
+            max_in_flight_events: args
+                .max_in_flight_events
+                .or(file.max_in_flight_events)
+                .unwrap_or(defaults::MAX_IN_FLIGHT_EVENTS),
+            partitions: args
+                .partitions
+                .or(file.partitions)
+                .unwrap_or(defaults::PARTITIONS),
+            commands_topic: args
+                .commands_topic
+                .clone()
+                .or(file.commands_topic)
+                .unwrap_or_else(|| defaults::COMMANDS_TOPIC.into()),
+            outcomes_topic: args
+                .outcomes_topic
+                .clone()
+                .or(file.outcomes_topic)
+                .unwrap_or_else(|| defaults::OUTCOMES_TOPIC.into()),
             insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
             api_keys: None,
-            rate_limit: Some(args.rate_limit.or(file.rate_limit).unwrap_or(defaults::RATE_LIMIT)).filter(|rate| *rate > 0),
+            rate_limit: Some(
+                args.rate_limit
+                    .or(file.rate_limit)
+                    .unwrap_or(defaults::RATE_LIMIT),
+            )
+            .filter(|rate| *rate > 0),
             // Set below from `request_timeout` (default defaults::REQUEST_TIMEOUT).
             request_timeout: Duration::ZERO,
             http_limits: crate::http::Limits {
-                max_connections: args.max_connections.or(file.max_connections).unwrap_or(defaults::MAX_CONNECTIONS),
+                max_connections: args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(defaults::MAX_CONNECTIONS),
                 // Set below from `header_read_timeout`.
                 header_read_timeout: Duration::ZERO,
             },
             read_only: args.read_only || file.read_only.unwrap_or(false),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-            demo_rate: demo_rate.map(|rate| rate.or(file.demo.and_then(|d| d.rate)).unwrap_or(defaults::DEMO_RATE)),
-            kafka: args.kafka_brokers.clone().or(file.kafka_brokers).filter(|b| !b.trim().is_empty()).map(|brokers| crate::source::kafka::KafkaSettings {
-                brokers,
-                group_id: args.kafka_group_id.clone().or(file.kafka_group_id).unwrap_or_else(|| defaults::KAFKA_GROUP_ID.into()),
-                producer_options: if args.kafka_producer_options.is_empty() {
-                    file.kafka_producer_options.clone().unwrap_or_default().into_iter().collect()
-                } else {
-                    args.kafka_producer_options
-                        .iter()
-                        .map(|option| match option.split_once('=') {
-                            Some((key, value)) if !key.trim().is_empty() => (key.trim().to_owned(), value.trim().to_owned()),
-                            _ => {
-                                errors.push(format!("kafka_producer_options: `{option}` is not KEY=VALUE"));
-                                (String::new(), String::new())
-                            }
-                        })
-                        .filter(|(key, _)| !key.is_empty())
-                        .collect()
-                },
+            demo_rate: demo_rate.map(|rate| {
+                rate.or(file.demo.and_then(|d| d.rate))
+                    .unwrap_or(defaults::DEMO_RATE)
             }),
+            kafka: args
+                .kafka_brokers
+                .clone()
+                .or(file.kafka_brokers)
+                .filter(|b| !b.trim().is_empty())
+                .map(|brokers| crate::source::kafka::KafkaSettings {
+                    brokers,
+                    group_id: args
+                        .kafka_group_id
+                        .clone()
+                        .or(file.kafka_group_id)
+                        .unwrap_or_else(|| defaults::KAFKA_GROUP_ID.into()),
+                    producer_options: if args.kafka_producer_options.is_empty() {
+                        file.kafka_producer_options
+                            .clone()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect()
+                    } else {
+                        args.kafka_producer_options
+                            .iter()
+                            .map(|option| match option.split_once('=') {
+                                Some((key, value)) if !key.trim().is_empty() => {
+                                    (key.trim().to_owned(), value.trim().to_owned())
+                                }
+                                _ => {
+                                    errors.push(format!(
+                                        "kafka_producer_options: `{option}` is not KEY=VALUE"
+                                    ));
+                                    (String::new(), String::new())
+                                }
+                            })
+                            .filter(|(key, _)| !key.is_empty())
+                            .collect()
+                    },
+                }),
             sources: Vec::new(),
             thresholds: stockflow_dataflows::alerts::Thresholds {
-                default: args.low_stock_threshold.or(file.low_stock_threshold).unwrap_or(defaults::LOW_STOCK_THRESHOLD),
-                hysteresis: args.alert_hysteresis.or(file.alert_hysteresis).unwrap_or(defaults::ALERT_HYSTERESIS),
+                default: args
+                    .low_stock_threshold
+                    .or(file.low_stock_threshold)
+                    .unwrap_or(defaults::LOW_STOCK_THRESHOLD),
+                hysteresis: args
+                    .alert_hysteresis
+                    .or(file.alert_hysteresis)
+                    .unwrap_or(defaults::ALERT_HYSTERESIS),
                 tenants: Default::default(),
             },
-            alerts_topic: args.alerts_topic.clone().or(file.alerts_topic).unwrap_or_else(|| defaults::ALERTS_TOPIC.into()),
-            changes_retention: args.changes_retention.or(file.changes_retention).unwrap_or(defaults::CHANGES_RETENTION),
+            alerts_topic: args
+                .alerts_topic
+                .clone()
+                .or(file.alerts_topic)
+                .unwrap_or_else(|| defaults::ALERTS_TOPIC.into()),
+            changes_retention: args
+                .changes_retention
+                .or(file.changes_retention)
+                .unwrap_or(defaults::CHANGES_RETENTION),
             webhook_policy: stockflow_sinks::webhooks::Policy {
-                max_attempts: args.webhook_max_attempts.or(file.webhook_max_attempts).unwrap_or(defaults::WEBHOOK_MAX_ATTEMPTS),
-                first_backoff: Duration::from_millis(args.webhook_backoff_ms.or(file.webhook_backoff_ms).unwrap_or(defaults::WEBHOOK_BACKOFF_MS)),
-                per_tenant: args.webhooks_per_tenant.or(file.webhooks_per_tenant).unwrap_or(defaults::WEBHOOKS_PER_TENANT),
+                max_attempts: args
+                    .webhook_max_attempts
+                    .or(file.webhook_max_attempts)
+                    .unwrap_or(defaults::WEBHOOK_MAX_ATTEMPTS),
+                first_backoff: Duration::from_millis(
+                    args.webhook_backoff_ms
+                        .or(file.webhook_backoff_ms)
+                        .unwrap_or(defaults::WEBHOOK_BACKOFF_MS),
+                ),
+                per_tenant: args
+                    .webhooks_per_tenant
+                    .or(file.webhooks_per_tenant)
+                    .unwrap_or(defaults::WEBHOOKS_PER_TENANT),
                 ..Default::default()
             },
             kpi_retention: Duration::from_secs(90 * 24 * 3600),
@@ -695,49 +803,101 @@ impl Settings {
             replay: None,
         };
         if !(1..=100).contains(&settings.webhook_policy.max_attempts) {
-            errors.push(format!("webhook_max_attempts: must be between 1 and 100, got {}", settings.webhook_policy.max_attempts));
+            errors.push(format!(
+                "webhook_max_attempts: must be between 1 and 100, got {}",
+                settings.webhook_policy.max_attempts
+            ));
         }
         if !(1..=600_000).contains(&settings.webhook_policy.first_backoff.as_millis()) {
-            errors.push(format!("webhook_backoff_ms: must be between 1 and 600000, got {}", settings.webhook_policy.first_backoff.as_millis()));
+            errors.push(format!(
+                "webhook_backoff_ms: must be between 1 and 600000, got {}",
+                settings.webhook_policy.first_backoff.as_millis()
+            ));
         }
         if !(1..=10_000).contains(&settings.webhook_policy.per_tenant) {
-            errors.push(format!("webhooks_per_tenant: must be between 1 and 10000, got {}", settings.webhook_policy.per_tenant));
+            errors.push(format!(
+                "webhooks_per_tenant: must be between 1 and 10000, got {}",
+                settings.webhook_policy.per_tenant
+            ));
         }
         let mut settings = settings;
         // The command line or environment replaces the file's list.
-        let mut networks = |option: &str, flags: &[String], file: Option<Vec<String>>| -> Vec<stockflow_sinks::webhooks::IpNet> {
-            let listed = if flags.is_empty() { file.unwrap_or_default() } else { flags.to_vec() };
+        let mut networks = |option: &str,
+                            flags: &[String],
+                            file: Option<Vec<String>>|
+         -> Vec<stockflow_sinks::webhooks::IpNet> {
+            let listed = if flags.is_empty() {
+                file.unwrap_or_default()
+            } else {
+                flags.to_vec()
+            };
             listed
                 .iter()
                 .filter(|text| !text.trim().is_empty())
-                .filter_map(|text| stockflow_sinks::webhooks::parse_network(text).map_err(|reason| errors.push(format!("{option}: {reason}"))).ok())
+                .filter_map(|text| {
+                    stockflow_sinks::webhooks::parse_network(text)
+                        .map_err(|reason| errors.push(format!("{option}: {reason}")))
+                        .ok()
+                })
                 .collect()
         };
-        settings.webhook_policy.networks = std::sync::Arc::new(stockflow_sinks::webhooks::Networks {
-            allow: networks("webhook_allow_networks", &args.webhook_allow_networks, file.webhook_allow_networks),
-            deny: networks("webhook_deny_networks", &args.webhook_deny_networks, file.webhook_deny_networks),
-        });
-        match parse_retention(args.kpi_retention.as_deref().or(file.kpi_retention.as_deref()).unwrap_or(defaults::KPI_RETENTION)) {
+        settings.webhook_policy.networks =
+            std::sync::Arc::new(stockflow_sinks::webhooks::Networks {
+                allow: networks(
+                    "webhook_allow_networks",
+                    &args.webhook_allow_networks,
+                    file.webhook_allow_networks,
+                ),
+                deny: networks(
+                    "webhook_deny_networks",
+                    &args.webhook_deny_networks,
+                    file.webhook_deny_networks,
+                ),
+            });
+        match parse_retention(
+            args.kpi_retention
+                .as_deref()
+                .or(file.kpi_retention.as_deref())
+                .unwrap_or(defaults::KPI_RETENTION),
+        ) {
             Ok(retention) => settings.kpi_retention = retention,
             Err(reason) => errors.push(format!("kpi_retention: {reason}")),
         }
-        match parse_interval(args.checkpoint_interval.as_deref().or(file.checkpoint_interval.as_deref()).unwrap_or(defaults::CHECKPOINT_INTERVAL)) {
+        match parse_interval(
+            args.checkpoint_interval
+                .as_deref()
+                .or(file.checkpoint_interval.as_deref())
+                .unwrap_or(defaults::CHECKPOINT_INTERVAL),
+        ) {
             Ok(interval) => settings.checkpoint_interval = interval,
             Err(reason) => errors.push(format!("checkpoint_interval: {reason}")),
         }
         // The command line or environment replaces the file's keys.
         let keys: Option<Vec<&str>> = match &args.api_keys {
             Some(list) => Some(list.split(',').collect()),
-            None => file.api_keys.as_ref().map(|keys| keys.iter().map(String::as_str).collect()),
+            None => file
+                .api_keys
+                .as_ref()
+                .map(|keys| keys.iter().map(String::as_str).collect()),
         };
         match keys.map(crate::http::auth::ApiKeys::parse) {
             Some(Ok(keys)) => settings.api_keys = Some(std::sync::Arc::new(keys)),
             Some(Err(problems)) => errors.extend(problems),
             None => {}
         }
-        match parse_interval(args.request_timeout.as_deref().or(file.request_timeout.as_deref()).unwrap_or(defaults::REQUEST_TIMEOUT)) {
-            Ok(Some(timeout)) if timeout.as_millis() as u64 > crate::http::MAX_WAIT_MS => settings.request_timeout = timeout,
-            Ok(_) => errors.push(format!("request_timeout: must be longer than the longest wait_ms a read may ask ({} s)", crate::http::MAX_WAIT_MS / 1000)),
+        match parse_interval(
+            args.request_timeout
+                .as_deref()
+                .or(file.request_timeout.as_deref())
+                .unwrap_or(defaults::REQUEST_TIMEOUT),
+        ) {
+            Ok(Some(timeout)) if timeout.as_millis() as u64 > crate::http::MAX_WAIT_MS => {
+                settings.request_timeout = timeout
+            }
+            Ok(_) => errors.push(format!(
+                "request_timeout: must be longer than the longest wait_ms a read may ask ({} s)",
+                crate::http::MAX_WAIT_MS / 1000
+            )),
             Err(reason) => errors.push(format!("request_timeout: {reason}")),
         }
         match parse_interval(args.header_read_timeout.as_deref().or(file.header_read_timeout.as_deref()).unwrap_or(defaults::HEADER_READ_TIMEOUT)) {
@@ -746,9 +906,17 @@ impl Settings {
             Err(reason) => errors.push(format!("header_read_timeout: {reason}")),
         }
         if !(1..=1_000_000).contains(&settings.http_limits.max_connections) {
-            errors.push(format!("max_connections: must be between 1 and 1000000, got {}", settings.http_limits.max_connections));
+            errors.push(format!(
+                "max_connections: must be between 1 and 1000000, got {}",
+                settings.http_limits.max_connections
+            ));
         }
-        match crate::checkpoint::GapPolicy::parse(args.on_checkpoint_gap.as_deref().or(file.on_checkpoint_gap.as_deref()).unwrap_or("fail")) {
+        match crate::checkpoint::GapPolicy::parse(
+            args.on_checkpoint_gap
+                .as_deref()
+                .or(file.on_checkpoint_gap.as_deref())
+                .unwrap_or("fail"),
+        ) {
             Ok(policy) => settings.on_checkpoint_gap = policy,
             Err(reason) => errors.push(format!("on_checkpoint_gap: {reason}")),
         }
@@ -760,28 +928,50 @@ impl Settings {
             if let Err(reason) = stockflow_dataflows::model::decode::validate_name(&tenant) {
                 errors.push(format!("tenant_thresholds: `{tenant}`: {reason}"));
             } else if threshold < 0 {
-                errors.push(format!("tenant_thresholds: {tenant}: must be at least 0, got {threshold}"));
+                errors.push(format!(
+                    "tenant_thresholds: {tenant}: must be at least 0, got {threshold}"
+                ));
             } else {
-                settings.thresholds.tenants.insert(tenant.as_str().into(), threshold);
+                settings
+                    .thresholds
+                    .tenants
+                    .insert(tenant.as_str().into(), threshold);
             }
         }
         if settings.thresholds.default < 0 {
-            errors.push(format!("low_stock_threshold: must be at least 0, got {}", settings.thresholds.default));
+            errors.push(format!(
+                "low_stock_threshold: must be at least 0, got {}",
+                settings.thresholds.default
+            ));
         }
         if settings.thresholds.hysteresis < 0 {
-            errors.push(format!("alert_hysteresis: must be at least 0, got {}", settings.thresholds.hysteresis));
+            errors.push(format!(
+                "alert_hysteresis: must be at least 0, got {}",
+                settings.thresholds.hysteresis
+            ));
         }
-        if let Some(url) = args.clickhouse_url.clone().or(file.clickhouse_url).filter(|u| !u.trim().is_empty()) {
+        if let Some(url) = args
+            .clickhouse_url
+            .clone()
+            .or(file.clickhouse_url)
+            .filter(|u| !u.trim().is_empty())
+        {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 errors.push(format!("clickhouse_url: `{url}` is not an http:// URL of ClickHouse's HTTP interface (e.g. http://127.0.0.1:8123)"));
             }
             if url.starts_with("https://") {
                 errors.push("clickhouse_url: https is not built in yet; put a TLS proxy on loopback in front of ClickHouse".into());
             }
-            let database = args.clickhouse_database.clone().or(file.clickhouse_database).unwrap_or_else(|| defaults::CLICKHOUSE_DATABASE.into());
+            let database = args
+                .clickhouse_database
+                .clone()
+                .or(file.clickhouse_database)
+                .unwrap_or_else(|| defaults::CLICKHOUSE_DATABASE.into());
             if database.is_empty()
                 || database.len() > 128
-                || !database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || !database
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 || database.as_bytes()[0].is_ascii_digit()
             {
                 errors.push(format!("clickhouse_database: `{database}` is not a plain identifier (letters, digits, _; not starting with a digit)"));
@@ -789,25 +979,54 @@ impl Settings {
             let mut sink = crate::sink::SinkSettings::new(stockflow_sinks::clickhouse::Config {
                 url,
                 database,
-                user: args.clickhouse_user.clone().or(file.clickhouse_user).unwrap_or_default(),
-                password: args.clickhouse_password.clone().or(file.clickhouse_password).unwrap_or_default(),
+                user: args
+                    .clickhouse_user
+                    .clone()
+                    .or(file.clickhouse_user)
+                    .unwrap_or_default(),
+                password: args
+                    .clickhouse_password
+                    .clone()
+                    .or(file.clickhouse_password)
+                    .unwrap_or_default(),
             });
-            sink.batch_rows = args.clickhouse_batch_rows.or(file.clickhouse_batch_rows).unwrap_or(sink.batch_rows);
-            sink.batch_interval = args.clickhouse_batch_ms.or(file.clickhouse_batch_ms).map_or(sink.batch_interval, Duration::from_millis);
-            sink.max_buffer = args.clickhouse_max_buffer.or(file.clickhouse_max_buffer).unwrap_or(sink.max_buffer);
+            sink.batch_rows = args
+                .clickhouse_batch_rows
+                .or(file.clickhouse_batch_rows)
+                .unwrap_or(sink.batch_rows);
+            sink.batch_interval = args
+                .clickhouse_batch_ms
+                .or(file.clickhouse_batch_ms)
+                .map_or(sink.batch_interval, Duration::from_millis);
+            sink.max_buffer = args
+                .clickhouse_max_buffer
+                .or(file.clickhouse_max_buffer)
+                .unwrap_or(sink.max_buffer);
             if !(1..=1_000_000).contains(&sink.batch_rows) {
-                errors.push(format!("clickhouse_batch_rows: between 1 and 1000000, got {}", sink.batch_rows));
+                errors.push(format!(
+                    "clickhouse_batch_rows: between 1 and 1000000, got {}",
+                    sink.batch_rows
+                ));
             }
             if !(1..=600_000).contains(&sink.batch_interval.as_millis()) {
-                errors.push(format!("clickhouse_batch_ms: between 1 and 600000, got {}", sink.batch_interval.as_millis()));
+                errors.push(format!(
+                    "clickhouse_batch_ms: between 1 and 600000, got {}",
+                    sink.batch_interval.as_millis()
+                ));
             }
             if sink.max_buffer < sink.batch_rows {
-                errors.push(format!("clickhouse_max_buffer: at least clickhouse_batch_rows ({}), got {}", sink.batch_rows, sink.max_buffer));
+                errors.push(format!(
+                    "clickhouse_max_buffer: at least clickhouse_batch_rows ({}), got {}",
+                    sink.batch_rows, sink.max_buffer
+                ));
             }
             settings.clickhouse = Some(sink);
         }
         if settings.changes_retention > 100_000_000 {
-            errors.push(format!("changes_retention: at most 100000000 row changes, got {}", settings.changes_retention));
+            errors.push(format!(
+                "changes_retention: at most 100000000 row changes, got {}",
+                settings.changes_retention
+            ));
         }
         // (topic, format, start) as written.
         let declared: Vec<(String, Option<String>, Option<String>)> = if !args.sources.is_empty() {
@@ -819,25 +1038,43 @@ impl Settings {
                         None => (s.as_str(), None),
                     };
                     match rest.split_once('=') {
-                        Some((topic, format)) => (topic.trim().to_owned(), Some(format.trim().to_owned()), start),
+                        Some((topic, format)) => (
+                            topic.trim().to_owned(),
+                            Some(format.trim().to_owned()),
+                            start,
+                        ),
                         None => (rest.trim().to_owned(), None, start),
                     }
                 })
                 .collect()
         } else if let Some(sources) = file.sources {
-            sources.into_iter().map(|s| (s.topic, s.format, s.start)).collect()
+            sources
+                .into_iter()
+                .map(|s| (s.topic, s.format, s.start))
+                .collect()
         } else {
-            defaults::SOURCES.iter().map(|t| (t.to_string(), None, None)).collect()
+            defaults::SOURCES
+                .iter()
+                .map(|t| (t.to_string(), None, None))
+                .collect()
         };
         for (topic, format, start) in declared {
-            let format = match format.as_deref().map(crate::engine::Format::parse).unwrap_or(Ok(crate::engine::Format::Stockflow)) {
+            let format = match format
+                .as_deref()
+                .map(crate::engine::Format::parse)
+                .unwrap_or(Ok(crate::engine::Format::Stockflow))
+            {
                 Ok(format) => format,
                 Err(reason) => {
                     errors.push(format!("source {topic}: {reason}"));
                     continue;
                 }
             };
-            let start = match start.as_deref().map(crate::engine::Start::parse).unwrap_or(Ok(crate::engine::Start::Earliest)) {
+            let start = match start
+                .as_deref()
+                .map(crate::engine::Start::parse)
+                .unwrap_or(Ok(crate::engine::Start::Earliest))
+            {
                 Ok(start) => start,
                 Err(reason) => {
                     errors.push(format!("source {topic}: {reason}"));
@@ -845,13 +1082,22 @@ impl Settings {
                 }
             };
             if !crate::source::is_topic_name(&topic) {
-                errors.push(format!("source `{topic}`: not a topic name ({})", crate::source::TOPIC_NAME_RULE));
+                errors.push(format!(
+                    "source `{topic}`: not a topic name ({})",
+                    crate::source::TOPIC_NAME_RULE
+                ));
             } else if topic == settings.commands_topic {
-                errors.push(format!("source {topic}: is the commands topic (commands are read from it already)"));
+                errors.push(format!(
+                    "source {topic}: is the commands topic (commands are read from it already)"
+                ));
             } else if settings.sources.iter().any(|s| s.topic == topic) {
                 errors.push(format!("source {topic}: declared twice"));
             } else {
-                settings.sources.push(SourceDecl { topic, format, start });
+                settings.sources.push(SourceDecl {
+                    topic,
+                    format,
+                    start,
+                });
             }
         }
         if settings.outcomes_topic == settings.commands_topic {
@@ -861,17 +1107,30 @@ impl Settings {
             ));
         }
         // A topic that is another's dead-letter topic would mix letters into it, or read them back.
-        let read: Vec<&str> = settings.sources.iter().map(|s| s.topic.as_str()).chain([settings.commands_topic.as_str()]).collect();
-        for (option, topic) in settings.sources.iter().map(|s| ("source", &s.topic)).chain([
-            ("commands_topic", &settings.commands_topic),
-            ("outcomes_topic", &settings.outcomes_topic),
-            ("alerts_topic", &settings.alerts_topic),
-        ]) {
+        let read: Vec<&str> = settings
+            .sources
+            .iter()
+            .map(|s| s.topic.as_str())
+            .chain([settings.commands_topic.as_str()])
+            .collect();
+        for (option, topic) in settings
+            .sources
+            .iter()
+            .map(|s| ("source", &s.topic))
+            .chain([
+                ("commands_topic", &settings.commands_topic),
+                ("outcomes_topic", &settings.outcomes_topic),
+                ("alerts_topic", &settings.alerts_topic),
+            ])
+        {
             if let Some(owner) = read.iter().find(|owner| format!("{owner}.dlq") == *topic) {
                 errors.push(format!("{option} `{topic}`: is the dead-letter topic of `{owner}`; give it a topic of its own"));
             }
         }
-        if settings.sources.iter().any(|s| s.topic == settings.alerts_topic)
+        if settings
+            .sources
+            .iter()
+            .any(|s| s.topic == settings.alerts_topic)
             || settings.alerts_topic == settings.commands_topic
             || settings.alerts_topic == settings.outcomes_topic
         {
@@ -880,27 +1139,49 @@ impl Settings {
                 settings.alerts_topic
             ));
         }
-        for (option, topic) in
-            [("commands_topic", &settings.commands_topic), ("outcomes_topic", &settings.outcomes_topic), ("alerts_topic", &settings.alerts_topic)]
-        {
+        for (option, topic) in [
+            ("commands_topic", &settings.commands_topic),
+            ("outcomes_topic", &settings.outcomes_topic),
+            ("alerts_topic", &settings.alerts_topic),
+        ] {
             if !crate::source::is_topic_name(topic) {
-                errors.push(format!("{option} `{topic}`: not a topic name ({})", crate::source::TOPIC_NAME_RULE));
+                errors.push(format!(
+                    "{option} `{topic}`: not a topic name ({})",
+                    crate::source::TOPIC_NAME_RULE
+                ));
             }
         }
-        if settings.kafka.is_none() && settings.sources.iter().any(|s| s.start == crate::engine::Start::Stored) {
-            errors.push("sources: start `stored` reads offsets committed to Kafka; it needs kafka_brokers".into());
+        if settings.kafka.is_none()
+            && settings
+                .sources
+                .iter()
+                .any(|s| s.start == crate::engine::Start::Stored)
+        {
+            errors.push(
+                "sources: start `stored` reads offsets committed to Kafka; it needs kafka_brokers"
+                    .into(),
+            );
         }
         if settings.demo_rate.is_some() && settings.kafka.is_some() {
-            errors.push("demo: the generator writes to the embedded log; run demo without kafka_brokers".into());
+            errors.push(
+                "demo: the generator writes to the embedded log; run demo without kafka_brokers"
+                    .into(),
+            );
         }
         if settings.sources.is_empty() && errors.is_empty() {
             errors.push("sources: at least one topic is needed".into());
         }
         if !(1..=64).contains(&settings.workers) {
-            errors.push(format!("workers: must be between 1 and 64, got {}", settings.workers));
+            errors.push(format!(
+                "workers: must be between 1 and 64, got {}",
+                settings.workers
+            ));
         }
         if !(1..=60_000).contains(&settings.epoch.as_millis()) {
-            errors.push(format!("epoch_ms: must be between 1 and 60000, got {}", settings.epoch.as_millis()));
+            errors.push(format!(
+                "epoch_ms: must be between 1 and 60000, got {}",
+                settings.epoch.as_millis()
+            ));
         }
         if settings.max_in_flight_events == 0 {
             errors.push("max_in_flight_events: must be at least 1".into());
@@ -909,12 +1190,21 @@ impl Settings {
             errors.push("epoch_max_events: must be at least 1".into());
         }
         if !(1..=1024).contains(&settings.partitions) {
-            errors.push(format!("partitions: must be between 1 and 1024, got {}", settings.partitions));
+            errors.push(format!(
+                "partitions: must be between 1 and 1024, got {}",
+                settings.partitions
+            ));
         }
-        if settings.demo_rate.is_some_and(|r| !(1..=1_000_000).contains(&r)) {
+        if settings
+            .demo_rate
+            .is_some_and(|r| !(1..=1_000_000).contains(&r))
+        {
             errors.push("rate: must be between 1 and 1000000 events/s".into());
         }
-        if !settings.listen.ip().is_loopback() && !settings.insecure_listen && settings.api_keys.is_none() {
+        if !settings.listen.ip().is_loopback()
+            && !settings.insecure_listen
+            && settings.api_keys.is_none()
+        {
             errors.push(format!(
                 "listen: {} is not a loopback address and no API keys are configured; anyone who can reach it could read every tenant. Use 127.0.0.1, or pass --insecure-listen if a proxy in front does authentication",
                 settings.listen
@@ -953,7 +1243,10 @@ impl FileKeys {
             if !seen.insert(error.clone()) {
                 continue;
             }
-            let word: String = error.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            let word: String = error
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
             // "source X: …" is about the key `sources`, "rate: …" about `[demo]`.
             let key = match word.as_str() {
                 "source" => "sources",
@@ -975,7 +1268,10 @@ impl FileKeys {
 /// for each key that is not (every one, not only the first), with the file,
 /// the key's line and the key.
 fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileConfig, FileKeys) {
-    let mut keys = FileKeys { path: Some(path.to_path_buf()), lines: Default::default() };
+    let mut keys = FileKeys {
+        path: Some(path.to_path_buf()),
+        lines: Default::default(),
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) => {
@@ -987,15 +1283,33 @@ fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileCo
         Ok(table) => table,
         Err(e) => {
             // Not TOML: one error, where the parser stopped.
-            let line = e.span().map(|span| format!(":{}", 1 + text[..span.start.min(text.len())].matches('\n').count())).unwrap_or_default();
-            errors.push(format!("config file {}{line}: {}", path.display(), e.message().trim()));
+            let line = e
+                .span()
+                .map(|span| {
+                    format!(
+                        ":{}",
+                        1 + text[..span.start.min(text.len())].matches('\n').count()
+                    )
+                })
+                .unwrap_or_default();
+            errors.push(format!(
+                "config file {}{line}: {}",
+                path.display(),
+                e.message().trim()
+            ));
             return (FileConfig::default(), keys);
         }
     };
     let mut valid = toml::Table::new();
     for (key, value) in table {
         let line = key_line(&text, &key);
-        let located = || format!("config file {}{}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default());
+        let located = || {
+            format!(
+                "config file {}{}",
+                path.display(),
+                line.map(|l| format!(":{l}")).unwrap_or_default()
+            )
+        };
         let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
         match FileConfig::deserialize(toml::Value::Table(alone)) {
             Ok(_) => {
@@ -1005,8 +1319,15 @@ fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileCo
                 // serde's message lists the known keys: "unknown field `x`, expected one of `a`, `b`".
                 let message = e.message();
                 let expected = message.split_once("expected").map_or("", |(_, list)| list);
-                let known = expected.split('`').skip(1).step_by(2).min_by_key(|k| strsim::levenshtein(k, &key)).filter(|k| strsim::levenshtein(k, &key) <= 3);
-                let hint = known.map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+                let known = expected
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .min_by_key(|k| strsim::levenshtein(k, &key))
+                    .filter(|k| strsim::levenshtein(k, &key) <= 3);
+                let hint = known
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
                 errors.push(format!("{}: `{key}` is not a key of the config file (the keys are the long option names with `_`){hint}", located()));
             }
             Err(e) => errors.push(format!("{}: {key}: {}", located(), e.message().trim())),
@@ -1016,7 +1337,11 @@ fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileCo
         }
     }
     let file = FileConfig::deserialize(toml::Value::Table(valid)).unwrap_or_else(|e| {
-        errors.push(format!("config file {}: {}", path.display(), e.message().trim()));
+        errors.push(format!(
+            "config file {}: {}",
+            path.display(),
+            e.message().trim()
+        ));
         FileConfig::default()
     });
     (file, keys)
@@ -1029,7 +1354,10 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|line| {
             let line = line.trim_start().trim_start_matches('[').trim_start();
-            [key, quoted.as_str()].iter().any(|k| line.strip_prefix(k).is_some_and(|rest| rest.trim_start().starts_with(['=', '.', ']'])))
+            [key, quoted.as_str()].iter().any(|k| {
+                line.strip_prefix(k)
+                    .is_some_and(|rest| rest.trim_start().starts_with(['=', '.', ']']))
+            })
         })
         .map(|index| index + 1)
 }
@@ -1044,20 +1372,48 @@ mod tests {
         assert_eq!(parse_interval("45"), Ok(Some(Duration::from_secs(45))));
         assert_eq!(parse_interval("5m"), Ok(Some(Duration::from_secs(300))));
         assert_eq!(parse_interval("0"), Ok(None));
-        assert_eq!(parse_interval("2d"), Err("`2d` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)".into()));
-        assert_eq!(parse_interval("2000m"), Err("`2000m`: at most a day".into()));
+        assert_eq!(
+            parse_interval("2d"),
+            Err("`2d` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)".into())
+        );
+        assert_eq!(
+            parse_interval("2000m"),
+            Err("`2000m`: at most a day".into())
+        );
         let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
         assert_eq!(defaults.checkpoint_interval, Some(Duration::from_secs(30)));
-        assert_eq!(defaults.on_checkpoint_gap, crate::checkpoint::GapPolicy::Fail);
-        let args = ServeArgs { checkpoint_interval: Some("often".into()), on_checkpoint_gap: Some("skip".into()), ..Default::default() };
+        assert_eq!(
+            defaults.on_checkpoint_gap,
+            crate::checkpoint::GapPolicy::Fail
+        );
+        let args = ServeArgs {
+            checkpoint_interval: Some("often".into()),
+            on_checkpoint_gap: Some("skip".into()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("checkpoint_interval: `often` is not")), "{errors:?}");
-        assert!(errors.contains(&"on_checkpoint_gap: `skip` is not one of fail, replay, accept".to_owned()), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("checkpoint_interval: `often` is not")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(
+                &"on_checkpoint_gap: `skip` is not one of fail, replay, accept".to_owned()
+            ),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn reports_every_error_at_once() {
-        let args = ServeArgs { workers: Some(0), partitions: Some(0), listen: Some("0.0.0.0:80".parse().unwrap()), ..Default::default() };
+        let args = ServeArgs {
+            workers: Some(0),
+            partitions: Some(0),
+            listen: Some("0.0.0.0:80".parse().unwrap()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("workers"));
@@ -1069,7 +1425,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stockflow.toml");
         std::fs::write(&path, "workers = 3\nepoch_ms = 50\n[demo]\nrate = 7\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), epoch_ms: Some(20), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            epoch_ms: Some(20),
+            ..Default::default()
+        };
         let settings = Settings::resolve(&args, Some(None)).unwrap();
         assert_eq!(settings.workers, 3);
         assert_eq!(settings.epoch, Duration::from_millis(20));
@@ -1091,47 +1451,96 @@ mod tests {
         let path = dir.path().join("stockflow.toml");
         let text = "# stockflow\nworkers = \"two\"\nwrokers = 3\nrequest_timeout = \"often\"\noutcomes_topic = \"inventory.commands\"\n\n[[sources]]\ntopic = \"a\"\nformat = \"xml\"\n\n[demo]\nrate = 0\n";
         std::fs::write(&path, text).unwrap();
-        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, Some(None)).unwrap_err();
         let at = |line: usize| format!("config file {}:{line}: ", path.display());
         let expected = [
             (2, "workers: invalid type: string \"two\", expected usize"),
             (3, "`wrokers` is not a key of the config file"),
-            (4, "request_timeout: `often` is not a number of seconds or minutes"),
-            (5, "outcomes_topic `inventory.commands`: is also the commands topic"),
+            (
+                4,
+                "request_timeout: `often` is not a number of seconds or minutes",
+            ),
+            (
+                5,
+                "outcomes_topic `inventory.commands`: is also the commands topic",
+            ),
             (7, "source a: format `xml` is not supported"),
             (11, "rate: must be between 1 and 1000000"),
         ];
         for (line, start) in expected {
             let wanted = format!("{}{start}", at(line));
-            assert_eq!(errors.iter().filter(|e| e.starts_with(&wanted)).count(), 1, "{wanted} once in {errors:#?}");
+            assert_eq!(
+                errors.iter().filter(|e| e.starts_with(&wanted)).count(),
+                1,
+                "{wanted} once in {errors:#?}"
+            );
         }
-        assert_eq!(errors.len(), expected.len(), "nothing else, nothing twice: {errors:#?}");
+        assert_eq!(
+            errors.len(),
+            expected.len(),
+            "nothing else, nothing twice: {errors:#?}"
+        );
 
         // A flag that replaces the file's value: its error is the flag's, without the file's line.
-        let args = ServeArgs { config: Some(path.clone()), request_timeout: Some("soon".into()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            request_timeout: Some("soon".into()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, Some(None)).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("request_timeout: `soon`")), "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("request_timeout: `soon`")),
+            "{errors:#?}"
+        );
 
         // Not TOML at all: where the parser stopped.
         std::fs::write(&path, "workers = 2\nepoch_ms = = 5\n").unwrap();
-        let errors = Settings::resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }, None).unwrap_err();
+        let errors = Settings::resolve(
+            &ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap_err();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with(&at(2)), "{errors:?}");
     }
 
     #[test]
     fn topics_that_would_feed_each_other_are_refused() {
-        let args = ServeArgs { outcomes_topic: Some("inventory.commands".into()), ..Default::default() };
+        let args = ServeArgs {
+            outcomes_topic: Some("inventory.commands".into()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("outcomes_topic `inventory.commands`: is also the commands topic"), "{errors:?}");
-        let args = ServeArgs { alerts_topic: Some("inventory.events.dlq".into()), ..Default::default() };
+        assert!(
+            errors[0]
+                .starts_with("outcomes_topic `inventory.commands`: is also the commands topic"),
+            "{errors:?}"
+        );
+        let args = ServeArgs {
+            alerts_topic: Some("inventory.events.dlq".into()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert_eq!(errors, ["alerts_topic `inventory.events.dlq`: is the dead-letter topic of `inventory.events`; give it a topic of its own"]);
-        let args = ServeArgs { sources: vec!["a".into(), "a.dlq".into()], ..Default::default() };
+        let args = ServeArgs {
+            sources: vec!["a".into(), "a.dlq".into()],
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert_eq!(errors, ["source `a.dlq`: is the dead-letter topic of `a`; give it a topic of its own"]);
+        assert_eq!(
+            errors,
+            ["source `a.dlq`: is the dead-letter topic of `a`; give it a topic of its own"]
+        );
     }
 
     #[test]
@@ -1143,18 +1552,43 @@ mod tests {
             "kpi_retention = \"36h\"\n[[kpis]]\nname = \"damaged\"\nevent_type = \"stock.adjusted\"\nfilter = \"reason == 'damage'\"\ngroup_by = [\"location\"]\naggregate = \"sum\"\nfield = \"qty\"\nwindow = \"day\"\n",
         )
         .unwrap();
-        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
         let settings = Settings::resolve(&args, None).unwrap();
         assert_eq!(settings.kpi_retention, Duration::from_secs(36 * 3600));
         assert_eq!(settings.kpi_specs.len(), 1);
-        assert_eq!(settings.kpi_specs[0].windows, vec![stockflow_dataflows::kpis::Window::Day]);
-        std::fs::write(&path, "[[kpis]]\nname = \"x\"\nevent_type = \"stock.adjusted\"\naggregate = \"avg\"\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), kpi_retention: Some("90 days".into()), ..Default::default() };
+        assert_eq!(
+            settings.kpi_specs[0].windows,
+            vec![stockflow_dataflows::kpis::Window::Day]
+        );
+        std::fs::write(
+            &path,
+            "[[kpis]]\nname = \"x\"\nevent_type = \"stock.adjusted\"\naggregate = \"avg\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            kpi_retention: Some("90 days".into()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("kpi_retention: `90 days` is not")), "the flag's value, not the file's: {errors:?}");
-        let kpi = format!("config file {}:1: kpis[0] (x): field: `avg` needs the numeric field it aggregates", path.display());
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("kpi_retention: `90 days` is not")),
+            "the flag's value, not the file's: {errors:?}"
+        );
+        let kpi = format!(
+            "config file {}:1: kpis[0] (x): field: `avg` needs the numeric field it aggregates",
+            path.display()
+        );
         assert!(errors.contains(&kpi), "{errors:?}");
-        assert_eq!(parse_retention("90d").unwrap(), Duration::from_secs(90 * 86400));
+        assert_eq!(
+            parse_retention("90d").unwrap(),
+            Duration::from_secs(90 * 86400)
+        );
         assert!(parse_retention("0h").is_err());
     }
 
@@ -1167,10 +1601,29 @@ mod tests {
             clickhouse_user: Some("writer".into()),
             ..Default::default()
         };
-        let sink = Settings::resolve(&args, None).unwrap().clickhouse.expect("the sink is on");
-        assert_eq!((sink.clickhouse.url.as_str(), sink.clickhouse.database.as_str(), sink.clickhouse.user.as_str()), ("http://ch:8123", "stockflow", "writer"));
-        assert_eq!((sink.batch_rows, sink.batch_interval, sink.max_buffer), (500, Duration::from_millis(250), 1_000_000));
-        assert!(Settings::resolve(&ServeArgs::default(), None).unwrap().clickhouse.is_none(), "off without a URL");
+        let sink = Settings::resolve(&args, None)
+            .unwrap()
+            .clickhouse
+            .expect("the sink is on");
+        assert_eq!(
+            (
+                sink.clickhouse.url.as_str(),
+                sink.clickhouse.database.as_str(),
+                sink.clickhouse.user.as_str()
+            ),
+            ("http://ch:8123", "stockflow", "writer")
+        );
+        assert_eq!(
+            (sink.batch_rows, sink.batch_interval, sink.max_buffer),
+            (500, Duration::from_millis(250), 1_000_000)
+        );
+        assert!(
+            Settings::resolve(&ServeArgs::default(), None)
+                .unwrap()
+                .clickhouse
+                .is_none(),
+            "off without a URL"
+        );
         let args = ServeArgs {
             clickhouse_url: Some("ch:8123".into()),
             clickhouse_database: Some("stock flow".into()),
@@ -1178,9 +1631,25 @@ mod tests {
             ..Default::default()
         };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("clickhouse_url: `ch:8123` is not an http:// URL")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("clickhouse_database: `stock flow` is not a plain identifier")), "{errors:?}");
-        assert!(errors.iter().any(|e| e == "clickhouse_batch_rows: between 1 and 1000000, got 0"), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("clickhouse_url: `ch:8123` is not an http:// URL")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e
+                    .starts_with("clickhouse_database: `stock flow` is not a plain identifier")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e == "clickhouse_batch_rows: between 1 and 1000000, got 0"),
+            "{errors:?}"
+        );
         let args = ServeArgs {
             clickhouse_url: Some("http://ch:8123".into()),
             clickhouse_batch_rows: Some(500),
@@ -1188,24 +1657,42 @@ mod tests {
             ..Default::default()
         };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert_eq!(errors, ["clickhouse_max_buffer: at least clickhouse_batch_rows (500), got 100"]);
+        assert_eq!(
+            errors,
+            ["clickhouse_max_buffer: at least clickhouse_batch_rows (500), got 100"]
+        );
     }
 
     #[test]
     fn webhook_cap_and_networks_come_from_flags_or_the_file() {
         let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
         assert_eq!(defaults.webhook_policy.per_tenant, 20);
-        assert_eq!(*defaults.webhook_policy.networks, stockflow_sinks::webhooks::Networks::default(), "no lists: every network but the refused ones");
+        assert_eq!(
+            *defaults.webhook_policy.networks,
+            stockflow_sinks::webhooks::Networks::default(),
+            "no lists: every network but the refused ones"
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stockflow.toml");
         std::fs::write(&path, "webhooks_per_tenant = 3\nwebhook_allow_networks = [\"10.0.0.0/8\"]\nwebhook_deny_networks = [\"10.9.0.0/16\", \"192.0.2.7\"]\n")
             .unwrap();
-        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
         let settings = Settings::resolve(&args, None).unwrap();
         assert_eq!(settings.webhook_policy.per_tenant, 3);
-        let shown = |nets: &[stockflow_sinks::webhooks::IpNet]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
-        assert_eq!(shown(&settings.webhook_policy.networks.allow), ["10.0.0.0/8"]);
-        assert_eq!(shown(&settings.webhook_policy.networks.deny), ["10.9.0.0/16", "192.0.2.7/32"]);
+        let shown = |nets: &[stockflow_sinks::webhooks::IpNet]| {
+            nets.iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            shown(&settings.webhook_policy.networks.allow),
+            ["10.0.0.0/8"]
+        );
+        assert_eq!(
+            shown(&settings.webhook_policy.networks.deny),
+            ["10.9.0.0/16", "192.0.2.7/32"]
+        );
         let args = ServeArgs {
             config: Some(path),
             webhooks_per_tenant: Some(0),
@@ -1214,33 +1701,95 @@ mod tests {
             ..Default::default()
         };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors.contains(&"webhooks_per_tenant: must be between 1 and 10000, got 0".to_owned()), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("webhook_deny_networks: `10.0.0.0/40` is not a network")), "{errors:?}");
-        assert_eq!(errors.len(), 2, "the flag's allow list replaced the file's and is valid: {errors:?}");
+        assert!(
+            errors.contains(&"webhooks_per_tenant: must be between 1 and 10000, got 0".to_owned()),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("webhook_deny_networks: `10.0.0.0/40` is not a network")),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors.len(),
+            2,
+            "the flag's allow list replaced the file's and is valid: {errors:?}"
+        );
     }
 
     #[test]
     fn sources_from_flags_with_formats_checked() {
-        let args = ServeArgs { sources: vec!["a.events".into(), "b=stockflow".into()], ..Default::default() };
+        let args = ServeArgs {
+            sources: vec!["a.events".into(), "b=stockflow".into()],
+            ..Default::default()
+        };
         let settings = Settings::resolve(&args, None).unwrap();
-        assert_eq!(settings.sources.iter().map(|s| s.topic.as_str()).collect::<Vec<_>>(), ["a.events", "b"]);
-        let args = ServeArgs { sources: vec!["a@latest".into(), "b=tradex@stored".into()], kafka_brokers: Some("k:9092".into()), ..Default::default() };
+        assert_eq!(
+            settings
+                .sources
+                .iter()
+                .map(|s| s.topic.as_str())
+                .collect::<Vec<_>>(),
+            ["a.events", "b"]
+        );
+        let args = ServeArgs {
+            sources: vec!["a@latest".into(), "b=tradex@stored".into()],
+            kafka_brokers: Some("k:9092".into()),
+            ..Default::default()
+        };
         let settings = Settings::resolve(&args, None).unwrap();
         assert_eq!(settings.sources[0].start, crate::engine::Start::Latest);
-        assert_eq!((settings.sources[1].format, settings.sources[1].start), (crate::engine::Format::Tradex, crate::engine::Start::Stored));
-        let args = ServeArgs { sources: vec!["a@soon".into(), "b@stored".into()], ..Default::default() };
+        assert_eq!(
+            (settings.sources[1].format, settings.sources[1].start),
+            (crate::engine::Format::Tradex, crate::engine::Start::Stored)
+        );
+        let args = ServeArgs {
+            sources: vec!["a@soon".into(), "b@stored".into()],
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors.iter().any(|e| e == "source a: start `soon` is not one of earliest, latest, stored"), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("start `stored` reads offsets committed to Kafka")), "{errors:?}");
-        let args = ServeArgs { sources: vec!["a=avro".into(), "bad/name".into(), "a".into()], ..Default::default() };
+        assert!(
+            errors
+                .iter()
+                .any(|e| e == "source a: start `soon` is not one of earliest, latest, stored"),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("start `stored` reads offsets committed to Kafka")),
+            "{errors:?}"
+        );
+        let args = ServeArgs {
+            sources: vec!["a=avro".into(), "bad/name".into(), "a".into()],
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors[0].contains("format `avro` is not supported"), "{errors:?}");
+        assert!(
+            errors[0].contains("format `avro` is not supported"),
+            "{errors:?}"
+        );
         assert!(errors[1].contains("not a topic name"), "{errors:?}");
         // The rule the embedded log applies: `.` and `..` are refused here too, not at the first append.
-        let args = ServeArgs { sources: vec!["..".into()], alerts_topic: Some(".".into()), ..Default::default() };
+        let args = ServeArgs {
+            sources: vec!["..".into()],
+            alerts_topic: Some(".".into()),
+            ..Default::default()
+        };
         let errors = Settings::resolve(&args, None).unwrap_err();
-        assert!(errors.iter().any(|e| e.starts_with("source `..`: not a topic name")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("alerts_topic `.`: not a topic name")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("source `..`: not a topic name")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("alerts_topic `.`: not a topic name")),
+            "{errors:?}"
+        );
         let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
         assert_eq!(defaults.sources.len(), 2);
         assert!(defaults.kafka.is_none());

@@ -26,17 +26,84 @@ struct TenantPlan {
 }
 
 const TENANTS: &[TenantPlan] = &[
-    TenantPlan { tenant: "default", skus: 2000, locations: &["madrid-centro", "barcelona-diagonal", "valencia-puerto", "warehouse-central"] },
-    TenantPlan { tenant: "andina", skus: 800, locations: &["bogota-norte", "medellin-poblado", "warehouse-bogota"] },
-    TenantPlan { tenant: "pacifico", skus: 400, locations: &["lima-miraflores", "warehouse-lima"] },
+    TenantPlan {
+        tenant: "default",
+        skus: 2000,
+        locations: &[
+            "madrid-centro",
+            "barcelona-diagonal",
+            "valencia-puerto",
+            "warehouse-central",
+        ],
+    },
+    TenantPlan {
+        tenant: "andina",
+        skus: 800,
+        locations: &["bogota-norte", "medellin-poblado", "warehouse-bogota"],
+    },
+    TenantPlan {
+        tenant: "pacifico",
+        skus: 400,
+        locations: &["lima-miraflores", "warehouse-lima"],
+    },
 ];
 
 const CATEGORIES: &[(&str, &[&str])] = &[
-    ("electronics", &["Wireless Mouse", "USB-C Cable", "Headphones", "Power Bank", "Keyboard", "Webcam"]),
-    ("grocery", &["Coffee Beans", "Olive Oil", "Rice 5kg", "Green Tea", "Pasta", "Honey"]),
-    ("apparel", &["T-Shirt", "Jeans", "Rain Jacket", "Sneakers", "Wool Socks", "Cap"]),
-    ("home", &["Desk Lamp", "Towel Set", "Frying Pan", "Storage Box", "Cushion", "Mug"]),
-    ("toys", &["Puzzle 1000", "Building Blocks", "Plush Bear", "Board Game", "Kite", "Yo-yo"]),
+    (
+        "electronics",
+        &[
+            "Wireless Mouse",
+            "USB-C Cable",
+            "Headphones",
+            "Power Bank",
+            "Keyboard",
+            "Webcam",
+        ],
+    ),
+    (
+        "grocery",
+        &[
+            "Coffee Beans",
+            "Olive Oil",
+            "Rice 5kg",
+            "Green Tea",
+            "Pasta",
+            "Honey",
+        ],
+    ),
+    (
+        "apparel",
+        &[
+            "T-Shirt",
+            "Jeans",
+            "Rain Jacket",
+            "Sneakers",
+            "Wool Socks",
+            "Cap",
+        ],
+    ),
+    (
+        "home",
+        &[
+            "Desk Lamp",
+            "Towel Set",
+            "Frying Pan",
+            "Storage Box",
+            "Cushion",
+            "Mug",
+        ],
+    ),
+    (
+        "toys",
+        &[
+            "Puzzle 1000",
+            "Building Blocks",
+            "Plush Bear",
+            "Board Game",
+            "Kite",
+            "Yo-yo",
+        ],
+    ),
 ];
 
 /// A reservation waiting to be committed or released.
@@ -52,8 +119,14 @@ struct OpenReservation {
 /// Runs the generator until shutdown: seeds the catalogue if the topic is
 /// empty, then appends about `rate` events per second.
 pub fn run(topic: Arc<Topic>, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown, rate: u32) {
-    let mut generator =
-        Generator { rng: SmallRng::from_os_rng(), run: format!("{:08x}", rand::random::<u32>()), sequence: 0, open: VecDeque::new(), topic, metrics };
+    let mut generator = Generator {
+        rng: SmallRng::from_os_rng(),
+        run: format!("{:08x}", rand::random::<u32>()),
+        sequence: 0,
+        open: VecDeque::new(),
+        topic,
+        metrics,
+    };
     let empty = (0..generator.topic.partitions()).all(|p| generator.topic.end_offset(p) == 0);
     if empty {
         if let Err(error) = generator.seed() {
@@ -119,7 +192,11 @@ impl Generator {
         for plan in TENANTS {
             for index in 0..plan.skus {
                 let (category, names) = CATEGORIES[index % CATEGORIES.len()];
-                let name = format!("{} {}", names[(index / CATEGORIES.len()) % names.len()], index);
+                let name = format!(
+                    "{} {}",
+                    names[(index / CATEGORIES.len()) % names.len()],
+                    index
+                );
                 let mut stock = serde_json::Map::new();
                 for location in plan.locations {
                     stock.insert(location.to_string(), json!(self.rng.random_range(0..150)));
@@ -141,7 +218,11 @@ impl Generator {
         }
         total += batch.len();
         self.append(&batch)?;
-        tracing::info!(items = total, elapsed_ms = started.elapsed().as_millis() as u64, "demo: catalogue seeded");
+        tracing::info!(
+            items = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "demo: catalogue seeded"
+        );
         Ok(())
     }
 
@@ -157,7 +238,11 @@ impl Generator {
         let skew: f64 = self.rng.random::<f64>().powi(3);
         let sku = Self::sku(((skew * plan.skus as f64) as usize).min(plan.skus - 1));
         let location = plan.locations[self.rng.random_range(0..plan.locations.len())];
-        let key = StockKey { tenant: Name::from(plan.tenant), sku: Name::from(sku.as_str()), location: Name::from(location) };
+        let key = StockKey {
+            tenant: Name::from(plan.tenant),
+            sku: Name::from(sku.as_str()),
+            location: Name::from(location),
+        };
         let available = snapshot.stock.get(&key).map(|d| d.available()).unwrap_or(0);
         let id = self.id();
         let ts = now_ms();
@@ -174,8 +259,13 @@ impl Generator {
             let qty = self.rng.random_range(1..=available.min(2));
             let price = snapshot
                 .items
-                .get(&stockflow_dataflows::model::SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() })
-                .map_or(stockflow_dataflows::model::Money::from_cents(999), |item| item.price);
+                .get(&stockflow_dataflows::model::SkuKey {
+                    tenant: key.tenant.clone(),
+                    sku: key.sku.clone(),
+                })
+                .map_or(stockflow_dataflows::model::Money::from_cents(999), |item| {
+                    item.price
+                });
             let total = price.checked_mul(qty).unwrap_or(price);
             batch.push((
                 plan.tenant,
@@ -209,11 +299,16 @@ impl Generator {
     fn release_due(&mut self, batch: &mut Vec<Pending>) {
         let now = Instant::now();
         while self.open.front().is_some_and(|r| r.due <= now) {
-            let Some(reservation) = self.open.pop_front() else { break };
+            let Some(reservation) = self.open.pop_front() else {
+                break;
+            };
             let released = self.rng.random_range(0..4) == 0;
-            let (kind, status) = if released { ("stock.released", "order.cancelled") } else { ("stock.committed", "order.shipped") };
-            let body =
-                json!({"id": self.id(), "type": kind, "tenant": reservation.tenant, "ts": now_ms(), "reservation_id": reservation.id, "sku": reservation.sku});
+            let (kind, status) = if released {
+                ("stock.released", "order.cancelled")
+            } else {
+                ("stock.committed", "order.shipped")
+            };
+            let body = json!({"id": self.id(), "type": kind, "tenant": reservation.tenant, "ts": now_ms(), "reservation_id": reservation.id, "sku": reservation.sku});
             batch.push((reservation.tenant, reservation.sku.clone(), body));
             let order = json!({"id": self.id(), "type": status, "tenant": reservation.tenant, "ts": now_ms(), "order_id": reservation.order_id});
             batch.push((reservation.tenant, reservation.sku, order));
@@ -224,10 +319,20 @@ impl Generator {
         if batch.is_empty() {
             return Ok(());
         }
-        let encoded: Vec<(Vec<u8>, Vec<u8>)> =
-            batch.iter().map(|(tenant, key, body)| (format!("{tenant}/{key}").into_bytes(), body.to_string().into_bytes())).collect();
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = batch
+            .iter()
+            .map(|(tenant, key, body)| {
+                (
+                    format!("{tenant}/{key}").into_bytes(),
+                    body.to_string().into_bytes(),
+                )
+            })
+            .collect();
         let ts = now_ms();
-        let records: Vec<(&[u8], &[u8], i64)> = encoded.iter().map(|(k, v)| (k.as_slice(), v.as_slice(), ts)).collect();
+        let records: Vec<(&[u8], &[u8], i64)> = encoded
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice(), ts))
+            .collect();
         self.topic.append_batch(&records)?;
         for (tenant, _, _) in batch {
             self.metrics.demo_events.with_label_values(&[*tenant]).inc();

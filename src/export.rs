@@ -4,13 +4,18 @@
 
 use crate::store::Snapshot;
 use anyhow::Context;
-use arrow_array::builder::{BooleanBuilder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::builder::{
+    BooleanBuilder, Decimal128Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    UInt32Builder, UInt64Builder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use std::path::Path;
 use std::sync::Arc;
 use stockflow_dataflows::kpis::{KpiKey, KpiValue};
-use stockflow_dataflows::model::{encode_event, Event, ItemRow, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::{
+    encode_event, Event, ItemRow, Name, SkuKey, StockDelta, StockKey,
+};
 
 /// The media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -33,8 +38,17 @@ fn utc_ms() -> DataType {
 
 /// Stock rows (`tenant, sku, location, on_hand, reserved, available, version, updated_at`).
 pub fn stock_batch<'a>(rows: impl Iterator<Item = (&'a StockKey, &'a StockDelta)>) -> RecordBatch {
-    let (mut tenant, mut sku, mut location) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
-    let (mut on_hand, mut reserved, mut available, mut version) = (Int64Builder::new(), Int64Builder::new(), Int64Builder::new(), Int64Builder::new());
+    let (mut tenant, mut sku, mut location) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
+    let (mut on_hand, mut reserved, mut available, mut version) = (
+        Int64Builder::new(),
+        Int64Builder::new(),
+        Int64Builder::new(),
+        Int64Builder::new(),
+    );
     let mut updated_at = TimestampMillisecondBuilder::new().with_timezone("UTC");
     for (key, delta) in rows {
         tenant.append_value(&key.tenant);
@@ -72,8 +86,15 @@ pub fn stock_batch<'a>(rows: impl Iterator<Item = (&'a StockKey, &'a StockDelta)
 /// Item rows (`tenant, sku, name, price` — `Decimal128(38, 4)`, exact —
 /// `category, reorder_point, target_level, active, updated_at`).
 pub fn item_batch<'a>(rows: impl Iterator<Item = (&'a SkuKey, &'a ItemRow)>) -> RecordBatch {
-    let (mut tenant, mut sku, mut name, mut category) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
-    let mut price = Decimal128Builder::new().with_precision_and_scale(38, 4).expect("a valid decimal type");
+    let (mut tenant, mut sku, mut name, mut category) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
+    let mut price = Decimal128Builder::new()
+        .with_precision_and_scale(38, 4)
+        .expect("a valid decimal type");
     let (mut reorder_point, mut target_level) = (Int64Builder::new(), Int64Builder::new());
     let mut active = BooleanBuilder::new();
     let mut updated_at = TimestampMillisecondBuilder::new().with_timezone("UTC");
@@ -116,8 +137,14 @@ pub fn item_batch<'a>(rows: impl Iterator<Item = (&'a SkuKey, &'a ItemRow)>) -> 
 /// KPI rows (`tenant, window, bucket, metric, group, kind, value`); `value`
 /// is text so money and counts stay exact (`12.5000` is not a float).
 pub fn kpi_batch<'a>(rows: impl Iterator<Item = (&'a KpiKey, &'a KpiValue)>) -> RecordBatch {
-    let (mut tenant, mut window, mut metric, mut group, mut kind, mut value) =
-        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut tenant, mut window, mut metric, mut group, mut kind, mut value) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let mut bucket = TimestampMillisecondBuilder::new().with_timezone("UTC");
     for (key, v) in rows {
         tenant.append_value(&key.tenant);
@@ -127,7 +154,15 @@ pub fn kpi_batch<'a>(rows: impl Iterator<Item = (&'a KpiKey, &'a KpiValue)>) -> 
         group.append_value(&key.group);
         let (k, text) = match v {
             KpiValue::Int(n) => ("int", n.to_string()),
-            KpiValue::Money(m) => ("money", format!("{}{}.{:04}", if *m < 0 { "-" } else { "" }, m.unsigned_abs() / 10_000, m.unsigned_abs() % 10_000)),
+            KpiValue::Money(m) => (
+                "money",
+                format!(
+                    "{}{}.{:04}",
+                    if *m < 0 { "-" } else { "" },
+                    m.unsigned_abs() / 10_000,
+                    m.unsigned_abs() % 10_000
+                ),
+            ),
             KpiValue::Ratio(r) => ("ratio", r.to_string()),
         };
         kind.append_value(k);
@@ -168,8 +203,13 @@ pub struct PositionedEvent {
 
 /// Event rows (`topic, partition, offset, tenant, id, type, ts, payload`).
 pub fn event_batch(rows: &[PositionedEvent]) -> RecordBatch {
-    let (mut topic, mut tenant, mut id, mut kind, mut payload) =
-        (StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+    let (mut topic, mut tenant, mut id, mut kind, mut payload) = (
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    );
     let (mut partition, mut offset) = (UInt32Builder::new(), UInt64Builder::new());
     let mut ts = TimestampMillisecondBuilder::new().with_timezone("UTC");
     for row in rows {
@@ -206,25 +246,45 @@ pub fn event_batch(rows: &[PositionedEvent]) -> RecordBatch {
 }
 
 /// The rows of `view` (one of [`VIEWS`]) in `snapshot`, of `tenant` only when given.
-pub fn view_batch(snapshot: &Snapshot, view: &str, tenant: Option<&Name>) -> anyhow::Result<RecordBatch> {
+pub fn view_batch(
+    snapshot: &Snapshot,
+    view: &str,
+    tenant: Option<&Name>,
+) -> anyhow::Result<RecordBatch> {
     let keep = |t: &Name| tenant.is_none_or(|tenant| tenant == t);
     match view {
-        "stock" => Ok(stock_batch(snapshot.stock.iter().filter(|(k, _)| keep(&k.tenant)))),
-        "items" => Ok(item_batch(snapshot.items.iter().filter(|(k, _)| keep(&k.tenant)))),
-        "kpis" => Ok(kpi_batch(snapshot.kpis.iter().filter(|(k, _)| keep(&k.tenant)))),
-        other => anyhow::bail!("view `{other}` cannot be exported (views: {})", VIEWS.join(", ")),
+        "stock" => Ok(stock_batch(
+            snapshot.stock.iter().filter(|(k, _)| keep(&k.tenant)),
+        )),
+        "items" => Ok(item_batch(
+            snapshot.items.iter().filter(|(k, _)| keep(&k.tenant)),
+        )),
+        "kpis" => Ok(kpi_batch(
+            snapshot.kpis.iter().filter(|(k, _)| keep(&k.tenant)),
+        )),
+        other => anyhow::bail!(
+            "view `{other}` cannot be exported (views: {})",
+            VIEWS.join(", ")
+        ),
     }
 }
 
 /// Whether a request's `Accept` asks for an Arrow IPC stream.
 pub fn wants_arrow(headers: &axum::http::HeaderMap) -> bool {
-    headers.get_all(axum::http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|v| v.contains(ARROW_STREAM)))
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains(ARROW_STREAM)))
 }
 
 /// A listing page as an Arrow IPC stream; the next page's cursor, if any, in `x-next-cursor`.
 pub fn arrow_page(batch: &RecordBatch, next_cursor: Option<String>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let mut response = ([(axum::http::header::CONTENT_TYPE, ARROW_STREAM)], arrow_stream(batch)).into_response();
+    let mut response = (
+        [(axum::http::header::CONTENT_TYPE, ARROW_STREAM)],
+        arrow_stream(batch),
+    )
+        .into_response();
     if let Some(cursor) = next_cursor.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
         response.headers_mut().insert("x-next-cursor", cursor);
     }
@@ -235,7 +295,8 @@ pub fn arrow_page(batch: &RecordBatch, next_cursor: Option<String>) -> axum::res
 pub fn arrow_stream(batch: &RecordBatch) -> Vec<u8> {
     let mut bytes = Vec::new();
     {
-        let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema()).expect("a schema arrow can write");
+        let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut bytes, &batch.schema())
+            .expect("a schema arrow can write");
         writer.write(batch).expect("writing to memory");
         writer.finish().expect("writing to memory");
     }
@@ -253,10 +314,17 @@ pub enum FileWriter {
 impl FileWriter {
     /// Creates `path` for batches of `schema`.
     pub fn create(path: &Path, format: FileFormat, schema: &Schema) -> anyhow::Result<FileWriter> {
-        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(match format {
-            FileFormat::Parquet => FileWriter::Parquet(parquet::arrow::ArrowWriter::try_new(file, Arc::new(schema.clone()), None)?),
-            FileFormat::Arrow => FileWriter::Arrow(arrow_ipc::writer::FileWriter::try_new(file, schema)?),
+            FileFormat::Parquet => FileWriter::Parquet(parquet::arrow::ArrowWriter::try_new(
+                file,
+                Arc::new(schema.clone()),
+                None,
+            )?),
+            FileFormat::Arrow => {
+                FileWriter::Arrow(arrow_ipc::writer::FileWriter::try_new(file, schema)?)
+            }
         })
     }
 

@@ -13,7 +13,11 @@ pub fn quarantine_dir(data_dir: &Path) -> std::path::PathBuf {
 }
 
 fn ensure_data_dir(data_dir: &Path) -> anyhow::Result<()> {
-    anyhow::ensure!(data_dir.is_dir(), "the data dir {} does not exist (give it with --data-dir)", data_dir.display());
+    anyhow::ensure!(
+        data_dir.is_dir(),
+        "the data dir {} does not exist (give it with --data-dir)",
+        data_dir.display()
+    );
     Ok(())
 }
 
@@ -26,10 +30,22 @@ fn print_partition(out: &mut impl Write, p: &PartitionReport) -> std::io::Result
     } else {
         "ok"
     };
-    writeln!(out, "{}/{}: {state}: {} records, {} tombstones, {} segments, next offset {}", p.topic, p.partition, p.records, p.tombstones, p.segments, p.end)?;
+    writeln!(
+        out,
+        "{}/{}: {state}: {} records, {} tombstones, {} segments, next offset {}",
+        p.topic, p.partition, p.records, p.tombstones, p.segments, p.end
+    )?;
     for damage in &p.damages {
-        let resumes = damage.resumes_at.map_or_else(String::new, |o| format!("; valid records resume at offset {o}"));
-        writeln!(out, "  damage: {}: {}; {} bytes{resumes}", damage.location(), damage.detail, damage.bytes)?;
+        let resumes = damage.resumes_at.map_or_else(String::new, |o| {
+            format!("; valid records resume at offset {o}")
+        });
+        writeln!(
+            out,
+            "  damage: {}: {}; {} bytes{resumes}",
+            damage.location(),
+            damage.detail,
+            damage.bytes
+        )?;
     }
     if let Some(tail) = &p.torn_tail {
         writeln!(
@@ -48,8 +64,16 @@ fn summary(report: &Report, data_dir: &Path) -> String {
     let records: u64 = report.partitions.iter().map(|p| p.records).sum();
     let tombstones: u64 = report.partitions.iter().map(|p| p.tombstones).sum();
     let stretches: usize = report.partitions.iter().map(|p| p.damages.len()).sum();
-    let damaged = report.partitions.iter().filter(|p| !p.damages.is_empty()).count();
-    let tails = report.partitions.iter().filter(|p| p.torn_tail.is_some()).count();
+    let damaged = report
+        .partitions
+        .iter()
+        .filter(|p| !p.damages.is_empty())
+        .count();
+    let tails = report
+        .partitions
+        .iter()
+        .filter(|p| p.torn_tail.is_some())
+        .count();
     let mut line = format!(
         "{} partitions, {records} records, {tombstones} tombstones: {stretches} damaged stretches in {damaged} partitions, {tails} torn tails",
         report.partitions.len()
@@ -65,7 +89,8 @@ fn summary(report: &Report, data_dir: &Path) -> String {
 pub fn log_check(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<bool> {
     ensure_data_dir(data_dir)?;
     let log = data_dir.join("log");
-    let report = check(&log).with_context(|| format!("checking the embedded log in {}", log.display()))?;
+    let report =
+        check(&log).with_context(|| format!("checking the embedded log in {}", log.display()))?;
     for partition in &report.partitions {
         print_partition(out, partition)?;
     }
@@ -82,18 +107,45 @@ pub fn log_repair(data_dir: &Path, out: &mut impl Write) -> anyhow::Result<()> {
     let _lock = crate::server::lock_data_dir(data_dir)?;
     let log = data_dir.join("log");
     let quarantine = quarantine_dir(data_dir);
-    let done = repair(&log, &quarantine).with_context(|| format!("repairing the embedded log in {}", log.display()))?;
+    let done = repair(&log, &quarantine)
+        .with_context(|| format!("repairing the embedded log in {}", log.display()))?;
     for item in &done {
-        let kept = item.file.as_ref().map_or_else(|| "no bytes".to_owned(), |file| format!("bytes kept in {}", file.display()));
+        let kept = item.file.as_ref().map_or_else(
+            || "no bytes".to_owned(),
+            |file| format!("bytes kept in {}", file.display()),
+        );
         let offsets = match item.tombstones {
             0 => "no offset".to_owned(),
             1 => format!("offset {} is a tombstone", item.damage.offset),
-            n => format!("offsets {}..={} are tombstones", item.damage.offset, item.damage.offset + n - 1),
+            n => format!(
+                "offsets {}..={} are tombstones",
+                item.damage.offset,
+                item.damage.offset + n - 1
+            ),
         };
-        writeln!(out, "moved aside: {} ({}, {} bytes): {offsets}; {kept}", item.damage.location(), item.damage.detail, item.damage.bytes)?;
+        writeln!(
+            out,
+            "moved aside: {} ({}, {} bytes): {offsets}; {kept}",
+            item.damage.location(),
+            item.damage.detail,
+            item.damage.bytes
+        )?;
     }
-    let report = check(&log).with_context(|| format!("checking the embedded log in {} after the repair", log.display()))?;
-    writeln!(out, "{} repaired; now: {}", done.len(), summary(&report, data_dir))?;
-    anyhow::ensure!(!report.damaged(), "the log still holds damage after the repair: see above");
+    let report = check(&log).with_context(|| {
+        format!(
+            "checking the embedded log in {} after the repair",
+            log.display()
+        )
+    })?;
+    writeln!(
+        out,
+        "{} repaired; now: {}",
+        done.len(),
+        summary(&report, data_dir)
+    )?;
+    anyhow::ensure!(
+        !report.damaged(),
+        "the log still holds damage after the repair: see above"
+    );
     Ok(())
 }

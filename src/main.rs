@@ -39,12 +39,17 @@ fn main() -> std::process::ExitCode {
     };
     let log_format = settings.log_format;
     init_logging(log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let result = match &cli.command {
         Command::Sink(_) => runtime.block_on(stockflow::offline::sink(&settings)),
         Command::Export(export) => runtime.block_on(stockflow::offline::export(&settings, export)),
         Command::Dump(dump) => runtime.block_on(stockflow::offline::dump(&settings, dump)),
-        Command::Replay(replay) => runtime.block_on(stockflow::offline::replay(&settings, replay.out.as_deref())),
+        Command::Replay(replay) => {
+            runtime.block_on(stockflow::offline::replay(&settings, replay.out.as_deref()))
+        }
         Command::Serve(_) | Command::Demo(_) => runtime.block_on(run(settings)),
         Command::Log(_) => unreachable!("handled before the settings are resolved"),
     };
@@ -63,15 +68,22 @@ fn main() -> std::process::ExitCode {
 
 /// A replay: its topics, range, fresh data dir and source log; offline, with
 /// one checkpoint (its result) written at the end.
-fn configure_replay(settings: &mut Settings, args: &stockflow::config::ReplayArgs) -> Result<(), Vec<String>> {
+fn configure_replay(
+    settings: &mut Settings,
+    args: &stockflow::config::ReplayArgs,
+) -> Result<(), Vec<String>> {
     use stockflow::replay::{Bound, Range, ReplaySettings};
     let mut errors = Vec::new();
     if !args.topics.is_empty() {
         settings.sources.clear();
         for topic in &args.topics {
-            let (name, format) = topic.split_once('=').unwrap_or((topic.as_str(), "stockflow"));
+            let (name, format) = topic
+                .split_once('=')
+                .unwrap_or((topic.as_str(), "stockflow"));
             match stockflow::engine::Format::parse(format.trim()) {
-                Ok(format) => settings.sources.push(stockflow::config::SourceDecl::new(name.trim(), format)),
+                Ok(format) => settings
+                    .sources
+                    .push(stockflow::config::SourceDecl::new(name.trim(), format)),
                 Err(error) => errors.push(format!("--topic {topic}: {error}")),
             }
         }
@@ -79,16 +91,31 @@ fn configure_replay(settings: &mut Settings, args: &stockflow::config::ReplayArg
     let from = Bound::parse(&args.from).map_err(|e| format!("--from: {e}"));
     let to = Bound::parse(&args.to).map_err(|e| format!("--to: {e}"));
     match (from, to) {
-        (Ok(Bound::Latest), _) => errors.push("--from: `latest` would replay nothing; use earliest, offsets or a time".into()),
-        (_, Ok(Bound::Earliest)) => errors.push("--to: `earliest` would replay nothing; use latest, offsets or a time".into()),
+        (Ok(Bound::Latest), _) => errors
+            .push("--from: `latest` would replay nothing; use earliest, offsets or a time".into()),
+        (_, Ok(Bound::Earliest)) => errors
+            .push("--to: `earliest` would replay nothing; use latest, offsets or a time".into()),
         (Ok(from), Ok(to)) => {
-            let source_dir = args.source_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR));
-            settings.replay = Some(ReplaySettings { range: Range { from, to, time_field: args.time_field }, source_dir });
+            let source_dir = args
+                .source_dir
+                .clone()
+                .unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR));
+            settings.replay = Some(ReplaySettings {
+                range: Range {
+                    from,
+                    to,
+                    time_field: args.time_field,
+                },
+                source_dir,
+            });
         }
         (from, to) => errors.extend(from.err().into_iter().chain(to.err())),
     }
     if args.serve.data_dir.is_none() {
-        settings.data_dir = std::path::PathBuf::from(format!("./stockflow-replay-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+        settings.data_dir = std::path::PathBuf::from(format!(
+            "./stockflow-replay-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ));
     }
     settings.offline = true;
     settings.checkpoint_interval = Some(std::time::Duration::from_secs(365 * 86_400));
@@ -103,11 +130,19 @@ fn configure_replay(settings: &mut Settings, args: &stockflow::config::ReplayArg
 /// or could not be repaired.
 fn log_command(command: &LogCommand) -> std::process::ExitCode {
     init_logging(LogFormat::Pretty);
-    let data_dir = |args: &stockflow::config::LogArgs| args.data_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR));
+    let data_dir = |args: &stockflow::config::LogArgs| {
+        args.data_dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR))
+    };
     let mut out = std::io::stdout().lock();
     let result = match command {
-        LogCommand::Check(args) => stockflow::log_commands::log_check(&data_dir(args), &mut out).map(|damaged| !damaged),
-        LogCommand::Repair(args) => stockflow::log_commands::log_repair(&data_dir(&args.log), &mut out).map(|()| true),
+        LogCommand::Check(args) => {
+            stockflow::log_commands::log_check(&data_dir(args), &mut out).map(|damaged| !damaged)
+        }
+        LogCommand::Repair(args) => {
+            stockflow::log_commands::log_repair(&data_dir(&args.log), &mut out).map(|()| true)
+        }
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -129,8 +164,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

@@ -1,6 +1,9 @@
 //! Prometheus metrics of the engine and the API, served at `/metrics`.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Every metric stockflow exports; one `Arc` to clone (every request clones
 /// the HTTP state: cloning ~60 handles one by one cost 13% of a command's CPU).
@@ -134,32 +137,51 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let int_counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let int_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
-        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-        let published_epoch = IntGauge::new("stockflow_published_epoch", "Last epoch published to readers.").expect("valid metric");
-        registry.register(Box::new(published_epoch.clone())).expect("unique metric");
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let published_epoch = IntGauge::new(
+            "stockflow_published_epoch",
+            "Last epoch published to readers.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(published_epoch.clone()))
+            .expect("unique metric");
         Metrics(std::sync::Arc::new(MetricSet {
             events_in: counter("stockflow_events_in_total", "Events decoded and fed to the dataflows.", &["topic"]),
             decode_errors: counter("stockflow_decode_errors_total", "Messages that failed to decode or validate, skipped.", &["topic", "reason"]),
@@ -270,7 +292,11 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let written = self.checkpoint_time.get();
-        self.checkpoint_age.set(if written > 0 { (chrono::Utc::now().timestamp() - written).max(0) } else { -1 });
+        self.checkpoint_age.set(if written > 0 {
+            (chrono::Utc::now().timestamp() - written).max(0)
+        } else {
+            -1
+        });
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);

@@ -24,9 +24,11 @@ use stockflow_dataflows::model::Name;
 fn bar(length: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(length);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {human_pos}/{human_len} messages, {per_sec}, ETA {eta}")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {human_pos}/{human_len} messages, {per_sec}, ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_owned());
     bar
@@ -64,7 +66,12 @@ async fn caught_up_offline(settings: &Settings, what: &str) -> anyhow::Result<Of
 /// Waits until the views of `store` cover what the sources held at start,
 /// with a progress bar; with `fail_on_read_error`, the first failed source
 /// read is an error.
-async fn wait_caught_up(store: &Store, shutdown: &crate::shutdown::Shutdown, fail_on_read_error: bool, what: &str) -> anyhow::Result<()> {
+async fn wait_caught_up(
+    store: &Store,
+    shutdown: &crate::shutdown::Shutdown,
+    fail_on_read_error: bool,
+    what: &str,
+) -> anyhow::Result<()> {
     let bar = bar(0, what);
     loop {
         if shutdown.is_triggered() {
@@ -74,13 +81,26 @@ async fn wait_caught_up(store: &Store, shutdown: &crate::shutdown::Shutdown, fai
             bar.finish_and_clear();
             anyhow::bail!("reading {source} failed: {error}");
         }
-        if let (Some(targets), Some((starts, _))) = (store.startup_targets(), store.start_offsets()) {
+        if let (Some(targets), Some((starts, _))) = (store.startup_targets(), store.start_offsets())
+        {
             let snapshot = store.snapshot();
             let (mut total, mut reached) = (0u64, 0u64);
             for (topic, partitions) in &targets {
                 for (partition, target) in partitions {
-                    let start = starts.get(topic).and_then(|p| p.get(partition)).copied().unwrap_or(0).min(*target);
-                    let at = snapshot.as_of.offsets.get(topic).and_then(|o| o.get(partition)).copied().unwrap_or(start).clamp(start, *target);
+                    let start = starts
+                        .get(topic)
+                        .and_then(|p| p.get(partition))
+                        .copied()
+                        .unwrap_or(0)
+                        .min(*target);
+                    let at = snapshot
+                        .as_of
+                        .offsets
+                        .get(topic)
+                        .and_then(|o| o.get(partition))
+                        .copied()
+                        .unwrap_or(start)
+                        .clamp(start, *target);
                     total += target - start;
                     reached += at - start;
                 }
@@ -99,7 +119,10 @@ async fn wait_caught_up(store: &Store, shutdown: &crate::shutdown::Shutdown, fai
 /// `stockflow sink clickhouse`: reads the sources to their end at start,
 /// lets the sink write everything, and stops.
 pub async fn sink(settings: &Settings) -> anyhow::Result<()> {
-    anyhow::ensure!(settings.clickhouse.is_some(), "`stockflow sink clickhouse` needs --clickhouse-url (or STOCKFLOW_CLICKHOUSE_URL)");
+    anyhow::ensure!(
+        settings.clickhouse.is_some(),
+        "`stockflow sink clickhouse` needs --clickhouse-url (or STOCKFLOW_CLICKHOUSE_URL)"
+    );
     let running = caught_up(settings, "reading the sources").await?;
     let epoch = running.store.snapshot().as_of.epoch;
     eprintln!("views caught up at engine epoch {epoch}; writing the last batches to ClickHouse");
@@ -108,7 +131,10 @@ pub async fn sink(settings: &Settings) -> anyhow::Result<()> {
     running.wait().await?;
     let state = store.sink_states().remove("clickhouse").unwrap_or_default();
     eprintln!("done: {}; sink {state}", sink_summary(&metrics));
-    anyhow::ensure!(state == "stopped" && metrics.sink_buffered_rows.get() == 0, "ClickHouse did not take every row: run the command again to finish");
+    anyhow::ensure!(
+        state == "stopped" && metrics.sink_buffered_rows.get() == 0,
+        "ClickHouse did not take every row: run the command again to finish"
+    );
     Ok(())
 }
 
@@ -118,8 +144,15 @@ pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()
     if args.events {
         return export_events(settings, args, tenant);
     }
-    let view = args.view.as_deref().context("say what to export: --view stock|items|kpis, or --events --topic T")?;
-    anyhow::ensure!(crate::export::VIEWS.contains(&view), "view `{view}` cannot be exported (views: {})", crate::export::VIEWS.join(", "));
+    let view = args
+        .view
+        .as_deref()
+        .context("say what to export: --view stock|items|kpis, or --events --topic T")?;
+    anyhow::ensure!(
+        crate::export::VIEWS.contains(&view),
+        "view `{view}` cannot be exported (views: {})",
+        crate::export::VIEWS.join(", ")
+    );
     let mut settings = settings.clone();
     settings.clickhouse = None;
     // Read only (a server may be running on the same data dir); the newest
@@ -130,7 +163,12 @@ pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()
     let mut writer = FileWriter::create(&args.out, args.format, &batch.schema())?;
     writer.write(&batch)?;
     writer.finish()?;
-    eprintln!("{} rows of `{view}` (as of engine epoch {}) written to {}", batch.num_rows(), snapshot.as_of.epoch, args.out.display());
+    eprintln!(
+        "{} rows of `{view}` (as of engine epoch {}) written to {}",
+        batch.num_rows(),
+        snapshot.as_of.epoch,
+        args.out.display()
+    );
     running.shutdown.trigger();
     running.wait().await
 }
@@ -138,26 +176,44 @@ pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()
 /// Rows per record batch of an event export.
 const EVENT_CHUNK: usize = 65_536;
 
-fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -> anyhow::Result<()> {
+fn export_events(
+    settings: &Settings,
+    args: &ExportArgs,
+    tenant: Option<Name>,
+) -> anyhow::Result<()> {
     let topic_name = args.topic.as_deref().context("--events needs --topic")?;
     let offset = |text: Option<&str>, default: Option<u64>| -> anyhow::Result<Option<u64>> {
         match text {
             None => Ok(default),
             Some("earliest") => Ok(Some(0)),
             Some("latest") => Ok(None),
-            Some(n) => n.parse().map(Some).map_err(|_| anyhow::anyhow!("`{n}` is not an offset (a number, earliest or latest)")),
+            Some(n) => n.parse().map(Some).map_err(|_| {
+                anyhow::anyhow!("`{n}` is not an offset (a number, earliest or latest)")
+            }),
         }
     };
     let from = offset(args.from.as_deref(), Some(0))?.unwrap_or(0);
     let to = offset(args.to.as_deref(), None)?;
-    let format = settings.sources.iter().find(|s| s.topic == topic_name).map(|s| s.format).unwrap_or_default();
+    let format = settings
+        .sources
+        .iter()
+        .find(|s| s.topic == topic_name)
+        .map(|s| s.format)
+        .unwrap_or_default();
     let topic: Arc<dyn Source> = match &settings.kafka {
         Some(kafka) => Arc::new(crate::source::kafka::KafkaTopic::open(kafka, topic_name)?),
         None => {
             let dir = &settings.data_dir;
             anyhow::ensure!(dir.is_dir(), "the data dir {} does not exist (give the data dir of a stockflow that ran, with --data-dir)", dir.display());
-            let log = crate::log::Log::open_read_only(&dir.join("log")).with_context(|| format!("opening the embedded log in {} read-only", dir.display()))?;
-            log.existing_topic(topic_name)?.with_context(|| format!("the embedded log in {} has no topic {topic_name}", dir.display()))?
+            let log = crate::log::Log::open_read_only(&dir.join("log")).with_context(|| {
+                format!("opening the embedded log in {} read-only", dir.display())
+            })?;
+            log.existing_topic(topic_name)?.with_context(|| {
+                format!(
+                    "the embedded log in {} has no topic {topic_name}",
+                    dir.display()
+                )
+            })?
         }
     };
     let mut ranges = Vec::new();
@@ -166,19 +222,23 @@ fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -
         let stop = to.map_or(end, |to| to.min(end));
         ranges.push((partition, from.min(stop), stop));
     }
-    let bar = bar(ranges.iter().map(|(_, a, b)| b - a).sum(), &format!("exporting {topic_name}"));
+    let bar = bar(
+        ranges.iter().map(|(_, a, b)| b - a).sum(),
+        &format!("exporting {topic_name}"),
+    );
     let mut writer: Option<FileWriter> = None;
     let (mut rows, mut written, mut undecodable) = (Vec::new(), 0usize, 0u64);
-    let mut flush = |rows: &mut Vec<PositionedEvent>, writer: &mut Option<FileWriter>| -> anyhow::Result<()> {
-        let batch = event_batch(rows);
-        if writer.is_none() {
-            *writer = Some(FileWriter::create(&args.out, args.format, &batch.schema())?);
-        }
-        writer.as_mut().expect("just created").write(&batch)?;
-        written += rows.len();
-        rows.clear();
-        Ok(())
-    };
+    let mut flush =
+        |rows: &mut Vec<PositionedEvent>, writer: &mut Option<FileWriter>| -> anyhow::Result<()> {
+            let batch = event_batch(rows);
+            if writer.is_none() {
+                *writer = Some(FileWriter::create(&args.out, args.format, &batch.schema())?);
+            }
+            writer.as_mut().expect("just created").write(&batch)?;
+            written += rows.len();
+            rows.clear();
+            Ok(())
+        };
     let mut records = Vec::new();
     let mut decoded = Vec::new();
     for (partition, start, stop) in ranges {
@@ -191,7 +251,11 @@ fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -
             // (A reader that skips a message, a tombstone of the embedded log, moves on without returning it.)
             if read == 0 && reader.position() == before {
                 idle += 1;
-                anyhow::ensure!(idle < 600, "{topic_name}/{partition}: no message at offset {} of {stop} within a minute", reader.position());
+                anyhow::ensure!(
+                    idle < 600,
+                    "{topic_name}/{partition}: no message at offset {} of {stop} within a minute",
+                    reader.position()
+                );
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -199,13 +263,21 @@ fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -
             for record in records.drain(..).filter(|r| r.offset < stop) {
                 bar.inc(1);
                 decoded.clear();
-                if format.decode(topic_name, partition, &record, &mut decoded).is_err() {
+                if format
+                    .decode(topic_name, partition, &record, &mut decoded)
+                    .is_err()
+                {
                     undecodable += 1;
                     continue;
                 }
                 for event in decoded.drain(..) {
                     if tenant.as_ref().is_none_or(|t| *t == event.tenant) {
-                        rows.push(PositionedEvent { topic: topic_name.to_owned(), partition, offset: record.offset, event });
+                        rows.push(PositionedEvent {
+                            topic: topic_name.to_owned(),
+                            partition,
+                            offset: record.offset,
+                            event,
+                        });
                     }
                 }
                 if rows.len() >= EVENT_CHUNK {
@@ -224,44 +296,98 @@ fn export_events(settings: &Settings, args: &ExportArgs, tenant: Option<Name>) -
 }
 
 /// The views `stockflow dump` prints.
-pub const DUMP_VIEWS: &[&str] = &["items", "stock", "stock_totals", "low_stock", "alerts", "orders", "kpis", "top_skus", "gauges"];
+pub const DUMP_VIEWS: &[&str] = &[
+    "items",
+    "stock",
+    "stock_totals",
+    "low_stock",
+    "alerts",
+    "orders",
+    "kpis",
+    "top_skus",
+    "gauges",
+];
 
 /// The rows of `view` in `snapshot` (of `tenant` only, when given), in key
 /// order, shaped as the API shows them: a canonical form, the same for the
 /// same input whatever the epoch size or worker count (see docs/replay.md for
 /// the alert fields that depend on how input was cut into epochs).
-pub fn dump_rows(snapshot: &Snapshot, view: &str, tenant: Option<&Name>) -> anyhow::Result<Vec<Value>> {
+pub fn dump_rows(
+    snapshot: &Snapshot,
+    view: &str,
+    tenant: Option<&Name>,
+) -> anyhow::Result<Vec<Value>> {
     use crate::rows;
     let keep = |t: &Name| tenant.is_none_or(|wanted| wanted == t);
     let rows: Vec<Value> = match view {
-        "items" => snapshot.items.iter().filter(|(k, _)| keep(&k.tenant)).map(|(k, row)| rows::item_json(k, row)).collect(),
-        "stock" => snapshot.stock.iter().filter(|(k, _)| keep(&k.tenant)).map(|(k, row)| rows::stock_json(k, row)).collect(),
-        "stock_totals" => snapshot.stock_totals.iter().filter(|(k, _)| keep(&k.tenant)).map(|(k, row)| rows::total_json(k, row)).collect(),
+        "items" => snapshot
+            .items
+            .iter()
+            .filter(|(k, _)| keep(&k.tenant))
+            .map(|(k, row)| rows::item_json(k, row))
+            .collect(),
+        "stock" => snapshot
+            .stock
+            .iter()
+            .filter(|(k, _)| keep(&k.tenant))
+            .map(|(k, row)| rows::stock_json(k, row))
+            .collect(),
+        "stock_totals" => snapshot
+            .stock_totals
+            .iter()
+            .filter(|(k, _)| keep(&k.tenant))
+            .map(|(k, row)| rows::total_json(k, row))
+            .collect(),
         "low_stock" => snapshot
             .alerts
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
-            .filter_map(|(k, pair)| rows::low_stock_row(pair, snapshot.stock.get(k)).map(|row| rows::low_stock_json(k, &row)))
+            .filter_map(|(k, pair)| {
+                rows::low_stock_row(pair, snapshot.stock.get(k))
+                    .map(|row| rows::low_stock_json(k, &row))
+            })
             .collect(),
         "alerts" => snapshot
             .alerts
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
-            .flat_map(|(k, pair)| [pair.low_stock.as_ref(), pair.out_of_stock.as_ref()].into_iter().flatten().map(move |a| (k, a)))
+            .flat_map(|(k, pair)| {
+                [pair.low_stock.as_ref(), pair.out_of_stock.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .map(move |a| (k, a))
+            })
             .map(|(k, alert)| rows::alert_row_json(alert, snapshot.stock.get(k)))
             .collect(),
         "orders" => {
-            let mut orders: Vec<_> = snapshot.orders.iter().filter(|((t, _), _)| keep(t)).collect();
+            let mut orders: Vec<_> = snapshot
+                .orders
+                .iter()
+                .filter(|((t, _), _)| keep(t))
+                .collect();
             orders.sort_by(|a, b| a.0.cmp(b.0));
-            orders.into_iter().map(|((t, id), row)| rows::order_json(t, id, row)).collect()
+            orders
+                .into_iter()
+                .map(|((t, id), row)| rows::order_json(t, id, row))
+                .collect()
         }
         "kpis" => snapshot
             .kpis
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
-            .map(|(key, value)| rows::kpi_json(&stockflow_dataflows::kpis::KpiRow { key: key.clone(), value: *value }))
+            .map(|(key, value)| {
+                rows::kpi_json(&stockflow_dataflows::kpis::KpiRow {
+                    key: key.clone(),
+                    value: *value,
+                })
+            })
             .collect(),
-        "top_skus" => snapshot.top_skus.iter().filter(|((t, _), _)| keep(t)).map(|((t, day), top)| rows::top_skus_json(t, *day, top)).collect(),
+        "top_skus" => snapshot
+            .top_skus
+            .iter()
+            .filter(|((t, _), _)| keep(t))
+            .map(|((t, day), top)| rows::top_skus_json(t, *day, top))
+            .collect(),
         "gauges" => snapshot
             .gauges
             .iter()
@@ -275,7 +401,10 @@ pub fn dump_rows(snapshot: &Snapshot, view: &str, tenant: Option<&Name>) -> anyh
                 Value::Object(row)
             })
             .collect(),
-        other => anyhow::bail!("view `{other}` cannot be dumped (views: {})", DUMP_VIEWS.join(", ")),
+        other => anyhow::bail!(
+            "view `{other}` cannot be dumped (views: {})",
+            DUMP_VIEWS.join(", ")
+        ),
     };
     Ok(rows)
 }
@@ -288,7 +417,12 @@ fn ndjson(rows: &[Value]) -> String {
 /// `stockflow dump`: rebuilds the views (from the data dir's checkpoint with
 /// `--use-checkpoint`), prints one as canonical JSON, and stops.
 pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(DUMP_VIEWS.contains(&args.view.as_str()), "view `{}` cannot be dumped (views: {})", args.view, DUMP_VIEWS.join(", "));
+    anyhow::ensure!(
+        DUMP_VIEWS.contains(&args.view.as_str()),
+        "view `{}` cannot be dumped (views: {})",
+        args.view,
+        DUMP_VIEWS.join(", ")
+    );
     let tenant = args.tenant.as_deref().map(Name::from);
     let mut settings = settings.clone();
     settings.clickhouse = None;
@@ -308,7 +442,12 @@ pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
     match &args.out {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("{} rows of `{}` written to {}", rows.len(), args.view, path.display());
+            eprintln!(
+                "{} rows of `{}` written to {}",
+                rows.len(),
+                args.view,
+                path.display()
+            );
         }
         None => {
             use std::io::Write;
@@ -322,7 +461,10 @@ pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
 /// into a fresh data dir (its checkpoint, which `serve` resumes from), the
 /// `--out` files and, with `--clickhouse-url`, ClickHouse; prints a summary.
 pub async fn replay(settings: &Settings, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let replay = settings.replay.as_ref().context("a replay needs its range")?;
+    let replay = settings
+        .replay
+        .as_ref()
+        .context("a replay needs its range")?;
     let checkpoints = crate::checkpoint::dir_of(&settings.data_dir);
     if let Some(manifest) = crate::checkpoint::newest_manifest(&checkpoints) {
         anyhow::bail!(
@@ -342,19 +484,42 @@ pub async fn replay(settings: &Settings, out: Option<&std::path::Path>) -> anyho
         for view in DUMP_VIEWS {
             let rows = dump_rows(&snapshot, view, None)?;
             let path = dir.join(format!("{view}.ndjson"));
-            std::fs::write(&path, ndjson(&rows)).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::write(&path, ndjson(&rows))
+                .with_context(|| format!("writing {}", path.display()))?;
             written.push(format!("{view} {}", rows.len()));
         }
     }
     running.shutdown.trigger();
     running.wait().await?;
-    let events: u64 = settings.sources.iter().map(|s| metrics.events_in.with_label_values(&[s.topic.as_str()]).get()).sum();
+    let events: u64 = settings
+        .sources
+        .iter()
+        .map(|s| {
+            metrics
+                .events_in
+                .with_label_values(&[s.topic.as_str()])
+                .get()
+        })
+        .sum();
     use prometheus::core::Collector;
-    let bad: u64 = metrics.decode_errors.collect().iter().flat_map(|family| family.get_metric().iter().map(|m| m.get_counter().get_value() as u64)).sum();
+    let bad: u64 = metrics
+        .decode_errors
+        .collect()
+        .iter()
+        .flat_map(|family| {
+            family
+                .get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value() as u64)
+        })
+        .sum();
     let rate = events as f64 / elapsed.as_secs_f64().max(1e-3);
     eprintln!("replayed {events} events in {:.2} s ({rate:.0} events/s); {bad} messages did not decode (left out)", elapsed.as_secs_f64());
     let range = &replay.range;
-    eprintln!("  range: from {:?} to {:?} (time bounds compare the {:?} time)", range.from, range.to, range.time_field);
+    eprintln!(
+        "  range: from {:?} to {:?} (time bounds compare the {:?} time)",
+        range.from, range.to, range.time_field
+    );
     for (topic, partitions) in &snapshot.as_of.offsets {
         let reached: Vec<String> = partitions.iter().map(|(p, o)| format!("{p}:{o}")).collect();
         eprintln!("  {topic} read up to {}", reached.join(","));
@@ -384,7 +549,10 @@ pub async fn replay(settings: &Settings, out: Option<&std::path::Path>) -> anyho
     }
     if settings.clickhouse.is_some() {
         eprintln!("  ClickHouse: {}", sink_summary(&metrics));
-        anyhow::ensure!(metrics.sink_buffered_rows.get() == 0, "ClickHouse did not take every row: run `stockflow sink clickhouse` to finish");
+        anyhow::ensure!(
+            metrics.sink_buffered_rows.get() == 0,
+            "ClickHouse did not take every row: run `stockflow sink clickhouse` to finish"
+        );
     }
     Ok(())
 }
@@ -394,7 +562,10 @@ fn sink_summary(metrics: &crate::metrics::Metrics) -> String {
     format!(
         "{} events, {} stock changes, {} kpi rows, {} alerts written",
         metrics.sink_rows.with_label_values(&["events"]).get(),
-        metrics.sink_rows.with_label_values(&["stock_changes"]).get(),
+        metrics
+            .sink_rows
+            .with_label_values(&["stock_changes"])
+            .get(),
         metrics.sink_rows.with_label_values(&["kpis"]).get(),
         metrics.sink_rows.with_label_values(&["alerts"]).get()
     )

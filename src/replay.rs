@@ -45,7 +45,9 @@ impl Bound {
         }
         let mut offsets = BTreeMap::new();
         for part in text.split(',') {
-            let parsed = part.split_once(':').and_then(|(p, o)| Some((p.trim().parse::<u32>().ok()?, o.trim().parse::<u64>().ok()?)));
+            let parsed = part.split_once(':').and_then(|(p, o)| {
+                Some((p.trim().parse::<u32>().ok()?, o.trim().parse::<u64>().ok()?))
+            });
             match parsed {
                 Some((partition, offset)) => {
                     offsets.insert(partition, offset);
@@ -121,17 +123,40 @@ pub struct Bounded {
 
 impl Bounded {
     /// Wraps `inner` (read with `format`) in `range`.
-    pub fn wrap(inner: Arc<dyn Source>, format: Format, range: &Range) -> Result<Arc<dyn Source>, SourceError> {
+    pub fn wrap(
+        inner: Arc<dyn Source>,
+        format: Format,
+        range: &Range,
+    ) -> Result<Arc<dyn Source>, SourceError> {
         let mut starts = Vec::new();
         let mut ends = Vec::new();
         for partition in 0..inner.partitions() {
             let end = inner.end_offset(partition)?;
             let first = inner.start_offset(partition)?;
-            let start = range.from.offset(partition).unwrap_or(first).max(first).min(end);
+            let start = range
+                .from
+                .offset(partition)
+                .unwrap_or(first)
+                .max(first)
+                .min(end);
             starts.push(start);
-            ends.push(range.to.offset(partition).unwrap_or(end).min(end).max(start));
+            ends.push(
+                range
+                    .to
+                    .offset(partition)
+                    .unwrap_or(end)
+                    .min(end)
+                    .max(start),
+            );
         }
-        Ok(Arc::new(Bounded { inner, format, starts, ends, times: (range.from.time(), range.to.time()), time_field: range.time_field }))
+        Ok(Arc::new(Bounded {
+            inner,
+            format,
+            starts,
+            ends,
+            times: (range.from.time(), range.to.time()),
+            time_field: range.time_field,
+        }))
     }
 }
 
@@ -146,8 +171,18 @@ impl Source for Bounded {
         let start = from.max(self.starts[partition as usize]);
         let end = self.ends[partition as usize];
         let inner = self.inner.reader(partition, start.min(end))?;
-        let keep = TimeFilter { topic: self.inner.topic().to_owned(), format: self.format, times: self.times, field: self.time_field };
-        Ok(Box::new(BoundedReader { inner, end, keep, decoded: Vec::new() }))
+        let keep = TimeFilter {
+            topic: self.inner.topic().to_owned(),
+            format: self.format,
+            times: self.times,
+            field: self.time_field,
+        };
+        Ok(Box::new(BoundedReader {
+            inner,
+            end,
+            keep,
+            decoded: Vec::new(),
+        }))
     }
     fn end_offset(&self, partition: u32) -> Result<u64, SourceError> {
         Ok(self.ends[partition as usize])
@@ -166,7 +201,12 @@ struct TimeFilter {
 }
 
 impl TimeFilter {
-    fn keeps(&self, partition: u32, record: &Record, decoded: &mut Vec<stockflow_dataflows::model::Event>) -> bool {
+    fn keeps(
+        &self,
+        partition: u32,
+        record: &Record,
+        decoded: &mut Vec<stockflow_dataflows::model::Event>,
+    ) -> bool {
         let (from, to) = self.times;
         if from.is_none() && to.is_none() {
             return true;
@@ -176,7 +216,11 @@ impl TimeFilter {
             TimeField::Event => {
                 decoded.clear();
                 // A message that does not decode is kept: the engine reports it as always.
-                if self.format.decode(&self.topic, partition, record, decoded).is_err() {
+                if self
+                    .format
+                    .decode(&self.topic, partition, record, decoded)
+                    .is_err()
+                {
                     return true;
                 }
                 match decoded.first() {
@@ -208,7 +252,9 @@ impl PartitionReader for BoundedReader {
         self.inner.read(max, out)?;
         let partition = self.inner.partition();
         let read = out.split_off(before);
-        out.extend(read.into_iter().filter(|record| record.offset < self.end && self.keep.keeps(partition, record, &mut self.decoded)));
+        out.extend(read.into_iter().filter(|record| {
+            record.offset < self.end && self.keep.keeps(partition, record, &mut self.decoded)
+        }));
         Ok(out.len() - before)
     }
     fn position(&self) -> u64 {
@@ -229,10 +275,19 @@ mod tests {
         assert_eq!(Bound::parse("earliest"), Ok(Bound::Earliest));
         assert_eq!(Bound::parse("latest"), Ok(Bound::Latest));
         assert_eq!(Bound::parse("120"), Ok(Bound::Offset(120)));
-        assert_eq!(Bound::parse("0:120, 2:98"), Ok(Bound::Offsets(BTreeMap::from([(0, 120), (2, 98)]))));
-        assert_eq!(Bound::parse("2026-11-20T10:00:00Z"), Ok(Bound::Time(1_795_168_800_000)));
+        assert_eq!(
+            Bound::parse("0:120, 2:98"),
+            Ok(Bound::Offsets(BTreeMap::from([(0, 120), (2, 98)])))
+        );
+        assert_eq!(
+            Bound::parse("2026-11-20T10:00:00Z"),
+            Ok(Bound::Time(1_795_168_800_000))
+        );
         let error = Bound::parse("yesterday").unwrap_err();
-        assert!(error.starts_with("`yesterday` is not earliest, latest"), "{error}");
+        assert!(
+            error.starts_with("`yesterday` is not earliest, latest"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -241,22 +296,50 @@ mod tests {
         let log = Log::open(dir.path()).unwrap();
         let topic = log.topic("t", 1).unwrap();
         for n in 0..10u64 {
-            let event = format!(r#"{{"id":"e{n}","type":"stock.adjusted","sku":"A","location":"m","qty":1,"ts":"2026-11-20T10:0{n}:00Z"}}"#);
-            topic.append_to(0, b"k", event.as_bytes(), 1_000 * n as i64).unwrap();
+            let event = format!(
+                r#"{{"id":"e{n}","type":"stock.adjusted","sku":"A","location":"m","qty":1,"ts":"2026-11-20T10:0{n}:00Z"}}"#
+            );
+            topic
+                .append_to(0, b"k", event.as_bytes(), 1_000 * n as i64)
+                .unwrap();
         }
         let read = |range: Range| -> Vec<u64> {
             let bounded = Bounded::wrap(topic.clone(), Format::Stockflow, &range).unwrap();
             let mut reader = bounded.reader(0, 0).unwrap();
             let mut out = Vec::new();
-            while reader.read(3, &mut out).unwrap() > 0 || reader.position() < bounded.end_offset(0).unwrap() {}
+            while reader.read(3, &mut out).unwrap() > 0
+                || reader.position() < bounded.end_offset(0).unwrap()
+            {}
             out.iter().map(|r| r.offset).collect()
         };
-        let offsets = |from, to| Range { from, to, time_field: TimeField::Log };
+        let offsets = |from, to| Range {
+            from,
+            to,
+            time_field: TimeField::Log,
+        };
         assert_eq!(read(offsets(Bound::Offset(2), Bound::Offset(5))), [2, 3, 4]);
-        assert_eq!(read(offsets(Bound::Earliest, Bound::Offsets(BTreeMap::from([(0, 3)])))), [0, 1, 2]);
+        assert_eq!(
+            read(offsets(
+                Bound::Earliest,
+                Bound::Offsets(BTreeMap::from([(0, 3)]))
+            )),
+            [0, 1, 2]
+        );
         assert_eq!(read(offsets(Bound::Offset(8), Bound::Latest)), [8, 9]);
-        assert_eq!(read(offsets(Bound::Time(3_000), Bound::Time(6_000))), [3, 4, 5], "log time");
-        let event_time = |from: &str, to: &str| Range { from: Bound::parse(from).unwrap(), to: Bound::parse(to).unwrap(), time_field: TimeField::Event };
-        assert_eq!(read(event_time("2026-11-20T10:07:00Z", "latest")), [7, 8, 9], "event time");
+        assert_eq!(
+            read(offsets(Bound::Time(3_000), Bound::Time(6_000))),
+            [3, 4, 5],
+            "log time"
+        );
+        let event_time = |from: &str, to: &str| Range {
+            from: Bound::parse(from).unwrap(),
+            to: Bound::parse(to).unwrap(),
+            time_field: TimeField::Event,
+        };
+        assert_eq!(
+            read(event_time("2026-11-20T10:07:00Z", "latest")),
+            [7, 8, 9],
+            "event time"
+        );
     }
 }

@@ -10,7 +10,8 @@ use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockD
 
 /// RFC 3339 text of an event time, in UTC with milliseconds.
 pub fn rfc3339(ms: EventTime) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// Quantities of a row; an absent row (an item with no stock yet) is zeros with no `updated_at`.
@@ -71,7 +72,10 @@ pub fn order_json(tenant: &Name, order_id: &Name, row: &OrderRow) -> Value {
     });
     if let Some((customer_id, lines, total, placed_at)) = &row.placed {
         answer["customer_id"] = json!(customer_id);
-        answer["lines"] = json!(lines.iter().map(|l| json!({"sku": l.sku, "location": l.location, "qty": l.qty, "price": l.price})).collect::<Vec<_>>());
+        answer["lines"] = json!(lines
+            .iter()
+            .map(|l| json!({"sku": l.sku, "location": l.location, "qty": l.qty, "price": l.price}))
+            .collect::<Vec<_>>());
         answer["total"] = json!(total);
         answer["placed_at"] = json!(rfc3339(*placed_at));
     }
@@ -233,7 +237,9 @@ pub fn kpi_json(row: &KpiRow) -> Value {
 
 /// The date (`YYYY-MM-DD`, UTC) of a day bucket.
 pub fn day_text(day: EventTime) -> String {
-    chrono::DateTime::from_timestamp_millis(day).map(|t| t.format("%Y-%m-%d").to_string()).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(day)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
 }
 
 /// A `top_skus` row: one tenant and day, best first.
@@ -254,7 +260,11 @@ mod tests {
     /// typed event writes what the JSON value always did, field for field.
     #[test]
     fn an_alert_event_writes_the_documented_fields_in_their_order() {
-        let key = StockKey { tenant: "acme".into(), sku: "A-1".into(), location: "W\"1".into() };
+        let key = StockKey {
+            tenant: "acme".into(),
+            sku: "A-1".into(),
+            location: "W\"1".into(),
+        };
         for (raised, kind) in [(true, AlertKind::LowStock), (false, AlertKind::OutOfStock)] {
             let alert = Alert {
                 key: key.clone(),

@@ -48,10 +48,16 @@ pub struct Running {
 /// two processes writing one data dir would interleave their log appends and
 /// overwrite each other's checkpoints.
 pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data dir {}", dir.display()))?;
     let path = dir.join("LOCK");
-    let mut file =
-        std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {
             use std::io::Write;
@@ -68,7 +74,9 @@ pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
                 path.display()
             )
         }
-        Err(std::fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("locking {}", path.display())),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 
@@ -76,7 +84,8 @@ pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 type SinkSlot = Arc<std::sync::Mutex<Option<crate::sink::SinkHandle>>>;
 
 /// The checkpointer's thread and the signal that the engine has stopped.
-type CheckpointSlot = Arc<std::sync::Mutex<Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>)>>>;
+type CheckpointSlot =
+    Arc<std::sync::Mutex<Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>)>>>;
 
 /// The event sources of an engine (Tradex command topics left out): what
 /// the sink writes and checkpoints hold.
@@ -84,7 +93,10 @@ fn event_sources(config: &EngineConfig) -> Vec<(Arc<dyn Source>, crate::engine::
     config
         .sources
         .iter()
-        .filter(|s| !(s.format == crate::engine::Format::Tradex && stockflow_dataflows::model::tradex::is_command_topic(s.source.topic())))
+        .filter(|s| {
+            !(s.format == crate::engine::Format::Tradex
+                && stockflow_dataflows::model::tradex::is_command_topic(s.source.topic()))
+        })
         .map(|s| (s.source.clone(), s.format))
         .collect()
 }
@@ -93,11 +105,23 @@ fn event_sources(config: &EngineConfig) -> Vec<(Arc<dyn Source>, crate::engine::
 /// into `config` (one taken with other sources is not used) and starts the
 /// checkpointer (not for `dump`; for `replay` it writes the one checkpoint
 /// at the end).
-fn recover(settings: &Settings, config: &mut EngineConfig, store: &Arc<Store>, metrics: &Metrics, slot: &CheckpointSlot) -> anyhow::Result<()> {
-    let Some(interval) = settings.checkpoint_interval else { return Ok(()) };
+fn recover(
+    settings: &Settings,
+    config: &mut EngineConfig,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    slot: &CheckpointSlot,
+) -> anyhow::Result<()> {
+    let Some(interval) = settings.checkpoint_interval else {
+        return Ok(());
+    };
     // A checkpoint stands for the sources read from their earliest offsets: a
     // source told to begin elsewhere (`latest`, `stored`) begins there at each start.
-    if let Some(other) = config.sources.iter().find(|s| s.start != crate::engine::Start::Earliest) {
+    if let Some(other) = config
+        .sources
+        .iter()
+        .find(|s| s.start != crate::engine::Start::Earliest)
+    {
         tracing::info!(topic = other.source.topic(), start = ?other.start, "checkpoints are off: a source does not start from the earliest offset");
         return Ok(());
     }
@@ -122,7 +146,12 @@ fn recover(settings: &Settings, config: &mut EngineConfig, store: &Arc<Store>, m
         metrics.checkpoint_failures.inc_by(skipped.len() as u64);
     }
     if let Some(loaded) = &loaded {
-        tracing::info!(checkpoint = loaded.manifest.id, events = loaded.events.len(), ms = started.elapsed().as_millis() as u64, "checkpoint loaded");
+        tracing::info!(
+            checkpoint = loaded.manifest.id,
+            events = loaded.events.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "checkpoint loaded"
+        );
     }
     let manifest = loaded.as_ref().map(|l| l.manifest.clone());
     config.restore = loaded.map(Arc::new);
@@ -134,18 +163,32 @@ fn recover(settings: &Settings, config: &mut EngineConfig, store: &Arc<Store>, m
     let checkpointer = crate::checkpoint::Checkpointer::new(dir, sources, manifest)?;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let (store, metrics) = (store.clone(), metrics.clone());
-    let thread = std::thread::Builder::new().name("stockflow-checkpoint".into()).spawn(move || checkpointer.run(store, metrics, interval, done_rx))?;
+    let thread = std::thread::Builder::new()
+        .name("stockflow-checkpoint".into())
+        .spawn(move || checkpointer.run(store, metrics, interval, done_rx))?;
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((thread, done_tx));
     Ok(())
 }
 
 /// Starts the ClickHouse sink, when configured, over the engine's event
 /// sources (command topics left out) and the alerts topic.
-fn start_sink(settings: &Settings, config: &EngineConfig, store: &Arc<Store>, metrics: &Metrics, slot: &SinkSlot) -> anyhow::Result<()> {
-    let Some(sink) = &settings.clickhouse else { return Ok(()) };
+fn start_sink(
+    settings: &Settings,
+    config: &EngineConfig,
+    store: &Arc<Store>,
+    metrics: &Metrics,
+    slot: &SinkSlot,
+) -> anyhow::Result<()> {
+    let Some(sink) = &settings.clickhouse else {
+        return Ok(());
+    };
     let sources = event_sources(config);
-    let inputs = crate::sink::SinkInputs { sources, alerts: config.alerts.as_ref().map(|a| a.source.clone()) };
-    let handle = crate::sink::start(sink.clone(), inputs, store.clone(), metrics.clone()).context("starting the ClickHouse sink")?;
+    let inputs = crate::sink::SinkInputs {
+        sources,
+        alerts: config.alerts.as_ref().map(|a| a.source.clone()),
+    };
+    let handle = crate::sink::start(sink.clone(), inputs, store.clone(), metrics.clone())
+        .context("starting the ClickHouse sink")?;
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     Ok(())
 }
@@ -160,24 +203,36 @@ struct Writers {
 
 /// The engine's configuration; `writers` is `None` for a run that writes
 /// nothing to the topics.
-fn engine_config(settings: &Settings, mut sources: Vec<SourceSpec>, writers: Option<Writers>) -> anyhow::Result<EngineConfig> {
+fn engine_config(
+    settings: &Settings,
+    mut sources: Vec<SourceSpec>,
+    writers: Option<Writers>,
+) -> anyhow::Result<EngineConfig> {
     // A replay sees its sources through its range.
     if let Some(replay) = &settings.replay {
         for spec in &mut sources {
-            spec.source = crate::replay::Bounded::wrap(spec.source.clone(), spec.format, &replay.range)
-                .with_context(|| format!("reading the range of {}", spec.source.topic()))?;
+            spec.source =
+                crate::replay::Bounded::wrap(spec.source.clone(), spec.format, &replay.range)
+                    .with_context(|| format!("reading the range of {}", spec.source.topic()))?;
         }
     }
     // An offline run (dump, replay) writes nothing to the topics.
     let (appender, commands, alerts) = match writers.filter(|_| !settings.offline) {
-        Some(Writers { appender, commands, alerts }) => (Some(appender), Some(commands), Some(alerts)),
+        Some(Writers {
+            appender,
+            commands,
+            alerts,
+        }) => (Some(appender), Some(commands), Some(alerts)),
         None => (None, None, None),
     };
     let dead_letters = appender.is_some();
     Ok(EngineConfig {
         thresholds: settings.thresholds.clone(),
         alerts,
-        kpis: Some(crate::engine::KpiConfig { specs: settings.kpi_specs.clone(), retention: settings.kpi_retention }),
+        kpis: Some(crate::engine::KpiConfig {
+            specs: settings.kpi_specs.clone(),
+            retention: settings.kpi_retention,
+        }),
         workers: settings.workers,
         epoch: settings.epoch,
         epoch_max_events: settings.epoch_max_events,
@@ -193,21 +248,37 @@ fn engine_config(settings: &Settings, mut sources: Vec<SourceSpec>, writers: Opt
 
 /// Creates missing topics (sources and their `.dlq`; Tansu does not create on
 /// produce) and opens every source topic.
-async fn connect_kafka(settings: &Settings, kafka: &kafka::KafkaSettings) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn Source>, Arc<dyn Source>)> {
+async fn connect_kafka(
+    settings: &Settings,
+    kafka: &kafka::KafkaSettings,
+) -> anyhow::Result<(Vec<SourceSpec>, Arc<dyn Source>, Arc<dyn Source>)> {
     let mut topics: Vec<String> = settings.sources.iter().map(|s| s.topic.clone()).collect();
-    topics.extend([settings.commands_topic.clone(), settings.outcomes_topic.clone(), settings.alerts_topic.clone()]);
+    topics.extend([
+        settings.commands_topic.clone(),
+        settings.outcomes_topic.clone(),
+        settings.alerts_topic.clone(),
+    ]);
     topics.sort();
     topics.dedup();
     let dead_letter_topics: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
     topics.extend(dead_letter_topics);
-    kafka::ensure_topics(kafka, &topics, settings.partitions).await.context("creating topics")?;
+    kafka::ensure_topics(kafka, &topics, settings.partitions)
+        .await
+        .context("creating topics")?;
     let mut sources = Vec::new();
     for decl in &settings.sources {
-        let source = kafka::KafkaTopic::open(kafka, &decl.topic).with_context(|| format!("opening topic {}", decl.topic))?;
-        sources.push(SourceSpec { source: Arc::new(source), format: decl.format, start: decl.start });
+        let source = kafka::KafkaTopic::open(kafka, &decl.topic)
+            .with_context(|| format!("opening topic {}", decl.topic))?;
+        sources.push(SourceSpec {
+            source: Arc::new(source),
+            format: decl.format,
+            start: decl.start,
+        });
     }
-    let commands = kafka::KafkaTopic::open(kafka, &settings.commands_topic).with_context(|| format!("opening topic {}", settings.commands_topic))?;
-    let alerts = kafka::KafkaTopic::open(kafka, &settings.alerts_topic).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
+    let commands = kafka::KafkaTopic::open(kafka, &settings.commands_topic)
+        .with_context(|| format!("opening topic {}", settings.commands_topic))?;
+    let alerts = kafka::KafkaTopic::open(kafka, &settings.alerts_topic)
+        .with_context(|| format!("opening topic {}", settings.alerts_topic))?;
     Ok((sources, Arc::new(commands), Arc::new(alerts)))
 }
 
@@ -236,33 +307,57 @@ pub struct Offline {
 /// Starts an [`Offline`] run. The embedded log is read from the replay's
 /// source dir, else the data dir; either must exist.
 pub fn start_offline(settings: &Settings) -> anyhow::Result<Offline> {
-    anyhow::ensure!(settings.offline, "an offline run needs offline settings (no writes to the topics)");
+    anyhow::ensure!(
+        settings.offline,
+        "an offline run needs offline settings (no writes to the topics)"
+    );
     let store = Arc::new(Store::with_changes(settings.changes_retention));
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
     let mut sources = Vec::new();
     match &settings.kafka {
         None => {
-            let dir = settings.replay.as_ref().map_or(settings.data_dir.as_path(), |replay| replay.source_dir.as_path());
+            let dir = settings
+                .replay
+                .as_ref()
+                .map_or(settings.data_dir.as_path(), |replay| {
+                    replay.source_dir.as_path()
+                });
             match std::fs::metadata(dir) {
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => anyhow::bail!("the data dir {} is not a directory", dir.display()),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     anyhow::bail!("the data dir {} does not exist (give the data dir of a stockflow that ran, with --data-dir)", dir.display())
                 }
-                Err(error) => return Err(error).with_context(|| format!("reading the data dir {}", dir.display())),
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("reading the data dir {}", dir.display()))
+                }
             }
-            let log = Log::open_read_only(&dir.join("log")).with_context(|| format!("opening the embedded log in {} read-only", dir.display()))?;
+            let log = Log::open_read_only(&dir.join("log")).with_context(|| {
+                format!("opening the embedded log in {} read-only", dir.display())
+            })?;
             for decl in &settings.sources {
                 // A topic never written reads as empty; nothing is created.
-                let source = log.topic(&decl.topic, settings.partitions).with_context(|| format!("opening topic {}", decl.topic))?;
-                sources.push(SourceSpec { source, format: decl.format, start: decl.start });
+                let source = log
+                    .topic(&decl.topic, settings.partitions)
+                    .with_context(|| format!("opening topic {}", decl.topic))?;
+                sources.push(SourceSpec {
+                    source,
+                    format: decl.format,
+                    start: decl.start,
+                });
             }
         }
         Some(kafka) => {
             for decl in &settings.sources {
-                let source = kafka::KafkaTopic::open(kafka, &decl.topic).with_context(|| format!("opening topic {}", decl.topic))?;
-                sources.push(SourceSpec { source: Arc::new(source), format: decl.format, start: decl.start });
+                let source = kafka::KafkaTopic::open(kafka, &decl.topic)
+                    .with_context(|| format!("opening topic {}", decl.topic))?;
+                sources.push(SourceSpec {
+                    source: Arc::new(source),
+                    format: decl.format,
+                    start: decl.start,
+                });
             }
         }
     }
@@ -273,7 +368,14 @@ pub fn start_offline(settings: &Settings) -> anyhow::Result<Offline> {
     recover(settings, &mut config, &store, &metrics, &checkpointer)?;
     let engine = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
     tracing::info!(data_dir = %settings.data_dir.display(), workers = settings.workers, "offline run: rebuilding the views (read-only)");
-    Ok(Offline { store, metrics, shutdown, engine, sink, checkpointer })
+    Ok(Offline {
+        store,
+        metrics,
+        shutdown,
+        engine,
+        sink,
+        checkpointer,
+    })
 }
 
 impl Offline {
@@ -282,7 +384,10 @@ impl Offline {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.wait().await;
         let engine = self.engine;
-        let joined = tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread").and_then(|r| r);
+        let joined = tokio::task::spawn_blocking(move || engine.join())
+            .await
+            .context("engine thread")
+            .and_then(|r| r);
         stop_after_engine(&self.checkpointer, &self.sink).await;
         joined
     }
@@ -299,7 +404,11 @@ fn http_limits(mut limits: crate::http::Limits) -> crate::http::Limits {
     match crate::http::raise_open_files_limit() {
         Ok((before, after)) => {
             if after > before {
-                tracing::info!(before, after, "raised the soft limit of open files to the hard limit");
+                tracing::info!(
+                    before,
+                    after,
+                    "raised the soft limit of open files to the hard limit"
+                );
             }
             let fits = after.saturating_sub(FILES_FOR_THE_ENGINE).max(1) as usize;
             if limits.max_connections > fits {
@@ -321,15 +430,31 @@ fn http_limits(mut limits: crate::http::Limits) -> crate::http::Limits {
 /// demo rate) starts the generator. Returns once everything runs.
 pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     // Offline runs (dump, export, replay into a fresh dir) write nothing another process reads.
-    let lock = if settings.offline { None } else { Some(lock_data_dir(&settings.data_dir)?) };
+    let lock = if settings.offline {
+        None
+    } else {
+        Some(lock_data_dir(&settings.data_dir)?)
+    };
     // A replay reads the embedded log of another data dir.
-    let log_dir = settings.replay.as_ref().map_or(settings.data_dir.as_path(), |replay| replay.source_dir.as_path());
-    let log = Arc::new(Log::open(&log_dir.join("log")).with_context(|| format!("opening the embedded log in {}", log_dir.display()))?);
+    let log_dir = settings
+        .replay
+        .as_ref()
+        .map_or(settings.data_dir.as_path(), |replay| {
+            replay.source_dir.as_path()
+        });
+    let log = Arc::new(
+        Log::open(&log_dir.join("log"))
+            .with_context(|| format!("opening the embedded log in {}", log_dir.display()))?,
+    );
     let store = Arc::new(Store::with_changes(settings.changes_retention));
     let metrics = Metrics::new();
     let shutdown = Shutdown::new();
-    let webhooks = crate::webhooks::Webhooks::open(&settings.data_dir, settings.webhook_policy.clone(), metrics.clone())
-        .with_context(|| format!("opening the webhooks in {}", settings.data_dir.display()))?;
+    let webhooks = crate::webhooks::Webhooks::open(
+        &settings.data_dir,
+        settings.webhook_policy.clone(),
+        metrics.clone(),
+    )
+    .with_context(|| format!("opening the webhooks in {}", settings.data_dir.display()))?;
     let sink: SinkSlot = Arc::default();
     let checkpointer: CheckpointSlot = Arc::default();
 
@@ -337,14 +462,24 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
     // where the events live: on Kafka by one producer for the engine's
     // outputs (retried until acknowledged) and one for commands (a request
     // waits for each: bounded).
-    let (appender, command_appender): (Arc<dyn Appender>, Arc<dyn Appender>) = match &settings.kafka {
+    let (appender, command_appender): (Arc<dyn Appender>, Arc<dyn Appender>) = match &settings.kafka
+    {
         None => {
-            let log_appender: Arc<dyn Appender> = Arc::new(LogAppender::new(log.clone(), settings.partitions));
+            let log_appender: Arc<dyn Appender> =
+                Arc::new(LogAppender::new(log.clone(), settings.partitions));
             (log_appender.clone(), log_appender)
         }
         Some(kafka) => (
-            Arc::new(kafka::KafkaProducer::new(kafka, kafka::Delivery::UntilAcknowledged, shutdown.clone())?),
-            Arc::new(kafka::KafkaProducer::new(kafka, kafka::Delivery::Bounded, shutdown.clone())?),
+            Arc::new(kafka::KafkaProducer::new(
+                kafka,
+                kafka::Delivery::UntilAcknowledged,
+                shutdown.clone(),
+            )?),
+            Arc::new(kafka::KafkaProducer::new(
+                kafka,
+                kafka::Delivery::Bounded,
+                shutdown.clone(),
+            )?),
         ),
     };
 
@@ -355,22 +490,50 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         None => {
             let mut sources = Vec::new();
             for decl in &settings.sources {
-                let source = log.topic(&decl.topic, settings.partitions).with_context(|| format!("opening topic {}", decl.topic))?;
-                sources.push(SourceSpec { source, format: decl.format, start: decl.start });
+                let source = log
+                    .topic(&decl.topic, settings.partitions)
+                    .with_context(|| format!("opening topic {}", decl.topic))?;
+                sources.push(SourceSpec {
+                    source,
+                    format: decl.format,
+                    start: decl.start,
+                });
             }
-            let commands = log.topic(&settings.commands_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.commands_topic))?;
-            let path = CommandPath { commands, events_topic: settings.outcomes_topic.clone() };
-            let alerts = log.topic(&settings.alerts_topic, settings.partitions).with_context(|| format!("opening topic {}", settings.alerts_topic))?;
+            let commands = log
+                .topic(&settings.commands_topic, settings.partitions)
+                .with_context(|| format!("opening topic {}", settings.commands_topic))?;
+            let path = CommandPath {
+                commands,
+                events_topic: settings.outcomes_topic.clone(),
+            };
+            let alerts = log
+                .topic(&settings.alerts_topic, settings.partitions)
+                .with_context(|| format!("opening topic {}", settings.alerts_topic))?;
             webhooks.set_alerts(alerts.clone());
             let alerts = AlertsPath { source: alerts };
-            let mut config = engine_config(settings, sources, Some(Writers { appender: appender.clone(), commands: path, alerts }))?;
+            let mut config = engine_config(
+                settings,
+                sources,
+                Some(Writers {
+                    appender: appender.clone(),
+                    commands: path,
+                    alerts,
+                }),
+            )?;
             start_sink(settings, &config, &store, &metrics, &sink)?;
             recover(settings, &mut config, &store, &metrics, &checkpointer)?;
-            let handle = crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
+            let handle =
+                crate::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())?;
             tokio::spawn(async move { Ok(Some(handle)) })
         }
         Some(kafka) => {
-            let (settings, store, metrics, shutdown, kafka) = (settings.clone(), store.clone(), metrics.clone(), shutdown.clone(), kafka.clone());
+            let (settings, store, metrics, shutdown, kafka) = (
+                settings.clone(),
+                store.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+                kafka.clone(),
+            );
             let webhooks = webhooks.clone();
             let appender = appender.clone();
             let sink = sink.clone();
@@ -381,15 +544,30 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                     match connect_kafka(&settings, &kafka).await {
                         Ok((sources, commands, alerts)) => {
                             store.set_waiting(None);
-                            let path = CommandPath { commands, events_topic: settings.outcomes_topic.clone() };
+                            let path = CommandPath {
+                                commands,
+                                events_topic: settings.outcomes_topic.clone(),
+                            };
                             webhooks.set_alerts(alerts.clone());
                             let alerts = AlertsPath { source: alerts };
-                            let writers = Writers { appender: appender.clone(), commands: path, alerts };
-                            let config = engine_config(&settings, sources, Some(writers)).and_then(|mut config| {
-                                start_sink(&settings, &config, &store, &metrics, &sink)?;
-                                recover(&settings, &mut config, &store, &metrics, &checkpointer)?;
-                                Ok(config)
-                            });
+                            let writers = Writers {
+                                appender: appender.clone(),
+                                commands: path,
+                                alerts,
+                            };
+                            let config = engine_config(&settings, sources, Some(writers)).and_then(
+                                |mut config| {
+                                    start_sink(&settings, &config, &store, &metrics, &sink)?;
+                                    recover(
+                                        &settings,
+                                        &mut config,
+                                        &store,
+                                        &metrics,
+                                        &checkpointer,
+                                    )?;
+                                    Ok(config)
+                                },
+                            );
                             let config = match config {
                                 Ok(config) => config,
                                 Err(error) => {
@@ -398,7 +576,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                                     return Err(error);
                                 }
                             };
-                            let started = crate::engine::start(config, store, metrics, shutdown.clone());
+                            let started =
+                                crate::engine::start(config, store, metrics, shutdown.clone());
                             if let Err(error) = &started {
                                 tracing::error!("the engine could not start: {error:#}");
                                 shutdown.trigger();
@@ -407,8 +586,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                         }
                         Err(error) => {
                             failures += 1;
-                            let backoff = Duration::from_millis((250u64 << failures.min(5)).min(5_000));
-                            let reason = format!("waiting for the Kafka cluster at {}: {error:#}", kafka.brokers);
+                            let backoff =
+                                Duration::from_millis((250u64 << failures.min(5)).min(5_000));
+                            let reason = format!(
+                                "waiting for the Kafka cluster at {}: {error:#}",
+                                kafka.brokers
+                            );
                             tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{reason}");
                             store.set_waiting(Some(reason));
                             tokio::select! {
@@ -422,22 +605,40 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
         }
     };
 
-    let listener = tokio::net::TcpListener::bind(settings.listen).await.with_context(|| format!("listening on {}", settings.listen))?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let state = AppState {
         webhooks: Some(webhooks.clone()),
         shutdown: shutdown.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        kpi_metrics: settings.kpi_specs.iter().map(|spec| spec.name.clone()).collect(),
+        kpi_metrics: settings
+            .kpi_specs
+            .iter()
+            .map(|spec| spec.name.clone())
+            .collect(),
         auth: settings.api_keys.clone().map(|keys| {
             let rate_limit = settings.rate_limit.map(crate::http::auth::RateLimit::new);
             std::sync::Arc::new(crate::http::auth::Auth { keys, rate_limit })
         }),
         request_timeout: settings.request_timeout,
-        commands: if settings.read_only { None } else { Some(crate::http::CommandWriter::start(command_appender, settings.commands_topic.clone())?) },
+        commands: if settings.read_only {
+            None
+        } else {
+            Some(crate::http::CommandWriter::start(
+                command_appender,
+                settings.commands_topic.clone(),
+            )?)
+        },
     };
-    let http = tokio::spawn(crate::http::serve(listener, state, http_limits(settings.http_limits), shutdown.clone()));
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        state,
+        http_limits(settings.http_limits),
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), workers = settings.workers, "stockflow is serving");
 
     let demo = match settings.demo_rate {
@@ -451,7 +652,20 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .spawn(move || crate::demo::run(inventory, store, metrics, shutdown, rate))
             .expect("spawning a thread")
     });
-    Ok(Running { addr, store, log, metrics, shutdown, http, engine, demo, webhooks, sink, checkpointer, _lock: lock })
+    Ok(Running {
+        addr,
+        store,
+        log,
+        metrics,
+        shutdown,
+        http,
+        engine,
+        demo,
+        webhooks,
+        sink,
+        checkpointer,
+        _lock: lock,
+    })
 }
 
 impl Running {
@@ -459,14 +673,20 @@ impl Running {
     /// in that order and syncs the log.
     pub async fn wait(self) -> anyhow::Result<()> {
         self.shutdown.wait().await;
-        self.http.await.context("HTTP server task")?.context("HTTP server")?;
+        self.http
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
         self.webhooks.stop().await;
         if let Some(demo) = self.demo {
             let _ = tokio::task::spawn_blocking(move || demo.join()).await;
         }
         let engine = self.engine.await.context("engine start task");
         let joined = match engine {
-            Ok(Ok(Some(engine))) => tokio::task::spawn_blocking(move || engine.join()).await.context("engine thread").and_then(|r| r),
+            Ok(Ok(Some(engine))) => tokio::task::spawn_blocking(move || engine.join())
+                .await
+                .context("engine thread")
+                .and_then(|r| r),
             Ok(Ok(None)) => Ok(()),
             Ok(Err(error)) | Err(error) => Err(error),
         };
@@ -482,7 +702,10 @@ impl Running {
 /// (holding the last published epoch), then the sink writes what the last
 /// epochs published.
 async fn stop_after_engine(checkpointer: &CheckpointSlot, sink: &SinkSlot) {
-    let checkpointer = checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let checkpointer = checkpointer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     if let Some((thread, engine_done)) = checkpointer {
         let _ = engine_done.send(());
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;

@@ -21,7 +21,10 @@ impl Default for Shutdown {
 impl Shutdown {
     /// A signal not yet triggered.
     pub fn new() -> Shutdown {
-        Shutdown { flag: Arc::new(AtomicBool::new(false)), notify: Arc::new(watch::channel(false).0) }
+        Shutdown {
+            flag: Arc::new(AtomicBool::new(false)),
+            notify: Arc::new(watch::channel(false).0),
+        }
     }
 
     /// Asks everything to stop.

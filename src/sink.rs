@@ -31,7 +31,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::kpis::{KpiKey, KpiValue, Window};
 use stockflow_dataflows::model::{Event, EventBody, Name, StockDelta, StockKey};
-use stockflow_sinks::clickhouse::{self as ch, datetime, AlertRow, Batch, ClickHouse, EventRow, KpiRow, StockChangeRow, StockCurrentRow, StockRow};
+use stockflow_sinks::clickhouse::{
+    self as ch, datetime, AlertRow, Batch, ClickHouse, EventRow, KpiRow, StockChangeRow,
+    StockCurrentRow, StockRow,
+};
 
 /// How the sink batches and where it starts.
 #[derive(Clone, Debug)]
@@ -52,7 +55,13 @@ pub struct SinkSettings {
 impl SinkSettings {
     /// Defaults: 100,000 rows or 1 s per batch, 1,000,000 rows buffered, from the earliest offset.
     pub fn new(clickhouse: ch::Config) -> SinkSettings {
-        SinkSettings { clickhouse, batch_rows: 100_000, batch_interval: Duration::from_secs(1), max_buffer: 1_000_000, from_earliest: true }
+        SinkSettings {
+            clickhouse,
+            batch_rows: 100_000,
+            batch_interval: Duration::from_secs(1),
+            max_buffer: 1_000_000,
+            from_earliest: true,
+        }
     }
 }
 
@@ -81,16 +90,27 @@ impl SinkHandle {
 
 /// Starts the sink on its own thread. It stops when `stop` is called on the
 /// handle (after the engine, so it can write the last epochs).
-pub fn start(settings: SinkSettings, inputs: SinkInputs, store: Arc<Store>, metrics: Metrics) -> std::io::Result<SinkHandle> {
+pub fn start(
+    settings: SinkSettings,
+    inputs: SinkInputs,
+    store: Arc<Store>,
+    metrics: Metrics,
+) -> std::io::Result<SinkHandle> {
     let stop = Shutdown::new();
     let thread = {
         let stop = stop.clone();
-        std::thread::Builder::new().name("stockflow-sink".into()).spawn(move || {
-            // One worker: ClickHouse writes run there while this thread takes the next steps.
-            let runtime =
-                tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("stockflow-sink-io").enable_all().build().expect("a tokio runtime");
-            runtime.block_on(Sink::new(settings, inputs, store, metrics, stop).run());
-        })?
+        std::thread::Builder::new()
+            .name("stockflow-sink".into())
+            .spawn(move || {
+                // One worker: ClickHouse writes run there while this thread takes the next steps.
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("stockflow-sink-io")
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime");
+                runtime.block_on(Sink::new(settings, inputs, store, metrics, stop).run());
+            })?
     };
     Ok(SinkHandle { stop, thread })
 }
@@ -123,9 +143,22 @@ struct Sink {
 const NAME: &str = "clickhouse";
 
 impl Sink {
-    fn new(settings: SinkSettings, inputs: SinkInputs, store: Arc<Store>, metrics: Metrics, stop: Shutdown) -> Sink {
+    fn new(
+        settings: SinkSettings,
+        inputs: SinkInputs,
+        store: Arc<Store>,
+        metrics: Metrics,
+        stop: Shutdown,
+    ) -> Sink {
         let clickhouse = ClickHouse::new(&settings.clickhouse);
-        Sink { settings, inputs, store, metrics, stop, clickhouse }
+        Sink {
+            settings,
+            inputs,
+            store,
+            metrics,
+            stop,
+            clickhouse,
+        }
     }
 
     fn state(&self, state: impl Into<String>) {
@@ -133,7 +166,9 @@ impl Sink {
     }
 
     async fn run(self) {
-        let Some((mut committed, mut written, mut readers)) = self.connect().await else { return };
+        let Some((mut committed, mut written, mut readers)) = self.connect().await else {
+            return;
+        };
         let mut pending: Vec<Batch> = Vec::new();
         // A batch whose write failed: written again alone (steps taken since
         // must not join it: had it been committed after all, they would be
@@ -151,7 +186,10 @@ impl Sink {
         let mut published = self.store.subscribe();
         loop {
             // A finished write: commit or put the batch back in front.
-            if in_flight.as_ref().is_some_and(|(handle, _)| handle.is_finished()) {
+            if in_flight
+                .as_ref()
+                .is_some_and(|(handle, _)| handle.is_finished())
+            {
                 let (handle, _) = in_flight.take().expect("checked above");
                 let (batch, result) = match handle.await {
                     Ok(done) => done,
@@ -168,9 +206,15 @@ impl Sink {
                         dirty = false;
                         self.metrics.sink_epoch.set(committed as i64);
                         for (table, n) in batch.counts() {
-                            self.metrics.sink_rows.with_label_values(&[table]).inc_by(n as u64);
+                            self.metrics
+                                .sink_rows
+                                .with_label_values(&[table])
+                                .inc_by(n as u64);
                         }
-                        self.state(format!("writing: epoch {committed} committed (engine epoch {})", batch.engine_epoch));
+                        self.state(format!(
+                            "writing: epoch {committed} committed (engine epoch {})",
+                            batch.engine_epoch
+                        ));
                     }
                     Err(error) => {
                         failures += 1;
@@ -185,8 +229,9 @@ impl Sink {
                 }
             }
             let stopping = self.stop.is_triggered();
-            let buffered: usize =
-                pending.iter().map(Batch::rows).sum::<usize>() + retry.as_ref().map_or(0, Batch::rows) + in_flight.as_ref().map_or(0, |(_, rows)| *rows);
+            let buffered: usize = pending.iter().map(Batch::rows).sum::<usize>()
+                + retry.as_ref().map_or(0, Batch::rows)
+                + in_flight.as_ref().map_or(0, |(_, rows)| *rows);
             self.metrics.sink_buffered_rows.set(buffered as i64);
             let paused = buffered >= self.settings.max_buffer;
             self.metrics.sink_paused.set(paused as i64);
@@ -194,12 +239,27 @@ impl Sink {
             let mut stepped = false;
             let snapshot = self.store.snapshot();
             if !paused {
-                let budget = self.settings.batch_rows.min(self.settings.max_buffer - buffered).max(1);
-                let timer = self.metrics.sink_seconds.with_label_values(&["step"]).start_timer();
+                let budget = self
+                    .settings
+                    .batch_rows
+                    .min(self.settings.max_buffer - buffered)
+                    .max(1);
+                let timer = self
+                    .metrics
+                    .sink_seconds
+                    .with_label_values(&["step"])
+                    .start_timer();
                 // Events flow from the start; state waits until the views have
                 // caught up (after a restart the replay's intermediate states
                 // are older than what ClickHouse holds).
-                let step = self.step(epoch + 1, &snapshot, &mut written, &mut readers, budget, self.store.caught_up());
+                let step = self.step(
+                    epoch + 1,
+                    &snapshot,
+                    &mut written,
+                    &mut readers,
+                    budget,
+                    self.store.caught_up(),
+                );
                 timer.observe_duration();
                 if let Some(step) = step {
                     epoch += 1;
@@ -208,11 +268,16 @@ impl Sink {
                     pending.push(step);
                 }
             }
-            self.metrics.sink_lag_epochs.set(snapshot.as_of.epoch.saturating_sub(written.engine_epoch) as i64);
+            self.metrics
+                .sink_lag_epochs
+                .set(snapshot.as_of.epoch.saturating_sub(written.engine_epoch) as i64);
             let rows: usize = pending.iter().map(Batch::rows).sum();
             let due = retry.is_some()
                 || (!pending.is_empty()
-                    && (rows >= self.settings.batch_rows || oldest.is_some_and(|t| t.elapsed() >= self.settings.batch_interval) || paused || stopping));
+                    && (rows >= self.settings.batch_rows
+                        || oldest.is_some_and(|t| t.elapsed() >= self.settings.batch_interval)
+                        || paused
+                        || stopping));
             if in_flight.is_none() && due && Instant::now() >= retry_at {
                 let batch = match retry.take() {
                     Some(batch) => batch,
@@ -222,7 +287,10 @@ impl Sink {
                     }
                 };
                 let rows = batch.rows();
-                let (clickhouse, timer) = (self.clickhouse.clone(), self.metrics.sink_seconds.with_label_values(&["write"]));
+                let (clickhouse, timer) = (
+                    self.clickhouse.clone(),
+                    self.metrics.sink_seconds.with_label_values(&["write"]),
+                );
                 let handle = tokio::spawn(async move {
                     let started = Instant::now();
                     let result = write(&clickhouse, committed, &batch, dirty).await;
@@ -248,7 +316,11 @@ impl Sink {
             }
             if !stepped {
                 // Until something is published, a write ends, a retry is due or a batch ages out.
-                let wait = if pending.is_empty() && retry.is_none() && in_flight.is_none() { Duration::from_millis(200) } else { Duration::from_millis(5) };
+                let wait = if pending.is_empty() && retry.is_none() && in_flight.is_none() {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::from_millis(5)
+                };
                 tokio::select! {
                     _ = published.changed() => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -269,8 +341,15 @@ impl Sink {
                 Err(error) => {
                     failures += 1;
                     let backoff = Duration::from_millis((250u64 << failures.min(5)).min(5_000));
-                    tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "connecting to ClickHouse at {}: {error:#}", self.settings.clickhouse.url);
-                    self.state(format!("connecting to {}: {error:#}", self.settings.clickhouse.url));
+                    tracing::warn!(
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "connecting to ClickHouse at {}: {error:#}",
+                        self.settings.clickhouse.url
+                    );
+                    self.state(format!(
+                        "connecting to {}: {error:#}",
+                        self.settings.clickhouse.url
+                    ));
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.stop.wait() => {
@@ -288,12 +367,25 @@ impl Sink {
         let progress = self.clickhouse.progress().await?;
         let discarded = self.clickhouse.discard_uncommitted(progress.epoch).await?;
         if discarded > 0 {
-            tracing::info!(discarded, committed = progress.epoch, "discarded rows written after the last committed sink epoch");
+            tracing::info!(
+                discarded,
+                committed = progress.epoch,
+                "discarded rows written after the last committed sink epoch"
+            );
         }
         let mut written = Written::default();
         for row in self.clickhouse.stock_current().await? {
-            let key = StockKey { tenant: Name::from(row.tenant.as_str()), sku: Name::from(row.sku.as_str()), location: Name::from(row.location.as_str()) };
-            let delta = StockDelta { on_hand: row.on_hand, reserved: row.reserved, changes: row.version, updated_at: i64::from(row.updated_at) * 1000 };
+            let key = StockKey {
+                tenant: Name::from(row.tenant.as_str()),
+                sku: Name::from(row.sku.as_str()),
+                location: Name::from(row.location.as_str()),
+            };
+            let delta = StockDelta {
+                on_hand: row.on_hand,
+                reserved: row.reserved,
+                changes: row.version,
+                updated_at: i64::from(row.updated_at) * 1000,
+            };
             written.stock.insert(key, delta);
         }
         for row in self.clickhouse.kpis().await? {
@@ -302,15 +394,28 @@ impl Sink {
             }
         }
         let mut readers = Vec::new();
-        let topics = self.inputs.sources.iter().map(|(source, format)| (source, Some(*format))).chain(self.inputs.alerts.iter().map(|source| (source, None)));
+        let topics = self
+            .inputs
+            .sources
+            .iter()
+            .map(|(source, format)| (source, Some(*format)))
+            .chain(self.inputs.alerts.iter().map(|source| (source, None)));
         for (source, format) in topics {
             for partition in 0..source.partitions() {
-                let from = match progress.offsets.get(source.topic()).and_then(|p| p.get(&partition)) {
+                let from = match progress
+                    .offsets
+                    .get(source.topic())
+                    .and_then(|p| p.get(&partition))
+                {
                     Some(offset) => *offset,
                     None if self.settings.from_earliest || format.is_none() => 0,
                     None => source.end_offset(partition)?,
                 };
-                readers.push(Reader { topic: source.topic().to_owned(), format, reader: source.reader(partition, from)? });
+                readers.push(Reader {
+                    topic: source.topic().to_owned(),
+                    format,
+                    reader: source.reader(partition, from)?,
+                });
             }
         }
         tracing::info!(
@@ -327,15 +432,32 @@ impl Sink {
     /// One step: events (and alerts) read up to `snapshot`, at most `budget`
     /// of them, and, once the events reach the snapshot's offsets and when
     /// `with_state`, the state difference. `None` when there is nothing new.
-    fn step(&self, epoch: u64, snapshot: &Snapshot, written: &mut Written, readers: &mut [Reader], budget: usize, with_state: bool) -> Option<Batch> {
-        let mut batch = Batch { epoch, ..Batch::default() };
+    fn step(
+        &self,
+        epoch: u64,
+        snapshot: &Snapshot,
+        written: &mut Written,
+        readers: &mut [Reader],
+        budget: usize,
+        with_state: bool,
+    ) -> Option<Batch> {
+        let mut batch = Batch {
+            epoch,
+            ..Batch::default()
+        };
         let mut events_done = true;
         let mut records: Vec<Record> = Vec::new();
         let mut decoded: Vec<Event> = Vec::new();
         for reader in readers.iter_mut() {
             let left = budget.saturating_sub(batch.events.len() + batch.alerts.len());
             let target = match reader.format {
-                Some(_) => snapshot.as_of.offsets.get(&reader.topic).and_then(|p| p.get(&reader.reader.partition())).copied().unwrap_or(0),
+                Some(_) => snapshot
+                    .as_of
+                    .offsets
+                    .get(&reader.topic)
+                    .and_then(|p| p.get(&reader.reader.partition()))
+                    .copied()
+                    .unwrap_or(0),
                 None => u64::MAX,
             };
             let position = reader.reader.position();
@@ -359,9 +481,19 @@ impl Sink {
                     Some(format) => {
                         decoded.clear();
                         // Messages that do not decode are in the dead-letter topic, not here.
-                        if format.decode(&reader.topic, partition, &record, &mut decoded).is_ok() {
+                        if format
+                            .decode(&reader.topic, partition, &record, &mut decoded)
+                            .is_ok()
+                        {
                             for (idx, event) in decoded.drain(..).enumerate() {
-                                batch.events.push(event_row(&reader.topic, partition, &record, idx, &event, epoch));
+                                batch.events.push(event_row(
+                                    &reader.topic,
+                                    partition,
+                                    &record,
+                                    idx,
+                                    &event,
+                                    epoch,
+                                ));
                             }
                         }
                     }
@@ -377,11 +509,21 @@ impl Sink {
             }
         }
         for reader in readers.iter() {
-            batch.offsets.entry(reader.topic.clone()).or_default().insert(reader.reader.partition(), reader.reader.position());
+            batch
+                .offsets
+                .entry(reader.topic.clone())
+                .or_default()
+                .insert(reader.reader.partition(), reader.reader.position());
         }
         if with_state && events_done && snapshot.as_of.epoch > written.engine_epoch {
             diff_stock(&written.stock, &snapshot.stock, epoch, &mut batch);
-            diff_kpis(&written.kpis, &snapshot.kpis, snapshot.kpi_horizon, epoch, &mut batch);
+            diff_kpis(
+                &written.kpis,
+                &snapshot.kpis,
+                snapshot.kpi_horizon,
+                epoch,
+                &mut batch,
+            );
             written.stock = snapshot.stock.clone();
             written.kpis = snapshot.kpis.clone();
             written.engine_epoch = snapshot.as_of.epoch;
@@ -395,11 +537,19 @@ impl Sink {
 /// what was committed: a failure whose progress row landed (its answer
 /// was lost) committed the batch, which is then not written again;
 /// otherwise what the failed attempt left above the commit is discarded.
-async fn write(clickhouse: &ClickHouse, committed: u64, batch: &Batch, dirty: bool) -> anyhow::Result<()> {
+async fn write(
+    clickhouse: &ClickHouse,
+    committed: u64,
+    batch: &Batch,
+    dirty: bool,
+) -> anyhow::Result<()> {
     if dirty {
         let recorded = clickhouse.progress().await?.epoch.max(committed);
         if recorded >= batch.epoch {
-            tracing::info!(epoch = batch.epoch, "the failed write had been committed: not writing it again");
+            tracing::info!(
+                epoch = batch.epoch,
+                "the failed write had been committed: not writing it again"
+            );
             return Ok(());
         }
         clickhouse.discard_uncommitted(recorded).await?;
@@ -444,37 +594,64 @@ pub fn stock_row(key: &StockKey, delta: &StockDelta) -> StockRow {
 /// Rows for what changed between two states of the stock view: a
 /// retraction of the old row, an insertion of the new (as ClickHouse
 /// columns: a change ClickHouse cannot see, below a second, is none).
-fn diff_stock(before: &OrdMap<StockKey, StockDelta>, after: &OrdMap<StockKey, StockDelta>, epoch: u64, batch: &mut Batch) {
+fn diff_stock(
+    before: &OrdMap<StockKey, StockDelta>,
+    after: &OrdMap<StockKey, StockDelta>,
+    epoch: u64,
+    batch: &mut Batch,
+) {
     use imbl::ordmap::DiffItem;
     for item in before.diff(after) {
         let (old, new) = match item {
             DiffItem::Add(key, new) => (None, Some(stock_row(key, new))),
-            DiffItem::Update { old: (key, old), new: (_, new) } => (Some(stock_row(key, old)), Some(stock_row(key, new))),
+            DiffItem::Update {
+                old: (key, old),
+                new: (_, new),
+            } => (Some(stock_row(key, old)), Some(stock_row(key, new))),
             DiffItem::Remove(key, old) => (Some(stock_row(key, old)), None),
         };
         if old == new {
             continue;
         }
         if let Some(old) = &old {
-            batch.stock_changes.push(StockChangeRow::new(old.clone(), epoch, -1));
+            batch
+                .stock_changes
+                .push(StockChangeRow::new(old.clone(), epoch, -1));
         }
         match new {
             Some(new) => {
-                batch.stock_changes.push(StockChangeRow::new(new.clone(), epoch, 1));
-                batch.stock_current.push(StockCurrentRow::new(new, epoch, false));
+                batch
+                    .stock_changes
+                    .push(StockChangeRow::new(new.clone(), epoch, 1));
+                batch
+                    .stock_current
+                    .push(StockCurrentRow::new(new, epoch, false));
             }
-            None => batch.stock_current.push(StockCurrentRow::new(old.expect("a removed row had a value"), epoch, true)),
+            None => batch.stock_current.push(StockCurrentRow::new(
+                old.expect("a removed row had a value"),
+                epoch,
+                true,
+            )),
         }
     }
 }
 
 /// `kpis` rows for what changed; a row dropped by retention (its bucket
 /// ended at or before `horizon`) stays in ClickHouse as history.
-fn diff_kpis(before: &OrdMap<KpiKey, KpiValue>, after: &OrdMap<KpiKey, KpiValue>, horizon: i64, epoch: u64, batch: &mut Batch) {
+fn diff_kpis(
+    before: &OrdMap<KpiKey, KpiValue>,
+    after: &OrdMap<KpiKey, KpiValue>,
+    horizon: i64,
+    epoch: u64,
+    batch: &mut Batch,
+) {
     use imbl::ordmap::DiffItem;
     for item in before.diff(after) {
         let row = match item {
-            DiffItem::Add(key, value) | DiffItem::Update { new: (key, value), .. } => kpi_row(key, *value, epoch, false),
+            DiffItem::Add(key, value)
+            | DiffItem::Update {
+                new: (key, value), ..
+            } => kpi_row(key, *value, epoch, false),
             DiffItem::Remove(key, value) => {
                 if key.bucket.saturating_add(key.window.millis()) <= horizon {
                     continue;
@@ -482,7 +659,10 @@ fn diff_kpis(before: &OrdMap<KpiKey, KpiValue>, after: &OrdMap<KpiKey, KpiValue>
                 kpi_row(key, *value, epoch, true)
             }
         };
-        if let DiffItem::Update { old: (key, old), .. } = item {
+        if let DiffItem::Update {
+            old: (key, old), ..
+        } = item
+        {
             if kpi_row(key, *old, epoch, false) == row {
                 continue;
             }
@@ -530,12 +710,28 @@ fn kpi_of_row(row: &KpiRow) -> Option<(KpiKey, KpiValue)> {
 }
 
 /// An `events` row: the decoded event's columns and the message as read.
-fn event_row(topic: &str, partition: u32, record: &Record, idx: usize, event: &Event, epoch: u64) -> EventRow {
+fn event_row(
+    topic: &str,
+    partition: u32,
+    record: &Record,
+    idx: usize,
+    event: &Event,
+    epoch: u64,
+) -> EventRow {
     let (location, qty, amount) = match &event.body {
-        EventBody::ItemCreated { initial, .. } => (String::new(), initial.iter().map(|(_, q)| q).sum(), 0),
-        EventBody::StockAdjusted { location, qty, .. } | EventBody::StockReserved { location, qty, .. } => (location.to_string(), *qty, 0),
-        EventBody::StockLevel { location, on_hand, .. } => (location.to_string(), *on_hand, 0),
-        EventBody::OrderPlaced { lines, total, .. } => (String::new(), lines.iter().map(|l| l.qty).sum(), i128::from(total.ten_thousandths())),
+        EventBody::ItemCreated { initial, .. } => {
+            (String::new(), initial.iter().map(|(_, q)| q).sum(), 0)
+        }
+        EventBody::StockAdjusted { location, qty, .. }
+        | EventBody::StockReserved { location, qty, .. } => (location.to_string(), *qty, 0),
+        EventBody::StockLevel {
+            location, on_hand, ..
+        } => (location.to_string(), *on_hand, 0),
+        EventBody::OrderPlaced { lines, total, .. } => (
+            String::new(),
+            lines.iter().map(|l| l.qty).sum(),
+            i128::from(total.ten_thousandths()),
+        ),
         _ => (String::new(), 0, 0),
     };
     EventRow {
@@ -578,7 +774,11 @@ fn alert_row(topic: &str, partition: u32, record: &Record, epoch: u64) -> Option
         ts: Option<String>,
     }
     let alert: Written = serde_json::from_slice(&record.payload).ok()?;
-    let ts = alert.ts.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map_or(0, |t| t.timestamp_millis());
+    let ts = alert
+        .ts
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(0, |t| t.timestamp_millis());
     Some(AlertRow {
         tenant: alert.tenant,
         sku: alert.sku,
@@ -610,7 +810,11 @@ mod tests {
     #[test]
     fn alert_events_become_alert_rows() {
         let alert = Alert {
-            key: StockKey { tenant: "acme".into(), sku: "A".into(), location: "W1".into() },
+            key: StockKey {
+                tenant: "acme".into(),
+                sku: "A".into(),
+                location: "W1".into(),
+            },
             kind: AlertKind::LowStock,
             raised: true,
             transition: 3,
@@ -620,19 +824,52 @@ mod tests {
             suggested_reorder_qty: 8,
             ts: 1_700_000_000_500,
         };
-        let record = Record { offset: 7, timestamp_ms: 0, key: None, payload: serde_json::to_vec(&alert_event_json(&alert, 4)).unwrap() };
+        let record = Record {
+            offset: 7,
+            timestamp_ms: 0,
+            key: None,
+            payload: serde_json::to_vec(&alert_event_json(&alert, 4)).unwrap(),
+        };
         let row = alert_row("alerts.events", 1, &record, 9).expect("an alert event");
-        assert_eq!((row.tenant.as_str(), row.kind.as_str(), row.state.as_str()), ("acme", "low_stock", "raised"));
-        assert_eq!((row.transition, row.available, row.threshold, row.target_level, row.suggested_reorder_qty), (3, 2, 5, 10, 8));
-        assert_eq!((row.ts, row.offset, row.partition, row.epoch), (1_700_000_000, 7, 1, 9));
-        let other = Record { payload: b"{\"hello\":1}".to_vec(), ..record };
+        assert_eq!(
+            (row.tenant.as_str(), row.kind.as_str(), row.state.as_str()),
+            ("acme", "low_stock", "raised")
+        );
+        assert_eq!(
+            (
+                row.transition,
+                row.available,
+                row.threshold,
+                row.target_level,
+                row.suggested_reorder_qty
+            ),
+            (3, 2, 5, 10, 8)
+        );
+        assert_eq!(
+            (row.ts, row.offset, row.partition, row.epoch),
+            (1_700_000_000, 7, 1, 9)
+        );
+        let other = Record {
+            payload: b"{\"hello\":1}".to_vec(),
+            ..record
+        };
         assert!(alert_row("alerts.events", 1, &other, 9).is_none());
     }
 
     #[test]
     fn kpi_rows_read_back_as_the_same_kpi() {
-        let key = KpiKey { tenant: "acme".into(), window: Window::Hour, bucket: 3_600_000, metric: "revenue".into(), group: "".into() };
-        for value in [KpiValue::Int(42), KpiValue::Money(123_456), KpiValue::Ratio(0.8125)] {
+        let key = KpiKey {
+            tenant: "acme".into(),
+            window: Window::Hour,
+            bucket: 3_600_000,
+            metric: "revenue".into(),
+            group: "".into(),
+        };
+        for value in [
+            KpiValue::Int(42),
+            KpiValue::Money(123_456),
+            KpiValue::Ratio(0.8125),
+        ] {
             let row = kpi_row(&key, value, 1, false);
             assert_eq!(kpi_of_row(&row), Some((key.clone(), value)));
         }
@@ -640,9 +877,24 @@ mod tests {
 
     #[test]
     fn stock_differences_retract_and_insert_and_skip_what_clickhouse_cannot_see() {
-        let key = |sku: &str| StockKey { tenant: "t".into(), sku: sku.into(), location: "L".into() };
-        let delta = |on_hand, ms| StockDelta { on_hand, reserved: 1, changes: 1, updated_at: ms };
-        let before: OrdMap<_, _> = [(key("A"), delta(5, 1_000)), (key("B"), delta(3, 1_000)), (key("C"), delta(1, 1_000))].into_iter().collect();
+        let key = |sku: &str| StockKey {
+            tenant: "t".into(),
+            sku: sku.into(),
+            location: "L".into(),
+        };
+        let delta = |on_hand, ms| StockDelta {
+            on_hand,
+            reserved: 1,
+            changes: 1,
+            updated_at: ms,
+        };
+        let before: OrdMap<_, _> = [
+            (key("A"), delta(5, 1_000)),
+            (key("B"), delta(3, 1_000)),
+            (key("C"), delta(1, 1_000)),
+        ]
+        .into_iter()
+        .collect();
         let mut after = before.clone();
         after.insert(key("A"), delta(4, 2_000)); // changed
         after.insert(key("B"), delta(3, 1_500)); // same second: nothing to write
@@ -650,9 +902,20 @@ mod tests {
         after.insert(key("D"), delta(9, 2_000)); // new
         let mut batch = Batch::default();
         diff_stock(&before, &after, 7, &mut batch);
-        let changes: Vec<(&str, i64, i8)> = batch.stock_changes.iter().map(|c| (c.sku.as_str(), c.on_hand, c.diff)).collect();
-        assert_eq!(changes, vec![("A", 5, -1), ("A", 4, 1), ("C", 1, -1), ("D", 9, 1)]);
-        let current: Vec<(&str, i64, u8)> = batch.stock_current.iter().map(|c| (c.sku.as_str(), c.on_hand, c.deleted)).collect();
+        let changes: Vec<(&str, i64, i8)> = batch
+            .stock_changes
+            .iter()
+            .map(|c| (c.sku.as_str(), c.on_hand, c.diff))
+            .collect();
+        assert_eq!(
+            changes,
+            vec![("A", 5, -1), ("A", 4, 1), ("C", 1, -1), ("D", 9, 1)]
+        );
+        let current: Vec<(&str, i64, u8)> = batch
+            .stock_current
+            .iter()
+            .map(|c| (c.sku.as_str(), c.on_hand, c.deleted))
+            .collect();
         assert_eq!(current, vec![("A", 4, 0), ("C", 1, 1), ("D", 9, 0)]);
         assert!(batch.stock_changes.iter().all(|c| c.epoch == 7));
     }

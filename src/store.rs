@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::kpis::{Gauges, KpiKey, KpiValue, TopSkus};
-use stockflow_dataflows::model::{Epoch, Event, EventBody, EventTime, ItemRow, Money, Name, OrderLine, OrderStatus, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::{
+    Epoch, Event, EventBody, EventTime, ItemRow, Money, Name, OrderLine, OrderStatus, SkuKey,
+    StockDelta, StockKey,
+};
 use tokio::sync::watch;
 
 /// Where the views stand: the epoch and, per topic and partition, the next
@@ -29,7 +32,12 @@ impl AsOf {
     /// True when every position in `targets` has been reached.
     pub fn covers(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> bool {
         targets.iter().all(|(topic, partitions)| {
-            partitions.iter().all(|(partition, offset)| self.offsets.get(topic).and_then(|p| p.get(partition)).is_some_and(|reached| reached >= offset))
+            partitions.iter().all(|(partition, offset)| {
+                self.offsets
+                    .get(topic)
+                    .and_then(|p| p.get(partition))
+                    .is_some_and(|reached| reached >= offset)
+            })
         })
     }
 }
@@ -166,7 +174,11 @@ impl IdempotencyRecords {
     fn insert(&mut self, key: (Name, Name), mut record: CommandRecord) {
         while self.order.len() >= MAX_IDEMPOTENCY_RECORDS {
             if let Some((oldest, generation)) = self.order.pop_front() {
-                if self.by_id.get(&oldest).is_some_and(|r| r.generation == generation) {
+                if self
+                    .by_id
+                    .get(&oldest)
+                    .is_some_and(|r| r.generation == generation)
+                {
                     self.by_id.remove(&oldest);
                 }
             }
@@ -240,7 +252,10 @@ impl Store {
 
     /// The latest published state. Cheap: clones an `Arc`.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the published state, appends the row changes that led to it
@@ -251,7 +266,10 @@ impl Store {
         let epoch = snapshot.as_of.epoch;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         if let Some(batch) = batch {
-            self.changes.lock().unwrap_or_else(|p| p.into_inner()).push(batch);
+            self.changes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(batch);
         }
         *current = Arc::new(snapshot);
         drop(current);
@@ -262,30 +280,45 @@ impl Store {
     /// (see [`crate::engine::first_epoch_of_run`]); a change stream asked to
     /// resume from an older epoch is refused.
     pub fn start_run(&self, first: Epoch) {
-        self.changes.lock().unwrap_or_else(|p| p.into_inner()).start_at(first);
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .start_at(first);
     }
 
     /// True when row changes are retained for change streams.
     pub fn changes_enabled(&self) -> bool {
-        self.changes.lock().unwrap_or_else(|p| p.into_inner()).enabled()
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enabled()
     }
 
     /// The retained batches after `epoch` (see [`Changelog::since`]).
     pub fn changes_since(&self, epoch: Epoch) -> Result<Vec<Arc<Batch>>, crate::changes::Gone> {
-        self.changes.lock().unwrap_or_else(|p| p.into_inner()).since(epoch)
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(epoch)
     }
 
     /// The retained batches after `epoch` and, read under the same lock, the
     /// newest epoch published: a stream with no batch left is caught up to it
     /// (publishes without changes leave no batch).
-    pub fn changes_and_newest(&self, epoch: Epoch) -> Result<(Vec<Arc<Batch>>, Epoch), crate::changes::Gone> {
+    pub fn changes_and_newest(
+        &self,
+        epoch: Epoch,
+    ) -> Result<(Vec<Arc<Batch>>, Epoch), crate::changes::Gone> {
         let changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         Ok((changes.since(epoch)?, changes.newest()))
     }
 
     /// Row changes retained.
     pub fn changes_retained(&self) -> usize {
-        self.changes.lock().unwrap_or_else(|p| p.into_inner()).rows()
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rows()
     }
 
     /// A receiver that changes whenever an epoch is published.
@@ -295,7 +328,10 @@ impl Store {
 
     /// Records the source positions that count as "caught up" for `/ready`.
     pub fn set_startup_targets(&self, targets: BTreeMap<String, BTreeMap<u32, u64>>) {
-        *self.startup_targets.write().unwrap_or_else(|p| p.into_inner()) = Some(targets);
+        *self
+            .startup_targets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(targets);
     }
 
     /// Records why the engine is not reading yet (`None` once it is).
@@ -333,20 +369,39 @@ impl Store {
 
     /// A source partition whose reads fail, and the error, if any.
     pub fn source_failure(&self) -> Option<(String, String)> {
-        self.failing.read().unwrap_or_else(|p| p.into_inner()).iter().next().map(|(source, error)| (source.clone(), error.clone()))
+        self.failing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .next()
+            .map(|(source, error)| (source.clone(), error.clone()))
     }
 
     /// Checks that a read-your-writes target names topics and partitions the
     /// engine reads; otherwise says which one it does not.
-    pub fn check_known(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> Result<(), String> {
-        let known = self.startup_targets.read().unwrap_or_else(|p| p.into_inner());
-        let Some(known) = known.as_ref() else { return Ok(()) };
+    pub fn check_known(
+        &self,
+        targets: &BTreeMap<String, BTreeMap<u32, u64>>,
+    ) -> Result<(), String> {
+        let known = self
+            .startup_targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(known) = known.as_ref() else {
+            return Ok(());
+        };
         for (topic, partitions) in targets {
             let Some(sources) = known.get(topic) else {
-                return Err(format!("topic `{topic}` is not a source of this engine (sources: {})", known.keys().cloned().collect::<Vec<_>>().join(", ")));
+                return Err(format!(
+                    "topic `{topic}` is not a source of this engine (sources: {})",
+                    known.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
             };
             if let Some(partition) = partitions.keys().find(|p| !sources.contains_key(p)) {
-                return Err(format!("topic `{topic}` has no partition {partition} ({} partitions)", sources.len()));
+                return Err(format!(
+                    "topic `{topic}` has no partition {partition} ({} partitions)",
+                    sources.len()
+                ));
             }
         }
         Ok(())
@@ -354,7 +409,10 @@ impl Store {
 
     /// Records what sink `name` is doing, for `/ready`.
     pub fn set_sink_state(&self, name: &'static str, state: String) {
-        self.sinks.write().unwrap_or_else(|p| p.into_inner()).insert(name, state);
+        self.sinks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, state);
     }
 
     /// What each sink is doing.
@@ -365,48 +423,91 @@ impl Store {
     /// Records where the engine began reading each source partition and the
     /// checkpoint it resumed from, if any.
     pub fn set_start_offsets(&self, offsets: Offsets, checkpoint: Option<u64>) {
-        *self.start_offsets.write().unwrap_or_else(|p| p.into_inner()) = Some((offsets, checkpoint));
+        *self
+            .start_offsets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some((offsets, checkpoint));
     }
 
     /// Where the engine began reading each source partition and the checkpoint
     /// it resumed from (`None` before it started).
     pub fn start_offsets(&self) -> Option<(Offsets, Option<u64>)> {
-        self.start_offsets.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.start_offsets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The source positions that count as caught up (`None` before the engine started).
     pub fn startup_targets(&self) -> Option<Offsets> {
-        self.startup_targets.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.startup_targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// True once the published views cover what the sources held at start.
     pub fn caught_up(&self) -> bool {
-        let targets = self.startup_targets.read().unwrap_or_else(|p| p.into_inner());
-        targets.as_ref().is_some_and(|targets| self.snapshot().as_of.covers(targets))
+        let targets = self
+            .startup_targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        targets
+            .as_ref()
+            .is_some_and(|targets| self.snapshot().as_of.covers(targets))
     }
 
     /// `Ok` when the views have caught up with what the sources held at start;
     /// otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
-        if let Some(reason) = self.waiting.read().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some(reason) = self
+            .waiting
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             return Err(reason);
         }
-        if let Some((source, error)) = self.failing.read().unwrap_or_else(|p| p.into_inner()).iter().next() {
+        if let Some((source, error)) = self
+            .failing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .next()
+        {
             return Err(format!("reading {source} fails: {error}"));
         }
-        if let Some((who, why)) = self.held_back.read().unwrap_or_else(|p| p.into_inner()).iter().next() {
+        if let Some((who, why)) = self
+            .held_back
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .next()
+        {
             return Err(format!("held back by the {who}: {why}"));
         }
-        let targets = self.startup_targets.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let targets = self
+            .startup_targets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let Some(targets) = targets else {
             return Err("the engine has not started reading its sources yet".into());
         };
         let snapshot = self.snapshot();
         for (topic, partitions) in &targets {
             for (partition, target) in partitions {
-                let reached = snapshot.as_of.offsets.get(topic).and_then(|p| p.get(partition)).copied().unwrap_or(0);
+                let reached = snapshot
+                    .as_of
+                    .offsets
+                    .get(topic)
+                    .and_then(|p| p.get(partition))
+                    .copied()
+                    .unwrap_or(0);
                 if reached < *target {
-                    return Err(format!("catching up: {topic}/{partition} at offset {reached} of {target}"));
+                    return Err(format!(
+                        "catching up: {topic}/{partition} at offset {reached} of {target}"
+                    ));
                 }
             }
         }
@@ -415,29 +516,52 @@ impl Store {
 
     /// Remembers a command appended by this process (see [`Store::submitted`]).
     pub fn submit(&self, tenant: Name, command_id: Name, position: (u32, u64)) {
-        self.submitted.lock().unwrap_or_else(|p| p.into_inner()).insert((tenant, command_id), position);
+        self.submitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((tenant, command_id), position);
     }
 
     /// Where a command appended by this process landed, if it was.
     pub fn submitted(&self, tenant: &Name, command_id: &Name) -> Option<(u32, u64)> {
-        self.submitted.lock().unwrap_or_else(|p| p.into_inner()).get(&(tenant.clone(), command_id.clone())).copied()
+        self.submitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.clone(), command_id.clone()))
+            .copied()
     }
 
     /// Claims a command id for a request whose content hashes to
     /// `fingerprint` (see [`Claim`]); `summary` names the request in a later
     /// conflict. A new claim must be [`Store::command_answered`] or
     /// [`Store::command_failed`].
-    pub fn claim_command(&self, tenant: &Name, command_id: &Name, fingerprint: u64, summary: impl FnOnce() -> String) -> Claim {
+    pub fn claim_command(
+        &self,
+        tenant: &Name,
+        command_id: &Name,
+        fingerprint: u64,
+        summary: impl FnOnce() -> String,
+    ) -> Claim {
         let mut records = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
         let key = (tenant.clone(), command_id.clone());
         match records.by_id.get(&key) {
-            Some(first) if first.fingerprint != fingerprint => Claim::Conflict(first.summary.clone()),
+            Some(first) if first.fingerprint != fingerprint => {
+                Claim::Conflict(first.summary.clone())
+            }
             Some(first) => match &first.answer {
                 Some(answer) => Claim::Repeat(answer.clone()),
                 None => Claim::InFlight,
             },
             None => {
-                records.insert(key, CommandRecord { fingerprint, summary: summary(), answer: None, generation: 0 });
+                records.insert(
+                    key,
+                    CommandRecord {
+                        fingerprint,
+                        summary: summary(),
+                        answer: None,
+                        generation: 0,
+                    },
+                );
                 Claim::New
             }
         }
@@ -454,19 +578,30 @@ impl Store {
     /// Drops the claim of a command that was not appended: it may be sent again, as anything.
     pub fn command_failed(&self, tenant: &Name, command_id: &Name) {
         let mut records = self.idempotency.lock().unwrap_or_else(|p| p.into_inner());
-        if records.by_id.get(&(tenant.clone(), command_id.clone())).is_some_and(|r| r.answer.is_none()) {
+        if records
+            .by_id
+            .get(&(tenant.clone(), command_id.clone()))
+            .is_some_and(|r| r.answer.is_none())
+        {
             records.by_id.remove(&(tenant.clone(), command_id.clone()));
         }
     }
 
     /// Forgets a submitted command once its outcome is in the views.
     pub fn forget_submitted(&self, tenant: &Name, command_id: &Name) {
-        self.submitted.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant.clone(), command_id.clone()));
+        self.submitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(tenant.clone(), command_id.clone()));
     }
 
     /// Waits until the published views cover `targets`, at most `wait`.
     /// Returns the snapshot that covers them, or `None` on timeout.
-    pub async fn wait_for(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>, wait: std::time::Duration) -> Option<Arc<Snapshot>> {
+    pub async fn wait_for(
+        &self,
+        targets: &BTreeMap<String, BTreeMap<u32, u64>>,
+        wait: std::time::Duration,
+    ) -> Option<Arc<Snapshot>> {
         let mut changes = self.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -489,18 +624,36 @@ impl Snapshot {
     pub fn apply_order(&mut self, event: &Event) {
         let row = match &event.body {
             EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => {
-                self.orders.entry((event.tenant.clone(), order_id.clone())).or_default()
+                self.orders
+                    .entry((event.tenant.clone(), order_id.clone()))
+                    .or_default()
             }
             _ => return,
         };
         row.updated_at = row.updated_at.max(event.ts);
         match &event.body {
-            EventBody::OrderPlaced { customer_id, lines, total, .. } => {
-                row.placed.get_or_insert_with(|| (customer_id.clone(), lines.clone(), *total, event.ts));
+            EventBody::OrderPlaced {
+                customer_id,
+                lines,
+                total,
+                ..
+            } => {
+                row.placed
+                    .get_or_insert_with(|| (customer_id.clone(), lines.clone(), *total, event.ts));
             }
-            EventBody::OrderStatus { status: OrderStatus::Confirmed, .. } => row.confirmed = true,
-            EventBody::OrderStatus { status: OrderStatus::Shipped, .. } => row.shipped = true,
-            EventBody::OrderStatus { status: OrderStatus::Cancelled, reason, .. } => {
+            EventBody::OrderStatus {
+                status: OrderStatus::Confirmed,
+                ..
+            } => row.confirmed = true,
+            EventBody::OrderStatus {
+                status: OrderStatus::Shipped,
+                ..
+            } => row.shipped = true,
+            EventBody::OrderStatus {
+                status: OrderStatus::Cancelled,
+                reason,
+                ..
+            } => {
                 row.cancelled.get_or_insert_with(|| reason.clone());
             }
             _ => {}
@@ -514,7 +667,10 @@ impl Snapshot {
 
     /// Records an event caused by a command (its outcome).
     pub fn apply_command(&mut self, tenant: Name, command_id: Name, event: Event) {
-        self.commands.entry((tenant, command_id)).or_default().push(event);
+        self.commands
+            .entry((tenant, command_id))
+            .or_default()
+            .push(event);
     }
 
     /// Applies an item row insertion (`diff > 0`) or retraction (`diff < 0`).
@@ -546,7 +702,10 @@ mod tests {
     #[test]
     fn item_retraction_then_insertion_replaces() {
         let mut s = Snapshot::default();
-        let key = SkuKey { tenant: "t".into(), sku: "a".into() };
+        let key = SkuKey {
+            tenant: "t".into(),
+            sku: "a".into(),
+        };
         let row = |name: &str| ItemRow {
             name: name.into(),
             price: Default::default(),
@@ -561,6 +720,10 @@ mod tests {
         s.apply_item(key.clone(), row("new"), 1);
         assert_eq!(s.items.get(&key).unwrap().name, "new");
         s.apply_item(key.clone(), row("old"), -1);
-        assert_eq!(s.items.get(&key).unwrap().name, "new", "a stale retraction leaves the current row");
+        assert_eq!(
+            s.items.get(&key).unwrap().name,
+            "new",
+            "a stale retraction leaves the current row"
+        );
     }
 }

@@ -66,7 +66,12 @@ struct Alert {
 
 impl Alert {
     fn new(partition: u32, record: Record) -> Alert {
-        Alert { partition, offset: record.offset, event: serde_json::from_slice(&record.payload).ok(), payload: record.payload }
+        Alert {
+            partition,
+            offset: record.offset,
+            event: serde_json::from_slice(&record.payload).ok(),
+            payload: record.payload,
+        }
     }
 
     fn wanted_by(&self, hook: &Webhook) -> bool {
@@ -143,7 +148,11 @@ impl Webhooks {
     /// Opens the registry under `data_dir/webhooks/` and starts the tail and
     /// a task per registered webhook on the current runtime (they wait for
     /// [`Webhooks::set_alerts`]).
-    pub fn open(data_dir: &std::path::Path, policy: Policy, metrics: Metrics) -> anyhow::Result<Arc<Webhooks>> {
+    pub fn open(
+        data_dir: &std::path::Path,
+        policy: Policy,
+        metrics: Metrics,
+    ) -> anyhow::Result<Arc<Webhooks>> {
         let dir = data_dir.join("webhooks");
         std::fs::create_dir_all(&dir)?;
         let registry = Registry::open(&dir.join("webhooks.json"))?;
@@ -175,7 +184,8 @@ impl Webhooks {
 
     /// Hands the webhooks the alerts topic (when the engine has opened it).
     pub fn set_alerts(&self, alerts: Arc<dyn Source>) {
-        self.alerts.send_if_modified(|slot| slot.is_none() && slot.replace(alerts).is_none());
+        self.alerts
+            .send_if_modified(|slot| slot.is_none() && slot.replace(alerts).is_none());
     }
 
     /// How deliveries are made, where they may go, the per-tenant cap.
@@ -198,20 +208,34 @@ impl Webhooks {
     /// Blocking (writes files, may ask the broker for the topic's end).
     pub fn add(self: &Arc<Self>, hook: Webhook) -> Result<(), AddError> {
         let _one_at_a_time = self.registering.lock().unwrap_or_else(|p| p.into_inner());
-        let held = self.registry.list().iter().filter(|h| h.tenant == hook.tenant).count();
+        let held = self
+            .registry
+            .list()
+            .iter()
+            .filter(|h| h.tenant == hook.tenant)
+            .count();
         if held >= self.policy.per_tenant {
-            return Err(AddError::Cap { tenant: hook.tenant, cap: self.policy.per_tenant });
+            return Err(AddError::Cap {
+                tenant: hook.tenant,
+                cap: self.policy.per_tenant,
+            });
         }
         // From the end of the topic as it is now (from its start if the engine has not opened it yet).
         let alerts = self.alerts.borrow().clone();
         if let Some(alerts) = alerts {
             let mut cursor = Cursor::new();
             for partition in 0..alerts.partitions() {
-                cursor.insert(partition, alerts.end_offset(partition).map_err(anyhow::Error::from)?);
+                cursor.insert(
+                    partition,
+                    alerts.end_offset(partition).map_err(anyhow::Error::from)?,
+                );
             }
-            self.save_cursor(&hook.id, &cursor).map_err(anyhow::Error::from)?;
+            self.save_cursor(&hook.id, &cursor)
+                .map_err(anyhow::Error::from)?;
         }
-        self.registry.add(hook.clone()).map_err(anyhow::Error::from)?;
+        self.registry
+            .add(hook.clone())
+            .map_err(anyhow::Error::from)?;
         self.spawn(hook);
         Ok(())
     }
@@ -221,20 +245,37 @@ impl Webhooks {
         if !self.registry.remove(id)? {
             return Ok(false);
         }
-        if let Some(task) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+        if let Some(task) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
             // A delivery cut short is not recorded; nobody will ask for it.
             task.abort();
         }
-        self.tail.lock().unwrap_or_else(|p| p.into_inner()).live.remove(id);
+        self.tail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .remove(id);
         let _ = std::fs::remove_file(self.cursor_path(id));
-        self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let _ = self.metrics.webhook_lag.remove_label_values(&[id]);
         Ok(true)
     }
 
     /// The latest deliveries of a webhook, newest last.
     pub fn deliveries(&self, id: &str) -> Vec<Delivery> {
-        self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(|d| d.iter().cloned().collect()).unwrap_or_default()
+        self.deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Stops the tail and every webhook's task and waits for them: a
@@ -242,8 +283,18 @@ impl Webhooks {
     /// after a restart, with the same delivery id); cursors are saved.
     pub async fn stop(&self) {
         self.stopping.send_replace(true);
-        let tasks: Vec<_> = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain().map(|(_, task)| task).collect();
-        let tail = self.tail_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, task)| task)
+            .collect();
+        let tail = self
+            .tail_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         for task in tasks.into_iter().chain(tail) {
             let _ = task.await;
         }
@@ -252,7 +303,12 @@ impl Webhooks {
     fn spawn(self: &Arc<Self>, hook: Webhook) {
         let id = hook.id.clone();
         let task = self.runtime.spawn(self.clone().run_hook(Arc::new(hook)));
-        if let Some(old) = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(id, task) {
+        if let Some(old) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, task)
+        {
             old.abort();
         }
     }
@@ -262,22 +318,37 @@ impl Webhooks {
     }
 
     fn load_cursor(&self, id: &str) -> Cursor {
-        std::fs::read(self.cursor_path(id)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+        std::fs::read(self.cursor_path(id))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
     }
 
     fn save_cursor(&self, id: &str, cursor: &Cursor) -> std::io::Result<()> {
-        write_atomically(&self.cursor_path(id), &serde_json::to_vec(cursor).expect("offsets serialize"))
+        write_atomically(
+            &self.cursor_path(id),
+            &serde_json::to_vec(cursor).expect("offsets serialize"),
+        )
     }
 
     /// Runs `job` on the blocking pool, at most [`BLOCKING_AT_ONCE`] jobs of the webhooks at a time.
     async fn blocking<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> T {
-        let _turn = self.blocking.acquire().await.expect("the semaphore is never closed");
-        tokio::task::spawn_blocking(job).await.expect("a webhook's blocking job panicked")
+        let _turn = self
+            .blocking
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(job)
+            .await
+            .expect("a webhook's blocking job panicked")
     }
 
     async fn save_cursor_logged(self: &Arc<Self>, id: &str, cursor: &Cursor) {
         let (this, owned_id, owned) = (self.clone(), id.to_owned(), cursor.clone());
-        if let Err(error) = self.blocking(move || this.save_cursor(&owned_id, &owned)).await {
+        if let Err(error) = self
+            .blocking(move || this.save_cursor(&owned_id, &owned))
+            .await
+        {
             tracing::warn!(webhook = %id, %error, "saving the webhook cursor failed");
         }
     }
@@ -298,16 +369,28 @@ impl Webhooks {
     }
 
     /// Opens a reader of every partition at `cursor` (0 where it has none).
-    async fn open_readers(self: &Arc<Self>, alerts: &Arc<dyn Source>, cursor: &Cursor) -> Result<Vec<Box<dyn PartitionReader>>, crate::source::SourceError> {
+    async fn open_readers(
+        self: &Arc<Self>,
+        alerts: &Arc<dyn Source>,
+        cursor: &Cursor,
+    ) -> Result<Vec<Box<dyn PartitionReader>>, crate::source::SourceError> {
         let (alerts, cursor) = (alerts.clone(), cursor.clone());
-        self.blocking(move || (0..alerts.partitions()).map(|p| alerts.reader(p, cursor.get(&p).copied().unwrap_or(0))).collect()).await
+        self.blocking(move || {
+            (0..alerts.partitions())
+                .map(|p| alerts.reader(p, cursor.get(&p).copied().unwrap_or(0)))
+                .collect()
+        })
+        .await
     }
 
     /// Reads up to [`CHUNK`] records of every partition, and each one's end.
     async fn read_chunk(
         self: &Arc<Self>,
         mut readers: Vec<Box<dyn PartitionReader>>,
-    ) -> (Vec<Box<dyn PartitionReader>>, Result<Vec<(u32, Vec<Record>, Option<u64>)>, crate::source::SourceError>) {
+    ) -> (
+        Vec<Box<dyn PartitionReader>>,
+        Result<Vec<(u32, Vec<Record>, Option<u64>)>, crate::source::SourceError>,
+    ) {
         self.blocking(move || {
             let mut chunks = Vec::with_capacity(readers.len());
             for reader in readers.iter_mut() {
@@ -348,7 +431,11 @@ impl Webhooks {
         let mut readers = loop {
             let source = alerts.clone();
             let opened = self
-                .blocking(move || (0..source.partitions()).map(|p| source.end_offset(p).and_then(|end| source.reader(p, end))).collect::<Result<Vec<_>, _>>())
+                .blocking(move || {
+                    (0..source.partitions())
+                        .map(|p| source.end_offset(p).and_then(|end| source.reader(p, end)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
                 .await;
             match opened {
                 Ok(readers) => break readers,
@@ -362,7 +449,12 @@ impl Webhooks {
         };
         {
             let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-            tail.position = Some(readers.iter().map(|r| (r.partition(), r.position())).collect());
+            tail.position = Some(
+                readers
+                    .iter()
+                    .map(|r| (r.partition(), r.position()))
+                    .collect(),
+            );
             tail.ends = tail.position.clone().unwrap_or_default();
         }
         self.ready.send_replace(true);
@@ -391,12 +483,21 @@ impl Webhooks {
     /// it; a webhook whose queue is full is dropped (it catches up alone).
     fn fan_out(&self, chunks: Vec<(u32, Vec<Record>, Option<u64>)>) {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-        let Tail { position, ends, live } = &mut *tail;
+        let Tail {
+            position,
+            ends,
+            live,
+        } = &mut *tail;
         let position = position.as_mut().expect("the tail is open");
         let mut behind = Vec::new();
         for (partition, records, end) in chunks {
-            let Some(last) = records.last().map(|r| r.offset) else { continue };
-            let alerts: Vec<Arc<Alert>> = records.into_iter().map(|r| Arc::new(Alert::new(partition, r))).collect();
+            let Some(last) = records.last().map(|r| r.offset) else {
+                continue;
+            };
+            let alerts: Vec<Arc<Alert>> = records
+                .into_iter()
+                .map(|r| Arc::new(Alert::new(partition, r)))
+                .collect();
             for (id, hook) in live.iter_mut() {
                 let next = hook.next.entry(partition).or_insert(0);
                 let mut skipped = false;
@@ -414,7 +515,16 @@ impl Webhooks {
                     }
                     *next = alert.offset + 1;
                 }
-                if full || (skipped && hook.queue.try_send(Item::Passed { partition, next: *next }).is_err()) {
+                if full
+                    || (skipped
+                        && hook
+                            .queue
+                            .try_send(Item::Passed {
+                                partition,
+                                next: *next,
+                            })
+                            .is_err())
+                {
                     behind.push(id.clone());
                 }
             }
@@ -433,21 +543,40 @@ impl Webhooks {
     fn join(&self, hook: &Arc<Webhook>, cursor: &Cursor) -> Option<mpsc::Receiver<Item>> {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         let position = tail.position.as_ref()?;
-        if position.iter().any(|(p, offset)| cursor.get(p).copied().unwrap_or(0) < *offset) {
+        if position
+            .iter()
+            .any(|(p, offset)| cursor.get(p).copied().unwrap_or(0) < *offset)
+        {
             return None;
         }
-        let next = position.keys().map(|p| (*p, cursor.get(p).copied().unwrap_or(0))).collect();
+        let next = position
+            .keys()
+            .map(|p| (*p, cursor.get(p).copied().unwrap_or(0)))
+            .collect();
         let (queue, receiver) = mpsc::channel(QUEUE);
-        tail.live.insert(hook.id.clone(), Live { hook: hook.clone(), next, queue });
+        tail.live.insert(
+            hook.id.clone(),
+            Live {
+                hook: hook.clone(),
+                next,
+                queue,
+            },
+        );
         Some(receiver)
     }
 
     fn set_lag(&self, hook: &Webhook, cursor: &Cursor) {
         let lag: u64 = {
             let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-            tail.ends.iter().map(|(p, end)| end.saturating_sub(cursor.get(p).copied().unwrap_or(0))).sum()
+            tail.ends
+                .iter()
+                .map(|(p, end)| end.saturating_sub(cursor.get(p).copied().unwrap_or(0)))
+                .sum()
         };
-        self.metrics.webhook_lag.with_label_values(&[&hook.id]).set(lag as i64);
+        self.metrics
+            .webhook_lag
+            .with_label_values(&[&hook.id])
+            .set(lag as i64);
     }
 
     /// A webhook's task: live on the tail's queue while it keeps up, on its
@@ -481,7 +610,12 @@ impl Webhooks {
     }
 
     /// Handles the queue until the tail drops it (`true`) or the server stops (`false`).
-    async fn drain(self: &Arc<Self>, hook: &Arc<Webhook>, cursor: &mut Cursor, mut queue: mpsc::Receiver<Item>) -> bool {
+    async fn drain(
+        self: &Arc<Self>,
+        hook: &Arc<Webhook>,
+        cursor: &mut Cursor,
+        mut queue: mpsc::Receiver<Item>,
+    ) -> bool {
         let mut unsaved = false;
         let mut saved_at = std::time::Instant::now();
         loop {
@@ -527,8 +661,16 @@ impl Webhooks {
 
     /// Reads the topic from the webhook's own cursor until it is level with
     /// the tail, then joins it; `None` if the server stops first.
-    async fn catch_up(self: &Arc<Self>, hook: &Arc<Webhook>, cursor: &mut Cursor) -> Option<mpsc::Receiver<Item>> {
-        let alerts = self.alerts.borrow().clone().expect("the tail is open, so the topic is");
+    async fn catch_up(
+        self: &Arc<Self>,
+        hook: &Arc<Webhook>,
+        cursor: &mut Cursor,
+    ) -> Option<mpsc::Receiver<Item>> {
+        let alerts = self
+            .alerts
+            .borrow()
+            .clone()
+            .expect("the tail is open, so the topic is");
         let mut readers = None;
         loop {
             if self.is_stopping() {
@@ -595,12 +737,34 @@ impl Webhooks {
     /// Delivers one event (retries included), records it, advances the
     /// cursor (the caller saves it); `false` if the server stopped first
     /// (nothing recorded, the cursor stays).
-    async fn handle(self: &Arc<Self>, hook: &Arc<Webhook>, alert: &Alert, cursor: &mut Cursor) -> bool {
-        let text = |field: &str| alert.event.as_ref().and_then(|e| e.get(field)).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    async fn handle(
+        self: &Arc<Self>,
+        hook: &Arc<Webhook>,
+        alert: &Alert,
+        cursor: &mut Cursor,
+    ) -> bool {
+        let text = |field: &str| {
+            alert
+                .event
+                .as_ref()
+                .and_then(|e| e.get(field))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned()
+        };
         let (id, event_type) = (text("id"), text("type"));
-        let outgoing = Outgoing { id: &id, event_type: &event_type, body: &alert.payload };
+        let outgoing = Outgoing {
+            id: &id,
+            event_type: &event_type,
+            body: &alert.payload,
+        };
         let metrics = self.metrics.clone();
-        let mut count = |outcome: &str| metrics.webhook_attempts.with_label_values(&[&hook.id, outcome]).inc();
+        let mut count = |outcome: &str| {
+            metrics
+                .webhook_attempts
+                .with_label_values(&[&hook.id, outcome])
+                .inc()
+        };
         let delivery = tokio::select! {
             delivery = deliver(&self.client, hook, outgoing, &self.policy, &mut count) => delivery,
             _ = self.stopped() => return false,

@@ -17,23 +17,57 @@ use common::{within, Client};
 impl Client {
     /// Posts a command, waits until the views reflect it; returns its token.
     async fn command(&self, path: &str, body: Value) -> String {
-        let response = within(format!("POST {path}"), self.http.post(format!("{}{}", self.base, path)).json(&body).send()).await.unwrap();
+        let response = within(
+            format!("POST {path}"),
+            self.http
+                .post(format!("{}{}", self.base, path))
+                .json(&body)
+                .send(),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status().as_u16(), 202, "{path}");
-        let answer: Value = within(format!("POST {path}: the body"), response.json()).await.unwrap();
+        let answer: Value = within(format!("POST {path}: the body"), response.json())
+            .await
+            .unwrap();
         let token = answer["token"].as_str().unwrap().to_owned();
-        let (status, outcome) = self.get(&format!("/v1/commands/{}?after={token}", answer["command_id"].as_str().unwrap())).await;
-        assert_eq!((status, outcome["status"].as_str()), (200, Some("accepted")), "{outcome}");
+        let (status, outcome) = self
+            .get(&format!(
+                "/v1/commands/{}?after={token}",
+                answer["command_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(
+            (status, outcome["status"].as_str()),
+            (200, Some("accepted")),
+            "{outcome}"
+        );
         token
     }
 
     async fn adjust(&self, sku: &str, qty: i64) -> String {
-        self.command(&format!("/v1/stock/{sku}/adjust"), json!({"location": "madrid", "qty": qty, "reason": "count"})).await
+        self.command(
+            &format!("/v1/stock/{sku}/adjust"),
+            json!({"location": "madrid", "qty": qty, "reason": "count"}),
+        )
+        .await
     }
 
     async fn stream(&self, path: &str, accept: &str) -> EventReader {
-        let response = within(format!("GET {path}"), self.http.get(format!("{}{}", self.base, path)).header("accept", accept).send()).await.unwrap();
+        let response = within(
+            format!("GET {path}"),
+            self.http
+                .get(format!("{}{}", self.base, path))
+                .header("accept", accept)
+                .send(),
+        )
+        .await
+        .unwrap();
         assert_eq!(response.status().as_u16(), 200, "{path}");
-        EventReader { response, buffer: String::new() }
+        EventReader {
+            response,
+            buffer: String::new(),
+        }
     }
 }
 
@@ -82,7 +116,8 @@ impl EventReader {
         let mut events = Vec::new();
         loop {
             let (event, data) = self.next().await.expect("the stream reaches the epoch");
-            let done = (event == "progress" || event == "heartbeat") && data["epoch"].as_u64().unwrap() >= epoch;
+            let done = (event == "progress" || event == "heartbeat")
+                && data["epoch"].as_u64().unwrap() >= epoch;
             events.push((event, data));
             if done {
                 return events;
@@ -99,7 +134,11 @@ fn alerts_topic(running: &Running) -> Vec<Value> {
         let mut reader = topic.reader(partition, 0).unwrap();
         let mut records = Vec::new();
         while reader.read(1000, &mut records).unwrap() > 0 {}
-        events.extend(records.iter().map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()));
+        events.extend(
+            records
+                .iter()
+                .map(|r| serde_json::from_slice::<Value>(&r.payload).unwrap()),
+        );
     }
     events
 }
@@ -107,7 +146,9 @@ fn alerts_topic(running: &Running) -> Vec<Value> {
 async fn start(dir: &std::path::Path) -> Running {
     let mut settings = common::local_settings(dir, 2);
     settings.thresholds.hysteresis = 2;
-    let running = within("the server starts", server::start(&settings)).await.unwrap();
+    let running = within("the server starts", server::start(&settings))
+        .await
+        .unwrap();
     let client = Client::new(&running);
     for _ in 0..200 {
         if client.get("/ready").await.0 == 200 {
@@ -124,11 +165,14 @@ async fn stop(running: Running) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crossing_raises_once_hovering_does_not_flap_recovery_clears_and_a_restart_writes_nothing_twice() {
+async fn a_crossing_raises_once_hovering_does_not_flap_recovery_clears_and_a_restart_writes_nothing_twice(
+) {
     let dir = tempfile::tempdir().unwrap();
     let running = start(dir.path()).await;
     let client = Client::new(&running);
-    let mut live = client.stream("/v1/alerts/stream", "text/event-stream").await;
+    let mut live = client
+        .stream("/v1/alerts/stream", "text/event-stream")
+        .await;
     client.command("/v1/items", json!({"sku": "A", "name": "Widget", "price": "2.50", "reorder_point": 5, "target_level": 20, "stock": {"madrid": 10}})).await;
     let (_, alerts) = client.get("/v1/alerts").await;
     assert_eq!(alerts["alerts"], json!([]), "10 > 5: nothing raised");
@@ -139,24 +183,53 @@ async fn a_crossing_raises_once_hovering_does_not_flap_recovery_clears_and_a_res
     assert_eq!(status, 200);
     let alerts = alerts["alerts"].as_array().unwrap();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
-    assert_eq!((alerts[0]["kind"].as_str(), alerts[0]["state"].as_str(), alerts[0]["available"].as_i64()), (Some("low_stock"), Some("active"), Some(5)));
-    assert_eq!((alerts[0]["threshold"].as_i64(), alerts[0]["suggested_reorder_qty"].as_i64()), (Some(5), Some(15)));
+    assert_eq!(
+        (
+            alerts[0]["kind"].as_str(),
+            alerts[0]["state"].as_str(),
+            alerts[0]["available"].as_i64()
+        ),
+        (Some("low_stock"), Some("active"), Some(5))
+    );
+    assert_eq!(
+        (
+            alerts[0]["threshold"].as_i64(),
+            alerts[0]["suggested_reorder_qty"].as_i64()
+        ),
+        (Some(5), Some(15))
+    );
     let (event, raised) = live.next_event().await.expect("the raise is streamed");
     assert_eq!(event, "alert.low_stock.raised");
-    assert_eq!((raised["sku"].as_str(), raised["available"].as_i64(), raised["suggested_reorder_qty"].as_i64()), (Some("A"), Some(5), Some(15)));
+    assert_eq!(
+        (
+            raised["sku"].as_str(),
+            raised["available"].as_i64(),
+            raised["suggested_reorder_qty"].as_i64()
+        ),
+        (Some("A"), Some(5), Some(15))
+    );
     let (_, replenishment) = client.get("/v1/replenishment").await;
-    assert_eq!(replenishment["suggestions"][0]["suggested_reorder_qty"], 15, "{replenishment}");
+    assert_eq!(
+        replenishment["suggestions"][0]["suggested_reorder_qty"], 15,
+        "{replenishment}"
+    );
 
     // Hovering inside the band (threshold 5, hysteresis 2: clears above 7).
     for qty in [1, -1, 2] {
         client.adjust("A", qty).await;
     }
     let (_, replenishment) = client.get("/v1/replenishment").await;
-    assert_eq!(replenishment["suggestions"][0]["suggested_reorder_qty"], 13, "20 - 7 now: {replenishment}");
+    assert_eq!(
+        replenishment["suggestions"][0]["suggested_reorder_qty"], 13,
+        "20 - 7 now: {replenishment}"
+    );
     // Above the band: cleared.
     let token = client.adjust("A", 1).await;
     let (event, cleared) = live.next_event().await.expect("the clear is streamed");
-    assert_eq!((event.as_str(), cleared["available"].as_i64()), ("alert.low_stock.cleared", Some(8)));
+    assert_eq!(
+        (event.as_str(), cleared["available"].as_i64()),
+        ("alert.low_stock.cleared", Some(8))
+    );
     let (_, active) = client.get(&format!("/v1/alerts?after={token}")).await;
     assert_eq!(active["alerts"], json!([]));
     let (_, all) = client.get("/v1/alerts?state=all").await;
@@ -168,10 +241,26 @@ async fn a_crossing_raises_once_hovering_does_not_flap_recovery_clears_and_a_res
     // Out of stock: both kinds raise.
     client.adjust("A", -8).await;
     let (_, active) = client.get("/v1/alerts").await;
-    let kinds: Vec<&str> = active["alerts"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = active["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["low_stock", "out_of_stock"]);
-    let written: Vec<String> = alerts_topic(&running).iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(written, ["alert.low_stock.raised", "alert.low_stock.cleared", "alert.low_stock.raised", "alert.out_of_stock.raised"]);
+    let written: Vec<String> = alerts_topic(&running)
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        written,
+        [
+            "alert.low_stock.raised",
+            "alert.low_stock.cleared",
+            "alert.low_stock.raised",
+            "alert.out_of_stock.raised"
+        ]
+    );
     stop(running).await;
 
     // A restart rebuilds the views from the log and computes every transition
@@ -185,14 +274,24 @@ async fn a_crossing_raises_once_hovering_does_not_flap_recovery_clears_and_a_res
     client.adjust("A", 3).await;
     let events = alerts_topic(&running);
     assert_eq!(events.len(), 5);
-    assert_eq!((events[4]["type"].as_str(), events[4]["transition"].as_u64()), (Some("alert.out_of_stock.cleared"), Some(2)));
-    let ids: std::collections::BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        (events[4]["type"].as_str(), events[4]["transition"].as_u64()),
+        (Some("alert.out_of_stock.cleared"), Some(2))
+    );
+    let ids: std::collections::BTreeSet<&str> =
+        events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 5, "ids are unique");
 
     // Bad parameters are precise 400s.
     let (status, problem) = client.get("/v1/alerts?state=open").await;
     assert_eq!(status, 400);
-    assert!(problem["detail"].as_str().unwrap().contains("not one of active, all"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not one of active, all"),
+        "{problem}"
+    );
     stop(running).await;
 }
 
@@ -200,7 +299,10 @@ async fn a_crossing_raises_once_hovering_does_not_flap_recovery_clears_and_a_res
 fn apply(state: &mut BTreeMap<String, i64>, row: &Value, diff: i64) {
     let count = state.entry(row.to_string()).or_default();
     *count += diff;
-    assert!(*count == 0 || *count == 1, "row {row} counted {count}: a change was applied twice or out of order");
+    assert!(
+        *count == 0 || *count == 1,
+        "row {row} counted {count}: a change was applied twice or out of order"
+    );
     if *count == 0 {
         state.remove(&row.to_string());
     }
@@ -212,12 +314,27 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
     let running = start(dir.path()).await;
     let client = Client::new(&running);
     for sku in ["A", "B"] {
-        client.command("/v1/items", json!({"sku": sku, "name": sku, "price": "1", "stock": {"madrid": 50, "lima": 5}})).await;
+        client
+            .command(
+                "/v1/items",
+                json!({"sku": sku, "name": sku, "price": "1", "stock": {"madrid": 50, "lima": 5}}),
+            )
+            .await;
     }
-    client.command("/v1/items", json!({"sku": "ZZ", "name": "other", "price": "1", "stock": {"madrid": 1}})).await;
+    client
+        .command(
+            "/v1/items",
+            json!({"sku": "ZZ", "name": "other", "price": "1", "stock": {"madrid": 1}}),
+        )
+        .await;
 
     // Snapshot, then changes; the prefix keeps ZZ out.
-    let mut stream = client.stream("/v1/views/stock/changes?prefix=A&heartbeat_ms=200", "text/event-stream").await;
+    let mut stream = client
+        .stream(
+            "/v1/views/stock/changes?prefix=A&heartbeat_ms=200",
+            "text/event-stream",
+        )
+        .await;
     let mut state = BTreeMap::new();
     let mut snapshot_epoch = None;
     while snapshot_epoch.is_none() {
@@ -239,7 +356,10 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
     for (event, data) in stream.until_progress(target).await {
         match event.as_str() {
             "change" => {
-                assert!(data["epoch"].as_u64().unwrap() > last, "changes come after the last progress");
+                assert!(
+                    data["epoch"].as_u64().unwrap() > last,
+                    "changes come after the last progress"
+                );
                 assert_eq!(data["row"]["sku"], "A");
                 apply(&mut state, &data["row"], data["diff"].as_i64().unwrap());
             }
@@ -251,13 +371,27 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
     // Drop the stream mid-way; changes happen while nobody listens.
     drop(stream);
     client.adjust("A", -2).await;
-    client.command("/v1/stock/A/reserve", json!({"location": "lima", "qty": 2, "reservation_id": "r1"})).await;
-    let mut resumed = client.stream(&format!("/v1/views/stock/changes?prefix=A&from_epoch={last}&heartbeat_ms=200"), "application/x-ndjson").await;
+    client
+        .command(
+            "/v1/stock/A/reserve",
+            json!({"location": "lima", "qty": 2, "reservation_id": "r1"}),
+        )
+        .await;
+    let mut resumed = client
+        .stream(
+            &format!("/v1/views/stock/changes?prefix=A&from_epoch={last}&heartbeat_ms=200"),
+            "application/x-ndjson",
+        )
+        .await;
     let (_, listing) = client.get("/v1/stock?limit=10").await;
     let target = listing["as_of"]["epoch"].as_u64().unwrap();
     let mut buffer = String::new();
     'read: loop {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), resumed.response.chunk()).await.expect("the stream goes on").unwrap().unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resumed.response.chunk())
+            .await
+            .expect("the stream goes on")
+            .unwrap()
+            .unwrap();
         buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         while let Some(end) = buffer.find('\n') {
             let line: Value = serde_json::from_str(&buffer[..end]).unwrap();
@@ -267,21 +401,50 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
                     break 'read;
                 }
             } else {
-                assert!(line["epoch"].as_u64().unwrap() > last, "no change at or before the resume point: {line}");
+                assert!(
+                    line["epoch"].as_u64().unwrap() > last,
+                    "no change at or before the resume point: {line}"
+                );
                 apply(&mut state, &line["row"], line["diff"].as_i64().unwrap());
             }
         }
     }
-    let expected: BTreeMap<String, i64> = listing["rows"].as_array().unwrap().iter().filter(|r| r["sku"] == "A").map(|r| (r.to_string(), 1)).collect();
-    assert_eq!(state, expected, "snapshot + changes + resumed changes = the view");
+    let expected: BTreeMap<String, i64> = listing["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["sku"] == "A")
+        .map(|r| (r.to_string(), 1))
+        .collect();
+    assert_eq!(
+        state, expected,
+        "snapshot + changes + resumed changes = the view"
+    );
 
     // An epoch this server never published, and a view that does not exist.
-    let (status, problem) = client.get(&format!("/v1/views/stock/changes?from_epoch={}", reached["as_of"]["epoch"].as_u64().unwrap() + 1_000_000_000)).await;
+    let (status, problem) = client
+        .get(&format!(
+            "/v1/views/stock/changes?from_epoch={}",
+            reached["as_of"]["epoch"].as_u64().unwrap() + 1_000_000_000
+        ))
+        .await;
     assert_eq!(status, 410);
-    assert!(problem["detail"].as_str().unwrap().contains("newer than any this server published"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("newer than any this server published"),
+        "{problem}"
+    );
     let (status, problem) = client.get("/v1/views/nope/changes").await;
     assert_eq!(status, 404);
-    assert!(problem["detail"].as_str().unwrap().contains("items, stock, stock_totals, orders, low_stock, alerts"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("items, stock, stock_totals, orders, low_stock, alerts"),
+        "{problem}"
+    );
     stop(running).await;
 }
 
@@ -290,18 +453,33 @@ async fn a_stream_that_falls_behind_the_retained_changes_is_told_and_closed() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = common::local_settings(dir.path(), 1);
     settings.changes_retention = 4;
-    let running = within("the server starts", server::start(&settings)).await.unwrap();
+    let running = within("the server starts", server::start(&settings))
+        .await
+        .unwrap();
     let client = Client::new(&running);
-    client.command("/v1/items", json!({"sku": "A", "name": "A", "price": "1", "stock": {"madrid": 50}})).await;
+    client
+        .command(
+            "/v1/items",
+            json!({"sku": "A", "name": "A", "price": "1", "stock": {"madrid": 50}}),
+        )
+        .await;
     let (_, first) = client.get("/v1/stock/A").await;
     let epoch = first["as_of"]["epoch"].as_u64().unwrap();
     for _ in 0..4 {
         client.adjust("A", -1).await;
     }
     // Each adjustment is 4 row changes (stock and totals, retracted and inserted): the early ones are gone.
-    let (status, problem) = client.get(&format!("/v1/views/stock/changes?from_epoch={epoch}")).await;
+    let (status, problem) = client
+        .get(&format!("/v1/views/stock/changes?from_epoch={epoch}"))
+        .await;
     assert_eq!(status, 410);
-    assert!(problem["detail"].as_str().unwrap().contains("compacted away"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("compacted away"),
+        "{problem}"
+    );
     stop(running).await;
 }
 
@@ -340,7 +518,9 @@ async fn alerts_and_replenishment_are_paged_with_limit_and_cursor() {
             .command("/v1/items", json!({"sku": sku, "name": "Pot", "price": "3", "reorder_point": 5, "target_level": 9, "stock": {"a": 0, "b": 0}}))
             .await;
     }
-    let (status, whole) = client.get(&format!("/v1/alerts?limit=1000&after={token}")).await;
+    let (status, whole) = client
+        .get(&format!("/v1/alerts?limit=1000&after={token}"))
+        .await;
     assert_eq!(status, 200, "{whole}");
     let whole = whole["alerts"].as_array().unwrap().clone();
     assert_eq!(whole.len(), 12, "3 skus × 2 locations × 2 kinds: {whole:?}");
@@ -350,7 +530,11 @@ async fn alerts_and_replenishment_are_paged_with_limit_and_cursor() {
         assert_eq!(count, 12usize.div_ceil(limit), "limit={limit}");
     }
     let (status, first) = client.get("/v1/alerts?limit=5").await;
-    assert_eq!((status, first["alerts"].as_array().unwrap().len()), (200, 5), "the README's example: {first}");
+    assert_eq!(
+        (status, first["alerts"].as_array().unwrap().len()),
+        (200, 5),
+        "the README's example: {first}"
+    );
     let (rows, _) = pages(&client, "/v1/alerts?kind=out_of_stock&limit=2", "alerts").await;
     assert_eq!(rows.len(), 6);
     assert!(rows.iter().all(|r| r["kind"] == "out_of_stock"));
@@ -364,13 +548,19 @@ async fn alerts_and_replenishment_are_paged_with_limit_and_cursor() {
 
     for (path, detail) in [
         ("/v1/alerts?limit=0", "limit: must be between 1 and 1000"),
-        ("/v1/replenishment?limit=1001", "limit: must be between 1 and 1000"),
+        (
+            "/v1/replenishment?limit=1001",
+            "limit: must be between 1 and 1000",
+        ),
         ("/v1/alerts?cursor=zzzz", "cursor"),
         ("/v1/replenishment?cursor=zzzz", "cursor"),
     ] {
         let (status, problem) = client.get(path).await;
         assert_eq!(status, 400, "{path}: {problem}");
-        assert!(problem["detail"].as_str().unwrap().contains(detail), "{path}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{path}: {problem}"
+        );
     }
     stop(running).await;
 }
@@ -393,17 +583,52 @@ async fn a_resume_point_from_before_a_restart_is_refused_not_taken_for_one_of_th
         client.adjust("A", 1).await;
     }
     let (_, now) = client.get("/v1/stock/A").await;
-    assert!(now["as_of"]["epoch"].as_u64().unwrap() > kept, "epochs keep growing across a restart: {now}");
-    let (status, problem) = client.get(&format!("/v1/views/stock/changes?from_epoch={kept}")).await;
+    assert!(
+        now["as_of"]["epoch"].as_u64().unwrap() > kept,
+        "epochs keep growing across a restart: {now}"
+    );
+    let (status, problem) = client
+        .get(&format!("/v1/views/stock/changes?from_epoch={kept}"))
+        .await;
     assert_eq!(status, 410, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("comes from before this server's last start"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("comes from before this server's last start"),
+        "{problem}"
+    );
     // The SSE alert stream's automatic resume (Last-Event-ID) likewise.
-    let (status, problem) = client.send(reqwest::Method::GET, "/v1/alerts/stream", None, &[("last-event-id", &kept.to_string())]).await;
+    let (status, problem) = client
+        .send(
+            reqwest::Method::GET,
+            "/v1/alerts/stream",
+            None,
+            &[("last-event-id", &kept.to_string())],
+        )
+        .await;
     assert_eq!(status, 410, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("comes from before this server's last start"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("comes from before this server's last start"),
+        "{problem}"
+    );
     // A fresh stream is a snapshot of the view as it is now.
-    let mut fresh = client.stream("/v1/views/stock/changes?prefix=A", "application/x-ndjson").await;
-    let chunk = within("the fresh snapshot", fresh.response.chunk()).await.unwrap().unwrap();
-    assert!(std::str::from_utf8(&chunk).unwrap().contains("\"on_hand\":6"), "{}", String::from_utf8_lossy(&chunk));
+    let mut fresh = client
+        .stream("/v1/views/stock/changes?prefix=A", "application/x-ndjson")
+        .await;
+    let chunk = within("the fresh snapshot", fresh.response.chunk())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        std::str::from_utf8(&chunk)
+            .unwrap()
+            .contains("\"on_hand\":6"),
+        "{}",
+        String::from_utf8_lossy(&chunk)
+    );
     stop(running).await;
 }

@@ -34,16 +34,31 @@ struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/clickhouse.xml")).unwrap();
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/clickhouse.xml"
+        ))
+        .unwrap();
         let http = free_port();
-        let config = template.replace("@DIR@", dir.to_str().unwrap()).replace("@HTTP@", &http.to_string()).replace("@TCP@", &free_port().to_string());
+        let config = template
+            .replace("@DIR@", dir.to_str().unwrap())
+            .replace("@HTTP@", &http.to_string())
+            .replace("@TCP@", &free_port().to_string());
         std::fs::write(dir.join("config.xml"), config).unwrap();
-        let mut server = Server { dir: dir.to_path_buf(), http, child: None };
+        let mut server = Server {
+            dir: dir.to_path_buf(),
+            http,
+            child: None,
+        };
         server.run();
         server
     }
@@ -54,9 +69,16 @@ impl Server {
 
     fn run(&mut self) {
         // Debian installs it in /usr/sbin, not on every user's PATH.
-        let binary = if Path::new("/usr/sbin/clickhouse-server").exists() { "/usr/sbin/clickhouse-server" } else { "clickhouse-server" };
+        let binary = if Path::new("/usr/sbin/clickhouse-server").exists() {
+            "/usr/sbin/clickhouse-server"
+        } else {
+            "clickhouse-server"
+        };
         let child = Command::new(binary)
-            .arg(format!("--config-file={}", self.dir.join("config.xml").display()))
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("config.xml").display()
+            ))
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -65,7 +87,11 @@ impl Server {
         self.child = Some(child);
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(60), "clickhouse-server did not listen within 60 s (see {})", self.dir.display());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "clickhouse-server did not listen within 60 s (see {})",
+                self.dir.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -87,14 +113,21 @@ impl Drop for Server {
 
 /// Runs `sql` on `url`'s database `db`; the rows as tab-separated fields.
 async fn query(url: &str, db: &str, sql: &str) -> Result<Vec<Vec<String>>, String> {
-    let response =
-        reqwest::Client::new().post(format!("{url}/?database={db}")).body(format!("{sql} FORMAT TabSeparated")).send().await.map_err(|e| e.to_string())?;
+    let response = reqwest::Client::new()
+        .post(format!("{url}/?database={db}"))
+        .body(format!("{sql} FORMAT TabSeparated"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status();
     let text = response.text().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
         return Err(format!("{status}: {text}"));
     }
-    Ok(text.lines().map(|line| line.split('\t').map(str::to_owned).collect()).collect())
+    Ok(text
+        .lines()
+        .map(|line| line.split('\t').map(str::to_owned).collect())
+        .collect())
 }
 
 /// `tenant/sku/location` → `[on_hand, reserved, available]` of every HTTP
@@ -111,11 +144,25 @@ async fn http_stock_of(client: &Client, tenant: &str) -> BTreeMap<String, [i64; 
     let mut rows = BTreeMap::new();
     let mut cursor = String::new();
     loop {
-        let (status, page) = client.get(&format!("/v1/stock?tenant={tenant}&limit=1000{cursor}")).await;
+        let (status, page) = client
+            .get(&format!("/v1/stock?tenant={tenant}&limit=1000{cursor}"))
+            .await;
         assert_eq!(status, 200, "{page}");
         for row in page["rows"].as_array().unwrap() {
-            let key = format!("{}/{}/{}", row["tenant"].as_str().unwrap(), row["sku"].as_str().unwrap(), row["location"].as_str().unwrap());
-            rows.insert(key, [row["on_hand"].as_i64().unwrap(), row["reserved"].as_i64().unwrap(), row["available"].as_i64().unwrap()]);
+            let key = format!(
+                "{}/{}/{}",
+                row["tenant"].as_str().unwrap(),
+                row["sku"].as_str().unwrap(),
+                row["location"].as_str().unwrap()
+            );
+            rows.insert(
+                key,
+                [
+                    row["on_hand"].as_i64().unwrap(),
+                    row["reserved"].as_i64().unwrap(),
+                    row["available"].as_i64().unwrap(),
+                ],
+            );
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = format!("&cursor={next}"),
@@ -126,13 +173,36 @@ async fn http_stock_of(client: &Client, tenant: &str) -> BTreeMap<String, [i64; 
 
 async fn clickhouse_stock(url: &str, db: &str) -> Result<BTreeMap<String, [i64; 3]>, String> {
     let rows = query(url, db, "SELECT tenant, sku, location, on_hand, reserved, available FROM stock_current FINAL WHERE deleted = 0").await?;
-    Ok(rows.into_iter().map(|r| (format!("{}/{}/{}", r[0], r[1], r[2]), [r[3].parse().unwrap(), r[4].parse().unwrap(), r[5].parse().unwrap()])).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                format!("{}/{}/{}", r[0], r[1], r[2]),
+                [
+                    r[3].parse().unwrap(),
+                    r[4].parse().unwrap(),
+                    r[5].parse().unwrap(),
+                ],
+            )
+        })
+        .collect())
 }
 
 /// A counter of `/metrics` (0 when absent).
 async fn metric(client: &Client, name: &str) -> u64 {
-    let text = client.http.get(format!("{}/metrics", client.base)).send().await.unwrap().text().await.unwrap();
-    text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as u64
+    let text = client
+        .http
+        .get(format!("{}/metrics", client.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Appends `events` (keyed by sku or order) to `topic`; returns an `after` token.
@@ -140,8 +210,21 @@ fn append(running: &Running, topic: &str, events: &[Value]) -> String {
     let log = running.log.topic(topic, 3).unwrap();
     let mut tokens = Vec::new();
     for event in events {
-        let key = format!("{}/{}", event["tenant"].as_str().unwrap_or("default"), event["sku"].as_str().or(event["order_id"].as_str()).unwrap_or(""));
-        let (partition, offset) = log.append(key.as_bytes(), event.to_string().as_bytes(), 1_700_000_000_000).unwrap();
+        let key = format!(
+            "{}/{}",
+            event["tenant"].as_str().unwrap_or("default"),
+            event["sku"]
+                .as_str()
+                .or(event["order_id"].as_str())
+                .unwrap_or("")
+        );
+        let (partition, offset) = log
+            .append(
+                key.as_bytes(),
+                event.to_string().as_bytes(),
+                1_700_000_000_000,
+            )
+            .unwrap();
         tokens.push(format!("{topic}:{partition}:{offset}"));
     }
     tokens.join(",")
@@ -204,14 +287,26 @@ async fn wait_synced(running: &Running, url: &str, db: &str, events: usize) {
         let alerts = alert_events(running);
         match (
             clickhouse_stock(url, db).await,
-            query(url, db, "SELECT count(), uniqExact(topic, partition, offset, idx) FROM events").await,
+            query(
+                url,
+                db,
+                "SELECT count(), uniqExact(topic, partition, offset, idx) FROM events",
+            )
+            .await,
             query(url, db, "SELECT count() FROM alerts").await,
         ) {
             (Ok(stock), Ok(counts), Ok(alert_rows)) => {
-                let (count, distinct): (usize, usize) = (counts[0][0].parse().unwrap(), counts[0][1].parse().unwrap());
+                let (count, distinct): (usize, usize) =
+                    (counts[0][0].parse().unwrap(), counts[0][1].parse().unwrap());
                 let alert_rows: u64 = alert_rows[0][0].parse().unwrap();
-                assert!(count == distinct, "an event was written twice: {count} rows for {distinct} positions");
-                assert!(count <= events, "more event rows ({count}) than events in the log ({events})");
+                assert!(
+                    count == distinct,
+                    "an event was written twice: {count} rows for {distinct} positions"
+                );
+                assert!(
+                    count <= events,
+                    "more event rows ({count}) than events in the log ({events})"
+                );
                 if stock == http && count == events && alert_rows == alerts {
                     return;
                 }
@@ -238,8 +333,12 @@ async fn wait_synced(running: &Running, url: &str, db: &str, events: usize) {
 
 fn settings_for(dir: &Path, url: &str, db: &str) -> stockflow::config::Settings {
     let mut settings = common::local_settings(dir, 2);
-    let mut sink =
-        SinkSettings::new(stockflow_sinks::clickhouse::Config { url: url.into(), database: db.into(), user: String::new(), password: String::new() });
+    let mut sink = SinkSettings::new(stockflow_sinks::clickhouse::Config {
+        url: url.into(),
+        database: db.into(),
+        user: String::new(),
+        password: String::new(),
+    });
     sink.batch_interval = Duration::from_millis(100);
     sink.batch_rows = 500;
     settings.clickhouse = Some(sink);
@@ -263,9 +362,25 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     append(&running, ORDER_EVENTS, &orders);
     rounds.push((inventory, orders));
     wait_synced(&running, &url, db, events_in(&rounds)).await;
-    let tables = query(&url, db, "SELECT name FROM system.tables WHERE database = 'stockflow' ORDER BY name").await.unwrap();
+    let tables = query(
+        &url,
+        db,
+        "SELECT name FROM system.tables WHERE database = 'stockflow' ORDER BY name",
+    )
+    .await
+    .unwrap();
     let tables: Vec<&str> = tables.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(tables, ["alerts", "events", "kpis", "sink_progress", "stock_changes", "stock_current"]);
+    assert_eq!(
+        tables,
+        [
+            "alerts",
+            "events",
+            "kpis",
+            "sink_progress",
+            "stock_changes",
+            "stock_current"
+        ]
+    );
 
     // 2. ClickHouse is killed while a round is being written; the engine goes on.
     let (inventory, orders) = workload(1);
@@ -280,12 +395,21 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     let started = Instant::now();
     loop {
         let (status, ready) = client.get("/ready").await;
-        assert_eq!(status, 200, "ClickHouse down does not make the views unready: {ready}");
-        let state = ready["sinks"]["clickhouse"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(
+            status, 200,
+            "ClickHouse down does not make the views unready: {ready}"
+        );
+        let state = ready["sinks"]["clickhouse"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if state.starts_with("retrying") {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "/ready never reported the sink retrying: {ready}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/ready never reported the sink retrying: {ready}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(metric(&client, "stockflow_sink_write_failures_total").await > 0);
@@ -313,9 +437,24 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     )
     .await
     .unwrap();
-    let summed: BTreeMap<String, [i64; 3]> =
-        summed.into_iter().map(|r| (format!("{}/{}/{}", r[0], r[1], r[2]), [r[3].parse().unwrap(), r[4].parse().unwrap(), r[5].parse().unwrap()])).collect();
-    assert_eq!(summed, http_stock(&client).await, "stock_changes does not add up to the view");
+    let summed: BTreeMap<String, [i64; 3]> = summed
+        .into_iter()
+        .map(|r| {
+            (
+                format!("{}/{}/{}", r[0], r[1], r[2]),
+                [
+                    r[3].parse().unwrap(),
+                    r[4].parse().unwrap(),
+                    r[5].parse().unwrap(),
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(
+        summed,
+        http_stock(&client).await,
+        "stock_changes does not add up to the view"
+    );
     // Each committed epoch is recorded once per table, after its data.
     let progress = query(&url, db, "SELECT table, count(), uniqExact(epoch), max(epoch) FROM sink_progress GROUP BY table ORDER BY table").await.unwrap();
     assert_eq!(progress.len(), 5, "{progress:?}");
@@ -323,17 +462,37 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
         assert_eq!(row[1], row[2], "an epoch recorded twice: {row:?}");
     }
     let max_epoch: u64 = progress[0][3].parse().unwrap();
-    let above = query(&url, db, &format!("SELECT count() FROM events WHERE epoch > {max_epoch}")).await.unwrap();
+    let above = query(
+        &url,
+        db,
+        &format!("SELECT count() FROM events WHERE epoch > {max_epoch}"),
+    )
+    .await
+    .unwrap();
     assert_eq!(above[0][0], "0", "rows above the last committed epoch");
     // KPI rows match the HTTP answer for a day.
-    let (status, kpis) = client.get("/v1/kpis?window=day&from=2026-11-20T00:00:00Z&to=2026-11-23T00:00:00Z&metric=orders").await;
+    let (status, kpis) = client
+        .get("/v1/kpis?window=day&from=2026-11-20T00:00:00Z&to=2026-11-23T00:00:00Z&metric=orders")
+        .await;
     assert_eq!(status, 200, "{kpis}");
-    let http_orders: BTreeMap<String, i64> =
-        kpis["rows"].as_array().unwrap().iter().map(|r| (r["bucket"].as_str().unwrap()[..10].to_owned(), r["value"].as_i64().unwrap())).collect();
+    let http_orders: BTreeMap<String, i64> = kpis["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["bucket"].as_str().unwrap()[..10].to_owned(),
+                r["value"].as_i64().unwrap(),
+            )
+        })
+        .collect();
     let ch_orders = query(&url, db, "SELECT toDate(bucket), toInt64(value) FROM kpis FINAL WHERE deleted = 0 AND tenant = 'default' AND window = 'day' AND metric = 'orders' ORDER BY bucket")
         .await
         .unwrap();
-    let ch_orders: BTreeMap<String, i64> = ch_orders.into_iter().map(|r| (r[0].clone(), r[1].parse().unwrap())).collect();
+    let ch_orders: BTreeMap<String, i64> = ch_orders
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+        .collect();
     assert_eq!(ch_orders, http_orders);
     assert_eq!(http_orders.len(), 3, "{http_orders:?}");
     running.shutdown.trigger();
@@ -342,7 +501,8 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
 
 /// ```sql blocks of docs/clickhouse.md.
 fn documented_queries() -> Vec<String> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/clickhouse.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/clickhouse.md"))
+        .unwrap();
     let mut queries = Vec::new();
     let mut current: Option<String> = None;
     for line in doc.lines() {
@@ -364,7 +524,8 @@ fn documented_queries() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_then_the_documented_queries_answer() {
-    let url = std::env::var("STOCKFLOW_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into());
+    let url = std::env::var("STOCKFLOW_CLICKHOUSE_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:8123".into());
     let db = format!("stockflow_docs_{}", std::process::id());
     let data = tempfile::tempdir().unwrap();
     let settings = settings_for(data.path(), &url, &db);
@@ -382,21 +543,51 @@ async fn a_backfill_then_the_documented_queries_answer() {
     running.wait().await.unwrap();
     // ...is backfilled by `stockflow sink clickhouse --from earliest`.
     stockflow::offline::sink(&settings).await.unwrap();
-    let counts = query(&url, &db, "SELECT count(), uniqExact(topic, partition, offset, idx) FROM events").await.unwrap();
-    assert_eq!(counts[0], [events_in(&rounds).to_string(), events_in(&rounds).to_string()], "the backfill wrote each event once");
-    let stock = query(&url, &db, "SELECT count() FROM stock_current FINAL WHERE deleted = 0").await.unwrap();
+    let counts = query(
+        &url,
+        &db,
+        "SELECT count(), uniqExact(topic, partition, offset, idx) FROM events",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        counts[0],
+        [
+            events_in(&rounds).to_string(),
+            events_in(&rounds).to_string()
+        ],
+        "the backfill wrote each event once"
+    );
+    let stock = query(
+        &url,
+        &db,
+        "SELECT count() FROM stock_current FINAL WHERE deleted = 0",
+    )
+    .await
+    .unwrap();
     assert_eq!(stock[0][0], (3 * 20 * 2).to_string(), "every stock row");
 
     // The serving engine takes over from the backfill's progress.
     let running = server::start(&settings).await.unwrap();
     wait_synced(&running, &url, &db, events_in(&rounds)).await;
     let queries = documented_queries();
-    assert_eq!(queries.len(), 10, "docs/clickhouse.md should show ten queries");
+    assert_eq!(
+        queries.len(),
+        10,
+        "docs/clickhouse.md should show ten queries"
+    );
     for sql in &queries {
-        let rows = query(&url, &db, sql).await.unwrap_or_else(|e| panic!("documented query failed: {e}\n{sql}"));
-        assert!(!rows.is_empty(), "documented query answered no rows:\n{sql}");
+        let rows = query(&url, &db, sql)
+            .await
+            .unwrap_or_else(|e| panic!("documented query failed: {e}\n{sql}"));
+        assert!(
+            !rows.is_empty(),
+            "documented query answered no rows:\n{sql}"
+        );
     }
     running.shutdown.trigger();
     running.wait().await.unwrap();
-    query(&url, "default", &format!("DROP DATABASE IF EXISTS {db}")).await.unwrap();
+    query(&url, "default", &format!("DROP DATABASE IF EXISTS {db}"))
+        .await
+        .unwrap();
 }

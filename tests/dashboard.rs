@@ -37,12 +37,18 @@ impl Tools {
     /// PATH, and playwright-core in `STOCKFLOW_PLAYWRIGHT_CORE` or the cache
     /// `scripts/services.sh` installs it into.
     fn find() -> Tools {
-        let chromium = PathBuf::from(std::env::var("STOCKFLOW_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+        let chromium = PathBuf::from(
+            std::env::var("STOCKFLOW_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        );
         let node = PathBuf::from("node");
         let cache = std::env::var("STOCKFLOW_CACHE")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/stockflow"));
-        let playwright_core = std::env::var("STOCKFLOW_PLAYWRIGHT_CORE").map(PathBuf::from).unwrap_or_else(|_| cache.join("node/node_modules/playwright-core"));
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/stockflow")
+            });
+        let playwright_core = std::env::var("STOCKFLOW_PLAYWRIGHT_CORE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| cache.join("node/node_modules/playwright-core"));
         let mut missing = Vec::new();
         if !chromium.is_file() {
             missing.push(format!("no Chromium at {}", chromium.display()));
@@ -52,10 +58,21 @@ impl Tools {
             _ => missing.push("no `node` on the PATH".to_owned()),
         }
         if !playwright_core.join("package.json").is_file() {
-            missing.push(format!("no playwright-core in {}", playwright_core.display()));
+            missing.push(format!(
+                "no playwright-core in {}",
+                playwright_core.display()
+            ));
         }
-        assert!(missing.is_empty(), "the dashboard test needs a browser: {}; run scripts/services.sh to install them", missing.join("; "));
-        Tools { node, chromium, playwright_core }
+        assert!(
+            missing.is_empty(),
+            "the dashboard test needs a browser: {}; run scripts/services.sh to install them",
+            missing.join("; ")
+        );
+        Tools {
+            node,
+            chromium,
+            playwright_core,
+        }
     }
 }
 
@@ -64,9 +81,17 @@ impl Client {
     async fn accepted(&self, path: &str, body: Value) {
         let (status, answer) = self.post(path, body).await;
         assert_eq!(status, 202, "{path}: {answer}");
-        let outcome = format!("/v1/commands/{}?after={}&wait_ms=30000", answer["command_id"].as_str().unwrap(), answer["token"].as_str().unwrap());
+        let outcome = format!(
+            "/v1/commands/{}?after={}&wait_ms=30000",
+            answer["command_id"].as_str().unwrap(),
+            answer["token"].as_str().unwrap()
+        );
         let (status, outcome) = self.get(&outcome).await;
-        assert_eq!((status, outcome["status"].as_str()), (200, Some("accepted")), "{outcome}");
+        assert_eq!(
+            (status, outcome["status"].as_str()),
+            (200, Some("accepted")),
+            "{outcome}"
+        );
     }
 
     /// Waits (generously: the machine may be busy) until `path` answers 200
@@ -75,10 +100,17 @@ impl Client {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let (status, answer) = self.get(path).await;
-            if status == 200 && answer[field].as_array().is_some_and(|rows| !rows.is_empty()) {
+            if status == 200
+                && answer[field]
+                    .as_array()
+                    .is_some_and(|rows| !rows.is_empty())
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "{path} never had {field}: {status} {answer}");
+            assert!(
+                Instant::now() < deadline,
+                "{path} never had {field}: {status} {answer}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -93,38 +125,70 @@ async fn check_assets(client: &Client) {
         async move {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
-            let headers: std::collections::BTreeMap<String, String> =
-                response.headers().iter().map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned())).collect();
+            let headers: std::collections::BTreeMap<String, String> = response
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+                .collect();
             (status, headers, response.text().await.unwrap())
         }
     };
     let (status, headers, page) = get("/".into()).await;
-    assert_eq!((status, headers["content-type"].as_str()), (200, "text/html; charset=utf-8"));
-    assert!(!page.contains("<style") && !page.contains(" style=") && !page.contains("<script>"), "nothing inline: the policy forbids it");
-    assert!(!page.contains("http://") && !page.contains("https://"), "nothing from elsewhere");
-    let mut assets: Vec<&str> = page.split("\"/dashboard/").skip(1).map(|rest| &rest[..rest.find('"').unwrap()]).collect();
+    assert_eq!(
+        (status, headers["content-type"].as_str()),
+        (200, "text/html; charset=utf-8")
+    );
+    assert!(
+        !page.contains("<style") && !page.contains(" style=") && !page.contains("<script>"),
+        "nothing inline: the policy forbids it"
+    );
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "nothing from elsewhere"
+    );
+    let mut assets: Vec<&str> = page
+        .split("\"/dashboard/")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
     assets.sort();
     assert_eq!(assets, ["app.css", "app.js", "favicon.svg"]);
     for (path, content_type) in [
         ("/".to_owned(), "text/html; charset=utf-8"),
-        ("/dashboard/app.js".to_owned(), "text/javascript; charset=utf-8"),
+        (
+            "/dashboard/app.js".to_owned(),
+            "text/javascript; charset=utf-8",
+        ),
         ("/dashboard/app.css".to_owned(), "text/css; charset=utf-8"),
         ("/dashboard/favicon.svg".to_owned(), "image/svg+xml"),
     ] {
         let (status, headers, body) = get(path.clone()).await;
-        assert_eq!((status, headers["content-type"].as_str()), (200, content_type), "{path}");
+        assert_eq!(
+            (status, headers["content-type"].as_str()),
+            (200, content_type),
+            "{path}"
+        );
         assert!(!body.is_empty(), "{path}");
         assert_eq!(headers["cache-control"], "no-cache", "{path}");
         assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
         let policy = &headers["content-security-policy"];
-        assert!(policy.starts_with("default-src 'none'; script-src 'self'; style-src 'self';") && !policy.contains("unsafe"), "{path}: {policy}");
+        assert!(
+            policy.starts_with("default-src 'none'; script-src 'self'; style-src 'self';")
+                && !policy.contains("unsafe"),
+            "{path}: {policy}"
+        );
     }
     let (status, headers, _) = get("/dashboard/app.js.map".into()).await;
-    assert_eq!((status, headers["content-type"].as_str()), (404, "application/problem+json"));
+    assert_eq!(
+        (status, headers["content-type"].as_str()),
+        (404, "application/problem+json")
+    );
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 /// Runs the browser script to its end (or kills it past `SCRIPT_TIMEOUT`);
@@ -156,7 +220,10 @@ fn run_script(tools: &Tools, base: &str, out: &Path) -> (bool, String) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    (success, std::fs::read_to_string(&log_path).unwrap_or_default())
+    (
+        success,
+        std::fs::read_to_string(&log_path).unwrap_or_default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +236,9 @@ async fn the_dashboard_shows_the_demo_live_and_a_new_alert_without_a_reload() {
     let client = Client::new(&running);
     check_assets(&client).await;
     client.until_rows("/v1/stock?limit=1", "rows").await;
-    client.until_rows("/v1/stock?tenant=andina&limit=1", "rows").await;
+    client
+        .until_rows("/v1/stock?tenant=andina&limit=1", "rows")
+        .await;
     client
         .accepted(
             "/v1/items",
@@ -185,12 +254,25 @@ async fn the_dashboard_shows_the_demo_live_and_a_new_alert_without_a_reload() {
     let base = client.base.clone();
     let started = Instant::now();
     // The script's requests are served by this runtime: wait off its threads.
-    let (success, output) = tokio::task::spawn_blocking(move || run_script(&tools, &base, &out)).await.unwrap();
-    println!("--- browser script ({:.1} s) ---\n{output}", started.elapsed().as_secs_f64());
-    assert!(success, "the browser script failed (output above; its log is target/dashboard/browser.log)");
+    let (success, output) = tokio::task::spawn_blocking(move || run_script(&tools, &base, &out))
+        .await
+        .unwrap();
+    println!(
+        "--- browser script ({:.1} s) ---\n{output}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        success,
+        "the browser script failed (output above; its log is target/dashboard/browser.log)"
+    );
 
-    let png = std::fs::read(&screenshot).unwrap_or_else(|e| panic!("{}: {e}", screenshot.display()));
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "{} is not a screenshot", screenshot.display());
+    let png =
+        std::fs::read(&screenshot).unwrap_or_else(|e| panic!("{}: {e}", screenshot.display()));
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} is not a screenshot",
+        screenshot.display()
+    );
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }

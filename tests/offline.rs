@@ -30,18 +30,33 @@ fn data_dir_with_events(dir: &Path) {
     for n in 0..EVENTS {
         let event = json!({"id": format!("e-{n}"), "tenant": "default", "type": "stock.adjusted", "ts": "2026-11-20T10:00:00.000Z",
             "sku": sku_of(n), "location": "madrid", "qty": 1, "reason": "count"});
-        assert_eq!(topic.append_to(0, sku_of(n).as_bytes(), event.to_string().as_bytes(), 1_763_600_000_000).unwrap(), n);
+        assert_eq!(
+            topic
+                .append_to(
+                    0,
+                    sku_of(n).as_bytes(),
+                    event.to_string().as_bytes(),
+                    1_763_600_000_000
+                )
+                .unwrap(),
+            n
+        );
     }
     log.sync().unwrap();
 }
 
 fn segment(dir: &Path) -> PathBuf {
-    dir.join("log").join(INVENTORY_EVENTS).join("0").join(format!("{:020}.log", 0))
+    dir.join("log")
+        .join(INVENTORY_EVENTS)
+        .join("0")
+        .join(format!("{:020}.log", 0))
 }
 
 /// Where record `index` of a segment begins (walking the length fields).
 fn record_start(bytes: &[u8], index: usize) -> usize {
-    (0..index).fold(0, |at, _| at + 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize)
+    (0..index).fold(0, |at, _| {
+        at + 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+    })
 }
 
 /// Every file and directory under `dir`: its path, and its size and SHA-256 for a file.
@@ -56,7 +71,10 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Option<(u64, String)>> {
                 pending.push(path);
             } else {
                 let bytes = std::fs::read(&path).unwrap();
-                out.insert(path, Some((bytes.len() as u64, format!("{:x}", Sha256::digest(&bytes)))));
+                out.insert(
+                    path,
+                    Some((bytes.len() as u64, format!("{:x}", Sha256::digest(&bytes)))),
+                );
             }
         }
     }
@@ -71,10 +89,18 @@ fn run(args: &[&str]) -> Output {
 /// TCP sockets in the listening state that process `pid` holds (from
 /// `/proc`: its socket inodes among the listening ones of its namespace).
 fn listening_sockets(pid: u32) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return 0 };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
     let inodes: Vec<String> = fds
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .filter_map(|target| {
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
         .collect();
     ["tcp", "tcp6"]
         .iter()
@@ -82,7 +108,10 @@ fn listening_sockets(pid: u32) -> usize {
         .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(3) == Some(&"0A") && fields.get(9).is_some_and(|inode| inodes.iter().any(|i| i == inode))
+            fields.get(3) == Some(&"0A")
+                && fields
+                    .get(9)
+                    .is_some_and(|inode| inodes.iter().any(|i| i == inode))
         })
         .count()
 }
@@ -103,7 +132,10 @@ fn run_watched(args: &[&str]) -> (Output, bool) {
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > Duration::from_secs(120) {
             child.kill().unwrap();
-            panic!("stockflow {args:?} still runs after 2 minutes: {:?}", child.wait_with_output().unwrap());
+            panic!(
+                "stockflow {args:?} still runs after 2 minutes: {:?}",
+                child.wait_with_output().unwrap()
+            );
         }
         listened |= listening_sockets(child.id()) > 0;
         std::thread::sleep(Duration::from_millis(2));
@@ -117,11 +149,20 @@ fn text(bytes: &[u8]) -> String {
 
 /// `on_hand` per sku of a `dump --view stock` output.
 fn on_hand(output: &Output) -> BTreeMap<String, i64> {
-    assert!(output.status.success(), "dump failed: {}", text(&output.stderr));
+    assert!(
+        output.status.success(),
+        "dump failed: {}",
+        text(&output.stderr)
+    );
     text(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .map(|row| (row["sku"].as_str().unwrap().to_owned(), row["on_hand"].as_i64().unwrap()))
+        .map(|row| {
+            (
+                row["sku"].as_str().unwrap().to_owned(),
+                row["on_hand"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -140,7 +181,10 @@ fn a_damaged_record_mid_partition_stops_serve_and_dump_and_is_repaired_into_quar
     let data = dir.path().join("data");
     data_dir_with_events(&data);
     let data_arg = data.to_str().unwrap();
-    assert_eq!(on_hand(&run(&["dump", "--view", "stock", "--data-dir", data_arg])), expected_on_hand(&[]));
+    assert_eq!(
+        on_hand(&run(&["dump", "--view", "stock", "--data-dir", data_arg])),
+        expected_on_hand(&[])
+    );
 
     // One flipped bit in the payload of the record at offset 120, in the middle of the last (only) segment.
     let path = segment(&data);
@@ -151,45 +195,122 @@ fn a_damaged_record_mid_partition_stops_serve_and_dump_and_is_repaired_into_quar
     let location = format!("{} at byte {byte} (offset 120)", path.display());
 
     // serve refuses to start, names the file and offset, and truncates nothing.
-    let serve = run(&["serve", "--data-dir", data_arg, "--listen", "127.0.0.1:0", "--checkpoint-interval", "0"]);
+    let serve = run(&[
+        "serve",
+        "--data-dir",
+        data_arg,
+        "--listen",
+        "127.0.0.1:0",
+        "--checkpoint-interval",
+        "0",
+    ]);
     let stderr = text(&serve.stderr);
-    assert!(!serve.status.success(), "serve started on a damaged log: {stderr}");
-    assert!(stderr.contains(&location) && stderr.contains("checksum mismatch"), "{stderr}");
-    assert_eq!(stderr.matches("checksum mismatch").count(), 1, "the error is printed once: {stderr}");
-    assert!(stderr.contains("stockflow log check") && stderr.contains("stockflow log repair --quarantine"), "{stderr}");
-    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the segment is untouched");
+    assert!(
+        !serve.status.success(),
+        "serve started on a damaged log: {stderr}"
+    );
+    assert!(
+        stderr.contains(&location) && stderr.contains("checksum mismatch"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("checksum mismatch").count(),
+        1,
+        "the error is printed once: {stderr}"
+    );
+    assert!(
+        stderr.contains("stockflow log check")
+            && stderr.contains("stockflow log repair --quarantine"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the segment is untouched"
+    );
 
     // dump refuses too, and writes nothing.
     let before = tree(&data);
     let dump = run(&["dump", "--view", "stock", "--data-dir", data_arg]);
-    assert!(!dump.status.success() && text(&dump.stderr).contains(&location), "{}", text(&dump.stderr));
+    assert!(
+        !dump.status.success() && text(&dump.stderr).contains(&location),
+        "{}",
+        text(&dump.stderr)
+    );
     assert_eq!(tree(&data), before, "dump changed the data dir");
 
     // log check reports it (exit code 1) and writes nothing.
     let check = run(&["log", "check", "--data-dir", data_arg]);
     let report = text(&check.stdout);
-    assert_eq!(check.status.code(), Some(1), "{report}{}", text(&check.stderr));
-    assert!(report.contains("inventory.events/0: DAMAGED") && report.contains(&location), "{report}");
-    assert!(report.contains("valid records resume at offset 121"), "{report}");
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "{report}{}",
+        text(&check.stderr)
+    );
+    assert!(
+        report.contains("inventory.events/0: DAMAGED") && report.contains(&location),
+        "{report}"
+    );
+    assert!(
+        report.contains("valid records resume at offset 121"),
+        "{report}"
+    );
     assert_eq!(tree(&data), before, "log check changed the data dir");
 
     // log repair --quarantine moves the damaged record aside, bytes kept, offsets kept.
-    assert!(!run(&["log", "repair", "--data-dir", data_arg]).status.success(), "repair says how: --quarantine");
+    assert!(
+        !run(&["log", "repair", "--data-dir", data_arg])
+            .status
+            .success(),
+        "repair says how: --quarantine"
+    );
     let repair = run(&["log", "repair", "--quarantine", "--data-dir", data_arg]);
-    assert!(repair.status.success(), "{}{}", text(&repair.stdout), text(&repair.stderr));
-    assert!(text(&repair.stdout).contains("offset 120 is a tombstone"), "{}", text(&repair.stdout));
-    let quarantined: Vec<PathBuf> = tree(&data.join("quarantine")).into_iter().filter(|(_, file)| file.is_some()).map(|(p, _)| p).collect();
+    assert!(
+        repair.status.success(),
+        "{}{}",
+        text(&repair.stdout),
+        text(&repair.stderr)
+    );
+    assert!(
+        text(&repair.stdout).contains("offset 120 is a tombstone"),
+        "{}",
+        text(&repair.stdout)
+    );
+    let quarantined: Vec<PathBuf> = tree(&data.join("quarantine"))
+        .into_iter()
+        .filter(|(_, file)| file.is_some())
+        .map(|(p, _)| p)
+        .collect();
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
     let next = record_start(&bytes, 121);
-    assert_eq!(std::fs::read(&quarantined[0]).unwrap(), bytes[byte..next], "the damaged record's bytes, as they were");
+    assert_eq!(
+        std::fs::read(&quarantined[0]).unwrap(),
+        bytes[byte..next],
+        "the damaged record's bytes, as they were"
+    );
 
     let check = run(&["log", "check", "--data-dir", data_arg]);
     assert!(check.status.success(), "{}", text(&check.stdout));
-    assert!(text(&check.stdout).contains("inventory.events/0: ok: 299 records, 1 tombstones"), "{}", text(&check.stdout));
+    assert!(
+        text(&check.stdout).contains("inventory.events/0: ok: 299 records, 1 tombstones"),
+        "{}",
+        text(&check.stdout)
+    );
     // Every other record is read, at its own offset: the views lack only offset 120's event.
-    assert_eq!(on_hand(&run(&["dump", "--view", "stock", "--data-dir", data_arg])), expected_on_hand(&[120]));
+    assert_eq!(
+        on_hand(&run(&["dump", "--view", "stock", "--data-dir", data_arg])),
+        expected_on_hand(&[120])
+    );
     let log = Log::open_read_only(&data.join("log")).unwrap();
-    assert_eq!(log.existing_topic(INVENTORY_EVENTS).unwrap().unwrap().end_offset(0), EVENTS, "no offset shifted");
+    assert_eq!(
+        log.existing_topic(INVENTORY_EVENTS)
+            .unwrap()
+            .unwrap()
+            .end_offset(0),
+        EVENTS,
+        "no offset shifted"
+    );
 }
 
 #[test]
@@ -199,7 +320,10 @@ fn dump_export_and_replay_read_their_source_without_writing_to_it() {
     data_dir_with_events(&data);
     // A torn tail (half a record, as a crash mid-append leaves): read-only tools leave it in place.
     let path = segment(&data);
-    let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
     std::io::Write::write_all(&mut file, &[60, 0, 0, 0, 9, 9, 9]).unwrap();
     drop(file);
     let before = tree(&data);
@@ -208,31 +332,90 @@ fn dump_export_and_replay_read_their_source_without_writing_to_it() {
     std::fs::create_dir(&out).unwrap();
     // Each run: it succeeds, the data dir is as it was, and no listening socket was seen.
     let unchanged = |(output, listened): (Output, bool), what: &str| -> Output {
-        assert_eq!(tree(&data), before, "{what} changed the data dir ({})", text(&output.stderr));
+        assert_eq!(
+            tree(&data),
+            before,
+            "{what} changed the data dir ({})",
+            text(&output.stderr)
+        );
         assert!(!listened, "{what} listened on a TCP port");
         output
     };
 
-    let dump = unchanged(run_watched(&["dump", "--view", "stock", "--data-dir", data_arg]), "dump");
+    let dump = unchanged(
+        run_watched(&["dump", "--view", "stock", "--data-dir", data_arg]),
+        "dump",
+    );
     assert_eq!(on_hand(&dump), expected_on_hand(&[]));
-    let dump = unchanged(run_watched(&["dump", "--view", "stock", "--use-checkpoint", "--data-dir", data_arg]), "dump --use-checkpoint");
+    let dump = unchanged(
+        run_watched(&[
+            "dump",
+            "--view",
+            "stock",
+            "--use-checkpoint",
+            "--data-dir",
+            data_arg,
+        ]),
+        "dump --use-checkpoint",
+    );
     assert_eq!(on_hand(&dump), expected_on_hand(&[]));
 
     let parquet = out.join("stock.parquet");
-    let export = unchanged(run_watched(&["export", "--view", "stock", "--out", parquet.to_str().unwrap(), "--data-dir", data_arg]), "export");
+    let export = unchanged(
+        run_watched(&[
+            "export",
+            "--view",
+            "stock",
+            "--out",
+            parquet.to_str().unwrap(),
+            "--data-dir",
+            data_arg,
+        ]),
+        "export",
+    );
     assert!(export.status.success(), "{}", text(&export.stderr));
-    assert!(text(&export.stderr).contains("7 rows of `stock`"), "{}", text(&export.stderr));
+    assert!(
+        text(&export.stderr).contains("7 rows of `stock`"),
+        "{}",
+        text(&export.stderr)
+    );
     let events = out.join("events.arrow");
-    let export =
-        run_watched(&["export", "--events", "--topic", INVENTORY_EVENTS, "--format", "arrow", "--out", events.to_str().unwrap(), "--data-dir", data_arg]);
+    let export = run_watched(&[
+        "export",
+        "--events",
+        "--topic",
+        INVENTORY_EVENTS,
+        "--format",
+        "arrow",
+        "--out",
+        events.to_str().unwrap(),
+        "--data-dir",
+        data_arg,
+    ]);
     let export = unchanged(export, "export --events");
     assert!(export.status.success(), "{}", text(&export.stderr));
-    assert!(text(&export.stderr).contains(&format!("{EVENTS} events of {INVENTORY_EVENTS}")), "{}", text(&export.stderr));
+    assert!(
+        text(&export.stderr).contains(&format!("{EVENTS} events of {INVENTORY_EVENTS}")),
+        "{}",
+        text(&export.stderr)
+    );
 
     let target = dir.path().join("replayed");
-    let replay = unchanged(run_watched(&["replay", "--source-dir", data_arg, "--data-dir", target.to_str().unwrap()]), "replay");
+    let replay = unchanged(
+        run_watched(&[
+            "replay",
+            "--source-dir",
+            data_arg,
+            "--data-dir",
+            target.to_str().unwrap(),
+        ]),
+        "replay",
+    );
     assert!(replay.status.success(), "{}", text(&replay.stderr));
-    assert!(stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(&target)).is_some(), "the replay's result");
+    assert!(
+        stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(&target)).is_some(),
+        "the replay's result"
+    );
 
     // A data dir that does not exist is an error, and is not created.
     let missing = dir.path().join("typo");
@@ -240,16 +423,48 @@ fn dump_export_and_replay_read_their_source_without_writing_to_it() {
     let parquet_arg = parquet.to_str().unwrap();
     for args in [
         vec!["dump", "--view", "stock", "--data-dir", missing_arg],
-        vec!["export", "--view", "stock", "--out", parquet_arg, "--data-dir", missing_arg],
-        vec!["export", "--events", "--topic", INVENTORY_EVENTS, "--out", parquet_arg, "--data-dir", missing_arg],
-        vec!["replay", "--source-dir", missing_arg, "--data-dir", target.join("again").to_str().unwrap()],
+        vec![
+            "export",
+            "--view",
+            "stock",
+            "--out",
+            parquet_arg,
+            "--data-dir",
+            missing_arg,
+        ],
+        vec![
+            "export",
+            "--events",
+            "--topic",
+            INVENTORY_EVENTS,
+            "--out",
+            parquet_arg,
+            "--data-dir",
+            missing_arg,
+        ],
+        vec![
+            "replay",
+            "--source-dir",
+            missing_arg,
+            "--data-dir",
+            target.join("again").to_str().unwrap(),
+        ],
         vec!["log", "check", "--data-dir", missing_arg],
     ] {
         let output = run(&args);
         let stderr = text(&output.stderr);
-        assert!(!output.status.success(), "{args:?} succeeded on a missing data dir: {stderr}");
-        assert!(stderr.contains(&format!("the data dir {missing_arg} does not exist")), "{args:?}: {stderr}");
+        assert!(
+            !output.status.success(),
+            "{args:?} succeeded on a missing data dir: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("the data dir {missing_arg} does not exist")),
+            "{args:?}: {stderr}"
+        );
         assert!(!missing.exists(), "{args:?} created {missing_arg}");
     }
-    assert!(!target.join("again").exists(), "a replay that could not read its source created its data dir");
+    assert!(
+        !target.join("again").exists(),
+        "a replay that could not read its source created its data dir"
+    );
 }

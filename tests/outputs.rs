@@ -29,7 +29,11 @@ fn shared_brokers() -> String {
 }
 
 fn unique(name: &str) -> String {
-    format!("it-{name}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "it-{name}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 fn settings(dir: &std::path::Path, brokers: &str, topic: &str) -> Settings {
@@ -45,7 +49,10 @@ fn settings(dir: &std::path::Path, brokers: &str, topic: &str) -> Settings {
         api_keys: None,
         rate_limit: None,
         request_timeout: Duration::from_secs(40),
-        http_limits: stockflow::http::Limits { max_connections: 1024, header_read_timeout: Duration::from_secs(10) },
+        http_limits: stockflow::http::Limits {
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+        },
         read_only: false,
         log_format: LogFormat::Pretty,
         demo_rate: None,
@@ -78,7 +85,14 @@ struct Oracle {
 /// Produces `keys` keys' events: one key in five ends above the default
 /// threshold (10), the rest at or below it (a low-stock alert each), some get
 /// a second adjustment, and every `bad_every`-th message is malformed JSON.
-fn produce_storm(brokers: &str, topic: &str, keys: usize, first_key: usize, bad_every: usize, oracle: &mut Oracle) {
+fn produce_storm(
+    brokers: &str,
+    topic: &str,
+    keys: usize,
+    first_key: usize,
+    bad_every: usize,
+    oracle: &mut Oracle,
+) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("client.id", "storm-test-input")
@@ -87,7 +101,10 @@ fn produce_storm(brokers: &str, topic: &str, keys: usize, first_key: usize, bad_
         .create()
         .unwrap();
     let send = |key: &str, payload: &[u8]| {
-        while producer.send(BaseRecord::to(topic).key(key).payload(payload)).is_err() {
+        while producer
+            .send(BaseRecord::to(topic).key(key).payload(payload))
+            .is_err()
+        {
             producer.poll(Duration::from_millis(5));
         }
     };
@@ -102,10 +119,16 @@ fn produce_storm(brokers: &str, topic: &str, keys: usize, first_key: usize, bad_
             oracle.messages += 1;
             if oracle.messages.is_multiple_of(bad_every) {
                 oracle.malformed += 1;
-                send(&format!("default/{sku}"), format!(r#"{{"id":"bad-{k}-{n}","type":"stock.adjusted","#).as_bytes());
+                send(
+                    &format!("default/{sku}"),
+                    format!(r#"{{"id":"bad-{k}-{n}","type":"stock.adjusted","#).as_bytes(),
+                );
                 oracle.messages += 1;
             }
-            *oracle.on_hand.entry(format!("{sku}@{location}")).or_default() += qty;
+            *oracle
+                .on_hand
+                .entry(format!("{sku}@{location}"))
+                .or_default() += qty;
             let event = json!({"id": format!("e-{k}-{n}"), "type": "stock.adjusted", "sku": sku, "location": location, "qty": qty, "reason": "count"});
             send(&format!("default/{sku}"), event.to_string().as_bytes());
         }
@@ -124,14 +147,18 @@ fn consume(brokers: &str, topic: &str, count: usize) -> Vec<rdkafka::message::Ow
         .unwrap();
     let mut assignment = TopicPartitionList::new();
     for p in 0..PARTITIONS as i32 {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut messages = Vec::new();
     let mut quiet_since = Instant::now();
     // Read past `count` for a moment: a duplicate would arrive after it.
-    while Instant::now() < deadline && (messages.len() < count || quiet_since.elapsed() < Duration::from_secs(2)) {
+    while Instant::now() < deadline
+        && (messages.len() < count || quiet_since.elapsed() < Duration::from_secs(2))
+    {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 messages.push(message.detach());
@@ -144,13 +171,25 @@ fn consume(brokers: &str, topic: &str, count: usize) -> Vec<rdkafka::message::Ow
 }
 
 fn published(running: &Running, topic: &str) -> u64 {
-    running.store.snapshot().as_of.offsets.get(topic).map(|p| p.values().sum()).unwrap_or(0)
+    running
+        .store
+        .snapshot()
+        .as_of
+        .offsets
+        .get(topic)
+        .map(|p| p.values().sum())
+        .unwrap_or(0)
 }
 
 async fn wait_published(running: &Running, topic: &str, messages: usize, within: Duration) {
     let deadline = Instant::now() + within;
     while published(running, topic) < messages as u64 {
-        assert!(Instant::now() < deadline, "published {} of {messages} messages; /ready: {:?}", published(running, topic), running.store.readiness());
+        assert!(
+            Instant::now() < deadline,
+            "published {} of {messages} messages; /ready: {:?}",
+            published(running, topic),
+            running.store.readiness()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -158,7 +197,11 @@ async fn wait_published(running: &Running, topic: &str, messages: usize, within:
 async fn ready(running: &Running) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while running.store.readiness().is_err() {
-        assert!(Instant::now() < deadline, "never ready: {:?}", running.store.readiness());
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            running.store.readiness()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -170,35 +213,94 @@ fn check_outputs(running: &Running, brokers: &str, topic: &str, oracle: &Oracle)
     let mut wrong = Vec::new();
     for (key, expected) in &oracle.on_hand {
         let (sku, location) = key.split_once('@').unwrap();
-        let stock_key = StockKey { tenant: Name::from("default"), sku: Name::from(sku), location: Name::from(location) };
+        let stock_key = StockKey {
+            tenant: Name::from("default"),
+            sku: Name::from(sku),
+            location: Name::from(location),
+        };
         let on_hand = snapshot.stock.get(&stock_key).map(|row| row.on_hand);
         if on_hand != Some(*expected) {
             wrong.push(format!("{key}: {on_hand:?} != {expected}"));
         }
     }
-    assert!(wrong.is_empty(), "{} of {} rows differ from the oracle, e.g. {:?}", wrong.len(), oracle.on_hand.len(), &wrong[..wrong.len().min(5)]);
-    assert_eq!(snapshot.stock.len(), oracle.on_hand.len(), "no row the oracle does not have");
+    assert!(
+        wrong.is_empty(),
+        "{} of {} rows differ from the oracle, e.g. {:?}",
+        wrong.len(),
+        oracle.on_hand.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    assert_eq!(
+        snapshot.stock.len(),
+        oracle.on_hand.len(),
+        "no row the oracle does not have"
+    );
 
-    let transitions: u64 =
-        ["raised", "cleared"].iter().map(|state| running.metrics.alert_transitions.with_label_values(&["low_stock", state]).get()).sum::<u64>()
-            + ["raised", "cleared"].iter().map(|state| running.metrics.alert_transitions.with_label_values(&["out_of_stock", state]).get()).sum::<u64>();
+    let transitions: u64 = ["raised", "cleared"]
+        .iter()
+        .map(|state| {
+            running
+                .metrics
+                .alert_transitions
+                .with_label_values(&["low_stock", state])
+                .get()
+        })
+        .sum::<u64>()
+        + ["raised", "cleared"]
+            .iter()
+            .map(|state| {
+                running
+                    .metrics
+                    .alert_transitions
+                    .with_label_values(&["out_of_stock", state])
+                    .get()
+            })
+            .sum::<u64>();
     let low = oracle.on_hand.values().filter(|qty| **qty <= 10).count() as u64;
-    assert!(transitions >= low, "every low row raised once at least: {transitions} transitions, {low} low rows");
+    assert!(
+        transitions >= low,
+        "every low row raised once at least: {transitions} transitions, {low} low rows"
+    );
     let alerts = consume(brokers, &format!("{topic}.alerts"), transitions as usize);
     let mut seen = BTreeSet::new();
     for message in &alerts {
         let event: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-        let id = (event["sku"].to_string(), event["location"].to_string(), event["kind"].to_string(), event["transition"].as_u64().unwrap());
-        assert!(seen.insert(id.clone()), "alert transition {id:?} written twice");
+        let id = (
+            event["sku"].to_string(),
+            event["location"].to_string(),
+            event["kind"].to_string(),
+            event["transition"].as_u64().unwrap(),
+        );
+        assert!(
+            seen.insert(id.clone()),
+            "alert transition {id:?} written twice"
+        );
     }
-    assert_eq!(alerts.len() as u64, transitions, "one alert event per counted transition");
+    assert_eq!(
+        alerts.len() as u64,
+        transitions,
+        "one alert event per counted transition"
+    );
 
     let letters = consume(brokers, &format!("{topic}.dlq"), oracle.malformed);
-    let offsets: BTreeSet<(String, String)> =
-        letters.iter().map(|m| (header_text(m, "stockflow-source-partition").unwrap(), header_text(m, "stockflow-source-offset").unwrap())).collect();
+    let offsets: BTreeSet<(String, String)> = letters
+        .iter()
+        .map(|m| {
+            (
+                header_text(m, "stockflow-source-partition").unwrap(),
+                header_text(m, "stockflow-source-offset").unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(offsets.len(), letters.len(), "no dead letter twice");
-    assert_eq!(letters.len(), oracle.malformed, "one dead letter per malformed message");
-    assert!(letters.iter().all(|m| header_text(m, "stockflow-error-class").as_deref() == Some("json")));
+    assert_eq!(
+        letters.len(),
+        oracle.malformed,
+        "one dead letter per malformed message"
+    );
+    assert!(letters
+        .iter()
+        .all(|m| header_text(m, "stockflow-error-class").as_deref() == Some("json")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +310,8 @@ async fn an_alert_storm_through_a_full_producer_queue_writes_each_transition_onc
     let dir = tempfile::tempdir().unwrap();
     let mut storm = settings(dir.path(), &brokers, &topic);
     // A queue of 50 records: nearly every send meets a full queue.
-    storm.kafka.as_mut().unwrap().producer_options = vec![("queue.buffering.max.messages".into(), "50".into())];
+    storm.kafka.as_mut().unwrap().producer_options =
+        vec![("queue.buffering.max.messages".into(), "50".into())];
     let running = server::start(&storm).await.unwrap();
     ready(&running).await;
     let mut oracle = Oracle::default();
@@ -233,11 +336,15 @@ impl Proxy {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen))
+            .await
+            .unwrap();
         let (cut2, generation2) = (cut.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
                 let (cut, mut cuts) = (cut2.clone(), generation2.subscribe());
                 tokio::spawn(async move {
                     // Request header: size i32, api_key i16, api_version i16, correlation_id i32, client_id (i16 length + bytes).
@@ -254,8 +361,14 @@ impl Proxy {
                     if targeted && cut.load(Ordering::SeqCst) {
                         return; // refused while cut
                     }
-                    let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
-                    if broker.write_all(&head).await.is_err() || broker.write_all(&id).await.is_err() {
+                    let Ok(mut broker) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    if broker.write_all(&head).await.is_err()
+                        || broker.write_all(&id).await.is_err()
+                    {
                         return;
                     }
                     if targeted {
@@ -294,15 +407,28 @@ impl Drop for OwnBroker {
 
 fn resident_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
     kib / 1024.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_cut_mid_append_holds_the_sources_then_resumes_exactly() {
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let (broker_port, proxy_port) = (free(), free());
-    let cache = std::env::var("STOCKFLOW_CACHE").unwrap_or_else(|_| format!("{}/.cache/stockflow", std::env::var("HOME").unwrap()));
+    let cache = std::env::var("STOCKFLOW_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/stockflow", std::env::var("HOME").unwrap()));
     let tansu = std::env::var("STOCKFLOW_TANSU").unwrap_or_else(|_| format!("{cache}/bin/tansu"));
     // The broker advertises the proxy, so every connection goes through it.
     let _broker = OwnBroker(
@@ -341,20 +467,50 @@ async fn a_producer_cut_mid_append_holds_the_sources_then_resumes_exactly() {
     produce_storm(&brokers, &topic, 60_000, 5_000, 50, &mut oracle);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_stuck = resident_mib();
-    let position =
-        |running: &Running| -> i64 { (0..PARTITIONS).map(|p| running.metrics.source_position.with_label_values(&[&topic, &p.to_string()]).get()).sum() };
+    let position = |running: &Running| -> i64 {
+        (0..PARTITIONS)
+            .map(|p| {
+                running
+                    .metrics
+                    .source_position
+                    .with_label_values(&[&topic, &p.to_string()])
+                    .get()
+            })
+            .sum()
+    };
     let (read, reached) = (position(&running), published(&running, &topic));
-    assert!(reached < oracle.messages as u64, "the stuck output holds publishing back (published {reached} of {})", oracle.messages);
-    assert!(read <= reached as i64 + IN_FLIGHT as i64, "the sources stop reading: read {read}, published {reached}, bound {IN_FLIGHT}");
-    assert!(running.metrics.events_in_flight.get() <= IN_FLIGHT as i64, "{}", running.metrics.events_in_flight.get());
-    let why = running.store.readiness().expect_err("not ready while an output is stuck");
+    assert!(
+        reached < oracle.messages as u64,
+        "the stuck output holds publishing back (published {reached} of {})",
+        oracle.messages
+    );
+    assert!(
+        read <= reached as i64 + IN_FLIGHT as i64,
+        "the sources stop reading: read {read}, published {reached}, bound {IN_FLIGHT}"
+    );
+    assert!(
+        running.metrics.events_in_flight.get() <= IN_FLIGHT as i64,
+        "{}",
+        running.metrics.events_in_flight.get()
+    );
+    let why = running
+        .store
+        .readiness()
+        .expect_err("not ready while an output is stuck");
     // The alerts topic or the dead-letter topic, whichever the publisher waits on first.
-    let names_output = why.contains(&format!("{topic}.alerts")) || why.contains(&format!("{topic}.dlq"));
-    assert!(why.contains("held back by the publisher") && names_output, "/ready names the output: {why}");
+    let names_output =
+        why.contains(&format!("{topic}.alerts")) || why.contains(&format!("{topic}.dlq"));
+    assert!(
+        why.contains("held back by the publisher") && names_output,
+        "/ready names the output: {why}"
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let rss_later = resident_mib();
     assert_eq!(position(&running), read, "still holding");
-    assert!(rss_later - rss_stuck < 64.0, "memory stays flat while stuck: {rss_stuck:.0} MiB then {rss_later:.0} MiB");
+    assert!(
+        rss_later - rss_stuck < 64.0,
+        "memory stays flat while stuck: {rss_stuck:.0} MiB then {rss_later:.0} MiB"
+    );
 
     // The broker comes back: everything resumes by itself, exactly.
     proxy.restore();

@@ -21,7 +21,15 @@ mod common;
 use common::Client;
 
 /// Views whose every field is a function of the input alone (see docs/replay.md).
-const EXACT_VIEWS: &[&str] = &["items", "stock", "stock_totals", "orders", "kpis", "top_skus", "gauges"];
+const EXACT_VIEWS: &[&str] = &[
+    "items",
+    "stock",
+    "stock_totals",
+    "orders",
+    "kpis",
+    "top_skus",
+    "gauges",
+];
 
 /// One message to append: topic, key, payload.
 type Message = (&'static str, String, Vec<u8>);
@@ -39,7 +47,9 @@ fn history(seed: u64, count: usize) -> Vec<Message> {
     let base = (chrono::Utc::now().timestamp_millis() - 3 * 86_400_000) / 3_600_000 * 3_600_000;
     let ts = |rng: &mut SmallRng| {
         let ms = base + rng.random_range(0..3 * 86_400_000i64);
-        chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     };
     let tenants = ["default", "acme"];
     let locations = ["madrid", "lima", "bogota"];
@@ -52,7 +62,11 @@ fn history(seed: u64, count: usize) -> Vec<Message> {
             if s % 3 == 0 {
                 event["reorder_point"] = json!(rng.random_range(3..15));
             }
-            out.push((INVENTORY_EVENTS, format!("{tenant}/{sku}"), event.to_string().into_bytes()));
+            out.push((
+                INVENTORY_EVENTS,
+                format!("{tenant}/{sku}"),
+                event.to_string().into_bytes(),
+            ));
         }
     }
     let mut reservations: Vec<(String, String, String)> = Vec::new();
@@ -82,10 +96,19 @@ fn history(seed: u64, count: usize) -> Vec<Message> {
                 )
             }
             55..=64 if !reservations.is_empty() => {
-                let (tenant, sku, reservation) = reservations.swap_remove(rng.random_range(0..reservations.len()));
-                let kind = if rng.random_bool(0.5) { "stock.released" } else { "stock.committed" };
+                let (tenant, sku, reservation) =
+                    reservations.swap_remove(rng.random_range(0..reservations.len()));
+                let kind = if rng.random_bool(0.5) {
+                    "stock.released"
+                } else {
+                    "stock.committed"
+                };
                 let event = json!({"id": id, "tenant": tenant, "type": kind, "ts": ts(&mut rng), "reservation_id": reservation});
-                out.push((INVENTORY_EVENTS, format!("{tenant}/{sku}"), event.to_string().into_bytes()));
+                out.push((
+                    INVENTORY_EVENTS,
+                    format!("{tenant}/{sku}"),
+                    event.to_string().into_bytes(),
+                ));
                 continue;
             }
             65..=74 => {
@@ -99,14 +122,20 @@ fn history(seed: u64, count: usize) -> Vec<Message> {
             }
             75..=78 if n > 10 => {
                 let order = format!("{tenant}-o-{}", rng.random_range(0..n));
-                (ORDER_EVENTS, json!({"id": id, "tenant": tenant, "type": "order.cancelled", "ts": ts(&mut rng), "order_id": order, "reason": "customer"}))
+                (
+                    ORDER_EVENTS,
+                    json!({"id": id, "tenant": tenant, "type": "order.cancelled", "ts": ts(&mut rng), "order_id": order, "reason": "customer"}),
+                )
             }
             79..=84 => (
                 INVENTORY_EVENTS,
                 json!({"id": id, "tenant": tenant, "type": "item.updated", "ts": ts(&mut rng), "sku": sku, "price": format!("{}.25", rng.random_range(1..50)),
                     "reorder_point": rng.random_range(2..12)}),
             ),
-            85 => (INVENTORY_EVENTS, json!({"id": id, "tenant": tenant, "type": "item.deleted", "ts": ts(&mut rng), "sku": sku})),
+            85 => (
+                INVENTORY_EVENTS,
+                json!({"id": id, "tenant": tenant, "type": "item.deleted", "ts": ts(&mut rng), "sku": sku}),
+            ),
             86 => (
                 INVENTORY_EVENTS,
                 json!({"id": id, "tenant": tenant, "type": "item.created", "ts": ts(&mut rng), "sku": sku, "name": "Revived", "price": "3.00"}),
@@ -126,7 +155,11 @@ fn history(seed: u64, count: usize) -> Vec<Message> {
                 json!({"id": id, "tenant": tenant, "type": "stock.adjusted", "ts": ts(&mut rng), "sku": sku, "location": location, "qty": 3, "reason": "restock"}),
             ),
         };
-        let key = if topic == ORDER_EVENTS { format!("{tenant}/{}", event["order_id"].as_str().unwrap()) } else { key };
+        let key = if topic == ORDER_EVENTS {
+            format!("{tenant}/{}", event["order_id"].as_str().unwrap())
+        } else {
+            key
+        };
         out.push((topic, key, event.to_string().into_bytes()));
     }
     out
@@ -136,7 +169,10 @@ fn history(seed: u64, count: usize) -> Vec<Message> {
 fn append(dir: &Path, messages: &[Message]) {
     let log = Log::open(&dir.join("log")).unwrap();
     for (topic, key, payload) in messages {
-        log.topic(topic, 3).unwrap().append(key.as_bytes(), payload, 1_763_600_000_000).unwrap();
+        log.topic(topic, 3)
+            .unwrap()
+            .append(key.as_bytes(), payload, 1_763_600_000_000)
+            .unwrap();
     }
     log.sync().unwrap();
 }
@@ -152,7 +188,11 @@ async fn caught_up(settings: &Settings) -> server::Running {
     let running = server::start(settings).await.unwrap();
     let started = Instant::now();
     while !running.store.caught_up() {
-        assert!(started.elapsed() < Duration::from_secs(60), "not caught up: {:?}", running.store.readiness());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not caught up: {:?}",
+            running.store.readiness()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     running
@@ -161,11 +201,23 @@ async fn caught_up(settings: &Settings) -> server::Running {
 /// Every view of a caught-up server, as `stockflow dump` prints them.
 fn dump_all(running: &server::Running) -> BTreeMap<&'static str, Vec<Value>> {
     let snapshot = running.store.snapshot();
-    stockflow::offline::DUMP_VIEWS.iter().map(|view| (*view, stockflow::offline::dump_rows(&snapshot, view, None).unwrap())).collect()
+    stockflow::offline::DUMP_VIEWS
+        .iter()
+        .map(|view| {
+            (
+                *view,
+                stockflow::offline::dump_rows(&snapshot, view, None).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// A full replay of `dir`'s log: offline (writes nothing), no checkpoint read.
-async fn replay(dir: &Path, workers: usize, epoch_max_events: usize) -> BTreeMap<&'static str, Vec<Value>> {
+async fn replay(
+    dir: &Path,
+    workers: usize,
+    epoch_max_events: usize,
+) -> BTreeMap<&'static str, Vec<Value>> {
     let mut settings = settings(dir, workers, epoch_max_events);
     settings.offline = true;
     settings.checkpoint_interval = None;
@@ -179,12 +231,28 @@ async fn replay(dir: &Path, workers: usize, epoch_max_events: usize) -> BTreeMap
 /// Asserts the exact views equal, and which alerts are active with their
 /// levels (a function of the current levels with the default hysteresis of
 /// 0; the threshold, target and `since` are those in force when raised).
-fn assert_same_views(left: &BTreeMap<&'static str, Vec<Value>>, right: &BTreeMap<&'static str, Vec<Value>>, what: &str) {
-    let sizes = |views: &BTreeMap<&'static str, Vec<Value>>| views.iter().map(|(v, rows)| (*v, rows.len())).collect::<Vec<_>>();
+fn assert_same_views(
+    left: &BTreeMap<&'static str, Vec<Value>>,
+    right: &BTreeMap<&'static str, Vec<Value>>,
+    what: &str,
+) {
+    let sizes = |views: &BTreeMap<&'static str, Vec<Value>>| {
+        views
+            .iter()
+            .map(|(v, rows)| (*v, rows.len()))
+            .collect::<Vec<_>>()
+    };
     eprintln!("{what}: {:?} vs {:?}", sizes(left), sizes(right));
     for view in EXACT_VIEWS {
-        assert!(!left[view].is_empty(), "{what}: `{view}` is empty: the history should fill it");
-        assert_eq!(left[view].len(), right[view].len(), "{what}: `{view}` row counts");
+        assert!(
+            !left[view].is_empty(),
+            "{what}: `{view}` is empty: the history should fill it"
+        );
+        assert_eq!(
+            left[view].len(),
+            right[view].len(),
+            "{what}: `{view}` row counts"
+        );
         for (l, r) in left[view].iter().zip(&right[view]) {
             assert_eq!(l, r, "{what}: first differing `{view}` row");
         }
@@ -194,12 +262,25 @@ fn assert_same_views(left: &BTreeMap<&'static str, Vec<Value>>, right: &BTreeMap
             .iter()
             .map(|row| {
                 let field = |f: &str| row[f].clone();
-                json!([field("tenant"), field("sku"), field("location"), field("available"), field("out_of_stock")])
+                json!([
+                    field("tenant"),
+                    field("sku"),
+                    field("location"),
+                    field("available"),
+                    field("out_of_stock")
+                ])
             })
             .collect()
     };
-    assert!(!active(left).is_empty(), "{what}: the history should raise some alerts");
-    assert_eq!(active(left), active(right), "{what}: active low-stock alerts");
+    assert!(
+        !active(left).is_empty(),
+        "{what}: the history should raise some alerts"
+    );
+    assert_eq!(
+        active(left),
+        active(right),
+        "{what}: active low-stock alerts"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,8 +289,17 @@ async fn the_same_input_gives_the_same_dump_whatever_the_epochs_and_workers() {
     append(dir.path(), &history(7, 1_500));
     let fine = replay(dir.path(), 1, 5).await;
     let coarse = replay(dir.path(), 2, 100_000).await;
-    assert_same_views(&fine, &coarse, "1 worker, 5-message epochs vs 2 workers, whole-log epochs");
-    let bytes = |views: &BTreeMap<&'static str, Vec<Value>>| -> Vec<u8> { EXACT_VIEWS.iter().flat_map(|v| serde_json::to_vec(&views[v]).unwrap()).collect() };
+    assert_same_views(
+        &fine,
+        &coarse,
+        "1 worker, 5-message epochs vs 2 workers, whole-log epochs",
+    );
+    let bytes = |views: &BTreeMap<&'static str, Vec<Value>>| -> Vec<u8> {
+        EXACT_VIEWS
+            .iter()
+            .flat_map(|v| serde_json::to_vec(&views[v]).unwrap())
+            .collect()
+    };
     assert_eq!(bytes(&fine), bytes(&coarse), "byte for byte");
 }
 
@@ -229,20 +319,40 @@ fn assert_alerts_written_once(dir: &Path, view: &[Value]) -> usize {
     for record in &records {
         let event: Value = serde_json::from_slice(&record.payload).unwrap();
         let key = |f: &str| event[f].as_str().unwrap_or_default().to_owned();
-        let kind = event["type"].as_str().unwrap().split('.').nth(1).unwrap().to_owned();
-        seen.entry((key("tenant"), key("sku"), key("location"), kind)).or_default().push(event["transition"].as_u64().unwrap());
+        let kind = event["type"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        seen.entry((key("tenant"), key("sku"), key("location"), kind))
+            .or_default()
+            .push(event["transition"].as_u64().unwrap());
     }
     for (key, transitions) in &mut seen {
         transitions.sort_unstable();
         let expected: Vec<u64> = (1..=transitions.len() as u64).collect();
-        assert_eq!(*transitions, expected, "alert transitions of {key:?}: each once, none missing");
+        assert_eq!(
+            *transitions, expected,
+            "alert transitions of {key:?}: each once, none missing"
+        );
     }
     assert!(!view.is_empty());
     for row in view {
         let field = |f: &str| row[f].as_str().unwrap().to_owned();
-        let key = (field("tenant"), field("sku"), field("location"), field("kind"));
+        let key = (
+            field("tenant"),
+            field("sku"),
+            field("location"),
+            field("kind"),
+        );
         let written = seen.get(&key).map_or(0, |t| t.len() as u64);
-        assert_eq!(row["transition"].as_u64().unwrap(), written, "the view's alert {key:?} is the last one written");
+        assert_eq!(
+            row["transition"].as_u64().unwrap(),
+            written,
+            "the view's alert {key:?} is the last one written"
+        );
     }
     records.len()
 }
@@ -257,15 +367,24 @@ fn assert_decided_once(dir: &Path) -> usize {
         let mut records = Vec::new();
         while reader.read(4096, &mut records).unwrap() > 0 {}
         for record in records {
-            let Ok(event) = serde_json::from_slice::<Value>(&record.payload) else { continue };
+            let Ok(event) = serde_json::from_slice::<Value>(&record.payload) else {
+                continue;
+            };
             let id = event["id"].as_str().unwrap_or_default();
             if id.starts_with("cmd:") || event["type"] == "reservation.rejected" {
-                *ids.entry(format!("{}/{id}", event["tenant"].as_str().unwrap_or("default"))).or_default() += 1;
+                *ids.entry(format!(
+                    "{}/{id}",
+                    event["tenant"].as_str().unwrap_or("default")
+                ))
+                .or_default() += 1;
             }
         }
     }
     let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "outcomes written more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "outcomes written more than once: {twice:?}"
+    );
     ids.len()
 }
 
@@ -274,11 +393,21 @@ async fn commands(client: &Client, round: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for n in 0..6 {
         let sku = format!("C{round}-{n}");
-        let (status, answer) = client.post("/v1/items", json!({"sku": sku, "name": "Cmd", "price": "1.00", "stock": {"madrid": 6}})).await;
+        let (status, answer) = client
+            .post(
+                "/v1/items",
+                json!({"sku": sku, "name": "Cmd", "price": "1.00", "stock": {"madrid": 6}}),
+            )
+            .await;
         assert_eq!(status, 202, "{answer}");
         ids.push(answer["command_id"].as_str().unwrap().to_owned());
         for qty in [4, 3] {
-            let (status, answer) = client.post(&format!("/v1/stock/{sku}/reserve"), json!({"location": "madrid", "qty": qty})).await;
+            let (status, answer) = client
+                .post(
+                    &format!("/v1/stock/{sku}/reserve"),
+                    json!({"location": "madrid", "qty": qty}),
+                )
+                .await;
             assert_eq!(status, 202, "{answer}");
             ids.push(answer["command_id"].as_str().unwrap().to_owned());
         }
@@ -296,7 +425,10 @@ async fn decided(client: &Client, ids: &[String]) {
             if outcome["status"] != "pending" {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "command {id} still pending");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "command {id} still pending"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -313,10 +445,16 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     let run = caught_up(&settings(dir.path(), 2, 50)).await;
     let client = Client::new(&run);
     decided(&client, &commands(&client, 1).await).await;
-    assert_eq!(run.metrics.restored_events.get(), 0, "nothing to restore from yet");
+    assert_eq!(
+        run.metrics.restored_events.get(),
+        0,
+        "nothing to restore from yet"
+    );
     run.shutdown.trigger();
     run.wait().await.unwrap();
-    let manifest = stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path())).expect("a checkpoint at shutdown");
+    let manifest =
+        stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path()))
+            .expect("a checkpoint at shutdown");
 
     // More history while it is down, with redeliveries of messages the checkpoint holds.
     let mut later = second.to_vec();
@@ -325,18 +463,36 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
 
     // Run 2 resumes from the checkpoint: its views equal a full replay.
     let run = caught_up(&settings(dir.path(), 1, 1_000)).await;
-    assert!(run.metrics.restored_events.get() > 600, "restored {} events", run.metrics.restored_events.get());
+    assert!(
+        run.metrics.restored_events.get() > 600,
+        "restored {} events",
+        run.metrics.restored_events.get()
+    );
     let client = Client::new(&run);
     decided(&client, &commands(&client, 2).await).await;
     let restored = dump_all(&run);
     run.shutdown.trigger();
     run.wait().await.unwrap();
-    let newest = stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path())).unwrap();
-    assert!(newest.id > manifest.id, "run 2 checkpointed on top of run 1's");
+    let newest =
+        stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path())).unwrap();
+    assert!(
+        newest.id > manifest.id,
+        "run 2 checkpointed on top of run 1's"
+    );
     let full = replay(dir.path(), 2, 100).await;
-    assert_same_views(&restored, &full, "restored from a checkpoint vs full replay");
-    assert!(assert_alerts_written_once(dir.path(), &restored["alerts"]) > 0, "alerts were written");
-    assert!(assert_decided_once(dir.path()) >= 36, "every command decided once");
+    assert_same_views(
+        &restored,
+        &full,
+        "restored from a checkpoint vs full replay",
+    );
+    assert!(
+        assert_alerts_written_once(dir.path(), &restored["alerts"]) > 0,
+        "alerts were written"
+    );
+    assert!(
+        assert_decided_once(dir.path()) >= 36,
+        "every command decided once"
+    );
 
     // The newest checkpoint damaged: run 3 falls back to the previous one, and the views are still exact.
     let dir_of = stockflow::checkpoint::dir_of(dir.path());
@@ -346,18 +502,32 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     bytes[middle] ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
     let run = caught_up(&settings(dir.path(), 2, 100)).await;
-    assert!(run.metrics.checkpoint_failures.get() >= 1, "the damaged checkpoint is reported");
-    assert!(run.metrics.restored_events.get() > 0, "the previous checkpoint is used");
+    assert!(
+        run.metrics.checkpoint_failures.get() >= 1,
+        "the damaged checkpoint is reported"
+    );
+    assert!(
+        run.metrics.restored_events.get() > 0,
+        "the previous checkpoint is used"
+    );
     let fallen_back = dump_all(&run);
     run.shutdown.trigger();
     run.wait().await.unwrap();
-    assert_same_views(&fallen_back, &full, "restored from the previous checkpoint vs full replay");
+    assert_same_views(
+        &fallen_back,
+        &full,
+        "restored from the previous checkpoint vs full replay",
+    );
     assert_alerts_written_once(dir.path(), &fallen_back["alerts"]);
 }
 
 /// A free loopback port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `GET base/ready` answers 200.
@@ -370,14 +540,30 @@ async fn ready(http: &reqwest::Client, base: &str, child: &mut std::process::Chi
             }
         }
         assert!(child.try_wait().unwrap().is_none(), "the server exited");
-        assert!(started.elapsed() < Duration::from_secs(60), "not ready within a minute");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not ready within a minute"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
 }
 
 /// Every row of a listing, page after page.
@@ -408,7 +594,17 @@ async fn after_kill_9_mid_ingestion_a_restart_equals_a_replay() {
     let base = format!("http://127.0.0.1:{port}");
     let spawn = |command: &str, port: u16, extra: &[&str]| {
         std::process::Command::new(binary)
-            .args([command, "--data-dir", data_dir, "--listen", &format!("127.0.0.1:{port}"), "--checkpoint-interval", "1", "--epoch-ms", "5"])
+            .args([
+                command,
+                "--data-dir",
+                data_dir,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--checkpoint-interval",
+                "1",
+                "--epoch-ms",
+                "5",
+            ])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -420,14 +616,25 @@ async fn after_kill_9_mid_ingestion_a_restart_equals_a_replay() {
     ready(&http, &base, &mut child).await;
     let started = Instant::now();
     while metric(&http, &base, "stockflow_checkpoints_total").await < 2.0 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint within a minute");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint within a minute"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let client = Client { http: http.clone(), base: base.clone() };
+    let client = Client {
+        http: http.clone(),
+        base: base.clone(),
+    };
     commands(&client, 1).await;
     // Mid-ingestion, between checkpoints.
     tokio::time::sleep(Duration::from_millis(650)).await;
-    let events_before = metric(&http, &base, "stockflow_events_in_total{topic=\"inventory.events\"}").await;
+    let events_before = metric(
+        &http,
+        &base,
+        "stockflow_events_in_total{topic=\"inventory.events\"}",
+    )
+    .await;
     assert!(events_before > 0.0, "the demo was ingesting");
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
@@ -437,12 +644,18 @@ async fn after_kill_9_mid_ingestion_a_restart_equals_a_replay() {
     let base2 = format!("http://127.0.0.1:{port2}");
     let mut child = spawn("serve", port2, &[]);
     ready(&http, &base2, &mut child).await;
-    assert!(metric(&http, &base2, "stockflow_checkpoint_restored_events").await > 0.0, "restarted from a checkpoint");
+    assert!(
+        metric(&http, &base2, "stockflow_checkpoint_restored_events").await > 0.0,
+        "restarted from a checkpoint"
+    );
     let alerts = listing_alerts(&http, &base2).await;
     let mut served: BTreeMap<(&str, String), Vec<Value>> = BTreeMap::new();
     for tenant in ["default", "andina", "pacifico"] {
         for path in ["/v1/stock", "/v1/items"] {
-            served.insert((path, tenant.to_owned()), listing(&http, &base2, path, tenant).await);
+            served.insert(
+                (path, tenant.to_owned()),
+                listing(&http, &base2, path, tenant).await,
+            );
         }
     }
     // Stop it (SIGKILL again: the replay below must not depend on a graceful stop).
@@ -452,10 +665,21 @@ async fn after_kill_9_mid_ingestion_a_restart_equals_a_replay() {
     let full = replay(dir.path(), 2, 10_000).await;
     let mut compared = 0;
     for ((path, tenant), rows) in served {
-        let view = if path == "/v1/stock" { "stock" } else { "items" };
-        let expected: Vec<Value> = full[view].iter().filter(|row| row["tenant"] == tenant.as_str()).cloned().collect();
+        let view = if path == "/v1/stock" {
+            "stock"
+        } else {
+            "items"
+        };
+        let expected: Vec<Value> = full[view]
+            .iter()
+            .filter(|row| row["tenant"] == tenant.as_str())
+            .cloned()
+            .collect();
         assert_eq!(rows.len(), expected.len(), "{view} rows of {tenant}");
-        assert_eq!(rows, expected, "{view} of {tenant}: restarted after kill -9 vs replay");
+        assert_eq!(
+            rows, expected,
+            "{view} of {tenant}: restarted after kill -9 vs replay"
+        );
         compared += rows.len();
     }
     assert!(compared > 100, "compared {compared} rows");
@@ -467,26 +691,55 @@ async fn after_kill_9_mid_ingestion_a_restart_equals_a_replay() {
 async fn listing_alerts(http: &reqwest::Client, base: &str) -> Vec<Value> {
     let mut rows = Vec::new();
     for tenant in ["default", "andina", "pacifico"] {
-        let page: Value = http.get(format!("{base}/v1/alerts?tenant={tenant}&state=all")).send().await.unwrap().json().await.unwrap();
-        rows.extend(page["alerts"].as_array().or(page["rows"].as_array()).expect("a list of alerts").iter().cloned());
+        let page: Value = http
+            .get(format!("{base}/v1/alerts?tenant={tenant}&state=all"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rows.extend(
+            page["alerts"]
+                .as_array()
+                .or(page["rows"].as_array())
+                .expect("a list of alerts")
+                .iter()
+                .cloned(),
+        );
     }
     rows
 }
 
 /// Runs the binary to completion; answers its status and stderr.
 fn run(args: &[&str]) -> (bool, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow")).args(args).env("RUST_LOG", "warn").output().unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stockflow"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn ndjson(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_rebuilds_a_range_into_a_fresh_data_dir_and_files() {
-    let (source, first_half, target, out) =
-        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (source, first_half, target, out) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let all = history(5, 900);
     let (first, second) = all.split_at(500);
     append(source.path(), first);
@@ -495,22 +748,48 @@ async fn replay_rebuilds_a_range_into_a_fresh_data_dir_and_files() {
     let ends: Vec<String> = {
         let log = Log::open(&source.path().join("log")).unwrap();
         let topic = log.topic(INVENTORY_EVENTS, 3).unwrap();
-        (0..3).map(|p| format!("{p}:{}", stockflow::source::Source::end_offset(topic.as_ref(), p).unwrap())).collect()
+        (0..3)
+            .map(|p| {
+                format!(
+                    "{p}:{}",
+                    stockflow::source::Source::end_offset(topic.as_ref(), p).unwrap()
+                )
+            })
+            .collect()
     };
     append(source.path(), second);
 
     // The whole log: the files are the dumps of a full replay.
     let src = source.path().to_str().unwrap();
     let whole = target.path().join("whole");
-    let (ok, stderr) = run(&["replay", "--source-dir", src, "--data-dir", whole.to_str().unwrap(), "--out", out.path().to_str().unwrap()]);
+    let (ok, stderr) = run(&[
+        "replay",
+        "--source-dir",
+        src,
+        "--data-dir",
+        whole.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("replayed ") && stderr.contains("checkpoint 1"), "a summary: {stderr}");
+    assert!(
+        stderr.contains("replayed ") && stderr.contains("checkpoint 1"),
+        "a summary: {stderr}"
+    );
     let full = replay(source.path(), 1, 1_000).await;
     for view in EXACT_VIEWS {
-        assert_eq!(ndjson(&out.path().join(format!("{view}.ndjson"))), full[view], "{view}.ndjson");
+        assert_eq!(
+            ndjson(&out.path().join(format!("{view}.ndjson"))),
+            full[view],
+            "{view}.ndjson"
+        );
     }
-    let manifest = stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(&whole)).expect("the replay's checkpoint");
-    assert!(manifest.segments.iter().map(|s| s.records).sum::<u64>() > 800, "the events of the whole log");
+    let manifest = stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(&whole))
+        .expect("the replay's checkpoint");
+    assert!(
+        manifest.segments.iter().map(|s| s.records).sum::<u64>() > 800,
+        "the events of the whole log"
+    );
 
     // Up to offsets: the views of the first half alone.
     let (ok, stderr) = run(&[
@@ -533,12 +812,24 @@ async fn replay_rebuilds_a_range_into_a_fresh_data_dir_and_files() {
     let half = replay(first_half.path(), 2, 50).await;
     assert_eq!(ndjson(&out.path().join("half/items.ndjson")), half["items"]);
     let stock: Vec<Value> = ndjson(&out.path().join("half/stock.ndjson"));
-    assert_eq!(stock, half["stock"], "stock up to the offsets = stock of the first half");
+    assert_eq!(
+        stock, half["stock"],
+        "stock up to the offsets = stock of the first half"
+    );
     assert_ne!(stock, full["stock"], "and not the whole log's");
 
     // From an event time: no KPI bucket before it.
-    let hours: Vec<String> = full["kpis"].iter().filter(|r| r["window"] == "hour").map(|r| r["bucket"].as_str().unwrap().to_owned()).collect();
-    let cut = hours.iter().min().unwrap().clone().max(hours[hours.len() / 2].clone());
+    let hours: Vec<String> = full["kpis"]
+        .iter()
+        .filter(|r| r["window"] == "hour")
+        .map(|r| r["bucket"].as_str().unwrap().to_owned())
+        .collect();
+    let cut = hours
+        .iter()
+        .min()
+        .unwrap()
+        .clone()
+        .max(hours[hours.len() / 2].clone());
     let (ok, stderr) = run(&[
         "replay",
         "--source-dir",
@@ -556,19 +847,44 @@ async fn replay_rebuilds_a_range_into_a_fresh_data_dir_and_files() {
     let kpis = ndjson(&out.path().join("late/kpis.ndjson"));
     assert!(!kpis.is_empty());
     for row in kpis.iter().filter(|r| r["window"] == "hour") {
-        assert!(row["bucket"].as_str().unwrap() >= cut.as_str(), "bucket {} before {cut}", row["bucket"]);
+        assert!(
+            row["bucket"].as_str().unwrap() >= cut.as_str(),
+            "bucket {} before {cut}",
+            row["bucket"]
+        );
     }
 
     // A data dir that holds a checkpoint is not written over.
-    let (ok, stderr) = run(&["replay", "--source-dir", src, "--data-dir", whole.to_str().unwrap()]);
-    assert!(!ok && stderr.contains("already holds checkpoint 1"), "{stderr}");
+    let (ok, stderr) = run(&[
+        "replay",
+        "--source-dir",
+        src,
+        "--data-dir",
+        whole.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && stderr.contains("already holds checkpoint 1"),
+        "{stderr}"
+    );
     // Bad bounds are refused with the reason.
     let (ok, stderr) = run(&["replay", "--source-dir", src, "--from", "yesterday"]);
-    assert!(!ok && stderr.contains("--from: `yesterday` is not earliest, latest"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("--from: `yesterday` is not earliest, latest"),
+        "{stderr}"
+    );
 
     // Serving the replay's data dir without the log it read: the checkpoint
     // resumes at offsets this (empty) log does not hold: refused, choices named.
-    let (ok, stderr) = run(&["serve", "--data-dir", whole.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let (ok, stderr) = run(&[
+        "serve",
+        "--data-dir",
+        whole.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert!(!ok, "{stderr}");
-    assert!(stderr.contains("holds no message") && stderr.contains("--on-checkpoint-gap replay"), "{stderr}");
+    assert!(
+        stderr.contains("holds no message") && stderr.contains("--on-checkpoint-gap replay"),
+        "{stderr}"
+    );
 }

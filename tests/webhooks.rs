@@ -23,21 +23,35 @@ type Received = Arc<Mutex<Vec<(String, String, String, String, Vec<u8>)>>>;
 async fn receiver() -> (String, Received) {
     let received: Received = Arc::default();
     let log = received.clone();
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
-        let log = log.clone();
-        async move {
-            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            let delivery = header("x-stockflow-delivery");
-            let mut log = log.lock().unwrap();
-            let earlier = log.iter().filter(|r| r.1 == delivery).count();
-            log.push((uri.path().to_owned(), delivery, header("x-stockflow-signature"), header("x-stockflow-event"), body.to_vec()));
-            match uri.path() {
-                "/flaky" if earlier < 2 => StatusCode::INTERNAL_SERVER_ERROR,
-                "/down" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::OK,
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
+            let log = log.clone();
+            async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let delivery = header("x-stockflow-delivery");
+                let mut log = log.lock().unwrap();
+                let earlier = log.iter().filter(|r| r.1 == delivery).count();
+                log.push((
+                    uri.path().to_owned(),
+                    delivery,
+                    header("x-stockflow-signature"),
+                    header("x-stockflow-event"),
+                    body.to_vec(),
+                ));
+                match uri.path() {
+                    "/flaky" if earlier < 2 => StatusCode::INTERNAL_SERVER_ERROR,
+                    "/down" => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::OK,
+                }
             }
-        }
-    });
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -48,14 +62,22 @@ async fn start(dir: &std::path::Path) -> Running {
     start_with(dir, |_| {}).await
 }
 
-async fn start_with(dir: &std::path::Path, change: impl FnOnce(&mut stockflow::config::Settings)) -> Running {
+async fn start_with(
+    dir: &std::path::Path,
+    change: impl FnOnce(&mut stockflow::config::Settings),
+) -> Running {
     let mut settings = common::local_settings(dir, 1);
     settings.webhook_policy.first_backoff = Duration::from_millis(50);
     settings.webhook_policy.max_attempts = 3;
     change(&mut settings);
     let running = server::start(&settings).await.unwrap();
     for _ in 0..200 {
-        if reqwest::get(format!("http://{}/ready", running.addr)).await.unwrap().status() == 200 {
+        if reqwest::get(format!("http://{}/ready", running.addr))
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
             return running;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -64,25 +86,52 @@ async fn start_with(dir: &std::path::Path, change: impl FnOnce(&mut stockflow::c
 }
 
 async fn post(running: &Running, path: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new().post(format!("http://{}{path}", running.addr)).json(&body).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}{path}", running.addr))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn get(running: &Running, path: &str) -> Value {
-    reqwest::get(format!("http://{}{path}", running.addr)).await.unwrap().json().await.unwrap()
+    reqwest::get(format!("http://{}{path}", running.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Adjusts stock and waits for the outcome.
 async fn adjust(running: &Running, qty: i64) {
-    let (status, answer) = post(running, "/v1/stock/A/adjust", json!({"location": "madrid", "qty": qty})).await;
+    let (status, answer) = post(
+        running,
+        "/v1/stock/A/adjust",
+        json!({"location": "madrid", "qty": qty}),
+    )
+    .await;
     assert_eq!(status, 202);
-    let outcome = get(running, &format!("/v1/commands/{}?after={}", answer["command_id"].as_str().unwrap(), answer["token"].as_str().unwrap())).await;
+    let outcome = get(
+        running,
+        &format!(
+            "/v1/commands/{}?after={}",
+            answer["command_id"].as_str().unwrap(),
+            answer["token"].as_str().unwrap()
+        ),
+    )
+    .await;
     assert_eq!(outcome["status"], "accepted", "{outcome}");
 }
 
 /// Waits until `check` holds on what the receiver got.
-async fn until(received: &Received, what: &str, check: impl Fn(&[(String, String, String, String, Vec<u8>)]) -> bool) {
+async fn until(
+    received: &Received,
+    what: &str,
+    check: impl Fn(&[(String, String, String, String, Vec<u8>)]) -> bool,
+) {
     // Long enough for ~1500 deliveries, each with its cursor synced, on a slow disk.
     for _ in 0..2400 {
         if check(&received.lock().unwrap()) {
@@ -90,7 +139,15 @@ async fn until(received: &Received, what: &str, check: impl Fn(&[(String, String
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("timed out waiting for {what}: got {:?}", received.lock().unwrap().iter().map(|r| (&r.0, &r.1)).collect::<Vec<_>>());
+    panic!(
+        "timed out waiting for {what}: got {:?}",
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| (&r.0, &r.1))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,59 +159,149 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
 
     // Bad registrations are precise 400s and register nothing.
     for (body, detail) in [
-        (json!({"url": "ftp://example.com/x", "secret": secret}), "only http and https"),
+        (
+            json!({"url": "ftp://example.com/x", "secret": secret}),
+            "only http and https",
+        ),
         (json!({"url": format!("{base}/flaky")}), "secret: required"),
-        (json!({"url": format!("{base}/flaky"), "secret": "short"}), "secret: between 16 and 256 bytes"),
-        (json!({"url": format!("{base}/flaky"), "secret": secret, "kinds": ["low"]}), "`low` is not one of low_stock, out_of_stock"),
-        (json!({"url": format!("{base}/flaky"), "secret": secret, "colour": "red"}), "unknown field `colour`"),
+        (
+            json!({"url": format!("{base}/flaky"), "secret": "short"}),
+            "secret: between 16 and 256 bytes",
+        ),
+        (
+            json!({"url": format!("{base}/flaky"), "secret": secret, "kinds": ["low"]}),
+            "`low` is not one of low_stock, out_of_stock",
+        ),
+        (
+            json!({"url": format!("{base}/flaky"), "secret": secret, "colour": "red"}),
+            "unknown field `colour`",
+        ),
     ] {
         let (status, problem) = post(&running, "/v1/webhooks", body).await;
         assert_eq!(status, 400, "{problem}");
-        assert!(problem["detail"].as_str().unwrap().contains(detail), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{problem}"
+        );
     }
-    let (status, flaky) = post(&running, "/v1/webhooks", json!({"url": format!("{base}/flaky"), "secret": secret, "kinds": ["low_stock"]})).await;
+    let (status, flaky) = post(
+        &running,
+        "/v1/webhooks",
+        json!({"url": format!("{base}/flaky"), "secret": secret, "kinds": ["low_stock"]}),
+    )
+    .await;
     assert_eq!(status, 201, "{flaky}");
-    assert!(flaky.get("secret").is_none(), "the secret is never shown back");
-    let (_, down) = post(&running, "/v1/webhooks", json!({"url": format!("{base}/down"), "secret": secret})).await;
+    assert!(
+        flaky.get("secret").is_none(),
+        "the secret is never shown back"
+    );
+    let (_, down) = post(
+        &running,
+        "/v1/webhooks",
+        json!({"url": format!("{base}/down"), "secret": secret}),
+    )
+    .await;
     let listed = get(&running, "/v1/webhooks").await;
     assert_eq!(listed["webhooks"].as_array().unwrap().len(), 2);
 
-    let (status, _) = post(&running, "/v1/items", json!({"sku": "A", "name": "A", "price": "1", "reorder_point": 5, "stock": {"madrid": 10}})).await;
+    let (status, _) = post(
+        &running,
+        "/v1/items",
+        json!({"sku": "A", "name": "A", "price": "1", "reorder_point": 5, "stock": {"madrid": 10}}),
+    )
+    .await;
     assert_eq!(status, 202);
     adjust(&running, -6).await;
 
     // The flaky receiver fails twice, then takes the third attempt: one delivery id throughout.
-    until(&received, "three attempts at /flaky", |r| r.iter().filter(|r| r.0 == "/flaky").count() == 3).await;
-    let flaky_requests: Vec<_> = received.lock().unwrap().iter().filter(|r| r.0 == "/flaky").cloned().collect();
+    until(&received, "three attempts at /flaky", |r| {
+        r.iter().filter(|r| r.0 == "/flaky").count() == 3
+    })
+    .await;
+    let flaky_requests: Vec<_> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == "/flaky")
+        .cloned()
+        .collect();
     let delivery_id = &flaky_requests[0].1;
-    assert!(delivery_id.starts_with(flaky["id"].as_str().unwrap()), "{delivery_id}");
-    assert!(flaky_requests.iter().all(|r| &r.1 == delivery_id), "the same delivery id on every attempt");
+    assert!(
+        delivery_id.starts_with(flaky["id"].as_str().unwrap()),
+        "{delivery_id}"
+    );
+    assert!(
+        flaky_requests.iter().all(|r| &r.1 == delivery_id),
+        "the same delivery id on every attempt"
+    );
     for (_, _, signature, event_type, body) in &flaky_requests {
-        assert_eq!(signature, &stockflow_sinks::webhooks::sign(secret.as_bytes(), body), "the signature verifies");
+        assert_eq!(
+            signature,
+            &stockflow_sinks::webhooks::sign(secret.as_bytes(), body),
+            "the signature verifies"
+        );
         assert_eq!(event_type, "alert.low_stock.raised");
         let event: Value = serde_json::from_slice(body).unwrap();
-        assert_eq!((event["sku"].as_str(), event["available"].as_i64()), (Some("A"), Some(4)));
+        assert_eq!(
+            (event["sku"].as_str(), event["available"].as_i64()),
+            (Some("A"), Some(4))
+        );
     }
-    let deliveries = get(&running, &format!("/v1/webhooks/{}/deliveries", flaky["id"].as_str().unwrap())).await;
-    assert_eq!(deliveries["deliveries"][0]["status"], "delivered", "{deliveries}");
+    let deliveries = get(
+        &running,
+        &format!("/v1/webhooks/{}/deliveries", flaky["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(
+        deliveries["deliveries"][0]["status"], "delivered",
+        "{deliveries}"
+    );
     assert_eq!(deliveries["deliveries"][0]["attempts"], 3);
 
     // The receiver that is down gets every attempt, then the delivery is recorded as failed.
-    until(&received, "three attempts at /down", |r| r.iter().filter(|r| r.0 == "/down").count() == 3).await;
+    until(&received, "three attempts at /down", |r| {
+        r.iter().filter(|r| r.0 == "/down").count() == 3
+    })
+    .await;
     let down_id = down["id"].as_str().unwrap();
     for _ in 0..100 {
-        if get(&running, &format!("/v1/webhooks/{down_id}/deliveries")).await["deliveries"][0]["status"] == "failed" {
+        if get(&running, &format!("/v1/webhooks/{down_id}/deliveries")).await["deliveries"][0]
+            ["status"]
+            == "failed"
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let failed = get(&running, &format!("/v1/webhooks/{down_id}/deliveries")).await;
-    assert_eq!((failed["deliveries"][0]["status"].as_str(), failed["deliveries"][0]["response_status"].as_u64()), (Some("failed"), Some(503)), "{failed}");
-    let metrics = reqwest::get(format!("http://{}/metrics", running.addr)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(&format!("stockflow_webhook_attempts_total{{outcome=\"failed\",webhook=\"{down_id}\"}} 1")), "{metrics}");
+    assert_eq!(
+        (
+            failed["deliveries"][0]["status"].as_str(),
+            failed["deliveries"][0]["response_status"].as_u64()
+        ),
+        (Some("failed"), Some(503)),
+        "{failed}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "stockflow_webhook_attempts_total{{outcome=\"failed\",webhook=\"{down_id}\"}} 1"
+        )),
+        "{metrics}"
+    );
 
     // Deleting stops deliveries to it.
-    let status = reqwest::Client::new().delete(format!("http://{}/v1/webhooks/{down_id}", running.addr)).send().await.unwrap().status();
+    let status = reqwest::Client::new()
+        .delete(format!("http://{}/v1/webhooks/{down_id}", running.addr))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status.as_u16(), 204);
     running.shutdown.trigger();
     running.wait().await.unwrap();
@@ -162,21 +309,53 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
     // After a restart the registration and the cursor are still there: the
     // delivered alert is not delivered again; the next one is, once.
     let running = start(dir.path()).await;
-    assert_eq!(get(&running, "/v1/webhooks").await["webhooks"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&running, "/v1/webhooks").await["webhooks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     adjust(&running, 6).await;
-    until(&received, "the clear, on its third attempt", |r| r.iter().filter(|r| r.3 == "alert.low_stock.cleared").count() == 3).await;
+    until(&received, "the clear, on its third attempt", |r| {
+        r.iter()
+            .filter(|r| r.3 == "alert.low_stock.cleared")
+            .count()
+            == 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let received = received.lock().unwrap().clone();
-    let flaky: Vec<&String> = received.iter().filter(|r| r.0 == "/flaky").map(|r| &r.3).collect();
-    assert_eq!(flaky, [&["alert.low_stock.raised"; 3][..], &["alert.low_stock.cleared"; 3][..]].concat());
-    assert_eq!(received.iter().filter(|r| r.0 == "/down").count(), 3, "a deleted webhook gets nothing more");
+    let flaky: Vec<&String> = received
+        .iter()
+        .filter(|r| r.0 == "/flaky")
+        .map(|r| &r.3)
+        .collect();
+    assert_eq!(
+        flaky,
+        [
+            &["alert.low_stock.raised"; 3][..],
+            &["alert.low_stock.cleared"; 3][..]
+        ]
+        .concat()
+    );
+    assert_eq!(
+        received.iter().filter(|r| r.0 == "/down").count(),
+        3,
+        "a deleted webhook gets nothing more"
+    );
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
 
 /// Registers a webhook of the default tenant; the answer's status and body.
 async fn register(running: &Running, url: &str) -> (u16, Value) {
-    post(running, "/v1/webhooks", json!({"url": url, "secret": "a-secret-of-enough-length"})).await
+    post(
+        running,
+        "/v1/webhooks",
+        json!({"url": url, "secret": "a-secret-of-enough-length"}),
+    )
+    .await
 }
 
 /// Appends alert events straight to the alerts topic: for each key, `count`
@@ -189,7 +368,13 @@ fn append_alerts(running: &Running, keys: &[&str], first: u64, count: u64) {
                 "id": format!("{key}-{seq}"), "type": "alert.low_stock.raised", "tenant": "default",
                 "kind": "low_stock", "sku": key, "seq": seq,
             });
-            alerts.append(format!("default/{key}").as_bytes(), event.to_string().as_bytes(), 0).unwrap();
+            alerts
+                .append(
+                    format!("default/{key}").as_bytes(),
+                    event.to_string().as_bytes(),
+                    0,
+                )
+                .unwrap();
         }
     }
 }
@@ -199,7 +384,12 @@ fn threads() -> usize {
 }
 
 async fn metrics(running: &Running) -> String {
-    reqwest::get(format!("http://{}/metrics", running.addr)).await.unwrap().text().await.unwrap()
+    reqwest::get(format!("http://{}/metrics", running.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,14 +409,32 @@ async fn a_tenant_registers_webhooks_up_to_the_cap_and_then_gets_a_409_naming_th
     let (status, problem) = &refused[0];
     assert_eq!(*status, 409, "{problem}");
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("tenant `default` has 25 webhooks") && detail.contains("--webhooks-per-tenant"), "{problem}");
-    assert_eq!(get(&running, "/v1/webhooks").await["webhooks"].as_array().unwrap().len(), 25);
+    assert!(
+        detail.contains("tenant `default` has 25 webhooks")
+            && detail.contains("--webhooks-per-tenant"),
+        "{problem}"
+    );
+    assert_eq!(
+        get(&running, "/v1/webhooks").await["webhooks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        25
+    );
 
     // The cap is per tenant; a deletion frees a place.
     let (status, other) = post(&running, "/v1/webhooks", json!({"url": format!("{base}/acme"), "secret": "a-secret-of-enough-length", "tenant": "acme"})).await;
     assert_eq!(status, 201, "{other}");
-    let first = get(&running, "/v1/webhooks").await["webhooks"][0]["id"].as_str().unwrap().to_owned();
-    let status = reqwest::Client::new().delete(format!("http://{}/v1/webhooks/{first}", running.addr)).send().await.unwrap().status();
+    let first = get(&running, "/v1/webhooks").await["webhooks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = reqwest::Client::new()
+        .delete(format!("http://{}/v1/webhooks/{first}", running.addr))
+        .send()
+        .await
+        .unwrap()
+        .status();
     assert_eq!(status.as_u16(), 204);
     assert_eq!(register(&running, &format!("{base}/again")).await.0, 201);
     assert_eq!(register(&running, &format!("{base}/more")).await.0, 409);
@@ -242,7 +450,12 @@ async fn many_webhooks_share_one_reader_and_do_not_add_a_thread_each() {
     let got_all = |seq: u64, hooks: usize| {
         move |r: &[(String, String, String, String, Vec<u8>)]| {
             let event = format!("A-{seq}");
-            r.iter().filter(|r| r.1.ends_with(&format!(":{event}"))).map(|r| &r.0).collect::<std::collections::BTreeSet<_>>().len() == hooks
+            r.iter()
+                .filter(|r| r.1.ends_with(&format!(":{event}")))
+                .map(|r| &r.0)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == hooks
         }
     };
     for n in 0..10 {
@@ -256,12 +469,24 @@ async fn many_webhooks_share_one_reader_and_do_not_add_a_thread_each() {
         assert_eq!(register(&running, &format!("{base}/h{n}")).await.0, 201);
     }
     append_alerts(&running, &["A"], 1, 1);
-    until(&received, "the second event at 150 webhooks", got_all(1, 150)).await;
+    until(
+        &received,
+        "the second event at 150 webhooks",
+        got_all(1, 150),
+    )
+    .await;
     let after = threads();
     // A thread per webhook would be 140 more.
-    assert!(after <= before + 8, "threads grew from {before} to {after} for 140 more webhooks");
+    assert!(
+        after <= before + 8,
+        "threads grew from {before} to {after} for 140 more webhooks"
+    );
     let received = received.lock().unwrap().clone();
-    assert_eq!(received.len(), 10 + 150, "each webhook got each event once after it registered");
+    assert_eq!(
+        received.len(),
+        10 + 150,
+        "each webhook got each event once after it registered"
+    );
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
@@ -275,8 +500,18 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
     let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
         let (log, stuck) = (log.clone(), stuck.clone());
         async move {
-            let delivery = headers.get("x-stockflow-delivery").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            log.lock().unwrap().push((uri.path().to_owned(), delivery, String::new(), String::new(), Vec::new()));
+            let delivery = headers
+                .get("x-stockflow-delivery")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            log.lock().unwrap().push((
+                uri.path().to_owned(),
+                delivery,
+                String::new(),
+                String::new(),
+                Vec::new(),
+            ));
             if uri.path() == "/stuck" {
                 let _open = stuck.acquire().await.unwrap();
             }
@@ -287,7 +522,10 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let dir = tempfile::tempdir().unwrap();
-    let running = start_with(dir.path(), |s| s.webhook_policy.timeout = Duration::from_secs(600)).await;
+    let running = start_with(dir.path(), |s| {
+        s.webhook_policy.timeout = Duration::from_secs(600)
+    })
+    .await;
     let (_, stuck) = register(&running, &format!("{base}/stuck")).await;
     let (_, fast) = register(&running, &format!("{base}/fast")).await;
 
@@ -296,8 +534,22 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
     let per_key = (stockflow::webhooks::QUEUE as u64 + 100) / keys.len() as u64 + 100;
     let total = per_key as usize * keys.len();
     append_alerts(&running, &keys, 0, per_key);
-    until(&received, "every event at /fast while /stuck does not answer", |r| r.iter().filter(|r| r.0 == "/fast").count() == total).await;
-    assert_eq!(received.lock().unwrap().iter().filter(|r| r.0 == "/stuck").count(), 1, "one delivery waits at /stuck");
+    until(
+        &received,
+        "every event at /fast while /stuck does not answer",
+        |r| r.iter().filter(|r| r.0 == "/fast").count() == total,
+    )
+    .await;
+    assert_eq!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == "/stuck")
+            .count(),
+        1,
+        "one delivery waits at /stuck"
+    );
     let stuck_id = stuck["id"].as_str().unwrap();
     let behind = format!("stockflow_webhook_behind_total{{webhook=\"{stuck_id}\"}} 1");
     let text = metrics(&running).await;
@@ -305,15 +557,37 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
 
     // Open: /stuck gets everything, once, in order per key.
     gate.add_permits(1 << 20);
-    until(&received, "every event at /stuck", |r| r.iter().filter(|r| r.0 == "/stuck").count() >= total).await;
+    until(&received, "every event at /stuck", |r| {
+        r.iter().filter(|r| r.0 == "/stuck").count() >= total
+    })
+    .await;
     append_alerts(&running, &keys, per_key, 1);
-    until(&received, "the next event at both", |r| r.iter().filter(|r| r.1.ends_with(&format!(":A-{per_key}"))).count() == 2).await;
+    until(&received, "the next event at both", |r| {
+        r.iter()
+            .filter(|r| r.1.ends_with(&format!(":A-{per_key}")))
+            .count()
+            == 2
+    })
+    .await;
     let received = received.lock().unwrap().clone();
-    for (path, id) in [("/stuck", stuck_id), ("/fast", fast["id"].as_str().unwrap())] {
+    for (path, id) in [
+        ("/stuck", stuck_id),
+        ("/fast", fast["id"].as_str().unwrap()),
+    ] {
         for key in keys {
-            let seqs: Vec<u64> =
-                received.iter().filter(|r| r.0 == path).filter_map(|r| r.1.strip_prefix(&format!("{id}:{key}-")).map(|seq| seq.parse().unwrap())).collect();
-            assert_eq!(seqs, (0..=per_key).collect::<Vec<_>>(), "{path}, key {key}: each event once, in order");
+            let seqs: Vec<u64> = received
+                .iter()
+                .filter(|r| r.0 == path)
+                .filter_map(|r| {
+                    r.1.strip_prefix(&format!("{id}:{key}-"))
+                        .map(|seq| seq.parse().unwrap())
+                })
+                .collect();
+            assert_eq!(
+                seqs,
+                (0..=per_key).collect::<Vec<_>>(),
+                "{path}, key {key}: each event once, in order"
+            );
         }
     }
     running.shutdown.trigger();
@@ -323,16 +597,28 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_targets_without_a_host_link_local_or_metadata_are_refused_whatever_the_lists() {
     let dir = tempfile::tempdir().unwrap();
-    let everything: Vec<stockflow_sinks::webhooks::IpNet> = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
-    let running =
-        start_with(dir.path(), |s| s.webhook_policy.networks = Arc::new(stockflow_sinks::webhooks::Networks { allow: everything, deny: vec![] })).await;
+    let everything: Vec<stockflow_sinks::webhooks::IpNet> =
+        vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    let running = start_with(dir.path(), |s| {
+        s.webhook_policy.networks = Arc::new(stockflow_sinks::webhooks::Networks {
+            allow: everything,
+            deny: vec![],
+        })
+    })
+    .await;
     for (url, detail) in [
         ("http:///hook", "url: `http:///hook` names no host"),
-        ("http://169.254.169.254/latest/meta-data/", "cloud metadata address"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "cloud metadata address",
+        ),
         ("http://169.254.10.1/hook", "link-local"),
         ("http://[fe80::1]/hook", "link-local"),
         ("http://[fd00:ec2::254]/latest", "cloud metadata address"),
-        ("http://metadata.google.internal/computeMetadata/v1/", "cloud metadata address"),
+        (
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "cloud metadata address",
+        ),
         ("http://[::ffff:169.254.169.254]/", "cloud metadata address"),
     ] {
         let response = reqwest::Client::new()
@@ -342,12 +628,22 @@ async fn webhook_targets_without_a_host_link_local_or_metadata_are_refused_whate
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), 400, "{url}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
         let problem: Value = response.json().await.unwrap();
         let text = problem["detail"].as_str().unwrap();
-        assert!(text.starts_with("url: ") && text.contains(detail), "{url}: {problem}");
+        assert!(
+            text.starts_with("url: ") && text.contains(detail),
+            "{url}: {problem}"
+        );
     }
-    assert_eq!(get(&running, "/v1/webhooks").await["webhooks"], json!([]), "nothing registered");
+    assert_eq!(
+        get(&running, "/v1/webhooks").await["webhooks"],
+        json!([]),
+        "nothing registered"
+    );
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }
@@ -358,24 +654,46 @@ async fn webhook_network_lists_refuse_at_registration_and_when_connecting() {
     let port = base.rsplit(':').next().unwrap().to_owned();
     let loopback = || stockflow_sinks::webhooks::Networks {
         allow: vec![],
-        deny: ["127.0.0.0/8", "::1/128"].iter().map(|n| stockflow_sinks::webhooks::parse_network(n).unwrap()).collect(),
+        deny: ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .map(|n| stockflow_sinks::webhooks::parse_network(n).unwrap())
+            .collect(),
     };
 
     // Denied: the literal address at registration, a name that resolves only there too.
     let dir = tempfile::tempdir().unwrap();
-    let running = start_with(dir.path(), |s| s.webhook_policy.networks = Arc::new(loopback())).await;
+    let running = start_with(dir.path(), |s| {
+        s.webhook_policy.networks = Arc::new(loopback())
+    })
+    .await;
     let (status, problem) = register(&running, &format!("{base}/denied")).await;
     assert_eq!(status, 400, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("127.0.0.1 is in 127.0.0.0/8, a denied network (--webhook-deny-network)"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 is in 127.0.0.0/8, a denied network (--webhook-deny-network)"),
+        "{problem}"
+    );
     let (status, problem) = register(&running, &format!("http://localhost:{port}/denied")).await;
     assert_eq!(status, 400, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("`localhost` resolves only to addresses webhooks may not reach"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`localhost` resolves only to addresses webhooks may not reach"),
+        "{problem}"
+    );
     running.shutdown.trigger();
     running.wait().await.unwrap();
 
     // When connecting: a name is checked on the addresses it resolves to
     // then; a refusal is one attempt, not retried, counted `refused`.
-    let policy = stockflow_sinks::webhooks::Policy { max_attempts: 5, first_backoff: Duration::from_millis(10), ..Default::default() };
+    let policy = stockflow_sinks::webhooks::Policy {
+        max_attempts: 5,
+        first_backoff: Duration::from_millis(10),
+        ..Default::default()
+    };
     let hook = stockflow_sinks::webhooks::Webhook {
         id: "wh_direct".into(),
         url: format!("http://localhost:{port}/direct"),
@@ -384,41 +702,95 @@ async fn webhook_network_lists_refuse_at_registration_and_when_connecting() {
         secret: "a-secret-of-enough-length".into(),
         created_at: String::new(),
     };
-    let event = stockflow_sinks::webhooks::Outgoing { id: "e1", event_type: "alert.low_stock.raised", body: b"{}" };
-    for (networks, expected, outcomes) in
-        [(loopback(), "failed", vec!["refused"]), (stockflow_sinks::webhooks::Networks::default(), "delivered", vec!["delivered"])]
-    {
+    let event = stockflow_sinks::webhooks::Outgoing {
+        id: "e1",
+        event_type: "alert.low_stock.raised",
+        body: b"{}",
+    };
+    for (networks, expected, outcomes) in [
+        (loopback(), "failed", vec!["refused"]),
+        (
+            stockflow_sinks::webhooks::Networks::default(),
+            "delivered",
+            vec!["delivered"],
+        ),
+    ] {
         let client = stockflow_sinks::webhooks::client(Arc::new(networks.clone())).unwrap();
-        let policy = stockflow_sinks::webhooks::Policy { networks: Arc::new(networks), ..policy.clone() };
+        let policy = stockflow_sinks::webhooks::Policy {
+            networks: Arc::new(networks),
+            ..policy.clone()
+        };
         let mut seen = Vec::new();
-        let delivery = stockflow_sinks::webhooks::deliver(&client, &hook, event, &policy, &mut |outcome: &str| seen.push(outcome.to_owned())).await;
+        let delivery = stockflow_sinks::webhooks::deliver(
+            &client,
+            &hook,
+            event,
+            &policy,
+            &mut |outcome: &str| seen.push(outcome.to_owned()),
+        )
+        .await;
         assert_eq!(delivery.status, expected, "{delivery:?}");
         assert_eq!(seen, outcomes, "{delivery:?}");
         if expected == "failed" {
             assert_eq!(delivery.attempts, 1);
-            assert!(delivery.error.as_deref().unwrap().starts_with("refused: "), "{delivery:?}");
-            assert!(received.lock().unwrap().iter().all(|r| r.0 != "/direct"), "nothing reached the receiver");
+            assert!(
+                delivery.error.as_deref().unwrap().starts_with("refused: "),
+                "{delivery:?}"
+            );
+            assert!(
+                received.lock().unwrap().iter().all(|r| r.0 != "/direct"),
+                "nothing reached the receiver"
+            );
         }
     }
-    assert_eq!(received.lock().unwrap().iter().filter(|r| r.0 == "/direct").count(), 1);
+    assert_eq!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == "/direct")
+            .count(),
+        1
+    );
 
     // Allowed: only the listed network; link-local stays refused even when listed.
     let dir = tempfile::tempdir().unwrap();
-    let allow = ["127.0.0.1/32", "169.254.0.0/16"].iter().map(|n| stockflow_sinks::webhooks::parse_network(n).unwrap()).collect();
-    let running = start_with(dir.path(), |s| s.webhook_policy.networks = Arc::new(stockflow_sinks::webhooks::Networks { allow, deny: vec![] })).await;
+    let allow = ["127.0.0.1/32", "169.254.0.0/16"]
+        .iter()
+        .map(|n| stockflow_sinks::webhooks::parse_network(n).unwrap())
+        .collect();
+    let running = start_with(dir.path(), |s| {
+        s.webhook_policy.networks = Arc::new(stockflow_sinks::webhooks::Networks {
+            allow,
+            deny: vec![],
+        })
+    })
+    .await;
     for (url, detail) in [
-        ("http://127.0.0.2:9/x", "127.0.0.2 is in none of the allowed networks (--webhook-allow-network)"),
-        ("http://10.0.0.1/x", "10.0.0.1 is in none of the allowed networks"),
+        (
+            "http://127.0.0.2:9/x",
+            "127.0.0.2 is in none of the allowed networks (--webhook-allow-network)",
+        ),
+        (
+            "http://10.0.0.1/x",
+            "10.0.0.1 is in none of the allowed networks",
+        ),
         ("http://169.254.1.1/x", "link-local"),
     ] {
         let (status, problem) = register(&running, url).await;
         assert_eq!(status, 400, "{url}: {problem}");
-        assert!(problem["detail"].as_str().unwrap().contains(detail), "{url}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(detail),
+            "{url}: {problem}"
+        );
     }
     let (status, allowed) = register(&running, &format!("{base}/allowed")).await;
     assert_eq!(status, 201, "{allowed}");
     append_alerts(&running, &["A"], 0, 1);
-    until(&received, "the event at /allowed", |r| r.iter().any(|r| r.0 == "/allowed")).await;
+    until(&received, "the event at /allowed", |r| {
+        r.iter().any(|r| r.0 == "/allowed")
+    })
+    .await;
     running.shutdown.trigger();
     running.wait().await.unwrap();
 }

@@ -39,7 +39,11 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { default: 10, tenants: BTreeMap::new(), hysteresis: 0 }
+        Thresholds {
+            default: 10,
+            tenants: BTreeMap::new(),
+            hysteresis: 0,
+        }
     }
 }
 
@@ -59,9 +63,16 @@ impl Thresholds {
         if item.is_some_and(|item| !item.active) {
             return None;
         }
-        let threshold = item.and_then(|item| item.reorder_point).unwrap_or_else(|| self.tenants.get(tenant).copied().unwrap_or(self.default));
-        let target_level = item.and_then(|item| item.target_level).unwrap_or(threshold.saturating_mul(2));
-        Some(Rule { threshold, target_level })
+        let threshold = item
+            .and_then(|item| item.reorder_point)
+            .unwrap_or_else(|| self.tenants.get(tenant).copied().unwrap_or(self.default));
+        let target_level = item
+            .and_then(|item| item.target_level)
+            .unwrap_or(threshold.saturating_mul(2));
+        Some(Rule {
+            threshold,
+            target_level,
+        })
     }
 }
 
@@ -78,7 +89,11 @@ pub struct ItemRule {
 
 impl From<&ItemRow> for ItemRule {
     fn from(row: &ItemRow) -> ItemRule {
-        ItemRule { reorder_point: row.reorder_point, target_level: row.target_level, active: row.active }
+        ItemRule {
+            reorder_point: row.reorder_point,
+            target_level: row.target_level,
+            active: row.active,
+        }
     }
 }
 
@@ -157,7 +172,14 @@ impl Alert {
 
     /// A stable id of the transition: the same whenever it is computed again.
     pub fn id(&self) -> String {
-        format!("alert:{}:{}:{}/{}/{}", self.kind.name(), self.transition, self.key.tenant, self.key.sku, self.key.location)
+        format!(
+            "alert:{}:{}:{}/{}/{}",
+            self.kind.name(),
+            self.transition,
+            self.key.tenant,
+            self.key.sku,
+            self.key.location
+        )
     }
 }
 
@@ -173,11 +195,19 @@ pub struct AlertState {
 }
 
 /// Applies the rule to one alert: `Some(raised)` on a transition.
-pub fn step(state: &mut AlertState, kind: AlertKind, rule: Option<Rule>, hysteresis: i64, available: i64) -> Option<bool> {
+pub fn step(
+    state: &mut AlertState,
+    kind: AlertKind,
+    rule: Option<Rule>,
+    hysteresis: i64,
+    available: i64,
+) -> Option<bool> {
     let transition = match (state.active, rule) {
         (false, Some(rule)) if available <= kind.threshold(&rule) => Some(true),
         (true, None) => Some(false),
-        (true, Some(rule)) if available > kind.threshold(&rule).saturating_add(hysteresis) => Some(false),
+        (true, Some(rule)) if available > kind.threshold(&rule).saturating_add(hysteresis) => {
+            Some(false)
+        }
         _ => None,
     };
     // An active (or now raised) alert follows its rule; a clear by deletion keeps the last one.
@@ -193,7 +223,10 @@ pub fn step(state: &mut AlertState, kind: AlertKind, rule: Option<Rule>, hystere
 
 /// Builds the [`Alert`] of a transition.
 pub fn alert(key: StockKey, kind: AlertKind, state: &AlertState, row: &StockDelta) -> Alert {
-    let rule = state.last_rule.unwrap_or(Rule { threshold: 0, target_level: 0 });
+    let rule = state.last_rule.unwrap_or(Rule {
+        threshold: 0,
+        target_level: 0,
+    });
     let available = row.available();
     Alert {
         key,
@@ -203,7 +236,11 @@ pub fn alert(key: StockKey, kind: AlertKind, state: &AlertState, row: &StockDelt
         available,
         threshold: kind.threshold(&rule),
         target_level: rule.target_level,
-        suggested_reorder_qty: if state.active { rule.target_level.saturating_sub(available).max(0) } else { 0 },
+        suggested_reorder_qty: if state.active {
+            rule.target_level.saturating_sub(available).max(0)
+        } else {
+            0
+        },
         ts: row.updated_at,
     }
 }
@@ -230,7 +267,10 @@ impl AlertState {
         AlertState {
             active: alert.raised,
             transitions: alert.transition,
-            last_rule: Some(Rule { threshold: alert.threshold, target_level: alert.target_level }),
+            last_rule: Some(Rule {
+                threshold: alert.threshold,
+                target_level: alert.target_level,
+            }),
         }
     }
 }
@@ -239,7 +279,11 @@ impl AlertState {
 type FastHash = foldhash::fast::RandomState;
 
 /// An epoch's input at one worker: stock deltas and item row changes.
-type Pending<T> = (Option<Capability<T>>, Vec<(StockKey, StockDelta)>, Vec<(SkuKey, ItemRow, isize)>);
+type Pending<T> = (
+    Option<Capability<T>>,
+    Vec<(StockKey, StockDelta)>,
+    Vec<(SkuKey, ItemRow, isize)>,
+);
 
 /// Alert transitions from the `stock` view (quantities in the difference)
 /// and the `items` view. Each transition is one update with difference +1
@@ -258,83 +302,126 @@ where
     T: Timestamp + TotalOrder,
 {
     let route = |tenant: &str, sku: &str| crate::model::hash_parts(0xa1e7, &[tenant, sku]);
-    let stock_pact = Exchange::new(move |(key, _, _): &(StockKey, T, StockDelta)| route(&key.tenant, &key.sku));
-    let items_pact = Exchange::new(move |((key, _), _, _): &((SkuKey, ItemRow), T, isize)| route(&key.tenant, &key.sku));
-    let alerts = stock.inner.binary_frontier(items.inner, stock_pact, items_pact, "low stock", move |_capability, _info| {
-        let mut stash: BTreeMap<T, Pending<T>> = BTreeMap::new();
-        // Per stock row: its quantities and the state of its two alerts (one lookup for all three).
-        let mut rows: HashMap<StockKey, (StockDelta, [AlertState; 2]), FastHash> = HashMap::default();
-        let mut locations: HashMap<SkuKey, Vec<Name>, FastHash> = HashMap::default();
-        let mut catalogue: HashMap<SkuKey, ItemRule, FastHash> = HashMap::default();
-        move |(stock, stock_frontier), (items, items_frontier), output| {
-            stock.for_each(|capability, data| {
-                for (key, time, delta) in data.drain(..) {
-                    let slot = stash.entry(time.clone()).or_default();
-                    slot.0.get_or_insert_with(|| capability.delayed(&time, 0));
-                    slot.1.push((key, delta));
-                }
-            });
-            items.for_each(|capability, data| {
-                for ((key, row), time, diff) in data.drain(..) {
-                    let slot = stash.entry(time.clone()).or_default();
-                    slot.0.get_or_insert_with(|| capability.delayed(&time, 0));
-                    slot.2.push((key, row, diff));
-                }
-            });
-            while let Some(entry) = stash.first_entry() {
-                let time = entry.key();
-                if stock_frontier.frontier().less_equal(time) || items_frontier.frontier().less_equal(time) {
-                    break;
-                }
-                let (time, (capability, deltas, item_changes)) = entry.remove_entry();
-                let restoring = restored.as_ref().is_some_and(|r| time.less_equal(&r.epoch));
-                let mut touched: Vec<StockKey> = Vec::with_capacity(deltas.len());
-                for (key, delta) in deltas {
-                    match rows.entry(key.clone()) {
-                        std::collections::hash_map::Entry::Occupied(mut row) => row.get_mut().0.plus_equals(&delta),
-                        std::collections::hash_map::Entry::Vacant(slot) => {
-                            locations.entry(SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() }).or_default().push(key.location.clone());
-                            let states = restored.as_ref().and_then(|r| r.states.get(&key).copied()).unwrap_or_default();
-                            slot.insert((delta, states));
+    let stock_pact =
+        Exchange::new(move |(key, _, _): &(StockKey, T, StockDelta)| route(&key.tenant, &key.sku));
+    let items_pact = Exchange::new(move |((key, _), _, _): &((SkuKey, ItemRow), T, isize)| {
+        route(&key.tenant, &key.sku)
+    });
+    let alerts = stock.inner.binary_frontier(
+        items.inner,
+        stock_pact,
+        items_pact,
+        "low stock",
+        move |_capability, _info| {
+            let mut stash: BTreeMap<T, Pending<T>> = BTreeMap::new();
+            // Per stock row: its quantities and the state of its two alerts (one lookup for all three).
+            let mut rows: HashMap<StockKey, (StockDelta, [AlertState; 2]), FastHash> =
+                HashMap::default();
+            let mut locations: HashMap<SkuKey, Vec<Name>, FastHash> = HashMap::default();
+            let mut catalogue: HashMap<SkuKey, ItemRule, FastHash> = HashMap::default();
+            move |(stock, stock_frontier), (items, items_frontier), output| {
+                stock.for_each(|capability, data| {
+                    for (key, time, delta) in data.drain(..) {
+                        let slot = stash.entry(time.clone()).or_default();
+                        slot.0.get_or_insert_with(|| capability.delayed(&time, 0));
+                        slot.1.push((key, delta));
+                    }
+                });
+                items.for_each(|capability, data| {
+                    for ((key, row), time, diff) in data.drain(..) {
+                        let slot = stash.entry(time.clone()).or_default();
+                        slot.0.get_or_insert_with(|| capability.delayed(&time, 0));
+                        slot.2.push((key, row, diff));
+                    }
+                });
+                while let Some(entry) = stash.first_entry() {
+                    let time = entry.key();
+                    if stock_frontier.frontier().less_equal(time)
+                        || items_frontier.frontier().less_equal(time)
+                    {
+                        break;
+                    }
+                    let (time, (capability, deltas, item_changes)) = entry.remove_entry();
+                    let restoring = restored.as_ref().is_some_and(|r| time.less_equal(&r.epoch));
+                    let mut touched: Vec<StockKey> = Vec::with_capacity(deltas.len());
+                    for (key, delta) in deltas {
+                        match rows.entry(key.clone()) {
+                            std::collections::hash_map::Entry::Occupied(mut row) => {
+                                row.get_mut().0.plus_equals(&delta)
+                            }
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                locations
+                                    .entry(SkuKey {
+                                        tenant: key.tenant.clone(),
+                                        sku: key.sku.clone(),
+                                    })
+                                    .or_default()
+                                    .push(key.location.clone());
+                                let states = restored
+                                    .as_ref()
+                                    .and_then(|r| r.states.get(&key).copied())
+                                    .unwrap_or_default();
+                                slot.insert((delta, states));
+                            }
+                        }
+                        touched.push(key);
+                    }
+                    for (key, rule) in consolidate_items(item_changes) {
+                        match rule {
+                            Some(rule) => catalogue.insert(key.clone(), rule),
+                            None => catalogue.remove(&key),
+                        };
+                        for location in locations.get(&key).into_iter().flatten() {
+                            touched.push(StockKey {
+                                tenant: key.tenant.clone(),
+                                sku: key.sku.clone(),
+                                location: location.clone(),
+                            });
                         }
                     }
-                    touched.push(key);
-                }
-                for (key, rule) in consolidate_items(item_changes) {
-                    match rule {
-                        Some(rule) => catalogue.insert(key.clone(), rule),
-                        None => catalogue.remove(&key),
-                    };
-                    for location in locations.get(&key).into_iter().flatten() {
-                        touched.push(StockKey { tenant: key.tenant.clone(), sku: key.sku.clone(), location: location.clone() });
-                    }
-                }
-                touched.sort_unstable();
-                touched.dedup();
-                let Some(capability) = capability else { continue };
-                let mut session = output.session(&capability);
-                let mut sku = SkuKey { tenant: Name::default(), sku: Name::default() };
-                for key in touched {
-                    let Some((row, states)) = rows.get_mut(&key) else { continue };
-                    if sku.tenant != key.tenant || sku.sku != key.sku {
-                        sku = SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() };
-                    }
-                    let rule = thresholds.rule(&key.tenant, catalogue.get(&sku));
-                    if restoring {
-                        for state in states.iter_mut().filter(|s| s.active) {
-                            state.last_rule = rule.or(state.last_rule);
-                        }
+                    touched.sort_unstable();
+                    touched.dedup();
+                    let Some(capability) = capability else {
                         continue;
-                    }
-                    for (kind, state) in AlertKind::ALL.into_iter().zip(states.iter_mut()) {
-                        if step(state, kind, rule, thresholds.hysteresis, row.available()).is_some() {
-                            session.give((alert(key.clone(), kind, state, row), capability.time().clone(), 1isize));
+                    };
+                    let mut session = output.session(&capability);
+                    let mut sku = SkuKey {
+                        tenant: Name::default(),
+                        sku: Name::default(),
+                    };
+                    for key in touched {
+                        let Some((row, states)) = rows.get_mut(&key) else {
+                            continue;
+                        };
+                        if sku.tenant != key.tenant || sku.sku != key.sku {
+                            sku = SkuKey {
+                                tenant: key.tenant.clone(),
+                                sku: key.sku.clone(),
+                            };
+                        }
+                        let rule = thresholds.rule(&key.tenant, catalogue.get(&sku));
+                        if restoring {
+                            for state in states.iter_mut().filter(|s| s.active) {
+                                state.last_rule = rule.or(state.last_rule);
+                            }
+                            continue;
+                        }
+                        for (kind, state) in AlertKind::ALL.into_iter().zip(states.iter_mut()) {
+                            if step(state, kind, rule, thresholds.hysteresis, row.available())
+                                .is_some()
+                            {
+                                session.give((
+                                    alert(key.clone(), kind, state, row),
+                                    capability.time().clone(),
+                                    1isize,
+                                ));
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     VecCollection::new(alerts)
 }
 
@@ -360,36 +447,104 @@ mod tests {
     use super::*;
 
     fn rule(threshold: i64) -> Option<Rule> {
-        Some(Rule { threshold, target_level: threshold * 2 })
+        Some(Rule {
+            threshold,
+            target_level: threshold * 2,
+        })
     }
 
     #[test]
     fn hysteresis_keeps_a_hovering_level_raised() {
         let mut state = AlertState::default();
         let levels = [12, 10, 11, 10, 12, 13, 9];
-        let transitions: Vec<Option<bool>> = levels.iter().map(|&a| step(&mut state, AlertKind::LowStock, rule(10), 2, a)).collect();
-        assert_eq!(transitions, [None, Some(true), None, None, None, Some(false), Some(true)]);
+        let transitions: Vec<Option<bool>> = levels
+            .iter()
+            .map(|&a| step(&mut state, AlertKind::LowStock, rule(10), 2, a))
+            .collect();
+        assert_eq!(
+            transitions,
+            [None, Some(true), None, None, None, Some(false), Some(true)]
+        );
         assert_eq!(state.transitions, 3);
     }
 
     #[test]
     fn out_of_stock_uses_zero_and_deletion_clears() {
         let mut state = AlertState::default();
-        assert_eq!(step(&mut state, AlertKind::OutOfStock, rule(10), 0, 1), None);
-        assert_eq!(step(&mut state, AlertKind::OutOfStock, rule(10), 0, 0), Some(true));
-        assert_eq!(step(&mut state, AlertKind::OutOfStock, None, 0, 0), Some(false), "deleted item clears");
-        assert_eq!(step(&mut state, AlertKind::OutOfStock, None, 0, -5), None, "deleted item raises nothing");
+        assert_eq!(
+            step(&mut state, AlertKind::OutOfStock, rule(10), 0, 1),
+            None
+        );
+        assert_eq!(
+            step(&mut state, AlertKind::OutOfStock, rule(10), 0, 0),
+            Some(true)
+        );
+        assert_eq!(
+            step(&mut state, AlertKind::OutOfStock, None, 0, 0),
+            Some(false),
+            "deleted item clears"
+        );
+        assert_eq!(
+            step(&mut state, AlertKind::OutOfStock, None, 0, -5),
+            None,
+            "deleted item raises nothing"
+        );
     }
 
     #[test]
     fn thresholds_fall_back_from_item_to_tenant_to_global() {
-        let thresholds = Thresholds { default: 10, tenants: BTreeMap::from([(Name::from("acme"), 4)]), hysteresis: 0 };
-        let item = ItemRule { reorder_point: Some(7), target_level: None, active: true };
-        assert_eq!(thresholds.rule("acme", Some(&item)), Some(Rule { threshold: 7, target_level: 14 }));
-        assert_eq!(thresholds.rule("acme", None), Some(Rule { threshold: 4, target_level: 8 }));
-        assert_eq!(thresholds.rule("other", None), Some(Rule { threshold: 10, target_level: 20 }));
-        let targeted = ItemRule { reorder_point: None, target_level: Some(50), active: true };
-        assert_eq!(thresholds.rule("other", Some(&targeted)), Some(Rule { threshold: 10, target_level: 50 }));
-        assert_eq!(thresholds.rule("acme", Some(&ItemRule { active: false, ..item })), None);
+        let thresholds = Thresholds {
+            default: 10,
+            tenants: BTreeMap::from([(Name::from("acme"), 4)]),
+            hysteresis: 0,
+        };
+        let item = ItemRule {
+            reorder_point: Some(7),
+            target_level: None,
+            active: true,
+        };
+        assert_eq!(
+            thresholds.rule("acme", Some(&item)),
+            Some(Rule {
+                threshold: 7,
+                target_level: 14
+            })
+        );
+        assert_eq!(
+            thresholds.rule("acme", None),
+            Some(Rule {
+                threshold: 4,
+                target_level: 8
+            })
+        );
+        assert_eq!(
+            thresholds.rule("other", None),
+            Some(Rule {
+                threshold: 10,
+                target_level: 20
+            })
+        );
+        let targeted = ItemRule {
+            reorder_point: None,
+            target_level: Some(50),
+            active: true,
+        };
+        assert_eq!(
+            thresholds.rule("other", Some(&targeted)),
+            Some(Rule {
+                threshold: 10,
+                target_level: 50
+            })
+        );
+        assert_eq!(
+            thresholds.rule(
+                "acme",
+                Some(&ItemRule {
+                    active: false,
+                    ..item
+                })
+            ),
+            None
+        );
     }
 }

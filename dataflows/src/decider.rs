@@ -84,7 +84,11 @@ impl std::hash::Hasher for KeyHasher {
         self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(26)
     }
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for &b in bytes {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
@@ -131,42 +135,70 @@ impl Decider {
                     state.active = Some(false);
                 }
             }
-            EventBody::StockAdjusted { sku, location, qty, .. } => {
+            EventBody::StockAdjusted {
+                sku, location, qty, ..
+            } => {
                 let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();
                 state.locations.entry(location.clone()).or_default().0 += qty;
                 state.version += 1;
             }
-            EventBody::StockLevel { sku, location, on_hand, reserved, version } => {
+            EventBody::StockLevel {
+                sku,
+                location,
+                on_hand,
+                reserved,
+                version,
+            } => {
                 // Absolute states come from another system's writer: take them as they are.
                 let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();
                 match state.leveled.get(location) {
                     Some(newest) if newest >= version => {}
                     Some(_) => {
-                        state.locations.insert(location.clone(), (*on_hand, *reserved));
+                        state
+                            .locations
+                            .insert(location.clone(), (*on_hand, *reserved));
                         state.leveled.insert(location.clone(), *version);
                     }
                     None => {
-                        state.locations.insert(location.clone(), (*on_hand, *reserved));
+                        state
+                            .locations
+                            .insert(location.clone(), (*on_hand, *reserved));
                         state.leveled.insert(location.clone(), *version);
                         state.version += 1;
                     }
                 }
             }
-            EventBody::StockReserved { sku, location, qty, reservation_id, .. } => {
+            EventBody::StockReserved {
+                sku,
+                location,
+                qty,
+                reservation_id,
+                ..
+            } => {
                 let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();
                 if state.reservations.contains_key(reservation_id) {
                     return;
                 }
-                state.reservations.insert(reservation_id.clone(), (location.clone(), *qty, true));
+                state
+                    .reservations
+                    .insert(reservation_id.clone(), (location.clone(), *qty, true));
                 state.locations.entry(location.clone()).or_default().1 += qty;
                 state.version += 1;
-                self.holders.insert((tenant.clone(), reservation_id.clone()), sku.clone());
-                if let Some(closing) = self.early_closings.remove(&(tenant.clone(), reservation_id.clone())) {
+                self.holders
+                    .insert((tenant.clone(), reservation_id.clone()), sku.clone());
+                if let Some(closing) = self
+                    .early_closings
+                    .remove(&(tenant.clone(), reservation_id.clone()))
+                {
                     self.close(tenant, reservation_id, closing);
                 }
             }
-            EventBody::StockReleased { reservation_id } => self.close(tenant, reservation_id, Closing::Released),
-            EventBody::StockCommitted { reservation_id } => self.close(tenant, reservation_id, Closing::Committed),
+            EventBody::StockReleased { reservation_id } => {
+                self.close(tenant, reservation_id, Closing::Released)
+            }
+            EventBody::StockCommitted { reservation_id } => {
+                self.close(tenant, reservation_id, Closing::Committed)
+            }
             EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. } => {}
         }
     }
@@ -178,8 +210,13 @@ impl Decider {
             self.early_closings.entry(key).or_insert(closing);
             return;
         };
-        let state = self.skus.get_mut(&(tenant.clone(), sku.clone())).expect("a holder's sku has a state");
-        let Some((location, qty, open)) = state.reservations.get_mut(reservation_id) else { return };
+        let state = self
+            .skus
+            .get_mut(&(tenant.clone(), sku.clone()))
+            .expect("a holder's sku has a state");
+        let Some((location, qty, open)) = state.reservations.get_mut(reservation_id) else {
+            return;
+        };
         if !*open {
             return;
         }
@@ -200,9 +237,19 @@ impl Decider {
         }
         let body = match self.check(command) {
             Ok(()) => command.intent.clone(),
-            Err(reason) => EventBody::ReservationRejected { command_id: command.id.clone(), reason, sku: Some(command.sku.clone()) },
+            Err(reason) => EventBody::ReservationRejected {
+                command_id: command.id.clone(),
+                reason,
+                sku: Some(command.sku.clone()),
+            },
         };
-        let event = Event { tenant: command.tenant.clone(), id: caused_event_id(&command.id, 0), seq: command.seq, ts: command.ts, body };
+        let event = Event {
+            tenant: command.tenant.clone(),
+            id: caused_event_id(&command.id, 0),
+            seq: command.seq,
+            ts: command.ts,
+            body,
+        };
         self.apply(&event);
         self.decided.insert(digest(&command.tenant, &command.id));
         Some(event)
@@ -211,17 +258,29 @@ impl Decider {
     /// Why the command cannot apply, if it cannot.
     fn check(&self, command: &Command) -> Result<(), String> {
         let empty = SkuState::default();
-        let state = self.skus.get(&(command.tenant.clone(), command.sku.clone())).unwrap_or(&empty);
+        let state = self
+            .skus
+            .get(&(command.tenant.clone(), command.sku.clone()))
+            .unwrap_or(&empty);
         let sku = &command.sku;
         if let Some(expected) = command.expected_version {
             if expected != state.version {
-                return Err(format!("version mismatch on {sku}: expected {expected}, current {}", state.version));
+                return Err(format!(
+                    "version mismatch on {sku}: expected {expected}, current {}",
+                    state.version
+                ));
             }
         }
         let stock = |location: &Name| state.locations.get(location).copied().unwrap_or_default();
         match &command.intent {
-            EventBody::ItemCreated { .. } if state.active == Some(true) => Err(format!("item {sku} already exists")),
-            EventBody::ItemUpdated { .. } | EventBody::ItemDeleted { .. } if state.active != Some(true) => Err(format!("item {sku} does not exist")),
+            EventBody::ItemCreated { .. } if state.active == Some(true) => {
+                Err(format!("item {sku} already exists"))
+            }
+            EventBody::ItemUpdated { .. } | EventBody::ItemDeleted { .. }
+                if state.active != Some(true) =>
+            {
+                Err(format!("item {sku} does not exist"))
+            }
             EventBody::StockAdjusted { location, qty, .. } => {
                 let (on_hand, reserved) = stock(location);
                 let after = on_hand + qty;
@@ -233,21 +292,38 @@ impl Decider {
                     Ok(())
                 }
             }
-            EventBody::StockReserved { location, qty, reservation_id, .. } => {
+            EventBody::StockReserved {
+                location,
+                qty,
+                reservation_id,
+                ..
+            } => {
                 let (on_hand, reserved) = stock(location);
-                if state.reservations.contains_key(reservation_id) || self.holders.contains_key(&(command.tenant.clone(), reservation_id.clone())) {
+                if state.reservations.contains_key(reservation_id)
+                    || self
+                        .holders
+                        .contains_key(&(command.tenant.clone(), reservation_id.clone()))
+                {
                     Err(format!("reservation {reservation_id} already exists"))
                 } else if on_hand - reserved < *qty {
-                    Err(format!("insufficient stock of {sku} at {location}: available {}, requested {qty}", on_hand - reserved))
+                    Err(format!(
+                        "insufficient stock of {sku} at {location}: available {}, requested {qty}",
+                        on_hand - reserved
+                    ))
                 } else {
                     Ok(())
                 }
             }
-            EventBody::StockReleased { reservation_id } | EventBody::StockCommitted { reservation_id } => match state.reservations.get(reservation_id) {
-                None => Err(format!("unknown reservation {reservation_id} of {sku}")),
-                Some((_, _, false)) => Err(format!("reservation {reservation_id} is already closed")),
-                Some(_) => Ok(()),
-            },
+            EventBody::StockReleased { reservation_id }
+            | EventBody::StockCommitted { reservation_id } => {
+                match state.reservations.get(reservation_id) {
+                    None => Err(format!("unknown reservation {reservation_id} of {sku}")),
+                    Some((_, _, false)) => {
+                        Err(format!("reservation {reservation_id} is already closed"))
+                    }
+                    Some(_) => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -268,73 +344,113 @@ type Pending<T> = (Option<Capability<T>>, Vec<Event>, Vec<Command>);
 /// commands of a key in one partition (they are keyed `tenant/sku`).
 ///
 /// `order.place` commands run as sagas around it (see [`crate::orders`]).
-pub fn decide<'scope>(events: VecCollection<'scope, u64, Event>, commands: VecCollection<'scope, u64, Command>) -> VecCollection<'scope, u64, Event> {
+pub fn decide<'scope>(
+    events: VecCollection<'scope, u64, Event>,
+    commands: VecCollection<'scope, u64, Command>,
+) -> VecCollection<'scope, u64, Event> {
     let is_order = |command: &Command| matches!(command.intent, EventBody::OrderPlaced { .. });
     let orders = commands.clone().filter(move |c| is_order(c));
     let stock = commands.filter(move |c| !is_order(c));
-    let (order_events, outcomes) = crate::orders::coordinate(events.clone(), orders, |line_commands| decide_skus(events, stock.concat(line_commands)));
+    let (order_events, outcomes) =
+        crate::orders::coordinate(events.clone(), orders, |line_commands| {
+            decide_skus(events, stock.concat(line_commands))
+        });
     outcomes.concat(order_events)
 }
 
 /// The per-sku decider alone.
-fn decide_skus<'scope, T>(events: VecCollection<'scope, T, Event>, commands: VecCollection<'scope, T, Command>) -> VecCollection<'scope, T, Event>
+fn decide_skus<'scope, T>(
+    events: VecCollection<'scope, T, Event>,
+    commands: VecCollection<'scope, T, Command>,
+) -> VecCollection<'scope, T, Event>
 where
     T: Timestamp + TotalOrder,
 {
     let route = |tenant: &str, sku: &str| hash_parts(0xdec1_de00, &[tenant, sku]);
-    let relevant = events.inner.filter(|(event, _, _)| !matches!(event.body, EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. }));
+    let relevant = events.inner.filter(|(event, _, _)| {
+        !matches!(
+            event.body,
+            EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. }
+        )
+    });
     let keyed = relevant
         .clone()
-        .filter(|(event, _, _)| event.body.sku().is_some() || !matches!(event.body, EventBody::StockReleased { .. } | EventBody::StockCommitted { .. }))
-        .exchange(move |(event, _, _): &(Event, T, isize)| match event.body.sku() {
-            Some(sku) => route(&event.tenant, sku),
-            None => hash_parts(0xdec1_de01, &[&event.tenant, &event.id]),
-        });
+        .filter(|(event, _, _)| {
+            event.body.sku().is_some()
+                || !matches!(
+                    event.body,
+                    EventBody::StockReleased { .. } | EventBody::StockCommitted { .. }
+                )
+        })
+        .exchange(
+            move |(event, _, _): &(Event, T, isize)| match event.body.sku() {
+                Some(sku) => route(&event.tenant, sku),
+                None => hash_parts(0xdec1_de01, &[&event.tenant, &event.id]),
+            },
+        );
     let unkeyed = relevant
-        .filter(|(event, _, _)| event.body.sku().is_none() && matches!(event.body, EventBody::StockReleased { .. } | EventBody::StockCommitted { .. }))
+        .filter(|(event, _, _)| {
+            event.body.sku().is_none()
+                && matches!(
+                    event.body,
+                    EventBody::StockReleased { .. } | EventBody::StockCommitted { .. }
+                )
+        })
         .broadcast();
     let events = keyed.concat(unkeyed);
-    let commands = commands.inner.exchange(move |(command, _, _): &(Command, T, isize)| route(&command.tenant, &command.sku));
+    let commands = commands
+        .inner
+        .exchange(move |(command, _, _): &(Command, T, isize)| {
+            route(&command.tenant, &command.sku)
+        });
 
-    let outcomes = events.binary_frontier(commands, Pipeline, Pipeline, "decide per sku", |_capability, _info| {
-        let mut decider = Decider::default();
-        let mut stash: BTreeMap<T, Pending<T>> = BTreeMap::new();
-        move |(events, events_frontier), (commands, commands_frontier), output| {
-            events.for_each(|_capability, data| {
-                for (event, time, _diff) in data.drain(..) {
-                    stash.entry(time).or_default().1.push(event);
-                }
-            });
-            commands.for_each(|capability, data| {
-                for (command, time, _diff) in data.drain(..) {
-                    let slot = stash.entry(time.clone()).or_default();
-                    if slot.0.is_none() {
-                        slot.0 = Some(capability.delayed(&time, 0));
+    let outcomes = events.binary_frontier(
+        commands,
+        Pipeline,
+        Pipeline,
+        "decide per sku",
+        |_capability, _info| {
+            let mut decider = Decider::default();
+            let mut stash: BTreeMap<T, Pending<T>> = BTreeMap::new();
+            move |(events, events_frontier), (commands, commands_frontier), output| {
+                events.for_each(|_capability, data| {
+                    for (event, time, _diff) in data.drain(..) {
+                        stash.entry(time).or_default().1.push(event);
                     }
-                    slot.2.push(command);
-                }
-            });
-            while let Some(entry) = stash.first_entry() {
-                let time = entry.key();
-                if events_frontier.frontier().less_equal(time) || commands_frontier.frontier().less_equal(time) {
-                    break;
-                }
-                let (_time, (capability, mut events, mut commands)) = entry.remove_entry();
-                events.sort_by(|a, b| (a.seq, a).cmp(&(b.seq, b)));
-                for event in &events {
-                    decider.apply(event);
-                }
-                commands.sort_by(|a, b| (a.seq, a).cmp(&(b.seq, b)));
-                if let Some(capability) = capability {
-                    let mut session = output.session(&capability);
-                    for command in &commands {
-                        if let Some(outcome) = decider.decide(command) {
-                            session.give((outcome, capability.time().clone(), 1isize));
+                });
+                commands.for_each(|capability, data| {
+                    for (command, time, _diff) in data.drain(..) {
+                        let slot = stash.entry(time.clone()).or_default();
+                        if slot.0.is_none() {
+                            slot.0 = Some(capability.delayed(&time, 0));
+                        }
+                        slot.2.push(command);
+                    }
+                });
+                while let Some(entry) = stash.first_entry() {
+                    let time = entry.key();
+                    if events_frontier.frontier().less_equal(time)
+                        || commands_frontier.frontier().less_equal(time)
+                    {
+                        break;
+                    }
+                    let (_time, (capability, mut events, mut commands)) = entry.remove_entry();
+                    events.sort_by(|a, b| (a.seq, a).cmp(&(b.seq, b)));
+                    for event in &events {
+                        decider.apply(event);
+                    }
+                    commands.sort_by(|a, b| (a.seq, a).cmp(&(b.seq, b)));
+                    if let Some(capability) = capability {
+                        let mut session = output.session(&capability);
+                        for command in &commands {
+                            if let Some(outcome) = decider.decide(command) {
+                                session.give((outcome, capability.time().clone(), 1isize));
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     VecCollection::new(outcomes)
 }

@@ -29,45 +29,50 @@ where
     T: Timestamp + Lattice + Ord + TotalOrder,
 {
     let route = |update: &(Event, T, isize)| id_digest(&update.0) as u64;
-    let output = events.inner.unary_frontier(Exchange::new(route), "dedup by id", |_capability, _info| {
-        let mut seen: HashSet<u128, Digested> = HashSet::default();
-        let mut stash: BTreeMap<T, (Capability<T>, Vec<Event>)> = BTreeMap::new();
-        let mut first: HashMap<u128, Event, Digested> = HashMap::default();
-        move |(input, frontier), output| {
-            input.for_each(|capability, data| {
-                for (event, time, diff) in data.drain(..) {
-                    debug_assert!(diff > 0, "dedup needs insert-only input");
-                    let slot = stash.entry(time.clone()).or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
-                    slot.1.push(event);
-                }
-            });
-            while let Some(entry) = stash.first_entry() {
-                if frontier.frontier().less_equal(entry.key()) {
-                    break;
-                }
-                let (time, (capability, events)) = entry.remove_entry();
-                // The first copy of each new id in this epoch, whatever the arrival order.
-                for event in events {
-                    let digest = id_digest(&event);
-                    if seen.contains(&digest) {
-                        continue;
-                    }
-                    match first.get_mut(&digest) {
-                        Some(kept) if (kept.seq, &*kept) <= (event.seq, &event) => {}
-                        Some(kept) => *kept = event,
-                        None => {
-                            first.insert(digest, event);
+    let output =
+        events
+            .inner
+            .unary_frontier(Exchange::new(route), "dedup by id", |_capability, _info| {
+                let mut seen: HashSet<u128, Digested> = HashSet::default();
+                let mut stash: BTreeMap<T, (Capability<T>, Vec<Event>)> = BTreeMap::new();
+                let mut first: HashMap<u128, Event, Digested> = HashMap::default();
+                move |(input, frontier), output| {
+                    input.for_each(|capability, data| {
+                        for (event, time, diff) in data.drain(..) {
+                            debug_assert!(diff > 0, "dedup needs insert-only input");
+                            let slot = stash
+                                .entry(time.clone())
+                                .or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
+                            slot.1.push(event);
+                        }
+                    });
+                    while let Some(entry) = stash.first_entry() {
+                        if frontier.frontier().less_equal(entry.key()) {
+                            break;
+                        }
+                        let (time, (capability, events)) = entry.remove_entry();
+                        // The first copy of each new id in this epoch, whatever the arrival order.
+                        for event in events {
+                            let digest = id_digest(&event);
+                            if seen.contains(&digest) {
+                                continue;
+                            }
+                            match first.get_mut(&digest) {
+                                Some(kept) if (kept.seq, &*kept) <= (event.seq, &event) => {}
+                                Some(kept) => *kept = event,
+                                None => {
+                                    first.insert(digest, event);
+                                }
+                            }
+                        }
+                        let mut session = output.session(&capability);
+                        for (digest, event) in first.drain() {
+                            seen.insert(digest);
+                            session.give((event, time.clone(), 1isize));
                         }
                     }
                 }
-                let mut session = output.session(&capability);
-                for (digest, event) in first.drain() {
-                    seen.insert(digest);
-                    session.give((event, time.clone(), 1isize));
-                }
-            }
-        }
-    });
+            });
     VecCollection::new(output)
 }
 

@@ -10,31 +10,49 @@ use timely::progress::Timestamp;
 ///
 /// `item.updated` before any `item.created` changes nothing; `item.deleted`
 /// keeps the row with `active = false`; a later `item.created` revives it.
-pub fn items<'scope, T>(events: VecCollection<'scope, T, Event>) -> VecCollection<'scope, T, (SkuKey, ItemRow)>
+pub fn items<'scope, T>(
+    events: VecCollection<'scope, T, Event>,
+) -> VecCollection<'scope, T, (SkuKey, ItemRow)>
 where
     T: Timestamp + Lattice + Ord,
 {
     events
         .flat_map(|event| match &event.body {
-            EventBody::ItemCreated { sku, .. } | EventBody::ItemUpdated { sku, .. } | EventBody::ItemDeleted { sku } => {
-                let key = SkuKey { tenant: event.tenant.clone(), sku: sku.clone() };
+            EventBody::ItemCreated { sku, .. }
+            | EventBody::ItemUpdated { sku, .. }
+            | EventBody::ItemDeleted { sku } => {
+                let key = SkuKey {
+                    tenant: event.tenant.clone(),
+                    sku: sku.clone(),
+                };
                 Some((key, (event.ts, event.seq, event.body)))
             }
             _ => None,
         })
         .reduce_named("items by sku", |_key, history, output| {
-            if let Some(row) = fold_item(history.iter().map(|((ts, _seq, body), _diff)| (*ts, body))) {
+            if let Some(row) =
+                fold_item(history.iter().map(|((ts, _seq, body), _diff)| (*ts, body)))
+            {
                 output.push((row, 1));
             }
         })
 }
 
 /// Applies catalogue events, in the order given, to an absent row.
-pub fn fold_item<'a>(history: impl IntoIterator<Item = (EventTime, &'a EventBody)>) -> Option<ItemRow> {
+pub fn fold_item<'a>(
+    history: impl IntoIterator<Item = (EventTime, &'a EventBody)>,
+) -> Option<ItemRow> {
     let mut row: Option<ItemRow> = None;
     for (ts, body) in history {
         match body {
-            EventBody::ItemCreated { name, price, category, reorder_point, target_level, .. } => {
+            EventBody::ItemCreated {
+                name,
+                price,
+                category,
+                reorder_point,
+                target_level,
+                ..
+            } => {
                 row = Some(ItemRow {
                     name: name.clone(),
                     price: *price,
@@ -45,7 +63,14 @@ pub fn fold_item<'a>(history: impl IntoIterator<Item = (EventTime, &'a EventBody
                     updated_at: ts,
                 });
             }
-            EventBody::ItemUpdated { name, price, category, reorder_point, target_level, .. } => {
+            EventBody::ItemUpdated {
+                name,
+                price,
+                category,
+                reorder_point,
+                target_level,
+                ..
+            } => {
                 if let Some(row) = row.as_mut() {
                     if let Some(name) = name {
                         row.name = name.clone();

@@ -55,7 +55,9 @@ pub fn line_command_id(order_id: &str, line: usize) -> Name {
 
 /// `(line, order id)` of a line or release command id.
 fn parse_line_command(command_id: &str) -> Option<(usize, &str)> {
-    let rest = command_id.strip_prefix("line:").or_else(|| command_id.strip_prefix("release:"))?;
+    let rest = command_id
+        .strip_prefix("line:")
+        .or_else(|| command_id.strip_prefix("release:"))?;
     let (line, order) = rest.split_once(':')?;
     Some((line.parse().ok()?, order))
 }
@@ -63,7 +65,9 @@ fn parse_line_command(command_id: &str) -> Option<(usize, &str)> {
 /// The order an event concerns, for routing and for the coordinator.
 fn order_of(event: &Event) -> Option<&str> {
     match &event.body {
-        EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => Some(order_id),
+        EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => {
+            Some(order_id)
+        }
         EventBody::StockReserved { .. } | EventBody::ReservationRejected { .. } => {
             let command = match &event.body {
                 EventBody::ReservationRejected { command_id, .. } => command_id.as_str(),
@@ -95,26 +99,42 @@ struct Coordinator {
 
 impl Coordinator {
     fn hear(&mut self, event: &Event) {
-        if !self.applied.insert((event.tenant.clone(), event.id.clone())) {
+        if !self
+            .applied
+            .insert((event.tenant.clone(), event.id.clone()))
+        {
             return;
         }
         let Some(order) = order_of(event) else { return };
-        let saga = self.sagas.entry((event.tenant.clone(), Name::from(order))).or_default();
+        let saga = self
+            .sagas
+            .entry((event.tenant.clone(), Name::from(order)))
+            .or_default();
         match &event.body {
             // Only orders placed by a command run as sagas (their placed event is `cmd:…:0`).
             EventBody::OrderPlaced { lines, .. } => {
                 if let Some(command) = causing_command(&event.id) {
-                    saga.placed.get_or_insert_with(|| (Name::from(command), lines.clone(), event.ts, event.seq));
+                    saga.placed.get_or_insert_with(|| {
+                        (Name::from(command), lines.clone(), event.ts, event.seq)
+                    });
                 }
             }
-            EventBody::OrderStatus { status: OrderStatus::Confirmed | OrderStatus::Cancelled, .. } => saga.finished = true,
+            EventBody::OrderStatus {
+                status: OrderStatus::Confirmed | OrderStatus::Cancelled,
+                ..
+            } => saga.finished = true,
             EventBody::StockReserved { .. } => {
                 if let Some((line, _)) = causing_command(&event.id).and_then(parse_line_command) {
                     saga.lines.entry(line).or_insert(Ok(()));
                 }
             }
-            EventBody::ReservationRejected { command_id, reason, .. } => {
-                if let Some((line, _)) = command_id.strip_prefix("line:").and(parse_line_command(command_id)) {
+            EventBody::ReservationRejected {
+                command_id, reason, ..
+            } => {
+                if let Some((line, _)) = command_id
+                    .strip_prefix("line:")
+                    .and(parse_line_command(command_id))
+                {
                     saga.lines.entry(line).or_insert(Err(reason.clone()));
                 }
             }
@@ -124,16 +144,30 @@ impl Coordinator {
 
     /// Starts (or resumes, after a restart) the saga of an `order.place`.
     fn place(&mut self, command: &Command, said: &mut Vec<Said>) {
-        let EventBody::OrderPlaced { order_id, lines, .. } = &command.intent else { return };
-        let saga = self.sagas.entry((command.tenant.clone(), order_id.clone())).or_default();
+        let EventBody::OrderPlaced {
+            order_id, lines, ..
+        } = &command.intent
+        else {
+            return;
+        };
+        let saga = self
+            .sagas
+            .entry((command.tenant.clone(), order_id.clone()))
+            .or_default();
         if saga.finished {
             return;
         }
         if saga.placed.is_none() {
             saga.placed = Some((command.id.clone(), lines.clone(), command.ts, command.seq));
-            let event =
-                Event { tenant: command.tenant.clone(), id: caused_event_id(&command.id, 0), seq: command.seq, ts: command.ts, body: command.intent.clone() };
-            self.applied.insert((event.tenant.clone(), event.id.clone()));
+            let event = Event {
+                tenant: command.tenant.clone(),
+                id: caused_event_id(&command.id, 0),
+                seq: command.seq,
+                ts: command.ts,
+                body: command.intent.clone(),
+            };
+            self.applied
+                .insert((event.tenant.clone(), event.id.clone()));
             said.push(Said::Event(event));
         }
         // Lines without an outcome yet (all, unless resuming): the decider decides each once.
@@ -164,14 +198,21 @@ impl Coordinator {
         let mut touched: Vec<&(Name, Name)> = touched.iter().collect();
         touched.sort();
         for key in touched {
-            let Some(saga) = self.sagas.get_mut(key) else { continue };
-            let Some((command, lines, ts, seq)) = &saga.placed else { continue };
+            let Some(saga) = self.sagas.get_mut(key) else {
+                continue;
+            };
+            let Some((command, lines, ts, seq)) = &saga.placed else {
+                continue;
+            };
             let (ts, seq) = (*ts, *seq);
             if saga.finished || saga.lines.len() < lines.len() {
                 continue;
             }
             let (tenant, order_id) = key;
-            let rejected = saga.lines.iter().find_map(|(i, outcome)| outcome.as_ref().err().map(|reason| (*i, reason.clone())));
+            let rejected = saga
+                .lines
+                .iter()
+                .find_map(|(i, outcome)| outcome.as_ref().err().map(|reason| (*i, reason.clone())));
             let (status, reason) = match rejected {
                 None => (OrderStatus::Confirmed, None),
                 Some((i, reason)) => {
@@ -184,12 +225,17 @@ impl Coordinator {
                                 ts,
                                 sku: lines[*line].sku.clone(),
                                 expected_version: None,
-                                intent: EventBody::StockReleased { reservation_id: Name::from(format!("{order_id}:{line}")) },
+                                intent: EventBody::StockReleased {
+                                    reservation_id: Name::from(format!("{order_id}:{line}")),
+                                },
                             }));
                         }
                     }
                     let l = &lines[i];
-                    (OrderStatus::Cancelled, Some(format!("line {i} ({} at {}): {reason}", l.sku, l.location)))
+                    (
+                        OrderStatus::Cancelled,
+                        Some(format!("line {i} ({} at {}): {reason}", l.sku, l.location)),
+                    )
                 }
             };
             saga.finished = true;
@@ -198,7 +244,11 @@ impl Coordinator {
                 id: caused_event_id(command, 1),
                 seq,
                 ts,
-                body: EventBody::OrderStatus { order_id: order_id.clone(), status, reason },
+                body: EventBody::OrderStatus {
+                    order_id: order_id.clone(),
+                    status,
+                    reason,
+                },
             };
             said.push(Said::Event(event));
         }
@@ -211,8 +261,13 @@ impl Coordinator {
 pub(crate) fn coordinate<'scope>(
     events: VecCollection<'scope, u64, Event>,
     orders: VecCollection<'scope, u64, Command>,
-    decider_outcomes: impl FnOnce(VecCollection<'scope, u64, Command>) -> VecCollection<'scope, u64, Event>,
-) -> (VecCollection<'scope, u64, Event>, VecCollection<'scope, u64, Event>) {
+    decider_outcomes: impl FnOnce(
+        VecCollection<'scope, u64, Command>,
+    ) -> VecCollection<'scope, u64, Event>,
+) -> (
+    VecCollection<'scope, u64, Event>,
+    VecCollection<'scope, u64, Event>,
+) {
     let scope = events.inner.scope();
     // The decider's outcomes come back one epoch later (a dataflow cannot feed itself at the same time).
     let (handle, fed_back) = scope.feedback::<Vec<(Event, u64, isize)>>(1);
@@ -220,7 +275,9 @@ pub(crate) fn coordinate<'scope>(
         move |input, output| {
             input.for_each(|capability, data| {
                 // Messages under no capability make no claims and carry nothing of ours.
-                let Some(capability) = capability.retain_least(0) else { return };
+                let Some(capability) = capability.retain_least(0) else {
+                    return;
+                };
                 let time = *capability.time();
                 let mut session = output.session(&capability);
                 for (event, _, diff) in data.drain(..) {
@@ -235,7 +292,11 @@ pub(crate) fn coordinate<'scope>(
         .concat(fed_back)
         .filter(|(event, _, _)| order_of(event).is_some())
         .map(|(event, time, diff)| (Heard::Event(event), time, diff))
-        .concat(orders.inner.map(|(command, time, diff)| (Heard::Command(command), time, diff)));
+        .concat(
+            orders
+                .inner
+                .map(|(command, time, diff)| (Heard::Command(command), time, diff)),
+        );
     let said = heard.unary_frontier(
         Exchange::new(move |(heard, _, _): &(Heard, u64, isize)| match heard {
             Heard::Event(event) => route(&event.tenant, order_of(event).unwrap_or("")),
@@ -307,6 +368,10 @@ pub(crate) fn coordinate<'scope>(
         Said::Event(_) => None,
     });
     let outcomes = decider_outcomes(line_commands);
-    outcomes.inner.clone().filter(|(event, _, _)| order_of(event).is_some()).connect_loop(handle);
+    outcomes
+        .inner
+        .clone()
+        .filter(|(event, _, _)| order_of(event).is_some())
+        .connect_loop(handle);
     (order_events, outcomes)
 }

@@ -15,7 +15,8 @@ use timely::progress::Timestamp;
 /// An arranged stock view: keyed by a hash of the key (so that sorting
 /// compares one integer, not three strings), the key as value, the row in the
 /// difference.
-pub type StockArrangement<'scope, T, K> = Arranged<'scope, TraceAgent<ValSpine<u64, K, T, StockDelta>>>;
+pub type StockArrangement<'scope, T, K> =
+    Arranged<'scope, TraceAgent<ValSpine<u64, K, T, StockDelta>>>;
 
 /// The deltas of one event: usually one (no allocation), several for an
 /// `item.created` with initial stock in several locations.
@@ -35,7 +36,9 @@ impl Iterator for Deltas {
 }
 
 /// How a reservation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 enum Closing {
     /// Given back: reserved goes down, on hand stays.
     Released,
@@ -52,7 +55,9 @@ enum Closing {
 /// order the two arrive in; a release of an unknown reservation changes nothing.
 /// An absolute [`EventBody::StockLevel`] contributes the level of the highest
 /// version seen for its key (it adds to deltas of the same key, if any).
-pub fn stock<'scope, T>(events: VecCollection<'scope, T, Event>) -> VecCollection<'scope, T, StockKey, StockDelta>
+pub fn stock<'scope, T>(
+    events: VecCollection<'scope, T, Event>,
+) -> VecCollection<'scope, T, StockKey, StockDelta>
 where
     T: Timestamp + Lattice + Ord,
 {
@@ -60,7 +65,9 @@ where
 }
 
 /// As [`stock`], arranged for operators that want to share the index.
-pub fn stock_arranged<'scope, T>(events: VecCollection<'scope, T, Event>) -> StockArrangement<'scope, T, StockKey>
+pub fn stock_arranged<'scope, T>(
+    events: VecCollection<'scope, T, Event>,
+) -> StockArrangement<'scope, T, StockKey>
 where
     T: Timestamp + Lattice + Ord,
 {
@@ -79,22 +86,50 @@ where
         })
         .into_iter()
         .map(VecCollection::new);
-    let (direct, reservations, closings, levels) =
-        (branches.next().expect("branch 0"), branches.next().expect("branch 1"), branches.next().expect("branch 2"), branches.next().expect("branch 3"));
+    let (direct, reservations, closings, levels) = (
+        branches.next().expect("branch 0"),
+        branches.next().expect("branch 1"),
+        branches.next().expect("branch 2"),
+        branches.next().expect("branch 3"),
+    );
 
     let direct = direct.explode(|event| {
         let tenant = event.tenant;
         let updated_at = event.ts;
         match event.body {
-            EventBody::StockAdjusted { sku, location, qty, .. } => {
-                Deltas::One(Some((StockKey { tenant, sku, location }, StockDelta { on_hand: qty, reserved: 0, changes: 1, updated_at })))
-            }
+            EventBody::StockAdjusted {
+                sku, location, qty, ..
+            } => Deltas::One(Some((
+                StockKey {
+                    tenant,
+                    sku,
+                    location,
+                },
+                StockDelta {
+                    on_hand: qty,
+                    reserved: 0,
+                    changes: 1,
+                    updated_at,
+                },
+            ))),
             EventBody::ItemCreated { sku, initial, .. } => Deltas::Many(
                 initial
                     .into_iter()
                     .map(|(location, qty)| {
-                        let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location };
-                        (key, StockDelta { on_hand: qty, reserved: 0, changes: 1, updated_at })
+                        let key = StockKey {
+                            tenant: tenant.clone(),
+                            sku: sku.clone(),
+                            location,
+                        };
+                        (
+                            key,
+                            StockDelta {
+                                on_hand: qty,
+                                reserved: 0,
+                                changes: 1,
+                                updated_at,
+                            },
+                        )
                     })
                     .collect::<Vec<_>>()
                     .into_iter(),
@@ -105,34 +140,81 @@ where
 
     let reservations = reservations
         .flat_map(|event| match event.body {
-            EventBody::StockReserved { sku, location, qty, reservation_id, .. } => {
-                Some(((event.tenant, reservation_id), (event.seq, event.ts, sku, location, qty)))
-            }
+            EventBody::StockReserved {
+                sku,
+                location,
+                qty,
+                reservation_id,
+                ..
+            } => Some((
+                (event.tenant, reservation_id),
+                (event.seq, event.ts, sku, location, qty),
+            )),
             _ => None,
         })
-        .reduce_named("reservations by id", |_id, copies, output| output.push((copies[0].0.clone(), 1)));
+        .reduce_named("reservations by id", |_id, copies, output| {
+            output.push((copies[0].0.clone(), 1))
+        });
 
     let closings = closings
         .flat_map(|event| {
             let closing = match event.body {
                 EventBody::StockReleased { reservation_id } => (reservation_id, Closing::Released),
-                EventBody::StockCommitted { reservation_id } => (reservation_id, Closing::Committed),
+                EventBody::StockCommitted { reservation_id } => {
+                    (reservation_id, Closing::Committed)
+                }
                 _ => return None,
             };
             Some(((event.tenant, closing.0), (event.seq, event.ts, closing.1)))
         })
-        .reduce_named("reservation closings by id", |_id, copies, output| output.push((*copies[0].0, 1)));
+        .reduce_named("reservation closings by id", |_id, copies, output| {
+            output.push((*copies[0].0, 1))
+        });
 
-    let reserved = reservations.clone().explode(|((tenant, _id), (_seq, ts, sku, location, qty))| {
-        Some((StockKey { tenant, sku, location }, StockDelta { on_hand: 0, reserved: qty, changes: 1, updated_at: ts }))
-    });
+    let reserved =
+        reservations
+            .clone()
+            .explode(|((tenant, _id), (_seq, ts, sku, location, qty))| {
+                Some((
+                    StockKey {
+                        tenant,
+                        sku,
+                        location,
+                    },
+                    StockDelta {
+                        on_hand: 0,
+                        reserved: qty,
+                        changes: 1,
+                        updated_at: ts,
+                    },
+                ))
+            });
 
     let closed = reservations
-        .join_map(closings, |(tenant, _id), (_seq, _ts, sku, location, qty), (_seq2, closed_at, closing)| {
-            let key = StockKey { tenant: tenant.clone(), sku: sku.clone(), location: location.clone() };
-            let on_hand = if *closing == Closing::Committed { -qty } else { 0 };
-            (key, StockDelta { on_hand, reserved: -qty, changes: 1, updated_at: *closed_at })
-        })
+        .join_map(
+            closings,
+            |(tenant, _id), (_seq, _ts, sku, location, qty), (_seq2, closed_at, closing)| {
+                let key = StockKey {
+                    tenant: tenant.clone(),
+                    sku: sku.clone(),
+                    location: location.clone(),
+                };
+                let on_hand = if *closing == Closing::Committed {
+                    -qty
+                } else {
+                    0
+                };
+                (
+                    key,
+                    StockDelta {
+                        on_hand,
+                        reserved: -qty,
+                        changes: 1,
+                        updated_at: *closed_at,
+                    },
+                )
+            },
+        )
         .explode(|(key, delta)| Some((key, delta)));
 
     // Absolute levels: the highest version of each key stands (of equal
@@ -142,17 +224,52 @@ where
     // the key, so that it does not depend on which versions an epoch saw.
     let levels = levels
         .flat_map(|event| match event.body {
-            EventBody::StockLevel { sku, location, on_hand, reserved, version } => {
-                Some((StockKey { tenant: event.tenant, sku, location }, (version, std::cmp::Reverse(event.seq), on_hand, reserved, event.ts)))
-            }
+            EventBody::StockLevel {
+                sku,
+                location,
+                on_hand,
+                reserved,
+                version,
+            } => Some((
+                StockKey {
+                    tenant: event.tenant,
+                    sku,
+                    location,
+                },
+                (
+                    version,
+                    std::cmp::Reverse(event.seq),
+                    on_hand,
+                    reserved,
+                    event.ts,
+                ),
+            )),
             _ => None,
         })
         .reduce_named("stock levels by version", |_key, levels, output| {
-            let newest = levels.iter().map(|(level, _)| *level).max_by_key(|(version, seq, ..)| (*version, *seq)).expect("reduce input is not empty");
-            let updated_at = levels.iter().map(|(level, _)| level.4).max().expect("reduce input is not empty");
+            let newest = levels
+                .iter()
+                .map(|(level, _)| *level)
+                .max_by_key(|(version, seq, ..)| (*version, *seq))
+                .expect("reduce input is not empty");
+            let updated_at = levels
+                .iter()
+                .map(|(level, _)| level.4)
+                .max()
+                .expect("reduce input is not empty");
             output.push(((newest.2, newest.3, updated_at), 1));
         })
-        .explode(|(key, (on_hand, reserved, updated_at))| Some((key, StockDelta { on_hand, reserved, changes: 1, updated_at })));
+        .explode(|(key, (on_hand, reserved, updated_at))| {
+            Some((
+                key,
+                StockDelta {
+                    on_hand,
+                    reserved,
+                    changes: 1,
+                    updated_at,
+                },
+            ))
+        });
 
     direct
         .concat(reserved)
@@ -163,12 +280,22 @@ where
 }
 
 /// Stock per `(tenant, sku)`: the [`stock`] rows summed over locations.
-pub fn stock_totals<'scope, T>(stock: VecCollection<'scope, T, StockKey, StockDelta>) -> VecCollection<'scope, T, SkuKey, StockDelta>
+pub fn stock_totals<'scope, T>(
+    stock: VecCollection<'scope, T, StockKey, StockDelta>,
+) -> VecCollection<'scope, T, SkuKey, StockDelta>
 where
     T: Timestamp + Lattice + Ord,
 {
     stock
-        .map(|key| (key_hash(&[&key.tenant, &key.sku]), SkuKey { tenant: key.tenant, sku: key.sku }))
+        .map(|key| {
+            (
+                key_hash(&[&key.tenant, &key.sku]),
+                SkuKey {
+                    tenant: key.tenant,
+                    sku: key.sku,
+                },
+            )
+        })
         .arrange_by_key_named("stock totals by sku")
         .as_collection(|_hash, key| key.clone())
 }

@@ -23,8 +23,10 @@ fn run(seed: Vec<Event>, epochs: Vec<Vec<Command>>, workers: usize) -> Vec<(Even
         let out = shared.clone();
         let probe = Handle::new();
         let (mut events_in, mut commands_in) = worker.dataflow::<Epoch, _, _>(|scope| {
-            let (events_in, events) = differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
-            let (commands_in, commands) = differential_dataflow::input::Input::new_collection::<Command, isize>(&scope);
+            let (events_in, events) =
+                differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
+            let (commands_in, commands) =
+                differential_dataflow::input::Input::new_collection::<Command, isize>(&scope);
             stockflow_dataflows::decide(events, commands)
                 .inspect(move |(event, time, diff)| {
                     assert_eq!(*diff, 1);
@@ -88,7 +90,9 @@ fn model(seed: &[Event], commands: &[Command]) -> BTreeSet<(Name, Name, bool)> {
         if !decided.insert((command.tenant.clone(), command.id.clone())) {
             continue;
         }
-        let s = skus.entry((command.tenant.clone(), command.sku.clone())).or_default();
+        let s = skus
+            .entry((command.tenant.clone(), command.sku.clone()))
+            .or_default();
         let version_ok = command.expected_version.is_none_or(|v| v == s.version);
         let accepted = version_ok
             && match &command.intent {
@@ -100,17 +104,25 @@ fn model(seed: &[Event], commands: &[Command]) -> BTreeSet<(Name, Name, bool)> {
                     }
                     ok
                 }
-                EventBody::StockReserved { location, qty, reservation_id, .. } => {
+                EventBody::StockReserved {
+                    location,
+                    qty,
+                    reservation_id,
+                    ..
+                } => {
                     let (on_hand, reserved) = s.stock.get(location).copied().unwrap_or_default();
-                    let ok = !s.reservations.contains_key(reservation_id) && on_hand - reserved >= *qty;
+                    let ok =
+                        !s.reservations.contains_key(reservation_id) && on_hand - reserved >= *qty;
                     // (Ids are drawn per sku, so "held by another sku" never happens here.)
                     if ok {
                         s.stock.entry(location.clone()).or_default().1 += qty;
-                        s.reservations.insert(reservation_id.clone(), (location.clone(), *qty, true));
+                        s.reservations
+                            .insert(reservation_id.clone(), (location.clone(), *qty, true));
                     }
                     ok
                 }
-                EventBody::StockReleased { reservation_id } | EventBody::StockCommitted { reservation_id } => {
+                EventBody::StockReleased { reservation_id }
+                | EventBody::StockCommitted { reservation_id } => {
                     let commit = matches!(command.intent, EventBody::StockCommitted { .. });
                     match s.reservations.get_mut(reservation_id) {
                         Some((location, qty, open)) if *open => {
@@ -136,7 +148,11 @@ fn model(seed: &[Event], commands: &[Command]) -> BTreeSet<(Name, Name, bool)> {
         if accepted && !matches!(command.intent, EventBody::ItemDeleted { .. }) {
             s.version += 1;
         }
-        outcomes.insert((command.tenant.clone(), Name::from(format!("cmd:{}:0", command.id)), accepted));
+        outcomes.insert((
+            command.tenant.clone(),
+            Name::from(format!("cmd:{}:0", command.id)),
+            accepted,
+        ));
     }
     outcomes
 }
@@ -144,7 +160,16 @@ fn model(seed: &[Event], commands: &[Command]) -> BTreeSet<(Name, Name, bool)> {
 // ---------- random histories ----------
 
 /// (kind, tenant, sku, location, reservation, qty, expected version, id reuse)
-type Step = (u8, usize, usize, usize, usize, i64, Option<u64>, Option<usize>);
+type Step = (
+    u8,
+    usize,
+    usize,
+    usize,
+    usize,
+    i64,
+    Option<u64>,
+    Option<usize>,
+);
 
 fn seed() -> Vec<Event> {
     let mut events = Vec::new();
@@ -174,29 +199,46 @@ fn commands(steps: &[Step]) -> Vec<Command> {
     steps
         .iter()
         .enumerate()
-        .map(|(n, &(kind, tenant, sku, location, reservation, qty, expected_version, reuse))| {
-            let location = Name::from(format!("l{location}"));
-            // Reservation ids are unique per tenant (see the decider's docs): one pool per sku.
-            let reservation_id = Name::from(format!("r{sku}.{reservation}"));
-            let intent = match kind {
-                0..=2 => EventBody::StockAdjusted { sku: Name::from(format!("s{sku}")), location, qty: if qty == 0 { 1 } else { qty }, reason: Name::from("") },
-                3..=6 => EventBody::StockReserved { sku: Name::from(format!("s{sku}")), location, qty: qty.abs() + 1, reservation_id, order_id: None },
-                7 => EventBody::StockReleased { reservation_id },
-                8 => EventBody::StockCommitted { reservation_id },
-                _ => EventBody::ItemDeleted { sku: Name::from(format!("s{sku}")) },
-            };
-            // A reused id is a retry: same command again (same sku, so the same partition).
-            let id = reuse.map(|r| format!("c{}", r.min(n))).unwrap_or_else(|| format!("c{n}"));
-            Command {
-                tenant: Name::from(["default", "acme"][tenant]),
-                id: Name::from(id),
-                seq: n as u64,
-                ts: n as i64,
-                sku: Name::from(format!("s{sku}")),
-                expected_version,
-                intent,
-            }
-        })
+        .map(
+            |(n, &(kind, tenant, sku, location, reservation, qty, expected_version, reuse))| {
+                let location = Name::from(format!("l{location}"));
+                // Reservation ids are unique per tenant (see the decider's docs): one pool per sku.
+                let reservation_id = Name::from(format!("r{sku}.{reservation}"));
+                let intent = match kind {
+                    0..=2 => EventBody::StockAdjusted {
+                        sku: Name::from(format!("s{sku}")),
+                        location,
+                        qty: if qty == 0 { 1 } else { qty },
+                        reason: Name::from(""),
+                    },
+                    3..=6 => EventBody::StockReserved {
+                        sku: Name::from(format!("s{sku}")),
+                        location,
+                        qty: qty.abs() + 1,
+                        reservation_id,
+                        order_id: None,
+                    },
+                    7 => EventBody::StockReleased { reservation_id },
+                    8 => EventBody::StockCommitted { reservation_id },
+                    _ => EventBody::ItemDeleted {
+                        sku: Name::from(format!("s{sku}")),
+                    },
+                };
+                // A reused id is a retry: same command again (same sku, so the same partition).
+                let id = reuse
+                    .map(|r| format!("c{}", r.min(n)))
+                    .unwrap_or_else(|| format!("c{n}"));
+                Command {
+                    tenant: Name::from(["default", "acme"][tenant]),
+                    id: Name::from(id),
+                    seq: n as u64,
+                    ts: n as i64,
+                    sku: Name::from(format!("s{sku}")),
+                    expected_version,
+                    intent,
+                }
+            },
+        )
         .collect()
 }
 
@@ -216,27 +258,63 @@ fn check(steps: Vec<Step>, cuts: Vec<bool>, workers: usize) -> Result<(), TestCa
     // A retried id must be the same command (a client retries the same request).
     let mut first: BTreeMap<(Name, Name), Command> = BTreeMap::new();
     for command in &mut commands {
-        let original = first.entry((command.tenant.clone(), command.id.clone())).or_insert_with(|| command.clone());
-        *command = Command { seq: command.seq, ts: command.ts, ..original.clone() };
+        let original = first
+            .entry((command.tenant.clone(), command.id.clone()))
+            .or_insert_with(|| command.clone());
+        *command = Command {
+            seq: command.seq,
+            ts: command.ts,
+            ..original.clone()
+        };
     }
     let expected = model(&seed(), &commands);
     let epochs = split(commands.clone(), &cuts);
     let outcomes = run(seed(), epochs.clone(), workers);
-    let got: BTreeSet<(Name, Name, bool)> =
-        outcomes.iter().map(|(e, _)| (e.tenant.clone(), e.id.clone(), !matches!(e.body, EventBody::ReservationRejected { .. }))).collect();
+    let got: BTreeSet<(Name, Name, bool)> = outcomes
+        .iter()
+        .map(|(e, _)| {
+            (
+                e.tenant.clone(),
+                e.id.clone(),
+                !matches!(e.body, EventBody::ReservationRejected { .. }),
+            )
+        })
+        .collect();
     prop_assert_eq!(outcomes.len(), got.len(), "one outcome per decided command");
     prop_assert_eq!(&got, &expected);
     // Each outcome comes out in the epoch of its command (+1: epoch 0 holds the seed).
     for (event, time) in &outcomes {
-        let epoch = epochs.iter().position(|e| e.iter().any(|c| format!("cmd:{}:0", c.id) == event.id.as_str() && c.tenant == event.tenant)).unwrap();
-        prop_assert_eq!(*time, epoch as Epoch, "outcome {} at epoch {}", event.id, time);
+        let epoch = epochs
+            .iter()
+            .position(|e| {
+                e.iter().any(|c| {
+                    format!("cmd:{}:0", c.id) == event.id.as_str() && c.tenant == event.tenant
+                })
+            })
+            .unwrap();
+        prop_assert_eq!(
+            *time,
+            epoch as Epoch,
+            "outcome {} at epoch {}",
+            event.id,
+            time
+        );
     }
     Ok(())
 }
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
-        (0u8..10, 0usize..2, 0usize..3, 0usize..2, 0usize..4, -6i64..6, prop::option::weighted(0.15, 0u64..6), prop::option::weighted(0.1, 0usize..40)),
+        (
+            0u8..10,
+            0usize..2,
+            0usize..3,
+            0usize..2,
+            0usize..4,
+            -6i64..6,
+            prop::option::weighted(0.15, 0u64..6),
+            prop::option::weighted(0.1, 0usize..40),
+        ),
         1..60,
     )
 }
@@ -273,9 +351,16 @@ fn no_oversell() {
             order_id: None,
         },
     };
-    let outcomes = run(seed(), vec![vec![reserve(0, 3), reserve(1, 3), reserve(2, 2)]], 2);
+    let outcomes = run(
+        seed(),
+        vec![vec![reserve(0, 3), reserve(1, 3), reserve(2, 2)]],
+        2,
+    );
     let kinds: Vec<&str> = outcomes.iter().map(|(e, _)| e.body.type_name()).collect();
-    assert_eq!(kinds, ["stock.reserved", "reservation.rejected", "stock.reserved"]);
+    assert_eq!(
+        kinds,
+        ["stock.reserved", "reservation.rejected", "stock.reserved"]
+    );
     assert!(
         matches!(&outcomes[1].0.body, EventBody::ReservationRejected { reason, .. } if reason == "insufficient stock of s0 at l0: available 2, requested 3")
     );
@@ -313,12 +398,14 @@ fn order_commands(steps: &[OrderStep]) -> Vec<Command> {
             let order_id = Name::from(format!("o{n}"));
             let lines: Vec<_> = lines
                 .iter()
-                .map(|(sku, location, qty)| stockflow_dataflows::model::OrderLine {
-                    sku: Name::from(format!("s{sku}")),
-                    location: Name::from(format!("l{location}")),
-                    qty: *qty,
-                    price: Money::from_cents(100),
-                })
+                .map(
+                    |(sku, location, qty)| stockflow_dataflows::model::OrderLine {
+                        sku: Name::from(format!("s{sku}")),
+                        location: Name::from(format!("l{location}")),
+                        qty: *qty,
+                        price: Money::from_cents(100),
+                    },
+                )
                 .collect();
             Command {
                 tenant,
@@ -327,7 +414,12 @@ fn order_commands(steps: &[OrderStep]) -> Vec<Command> {
                 ts: n as i64,
                 sku: order_id.clone(),
                 expected_version: None,
-                intent: EventBody::OrderPlaced { order_id, customer_id: Name::from("u"), lines, total: Money::ZERO },
+                intent: EventBody::OrderPlaced {
+                    order_id,
+                    customer_id: Name::from("u"),
+                    lines,
+                    total: Money::ZERO,
+                },
             }
         })
         .collect()
@@ -353,22 +445,53 @@ fn check_orders(steps: Vec<OrderStep>, cuts: Vec<bool>) -> Result<(), TestCaseEr
             continue;
         }
         let order = format!("o{n}");
-        prop_assert!(ids.contains(format!("cmd:c{n}:0").as_str()), "order {} placed", order);
-        let status = one.iter().find(|(e, _)| e.id == format!("cmd:c{n}:1")).map(|(e, _)| e.body.clone());
-        let reserved: Vec<usize> =
-            (0..lines.len()).filter(|i| ids.contains(format!("cmd:line:{i}:{order}:0").as_str()) && !rejected.contains(&format!("line:{i}:{order}"))).collect();
+        prop_assert!(
+            ids.contains(format!("cmd:c{n}:0").as_str()),
+            "order {} placed",
+            order
+        );
+        let status = one
+            .iter()
+            .find(|(e, _)| e.id == format!("cmd:c{n}:1"))
+            .map(|(e, _)| e.body.clone());
+        let reserved: Vec<usize> = (0..lines.len())
+            .filter(|i| {
+                ids.contains(format!("cmd:line:{i}:{order}:0").as_str())
+                    && !rejected.contains(&format!("line:{i}:{order}"))
+            })
+            .collect();
         match status {
-            Some(EventBody::OrderStatus { status: OrderStatus::Confirmed, .. }) => {
-                prop_assert_eq!(reserved.len(), lines.len(), "a confirmed order has every line reserved");
+            Some(EventBody::OrderStatus {
+                status: OrderStatus::Confirmed,
+                ..
+            }) => {
+                prop_assert_eq!(
+                    reserved.len(),
+                    lines.len(),
+                    "a confirmed order has every line reserved"
+                );
                 let suffix = format!(":{order}:0");
-                prop_assert!(!ids.iter().any(|id| id.starts_with("cmd:release:") && id.ends_with(&suffix)), "a confirmed order releases nothing");
+                prop_assert!(
+                    !ids.iter()
+                        .any(|id| id.starts_with("cmd:release:") && id.ends_with(&suffix)),
+                    "a confirmed order releases nothing"
+                );
             }
-            Some(EventBody::OrderStatus { status: OrderStatus::Cancelled, reason, .. }) => {
+            Some(EventBody::OrderStatus {
+                status: OrderStatus::Cancelled,
+                reason,
+                ..
+            }) => {
                 prop_assert!(reason.is_some());
-                prop_assert!(reserved.len() < lines.len(), "a cancelled order has a rejected line");
+                prop_assert!(
+                    reserved.len() < lines.len(),
+                    "a cancelled order has a rejected line"
+                );
                 for i in reserved {
                     let release = format!("cmd:release:{i}:{order}:0");
-                    let accepted = one.iter().any(|(e, _)| e.id == release && matches!(e.body, EventBody::StockReleased { .. }));
+                    let accepted = one.iter().any(|(e, _)| {
+                        e.id == release && matches!(e.body, EventBody::StockReleased { .. })
+                    });
                     prop_assert!(accepted, "line {} of cancelled {} is released", i, order);
                 }
             }
@@ -389,8 +512,17 @@ fn check_orders(steps: Vec<OrderStep>, cuts: Vec<bool>) -> Result<(), TestCaseEr
     outcomes.sort_by_key(|(e, t)| (*t, e.seq));
     for (event, _) in &outcomes {
         match &event.body {
-            EventBody::StockReserved { sku, location, qty, reservation_id, .. } => {
-                reservations.insert(reservation_id.clone(), (sku.clone(), location.clone(), *qty));
+            EventBody::StockReserved {
+                sku,
+                location,
+                qty,
+                reservation_id,
+                ..
+            } => {
+                reservations.insert(
+                    reservation_id.clone(),
+                    (sku.clone(), location.clone(), *qty),
+                );
                 let row = stock.entry((sku.clone(), location.clone())).or_default();
                 row.1 += qty;
                 prop_assert!(row.0 >= row.1, "oversold {}/{}", sku, location);
@@ -402,22 +534,47 @@ fn check_orders(steps: Vec<OrderStep>, cuts: Vec<bool>) -> Result<(), TestCaseEr
             _ => {}
         }
     }
-    let open: i64 = reservations.iter().filter(|(id, _)| id.contains(':')).map(|(_, r)| r.2).sum();
+    let open: i64 = reservations
+        .iter()
+        .filter(|(id, _)| id.contains(':'))
+        .map(|(_, r)| r.2)
+        .sum();
     let confirmed: i64 = steps
         .iter()
         .enumerate()
         .filter(|(n, (lines, ..))| {
             !lines.is_empty()
-                && one.iter().any(|(e, _)| e.id == format!("cmd:c{n}:1") && matches!(e.body, EventBody::OrderStatus { status: OrderStatus::Confirmed, .. }))
+                && one.iter().any(|(e, _)| {
+                    e.id == format!("cmd:c{n}:1")
+                        && matches!(
+                            e.body,
+                            EventBody::OrderStatus {
+                                status: OrderStatus::Confirmed,
+                                ..
+                            }
+                        )
+                })
         })
         .map(|(_, (lines, ..))| lines.iter().map(|l| l.2).sum::<i64>())
         .sum();
-    prop_assert_eq!(open, confirmed, "what stays reserved for orders is exactly the confirmed orders' lines");
+    prop_assert_eq!(
+        open,
+        confirmed,
+        "what stays reserved for orders is exactly the confirmed orders' lines"
+    );
     Ok(())
 }
 
 fn order_steps() -> impl Strategy<Value = Vec<OrderStep>> {
-    prop::collection::vec((prop::collection::vec((0usize..3, 0usize..2, 1i64..5), 0..4), 0usize..3, 0usize..2, 1i64..4), 1..30)
+    prop::collection::vec(
+        (
+            prop::collection::vec((0usize..3, 0usize..2, 1i64..5), 0..4),
+            0usize..3,
+            0usize..2,
+            1i64..4,
+        ),
+        1..30,
+    )
 }
 
 proptest! {

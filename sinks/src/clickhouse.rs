@@ -42,8 +42,17 @@ pub struct Config {
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let password = if self.password.is_empty() { "" } else { "<hidden>" };
-        f.debug_struct("Config").field("url", &self.url).field("database", &self.database).field("user", &self.user).field("password", &password).finish()
+        let password = if self.password.is_empty() {
+            ""
+        } else {
+            "<hidden>"
+        };
+        f.debug_struct("Config")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &password)
+            .finish()
     }
 }
 
@@ -146,8 +155,28 @@ pub struct StockCurrentRow {
 impl StockCurrentRow {
     /// `row` as of sink epoch `epoch`; a tombstone when `deleted`.
     pub fn new(row: StockRow, epoch: u64, deleted: bool) -> StockCurrentRow {
-        let StockRow { tenant, sku, location, on_hand, reserved, available, version, updated_at } = row;
-        StockCurrentRow { tenant, sku, location, on_hand, reserved, available, version, updated_at, epoch, deleted: deleted as u8 }
+        let StockRow {
+            tenant,
+            sku,
+            location,
+            on_hand,
+            reserved,
+            available,
+            version,
+            updated_at,
+        } = row;
+        StockCurrentRow {
+            tenant,
+            sku,
+            location,
+            on_hand,
+            reserved,
+            available,
+            version,
+            updated_at,
+            epoch,
+            deleted: deleted as u8,
+        }
     }
 }
 
@@ -179,8 +208,28 @@ pub struct StockChangeRow {
 impl StockChangeRow {
     /// `row` retracted (`diff` -1) or inserted (+1) at sink epoch `epoch`.
     pub fn new(row: StockRow, epoch: u64, diff: i8) -> StockChangeRow {
-        let StockRow { tenant, sku, location, on_hand, reserved, available, version, updated_at } = row;
-        StockChangeRow { tenant, sku, location, on_hand, reserved, available, version, updated_at, epoch, diff }
+        let StockRow {
+            tenant,
+            sku,
+            location,
+            on_hand,
+            reserved,
+            available,
+            version,
+            updated_at,
+        } = row;
+        StockChangeRow {
+            tenant,
+            sku,
+            location,
+            on_hand,
+            reserved,
+            available,
+            version,
+            updated_at,
+            epoch,
+            diff,
+        }
     }
 }
 
@@ -300,7 +349,13 @@ impl Batch {
 
     /// Rows per data table, in [`TABLES`] order.
     pub fn counts(&self) -> [(&'static str, usize); 5] {
-        let lens = [self.events.len(), self.stock_changes.len(), self.stock_current.len(), self.kpis.len(), self.alerts.len()];
+        let lens = [
+            self.events.len(),
+            self.stock_changes.len(),
+            self.stock_current.len(),
+            self.kpis.len(),
+            self.alerts.len(),
+        ];
         std::array::from_fn(|i| (TABLES[i], lens[i]))
     }
 }
@@ -379,7 +434,10 @@ impl ClickHouse {
         if !config.password.is_empty() {
             client = client.with_password(&config.password);
         }
-        ClickHouse { client, database: config.database.clone() }
+        ClickHouse {
+            client,
+            database: config.database.clone(),
+        }
     }
 
     /// The database written to.
@@ -420,7 +478,11 @@ impl ClickHouse {
         let rows: Vec<Last> =
             self.fetch(&format!("SELECT epoch, engine_epoch, offsets FROM {db}.sink_progress WHERE table = 'events' ORDER BY epoch DESC LIMIT 1")).await?;
         Ok(match rows.into_iter().next() {
-            Some(last) => Progress { epoch: last.epoch, engine_epoch: last.engine_epoch, offsets: serde_json::from_str(&last.offsets).unwrap_or_default() },
+            Some(last) => Progress {
+                epoch: last.epoch,
+                engine_epoch: last.engine_epoch,
+                offsets: serde_json::from_str(&last.offsets).unwrap_or_default(),
+            },
             None => Progress::default(),
         })
     }
@@ -436,13 +498,20 @@ impl ClickHouse {
         let db = &self.database;
         let mut discarded = 0;
         for table in TABLES {
-            let count: Vec<Count> = self.fetch(&format!("SELECT count() AS n FROM {db}.{table} WHERE epoch > {committed}")).await?;
+            let count: Vec<Count> = self
+                .fetch(&format!(
+                    "SELECT count() AS n FROM {db}.{table} WHERE epoch > {committed}"
+                ))
+                .await?;
             let n = count.first().map_or(0, |c| c.n);
             if n == 0 {
                 continue;
             }
             discarded += n;
-            self.execute(&format!("ALTER TABLE {db}.{table} DELETE WHERE epoch > {committed}")).await?;
+            self.execute(&format!(
+                "ALTER TABLE {db}.{table} DELETE WHERE epoch > {committed}"
+            ))
+            .await?;
             // Mutations run in the background: wait until none is left on the table.
             let started = std::time::Instant::now();
             loop {
@@ -453,7 +522,9 @@ impl ClickHouse {
                 }
                 if started.elapsed() > STATEMENT_TIMEOUT {
                     return Err(Error {
-                        what: format!("waiting for the deletion of uncommitted rows of {db}.{table}"),
+                        what: format!(
+                            "waiting for the deletion of uncommitted rows of {db}.{table}"
+                        ),
                         source: clickhouse::error::Error::TimedOut,
                     });
                 }
@@ -493,7 +564,12 @@ impl ClickHouse {
         self.insert("kpis", &batch.kpis).await?;
         self.insert("alerts", &batch.alerts).await?;
         let offsets = serde_json::to_string(&batch.offsets).expect("offsets serialize");
-        let written_at = u32::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())).unwrap_or(u32::MAX);
+        let written_at = u32::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+        .unwrap_or(u32::MAX);
         let rows = batch.counts().map(|(table, rows)| ProgressRow {
             table: table.into(),
             epoch: batch.epoch,
@@ -513,8 +589,18 @@ impl ClickHouse {
             return Ok(());
         }
         let client = self.client.clone().with_database(&self.database);
-        let what = || format!("inserting {} rows into {}.{table}", rows.len(), self.database);
-        let mut insert = client.insert::<T>(table).await.map_err(failed(what()))?.with_timeouts(Some(STATEMENT_TIMEOUT), Some(STATEMENT_TIMEOUT));
+        let what = || {
+            format!(
+                "inserting {} rows into {}.{table}",
+                rows.len(),
+                self.database
+            )
+        };
+        let mut insert = client
+            .insert::<T>(table)
+            .await
+            .map_err(failed(what()))?
+            .with_timeouts(Some(STATEMENT_TIMEOUT), Some(STATEMENT_TIMEOUT));
         for row in rows {
             insert.write(row).await.map_err(failed(what()))?;
         }
@@ -522,10 +608,16 @@ impl ClickHouse {
     }
 }
 
-async fn timed<T>(future: impl std::future::Future<Output = clickhouse::error::Result<T>>, what: &str) -> Result<T, Error> {
+async fn timed<T>(
+    future: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    what: &str,
+) -> Result<T, Error> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, future).await {
         Ok(result) => result.map_err(failed(what)),
-        Err(_) => Err(Error { what: what.to_owned(), source: clickhouse::error::Error::TimedOut }),
+        Err(_) => Err(Error {
+            what: what.to_owned(),
+            source: clickhouse::error::Error::TimedOut,
+        }),
     }
 }
 
@@ -549,9 +641,18 @@ mod tests {
     fn every_data_table_has_an_epoch_and_a_create_statement() {
         let schema = schema("db");
         for table in TABLES {
-            let create = schema.iter().find(|s| s.contains(&format!("db.{table} ("))).unwrap_or_else(|| panic!("no CREATE for {table}"));
-            assert!(create.contains("epoch UInt64"), "{table} has no epoch: {create}");
-            assert!(!create.contains("LowCardinality") && !create.contains("DateTime64"), "{table} would not run on 18.16");
+            let create = schema
+                .iter()
+                .find(|s| s.contains(&format!("db.{table} (")))
+                .unwrap_or_else(|| panic!("no CREATE for {table}"));
+            assert!(
+                create.contains("epoch UInt64"),
+                "{table} has no epoch: {create}"
+            );
+            assert!(
+                !create.contains("LowCardinality") && !create.contains("DateTime64"),
+                "{table} would not run on 18.16"
+            );
         }
     }
 }

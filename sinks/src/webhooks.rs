@@ -46,8 +46,15 @@ const RESOLVING_AT_ONCE: usize = 8;
 /// drops the addresses `networks` refuses (none left: the request fails with
 /// a [`Refusal`] in its error chain, see [`refusal_of`]).
 pub fn client(networks: Arc<Networks>) -> Result<Client, reqwest::Error> {
-    let resolver = Arc::new(CheckedResolver { networks, at_once: Arc::new(tokio::sync::Semaphore::new(RESOLVING_AT_ONCE)) });
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().dns_resolver(resolver).build()
+    let resolver = Arc::new(CheckedResolver {
+        networks,
+        at_once: Arc::new(tokio::sync::Semaphore::new(RESOLVING_AT_ONCE)),
+    });
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(resolver)
+        .build()
 }
 
 /// Host names that are cloud metadata services (compared without case and
@@ -57,7 +64,10 @@ pub const METADATA_NAMES: [&str; 1] = ["metadata.google.internal"];
 /// Cloud metadata addresses outside the link-local ranges: AWS's IPv6
 /// instance metadata and Alibaba Cloud's (169.254.169.254, the usual one, is
 /// link-local).
-pub const METADATA_ADDRESSES: [IpAddr; 2] = [IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)), IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200))];
+pub const METADATA_ADDRESSES: [IpAddr; 2] = [
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+];
 
 /// Why a delivery may not go to an address or host.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +122,9 @@ impl Networks {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
             IpAddr::V4(_) => address,
         };
-        if METADATA_ADDRESSES.contains(&plain) || plain == IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)) {
+        if METADATA_ADDRESSES.contains(&plain)
+            || plain == IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254))
+        {
             return Err(Refusal::Metadata(plain.to_string()));
         }
         let link_local = match plain {
@@ -122,10 +134,22 @@ impl Networks {
         if link_local {
             return Err(Refusal::LinkLocal(plain));
         }
-        if let Some(network) = self.deny.iter().find(|n| n.contains(&plain) || n.contains(&address)) {
-            return Err(Refusal::Denied { address: plain, network: *network });
+        if let Some(network) = self
+            .deny
+            .iter()
+            .find(|n| n.contains(&plain) || n.contains(&address))
+        {
+            return Err(Refusal::Denied {
+                address: plain,
+                network: *network,
+            });
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|n| n.contains(&plain) || n.contains(&address)) {
+        if !self.allow.is_empty()
+            && !self
+                .allow
+                .iter()
+                .any(|n| n.contains(&plain) || n.contains(&address))
+        {
             return Err(Refusal::NotAllowed(plain));
         }
         Ok(())
@@ -139,7 +163,11 @@ impl Networks {
         if METADATA_NAMES.contains(&name.as_str()) {
             return Err(Refusal::Metadata(host.to_owned()));
         }
-        match name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        match name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Ok(address) => self.check(address),
             Err(_) => Ok(()),
         }
@@ -153,7 +181,11 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         .map(|network| network.trunc())
-        .map_err(|_| format!("`{text}` is not a network (CIDR such as 10.0.0.0/8 or fd00::/8, or one address)"))
+        .map_err(|_| {
+            format!(
+                "`{text}` is not a network (CIDR such as 10.0.0.0/8 or fd00::/8, or one address)"
+            )
+        })
 }
 
 /// The [`Refusal`] that stopped a request, if one did (the resolver's
@@ -179,13 +211,21 @@ struct CheckedResolver {
 
 impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        Box::pin(resolve_checked(self.networks.clone(), self.at_once.clone(), name.as_str().to_owned()))
+        Box::pin(resolve_checked(
+            self.networks.clone(),
+            self.at_once.clone(),
+            name.as_str().to_owned(),
+        ))
     }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn resolve_checked(networks: Arc<Networks>, at_once: Arc<tokio::sync::Semaphore>, host: String) -> Result<reqwest::dns::Addrs, BoxError> {
+async fn resolve_checked(
+    networks: Arc<Networks>,
+    at_once: Arc<tokio::sync::Semaphore>,
+    host: String,
+) -> Result<reqwest::dns::Addrs, BoxError> {
     networks.check_host(&host)?;
     let resolved: Vec<SocketAddr> = {
         let _turn = at_once.acquire().await?;
@@ -245,7 +285,10 @@ impl Webhook {
     /// True when `event` (an alert event) is for this webhook.
     pub fn wants(&self, event: &serde_json::Value) -> bool {
         event.get("tenant").and_then(|t| t.as_str()) == Some(self.tenant.as_str())
-            && event.get("kind").and_then(|k| k.as_str()).is_some_and(|kind| self.kinds.iter().any(|k| k == kind))
+            && event
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .is_some_and(|kind| self.kinds.iter().any(|k| k == kind))
     }
 }
 
@@ -253,21 +296,34 @@ impl Webhook {
 /// out (`http:///hook` is not read as host `hook`), no credentials; then
 /// its host against `networks` (see [`Networks::check_host`]).
 pub fn check_url(url: &str, networks: &Networks) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not an absolute URL: {e}"))?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not an absolute URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("`{url}`: only http and https URLs are delivered to, not {}", parsed.scheme()));
+        return Err(format!(
+            "`{url}`: only http and https URLs are delivered to, not {}",
+            parsed.scheme()
+        ));
     }
     // The URL standard forgives `http:///hook`, `http:/hook` and `http:hook`
     // as `http://hook/`: a host that was never written is not guessed.
-    let authority = url.trim_start().get(parsed.scheme().len() + 1..).and_then(|rest| rest.strip_prefix("//"));
-    if authority.is_none_or(|a| a.is_empty() || a.starts_with(['/', '?', '#'])) || parsed.host_str().is_none_or(|h| h.is_empty()) {
-        return Err(format!("`{url}` names no host (write http(s)://host[:port]/path)"));
+    let authority = url
+        .trim_start()
+        .get(parsed.scheme().len() + 1..)
+        .and_then(|rest| rest.strip_prefix("//"));
+    if authority.is_none_or(|a| a.is_empty() || a.starts_with(['/', '?', '#']))
+        || parsed.host_str().is_none_or(|h| h.is_empty())
+    {
+        return Err(format!(
+            "`{url}` names no host (write http(s)://host[:port]/path)"
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!("`{url}`: credentials in the URL are not accepted; the signature authenticates deliveries"));
     }
     let host = parsed.host_str().unwrap_or_default();
-    networks.check_host(host).map_err(|refusal| format!("`{url}`: {refusal}"))?;
+    networks
+        .check_host(host)
+        .map_err(|refusal| format!("`{url}`: {refusal}"))?;
     Ok(parsed)
 }
 
@@ -277,7 +333,9 @@ pub fn check_kinds(kinds: &[String]) -> Result<(), String> {
         return Err("kinds: give at least one of low_stock, out_of_stock".into());
     }
     match kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
-        Some(kind) => Err(format!("kinds: `{kind}` is not one of low_stock, out_of_stock")),
+        Some(kind) => Err(format!(
+            "kinds: `{kind}` is not one of low_stock, out_of_stock"
+        )),
         None => Ok(()),
     }
 }
@@ -288,7 +346,10 @@ pub const MIN_SECRET_LEN: usize = 16;
 /// Checks a signing secret.
 pub fn check_secret(secret: &str) -> Result<(), String> {
     if secret.len() < MIN_SECRET_LEN || secret.len() > 256 {
-        return Err(format!("secret: between {MIN_SECRET_LEN} and 256 bytes, got {}", secret.len()));
+        return Err(format!(
+            "secret: between {MIN_SECRET_LEN} and 256 bytes, got {}",
+            secret.len()
+        ));
     }
     Ok(())
 }
@@ -373,8 +434,18 @@ pub struct Outgoing<'a> {
 /// reach, see [`Networks`]; not retried). Dropping the future cuts the
 /// retries short: nothing is recorded, and the event is attempted again
 /// after a restart.
-pub async fn deliver(client: &Client, webhook: &Webhook, event: Outgoing<'_>, policy: &Policy, on_attempt: &mut (dyn FnMut(&str) + Send)) -> Delivery {
-    let Outgoing { id: event_id, event_type, body } = event;
+pub async fn deliver(
+    client: &Client,
+    webhook: &Webhook,
+    event: Outgoing<'_>,
+    policy: &Policy,
+    on_attempt: &mut (dyn FnMut(&str) + Send),
+) -> Delivery {
+    let Outgoing {
+        id: event_id,
+        event_type,
+        body,
+    } = event;
     let delivery_id = format!("{}:{event_id}", webhook.id);
     let signature = sign(webhook.secret.as_bytes(), body);
     let mut delivery = Delivery {
@@ -390,7 +461,9 @@ pub async fn deliver(client: &Client, webhook: &Webhook, event: Outgoing<'_>, po
     loop {
         delivery.attempts += 1;
         // An IP literal is connected to without resolving: checked here.
-        let literal = reqwest::Url::parse(&webhook.url).ok().and_then(|url| url.host_str().map(|h| policy.networks.check_host(h)));
+        let literal = reqwest::Url::parse(&webhook.url)
+            .ok()
+            .and_then(|url| url.host_str().map(|h| policy.networks.check_host(h)));
         if let Some(Err(refusal)) = literal {
             delivery.error = Some(format!("refused: {refusal}"));
             on_attempt("refused");
@@ -457,26 +530,42 @@ pub struct RegistryError {
 impl Registry {
     /// Opens (or starts) the registry at `path`.
     pub fn open(path: &Path) -> Result<Registry, RegistryError> {
-        let error = |detail: String| RegistryError { path: path.display().to_string(), detail };
+        let error = |detail: String| RegistryError {
+            path: path.display().to_string(),
+            detail,
+        };
         let hooks = match std::fs::read(path) {
             Ok(bytes) => {
-                let list: Vec<Webhook> = serde_json::from_slice(&bytes).map_err(|e| error(format!("not a webhook list: {e}")))?;
+                let list: Vec<Webhook> = serde_json::from_slice(&bytes)
+                    .map_err(|e| error(format!("not a webhook list: {e}")))?;
                 list.into_iter().map(|h| (h.id.clone(), h)).collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(error(e.to_string())),
         };
-        Ok(Registry { path: path.to_path_buf(), hooks: Mutex::new(hooks) })
+        Ok(Registry {
+            path: path.to_path_buf(),
+            hooks: Mutex::new(hooks),
+        })
     }
 
     /// Every webhook, by id.
     pub fn list(&self) -> Vec<Webhook> {
-        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// One webhook.
     pub fn get(&self, id: &str) -> Option<Webhook> {
-        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Adds a webhook and persists the registry.
@@ -493,7 +582,9 @@ impl Registry {
     /// Removes a webhook; `false` if there was none.
     pub fn remove(&self, id: &str) -> Result<bool, RegistryError> {
         let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(removed) = hooks.remove(id) else { return Ok(false) };
+        let Some(removed) = hooks.remove(id) else {
+            return Ok(false);
+        };
         if let Err(error) = self.save(&hooks) {
             hooks.insert(id.to_owned(), removed);
             return Err(error);
@@ -504,7 +595,10 @@ impl Registry {
     fn save(&self, hooks: &BTreeMap<String, Webhook>) -> Result<(), RegistryError> {
         let list: Vec<&Webhook> = hooks.values().collect();
         let bytes = serde_json::to_vec_pretty(&list).expect("webhooks serialize");
-        crate::fs::write_atomically(&self.path, &bytes).map_err(|e| RegistryError { path: self.path.display().to_string(), detail: e.to_string() })
+        crate::fs::write_atomically(&self.path, &bytes).map_err(|e| RegistryError {
+            path: self.path.display().to_string(),
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -515,7 +609,10 @@ mod tests {
     #[test]
     fn signature_is_the_rfc_4231_hmac() {
         // RFC 4231, test case 2.
-        assert_eq!(sign(b"Jefe", b"what do ya want for nothing?"), "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
@@ -529,9 +626,16 @@ mod tests {
             created_at: "2026-11-30T00:00:00.000Z".into(),
         };
         let shown = format!("{hook:?}");
-        assert!(!shown.contains("s3cr3t") && shown.contains("<hidden>") && shown.contains("wh_1"), "{shown}");
-        let config =
-            crate::clickhouse::Config { url: "http://ch:8123".into(), database: "stockflow".into(), user: "u".into(), password: "pa55word-xyz".into() };
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("<hidden>") && shown.contains("wh_1"),
+            "{shown}"
+        );
+        let config = crate::clickhouse::Config {
+            url: "http://ch:8123".into(),
+            database: "stockflow".into(),
+            user: "u".into(),
+            password: "pa55word-xyz".into(),
+        };
         assert!(!format!("{config:?}").contains("pa55word"), "{config:?}");
     }
 
@@ -540,11 +644,22 @@ mod tests {
         let open = Networks::default();
         assert!(check_url("https://hooks.example.com/x", &open).is_ok());
         assert!(check_url("http://127.0.0.1:9000/alerts", &open).is_ok());
-        assert!(check_url("ftp://example.com/", &open).unwrap_err().contains("only http and https"));
-        assert!(check_url("example.com/hook", &open).unwrap_err().contains("not an absolute URL"));
-        assert!(check_url("http://user:pw@example.com/", &open).unwrap_err().contains("credentials"));
+        assert!(check_url("ftp://example.com/", &open)
+            .unwrap_err()
+            .contains("only http and https"));
+        assert!(check_url("example.com/hook", &open)
+            .unwrap_err()
+            .contains("not an absolute URL"));
+        assert!(check_url("http://user:pw@example.com/", &open)
+            .unwrap_err()
+            .contains("credentials"));
         for hostless in ["http:///hook", "http:/hook", "http:hook", "HTTP:///hook"] {
-            assert!(check_url(hostless, &open).unwrap_err().contains("names no host"), "{hostless}");
+            assert!(
+                check_url(hostless, &open)
+                    .unwrap_err()
+                    .contains("names no host"),
+                "{hostless}"
+            );
         }
         assert!(check_kinds(&["low_stock".into()]).is_ok());
         assert!(check_kinds(&["low".into()]).unwrap_err().contains("`low`"));
@@ -554,7 +669,13 @@ mod tests {
 
     #[test]
     fn link_local_and_metadata_addresses_are_refused_whatever_the_lists_say() {
-        let everything = Networks { allow: vec![parse_network("0.0.0.0/0").unwrap(), parse_network("::/0").unwrap()], deny: vec![] };
+        let everything = Networks {
+            allow: vec![
+                parse_network("0.0.0.0/0").unwrap(),
+                parse_network("::/0").unwrap(),
+            ],
+            deny: vec![],
+        };
         for url in [
             "http://169.254.169.254/latest/meta-data/",
             "http://169.254.0.1:8080/",
@@ -567,27 +688,64 @@ mod tests {
             "http://[::ffff:169.254.169.254]/",
         ] {
             let error = check_url(url, &everything).unwrap_err();
-            assert!(error.contains("link-local") || error.contains("cloud metadata"), "{url}: {error}");
+            assert!(
+                error.contains("link-local") || error.contains("cloud metadata"),
+                "{url}: {error}"
+            );
         }
-        assert!(check_url("http://[fec0::1]/", &everything).is_ok(), "fe80::/10 ends at febf");
+        assert!(
+            check_url("http://[fec0::1]/", &everything).is_ok(),
+            "fe80::/10 ends at febf"
+        );
         assert!(check_url("http://169.255.0.1/", &everything).is_ok());
-        assert_eq!(Networks::default().check("127.0.0.1".parse().unwrap()), Ok(()), "loopback is allowed by default");
+        assert_eq!(
+            Networks::default().check("127.0.0.1".parse().unwrap()),
+            Ok(()),
+            "loopback is allowed by default"
+        );
     }
 
     #[test]
     fn deny_wins_over_allow_and_allow_narrows() {
         let networks = Networks {
-            allow: vec![parse_network("127.0.0.1").unwrap(), parse_network("10.0.0.0/8").unwrap()],
+            allow: vec![
+                parse_network("127.0.0.1").unwrap(),
+                parse_network("10.0.0.0/8").unwrap(),
+            ],
             deny: vec![parse_network("10.9.0.0/16").unwrap()],
         };
         assert_eq!(networks.check("127.0.0.1".parse().unwrap()), Ok(()));
         assert_eq!(networks.check("10.1.2.3".parse().unwrap()), Ok(()));
         let refusal = networks.check("10.9.1.1".parse().unwrap()).unwrap_err();
-        assert_eq!((refusal.class(), refusal.to_string().as_str()), ("denied", "10.9.1.1 is in 10.9.0.0/16, a denied network (--webhook-deny-network)"));
-        assert_eq!(networks.check("127.0.0.2".parse().unwrap()).unwrap_err().class(), "not_allowed");
-        assert_eq!(networks.check("::ffff:10.9.0.1".parse().unwrap()).unwrap_err().class(), "denied", "an IPv4-mapped address is judged as IPv4");
-        assert_eq!(parse_network(" 10.1.2.3/8 ").unwrap().to_string(), "10.0.0.0/8");
-        assert!(parse_network("10.0.0.0/33").unwrap_err().contains("is not a network"));
+        assert_eq!(
+            (refusal.class(), refusal.to_string().as_str()),
+            (
+                "denied",
+                "10.9.1.1 is in 10.9.0.0/16, a denied network (--webhook-deny-network)"
+            )
+        );
+        assert_eq!(
+            networks
+                .check("127.0.0.2".parse().unwrap())
+                .unwrap_err()
+                .class(),
+            "not_allowed"
+        );
+        assert_eq!(
+            networks
+                .check("::ffff:10.9.0.1".parse().unwrap())
+                .unwrap_err()
+                .class(),
+            "denied",
+            "an IPv4-mapped address is judged as IPv4"
+        );
+        assert_eq!(
+            parse_network(" 10.1.2.3/8 ").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert!(parse_network("10.0.0.0/33")
+            .unwrap_err()
+            .contains("is not a network"));
     }
 
     #[test]
@@ -609,12 +767,26 @@ mod tests {
         assert!(!registry.remove("wh_1").unwrap());
         assert!(Registry::open(&path).unwrap().list().is_empty());
         let event = serde_json::json!({"tenant": "t", "kind": "low_stock"});
-        let hook = Webhook { kinds: vec!["out_of_stock".into()], ..registry_hook() };
+        let hook = Webhook {
+            kinds: vec!["out_of_stock".into()],
+            ..registry_hook()
+        };
         assert!(!hook.wants(&event));
-        assert!(Webhook { kinds: vec!["low_stock".into()], ..registry_hook() }.wants(&event));
+        assert!(Webhook {
+            kinds: vec!["low_stock".into()],
+            ..registry_hook()
+        }
+        .wants(&event));
     }
 
     fn registry_hook() -> Webhook {
-        Webhook { id: "x".into(), url: "http://h/".into(), tenant: "t".into(), kinds: vec![], secret: String::new(), created_at: String::new() }
+        Webhook {
+            id: "x".into(),
+            url: "http://h/".into(),
+            tenant: "t".into(),
+            kinds: vec![],
+            secret: String::new(),
+            created_at: String::new(),
+        }
     }
 }

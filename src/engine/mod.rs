@@ -26,7 +26,9 @@ use stockflow_dataflows::alerts::{AlertKind, AlertState, Restored, Thresholds};
 use stockflow_dataflows::kpis::KpiSpec;
 use stockflow_dataflows::model::cqrs::decode_cqrs;
 use stockflow_dataflows::model::tradex::{decode_tradex, decode_tradex_command, is_command_topic};
-use stockflow_dataflows::model::{decode_command, decode_event, Command, DecodeError, Epoch, Event, Name, RecordContext, StockKey};
+use stockflow_dataflows::model::{
+    decode_command, decode_event, Command, DecodeError, Epoch, Event, Name, RecordContext, StockKey,
+};
 use timely::dataflow::operators::probe::Handle;
 
 /// How the bytes of a topic's messages are read (see docs/formats.md).
@@ -64,8 +66,17 @@ impl Format {
     }
 
     /// Decodes one message of `topic`/`partition` into the events it means (zero or more).
-    pub fn decode(self, topic: &str, partition: u32, record: &Record, out: &mut Vec<Event>) -> Result<(), DecodeError> {
-        let ctx = RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) };
+    pub fn decode(
+        self,
+        topic: &str,
+        partition: u32,
+        record: &Record,
+        out: &mut Vec<Event>,
+    ) -> Result<(), DecodeError> {
+        let ctx = RecordContext {
+            offset: record.offset,
+            log_time: Some(record.timestamp_ms),
+        };
         match self {
             Format::Stockflow => out.push(decode_event(&record.payload, ctx)?),
             Format::Tradex => out.extend(decode_tradex(topic, partition, &record.payload, ctx)?),
@@ -96,7 +107,9 @@ impl Start {
             "earliest" => Ok(Start::Earliest),
             "latest" => Ok(Start::Latest),
             "stored" => Ok(Start::Stored),
-            other => Err(format!("start `{other}` is not one of earliest, latest, stored")),
+            other => Err(format!(
+                "start `{other}` is not one of earliest, latest, stored"
+            )),
         }
     }
 }
@@ -160,7 +173,10 @@ pub struct KpiConfig {
 impl Default for KpiConfig {
     /// The built-in KPIs, kept 90 days.
     fn default() -> Self {
-        KpiConfig { specs: Arc::from(Vec::new()), retention: Duration::from_secs(90 * 24 * 3600) }
+        KpiConfig {
+            specs: Arc::from(Vec::new()),
+            retention: Duration::from_secs(90 * 24 * 3600),
+        }
     }
 }
 
@@ -184,7 +200,11 @@ struct WrittenAlert {
 
 /// [`written_alerts`], retried with backoff while the topic cannot be read
 /// (a topic just created may not be readable at once), saying so in `/ready`.
-fn read_written_alerts(source: &dyn Source, store: &Store, shutdown: &Shutdown) -> anyhow::Result<HashMap<StockKey, [u64; 2]>> {
+fn read_written_alerts(
+    source: &dyn Source,
+    store: &Store,
+    shutdown: &Shutdown,
+) -> anyhow::Result<HashMap<StockKey, [u64; 2]>> {
     let mut failures = 0u32;
     loop {
         match written_alerts(source) {
@@ -213,7 +233,9 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
     let mut written = HashMap::new();
     let mut readers = Vec::new();
     for partition in 0..source.partitions() {
-        let end = source.end_offset(partition).with_context(|| format!("reading the end of {}/{partition}", source.topic()))?;
+        let end = source
+            .end_offset(partition)
+            .with_context(|| format!("reading the end of {}/{partition}", source.topic()))?;
         readers.push((source.reader(partition, 0)?, end));
     }
     let started = Instant::now();
@@ -234,8 +256,16 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
                 }
             }
             for record in &records {
-                let Ok(event) = serde_json::from_slice::<WrittenAlert>(&record.payload) else { continue };
-                let slot: &mut [u64; 2] = written.entry(StockKey { tenant: event.tenant, sku: event.sku, location: event.location }).or_default();
+                let Ok(event) = serde_json::from_slice::<WrittenAlert>(&record.payload) else {
+                    continue;
+                };
+                let slot: &mut [u64; 2] = written
+                    .entry(StockKey {
+                        tenant: event.tenant,
+                        sku: event.sku,
+                        location: event.location,
+                    })
+                    .or_default();
                 slot[event.kind as usize] = slot[event.kind as usize].max(event.transition);
             }
         }
@@ -244,7 +274,9 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
             last_read = now;
             continue;
         }
-        let at_end = readers.iter().all(|(reader, end)| reader.position() >= *end);
+        let at_end = readers
+            .iter()
+            .all(|(reader, end)| reader.position() >= *end);
         if at_end && now.duration_since(last_read) > Duration::from_millis(200) {
             break;
         }
@@ -256,7 +288,11 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    tracing::info!(topic = source.topic(), alerts = written.len(), "alerts already written");
+    tracing::info!(
+        topic = source.topic(),
+        alerts = written.len(),
+        "alerts already written"
+    );
     Ok(written)
 }
 
@@ -301,15 +337,23 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Waits for the workers to finish (after shutdown was triggered).
     pub fn join(self) -> anyhow::Result<()> {
-        self.thread.join().map_err(|_| anyhow::anyhow!("engine thread panicked"))?
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("engine thread panicked"))?
     }
 }
 
 /// Starts the workers on their own threads and returns at once.
-pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) -> anyhow::Result<EngineHandle> {
+pub fn start(
+    config: EngineConfig,
+    store: Arc<Store>,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> anyhow::Result<EngineHandle> {
     anyhow::ensure!(config.workers >= 1, "--workers must be at least 1");
     anyhow::ensure!(
-        config.appender.is_some() || (config.alerts.is_none() && config.commands.is_none() && !config.dead_letters),
+        config.appender.is_some()
+            || (config.alerts.is_none() && config.commands.is_none() && !config.dead_letters),
         "outcomes, alert transitions and dead letters need an appender"
     );
     // What "caught up" means for /ready: the ends of the partitions now.
@@ -336,14 +380,28 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     let mut config = config;
     let restore = check_gaps(config.restore.take(), &inputs, config.on_gap, &metrics)?;
     for (source, input, start) in &inputs {
-        let spec = SourceSpec { source: source.clone(), format: Format::Stockflow, start: *start };
+        let spec = SourceSpec {
+            source: source.clone(),
+            format: Format::Stockflow,
+            start: *start,
+        };
         let topic = spec.source.topic();
         let mut source_starts = Vec::new();
         for partition in 0..spec.source.partitions() {
-            let end = spec.source.end_offset(partition).with_context(|| format!("reading the end of {topic}/{partition}"))?;
-            targets.entry(topic.to_owned()).or_default().insert(partition, end);
+            let end = spec
+                .source
+                .end_offset(partition)
+                .with_context(|| format!("reading the end of {topic}/{partition}"))?;
+            targets
+                .entry(topic.to_owned())
+                .or_default()
+                .insert(partition, end);
             let resume = match (&restore, input) {
-                (Some(loaded), Input::Events(_)) => loaded.manifest.offsets.get(topic).map(|p| p.get(&partition).copied().unwrap_or(0)),
+                (Some(loaded), Input::Events(_)) => loaded
+                    .manifest
+                    .offsets
+                    .get(topic)
+                    .map(|p| p.get(&partition).copied().unwrap_or(0)),
                 _ => None,
             };
             let start = match (resume, spec.start) {
@@ -351,10 +409,16 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
                 (None, Start::Earliest) => 0,
                 (None, Start::Latest) => end,
                 (None, Start::Stored) => {
-                    match spec.source.stored_offset(partition).with_context(|| format!("reading the stored offset of {topic}/{partition}"))? {
+                    match spec.source.stored_offset(partition).with_context(|| {
+                        format!("reading the stored offset of {topic}/{partition}")
+                    })? {
                         Some(stored) => stored,
                         None => {
-                            tracing::info!(topic, partition, "no stored offset: starting from the earliest");
+                            tracing::info!(
+                                topic,
+                                partition,
+                                "no stored offset: starting from the earliest"
+                            );
                             0
                         }
                     }
@@ -378,7 +442,16 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         inputs
             .iter()
             .zip(&starts)
-            .map(|((source, _, _), starts)| (source.topic().to_owned(), starts.iter().enumerate().map(|(p, o)| (p as u32, *o)).collect()))
+            .map(|((source, _, _), starts)| {
+                (
+                    source.topic().to_owned(),
+                    starts
+                        .iter()
+                        .enumerate()
+                        .map(|(p, o)| (p as u32, *o))
+                        .collect(),
+                )
+            })
             .collect(),
         restore.as_ref().map(|loaded| loaded.manifest.id),
     );
@@ -388,16 +461,35 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
     let restore = restore.map(|loaded| Restoring::new(loaded, &config, first_epoch));
     if let Some(restoring) = &restore {
         metrics.restored_events.set(restoring.events as i64);
-        tracing::info!(checkpoint = restoring.id, events = restoring.events, alerts = restoring.rows.len(), "resuming from a checkpoint");
+        tracing::info!(
+            checkpoint = restoring.id,
+            events = restoring.events,
+            alerts = restoring.rows.len(),
+            "resuming from a checkpoint"
+        );
     }
     let (restore, restored_alerts, restored_alert_rows, restoring) = match restore {
-        Some(Restoring { id, events, plan, states, rows }) => {
-            (Some(plan), Some(states), rows, Some(format!("restoring checkpoint {id}: {events} events into the views")))
-        }
+        Some(Restoring {
+            id,
+            events,
+            plan,
+            states,
+            rows,
+        }) => (
+            Some(plan),
+            Some(states),
+            rows,
+            Some(format!(
+                "restoring checkpoint {id}: {events} events into the views"
+            )),
+        ),
         None => (None, None, Vec::new(), None),
     };
     let plan = Arc::new(Plan {
-        inputs: inputs.iter().map(|(source, input, _)| (source.clone(), *input)).collect(),
+        inputs: inputs
+            .iter()
+            .map(|(source, input, _)| (source.clone(), *input))
+            .collect(),
         starts,
         event_targets,
         first_epoch,
@@ -405,19 +497,26 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
         restored_alerts,
     });
     let alerts_to = match &config.alerts {
-        Some(path) => {
-            Some(publish::AlertsOut { topic: path.source.topic().to_owned(), written: read_written_alerts(path.source.as_ref(), &store, &shutdown)? })
-        }
+        Some(path) => Some(publish::AlertsOut {
+            topic: path.source.topic().to_owned(),
+            written: read_written_alerts(path.source.as_ref(), &store, &shutdown)?,
+        }),
         None => None,
     };
     let (to_publisher, from_workers) = std::sync::mpsc::channel();
     let (letters_to_publisher, letters) = std::sync::mpsc::channel();
     let publisher = {
         let outputs = publish::Outputs {
-            topics: inputs.iter().map(|(source, _, _)| source.topic().to_owned()).collect(),
+            topics: inputs
+                .iter()
+                .map(|(source, _, _)| source.topic().to_owned())
+                .collect(),
             appender: config.appender.clone(),
             letters,
-            outcomes_to: config.commands.as_ref().map(|path| path.events_topic.clone()),
+            outcomes_to: config
+                .commands
+                .as_ref()
+                .map(|path| path.events_topic.clone()),
             alerts_to,
             kpis: config.kpis.as_ref().map(|kpis| {
                 let retention = i64::try_from(kpis.retention.as_millis()).unwrap_or(i64::MAX);
@@ -426,33 +525,55 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
             restored_alerts: restored_alert_rows,
         };
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
-        std::thread::Builder::new().name("stockflow-publish".into()).spawn(move || publish::run_publisher(from_workers, outputs, store, metrics, shutdown))?
+        std::thread::Builder::new()
+            .name("stockflow-publish".into())
+            .spawn(move || {
+                publish::run_publisher(from_workers, outputs, store, metrics, shutdown)
+            })?
     };
     {
-        let (sources, store, metrics, shutdown) =
-            (inputs.iter().map(|(source, _, _)| source.clone()).collect(), store.clone(), metrics.clone(), shutdown.clone());
-        std::thread::Builder::new().name("stockflow-commit".into()).spawn(move || commit_offsets(sources, &store, &metrics, &shutdown))?;
+        let (sources, store, metrics, shutdown) = (
+            inputs.iter().map(|(source, _, _)| source.clone()).collect(),
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        std::thread::Builder::new()
+            .name("stockflow-commit".into())
+            .spawn(move || commit_offsets(sources, &store, &metrics, &shutdown))?;
     }
     if let Some(restoring) = restoring {
         // Until the checkpoint is in the views, /ready says so (the offsets only move once it all is).
         store.set_waiting(Some(restoring));
     }
-    let thread = std::thread::Builder::new().name("stockflow-engine".into()).spawn(move || {
-        let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
-            let to_publisher = (to_publisher.clone(), letters_to_publisher.clone());
-            if let Err(error) = worker::run(worker, &config, &plan, &store, &metrics, &shutdown, to_publisher) {
-                tracing::error!(%error, "worker stopped");
-                shutdown.trigger();
+    let thread = std::thread::Builder::new()
+        .name("stockflow-engine".into())
+        .spawn(move || {
+            let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
+                let to_publisher = (to_publisher.clone(), letters_to_publisher.clone());
+                if let Err(error) = worker::run(
+                    worker,
+                    &config,
+                    &plan,
+                    &store,
+                    &metrics,
+                    &shutdown,
+                    to_publisher,
+                ) {
+                    tracing::error!(%error, "worker stopped");
+                    shutdown.trigger();
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?;
+            for result in guards.join() {
+                result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
             }
-        })
-        .map_err(|e| anyhow::anyhow!("starting timely workers: {e}"))?;
-        for result in guards.join() {
-            result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?;
-        }
-        // The workers (and their senders) are gone: the publisher drains and stops.
-        publisher.join().map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
-        Ok(())
-    })?;
+            // The workers (and their senders) are gone: the publisher drains and stops.
+            publisher
+                .join()
+                .map_err(|_| anyhow::anyhow!("publisher thread panicked"))?;
+            Ok(())
+        })?;
     Ok(EngineHandle { thread })
 }
 
@@ -463,7 +584,10 @@ pub fn start(config: EngineConfig, store: Arc<Store>, metrics: Metrics, shutdown
 /// any of this run and refused, never taken for one of this run's. Below
 /// 2^53 until the year 2255: exact as a JSON number in a browser too.
 pub fn first_epoch_of_run() -> Epoch {
-    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as Epoch).unwrap_or(0);
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as Epoch)
+        .unwrap_or(0);
     micros.max(1)
 }
 
@@ -505,24 +629,41 @@ struct Restoring {
 impl Restoring {
     /// The run's first `plan.epochs` epochs, from `first_epoch`, carry the
     /// events, `epoch_max_events` each, spread over the workers.
-    fn new(loaded: Arc<crate::checkpoint::Loaded>, config: &EngineConfig, first_epoch: Epoch) -> Restoring {
-        let crate::checkpoint::Loaded { manifest, events, alerts } = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
+    fn new(
+        loaded: Arc<crate::checkpoint::Loaded>,
+        config: &EngineConfig,
+        first_epoch: Epoch,
+    ) -> Restoring {
+        let crate::checkpoint::Loaded {
+            manifest,
+            events,
+            alerts,
+        } = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
         let count = events.len();
         let chunk = config.epoch_max_events.max(1);
         let epochs = count.div_ceil(chunk).max(1) as Epoch;
-        let mut shares: Vec<Vec<Vec<Event>>> = (0..config.workers).map(|_| (0..epochs).map(|_| Vec::new()).collect()).collect();
+        let mut shares: Vec<Vec<Vec<Event>>> = (0..config.workers)
+            .map(|_| (0..epochs).map(|_| Vec::new()).collect())
+            .collect();
         for (n, event) in events.into_iter().enumerate() {
             shares[n % config.workers][n / chunk].push(event);
         }
         let mut states: HashMap<StockKey, [AlertState; 2]> = HashMap::new();
         for alert in &alerts {
-            states.entry(alert.key.clone()).or_default()[alert.kind as usize] = AlertState::after(alert);
+            states.entry(alert.key.clone()).or_default()[alert.kind as usize] =
+                AlertState::after(alert);
         }
         Restoring {
             id: manifest.id,
             events: count,
-            plan: RestorePlan { epochs, shares: shares.into_iter().map(std::sync::Mutex::new).collect() },
-            states: Restored { epoch: first_epoch + epochs - 1, states: Arc::new(states) },
+            plan: RestorePlan {
+                epochs,
+                shares: shares.into_iter().map(std::sync::Mutex::new).collect(),
+            },
+            states: Restored {
+                epoch: first_epoch + epochs - 1,
+                states: Arc::new(states),
+            },
             rows: alerts,
         }
     }
@@ -541,18 +682,26 @@ fn check_gaps(
     metrics: &Metrics,
 ) -> anyhow::Result<Option<Arc<crate::checkpoint::Loaded>>> {
     use crate::checkpoint::GapPolicy;
-    let Some(mut loaded) = restore else { return Ok(None) };
+    let Some(mut loaded) = restore else {
+        return Ok(None);
+    };
     let mut gaps = Vec::new();
     let mut missing = 0u64;
     // Where each partition resumes under `accept`: its first message still held.
     let mut held: Vec<(String, u32, u64)> = Vec::new();
     for (source, input, _) in inputs {
         let Input::Events(_) = input else { continue };
-        let Some(offsets) = loaded.manifest.offsets.get(source.topic()) else { continue };
+        let Some(offsets) = loaded.manifest.offsets.get(source.topic()) else {
+            continue;
+        };
         for partition in 0..source.partitions() {
             let resume = offsets.get(&partition).copied().unwrap_or(0);
-            let first = source.start_offset(partition).with_context(|| format!("reading the first offset of {}/{partition}", source.topic()))?;
-            let end = source.end_offset(partition).with_context(|| format!("reading the end of {}/{partition}", source.topic()))?;
+            let first = source.start_offset(partition).with_context(|| {
+                format!("reading the first offset of {}/{partition}", source.topic())
+            })?;
+            let end = source
+                .end_offset(partition)
+                .with_context(|| format!("reading the end of {}/{partition}", source.topic()))?;
             if resume < first {
                 gaps.push(format!("{}/{partition} resumes at offset {resume} but its first message is {first} ({} deleted)", source.topic(), first - resume));
                 missing += first - resume;
@@ -594,7 +743,12 @@ const COMMIT_PERIOD: Duration = Duration::from_secs(1);
 /// hands each source the offsets the published views reflect, if they moved
 /// ([`Source::commit`]). A failure is counted and logged, then retried next
 /// period: commits only serve monitoring, so they never hold anything up.
-fn commit_offsets(sources: Vec<Arc<dyn Source>>, store: &Store, metrics: &Metrics, shutdown: &Shutdown) {
+fn commit_offsets(
+    sources: Vec<Arc<dyn Source>>,
+    store: &Store,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) {
     let mut committed: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
     loop {
         let last = shutdown.is_triggered();
@@ -603,7 +757,9 @@ fn commit_offsets(sources: Vec<Arc<dyn Source>>, store: &Store, metrics: &Metric
         }
         let snapshot = store.snapshot();
         for source in &sources {
-            let Some(reached) = snapshot.as_of.offsets.get(source.topic()) else { continue };
+            let Some(reached) = snapshot.as_of.offsets.get(source.topic()) else {
+                continue;
+            };
             if committed.get(source.topic()) == Some(reached) {
                 continue;
             }
@@ -613,7 +769,10 @@ fn commit_offsets(sources: Vec<Arc<dyn Source>>, store: &Store, metrics: &Metric
                     committed.insert(source.topic().to_owned(), reached.clone());
                 }
                 Err(error) => {
-                    metrics.commit_failures.with_label_values(&[source.topic()]).inc();
+                    metrics
+                        .commit_failures
+                        .with_label_values(&[source.topic()])
+                        .inc();
                     tracing::debug!(%error, "offset commit failed; retrying next period");
                 }
             }
@@ -630,7 +789,11 @@ mod worker {
     use timely::worker::Worker;
 
     /// The dataflow's inputs: events, commands, read progress.
-    type Inputs = (InputSession<Epoch, Event, isize>, InputSession<Epoch, Command, isize>, InputSession<Epoch, Progress, isize>);
+    type Inputs = (
+        InputSession<Epoch, Event, isize>,
+        InputSession<Epoch, Command, isize>,
+        InputSession<Epoch, Progress, isize>,
+    );
 
     /// One partition this worker reads.
     struct Assigned {
@@ -676,7 +839,11 @@ mod worker {
             commands_in.flush();
             progress_in.flush();
             worker.step();
-            while self.probe.less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT)) && !self.shutdown.is_triggered() {
+            while self
+                .probe
+                .less_than(&epoch.saturating_sub(MAX_EPOCHS_IN_FLIGHT))
+                && !self.shutdown.is_triggered()
+            {
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
         }
@@ -689,21 +856,36 @@ mod worker {
         store: &Arc<Store>,
         metrics: &Metrics,
         shutdown: &Shutdown,
-        (to_publisher, letters_to_publisher): (std::sync::mpsc::Sender<publish::Completed>, std::sync::mpsc::Sender<publish::Letters>),
+        (to_publisher, letters_to_publisher): (
+            std::sync::mpsc::Sender<publish::Completed>,
+            std::sync::mpsc::Sender<publish::Letters>,
+        ),
     ) -> Result<(), SourceError> {
         let index = worker.index();
         let peers = worker.peers();
         let closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
         let probe = Handle::new();
 
-        let (mut events_in, mut commands_in, mut progress_in): Inputs = worker.dataflow::<Epoch, _, _>(|scope| {
-            let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
-            let (commands_in, commands) = differential_dataflow::input::Input::new_collection(&scope);
-            let (progress_in, progress) = differential_dataflow::input::Input::new_collection(&scope);
-            let publisher = publish::Publisher::new(index, closed_at.clone(), to_publisher);
-            publish::views(events, commands, config, plan.restored_alerts.clone(), progress, publisher, &probe);
-            (events_in, commands_in, progress_in)
-        });
+        let (mut events_in, mut commands_in, mut progress_in): Inputs = worker
+            .dataflow::<Epoch, _, _>(|scope| {
+                let (events_in, events) =
+                    differential_dataflow::input::Input::new_collection(&scope);
+                let (commands_in, commands) =
+                    differential_dataflow::input::Input::new_collection(&scope);
+                let (progress_in, progress) =
+                    differential_dataflow::input::Input::new_collection(&scope);
+                let publisher = publish::Publisher::new(index, closed_at.clone(), to_publisher);
+                publish::views(
+                    events,
+                    commands,
+                    config,
+                    plan.restored_alerts.clone(),
+                    progress,
+                    publisher,
+                    &probe,
+                );
+                (events_in, commands_in, progress_in)
+            });
 
         let mut assigned = Vec::new();
         let mut flat = 0usize;
@@ -723,9 +905,18 @@ mod worker {
                 flat += 1;
             }
         }
-        tracing::info!(worker = index, partitions = assigned.len(), "worker started");
+        tracing::info!(
+            worker = index,
+            partitions = assigned.len(),
+            "worker started"
+        );
 
-        let clock = Clock { index, closed_at: &closed_at, probe: &probe, shutdown };
+        let clock = Clock {
+            index,
+            closed_at: &closed_at,
+            probe: &probe,
+            shutdown,
+        };
         // Epoch 0 stays empty: an `as_of.epoch` of 0 means "nothing published yet".
         let mut epoch: Epoch = plan.first_epoch;
         events_in.advance_to(epoch);
@@ -735,7 +926,11 @@ mod worker {
             // The checkpoint's events, alone in their epochs (the `low_stock`
             // operator restores its states there), spread over the workers,
             // in epochs of `epoch_max_events` as the log would be read.
-            let share = std::mem::take(&mut *restore.shares[index].lock().unwrap_or_else(|p| p.into_inner()));
+            let share = std::mem::take(
+                &mut *restore.shares[index]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             for (n, events) in share.into_iter().enumerate() {
                 for event in events {
                     events_in.insert(event);
@@ -748,7 +943,13 @@ mod worker {
                         part.reported = Some(position);
                     }
                 }
-                clock.close(worker, &mut events_in, &mut commands_in, &mut progress_in, &mut epoch);
+                clock.close(
+                    worker,
+                    &mut events_in,
+                    &mut commands_in,
+                    &mut progress_in,
+                    &mut epoch,
+                );
             }
             debug_assert_eq!(epoch, plan.first_epoch + restore.epochs);
             if index == 0 {
@@ -763,11 +964,13 @@ mod worker {
         let mut commands_open = false;
         // This epoch's dead letters: sent as they come, acknowledged before
         // the publisher publishes the epoch (it waits for them).
-        let new_letters = || publish::Letters::new(config.appender.clone().filter(|_| config.dead_letters));
+        let new_letters =
+            || publish::Letters::new(config.appender.clone().filter(|_| config.dead_letters));
         let mut letters = new_letters();
         // Messages read per closed epoch not yet published, oldest first, and their sum.
         let budget = (config.max_in_flight / peers).max(1);
-        let mut in_flight: std::collections::VecDeque<(Epoch, usize)> = std::collections::VecDeque::new();
+        let mut in_flight: std::collections::VecDeque<(Epoch, usize)> =
+            std::collections::VecDeque::new();
         let mut in_flight_sum = 0usize;
         while !shutdown.is_triggered() {
             let deadline = Instant::now() + config.epoch;
@@ -778,7 +981,9 @@ mod worker {
                     commands_open = store.snapshot().as_of.covers(&plan.event_targets);
                 }
                 let published = store.published_epoch();
-                while let Some(&(_, count)) = in_flight.front().filter(|(closed, _)| *closed <= published) {
+                while let Some(&(_, count)) =
+                    in_flight.front().filter(|(closed, _)| *closed <= published)
+                {
                     in_flight.pop_front();
                     in_flight_sum -= count;
                     metrics.events_in_flight.sub(count as i64);
@@ -787,27 +992,48 @@ mod worker {
                     // Room left under the bound on events in flight (0: wait for the publisher).
                     let room = budget.saturating_sub(in_flight_sum + read_in_epoch + read_now);
                     let is_commands = matches!(part.input, Input::Commands | Input::TradexCommands);
-                    if room == 0 || part.retry_at.is_some_and(|at| Instant::now() < at) || (is_commands && !commands_open) {
+                    if room == 0
+                        || part.retry_at.is_some_and(|at| Instant::now() < at)
+                        || (is_commands && !commands_open)
+                    {
                         continue;
                     }
                     records.clear();
-                    let budget = READ_CHUNK.min(config.epoch_max_events.saturating_sub(read_in_epoch + read_now).max(1)).min(room);
+                    let budget = READ_CHUNK
+                        .min(
+                            config
+                                .epoch_max_events
+                                .saturating_sub(read_in_epoch + read_now)
+                                .max(1),
+                        )
+                        .min(room);
                     match part.reader.read(budget, &mut records) {
                         Ok(_) => {
                             if part.failures > 0 {
                                 tracing::info!(topic = %part.topic, partition = part.reader.partition(), "source reads again");
-                                store.set_source_failure(&part.topic, part.reader.partition(), None);
+                                store.set_source_failure(
+                                    &part.topic,
+                                    part.reader.partition(),
+                                    None,
+                                );
                             }
                             part.failures = 0;
                             part.retry_at = None;
                         }
                         Err(error) => {
-                            store.set_source_failure(&part.topic, part.reader.partition(), Some(error.to_string()));
+                            store.set_source_failure(
+                                &part.topic,
+                                part.reader.partition(),
+                                Some(error.to_string()),
+                            );
                             part.failures += 1;
                             // At most 1.6 s: a reader must notice a returning broker soon.
                             let backoff = Duration::from_millis(100u64 << part.failures.min(4));
                             tracing::warn!(%error, topic = %part.topic, partition = part.reader.partition(), retry_in_ms = backoff.as_millis() as u64, "source read failed");
-                            metrics.source_errors.with_label_values(&[&part.topic]).inc();
+                            metrics
+                                .source_errors
+                                .with_label_values(&[&part.topic])
+                                .inc();
                             part.retry_at = Some(Instant::now() + backoff);
                             continue;
                         }
@@ -816,16 +1042,31 @@ mod worker {
                     let partition = part.reader.partition();
                     for record in records.drain(..) {
                         let result = match part.input {
-                            Input::Events(format) => format.decode(&part.topic, partition, &record, &mut events),
-                            Input::Commands => decode_command(&record.payload, RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) })
-                                .map(|command| commands_in.insert(command)),
+                            Input::Events(format) => {
+                                format.decode(&part.topic, partition, &record, &mut events)
+                            }
+                            Input::Commands => decode_command(
+                                &record.payload,
+                                RecordContext {
+                                    offset: record.offset,
+                                    log_time: Some(record.timestamp_ms),
+                                },
+                            )
+                            .map(|command| commands_in.insert(command)),
                             Input::TradexCommands => decode_tradex_command(
                                 &part.topic,
                                 partition,
                                 &record.payload,
-                                RecordContext { offset: record.offset, log_time: Some(record.timestamp_ms) },
+                                RecordContext {
+                                    offset: record.offset,
+                                    log_time: Some(record.timestamp_ms),
+                                },
                             )
-                            .map(|commands| commands.into_iter().for_each(|command| commands_in.insert(command))),
+                            .map(|commands| {
+                                commands
+                                    .into_iter()
+                                    .for_each(|command| commands_in.insert(command))
+                            }),
                         };
                         match result {
                             Ok(()) => {
@@ -836,28 +1077,47 @@ mod worker {
                             }
                             Err(error) => {
                                 tracing::debug!(topic = %part.topic, partition, offset = record.offset, %error, "message does not decode: to the dead-letter topic");
-                                metrics.decode_errors.with_label_values(&[&part.topic, error.class()]).inc();
+                                metrics
+                                    .decode_errors
+                                    .with_label_values(&[&part.topic, error.class()])
+                                    .inc();
                                 let reason = error.to_string();
-                                let letter = DeadLetter { topic: &part.topic, partition, record: &record, reason: &reason, class: error.class() };
+                                let letter = DeadLetter {
+                                    topic: &part.topic,
+                                    partition,
+                                    record: &record,
+                                    reason: &reason,
+                                    class: error.class(),
+                                };
                                 letters.push(&letter);
                             }
                         }
                         read_now += 1;
                     }
                     if decoded > 0 {
-                        metrics.events_in.with_label_values(&[&part.topic]).inc_by(decoded);
+                        metrics
+                            .events_in
+                            .with_label_values(&[&part.topic])
+                            .inc_by(decoded);
                     }
                     letters.send();
                 }
                 read_in_epoch += read_now;
                 let now = Instant::now();
-                if read_in_epoch >= config.epoch_max_events || now >= deadline || shutdown.is_triggered() {
+                if read_in_epoch >= config.epoch_max_events
+                    || now >= deadline
+                    || shutdown.is_triggered()
+                {
                     break;
                 }
                 if read_now == 0 {
                     // Nothing to read right now, and sources do not wake us: while data
                     // flows (this epoch had some) look again soon; when idle, at the epoch's end.
-                    let wait = if read_in_epoch > 0 { (deadline - now).min(IDLE_POLL) } else { deadline - now };
+                    let wait = if read_in_epoch > 0 {
+                        (deadline - now).min(IDLE_POLL)
+                    } else {
+                        deadline - now
+                    };
                     worker.step_or_park(Some(wait));
                 } else {
                     worker.step();
@@ -873,22 +1133,38 @@ mod worker {
                 }
                 let partition = part.reader.partition().to_string();
                 let labels = [part.topic.as_str(), partition.as_str()];
-                metrics.source_position.with_label_values(&labels).set(position as i64);
+                metrics
+                    .source_position
+                    .with_label_values(&labels)
+                    .set(position as i64);
                 if let Ok(end) = part.reader.end_offset() {
-                    metrics.source_end.with_label_values(&labels).set(end as i64);
-                    metrics.source_lag.with_label_values(&labels).set(end.saturating_sub(position) as i64);
+                    metrics
+                        .source_end
+                        .with_label_values(&labels)
+                        .set(end as i64);
+                    metrics
+                        .source_lag
+                        .with_label_values(&labels)
+                        .set(end.saturating_sub(position) as i64);
                 }
             }
             if !letters.is_empty() {
                 // Before the epoch closes: the publisher has them when it can publish it.
-                let _ = letters_to_publisher.send(std::mem::replace(&mut letters, new_letters()).for_epoch(epoch));
+                let _ = letters_to_publisher
+                    .send(std::mem::replace(&mut letters, new_letters()).for_epoch(epoch));
             }
             if read_in_epoch > 0 {
                 in_flight.push_back((epoch, read_in_epoch));
                 in_flight_sum += read_in_epoch;
                 metrics.events_in_flight.add(read_in_epoch as i64);
             }
-            clock.close(worker, &mut events_in, &mut commands_in, &mut progress_in, &mut epoch);
+            clock.close(
+                worker,
+                &mut events_in,
+                &mut commands_in,
+                &mut progress_in,
+                &mut epoch,
+            );
         }
         metrics.events_in_flight.sub(in_flight_sum as i64);
         drop(events_in);
@@ -918,7 +1194,11 @@ mod tests {
         fn partitions(&self) -> u32 {
             self.first.len() as u32
         }
-        fn reader(&self, _partition: u32, _from: u64) -> Result<Box<dyn PartitionReader>, SourceError> {
+        fn reader(
+            &self,
+            _partition: u32,
+            _from: u64,
+        ) -> Result<Box<dyn PartitionReader>, SourceError> {
             Err(SourceError::Invalid("not read in this test".into()))
         }
         fn end_offset(&self, partition: u32) -> Result<u64, SourceError> {
@@ -930,28 +1210,53 @@ mod tests {
     }
 
     fn checkpoint(offsets: [u64; 2]) -> Arc<Loaded> {
-        let file = FileRef { file: String::new(), records: 0, bytes: 0, crc32: 0 };
+        let file = FileRef {
+            file: String::new(),
+            records: 0,
+            bytes: 0,
+            crc32: 0,
+        };
         let manifest = Manifest {
             format: 1,
             id: 7,
             created_ms: 0,
             epoch: 1,
             sources: vec!["t=stockflow".into()],
-            offsets: BTreeMap::from([("t".to_owned(), BTreeMap::from([(0, offsets[0]), (1, offsets[1])]))]),
+            offsets: BTreeMap::from([(
+                "t".to_owned(),
+                BTreeMap::from([(0, offsets[0]), (1, offsets[1])]),
+            )]),
             segments: Vec::new(),
             alerts: file,
         };
-        Arc::new(Loaded { manifest, events: Vec::new(), alerts: Vec::new() })
+        Arc::new(Loaded {
+            manifest,
+            events: Vec::new(),
+            alerts: Vec::new(),
+        })
     }
 
     fn inputs(first: [u64; 2], end: [u64; 2]) -> Vec<(Arc<dyn Source>, Input, Start)> {
-        vec![(Arc::new(Retained { first: first.to_vec(), end: end.to_vec() }), Input::Events(Format::Stockflow), Start::Earliest)]
+        vec![(
+            Arc::new(Retained {
+                first: first.to_vec(),
+                end: end.to_vec(),
+            }),
+            Input::Events(Format::Stockflow),
+            Start::Earliest,
+        )]
     }
 
     #[test]
     fn a_checkpoint_the_source_still_holds_is_resumed() {
         let metrics = Metrics::new();
-        let kept = check_gaps(Some(checkpoint([10, 20])), &inputs([0, 20], [100, 100]), GapPolicy::Fail, &metrics).unwrap();
+        let kept = check_gaps(
+            Some(checkpoint([10, 20])),
+            &inputs([0, 20], [100, 100]),
+            GapPolicy::Fail,
+            &metrics,
+        )
+        .unwrap();
         assert_eq!(kept.unwrap().manifest.id, 7);
         assert_eq!(metrics.checkpoint_gap.get(), 0);
     }
@@ -960,20 +1265,62 @@ mod tests {
     fn retention_gaps_fail_or_replay_or_are_accepted_and_counted() {
         let metrics = Metrics::new();
         let gap = inputs([0, 50], [100, 100]);
-        let error = check_gaps(Some(checkpoint([10, 20])), &gap, GapPolicy::Fail, &metrics).unwrap_err().to_string();
+        let error = check_gaps(Some(checkpoint([10, 20])), &gap, GapPolicy::Fail, &metrics)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("checkpoint 7"), "{error}");
-        assert!(error.contains("t/1 resumes at offset 20 but its first message is 50 (30 deleted)"), "{error}");
-        assert!(error.contains("--on-checkpoint-gap replay") && error.contains("--on-checkpoint-gap accept"), "{error}");
-        assert!(check_gaps(Some(checkpoint([10, 20])), &gap, GapPolicy::Replay, &metrics).unwrap().is_none(), "replay ignores the checkpoint");
+        assert!(
+            error.contains("t/1 resumes at offset 20 but its first message is 50 (30 deleted)"),
+            "{error}"
+        );
+        assert!(
+            error.contains("--on-checkpoint-gap replay")
+                && error.contains("--on-checkpoint-gap accept"),
+            "{error}"
+        );
+        assert!(
+            check_gaps(
+                Some(checkpoint([10, 20])),
+                &gap,
+                GapPolicy::Replay,
+                &metrics
+            )
+            .unwrap()
+            .is_none(),
+            "replay ignores the checkpoint"
+        );
         assert_eq!(metrics.checkpoint_gap.get(), 0);
-        assert!(check_gaps(Some(checkpoint([10, 20])), &gap, GapPolicy::Accept, &metrics).unwrap().is_some());
-        assert_eq!(metrics.checkpoint_gap.get(), 30, "the missing messages are counted");
+        assert!(check_gaps(
+            Some(checkpoint([10, 20])),
+            &gap,
+            GapPolicy::Accept,
+            &metrics
+        )
+        .unwrap()
+        .is_some());
+        assert_eq!(
+            metrics.checkpoint_gap.get(),
+            30,
+            "the missing messages are counted"
+        );
     }
 
     #[test]
     fn an_emptied_topic_is_a_gap() {
         let metrics = Metrics::new();
-        let error = check_gaps(Some(checkpoint([10, 0])), &inputs([0, 0], [0, 0]), GapPolicy::Fail, &metrics).unwrap_err().to_string();
-        assert!(error.contains("t/0 resumes at offset 10 but holds no message (was the topic recreated?)"), "{error}");
+        let error = check_gaps(
+            Some(checkpoint([10, 0])),
+            &inputs([0, 0], [0, 0]),
+            GapPolicy::Fail,
+            &metrics,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(
+                "t/0 resumes at offset 10 but holds no message (was the topic recreated?)"
+            ),
+            "{error}"
+        );
     }
 }

@@ -20,7 +20,9 @@ use std::time::Instant;
 use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::kpis::{Cell, KpiKey, SkuGauge, Table};
 use stockflow_dataflows::model::command::causing_command;
-use stockflow_dataflows::model::{Command, Epoch, Event, EventBody, ItemRow, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::{
+    Command, Epoch, Event, EventBody, ItemRow, Name, SkuKey, StockDelta, StockKey,
+};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle;
@@ -71,7 +73,11 @@ pub fn views<'scope>(
     publisher: Publisher,
     probe: &Handle<Epoch>,
 ) {
-    let outcomes = if config.commands.is_some() { stockflow_dataflows::decide(events.clone(), commands) } else { commands.flat_map(|_| None::<Event>) };
+    let outcomes = if config.commands.is_some() {
+        stockflow_dataflows::decide(events.clone(), commands)
+    } else {
+        commands.flat_map(|_| None::<Event>)
+    };
     // The log copy of an outcome comes back later with the same id: dedup keeps the first.
     let events = stockflow_dataflows::dedup(events.concat(outcomes.clone()));
     let caused = events.clone().flat_map(|event| {
@@ -81,40 +87,93 @@ pub fn views<'scope>(
         };
         command.map(|command| (event.tenant.clone(), command, event))
     });
-    let orders = events.clone().filter(|event| matches!(event.body, EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. }));
+    let orders = events.clone().filter(|event| {
+        matches!(
+            event.body,
+            EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. }
+        )
+    });
     let items = stockflow_dataflows::items(events.clone());
     let stock = stockflow_dataflows::stock(events.clone());
     let totals = stockflow_dataflows::stock_totals(stock.clone());
-    let alerts = stockflow_dataflows::low_stock(stock.clone(), items.clone(), config.thresholds.clone(), restored_alerts);
-    let kpis = config.kpis.as_ref().map(|kpis| stockflow_dataflows::kpis(events.clone(), kpis.specs.clone()));
+    let alerts = stockflow_dataflows::low_stock(
+        stock.clone(),
+        items.clone(),
+        config.thresholds.clone(),
+        restored_alerts,
+    );
+    let kpis = config
+        .kpis
+        .as_ref()
+        .map(|kpis| stockflow_dataflows::kpis(events.clone(), kpis.specs.clone()));
 
     let changes = items
         .inner
         .map(|((key, row), time, diff)| (Change::Item(key, row, diff), time))
-        .concat(stock.inner.map(|(key, time, delta)| (Change::Stock(key, delta), time)))
-        .concat(totals.inner.map(|(key, time, delta)| (Change::Total(key, delta), time)))
-        .concat(progress.inner.map(|((source, partition, offset), time, _)| (Change::Progress(source, partition, offset), time)))
-        .concat(outcomes.inner.map(|(event, time, _)| (Change::Outcome(event), time)))
-        .concat(caused.inner.map(|((tenant, command, event), time, _)| (Change::Command(tenant, command, event), time)))
-        .concat(orders.inner.map(|(event, time, _)| (Change::Order(event), time)))
-        .concat(alerts.inner.map(|(alert, time, _)| (Change::Alert(alert, time), time)));
+        .concat(
+            stock
+                .inner
+                .map(|(key, time, delta)| (Change::Stock(key, delta), time)),
+        )
+        .concat(
+            totals
+                .inner
+                .map(|(key, time, delta)| (Change::Total(key, delta), time)),
+        )
+        .concat(
+            progress
+                .inner
+                .map(|((source, partition, offset), time, _)| {
+                    (Change::Progress(source, partition, offset), time)
+                }),
+        )
+        .concat(
+            outcomes
+                .inner
+                .map(|(event, time, _)| (Change::Outcome(event), time)),
+        )
+        .concat(caused.inner.map(|((tenant, command, event), time, _)| {
+            (Change::Command(tenant, command, event), time)
+        }))
+        .concat(
+            orders
+                .inner
+                .map(|(event, time, _)| (Change::Order(event), time)),
+        )
+        .concat(
+            alerts
+                .inner
+                .map(|(alert, time, _)| (Change::Alert(alert, time), time)),
+        );
     let changes = match kpis {
         Some(kpis) => changes
-            .concat(kpis.cells.inner.map(|(key, time, cell)| (Change::Kpi(key, cell), time)))
-            .concat(kpis.extremes.inner.map(|((key, value), time, diff)| (Change::Extreme(key, value, diff), time))),
+            .concat(
+                kpis.cells
+                    .inner
+                    .map(|(key, time, cell)| (Change::Kpi(key, cell), time)),
+            )
+            .concat(
+                kpis.extremes
+                    .inner
+                    .map(|((key, value), time, diff)| (Change::Extreme(key, value, diff), time)),
+            ),
         None => changes,
     }
     .probe_with(probe);
 
     let mut publisher = publisher;
-    changes.sink(Exchange::new(|_: &(Change, Epoch)| 0), "publish views", move |(input, frontier)| {
-        input.for_each(|_time, data| {
-            for (change, time) in data.drain(..) {
-                publisher.pending.entry(time).or_default().push(change);
-            }
-        });
-        publisher.publish_complete(frontier.frontier().first().copied());
-    });
+    changes.sink(
+        Exchange::new(|_: &(Change, Epoch)| 0),
+        "publish views",
+        move |(input, frontier)| {
+            input.for_each(|_time, data| {
+                for (change, time) in data.drain(..) {
+                    publisher.pending.entry(time).or_default().push(change);
+                }
+            });
+            publisher.publish_complete(frontier.frontier().first().copied());
+        },
+    );
 }
 
 /// A run of completed epochs, in order, on its way to the publisher thread.
@@ -140,8 +199,18 @@ pub struct Publisher {
 
 impl Publisher {
     /// The sink of worker `worker`; only worker 0's receives anything.
-    pub fn new(worker: usize, closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>>, to_publisher: std::sync::mpsc::Sender<Completed>) -> Publisher {
-        Publisher { active: worker == 0, closed_at, pending: BTreeMap::new(), sent_epoch: 0, to_publisher }
+    pub fn new(
+        worker: usize,
+        closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>>,
+        to_publisher: std::sync::mpsc::Sender<Completed>,
+    ) -> Publisher {
+        Publisher {
+            active: worker == 0,
+            closed_at,
+            pending: BTreeMap::new(),
+            sent_epoch: 0,
+            to_publisher,
+        }
     }
 
     /// Sends every epoch before `frontier` (`None`: the input has ended).
@@ -167,7 +236,13 @@ impl Publisher {
         let last_complete = match frontier {
             Some(0) => return,
             Some(f) => f - 1,
-            None => self.closed_at.borrow().keys().next_back().copied().unwrap_or(self.sent_epoch),
+            None => self
+                .closed_at
+                .borrow()
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(self.sent_epoch),
         };
         if changes.is_empty() && last_complete <= self.sent_epoch {
             return;
@@ -182,7 +257,11 @@ impl Publisher {
             closed.push(entry.remove());
         }
         // The publisher thread only stops after the workers; a send cannot fail before.
-        let _ = self.to_publisher.send(Completed { changes, last_complete, closed });
+        let _ = self.to_publisher.send(Completed {
+            changes,
+            last_complete,
+            closed,
+        });
     }
 }
 
@@ -201,16 +280,31 @@ pub struct Letters {
 impl Letters {
     /// No letters yet; written through `appender` (`None`: not written).
     pub fn new(appender: Option<Arc<dyn Appender>>) -> Letters {
-        Letters { outbox: appender.map(Outbox::new), counts: Vec::new(), epoch: 0 }
+        Letters {
+            outbox: appender.map(Outbox::new),
+            counts: Vec::new(),
+            epoch: 0,
+        }
     }
 
     /// Adds a letter (it leaves at the next [`Letters::send`]).
     pub fn push(&mut self, letter: &DeadLetter<'_>) {
-        let Some(outbox) = self.outbox.as_mut() else { return };
-        outbox.push(&format!("{}.dlq", letter.topic), Outgoing::dead_letter(letter, outbox.carries_headers()));
-        match self.counts.iter_mut().find(|((topic, class), _)| topic == letter.topic && *class == letter.class) {
+        let Some(outbox) = self.outbox.as_mut() else {
+            return;
+        };
+        outbox.push(
+            &format!("{}.dlq", letter.topic),
+            Outgoing::dead_letter(letter, outbox.carries_headers()),
+        );
+        match self
+            .counts
+            .iter_mut()
+            .find(|((topic, class), _)| topic == letter.topic && *class == letter.class)
+        {
             Some((_, count)) => *count += 1,
-            None => self.counts.push(((letter.topic.to_owned(), letter.class), 1)),
+            None => self
+                .counts
+                .push(((letter.topic.to_owned(), letter.class), 1)),
         }
     }
 
@@ -242,8 +336,17 @@ struct OutputWatch<'a> {
 
 impl Watch for OutputWatch<'_> {
     fn failed(&self, topic: &str, failed: usize, error: &str, retry_in: std::time::Duration) {
-        self.metrics.append_failures.with_label_values(&[topic]).inc_by(failed as u64);
-        tracing::warn!(topic, failed, error, retry_in_ms = retry_in.as_millis() as u64, "records not acknowledged; sending them again");
+        self.metrics
+            .append_failures
+            .with_label_values(&[topic])
+            .inc_by(failed as u64);
+        tracing::warn!(
+            topic,
+            failed,
+            error,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "records not acknowledged; sending them again"
+        );
     }
 
     fn waiting(&self, why: Option<String>) {
@@ -291,10 +394,33 @@ pub struct Outputs {
 /// epochs); a scoped `stockflow-outputs` thread does that while this one
 /// applies the epochs. When change streams are on, it hands the store the
 /// row changes of the publish with the snapshot.
-pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs: Outputs, store: Arc<Store>, metrics: Metrics, shutdown: Shutdown) {
-    let Outputs { topics, appender, letters, outcomes_to, alerts_to, kpis, restored_alerts } = outputs;
-    let watch = OutputWatch { store: &store, metrics: &metrics };
-    let mut writer = Writer { appender, letters, letters_due: Vec::new(), outcomes_to, alerts_to };
+pub fn run_publisher(
+    from_workers: std::sync::mpsc::Receiver<Completed>,
+    outputs: Outputs,
+    store: Arc<Store>,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) {
+    let Outputs {
+        topics,
+        appender,
+        letters,
+        outcomes_to,
+        alerts_to,
+        kpis,
+        restored_alerts,
+    } = outputs;
+    let watch = OutputWatch {
+        store: &store,
+        metrics: &metrics,
+    };
+    let mut writer = Writer {
+        appender,
+        letters,
+        letters_due: Vec::new(),
+        outcomes_to,
+        alerts_to,
+    };
     let mut kpis = kpis.map(|table| (table, Gauging::default()));
     let mut working = Snapshot::default();
     // A checkpoint's alerts are the view's first rows; their skus' gauges are
@@ -302,9 +428,15 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
     let mut restored_skus: Vec<SkuKey> = Vec::new();
     for alert in restored_alerts {
         if alert.raised {
-            metrics.alerts_active.with_label_values(&[alert.kind.name()]).inc();
+            metrics
+                .alerts_active
+                .with_label_values(&[alert.kind.name()])
+                .inc();
         }
-        restored_skus.push(SkuKey { tenant: alert.key.tenant.clone(), sku: alert.key.sku.clone() });
+        restored_skus.push(SkuKey {
+            tenant: alert.key.tenant.clone(),
+            sku: alert.key.sku.clone(),
+        });
         working.apply_alert(alert);
     }
     let track = store.changes_enabled();
@@ -318,8 +450,10 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         // Stock deltas commute (sums and a max), so the deltas of every epoch
         // in hand are folded per key first and each row of the B-trees is
         // touched once, in key order, however many epochs changed it.
-        let mut stock: HashMap<StockKey, StockDelta, foldhash::fast::RandomState> = HashMap::default();
-        let mut totals: HashMap<SkuKey, StockDelta, foldhash::fast::RandomState> = HashMap::default();
+        let mut stock: HashMap<StockKey, StockDelta, foldhash::fast::RandomState> =
+            HashMap::default();
+        let mut totals: HashMap<SkuKey, StockDelta, foldhash::fast::RandomState> =
+            HashMap::default();
         let mut outcomes = Vec::new();
         let mut decided = Vec::new();
         let mut alerts: Vec<(Alert, Epoch)> = Vec::new();
@@ -352,14 +486,19 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
                         working.apply_item(key, row, diff);
                     }
                     Change::Order(event) if track => {
-                        let Some(key) = order_key(&event) else { continue };
+                        let Some(key) = order_key(&event) else {
+                            continue;
+                        };
                         let before = working.orders.get(&key).cloned();
                         working.apply_order(&event);
                         let after = working.orders.get(&key).cloned();
                         if before != after {
                             let (tenant, id) = key;
                             if let Some(before) = before {
-                                rows.push((Row::Order(tenant.clone(), id.clone(), Box::new(before)), -1));
+                                rows.push((
+                                    Row::Order(tenant.clone(), id.clone(), Box::new(before)),
+                                    -1,
+                                ));
                             }
                             if let Some(after) = after {
                                 rows.push((Row::Order(tenant, id, Box::new(after)), 1));
@@ -368,8 +507,17 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
                     }
                     Change::Order(event) => working.apply_order(&event),
                     Change::Progress(source, partition, offset) => {
-                        let topic = topics.get(source as usize).cloned().unwrap_or_else(|| format!("source-{source}"));
-                        let reached = working.as_of.offsets.entry(topic).or_default().entry(partition).or_insert(0);
+                        let topic = topics
+                            .get(source as usize)
+                            .cloned()
+                            .unwrap_or_else(|| format!("source-{source}"));
+                        let reached = working
+                            .as_of
+                            .offsets
+                            .entry(topic)
+                            .or_default()
+                            .entry(partition)
+                            .or_insert(0);
                         *reached = (*reached).max(offset);
                     }
                 }
@@ -379,16 +527,25 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         }
         // low_stock rows depend on the alerts and on the stock row: note them before.
         let low_before: Vec<(StockKey, Option<LowStockRow>)> = if track {
-            let mut keys: Vec<&StockKey> = stock.keys().filter(|k| working.alerts.contains_key(*k)).chain(alerts.iter().map(|(a, _)| &a.key)).collect();
+            let mut keys: Vec<&StockKey> = stock
+                .keys()
+                .filter(|k| working.alerts.contains_key(*k))
+                .chain(alerts.iter().map(|(a, _)| &a.key))
+                .collect();
             keys.sort_unstable();
             keys.dedup();
-            keys.into_iter().map(|k| (k.clone(), low_stock_of(&working, k))).collect()
+            keys.into_iter()
+                .map(|k| (k.clone(), low_stock_of(&working, k)))
+                .collect()
         } else {
             Vec::new()
         };
         if kpis.is_some() {
             gauge_skus.extend(totals.keys().cloned());
-            alerted_skus.extend(alerts.iter().map(|(alert, _)| SkuKey { tenant: alert.key.tenant.clone(), sku: alert.key.sku.clone() }));
+            alerted_skus.extend(alerts.iter().map(|(alert, _)| SkuKey {
+                tenant: alert.key.tenant.clone(),
+                sku: alert.key.sku.clone(),
+            }));
         }
         let tracked = track.then_some(&mut rows);
         let tracked = apply_deltas(stock, &mut working.stock, tracked, Row::Stock);
@@ -402,11 +559,14 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         let through = working.as_of.epoch;
         let written = std::thread::scope(|scope| {
             let writing = writer.has_work(&outcomes, &alerts).then(|| {
-                let (writer, alerts, outcomes) = (&mut writer, &alerts, std::mem::take(&mut outcomes));
+                let (writer, alerts, outcomes) =
+                    (&mut writer, &alerts, std::mem::take(&mut outcomes));
                 let (shutdown, watch, metrics) = (&shutdown, &watch, &metrics);
                 std::thread::Builder::new()
                     .name("stockflow-outputs".into())
-                    .spawn_scoped(scope, move || writer.write(outcomes, alerts, through, shutdown, watch, metrics))
+                    .spawn_scoped(scope, move || {
+                        writer.write(outcomes, alerts, through, shutdown, watch, metrics)
+                    })
                     .expect("a thread starts")
             });
             if !alerts.is_empty() {
@@ -421,9 +581,18 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
                 }
                 for kind in AlertKind::ALL {
                     let [cleared, raised] = counts[kind as usize];
-                    metrics.alert_transitions.with_label_values(&[kind.name(), "raised"]).inc_by(raised);
-                    metrics.alert_transitions.with_label_values(&[kind.name(), "cleared"]).inc_by(cleared);
-                    metrics.alerts_active.with_label_values(&[kind.name()]).add(raised as i64 - cleared as i64);
+                    metrics
+                        .alert_transitions
+                        .with_label_values(&[kind.name(), "raised"])
+                        .inc_by(raised);
+                    metrics
+                        .alert_transitions
+                        .with_label_values(&[kind.name(), "cleared"])
+                        .inc_by(cleared);
+                    metrics
+                        .alerts_active
+                        .with_label_values(&[kind.name()])
+                        .add(raised as i64 - cleared as i64);
                 }
             }
             for (key, before) in low_before {
@@ -466,10 +635,15 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
                 }
                 gauging.update(&mut working, gauge_skus, alerted_skus);
                 working.kpi_horizon = table.horizon();
-                metrics.view_rows.with_label_values(&["kpis"]).set(working.kpis.len() as i64);
+                metrics
+                    .view_rows
+                    .with_label_values(&["kpis"])
+                    .set(working.kpis.len() as i64);
             }
             match writing {
-                Some(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Some(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
                 None => Ok(()),
             }
         });
@@ -481,14 +655,28 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
         metrics.published_epoch.set(working.as_of.epoch as i64);
-        metrics.view_rows.with_label_values(&["items"]).set(working.items.len() as i64);
-        metrics.view_rows.with_label_values(&["stock"]).set(working.stock.len() as i64);
-        metrics.view_rows.with_label_values(&["stock_totals"]).set(working.stock_totals.len() as i64);
-        metrics.view_rows.with_label_values(&["orders"]).set(working.orders.len() as i64);
+        metrics
+            .view_rows
+            .with_label_values(&["items"])
+            .set(working.items.len() as i64);
+        metrics
+            .view_rows
+            .with_label_values(&["stock"])
+            .set(working.stock.len() as i64);
+        metrics
+            .view_rows
+            .with_label_values(&["stock_totals"])
+            .set(working.stock_totals.len() as i64);
+        metrics
+            .view_rows
+            .with_label_values(&["orders"])
+            .set(working.orders.len() as i64);
         let batch = track.then(|| Batch::new(after, working.as_of.epoch, rows));
         store.publish(working.clone(), batch);
         if track {
-            metrics.changes_retained.set(store.changes_retained() as i64);
+            metrics
+                .changes_retained
+                .set(store.changes_retained() as i64);
         }
         // Only now: a reader must see the outcome or still see it pending, never neither.
         for (tenant, command) in decided {
@@ -496,7 +684,9 @@ pub fn run_publisher(from_workers: std::sync::mpsc::Receiver<Completed>, outputs
         }
         let now = Instant::now();
         for at in closed {
-            metrics.epoch_latency.observe(now.duration_since(at).as_secs_f64());
+            metrics
+                .epoch_latency
+                .observe(now.duration_since(at).as_secs_f64());
         }
     }
 }
@@ -518,7 +708,9 @@ impl Writer {
     fn has_work(&mut self, outcomes: &[Event], alerts: &[(Alert, Epoch)]) -> bool {
         self.letters_due.extend(self.letters.try_iter());
         let writes = |out: bool| out && self.appender.is_some();
-        !self.letters_due.is_empty() || writes(self.outcomes_to.is_some() && !outcomes.is_empty()) || writes(self.alerts_to.is_some() && !alerts.is_empty())
+        !self.letters_due.is_empty()
+            || writes(self.outcomes_to.is_some() && !outcomes.is_empty())
+            || writes(self.alerts_to.is_some() && !alerts.is_empty())
     }
 
     /// Appends `outcomes` (to the event topic) and the `alerts` transitions
@@ -539,8 +731,19 @@ impl Writer {
         if let (Some(topic), Some(outbox)) = (&self.outcomes_to, outbox.as_mut()) {
             outcomes.sort_by(|a, b| (&a.tenant, a.seq, &a.id).cmp(&(&b.tenant, b.seq, &b.id)));
             for event in &outcomes {
-                let key = format!("{}/{}", event.tenant, event.body.sku().map(|s| s.as_str()).unwrap_or(""));
-                outbox.push(topic, Outgoing::new(key, serde_json::to_vec(&stockflow_dataflows::model::encode_event(event)).expect("JSON values serialize")));
+                let key = format!(
+                    "{}/{}",
+                    event.tenant,
+                    event.body.sku().map(|s| s.as_str()).unwrap_or("")
+                );
+                outbox.push(
+                    topic,
+                    Outgoing::new(
+                        key,
+                        serde_json::to_vec(&stockflow_dataflows::model::encode_event(event))
+                            .expect("JSON values serialize"),
+                    ),
+                );
             }
             outcomes_out = outcomes.len();
         }
@@ -551,16 +754,26 @@ impl Writer {
         if let Some(outbox) = outbox.as_mut() {
             outbox.send();
         }
-        let (due, later): (Vec<Letters>, Vec<Letters>) = std::mem::take(&mut self.letters_due).into_iter().partition(|l| l.epoch <= through);
+        let (due, later): (Vec<Letters>, Vec<Letters>) = std::mem::take(&mut self.letters_due)
+            .into_iter()
+            .partition(|l| l.epoch <= through);
         self.letters_due = later;
         let mut halted = Ok(());
         for mut due in due {
-            let Some(letters) = due.outbox.as_mut() else { continue };
+            let Some(letters) = due.outbox.as_mut() else {
+                continue;
+            };
             match letters.settle(Patience::UntilAcknowledged(shutdown), watch) {
                 Ok(_) => {
                     for ((topic, class), count) in due.counts {
-                        metrics.dead_letters.with_label_values(&[&topic, class]).inc_by(count);
-                        metrics.events_out.with_label_values(&[&format!("{topic}.dlq")]).inc_by(count);
+                        metrics
+                            .dead_letters
+                            .with_label_values(&[&topic, class])
+                            .inc_by(count);
+                        metrics
+                            .events_out
+                            .with_label_values(&[&format!("{topic}.dlq")])
+                            .inc_by(count);
                     }
                 }
                 Err(error) => halted = Err(error),
@@ -571,7 +784,10 @@ impl Writer {
                 Ok(_) => {
                     if let Some(topic) = self.outcomes_to.as_ref().filter(|_| outcomes_out > 0) {
                         metrics.outcomes.inc_by(outcomes_out as u64);
-                        metrics.events_out.with_label_values(&[topic.as_str()]).inc_by(outcomes_out as u64);
+                        metrics
+                            .events_out
+                            .with_label_values(&[topic.as_str()])
+                            .inc_by(outcomes_out as u64);
                     }
                     if let Some(out) = self.alerts_to.as_mut() {
                         out.written(&fresh, metrics);
@@ -596,7 +812,12 @@ impl Gauging {
     /// working snapshot, and moves its tenant's gauges by the difference.
     /// Only alerted skus look their alerts up; the others keep the alert
     /// flags they had, so a publish of stock changes costs two lookups per sku.
-    fn update(&mut self, working: &mut Snapshot, mut touched: Vec<SkuKey>, mut alerted: Vec<SkuKey>) {
+    fn update(
+        &mut self,
+        working: &mut Snapshot,
+        mut touched: Vec<SkuKey>,
+        mut alerted: Vec<SkuKey>,
+    ) {
         alerted.sort_unstable();
         alerted.dedup();
         touched.extend(alerted.iter().cloned());
@@ -605,9 +826,17 @@ impl Gauging {
         for key in touched {
             let before = self.skus.get(&key).copied().unwrap_or_default();
             let (low, out) = if alerted.binary_search(&key).is_ok() {
-                let first = StockKey { tenant: key.tenant.clone(), sku: key.sku.clone(), location: Name::default() };
+                let first = StockKey {
+                    tenant: key.tenant.clone(),
+                    sku: key.sku.clone(),
+                    location: Name::default(),
+                };
                 let mut flags = (false, false);
-                for (_, pair) in working.alerts.range(first..).take_while(|(k, _)| k.tenant == key.tenant && k.sku == key.sku) {
+                for (_, pair) in working
+                    .alerts
+                    .range(first..)
+                    .take_while(|(k, _)| k.tenant == key.tenant && k.sku == key.sku)
+                {
                     flags.0 |= pair.low_stock.as_ref().is_some_and(|a| a.raised);
                     flags.1 |= pair.out_of_stock.as_ref().is_some_and(|a| a.raised);
                 }
@@ -615,7 +844,10 @@ impl Gauging {
             } else {
                 (before.low == 1, before.out == 1)
             };
-            let on_hand = working.stock_totals.get(&key).map_or(0, |total| total.on_hand);
+            let on_hand = working
+                .stock_totals
+                .get(&key)
+                .map_or(0, |total| total.on_hand);
             let after = SkuGauge::of(working.items.get(&key), on_hand, low, out);
             if before == after {
                 continue;
@@ -625,34 +857,58 @@ impl Gauging {
             } else {
                 self.skus.insert(key.clone(), after);
             }
-            working.gauges.entry(key.tenant.clone()).or_default().replace(before, after);
+            working
+                .gauges
+                .entry(key.tenant.clone())
+                .or_default()
+                .replace(before, after);
         }
     }
 }
 
 fn order_key(event: &Event) -> Option<(Name, Name)> {
     match &event.body {
-        EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => Some((event.tenant.clone(), order_id.clone())),
+        EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => {
+            Some((event.tenant.clone(), order_id.clone()))
+        }
         _ => None,
     }
 }
 
 fn low_stock_of(snapshot: &Snapshot, key: &StockKey) -> Option<LowStockRow> {
-    snapshot.alerts.get(key).and_then(|pair| low_stock_row(pair, snapshot.stock.get(key)))
+    snapshot
+        .alerts
+        .get(key)
+        .and_then(|pair| low_stock_row(pair, snapshot.stock.get(key)))
 }
 
 impl AlertsOut {
     /// Queues the transitions the alerts topic does not hold yet, keyed
     /// `tenant/sku` (one partition per sku: in order per key); returns them,
     /// to note as written once acknowledged.
-    fn queue(&self, alerts: &[(Alert, Epoch)], outbox: &mut Outbox) -> Vec<(StockKey, AlertKind, u64)> {
+    fn queue(
+        &self,
+        alerts: &[(Alert, Epoch)],
+        outbox: &mut Outbox,
+    ) -> Vec<(StockKey, AlertKind, u64)> {
         let mut fresh = Vec::new();
         for (alert, epoch) in alerts {
-            if self.written.get(&alert.key).is_some_and(|written| alert.transition <= written[alert.kind as usize]) {
+            if self
+                .written
+                .get(&alert.key)
+                .is_some_and(|written| alert.transition <= written[alert.kind as usize])
+            {
                 continue;
             }
             let key = format!("{}/{}", alert.key.tenant, alert.key.sku);
-            outbox.push(&self.topic, Outgoing::new(key, serde_json::to_vec(&AlertEvent::of(alert, *epoch)).expect("alert events serialize")));
+            outbox.push(
+                &self.topic,
+                Outgoing::new(
+                    key,
+                    serde_json::to_vec(&AlertEvent::of(alert, *epoch))
+                        .expect("alert events serialize"),
+                ),
+            );
             fresh.push((alert.key.clone(), alert.kind, alert.transition));
         }
         fresh
@@ -664,7 +920,10 @@ impl AlertsOut {
             return;
         }
         metrics.alerts_written.inc_by(fresh.len() as u64);
-        metrics.events_out.with_label_values(&[self.topic.as_str()]).inc_by(fresh.len() as u64);
+        metrics
+            .events_out
+            .with_label_values(&[self.topic.as_str()])
+            .inc_by(fresh.len() as u64);
         for (key, kind, transition) in fresh {
             self.written.entry(key.clone()).or_default()[*kind as usize] = *transition;
         }
@@ -704,7 +963,11 @@ fn apply_deltas<'a, K: Ord + Clone + std::hash::Hash>(
     rows
 }
 
-fn fold<K: std::hash::Hash + Eq>(deltas: &mut HashMap<K, StockDelta, foldhash::fast::RandomState>, key: K, delta: StockDelta) {
+fn fold<K: std::hash::Hash + Eq>(
+    deltas: &mut HashMap<K, StockDelta, foldhash::fast::RandomState>,
+    key: K,
+    delta: StockDelta,
+) {
     use differential_dataflow::difference::Semigroup;
     match deltas.entry(key) {
         std::collections::hash_map::Entry::Occupied(mut row) => row.get_mut().plus_equals(&delta),

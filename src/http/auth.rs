@@ -101,9 +101,16 @@ impl ApiKeys {
     /// Parses `KEY:TENANT:RIGHT` entries; every bad entry is reported, by
     /// position and never by its key.
     pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<ApiKeys, Vec<String>> {
-        let mut keys = ApiKeys { entries: Vec::new() };
+        let mut keys = ApiKeys {
+            entries: Vec::new(),
+        };
         let mut errors = Vec::new();
-        for (index, entry) in entries.into_iter().map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        for (index, entry) in entries
+            .into_iter()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
             let at = index + 1;
             let parts: Vec<&str> = entry.rsplitn(3, ':').collect();
             let [right, tenant, key] = parts[..] else {
@@ -117,7 +124,10 @@ impl ApiKeys {
                 ));
             }
             if let Some(bad) = key.chars().find(|c| !c.is_ascii_graphic() || *c == ',') {
-                errors.push(format!("api_keys: entry {at}: the key holds `{}`; keys are visible ASCII without `,`", bad.escape_default()));
+                errors.push(format!(
+                    "api_keys: entry {at}: the key holds `{}`; keys are visible ASCII without `,`",
+                    bad.escape_default()
+                ));
             }
             let tenant = match tenant {
                 "*" => None,
@@ -130,15 +140,26 @@ impl ApiKeys {
                 },
             };
             let Some(right) = Right::parse(right) else {
-                errors.push(format!("api_keys: entry {at}: right `{right}` is not read, write or admin"));
+                errors.push(format!(
+                    "api_keys: entry {at}: right `{right}` is not read, write or admin"
+                ));
                 continue;
             };
             let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
             if keys.entries.iter().any(|(known, _)| *known == hash) {
-                errors.push(format!("api_keys: entry {at} repeats the key of an earlier entry"));
+                errors.push(format!(
+                    "api_keys: entry {at} repeats the key of an earlier entry"
+                ));
             }
             let key_id = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
-            keys.entries.push((hash, Grant { tenant, right, key_id }));
+            keys.entries.push((
+                hash,
+                Grant {
+                    tenant,
+                    right,
+                    key_id,
+                },
+            ));
         }
         if keys.entries.is_empty() && errors.is_empty() {
             errors.push("api_keys: no key given (KEY:TENANT:RIGHT, comma separated)".into());
@@ -183,7 +204,10 @@ pub struct RateLimit {
 impl RateLimit {
     /// `rate` requests a second per key.
     pub fn new(rate: u32) -> RateLimit {
-        RateLimit { rate: f64::from(rate), buckets: Mutex::new(HashMap::new()) }
+        RateLimit {
+            rate: f64::from(rate),
+            buckets: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Takes a token from `key`'s bucket; `Err(wait)` when empty, with how
@@ -194,7 +218,8 @@ impl RateLimit {
             buckets.insert(key.to_owned(), (self.rate, now));
         }
         let (tokens, at) = buckets.get_mut(key).expect("inserted above");
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
+        *tokens =
+            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -227,7 +252,11 @@ fn needed(method: &Method, route: &str) -> Right {
 /// Middleware of the `/v1` routes, installed only when keys are configured:
 /// authenticates, rate-limits, checks the right and the tenant, and pins a
 /// tenant key's requests to its tenant.
-pub(super) async fn authorize(State((auth, metrics)): State<(Arc<Auth>, Metrics)>, mut request: Request, next: Next) -> Response {
+pub(super) async fn authorize(
+    State((auth, metrics)): State<(Arc<Auth>, Metrics)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let grant = match check(&auth, &mut request) {
         Ok(grant) => grant,
         Err((reason, error)) => {
@@ -243,7 +272,14 @@ pub(super) async fn authorize(State((auth, metrics)): State<(Arc<Auth>, Metrics)
 /// The checks, in order; a refusal says which (the metric's `reason`).
 fn check(auth: &Auth, request: &mut Request) -> Result<Grant, (&'static str, ApiError)> {
     let presented = match request.headers().get(header::AUTHORIZATION) {
-        None => return Err(("missing", ApiError::unauthorized("this server requires an API key: send `Authorization: Bearer <key>`"))),
+        None => {
+            return Err((
+                "missing",
+                ApiError::unauthorized(
+                    "this server requires an API key: send `Authorization: Bearer <key>`",
+                ),
+            ))
+        }
         // The scheme is case-insensitive (RFC 7235); the key is not.
         Some(value) => value
             .to_str()
@@ -254,10 +290,16 @@ fn check(auth: &Auth, request: &mut Request) -> Result<Grant, (&'static str, Api
             .filter(|key| !key.is_empty()),
     };
     let Some(presented) = presented else {
-        return Err(("malformed", ApiError::unauthorized("header Authorization: expected `Bearer <key>`")));
+        return Err((
+            "malformed",
+            ApiError::unauthorized("header Authorization: expected `Bearer <key>`"),
+        ));
     };
     let Some(grant) = auth.keys.find(presented).cloned() else {
-        return Err(("unknown", ApiError::unauthorized("this API key is not one this server knows")));
+        return Err((
+            "unknown",
+            ApiError::unauthorized("this API key is not one this server knows"),
+        ));
     };
     if let Some(limit) = &auth.rate_limit {
         if let Err(wait) = limit.take(&grant.key_id, Instant::now()) {
@@ -271,25 +313,43 @@ fn check(auth: &Auth, request: &mut Request) -> Result<Grant, (&'static str, Api
             ));
         }
     }
-    let route = request.extensions().get::<MatchedPath>().map_or("", MatchedPath::as_str);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
     let needs = needed(request.method(), route);
     if grant.right < needs {
         return Err((
             "right",
-            ApiError::forbidden(format!("this API key has the `{}` right; {} {route} needs `{}`", grant.right.name(), request.method(), needs.name())),
+            ApiError::forbidden(format!(
+                "this API key has the `{}` right; {} {route} needs `{}`",
+                grant.right.name(),
+                request.method(),
+                needs.name()
+            )),
         ));
     }
     if let Some(own) = &grant.tenant {
         let query = request.uri().query().unwrap_or("");
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
-        let named: Vec<&str> = pairs.iter().filter(|(name, _)| name == "tenant").map(|(_, value)| value.as_str()).collect();
+        let named: Vec<&str> = pairs
+            .iter()
+            .filter(|(name, _)| name == "tenant")
+            .map(|(_, value)| value.as_str())
+            .collect();
         for tenant in &named {
-            grant.allows_tenant(tenant).map_err(|error| ("tenant", error))?;
+            grant
+                .allows_tenant(tenant)
+                .map_err(|error| ("tenant", error))?;
         }
         if named.is_empty() {
             // The handlers default to `default`: the key's own tenant instead.
             let extra = serde_urlencoded::to_string([("tenant", own.as_str())]).expect("encodable");
-            let query = if query.is_empty() { extra } else { format!("{query}&{extra}") };
+            let query = if query.is_empty() {
+                extra
+            } else {
+                format!("{query}&{extra}")
+            };
             let path_and_query = format!("{}?{query}", request.uri().path());
             let mut parts = request.uri().clone().into_parts();
             parts.path_and_query = Some(path_and_query.parse().expect("a valid path and query"));
@@ -305,32 +365,53 @@ mod tests {
 
     #[test]
     fn keys_parse_hash_and_match() {
-        let keys = ApiKeys::parse(["0123456789abcdef0123:acme:write", " ffffffffffffffff:*:admin "]).unwrap();
+        let keys = ApiKeys::parse([
+            "0123456789abcdef0123:acme:write",
+            " ffffffffffffffff:*:admin ",
+        ])
+        .unwrap();
         assert_eq!(keys.len(), 2);
         let acme = keys.find("0123456789abcdef0123").unwrap();
-        assert_eq!((acme.tenant.as_deref(), acme.right), (Some("acme"), Right::Write));
+        assert_eq!(
+            (acme.tenant.as_deref(), acme.right),
+            (Some("acme"), Right::Write)
+        );
         assert_eq!(keys.find("ffffffffffffffff").unwrap().tenant, None);
         assert!(keys.find("0123456789abcdef012").is_none());
         assert!(keys.find("").is_none());
         // A key may hold `:`; the last two fields are tenant and right.
         let colon = ApiKeys::parse(["abc:defghijklmnopqrs:acme:read"]).unwrap();
-        assert_eq!(colon.find("abc:defghijklmnopqrs").unwrap().right, Right::Read);
+        assert_eq!(
+            colon.find("abc:defghijklmnopqrs").unwrap().right,
+            Right::Read
+        );
         assert!(!format!("{keys:?}").contains("0123"));
     }
 
     #[test]
     fn bad_keys_are_refused_by_position_without_showing_them() {
-        let errors =
-            ApiKeys::parse(["short:acme:read", "0123456789abcdef:bad tenant:read", "0123456789abcdef:acme:owner", "nocolons", "0123456789abcdef:x:read"])
-                .unwrap_err();
+        let errors = ApiKeys::parse([
+            "short:acme:read",
+            "0123456789abcdef:bad tenant:read",
+            "0123456789abcdef:acme:owner",
+            "nocolons",
+            "0123456789abcdef:x:read",
+        ])
+        .unwrap_err();
         let all = errors.join("\n");
         assert!(all.contains("entry 1: the key has 5 characters"), "{all}");
         assert!(all.contains("entry 2: tenant `bad tenant`"), "{all}");
-        assert!(all.contains("entry 3: right `owner` is not read, write or admin"), "{all}");
+        assert!(
+            all.contains("entry 3: right `owner` is not read, write or admin"),
+            "{all}"
+        );
         assert!(all.contains("entry 4 is not KEY:TENANT:RIGHT"), "{all}");
         assert!(all.contains("entry 5 repeats the key"), "{all}");
         assert!(!all.contains("0123456789abcdef"), "{all}");
-        assert_eq!(ApiKeys::parse([" ", ""]).unwrap_err(), vec!["api_keys: no key given (KEY:TENANT:RIGHT, comma separated)".to_owned()]);
+        assert_eq!(
+            ApiKeys::parse([" ", ""]).unwrap_err(),
+            vec!["api_keys: no key given (KEY:TENANT:RIGHT, comma separated)".to_owned()]
+        );
     }
 
     #[test]
@@ -347,15 +428,25 @@ mod tests {
         assert!(limit.take("a", start + Duration::from_millis(500)).is_err());
         // Refills to the burst, no further.
         let later = start + Duration::from_secs(60);
-        assert!(limit.take("a", later).is_ok() && limit.take("a", later).is_ok() && limit.take("a", later).is_err());
+        assert!(
+            limit.take("a", later).is_ok()
+                && limit.take("a", later).is_ok()
+                && limit.take("a", later).is_err()
+        );
     }
 
     #[test]
     fn rights_needed_by_route() {
         assert_eq!(needed(&Method::GET, "/v1/stock"), Right::Read);
-        assert_eq!(needed(&Method::POST, "/v1/stock/{sku}/{command}"), Right::Write);
+        assert_eq!(
+            needed(&Method::POST, "/v1/stock/{sku}/{command}"),
+            Right::Write
+        );
         assert_eq!(needed(&Method::DELETE, "/v1/items/{sku}"), Right::Write);
         assert_eq!(needed(&Method::GET, "/v1/webhooks"), Right::Admin);
-        assert_eq!(needed(&Method::GET, "/v1/webhooks/{id}/deliveries"), Right::Admin);
+        assert_eq!(
+            needed(&Method::GET, "/v1/webhooks/{id}/deliveries"),
+            Right::Admin
+        );
     }
 }

@@ -60,21 +60,74 @@ struct Endpoint {
 
 const CREATE_ITEM: Endpoint = Endpoint {
     command: "item.create",
-    fields: &["command_id", "sku", "name", "price", "category", "reorder_point", "target_level", "stock"],
+    fields: &[
+        "command_id",
+        "sku",
+        "name",
+        "price",
+        "category",
+        "reorder_point",
+        "target_level",
+        "stock",
+    ],
     at_least_one_of: &[],
 };
 const UPDATE_ITEM: Endpoint = Endpoint {
     command: "item.update",
-    fields: &["command_id", "name", "price", "category", "reorder_point", "target_level", "expected_version"],
+    fields: &[
+        "command_id",
+        "name",
+        "price",
+        "category",
+        "reorder_point",
+        "target_level",
+        "expected_version",
+    ],
     at_least_one_of: &["name", "price", "category", "reorder_point", "target_level"],
 };
-const DELETE_ITEM: Endpoint = Endpoint { command: "item.delete", fields: &["command_id", "expected_version"], at_least_one_of: &[] };
-const ADJUST: Endpoint = Endpoint { command: "stock.adjust", fields: &["command_id", "location", "qty", "reason", "expected_version"], at_least_one_of: &[] };
-const RESERVE: Endpoint =
-    Endpoint { command: "stock.reserve", fields: &["command_id", "location", "qty", "reservation_id", "order_id", "expected_version"], at_least_one_of: &[] };
-const RELEASE: Endpoint = Endpoint { command: "stock.release", fields: &["command_id", "reservation_id", "expected_version"], at_least_one_of: &[] };
-const PLACE_ORDER: Endpoint = Endpoint { command: "order.place", fields: &["command_id", "order_id", "customer_id", "lines"], at_least_one_of: &[] };
-const COMMIT: Endpoint = Endpoint { command: "stock.commit", fields: &["command_id", "reservation_id", "expected_version"], at_least_one_of: &[] };
+const DELETE_ITEM: Endpoint = Endpoint {
+    command: "item.delete",
+    fields: &["command_id", "expected_version"],
+    at_least_one_of: &[],
+};
+const ADJUST: Endpoint = Endpoint {
+    command: "stock.adjust",
+    fields: &[
+        "command_id",
+        "location",
+        "qty",
+        "reason",
+        "expected_version",
+    ],
+    at_least_one_of: &[],
+};
+const RESERVE: Endpoint = Endpoint {
+    command: "stock.reserve",
+    fields: &[
+        "command_id",
+        "location",
+        "qty",
+        "reservation_id",
+        "order_id",
+        "expected_version",
+    ],
+    at_least_one_of: &[],
+};
+const RELEASE: Endpoint = Endpoint {
+    command: "stock.release",
+    fields: &["command_id", "reservation_id", "expected_version"],
+    at_least_one_of: &[],
+};
+const PLACE_ORDER: Endpoint = Endpoint {
+    command: "order.place",
+    fields: &["command_id", "order_id", "customer_id", "lines"],
+    at_least_one_of: &[],
+};
+const COMMIT: Endpoint = Endpoint {
+    command: "stock.commit",
+    fields: &["command_id", "reservation_id", "expected_version"],
+    at_least_one_of: &[],
+};
 
 /// `POST /v1/items`.
 #[utoipa::path(
@@ -88,7 +141,12 @@ const COMMIT: Endpoint = Endpoint { command: "stock.commit", fields: &["command_
         CommandProblems
     )
 )]
-pub async fn create_item(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_item(
+    state: State<AppState>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     submit(state, params, headers, &body, None, &CREATE_ITEM).await
 }
 
@@ -160,7 +218,11 @@ pub async fn stock_command(
         "reserve" => &RESERVE,
         "release" => &RELEASE,
         "commit" => &COMMIT,
-        other => return Err(ApiError::not_found(format!("no stock command `{other}` (adjust, reserve, release, commit)"))),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no stock command `{other}` (adjust, reserve, release, commit)"
+            )))
+        }
     };
     submit(state, params, headers, &body, Some(sku), endpoint).await
 }
@@ -177,7 +239,12 @@ pub async fn stock_command(
         CommandProblems
     )
 )]
-pub async fn place_order(state: State<AppState>, params: Params<CommandParams>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn place_order(
+    state: State<AppState>,
+    params: Params<CommandParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     submit(state, params, headers, &body, None, &PLACE_ORDER).await
 }
 
@@ -191,34 +258,63 @@ async fn submit(
     endpoint: &Endpoint,
 ) -> Result<Response, ApiError> {
     let Some(writer) = state.commands.clone() else {
-        return Err(ApiError::method_not_allowed_because("this server is read-only (--read-only): it takes no commands"));
+        return Err(ApiError::method_not_allowed_because(
+            "this server is read-only (--read-only): it takes no commands",
+        ));
     };
     let tenant = tenant_param(params.tenant.as_deref())?;
     if let Some(sku) = &sku {
         // The sku is the path's, not the body's: say so.
-        validate_name(sku).map_err(|reason| ApiError::bad_request(format!("path parameter sku: {reason}")))?;
+        validate_name(sku)
+            .map_err(|reason| ApiError::bad_request(format!("path parameter sku: {reason}")))?;
     }
     let mut fields = body_object(&headers, body, endpoint.command == "item.delete")?;
-    if let Some(unknown) = fields.keys().find(|k| !endpoint.fields.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!("body: unknown field `{unknown}` (this command takes {})", endpoint.fields.join(", "))));
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !endpoint.fields.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "body: unknown field `{unknown}` (this command takes {})",
+            endpoint.fields.join(", ")
+        )));
     }
-    if !endpoint.at_least_one_of.is_empty() && endpoint.at_least_one_of.iter().all(|f| body::is_absent(&fields, f)) {
-        return Err(ApiError::bad_request(format!("body: give at least one of {}", endpoint.at_least_one_of.join(", "))));
+    if !endpoint.at_least_one_of.is_empty()
+        && endpoint
+            .at_least_one_of
+            .iter()
+            .all(|f| body::is_absent(&fields, f))
+    {
+        return Err(ApiError::bad_request(format!(
+            "body: give at least one of {}",
+            endpoint.at_least_one_of.join(", ")
+        )));
     }
     // The command id: Idempotency-Key, else the body's command_id, else a new one.
     let mut keys = headers.get_all("idempotency-key").iter();
     let from_header = match keys.next() {
-        Some(value) => Some(value.to_str().map_err(|_| ApiError::bad_request("header Idempotency-Key: not visible ASCII"))?.to_owned()),
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("header Idempotency-Key: not visible ASCII"))?
+                .to_owned(),
+        ),
         None => None,
     };
     if keys.next().is_some() {
-        return Err(ApiError::bad_request("header Idempotency-Key: given more than once; a command has one key"));
+        return Err(ApiError::bad_request(
+            "header Idempotency-Key: given more than once; a command has one key",
+        ));
     }
     let from_body = match fields.remove("command_id") {
         Some(id) if id.get() == "null" => None,
         Some(id) => match serde_json::from_str::<String>(id.get()) {
             Ok(id) => Some(id),
-            Err(_) => return Err(ApiError::bad_request(format!("body: field `command_id`: expected a string, got `{}`", body::shorten(id.get())))),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "body: field `command_id`: expected a string, got `{}`",
+                    body::shorten(id.get())
+                )))
+            }
         },
         None => None,
     };
@@ -228,9 +324,12 @@ async fn submit(
             return Err(ApiError::bad_request(format!("header Idempotency-Key `{header}` and field `command_id` `{body}` differ; give one")));
         }
         (Some(id), _) | (None, Some(id)) => {
-            validate_id(&id).map_err(|reason| ApiError::bad_request(format!("command id: {reason}")))?;
+            validate_id(&id)
+                .map_err(|reason| ApiError::bad_request(format!("command id: {reason}")))?;
             if id.len() > MAX_COMMAND_ID_LEN {
-                return Err(ApiError::bad_request(format!("command id: longer than {MAX_COMMAND_ID_LEN} bytes")));
+                return Err(ApiError::bad_request(format!(
+                    "command id: longer than {MAX_COMMAND_ID_LEN} bytes"
+                )));
             }
             id
         }
@@ -241,20 +340,30 @@ async fn submit(
     }
     if endpoint.command == "order.place" && body::is_absent(&fields, "order_id") {
         // Derived from the command id, so a retry of the same command names the same order.
-        fields.insert("order_id".into(), body::raw(derived_order_id(&tenant, &command_id)));
+        fields.insert(
+            "order_id".into(),
+            body::raw(derived_order_id(&tenant, &command_id)),
+        );
     }
     if endpoint.command == "stock.reserve" && body::is_absent(&fields, "reservation_id") {
         // Unique per command, so it cannot collide with another reservation.
-        fields.insert("reservation_id".into(), body::raw(format!("res-{command_id}")));
+        fields.insert(
+            "reservation_id".into(),
+            body::raw(format!("res-{command_id}")),
+        );
     }
     fields.insert("id".into(), body::raw(&command_id));
     fields.insert("type".into(), body::raw(endpoint.command));
     fields.insert("tenant".into(), body::raw(tenant.as_str()));
-    fields.insert("ts".into(), body::raw(chrono::Utc::now().timestamp_millis()));
+    fields.insert(
+        "ts".into(),
+        body::raw(chrono::Utc::now().timestamp_millis()),
+    );
     // The fields as the client wrote them: numbers are not read into floats on the way.
     let payload = serde_json::to_vec(&fields).map_err(ApiError::internal)?;
     // Every field rule, exactly as the engine will apply them.
-    let command = decode_command(&payload, RecordContext::default()).map_err(|error| ApiError::bad_request(format!("body: {error}")))?;
+    let command = decode_command(&payload, RecordContext::default())
+        .map_err(|error| ApiError::bad_request(format!("body: {error}")))?;
 
     // A command id the client named is one request: its retries are answered
     // as the first was, and another request under it is refused.
@@ -296,9 +405,21 @@ async fn submit(
             return Err(ApiError::unavailable(detail).about_command(id.clone()));
         }
     };
-    state.store.submit(command.tenant.clone(), command.id.clone(), (partition, offset));
-    state.metrics.commands_in.with_label_values(&[endpoint.command]).inc();
-    state.metrics.events_out.with_label_values(&[topic.as_str()]).inc();
+    state.store.submit(
+        command.tenant.clone(),
+        command.id.clone(),
+        (partition, offset),
+    );
+    state
+        .metrics
+        .commands_in
+        .with_label_values(&[endpoint.command])
+        .inc();
+    state
+        .metrics
+        .events_out
+        .with_label_values(&[topic.as_str()])
+        .inc();
     let token = format!("{topic}:{partition}:{offset}");
     let mut answer = json!({
         "command_id": command.id,
@@ -306,19 +427,31 @@ async fn submit(
         "status_url": format!("/v1/commands/{}?tenant={}", command.id, command.tenant),
     });
     match &command.intent {
-        EventBody::StockReserved { reservation_id, .. } => answer["reservation_id"] = json!(reservation_id),
+        EventBody::StockReserved { reservation_id, .. } => {
+            answer["reservation_id"] = json!(reservation_id)
+        }
         EventBody::OrderPlaced { order_id, .. } => answer["order_id"] = json!(order_id),
         _ => {}
     }
     if claimed {
-        state.store.command_answered(&command.tenant, &command.id, answer.clone());
+        state
+            .store
+            .command_answered(&command.tenant, &command.id, answer.clone());
     }
     Ok(accepted(answer))
 }
 
 /// `202 Accepted` with a command's answer, `Location` its status URL.
 fn accepted(answer: Value) -> Response {
-    (StatusCode::ACCEPTED, [(header::LOCATION, answer["status_url"].as_str().unwrap_or_default().to_owned())], Json(answer)).into_response()
+    (
+        StatusCode::ACCEPTED,
+        [(
+            header::LOCATION,
+            answer["status_url"].as_str().unwrap_or_default().to_owned(),
+        )],
+        Json(answer),
+    )
+        .into_response()
 }
 
 /// What a command asks for, hashed: its type, sku, fields and expected
@@ -326,7 +459,14 @@ fn accepted(answer: Value) -> Response {
 fn fingerprint(command: &Command) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (&command.tenant, &command.id, &command.sku, command.expected_version, &command.intent).hash(&mut hasher);
+    (
+        &command.tenant,
+        &command.id,
+        &command.sku,
+        command.expected_version,
+        &command.intent,
+    )
+        .hash(&mut hasher);
     hasher.finish()
 }
 
@@ -343,32 +483,55 @@ fn describe(command: &Command) -> String {
         EventBody::StockCommitted { .. } => ("stock.commit", "sku"),
         _ => ("command", "sku"),
     };
-    format!("{kind} of {key} `{}` (its status: /v1/commands/{}?tenant={})", command.sku, command.id, command.tenant)
+    format!(
+        "{kind} of {key} `{}` (its status: /v1/commands/{}?tenant={})",
+        command.sku, command.id, command.tenant
+    )
 }
 
 /// The order id of an `order.place` that gave none: `ord-` and 16 hex digits
 /// of SHA-256 over the tenant and command id, the same for every retry.
 fn derived_order_id(tenant: &str, command_id: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::new().chain_update(tenant).chain_update([0u8]).chain_update(command_id).finalize();
+    let digest = sha2::Sha256::new()
+        .chain_update(tenant)
+        .chain_update([0u8])
+        .chain_update(command_id)
+        .finalize();
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("ord-{hex}")
 }
 
 /// The body as a JSON object, after the content-type and size checks (see
 /// [`body::object`]: no key twice, numbers as sent).
-pub(super) fn body_object(headers: &HeaderMap, body: &[u8], optional: bool) -> Result<Fields, ApiError> {
+pub(super) fn body_object(
+    headers: &HeaderMap,
+    body: &[u8],
+    optional: bool,
+) -> Result<Fields, ApiError> {
     if body.len() > MAX_COMMAND_BYTES {
-        return Err(ApiError::too_large(format!("body: {} bytes, more than the {MAX_COMMAND_BYTES} this route takes", body.len())));
+        return Err(ApiError::too_large(format!(
+            "body: {} bytes, more than the {MAX_COMMAND_BYTES} this route takes",
+            body.len()
+        )));
     }
     if body.is_empty() && optional {
         return Ok(Fields::new());
     }
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case("application/json") {
-        let got = if content_type.is_empty() { "none".to_owned() } else { format!("`{content_type}`") };
-        return Err(ApiError::unsupported_media_type(format!("header Content-Type: this route takes application/json, got {got}")));
+        let got = if content_type.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("`{content_type}`")
+        };
+        return Err(ApiError::unsupported_media_type(format!(
+            "header Content-Type: this route takes application/json, got {got}"
+        )));
     }
     body::object(body)
 }
@@ -390,11 +553,23 @@ fn new_command_id() -> String {
         ReadProblems
     )
 )]
-pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
-    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("path parameter id (the order id): {reason}")))?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
-    let Some(row) = snapshot.orders.get(&(tenant.clone(), Name::from(id.as_str()))) else {
-        return Err(ApiError::not_found(format!("no order `{id}` of tenant `{tenant}`")));
+pub async fn order(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Params(params): Params<OutcomeParams>,
+) -> Result<Json<Value>, ApiError> {
+    validate_id(&id).map_err(|reason| {
+        ApiError::bad_request(format!("path parameter id (the order id): {reason}"))
+    })?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let Some(row) = snapshot
+        .orders
+        .get(&(tenant.clone(), Name::from(id.as_str())))
+    else {
+        return Err(ApiError::not_found(format!(
+            "no order `{id}` of tenant `{tenant}`"
+        )));
     };
     let mut answer = crate::rows::order_json(&tenant, &Name::from(id.as_str()), row);
     answer["as_of"] = json!(snapshot.as_of);
@@ -414,9 +589,16 @@ pub async fn order(State(state): State<AppState>, Path(id): Path<String>, Params
         ReadProblems
     )
 )]
-pub async fn outcome(State(state): State<AppState>, Path(id): Path<String>, Params(params): Params<OutcomeParams>) -> Result<Json<Value>, ApiError> {
-    validate_id(&id).map_err(|reason| ApiError::bad_request(format!("path parameter id (the command id): {reason}")))?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+pub async fn outcome(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Params(params): Params<OutcomeParams>,
+) -> Result<Json<Value>, ApiError> {
+    validate_id(&id).map_err(|reason| {
+        ApiError::bad_request(format!("path parameter id (the command id): {reason}"))
+    })?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let id = Name::from(id);
     if let Some(events) = snapshot.commands.get(&(tenant.clone(), id.clone())) {
         let rejection = events.iter().find_map(|e| match &e.body {
@@ -424,8 +606,12 @@ pub async fn outcome(State(state): State<AppState>, Path(id): Path<String>, Para
             _ => None,
         });
         let mut answer = match rejection {
-            Some(reason) => json!({"command_id": id, "tenant": tenant, "status": "rejected", "reason": reason}),
-            None => json!({"command_id": id, "tenant": tenant, "status": "accepted", "events": events.iter().map(encode_event).collect::<Vec<_>>()}),
+            Some(reason) => {
+                json!({"command_id": id, "tenant": tenant, "status": "rejected", "reason": reason})
+            }
+            None => {
+                json!({"command_id": id, "tenant": tenant, "status": "accepted", "events": events.iter().map(encode_event).collect::<Vec<_>>()})
+            }
         };
         answer["as_of"] = json!(snapshot.as_of);
         return Ok(Json(answer));

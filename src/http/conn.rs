@@ -55,7 +55,13 @@ const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// one alike). At the cap the loop stops accepting — the kernel holds new
 /// connections in the backlog — and says so once per episode in the log
 /// (at most every 10 s) and in `stockflow_http_connection_cap_reached_total`.
-pub async fn serve(tcp: tokio::net::TcpListener, app: axum::Router, limits: Limits, metrics: Metrics, shutdown: Shutdown) -> io::Result<()> {
+pub async fn serve(
+    tcp: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: Limits,
+    metrics: Metrics,
+    shutdown: Shutdown,
+) -> io::Result<()> {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS) as u32;
     let permits = Arc::new(Semaphore::new(max as usize));
     let mut warned: Option<std::time::Instant> = None;
@@ -91,13 +97,19 @@ pub async fn serve(tcp: tokio::net::TcpListener, app: axum::Router, limits: Limi
             () = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn { inner: stream, replacement: None, metrics: metrics.clone() };
+        let conn = Conn {
+            inner: stream,
+            replacement: None,
+            metrics: metrics.clone(),
+        };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         tokio::spawn(async move {
             metrics.http_connections.inc();
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
             let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
             tokio::pin!(connection);
             let served = tokio::select! {
@@ -126,9 +138,18 @@ pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
     // `None` is "unlimited".
-    let (before, hard) = (limit.current.unwrap_or(u64::MAX), limit.maximum.unwrap_or(u64::MAX));
+    let (before, hard) = (
+        limit.current.unwrap_or(u64::MAX),
+        limit.maximum.unwrap_or(u64::MAX),
+    );
     if before < hard {
-        setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum })?;
+        setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
     }
     Ok((before, hard.max(before)))
 }
@@ -172,7 +193,10 @@ impl<T: AsyncWrite + Unpin> Conn<T> {
         };
         tracing::info!(request_id = %id, status, "refused a request head before routing");
         let status_label = status.to_string();
-        self.metrics.http_requests.with_label_values(&["unmatched", "other", status_label.as_str()]).inc();
+        self.metrics
+            .http_requests
+            .with_label_values(&["unmatched", "other", status_label.as_str()])
+            .inc();
         self.replacement = Some((problem_answer(status, &id, &detail), 0));
         Some(head_len)
     }
@@ -220,13 +244,21 @@ fn problem_answer(status: u16, id: &str, detail: &str) -> Vec<u8> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Conn<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Conn<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.drain(cx)?.is_pending() {
             return Poll::Pending;
         }
@@ -238,7 +270,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Conn<T> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         if self.drain(cx)?.is_pending() {
             return Poll::Pending;
         }
@@ -281,25 +317,70 @@ mod tests {
         // This test runs in a process of its own (nextest).
         let hard = getrlimit(Resource::Nofile).maximum;
         let lowered = hard.unwrap_or(u64::MAX).min(256);
-        setrlimit(Resource::Nofile, Rlimit { current: Some(lowered), maximum: hard }).unwrap();
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(lowered),
+                maximum: hard,
+            },
+        )
+        .unwrap();
         let (before, after) = raise_open_files_limit().unwrap();
         assert_eq!((before, after), (lowered, hard.unwrap_or(u64::MAX)));
-        assert_eq!(getrlimit(Resource::Nofile).current, hard, "the soft limit is the hard one now");
+        assert_eq!(
+            getrlimit(Resource::Nofile).current,
+            hard,
+            "the soft limit is the hard one now"
+        );
     }
 
     #[test]
     fn only_hyper_s_own_bare_heads_are_replaced() {
-        assert_eq!(refused_head(b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: x\r\n\r\n"), Some((414, 57)));
-        assert_eq!(refused_head(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n").map(|r| r.0), Some(431));
-        assert_eq!(refused_head(b"HTTP/1.1 400 Bad Request\r\nx-request-id: r1\r\ncontent-length: 0\r\n\r\n"), None, "ours");
-        assert_eq!(refused_head(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n\r\n{}"), None, "ours");
-        assert_eq!(refused_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"), None);
-        assert_eq!(refused_head(b"HTTP/1.1 414 URI Too Long\r\ncontent-len"), None, "incomplete");
+        assert_eq!(
+            refused_head(b"HTTP/1.1 414 URI Too Long\r\ncontent-length: 0\r\ndate: x\r\n\r\n"),
+            Some((414, 57))
+        );
+        assert_eq!(
+            refused_head(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n"
+            )
+            .map(|r| r.0),
+            Some(431)
+        );
+        assert_eq!(
+            refused_head(
+                b"HTTP/1.1 400 Bad Request\r\nx-request-id: r1\r\ncontent-length: 0\r\n\r\n"
+            ),
+            None,
+            "ours"
+        );
+        assert_eq!(
+            refused_head(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n\r\n{}"
+            ),
+            None,
+            "ours"
+        );
+        assert_eq!(
+            refused_head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            refused_head(b"HTTP/1.1 414 URI Too Long\r\ncontent-len"),
+            None,
+            "incomplete"
+        );
         let answer = String::from_utf8(problem_answer(414, "req_1", "too long")).unwrap();
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n") && head.contains("x-request-id: req_1"));
+        assert!(
+            head.starts_with("HTTP/1.1 414 URI Too Long\r\n")
+                && head.contains("x-request-id: req_1")
+        );
         assert!(head.contains(&format!("content-length: {}", body.len())));
         let problem: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!((problem["status"].as_u64(), problem["detail"].as_str()), (Some(414), Some("too long")));
+        assert_eq!(
+            (problem["status"].as_u64(), problem["detail"].as_str()),
+            (Some(414), Some("too long"))
+        );
     }
 }

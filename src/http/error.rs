@@ -22,28 +22,60 @@ pub struct ApiError {
 
 impl ApiError {
     /// A problem with no `Retry-After` (but a 503's) and no command.
-    fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: String) -> ApiError {
-        ApiError { status, kind, title, detail, retry_after: None, command_id: None }
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: String,
+    ) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            title,
+            detail,
+            retry_after: None,
+            command_id: None,
+        }
     }
 
     /// 400: a parameter or body is wrong; `detail` names it and the rule.
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail.into())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail.into(),
+        )
     }
 
     /// 404: the resource does not exist.
     pub fn not_found(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail.into())
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            detail.into(),
+        )
     }
 
     /// 405: the route exists but not with this method.
     pub fn method_not_allowed() -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", "this route does not accept that method".into())
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "this route does not accept that method".into(),
+        )
     }
 
     /// 405 with a reason.
     pub fn method_not_allowed_because(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed", detail.into())
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            detail.into(),
+        )
     }
 
     /// 409: the request conflicts with an earlier one (a command id reused for another request).
@@ -59,17 +91,32 @@ impl ApiError {
 
     /// 503: the service cannot answer yet (catching up, or a wait timed out).
     pub fn unavailable(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail.into())
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail.into(),
+        )
     }
 
     /// 413: the body is larger than the limit.
     pub fn too_large(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large", detail.into())
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Payload too large",
+            detail.into(),
+        )
     }
 
     /// 415: the body is not JSON.
     pub fn unsupported_media_type(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type", detail.into())
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            detail.into(),
+        )
     }
 
     /// 410: what was asked for existed once and is gone (e.g. compacted changes).
@@ -79,35 +126,66 @@ impl ApiError {
 
     /// 406: no representation the client accepts.
     pub fn not_acceptable(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_ACCEPTABLE, "not-acceptable", "Not acceptable", detail.into())
+        ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-acceptable",
+            "Not acceptable",
+            detail.into(),
+        )
     }
 
     /// 504: a read waited for `after` longer than `wait_ms`.
     pub fn timeout(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Gateway timeout", detail.into())
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "Gateway timeout",
+            detail.into(),
+        )
     }
 
     /// 401: no API key, or not one this server knows.
     pub fn unauthorized(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail.into())
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail.into(),
+        )
     }
 
     /// 403: the key is known but may not do this (another tenant, or a
     /// right it does not hold).
     pub fn forbidden(detail: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail.into())
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            detail.into(),
+        )
     }
 
     /// 429: the key's request rate is over its limit; retry after `seconds`.
     pub fn too_many_requests(detail: impl Into<String>, seconds: u64) -> ApiError {
-        ApiError { retry_after: Some(seconds), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests", detail.into()) }
+        ApiError {
+            retry_after: Some(seconds),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+                detail.into(),
+            )
+        }
     }
 
     /// A rejection axum answered in plain text (a body over the limit, a
     /// connection-level problem), as a problem with the same status.
     pub fn from_rejection(status: StatusCode, text: &str) -> ApiError {
         let detail = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => format!("body: larger than the {} bytes a request may have", super::MAX_BODY_BYTES),
+            StatusCode::PAYLOAD_TOO_LARGE => format!(
+                "body: larger than the {} bytes a request may have",
+                super::MAX_BODY_BYTES
+            ),
             _ => text.to_owned(),
         };
         let title = status.canonical_reason().unwrap_or("Error");
@@ -122,7 +200,12 @@ impl ApiError {
     /// 500: logged in full here, answered without internals.
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "internal error answering a request");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error", "the server failed to answer; the error is in its logs".into())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal server error",
+            "the server failed to answer; the error is in its logs".into(),
+        )
     }
 
     /// What went wrong, as answered.
@@ -163,13 +246,25 @@ impl IntoResponse for ApiError {
             command_id: self.command_id,
         };
         let body = serde_json::to_string(&body).expect("a problem serializes");
-        let mut response = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
-        let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response();
+        let retry_after = self
+            .retry_after
+            .or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1));
         if let Some(seconds) = retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"stockflow\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"stockflow\""),
+            );
         }
         response
     }
@@ -254,7 +349,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<
             Ok(Query(value)) => Ok(Params(value)),
             Err(rejection) => {
                 let text = rejection.body_text();
-                let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+                let detail = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text);
                 Err(ApiError::bad_request(format!("query parameter {detail}")))
             }
         }
@@ -270,7 +367,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<String>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(Segment(value)),
-            Err(rejection) => Err(ApiError::bad_request(format!("path: {}", rejection.body_text()))),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "path: {}",
+                rejection.body_text()
+            ))),
         }
     }
 }

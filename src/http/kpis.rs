@@ -53,8 +53,16 @@ pub(super) struct TopSkusParams {
 
 /// The metrics `GET /v1/kpis` answers: built-in (not the internal cells) and custom.
 pub fn metric_names(custom: &[Name]) -> Vec<String> {
-    let internal = [stockflow_dataflows::kpis::cells::RESERVATIONS, stockflow_dataflows::kpis::cells::UNITS_BY_SKU];
-    BUILT_IN.iter().filter(|m| !internal.contains(m)).map(|m| m.to_string()).chain(custom.iter().map(|m| m.to_string())).collect()
+    let internal = [
+        stockflow_dataflows::kpis::cells::RESERVATIONS,
+        stockflow_dataflows::kpis::cells::UNITS_BY_SKU,
+    ];
+    BUILT_IN
+        .iter()
+        .filter(|m| !internal.contains(m))
+        .map(|m| m.to_string())
+        .chain(custom.iter().map(|m| m.to_string()))
+        .collect()
 }
 
 /// Parses an RFC 3339 time (or a `YYYY-MM-DD` date, midnight UTC) into ms.
@@ -63,7 +71,11 @@ fn parse_time(parameter: &str, text: &str) -> Result<EventTime, ApiError> {
         return Ok(time.timestamp_millis());
     }
     if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_millis());
+        return Ok(date
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .timestamp_millis());
     }
     Err(ApiError::bad_request(format!("query parameter {parameter}: `{text}` is not an RFC 3339 time (2026-11-23T10:00:00Z) or a date (2026-11-23)")))
 }
@@ -79,20 +91,39 @@ fn parse_time(parameter: &str, text: &str) -> Result<EventTime, ApiError> {
         ReadProblems
     )
 )]
-pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Params<KpiParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_kpis(
+    State(state): State<AppState>,
+    Params(params): Params<KpiParams>,
+) -> Result<Json<Value>, ApiError> {
     let window = match params.window.as_deref() {
         None => Window::Hour,
-        Some(name) => Window::parse(name).ok_or_else(|| ApiError::bad_request(format!("query parameter window: `{name}` is not one of hour, day")))?,
+        Some(name) => Window::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "query parameter window: `{name}` is not one of hour, day"
+            ))
+        })?,
     };
     let known = metric_names(&state.kpi_metrics);
     if let Some(metric) = &params.metric {
         if !known.iter().any(|m| m == metric) {
-            return Err(ApiError::bad_request(format!("query parameter metric: unknown metric `{metric}` (metrics: {})", known.join(", "))));
+            return Err(ApiError::bad_request(format!(
+                "query parameter metric: unknown metric `{metric}` (metrics: {})",
+                known.join(", ")
+            )));
         }
     }
-    let from = params.from.as_deref().map(|t| parse_time("from", t)).transpose()?;
-    let to = params.to.as_deref().map(|t| parse_time("to", t)).transpose()?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let from = params
+        .from
+        .as_deref()
+        .map(|t| parse_time("from", t))
+        .transpose()?;
+    let to = params
+        .to
+        .as_deref()
+        .map(|t| parse_time("to", t))
+        .transpose()?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let len = window.millis();
     let default_span = DEFAULT_BUCKETS[window as usize] * len;
     // Without bounds: the buckets up to the newest one with data for the tenant.
@@ -109,7 +140,8 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
         (Some(from), None) => (from, from.saturating_add(default_span)),
         (None, Some(to)) => (to.saturating_sub(default_span), to),
         (None, None) => {
-            let to = newest().unwrap_or_else(|| window.bucket(chrono::Utc::now().timestamp_millis()) + len);
+            let to = newest()
+                .unwrap_or_else(|| window.bucket(chrono::Utc::now().timestamp_millis()) + len);
             (to - default_span, to)
         }
     };
@@ -135,7 +167,10 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
         .take_while(|(k, _)| k.tenant == tenant && k.window == window && k.bucket < to)
         .filter(|(k, _)| params.metric.as_deref().is_none_or(|m| k.metric == m))
         .map(|(key, value)| {
-            let mut json = kpi_json(&KpiRow { key: key.clone(), value: *value });
+            let mut json = kpi_json(&KpiRow {
+                key: key.clone(),
+                value: *value,
+            });
             if let Some(object) = json.as_object_mut() {
                 object.remove("tenant");
             }
@@ -171,15 +206,32 @@ pub(super) async fn list_kpis(State(state): State<AppState>, Params(params): Par
         ReadProblems
     )
 )]
-pub(super) async fn top_skus(State(state): State<AppState>, Params(params): Params<TopSkusParams>) -> Result<Json<Value>, ApiError> {
-    let day = params.day.as_deref().map(|t| parse_time("day", t).map(|ms| Window::Day.bucket(ms))).transpose()?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+pub(super) async fn top_skus(
+    State(state): State<AppState>,
+    Params(params): Params<TopSkusParams>,
+) -> Result<Json<Value>, ApiError> {
+    let day = params
+        .day
+        .as_deref()
+        .map(|t| parse_time("day", t).map(|ms| Window::Day.bucket(ms)))
+        .transpose()?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let day = match day {
         Some(day) => day,
         // The newest day with sales.
-        None => match snapshot.top_skus.range((tenant.clone(), EventTime::MIN)..).take_while(|(k, _)| k.0 == tenant).last() {
+        None => match snapshot
+            .top_skus
+            .range((tenant.clone(), EventTime::MIN)..)
+            .take_while(|(k, _)| k.0 == tenant)
+            .last()
+        {
             Some(((_, day), _)) => *day,
-            None => return Ok(Json(json!({"as_of": snapshot.as_of, "tenant": tenant, "day": null, "skus": []}))),
+            None => {
+                return Ok(Json(
+                    json!({"as_of": snapshot.as_of, "tenant": tenant, "day": null, "skus": []}),
+                ))
+            }
         },
     };
     let answer = match snapshot.top_skus.get(&(tenant.clone(), day)) {

@@ -82,40 +82,74 @@ pub(super) struct ReplenishmentParams {
         ReadProblems
     )
 )]
-pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): Params<AlertParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_alerts(
+    State(state): State<AppState>,
+    Params(params): Params<AlertParams>,
+) -> Result<Json<Value>, ApiError> {
     let all = match params.state.as_deref() {
         None | Some("active") => false,
         Some("all") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("query parameter state: `{other}` is not one of active, all"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter state: `{other}` is not one of active, all"
+            )))
+        }
     };
     let kinds: Vec<AlertKind> = match params.kind.as_deref() {
         None => AlertKind::ALL.to_vec(),
         Some(kind) => {
-            vec![AlertKind::parse(kind).ok_or_else(|| ApiError::bad_request(format!("query parameter kind: `{kind}` is not one of low_stock, out_of_stock")))?]
+            vec![AlertKind::parse(kind).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "query parameter kind: `{kind}` is not one of low_stock, out_of_stock"
+                ))
+            })?]
         }
     };
     let limit = page_limit(params.limit)?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     // The cursor names the last (sku, location, kind) returned: resume at its
     // row, after its kind.
     let resume = match params.cursor.as_deref() {
         Some(cursor) => {
             let parts = decode_cursor(cursor, 3)?;
-            let kind = AlertKind::parse(&parts[2]).ok_or_else(|| ApiError::bad_request("query parameter cursor: not a cursor returned by this listing"))?;
-            Some((StockKey { tenant: tenant.clone(), sku: parts[0].clone(), location: parts[1].clone() }, kind))
+            let kind = AlertKind::parse(&parts[2]).ok_or_else(|| {
+                ApiError::bad_request(
+                    "query parameter cursor: not a cursor returned by this listing",
+                )
+            })?;
+            Some((
+                StockKey {
+                    tenant: tenant.clone(),
+                    sku: parts[0].clone(),
+                    location: parts[1].clone(),
+                },
+                kind,
+            ))
         }
         None => None,
     };
-    let start = resume.as_ref().map_or_else(|| first_row(&tenant), |(key, _)| key.clone());
+    let start = resume
+        .as_ref()
+        .map_or_else(|| first_row(&tenant), |(key, _)| key.clone());
     let mut rows = Vec::new();
     let mut last: Option<(&StockKey, AlertKind)> = None;
     let mut next_cursor = None;
-    'rows: for (key, pair) in snapshot.alerts.range(start..).take_while(|(key, _)| key.tenant == tenant) {
+    'rows: for (key, pair) in snapshot
+        .alerts
+        .range(start..)
+        .take_while(|(key, _)| key.tenant == tenant)
+    {
         for kind in &kinds {
-            if resume.as_ref().is_some_and(|(at, after)| at == key && kind_rank(*kind) <= kind_rank(*after)) {
+            if resume
+                .as_ref()
+                .is_some_and(|(at, after)| at == key && kind_rank(*kind) <= kind_rank(*after))
+            {
                 continue;
             }
-            let Some(alert) = pair.get(*kind).filter(|a| all || a.raised) else { continue };
+            let Some(alert) = pair.get(*kind).filter(|a| all || a.raised) else {
+                continue;
+            };
             if rows.len() == limit {
                 if let Some((key, kind)) = last {
                     next_cursor = Some(encode_cursor(&[&key.sku, &key.location, kind.name()]));
@@ -126,7 +160,9 @@ pub(super) async fn list_alerts(State(state): State<AppState>, Params(params): P
             last = Some((key, *kind));
         }
     }
-    Ok(Json(json!({"as_of": snapshot.as_of, "alerts": rows, "next_cursor": next_cursor})))
+    Ok(Json(
+        json!({"as_of": snapshot.as_of, "alerts": rows, "next_cursor": next_cursor}),
+    ))
 }
 
 /// A kind's place in [`AlertKind::ALL`], the order of a listing's rows within one stock row.
@@ -147,21 +183,37 @@ fn kind_rank(kind: AlertKind) -> usize {
         ReadProblems
     )
 )]
-pub(super) async fn replenishment(State(state): State<AppState>, Params(params): Params<ReplenishmentParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn replenishment(
+    State(state): State<AppState>,
+    Params(params): Params<ReplenishmentParams>,
+) -> Result<Json<Value>, ApiError> {
     let limit = page_limit(params.limit)?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let start = match params.cursor.as_deref() {
         Some(cursor) => {
             let parts = decode_cursor(cursor, 2)?;
-            Bound::Excluded(StockKey { tenant: tenant.clone(), sku: parts[0].clone(), location: parts[1].clone() })
+            Bound::Excluded(StockKey {
+                tenant: tenant.clone(),
+                sku: parts[0].clone(),
+                location: parts[1].clone(),
+            })
         }
         None => Bound::Included(first_row(&tenant)),
     };
     let mut rows = Vec::new();
     let mut last: Option<&StockKey> = None;
     let mut next_cursor = None;
-    for (key, pair) in snapshot.alerts.range((start, Bound::Unbounded)).take_while(|(key, _)| key.tenant == tenant) {
-        let Some(row) = low_stock_row(pair, snapshot.stock.get(key)).filter(|row| row.suggested_reorder_qty > 0) else { continue };
+    for (key, pair) in snapshot
+        .alerts
+        .range((start, Bound::Unbounded))
+        .take_while(|(key, _)| key.tenant == tenant)
+    {
+        let Some(row) = low_stock_row(pair, snapshot.stock.get(key))
+            .filter(|row| row.suggested_reorder_qty > 0)
+        else {
+            continue;
+        };
         if rows.len() == limit {
             if let Some(last) = last {
                 next_cursor = Some(encode_cursor(&[&last.sku, &last.location]));
@@ -171,12 +223,18 @@ pub(super) async fn replenishment(State(state): State<AppState>, Params(params):
         rows.push(low_stock_json(key, &row));
         last = Some(key);
     }
-    Ok(Json(json!({"as_of": snapshot.as_of, "suggestions": rows, "next_cursor": next_cursor})))
+    Ok(Json(
+        json!({"as_of": snapshot.as_of, "suggestions": rows, "next_cursor": next_cursor}),
+    ))
 }
 
 /// The first stock key of a tenant (empty sku and location sort first).
 fn first_row(tenant: &Name) -> StockKey {
-    StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() }
+    StockKey {
+        tenant: tenant.clone(),
+        sku: Name::default(),
+        location: Name::default(),
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -219,7 +277,10 @@ pub(super) async fn view_changes(
 ) -> Result<Response, ApiError> {
     let view = View::parse(&view).ok_or_else(|| {
         let names: Vec<&str> = View::ALL.iter().map(|v| v.name()).collect();
-        ApiError::not_found(format!("no view `{view}`; views with change streams: {}", names.join(", ")))
+        ApiError::not_found(format!(
+            "no view `{view}`; views with change streams: {}",
+            names.join(", ")
+        ))
     })?;
     stream(&state, view, Mode::Rows, &headers, params)
 }
@@ -236,7 +297,11 @@ pub(super) async fn view_changes(
         StreamProblems
     )
 )]
-pub(super) async fn alert_stream(State(state): State<AppState>, headers: HeaderMap, Params(params): Params<StreamParams>) -> Result<Response, ApiError> {
+pub(super) async fn alert_stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Params(params): Params<StreamParams>,
+) -> Result<Response, ApiError> {
     stream(&state, View::Alerts, Mode::Events, &headers, params)
 }
 
@@ -255,37 +320,62 @@ enum Format {
     Ndjson,
 }
 
-fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params: StreamParams) -> Result<Response, ApiError> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+fn stream(
+    state: &AppState,
+    view: View,
+    mode: Mode,
+    headers: &HeaderMap,
+    params: StreamParams,
+) -> Result<Response, ApiError> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*");
     let format = if accept.contains("application/x-ndjson") {
         Format::Ndjson
     } else if accept.contains("text/event-stream") || accept.contains("*/*") {
         Format::Sse
     } else {
-        return Err(ApiError::not_acceptable(format!("`{accept}`: change streams are text/event-stream (SSE) or application/x-ndjson")));
+        return Err(ApiError::not_acceptable(format!(
+            "`{accept}`: change streams are text/event-stream (SSE) or application/x-ndjson"
+        )));
     };
     let tenant = tenant_param(params.tenant.as_deref())?;
     let prefix = params.prefix.unwrap_or_default();
     if prefix.len() > stockflow_dataflows::model::decode::MAX_NAME_LEN {
-        return Err(ApiError::bad_request("query parameter prefix: longer than a key can be"));
+        return Err(ApiError::bad_request(
+            "query parameter prefix: longer than a key can be",
+        ));
     }
     let heartbeat = match params.heartbeat_ms {
         None => DEFAULT_HEARTBEAT,
         Some(ms) if (100..=300_000).contains(&ms) => Duration::from_millis(ms),
-        Some(ms) => return Err(ApiError::bad_request(format!("query parameter heartbeat_ms: must be between 100 and 300000, got {ms}"))),
+        Some(ms) => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter heartbeat_ms: must be between 100 and 300000, got {ms}"
+            )))
+        }
     };
     // SSE clients resume by themselves with Last-Event-ID: the epoch of the last progress event.
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().parse::<Epoch>().map_err(|_| ApiError::bad_request(format!("header Last-Event-ID: `{v}` is not an epoch this server sent"))));
+        .map(|v| {
+            v.trim().parse::<Epoch>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "header Last-Event-ID: `{v}` is not an epoch this server sent"
+                ))
+            })
+        });
     let from_epoch = match (params.from_epoch, last_event_id) {
         (Some(epoch), _) => Some(epoch),
         (None, Some(parsed)) => Some(parsed?),
         (None, None) => None,
     };
     if !state.store.changes_enabled() {
-        return Err(ApiError::unavailable("change streams are off on this server (changes_retention = 0)"));
+        return Err(ApiError::unavailable(
+            "change streams are off on this server (changes_retention = 0)",
+        ));
     }
     let store = state.store.clone();
     let (snapshot_rows, cursor) = match from_epoch {
@@ -305,7 +395,11 @@ fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params:
         }
         None => {
             let snapshot = store.snapshot();
-            let rows = if mode == Mode::Rows { snapshot_rows(&snapshot, view, &tenant, &prefix) } else { Vec::new() };
+            let rows = if mode == Mode::Rows {
+                snapshot_rows(&snapshot, view, &tenant, &prefix)
+            } else {
+                Vec::new()
+            };
             (rows, snapshot.as_of.epoch)
         }
     };
@@ -331,7 +425,11 @@ fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params:
         next_heartbeat: tokio::time::Instant::now() + heartbeat,
         ended: false,
     };
-    state.metrics.streams_open.with_label_values(&[view.name()]).inc();
+    state
+        .metrics
+        .streams_open
+        .with_label_values(&[view.name()])
+        .inc();
     let body = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
         let chunk = subscriber.next_chunk().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(chunk), subscriber))
@@ -341,24 +439,50 @@ fn stream(state: &AppState, view: View, mode: Mode, headers: &HeaderMap, params:
         Format::Ndjson => "application/x-ndjson",
     };
     let mut response = Body::from_stream(body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies (nginx) must not buffer a stream.
-    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
 }
 
 /// The rows of `view` for `tenant` whose key starts with `prefix`, at the snapshot.
 fn snapshot_rows(snapshot: &Snapshot, view: View, tenant: &Name, prefix: &str) -> Vec<Row> {
-    let sku_start = stockflow_dataflows::model::SkuKey { tenant: tenant.clone(), sku: Name::from(prefix) };
-    let stock_start = StockKey { tenant: tenant.clone(), sku: Name::from(prefix), location: Name::default() };
+    let sku_start = stockflow_dataflows::model::SkuKey {
+        tenant: tenant.clone(),
+        sku: Name::from(prefix),
+    };
+    let stock_start = StockKey {
+        tenant: tenant.clone(),
+        sku: Name::from(prefix),
+        location: Name::default(),
+    };
     let keep = |t: &Name, key: &str| t == tenant && key.starts_with(prefix);
     match view {
-        View::Items => snapshot.items.range(sku_start..).take_while(|(k, _)| keep(&k.tenant, &k.sku)).map(|(k, r)| Row::Item(k.clone(), r.clone())).collect(),
-        View::Stock => snapshot.stock.range(stock_start..).take_while(|(k, _)| keep(&k.tenant, &k.sku)).map(|(k, d)| Row::Stock(k.clone(), *d)).collect(),
-        View::StockTotals => {
-            snapshot.stock_totals.range(sku_start..).take_while(|(k, _)| keep(&k.tenant, &k.sku)).map(|(k, d)| Row::Total(k.clone(), *d)).collect()
-        }
+        View::Items => snapshot
+            .items
+            .range(sku_start..)
+            .take_while(|(k, _)| keep(&k.tenant, &k.sku))
+            .map(|(k, r)| Row::Item(k.clone(), r.clone()))
+            .collect(),
+        View::Stock => snapshot
+            .stock
+            .range(stock_start..)
+            .take_while(|(k, _)| keep(&k.tenant, &k.sku))
+            .map(|(k, d)| Row::Stock(k.clone(), *d))
+            .collect(),
+        View::StockTotals => snapshot
+            .stock_totals
+            .range(sku_start..)
+            .take_while(|(k, _)| keep(&k.tenant, &k.sku))
+            .map(|(k, d)| Row::Total(k.clone(), *d))
+            .collect(),
         View::Orders => {
             let mut rows: Vec<Row> = snapshot
                 .orders
@@ -373,7 +497,9 @@ fn snapshot_rows(snapshot: &Snapshot, view: View, tenant: &Name, prefix: &str) -
             .alerts
             .range(stock_start..)
             .take_while(|(k, _)| keep(&k.tenant, &k.sku))
-            .filter_map(|(k, pair)| low_stock_row(pair, snapshot.stock.get(k)).map(|row| Row::LowStock(k.clone(), row)))
+            .filter_map(|(k, pair)| {
+                low_stock_row(pair, snapshot.stock.get(k)).map(|row| Row::LowStock(k.clone(), row))
+            })
             .collect(),
         // Transitions are events: the snapshot of the alerts is `GET /v1/alerts`.
         View::Alerts => Vec::new(),
@@ -382,7 +508,12 @@ fn snapshot_rows(snapshot: &Snapshot, view: View, tenant: &Name, prefix: &str) -
             .range(KpiKey::first(tenant, Window::Hour, EventTime::MIN)..)
             .take_while(|(k, _)| k.tenant == *tenant)
             .filter(|(k, _)| k.metric.starts_with(prefix))
-            .map(|(key, value)| Row::Kpi(Box::new(KpiRow { key: key.clone(), value: *value })))
+            .map(|(key, value)| {
+                Row::Kpi(Box::new(KpiRow {
+                    key: key.clone(),
+                    value: *value,
+                }))
+            })
             .collect(),
         View::TopSkus if prefix.is_empty() => snapshot
             .top_skus
@@ -421,7 +552,10 @@ struct Subscriber {
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.metrics.streams_open.with_label_values(&[self.view.name()]).dec();
+        self.metrics
+            .streams_open
+            .with_label_values(&[self.view.name()])
+            .dec();
     }
 }
 
@@ -442,9 +576,20 @@ impl Subscriber {
         if !self.snapshot.is_empty() {
             let n = self.snapshot.len().min(ROWS_PER_CHUNK);
             for row in self.snapshot.drain(..n) {
-                row_line(self.mode, self.format, &mut out, "snapshot", &row, 1, self.cursor);
+                row_line(
+                    self.mode,
+                    self.format,
+                    &mut out,
+                    "snapshot",
+                    &row,
+                    1,
+                    self.cursor,
+                );
             }
-            self.metrics.stream_rows.with_label_values(&[self.view.name()]).inc_by(n as u64);
+            self.metrics
+                .stream_rows
+                .with_label_values(&[self.view.name()])
+                .inc_by(n as u64);
             return Some(Bytes::from(out));
         }
         if !self.snapshot_done {
@@ -460,15 +605,28 @@ impl Subscriber {
                 for &index in &matching[*sent..end] {
                     let (row, diff) = &batch.changes[index as usize];
                     match self.mode {
-                        Mode::Rows => push_line(self.format, &mut out, "change", batch.line(index as usize)),
-                        Mode::Events => row_line(self.mode, self.format, &mut out, "change", row, *diff, batch.epoch),
+                        Mode::Rows => {
+                            push_line(self.format, &mut out, "change", batch.line(index as usize))
+                        }
+                        Mode::Events => row_line(
+                            self.mode,
+                            self.format,
+                            &mut out,
+                            "change",
+                            row,
+                            *diff,
+                            batch.epoch,
+                        ),
                     }
                 }
                 let rows = end - *sent;
                 *sent = end;
                 if rows > 0 {
                     self.sent_in_batch = true;
-                    self.metrics.stream_rows.with_label_values(&[self.view.name()]).inc_by(rows as u64);
+                    self.metrics
+                        .stream_rows
+                        .with_label_values(&[self.view.name()])
+                        .inc_by(rows as u64);
                 }
                 if *sent == matching.len() {
                     let epoch = batch.epoch;
@@ -495,7 +653,10 @@ impl Subscriber {
                 // client waiting for an epoch is not left behind by idle ones).
                 Ok((_, newest)) => self.cursor = self.cursor.max(newest),
                 Err(gone) => {
-                    self.metrics.streams_dropped.with_label_values(&["behind"]).inc();
+                    self.metrics
+                        .streams_dropped
+                        .with_label_values(&["behind"])
+                        .inc();
                     let detail = match gone {
                         Gone::Compacted { horizon } => format!(
                             "this stream fell behind: the changes after epoch {} were compacted away (the server keeps changes after epoch {horizon}); reconnect without from_epoch for a fresh snapshot",
@@ -533,15 +694,26 @@ impl Subscriber {
     fn progress_line(&self, out: &mut String, epoch: Epoch) {
         match self.format {
             // `id` makes the browser's EventSource resume from here by itself.
-            Format::Sse => out.push_str(&format!("id: {epoch}\nevent: progress\ndata: {}\n\n", json!({"epoch": epoch}))),
-            Format::Ndjson => out.push_str(&format!("{}\n", json!({"epoch": epoch, "progress": true}))),
+            Format::Sse => out.push_str(&format!(
+                "id: {epoch}\nevent: progress\ndata: {}\n\n",
+                json!({"epoch": epoch})
+            )),
+            Format::Ndjson => {
+                out.push_str(&format!("{}\n", json!({"epoch": epoch, "progress": true})))
+            }
         }
     }
 
     fn heartbeat_line(&self, out: &mut String) {
         match self.format {
-            Format::Sse => out.push_str(&format!("event: heartbeat\ndata: {}\n\n", json!({"epoch": self.cursor}))),
-            Format::Ndjson => out.push_str(&format!("{}\n", json!({"epoch": self.cursor, "heartbeat": true}))),
+            Format::Sse => out.push_str(&format!(
+                "event: heartbeat\ndata: {}\n\n",
+                json!({"epoch": self.cursor})
+            )),
+            Format::Ndjson => out.push_str(&format!(
+                "{}\n",
+                json!({"epoch": self.cursor, "heartbeat": true})
+            )),
         }
     }
 
@@ -556,10 +728,21 @@ impl Subscriber {
 
 /// One row as a stream line: `{"epoch", "row", "diff"}` (or, for alert
 /// event streams, the alert event itself).
-fn row_line(mode: Mode, format: Format, out: &mut String, event: &str, row: &Row, diff: i8, epoch: Epoch) {
+fn row_line(
+    mode: Mode,
+    format: Format,
+    out: &mut String,
+    event: &str,
+    row: &Row,
+    diff: i8,
+    epoch: Epoch,
+) {
     let (event, data) = match (mode, row) {
         (Mode::Events, Row::Alert(alert, _)) => (alert.event_type(), row.json()),
-        _ => (event, json!({"epoch": epoch, "row": row.json(), "diff": diff})),
+        _ => (
+            event,
+            json!({"epoch": epoch, "row": row.json(), "diff": diff}),
+        ),
     };
     push_line(format, out, event, &data.to_string());
 }

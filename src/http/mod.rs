@@ -67,7 +67,11 @@ pub struct CommandWriter {
 }
 
 /// A command waiting for its append: key, payload, where to answer.
-type PendingAppend = (Vec<u8>, Vec<u8>, tokio::sync::oneshot::Sender<Result<(u32, u64), AppendFailed>>);
+type PendingAppend = (
+    Vec<u8>,
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<Result<(u32, u64), AppendFailed>>,
+);
 
 /// Why a command was not appended, and whether it may have been after all.
 #[derive(Clone, Debug)]
@@ -85,41 +89,65 @@ const MAX_APPEND_BATCH: usize = 4096;
 
 impl CommandWriter {
     /// Starts the appending thread; it stops when the last writer is dropped.
-    pub fn start(appender: Arc<dyn crate::source::Appender>, topic: String) -> std::io::Result<CommandWriter> {
+    pub fn start(
+        appender: Arc<dyn crate::source::Appender>,
+        topic: String,
+    ) -> std::io::Result<CommandWriter> {
         let (to_thread, from_handlers) = std::sync::mpsc::channel::<PendingAppend>();
         let thread_topic = topic.clone();
-        std::thread::Builder::new().name("stockflow-commands".into()).spawn(move || {
-            while let Ok(first) = from_handlers.recv() {
-                let mut batch = vec![first];
-                batch.extend(from_handlers.try_iter().take(MAX_APPEND_BATCH - 1));
-                let mut outbox = crate::source::Outbox::new(appender.clone());
-                let mut replies = Vec::with_capacity(batch.len());
-                for (key, payload, reply) in batch {
-                    outbox.push(&thread_topic, crate::source::Outgoing::new(key, payload));
-                    replies.push(reply);
-                }
-                // One attempt: the request is waiting, and its answer says what happened.
-                let certain = appender.failures_are_certain();
-                let failed = |detail: String| AppendFailed { unknown: !certain || crate::source::outcome_unknown(&detail), detail };
-                let landings: Vec<Result<(u32, u64), AppendFailed>> =
-                    match outbox.settle(crate::source::outbox::Patience::Once, &crate::source::outbox::LogOnly) {
-                        Ok(landings) => landings.into_iter().map(|landing| landing.map_err(failed)).collect(),
-                        // Not acknowledged in time: written or not, nobody knows yet.
-                        Err(error) => vec![Err(AppendFailed { detail: error.to_string(), unknown: true }); replies.len()],
+        std::thread::Builder::new()
+            .name("stockflow-commands".into())
+            .spawn(move || {
+                while let Ok(first) = from_handlers.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(from_handlers.try_iter().take(MAX_APPEND_BATCH - 1));
+                    let mut outbox = crate::source::Outbox::new(appender.clone());
+                    let mut replies = Vec::with_capacity(batch.len());
+                    for (key, payload, reply) in batch {
+                        outbox.push(&thread_topic, crate::source::Outgoing::new(key, payload));
+                        replies.push(reply);
+                    }
+                    // One attempt: the request is waiting, and its answer says what happened.
+                    let certain = appender.failures_are_certain();
+                    let failed = |detail: String| AppendFailed {
+                        unknown: !certain || crate::source::outcome_unknown(&detail),
+                        detail,
                     };
-                for (reply, landing) in replies.into_iter().zip(landings) {
-                    let _ = reply.send(landing);
+                    let landings: Vec<Result<(u32, u64), AppendFailed>> = match outbox.settle(
+                        crate::source::outbox::Patience::Once,
+                        &crate::source::outbox::LogOnly,
+                    ) {
+                        Ok(landings) => landings
+                            .into_iter()
+                            .map(|landing| landing.map_err(failed))
+                            .collect(),
+                        // Not acknowledged in time: written or not, nobody knows yet.
+                        Err(error) => vec![
+                            Err(AppendFailed {
+                                detail: error.to_string(),
+                                unknown: true
+                            });
+                            replies.len()
+                        ],
+                    };
+                    for (reply, landing) in replies.into_iter().zip(landings) {
+                        let _ = reply.send(landing);
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(CommandWriter { to_thread, topic })
     }
 
     /// Appends one command; answers its `(partition, offset)` once durable.
     pub async fn append(&self, key: Vec<u8>, payload: Vec<u8>) -> Result<(u32, u64), AppendFailed> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let stopped = |unknown| AppendFailed { detail: "the command writer has stopped".into(), unknown };
-        self.to_thread.send((key, payload, reply)).map_err(|_| stopped(false))?;
+        let stopped = |unknown| AppendFailed {
+            detail: "the command writer has stopped".into(),
+            unknown,
+        };
+        self.to_thread
+            .send((key, payload, reply))
+            .map_err(|_| stopped(false))?;
         answer.await.map_err(|_| stopped(true))?
     }
 }
@@ -154,9 +182,16 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let scheme =
-            HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An API key (`KEY` of `KEY:TENANT:RIGHT`); see docs/security.md")).build();
-        openapi.components.get_or_insert_with(Default::default).add_security_scheme("api_key", SecurityScheme::Http(scheme));
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An API key (`KEY` of `KEY:TENANT:RIGHT`); see docs/security.md",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("api_key", SecurityScheme::Http(scheme));
     }
 }
 
@@ -166,7 +201,11 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa_axum::{router::OpenApiRouter, routes};
     let v1 = OpenApiRouter::new()
         .routes(routes!(reads::list_items, commands::create_item))
-        .routes(routes!(reads::get_item, commands::update_item, commands::delete_item))
+        .routes(routes!(
+            reads::get_item,
+            commands::update_item,
+            commands::delete_item
+        ))
         .routes(routes!(reads::list_stock))
         .routes(routes!(reads::get_stock))
         .routes(routes!(commands::stock_command))
@@ -184,16 +223,20 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::get, webhooks::delete))
         .routes(routes!(webhooks::deliveries));
     let v1 = match &state.auth {
-        Some(auth) => v1.route_layer(axum::middleware::from_fn_with_state((auth.clone(), state.metrics.clone()), auth::authorize)),
+        Some(auth) => v1.route_layer(axum::middleware::from_fn_with_state(
+            (auth.clone(), state.metrics.clone()),
+            auth::authorize,
+        )),
         None => v1,
     };
-    let (router, mut document) = OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
-        .nest("/v1", v1)
-        .routes(routes!(health))
-        .routes(routes!(ready))
-        .routes(routes!(metrics))
-        .routes(routes!(openapi))
-        .split_for_parts();
+    let (router, mut document) =
+        OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+            .nest("/v1", v1)
+            .routes(routes!(health))
+            .routes(routes!(ready))
+            .routes(routes!(metrics))
+            .routes(routes!(openapi))
+            .split_for_parts();
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
     (router, document)
 }
@@ -205,11 +248,18 @@ struct OpenApiJson(axum::body::Bytes);
 /// The whole API as a router.
 pub fn app(state: AppState) -> Router {
     let (router, document) = routes(&state);
-    let document = OpenApiJson(document.to_pretty_json().expect("the OpenAPI document serializes").into());
+    let document = OpenApiJson(
+        document
+            .to_pretty_json()
+            .expect("the OpenAPI document serializes")
+            .into(),
+    );
     router
         .route("/", get(dashboard::page))
         .route("/dashboard/{asset}", get(dashboard::asset))
-        .fallback(|| async { ApiError::not_found("no such route; the API lives under /v1 (see docs/api.md)") })
+        .fallback(|| async {
+            ApiError::not_found("no such route; the API lives under /v1 (see docs/api.md)")
+        })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
@@ -221,7 +271,12 @@ pub fn app(state: AppState) -> Router {
 /// [`conn::serve`]): even a request hyper refuses before routing (a URI
 /// over 64 KiB, over 100 headers) is answered with a problem and a request
 /// id.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, limits: conn::Limits, shutdown: crate::shutdown::Shutdown) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: conn::Limits,
+    shutdown: crate::shutdown::Shutdown,
+) -> std::io::Result<()> {
     let metrics = state.metrics.clone();
     conn::serve(listener, app(state), limits, metrics, shutdown).await
 }
@@ -232,36 +287,80 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, limits: c
 /// request counter and latency histogram by route template and status.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let method = method_label(request.method());
     let id = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| format!("req_{:016x}", rand::random::<u64>()));
-    let span = tracing::info_span!("request", request_id = %id, %method, path = %request.uri().path());
-    let answered = tokio::time::timeout(state.request_timeout, next.run(request)).instrument(span.clone()).await;
+    let span =
+        tracing::info_span!("request", request_id = %id, %method, path = %request.uri().path());
+    let answered = tokio::time::timeout(state.request_timeout, next.run(request))
+        .instrument(span.clone())
+        .await;
     let mut response = answered.unwrap_or_else(|_| {
-        state.metrics.http_timeouts.with_label_values(&[route.as_str()]).inc();
+        state
+            .metrics
+            .http_timeouts
+            .with_label_values(&[route.as_str()])
+            .inc();
         let _entered = span.enter();
-        tracing::warn!(timeout_s = state.request_timeout.as_secs(), "the handler ran past the request timeout");
-        ApiError::unavailable(format!("the request took longer than {} s, the server's --request-timeout", state.request_timeout.as_secs())).into_response()
+        tracing::warn!(
+            timeout_s = state.request_timeout.as_secs(),
+            "the handler ran past the request timeout"
+        );
+        ApiError::unavailable(format!(
+            "the request took longer than {} s, the server's --request-timeout",
+            state.request_timeout.as_secs()
+        ))
+        .into_response()
     });
-    if response.status().as_u16() >= 400 && response.headers().get(header::CONTENT_TYPE).is_none_or(|t| t != "application/problem+json") {
+    if response.status().as_u16() >= 400
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|t| t != "application/problem+json")
+    {
         // An extractor's rejection (e.g. the body limit) is plain text: answer a problem like every other error.
         let status = response.status();
-        let text = axum::body::to_bytes(std::mem::take(response.body_mut()), 64 * 1024).await.unwrap_or_default();
-        response = ApiError::from_rejection(status, String::from_utf8_lossy(&text).trim()).into_response();
+        let text = axum::body::to_bytes(std::mem::take(response.body_mut()), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        response =
+            ApiError::from_rejection(status, String::from_utf8_lossy(&text).trim()).into_response();
     }
     let status = response.status().as_u16().to_string();
-    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), latency_ms = start.elapsed().as_secs_f64() * 1e3, "answered"));
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_ms = start.elapsed().as_secs_f64() * 1e3,
+            "answered"
+        )
+    });
     if let Ok(value) = header::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    state.metrics.http_requests.with_label_values(&[route.as_str(), method, status.as_str()]).inc();
-    state.metrics.http_latency.with_label_values(&[route.as_str(), status.as_str()]).observe(start.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_latency
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .observe(start.elapsed().as_secs_f64());
     response
 }
 
@@ -304,17 +403,24 @@ async fn health() -> impl IntoResponse {
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.readiness().map_err(ApiError::unavailable)?;
     // Sinks are reported, not waited for: the views serve reads whatever ClickHouse does.
-    Ok(axum::Json(serde_json::json!({"ready": true, "as_of": state.store.snapshot().as_of, "sinks": state.store.sink_states()})))
+    Ok(axum::Json(
+        serde_json::json!({"ready": true, "as_of": state.store.snapshot().as_of, "sinks": state.store.sink_states()}),
+    ))
 }
 
 /// Prometheus metrics (text exposition format).
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Every metric (docs/operations.md)", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
 }
 
 /// This document: every route of the API, generated from the handlers.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
-async fn openapi(axum::Extension(OpenApiJson(document)): axum::Extension<OpenApiJson>) -> impl IntoResponse {
+async fn openapi(
+    axum::Extension(OpenApiJson(document)): axum::Extension<OpenApiJson>,
+) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document)
 }

@@ -91,12 +91,25 @@ pub(super) struct ItemListParams {
         ReadProblems
     )
 )]
-pub(super) async fn get_item(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn get_item(
+    State(state): State<AppState>,
+    Segment(sku): Segment,
+    Params(params): Params<ReadParams>,
+) -> Result<Json<Value>, ApiError> {
     let sku = parameter_name("path parameter sku", &sku)?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
-    let key = SkuKey { tenant: tenant.clone(), sku: sku.clone() };
-    let row = snapshot.items.get(&key).ok_or_else(|| ApiError::not_found(format!("no item `{sku}` in tenant `{tenant}`")))?;
-    Ok(Json(json!({"as_of": snapshot.as_of, "item": item_json(&key, row)})))
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let key = SkuKey {
+        tenant: tenant.clone(),
+        sku: sku.clone(),
+    };
+    let row = snapshot
+        .items
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found(format!("no item `{sku}` in tenant `{tenant}`")))?;
+    Ok(Json(
+        json!({"as_of": snapshot.as_of, "item": item_json(&key, row)}),
+    ))
 }
 
 /// `GET /v1/items` (an Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`).
@@ -116,15 +129,26 @@ pub(super) async fn list_items(
     Params(params): Params<ItemListParams>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let category = params.category.as_deref().map(|c| parameter_name("category", c)).transpose()?;
+    let category = params
+        .category
+        .as_deref()
+        .map(|c| parameter_name("category", c))
+        .transpose()?;
     let limit = page_limit(params.limit)?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let start = match params.cursor.as_deref() {
         Some(cursor) => {
             let parts = decode_cursor(cursor, 1)?;
-            Bound::Excluded(SkuKey { tenant: tenant.clone(), sku: parts[0].clone() })
+            Bound::Excluded(SkuKey {
+                tenant: tenant.clone(),
+                sku: parts[0].clone(),
+            })
         }
-        None => Bound::Included(SkuKey { tenant: tenant.clone(), sku: Name::default() }),
+        None => Bound::Included(SkuKey {
+            tenant: tenant.clone(),
+            sku: Name::default(),
+        }),
     };
     let mut rows = Vec::new();
     let mut last: Option<&SkuKey> = None;
@@ -133,7 +157,9 @@ pub(super) async fn list_items(
         if key.tenant != tenant {
             break;
         }
-        if category.as_ref().is_some_and(|c| *c != row.category) || params.active.is_some_and(|a| a != row.active) {
+        if category.as_ref().is_some_and(|c| *c != row.category)
+            || params.active.is_some_and(|a| a != row.active)
+        {
             continue;
         }
         if rows.len() == limit {
@@ -146,10 +172,19 @@ pub(super) async fn list_items(
         last = Some(key);
     }
     if crate::export::wants_arrow(&headers) {
-        return Ok(crate::export::arrow_page(&crate::export::item_batch(rows.into_iter()), next_cursor));
+        return Ok(crate::export::arrow_page(
+            &crate::export::item_batch(rows.into_iter()),
+            next_cursor,
+        ));
     }
-    let rows: Vec<Value> = rows.into_iter().map(|(key, row)| item_json(key, row)).collect();
-    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})).into_response())
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|(key, row)| item_json(key, row))
+        .collect();
+    Ok(
+        Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor}))
+            .into_response(),
+    )
 }
 
 /// `GET /v1/stock/{sku}`: totals plus one row per location.
@@ -164,15 +199,29 @@ pub(super) async fn list_items(
         ReadProblems
     )
 )]
-pub(super) async fn get_stock(State(state): State<AppState>, Segment(sku): Segment, Params(params): Params<ReadParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn get_stock(
+    State(state): State<AppState>,
+    Segment(sku): Segment,
+    Params(params): Params<ReadParams>,
+) -> Result<Json<Value>, ApiError> {
     let sku = parameter_name("path parameter sku", &sku)?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
-    let key = SkuKey { tenant: tenant.clone(), sku: sku.clone() };
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let key = SkuKey {
+        tenant: tenant.clone(),
+        sku: sku.clone(),
+    };
     let totals = snapshot.stock_totals.get(&key);
     if totals.is_none() && !snapshot.items.contains_key(&key) {
-        return Err(ApiError::not_found(format!("no item or stock for sku `{sku}` in tenant `{tenant}`")));
+        return Err(ApiError::not_found(format!(
+            "no item or stock for sku `{sku}` in tenant `{tenant}`"
+        )));
     }
-    let start = StockKey { tenant: tenant.clone(), sku: sku.clone(), location: Name::default() };
+    let start = StockKey {
+        tenant: tenant.clone(),
+        sku: sku.clone(),
+        location: Name::default(),
+    };
     let locations: Vec<Value> = snapshot
         .stock
         .range(start..)
@@ -212,16 +261,33 @@ pub(super) async fn list_stock(
     Params(params): Params<StockListParams>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let location = params.location.as_deref().map(|l| parameter_name("location", l)).transpose()?;
-    let category = params.category.as_deref().map(|c| parameter_name("category", c)).transpose()?;
+    let location = params
+        .location
+        .as_deref()
+        .map(|l| parameter_name("location", l))
+        .transpose()?;
+    let category = params
+        .category
+        .as_deref()
+        .map(|c| parameter_name("category", c))
+        .transpose()?;
     let limit = page_limit(params.limit)?;
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let start = match params.cursor.as_deref() {
         Some(cursor) => {
             let parts = decode_cursor(cursor, 2)?;
-            Bound::Excluded(StockKey { tenant: tenant.clone(), sku: parts[0].clone(), location: parts[1].clone() })
+            Bound::Excluded(StockKey {
+                tenant: tenant.clone(),
+                sku: parts[0].clone(),
+                location: parts[1].clone(),
+            })
         }
-        None => Bound::Included(StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() }),
+        None => Bound::Included(StockKey {
+            tenant: tenant.clone(),
+            sku: Name::default(),
+            location: Name::default(),
+        }),
     };
     let mut rows = Vec::new();
     let mut last: Option<&StockKey> = None;
@@ -230,11 +296,16 @@ pub(super) async fn list_stock(
         if key.tenant != tenant {
             break;
         }
-        if location.as_ref().is_some_and(|l| *l != key.location) || params.below.is_some_and(|b| delta.available() >= b) {
+        if location.as_ref().is_some_and(|l| *l != key.location)
+            || params.below.is_some_and(|b| delta.available() >= b)
+        {
             continue;
         }
         if let Some(category) = &category {
-            let item = snapshot.items.get(&SkuKey { tenant: key.tenant.clone(), sku: key.sku.clone() });
+            let item = snapshot.items.get(&SkuKey {
+                tenant: key.tenant.clone(),
+                sku: key.sku.clone(),
+            });
             if item.is_none_or(|i| i.category != *category) {
                 continue;
             }
@@ -249,10 +320,19 @@ pub(super) async fn list_stock(
         last = Some(key);
     }
     if crate::export::wants_arrow(&headers) {
-        return Ok(crate::export::arrow_page(&crate::export::stock_batch(rows.into_iter()), next_cursor));
+        return Ok(crate::export::arrow_page(
+            &crate::export::stock_batch(rows.into_iter()),
+            next_cursor,
+        ));
     }
-    let rows: Vec<Value> = rows.into_iter().map(|(key, delta)| stock_json(key, delta)).collect();
-    Ok(Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor})).into_response())
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|(key, delta)| stock_json(key, delta))
+        .collect();
+    Ok(
+        Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor}))
+            .into_response(),
+    )
 }
 
 /// `GET /v1/views`: the catalogue of views. Row counts are of every tenant,
@@ -272,21 +352,59 @@ pub(super) async fn views(
     grant: Option<axum::extract::Extension<super::auth::Grant>>,
     Params(params): Params<ReadParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let (tenant, snapshot) = consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
+    let (tenant, snapshot) =
+        consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let counts = match grant.is_some_and(|grant| grant.tenant.is_some()) {
-        false => [snapshot.items.len(), snapshot.stock.len(), snapshot.stock_totals.len(), snapshot.orders.len(), snapshot.kpis.len(), snapshot.top_skus.len()],
+        false => [
+            snapshot.items.len(),
+            snapshot.stock.len(),
+            snapshot.stock_totals.len(),
+            snapshot.orders.len(),
+            snapshot.kpis.len(),
+            snapshot.top_skus.len(),
+        ],
         true => {
-            let sku = SkuKey { tenant: tenant.clone(), sku: Name::default() };
-            let stock = StockKey { tenant: tenant.clone(), sku: Name::default(), location: Name::default() };
-            let first_kpi =
-                stockflow_dataflows::kpis::KpiKey::first(&tenant, stockflow_dataflows::kpis::Window::Hour, stockflow_dataflows::model::EventTime::MIN);
+            let sku = SkuKey {
+                tenant: tenant.clone(),
+                sku: Name::default(),
+            };
+            let stock = StockKey {
+                tenant: tenant.clone(),
+                sku: Name::default(),
+                location: Name::default(),
+            };
+            let first_kpi = stockflow_dataflows::kpis::KpiKey::first(
+                &tenant,
+                stockflow_dataflows::kpis::Window::Hour,
+                stockflow_dataflows::model::EventTime::MIN,
+            );
             [
-                snapshot.items.range(sku.clone()..).take_while(|(k, _)| k.tenant == tenant).count(),
-                snapshot.stock.range(stock..).take_while(|(k, _)| k.tenant == tenant).count(),
-                snapshot.stock_totals.range(sku..).take_while(|(k, _)| k.tenant == tenant).count(),
+                snapshot
+                    .items
+                    .range(sku.clone()..)
+                    .take_while(|(k, _)| k.tenant == tenant)
+                    .count(),
+                snapshot
+                    .stock
+                    .range(stock..)
+                    .take_while(|(k, _)| k.tenant == tenant)
+                    .count(),
+                snapshot
+                    .stock_totals
+                    .range(sku..)
+                    .take_while(|(k, _)| k.tenant == tenant)
+                    .count(),
                 snapshot.orders.keys().filter(|(t, _)| *t == tenant).count(),
-                snapshot.kpis.range(first_kpi..).take_while(|(k, _)| k.tenant == tenant).count(),
-                snapshot.top_skus.range((tenant.clone(), stockflow_dataflows::model::EventTime::MIN)..).take_while(|(k, _)| k.0 == tenant).count(),
+                snapshot
+                    .kpis
+                    .range(first_kpi..)
+                    .take_while(|(k, _)| k.tenant == tenant)
+                    .count(),
+                snapshot
+                    .top_skus
+                    .range((tenant.clone(), stockflow_dataflows::model::EventTime::MIN)..)
+                    .take_while(|(k, _)| k.0 == tenant)
+                    .count(),
             ]
         }
     };
@@ -315,17 +433,25 @@ pub(super) async fn consistent_read(
 ) -> Result<(Name, Arc<Snapshot>), ApiError> {
     let tenant = tenant_param(tenant.as_deref())?;
     if wait_ms.is_some_and(|w| w > MAX_WAIT_MS) {
-        return Err(ApiError::bad_request(format!("query parameter wait_ms: at most {MAX_WAIT_MS}")));
+        return Err(ApiError::bad_request(format!(
+            "query parameter wait_ms: at most {MAX_WAIT_MS}"
+        )));
     }
     let Some(after) = after else {
         return Ok((tenant, state.store.snapshot()));
     };
     let targets = parse_tokens(&after)?;
-    state.store.check_known(&targets).map_err(|reason| ApiError::bad_request(format!("query parameter after: {reason}")))?;
+    state
+        .store
+        .check_known(&targets)
+        .map_err(|reason| ApiError::bad_request(format!("query parameter after: {reason}")))?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(DEFAULT_WAIT_MS));
     match state.store.wait_for(&targets, wait).await {
         Some(snapshot) => Ok((tenant, snapshot)),
-        None => Err(ApiError::timeout(format!("the views did not reach `{after}` within {} ms; retry or raise wait_ms", wait.as_millis()))),
+        None => Err(ApiError::timeout(format!(
+            "the views did not reach `{after}` within {} ms; retry or raise wait_ms",
+            wait.as_millis()
+        ))),
     }
 }
 
@@ -334,19 +460,28 @@ pub(super) async fn consistent_read(
 pub fn parse_tokens(text: &str) -> Result<BTreeMap<String, BTreeMap<u32, u64>>, ApiError> {
     let mut targets: BTreeMap<String, BTreeMap<u32, u64>> = BTreeMap::new();
     for token in text.split(',') {
-        let bad = || ApiError::bad_request(format!("query parameter after: `{token}` is not a token (topic:partition:offset)"));
+        let bad = || {
+            ApiError::bad_request(format!(
+                "query parameter after: `{token}` is not a token (topic:partition:offset)"
+            ))
+        };
         let mut parts = token.rsplitn(3, ':');
         let offset: u64 = parts.next().and_then(|o| o.parse().ok()).ok_or_else(bad)?;
         let partition: u32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let topic = parts.next().filter(|t| !t.is_empty()).ok_or_else(bad)?;
-        let entry = targets.entry(topic.to_owned()).or_default().entry(partition).or_insert(0);
+        let entry = targets
+            .entry(topic.to_owned())
+            .or_default()
+            .entry(partition)
+            .or_insert(0);
         *entry = (*entry).max(offset + 1);
     }
     Ok(targets)
 }
 
 pub(super) fn parameter_name(parameter: &str, value: &str) -> Result<Name, ApiError> {
-    validate_name(value).map_err(|reason| ApiError::bad_request(format!("{parameter}: {reason}")))?;
+    validate_name(value)
+        .map_err(|reason| ApiError::bad_request(format!("{parameter}: {reason}")))?;
     Ok(Name::from(value))
 }
 
@@ -355,7 +490,9 @@ pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
-        Some(l) => Err(ApiError::bad_request(format!("query parameter limit: must be between 1 and {MAX_LIMIT}, got {l}"))),
+        Some(l) => Err(ApiError::bad_request(format!(
+            "query parameter limit: must be between 1 and {MAX_LIMIT}, got {l}"
+        ))),
     }
 }
 
@@ -366,11 +503,14 @@ pub(super) fn encode_cursor(parts: &[&str]) -> String {
 
 /// Reads a cursor of [`encode_cursor`] holding `parts` names; 400 for anything else.
 pub(super) fn decode_cursor(cursor: &str, parts: usize) -> Result<Vec<Name>, ApiError> {
-    let bad = || ApiError::bad_request("query parameter cursor: not a cursor returned by this listing");
+    let bad =
+        || ApiError::bad_request("query parameter cursor: not a cursor returned by this listing");
     if cursor.len() > 4 * (MAX_NAME_LEN + 1) * parts {
         return Err(bad());
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     let split: Vec<Name> = text.split('/').map(Name::from).collect();
     if split.len() != parts || split.iter().any(|p| validate_name(p).is_err()) {
@@ -395,7 +535,10 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let c = encode_cursor(&["SKU-1", "madrid"]);
-        assert_eq!(decode_cursor(&c, 2).unwrap(), vec![Name::from("SKU-1"), Name::from("madrid")]);
+        assert_eq!(
+            decode_cursor(&c, 2).unwrap(),
+            vec![Name::from("SKU-1"), Name::from("madrid")]
+        );
         assert!(decode_cursor(&c, 1).is_err());
         assert!(decode_cursor("!!!", 2).is_err());
     }

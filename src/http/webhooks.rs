@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use stockflow_dataflows::model::DEFAULT_TENANT;
-use stockflow_sinks::webhooks::{check_kinds, check_secret, check_url, Networks, Url, Webhook, KINDS};
+use stockflow_sinks::webhooks::{
+    check_kinds, check_secret, check_url, Networks, Url, Webhook, KINDS,
+};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -27,7 +29,10 @@ pub(super) struct ListParams {
 }
 
 fn webhooks(state: &AppState) -> Result<&Arc<crate::webhooks::Webhooks>, ApiError> {
-    state.webhooks.as_ref().ok_or_else(|| ApiError::unavailable("webhooks are off on this server"))
+    state
+        .webhooks
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("webhooks are off on this server"))
 }
 
 /// A webhook as shown: everything but the secret.
@@ -61,41 +66,71 @@ pub(super) async fn register(
 ) -> Result<Response, ApiError> {
     let hooks = webhooks(&state)?;
     let mut fields = super::body::values(body_object(&headers, &body, false)?);
-    if let Some(unknown) = fields.keys().find(|k| !["url", "secret", "tenant", "kinds"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!("body: unknown field `{unknown}` (fields: url, secret, tenant, kinds)")));
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["url", "secret", "tenant", "kinds"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "body: unknown field `{unknown}` (fields: url, secret, tenant, kinds)"
+        )));
     }
-    let text = |fields: &mut serde_json::Map<String, Value>, name: &str| -> Result<Option<String>, ApiError> {
+    let text = |fields: &mut serde_json::Map<String, Value>,
+                name: &str|
+     -> Result<Option<String>, ApiError> {
         match fields.remove(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ApiError::bad_request(format!("{name}: expected a string, got {other}"))),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{name}: expected a string, got {other}"
+            ))),
         }
     };
     let url = text(&mut fields, "url")?.ok_or_else(|| ApiError::bad_request("url: required"))?;
-    let parsed = check_url(&url, &hooks.policy().networks).map_err(|reason| ApiError::bad_request(format!("url: {reason}")))?;
+    let parsed = check_url(&url, &hooks.policy().networks)
+        .map_err(|reason| ApiError::bad_request(format!("url: {reason}")))?;
     check_resolved(&url, &parsed, &hooks.policy().networks).await?;
-    let secret = text(&mut fields, "secret")?.ok_or_else(|| ApiError::bad_request("secret: required (signs every delivery)"))?;
+    let secret = text(&mut fields, "secret")?
+        .ok_or_else(|| ApiError::bad_request("secret: required (signs every delivery)"))?;
     check_secret(&secret).map_err(ApiError::bad_request)?;
     let named = text(&mut fields, "tenant")?;
     if let (Some(Extension(grant)), Some(named)) = (&grant, &named) {
-        grant.allows_tenant(named).inspect_err(|_| state.metrics.auth_denied.with_label_values(&["tenant"]).inc())?;
+        grant.allows_tenant(named).inspect_err(|_| {
+            state
+                .metrics
+                .auth_denied
+                .with_label_values(&["tenant"])
+                .inc()
+        })?;
     }
     if let (Some(body), Some(query)) = (&named, &params.tenant) {
         if body != query {
-            return Err(ApiError::bad_request(format!("tenant: the body names `{body}` and the query `{query}`; give one")));
+            return Err(ApiError::bad_request(format!(
+                "tenant: the body names `{body}` and the query `{query}`; give one"
+            )));
         }
     }
-    let tenant = parameter_name("tenant", &named.or(params.tenant).unwrap_or_else(|| DEFAULT_TENANT.to_owned()))?;
+    let tenant = parameter_name(
+        "tenant",
+        &named
+            .or(params.tenant)
+            .unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+    )?;
     let kinds: Vec<String> = match fields.remove("kinds") {
         None | Some(Value::Null) => KINDS.iter().map(|k| k.to_string()).collect(),
         Some(Value::Array(items)) => items
             .into_iter()
             .map(|k| match k {
                 Value::String(s) => Ok(s),
-                other => Err(ApiError::bad_request(format!("kinds: expected strings, got {other}"))),
+                other => Err(ApiError::bad_request(format!(
+                    "kinds: expected strings, got {other}"
+                ))),
             })
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(ApiError::bad_request(format!("kinds: expected a list, got {other}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "kinds: expected a list, got {other}"
+            )))
+        }
     };
     check_kinds(&kinds).map_err(ApiError::bad_request)?;
     let hook = Webhook {
@@ -107,13 +142,21 @@ pub(super) async fn register(
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     };
     let (hooks, registered) = (hooks.clone(), hook.clone());
-    match tokio::task::spawn_blocking(move || hooks.add(registered)).await.map_err(ApiError::internal)? {
+    match tokio::task::spawn_blocking(move || hooks.add(registered))
+        .await
+        .map_err(ApiError::internal)?
+    {
         Ok(()) => {}
         Err(cap @ AddError::Cap { .. }) => return Err(ApiError::conflict(cap.to_string())),
         Err(AddError::Other(error)) => return Err(ApiError::internal(format!("{error:#}"))),
     }
     let location = format!("/v1/webhooks/{}", hook.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(shown(&hook))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(shown(&hook)),
+    )
+        .into_response())
 }
 
 /// How long a registration waits for the URL's host name to resolve.
@@ -123,16 +166,27 @@ const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// reach is refused at once (a name that does not resolve yet is accepted:
 /// every delivery checks the addresses it connects to anyway).
 async fn check_resolved(url: &str, parsed: &Url, networks: &Networks) -> Result<(), ApiError> {
-    let Some(name) = parsed.host_str().filter(|host| host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_err()) else {
+    let Some(name) = parsed.host_str().filter(|host| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_err()
+    }) else {
         return Ok(());
     };
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let Ok(Ok(resolved)) = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await else { return Ok(()) };
-    let checks: Vec<_> = resolved.map(|address| networks.check(address.ip())).collect();
+    let Ok(Ok(resolved)) =
+        tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await
+    else {
+        return Ok(());
+    };
+    let checks: Vec<_> = resolved
+        .map(|address| networks.check(address.ip()))
+        .collect();
     match checks.iter().find_map(|check| check.as_ref().err()) {
-        Some(refusal) if checks.iter().all(Result::is_err) => {
-            Err(ApiError::bad_request(format!("url: `{url}`: `{name}` resolves only to addresses webhooks may not reach ({refusal})")))
-        }
+        Some(refusal) if checks.iter().all(Result::is_err) => Err(ApiError::bad_request(format!(
+            "url: `{url}`: `{name}` resolves only to addresses webhooks may not reach ({refusal})"
+        ))),
         _ => Ok(()),
     }
 }
@@ -148,15 +202,26 @@ async fn check_resolved(url: &str, parsed: &Url, networks: &Networks) -> Result<
         WebhookProblems
     )
 )]
-pub(super) async fn list(State(state): State<AppState>, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Params(params): Params<ListParams>,
+) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_param(params.tenant.as_deref())?;
-    let rows: Vec<Value> = webhooks(&state)?.list().iter().filter(|h| h.tenant == tenant.as_str()).map(shown).collect();
+    let rows: Vec<Value> = webhooks(&state)?
+        .list()
+        .iter()
+        .filter(|h| h.tenant == tenant.as_str())
+        .map(shown)
+        .collect();
     Ok(Json(json!({"webhooks": rows})))
 }
 
 fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, ApiError> {
     let tenant = tenant_param(tenant.as_deref())?;
-    webhooks(state)?.get(id).filter(|h| h.tenant == tenant.as_str()).ok_or_else(|| ApiError::not_found(format!("no webhook `{id}` of tenant `{tenant}`")))
+    webhooks(state)?
+        .get(id)
+        .filter(|h| h.tenant == tenant.as_str())
+        .ok_or_else(|| ApiError::not_found(format!("no webhook `{id}` of tenant `{tenant}`")))
 }
 
 /// `GET /v1/webhooks/{id}`
@@ -171,7 +236,11 @@ fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, A
         WebhookProblems
     )
 )]
-pub(super) async fn get(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+    Params(params): Params<ListParams>,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(shown(&find(&state, &id, params.tenant)?)))
 }
 
@@ -187,10 +256,17 @@ pub(super) async fn get(State(state): State<AppState>, Segment(id): Segment, Par
         WebhookProblems
     )
 )]
-pub(super) async fn delete(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<StatusCode, ApiError> {
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+    Params(params): Params<ListParams>,
+) -> Result<StatusCode, ApiError> {
     let hook = find(&state, &id, params.tenant)?;
     let hooks = webhooks(&state)?.clone();
-    tokio::task::spawn_blocking(move || hooks.remove(&hook.id)).await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    tokio::task::spawn_blocking(move || hooks.remove(&hook.id))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -206,7 +282,13 @@ pub(super) async fn delete(State(state): State<AppState>, Segment(id): Segment, 
         WebhookProblems
     )
 )]
-pub(super) async fn deliveries(State(state): State<AppState>, Segment(id): Segment, Params(params): Params<ListParams>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn deliveries(
+    State(state): State<AppState>,
+    Segment(id): Segment,
+    Params(params): Params<ListParams>,
+) -> Result<Json<Value>, ApiError> {
     let hook = find(&state, &id, params.tenant)?;
-    Ok(Json(json!({"webhook": hook.id, "deliveries": webhooks(&state)?.deliveries(&hook.id)})))
+    Ok(Json(
+        json!({"webhook": hook.id, "deliveries": webhooks(&state)?.deliveries(&hook.id)}),
+    ))
 }

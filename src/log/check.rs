@@ -21,7 +21,9 @@
 //! fsynced: a crash at any point leaves either the old segment (repair again)
 //! or the new one, and never loses the damaged bytes.
 
-use super::{io, parse_entry, scan_segment, segment_bases, segment_path, tombstone, Damage, SegmentScan};
+use super::{
+    io, parse_entry, scan_segment, segment_bases, segment_path, tombstone, Damage, SegmentScan,
+};
 use crate::source::SourceError;
 use std::fs::{self, File};
 use std::io::Write;
@@ -77,8 +79,14 @@ fn topics(dir: &Path) -> Result<Vec<(String, u32)>, SourceError> {
             .ok()
             .and_then(|value| value["partitions"].as_u64())
             .filter(|p| *p >= 1)
-            .ok_or_else(|| SourceError::Corrupt { what: meta.display().to_string(), detail: "no partition count".into() })?;
-        topics.push((entry.file_name().to_string_lossy().into_owned(), partitions as u32));
+            .ok_or_else(|| SourceError::Corrupt {
+                what: meta.display().to_string(),
+                detail: "no partition count".into(),
+            })?;
+        topics.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            partitions as u32,
+        ));
     }
     topics.sort();
     Ok(topics)
@@ -86,7 +94,11 @@ fn topics(dir: &Path) -> Result<Vec<(String, u32)>, SourceError> {
 
 /// One partition's segments, scanned, with the breaks between them turned
 /// into damage: returns the report and the scans (with their bytes).
-fn scan_partition(dir: &Path, topic: &str, partition: u32) -> Result<(PartitionReport, Vec<(u64, SegmentScan)>), SourceError> {
+fn scan_partition(
+    dir: &Path,
+    topic: &str,
+    partition: u32,
+) -> Result<(PartitionReport, Vec<(u64, SegmentScan)>), SourceError> {
     let bases = match fs::metadata(dir) {
         Ok(_) => segment_bases(dir)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -114,14 +126,20 @@ fn scan_partition(dir: &Path, topic: &str, partition: u32) -> Result<(PartitionR
             // The last segment: bytes with nothing valid after them are a torn tail.
             (None, tail) => report.torn_tail = tail.clone(),
             // An older segment: whatever is bad at its end is followed by the next segment.
-            (Some(&next), Some(tail)) => report.damages.push(Damage { resumes_at: Some(next), ..tail.clone() }),
+            (Some(&next), Some(tail)) => report.damages.push(Damage {
+                resumes_at: Some(next),
+                ..tail.clone()
+            }),
             (Some(&next), None) if scan.next_offset != next => report.damages.push(Damage {
                 segment: path.clone(),
                 byte: scan.len,
                 bytes: 0,
                 offset: scan.next_offset,
                 resumes_at: Some(next),
-                detail: format!("the segment ends before offset {} but the next one begins at offset {next}", scan.next_offset),
+                detail: format!(
+                    "the segment ends before offset {} but the next one begins at offset {next}",
+                    scan.next_offset
+                ),
             }),
             (Some(_), None) => {}
         }
@@ -134,12 +152,22 @@ fn scan_partition(dir: &Path, topic: &str, partition: u32) -> Result<(PartitionR
 /// writes nothing. A missing `dir` is an error.
 pub fn check(dir: &Path) -> Result<Report, SourceError> {
     if !dir.is_dir() {
-        return Err(SourceError::NotFound(format!("no embedded log at {} (the directory does not exist)", dir.display())));
+        return Err(SourceError::NotFound(format!(
+            "no embedded log at {} (the directory does not exist)",
+            dir.display()
+        )));
     }
     let mut report = Report::default();
     for (topic, partitions) in topics(dir)? {
         for partition in 0..partitions {
-            report.partitions.push(scan_partition(&dir.join(&topic).join(partition.to_string()), &topic, partition)?.0);
+            report.partitions.push(
+                scan_partition(
+                    &dir.join(&topic).join(partition.to_string()),
+                    &topic,
+                    partition,
+                )?
+                .0,
+            );
         }
     }
     Ok(report)
@@ -163,7 +191,10 @@ pub struct Quarantined {
 /// The caller holds the data dir's lock: nothing else may write the log.
 pub fn repair(dir: &Path, quarantine: &Path) -> Result<Vec<Quarantined>, SourceError> {
     if !dir.is_dir() {
-        return Err(SourceError::NotFound(format!("no embedded log at {} (the directory does not exist)", dir.display())));
+        return Err(SourceError::NotFound(format!(
+            "no embedded log at {} (the directory does not exist)",
+            dir.display()
+        )));
     }
     let mut done = Vec::new();
     for (topic, partitions) in topics(dir)? {
@@ -176,7 +207,12 @@ pub fn repair(dir: &Path, quarantine: &Path) -> Result<Vec<Quarantined>, SourceE
             let aside = quarantine.join(&topic).join(partition.to_string());
             for (base, scan) in &scans {
                 let path = segment_path(&partition_dir, *base);
-                let mut stretches: Vec<&Damage> = report.damages.iter().chain(report.torn_tail.iter()).filter(|damage| damage.segment == path).collect();
+                let mut stretches: Vec<&Damage> = report
+                    .damages
+                    .iter()
+                    .chain(report.torn_tail.iter())
+                    .filter(|damage| damage.segment == path)
+                    .collect();
                 if stretches.is_empty() {
                     continue;
                 }
@@ -190,8 +226,16 @@ pub fn repair(dir: &Path, quarantine: &Path) -> Result<Vec<Quarantined>, SourceE
 
 /// Rewrites one segment without its damaged stretches (tombstones in their
 /// place), after copying each into `aside`.
-fn repair_segment(path: &Path, scan: &SegmentScan, stretches: &[&Damage], aside: &Path) -> Result<Vec<Quarantined>, SourceError> {
-    let segment_name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+fn repair_segment(
+    path: &Path,
+    scan: &SegmentScan,
+    stretches: &[&Damage],
+    aside: &Path,
+) -> Result<Vec<Quarantined>, SourceError> {
+    let segment_name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut rewritten = Vec::with_capacity(scan.bytes.len());
     let mut done = Vec::new();
     let mut kept_from = 0usize;
@@ -210,8 +254,15 @@ fn repair_segment(path: &Path, scan: &SegmentScan, stretches: &[&Damage], aside:
             None => 0,
         };
         let file = if damage.bytes > 0 {
-            let last = if tombstones > 0 { (damage.offset + tombstones - 1).to_string() } else { "none".to_owned() };
-            let file = aside.join(format!("{segment_name}-byte-{}-offsets-{}-{last}.bin", damage.byte, damage.offset));
+            let last = if tombstones > 0 {
+                (damage.offset + tombstones - 1).to_string()
+            } else {
+                "none".to_owned()
+            };
+            let file = aside.join(format!(
+                "{segment_name}-byte-{}-offsets-{}-{last}.bin",
+                damage.byte, damage.offset
+            ));
             fs::create_dir_all(aside).map_err(io(format!("creating {}", aside.display())))?;
             write_synced(&file, &scan.bytes[start..end])?;
             Some(file)
@@ -222,22 +273,34 @@ fn repair_segment(path: &Path, scan: &SegmentScan, stretches: &[&Damage], aside:
             rewritten.extend_from_slice(&tombstone(offset));
         }
         tracing::warn!(damage = %damage.location(), bytes = damage.bytes, tombstones, quarantine = ?file, "embedded log: damaged stretch moved to quarantine");
-        done.push(Quarantined { damage: (*damage).clone(), file, tombstones });
+        done.push(Quarantined {
+            damage: (*damage).clone(),
+            file,
+            tombstones,
+        });
     }
     rewritten.extend_from_slice(&scan.bytes[kept_from..]);
     // What is written must read back whole before it replaces the original.
     let mut at = 0;
-    while let Some((_, size)) = parse_entry(&rewritten, at).map_err(|detail| SourceError::Corrupt {
-        what: format!("the repaired copy of {}", path.display()),
-        detail: format!("{detail} at byte {at}; the original was left as it was"),
-    })? {
+    while let Some((_, size)) =
+        parse_entry(&rewritten, at).map_err(|detail| SourceError::Corrupt {
+            what: format!("the repaired copy of {}", path.display()),
+            detail: format!("{detail} at byte {at}; the original was left as it was"),
+        })?
+    {
         at += size;
     }
     let temp = path.with_extension("log.repair");
     write_synced(&temp, &rewritten)?;
-    fs::rename(&temp, path).map_err(io(format!("renaming {} over {}", temp.display(), path.display())))?;
+    fs::rename(&temp, path).map_err(io(format!(
+        "renaming {} over {}",
+        temp.display(),
+        path.display()
+    )))?;
     if let Some(parent) = path.parent() {
-        File::open(parent).and_then(|dir| dir.sync_all()).map_err(io(format!("syncing {}", parent.display())))?;
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(format!("syncing {}", parent.display())))?;
     }
     Ok(done)
 }
@@ -245,7 +308,9 @@ fn repair_segment(path: &Path, scan: &SegmentScan, stretches: &[&Damage], aside:
 /// Writes `bytes` to `path` and fsyncs it.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
     let mut file = File::create(path).map_err(io(format!("creating {}", path.display())))?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(io(format!("writing {}", path.display())))
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(io(format!("writing {}", path.display())))
 }
 
 #[cfg(test)]
@@ -256,10 +321,19 @@ mod tests {
 
     /// A one-partition topic `t` of `count` records `r0`, `r1`, … in segments of `segment_bytes`.
     fn log_of(dir: &Path, count: usize, segment_bytes: u64) {
-        let log = Log::open_with(dir, crate::log::LogOptions { segment_bytes, fsync_every_append: false }).unwrap();
+        let log = Log::open_with(
+            dir,
+            crate::log::LogOptions {
+                segment_bytes,
+                fsync_every_append: false,
+            },
+        )
+        .unwrap();
         let topic = log.topic("t", 1).unwrap();
         for i in 0..count {
-            topic.append_to(0, b"k", format!("r{i}").as_bytes(), i as i64).unwrap();
+            topic
+                .append_to(0, b"k", format!("r{i}").as_bytes(), i as i64)
+                .unwrap();
         }
     }
 
@@ -268,7 +342,8 @@ mod tests {
         let mut bytes = fs::read(path).unwrap();
         let mut at = 0;
         for _ in 0..index {
-            at += super::super::HEADER + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            at += super::super::HEADER
+                + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         }
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         bytes[at + super::super::HEADER + len - 1] ^= 0x20;
@@ -287,7 +362,8 @@ mod tests {
     }
 
     #[test]
-    fn damage_mid_segment_is_refused_reported_and_repaired_keeping_every_other_record_at_its_offset() {
+    fn damage_mid_segment_is_refused_reported_and_repaired_keeping_every_other_record_at_its_offset(
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let log_dir = dir.path().join("log");
         log_of(&log_dir, 40, 1 << 20);
@@ -299,17 +375,43 @@ mod tests {
         type Open = fn(&Path) -> Result<Log, SourceError>;
         let opens: [Open; 2] = [Log::open, Log::open_read_only];
         for open in opens {
-            let error = open(&log_dir).unwrap().topic("t", 1).err().expect("refused").to_string();
-            assert!(error.contains(&format!("{} at byte {byte} (offset 17)", segment.display())), "{error}");
-            assert!(error.contains("checksum mismatch") && error.contains("log repair --quarantine"), "{error}");
+            let error = open(&log_dir)
+                .unwrap()
+                .topic("t", 1)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(
+                error.contains(&format!("{} at byte {byte} (offset 17)", segment.display())),
+                "{error}"
+            );
+            assert!(
+                error.contains("checksum mismatch") && error.contains("log repair --quarantine"),
+                "{error}"
+            );
         }
-        assert_eq!(fs::read(&segment).unwrap().len(), before.len(), "nothing truncated");
+        assert_eq!(
+            fs::read(&segment).unwrap().len(),
+            before.len(),
+            "nothing truncated"
+        );
 
         let report = check(&log_dir).unwrap();
         assert!(report.damaged());
         let p = &report.partitions[0];
-        assert_eq!((p.records, p.end, p.damages.len(), p.torn_tail.is_none()), (39, 40, 1, true), "{p:?}");
-        assert_eq!((p.damages[0].byte, p.damages[0].offset, p.damages[0].resumes_at), (byte, 17, Some(18)));
+        assert_eq!(
+            (p.records, p.end, p.damages.len(), p.torn_tail.is_none()),
+            (39, 40, 1, true),
+            "{p:?}"
+        );
+        assert_eq!(
+            (
+                p.damages[0].byte,
+                p.damages[0].offset,
+                p.damages[0].resumes_at
+            ),
+            (byte, 17, Some(18))
+        );
 
         let quarantine = dir.path().join("quarantine");
         let done = repair(&log_dir, &quarantine).unwrap();
@@ -320,16 +422,34 @@ mod tests {
         let mut damaged = before[stretch.clone()].to_vec();
         let last = damaged.len() - 1;
         damaged[last] ^= 0x20;
-        assert_eq!(fs::read(&file).unwrap(), damaged, "the damaged bytes are kept, as they were");
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            damaged,
+            "the damaged bytes are kept, as they were"
+        );
 
         assert!(!check(&log_dir).unwrap().damaged(), "repaired");
         assert_eq!(check(&log_dir).unwrap().partitions[0].tombstones, 1);
         let log = Log::open(&log_dir).unwrap();
         let records = read_all(&log);
-        let expected: Vec<(u64, Vec<u8>)> = (0..40u64).filter(|o| *o != 17).map(|o| (o, format!("r{o}").into_bytes())).collect();
+        let expected: Vec<(u64, Vec<u8>)> = (0..40u64)
+            .filter(|o| *o != 17)
+            .map(|o| (o, format!("r{o}").into_bytes()))
+            .collect();
         assert_eq!(records, expected, "every other record, at its own offset");
-        assert_eq!(log.existing_topic("t").unwrap().unwrap().append_to(0, b"k", b"next", 0).unwrap(), 40, "offsets go on");
-        assert!(repair(&log_dir, &quarantine).unwrap().is_empty(), "nothing more to repair");
+        assert_eq!(
+            log.existing_topic("t")
+                .unwrap()
+                .unwrap()
+                .append_to(0, b"k", b"next", 0)
+                .unwrap(),
+            40,
+            "offsets go on"
+        );
+        assert!(
+            repair(&log_dir, &quarantine).unwrap().is_empty(),
+            "nothing more to repair"
+        );
     }
 
     #[test]
@@ -351,16 +471,24 @@ mod tests {
         let report = check(&log_dir).unwrap();
         let p = &report.partitions[0];
         assert_eq!(p.damages.len(), 1, "{p:?}");
-        assert_eq!((p.damages[0].offset, p.damages[0].resumes_at), (bases[1] - 1, Some(bases[1])));
+        assert_eq!(
+            (p.damages[0].offset, p.damages[0].resumes_at),
+            (bases[1] - 1, Some(bases[1]))
+        );
         assert_eq!(p.torn_tail.as_ref().map(|t| t.bytes), Some(6));
         assert_eq!(p.end, 30);
 
         let done = repair(&log_dir, &dir.path().join("quarantine")).unwrap();
         assert_eq!(done.len(), 2, "{done:?}");
         let report = check(&log_dir).unwrap();
-        assert!(!report.damaged() && report.partitions[0].torn_tail.is_none(), "{report:?}");
+        assert!(
+            !report.damaged() && report.partitions[0].torn_tail.is_none(),
+            "{report:?}"
+        );
         let records = read_all(&Log::open_read_only(&log_dir).unwrap());
         assert_eq!(records.len(), 29);
-        assert!(records.iter().all(|(o, payload)| *o != bases[1] - 1 && *payload == format!("r{o}").into_bytes()));
+        assert!(records
+            .iter()
+            .all(|(o, payload)| *o != bases[1] - 1 && *payload == format!("r{o}").into_bytes()));
     }
 }

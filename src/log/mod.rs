@@ -59,7 +59,10 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { segment_bytes: 64 << 20, fsync_every_append: false }
+        LogOptions {
+            segment_bytes: 64 << 20,
+            fsync_every_append: false,
+        }
     }
 }
 
@@ -86,7 +89,12 @@ impl Log {
     /// Opens (creating if needed) the log in `dir`.
     pub fn open_with(dir: &Path, options: LogOptions) -> Result<Log, SourceError> {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        Ok(Log { dir: dir.to_path_buf(), options, read_only: false, topics: Mutex::new(HashMap::new()) })
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            options,
+            read_only: false,
+            topics: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Opens the existing log in `dir` for reading only: nothing is created,
@@ -99,13 +107,26 @@ impl Log {
     pub fn open_read_only(dir: &Path) -> Result<Log, SourceError> {
         match fs::metadata(dir) {
             Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(SourceError::Invalid(format!("{} is not a directory", dir.display()))),
+            Ok(_) => {
+                return Err(SourceError::Invalid(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(SourceError::NotFound(format!("no embedded log at {} (the directory does not exist)", dir.display())))
+                return Err(SourceError::NotFound(format!(
+                    "no embedded log at {} (the directory does not exist)",
+                    dir.display()
+                )))
             }
             Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
         }
-        Ok(Log { dir: dir.to_path_buf(), options: LogOptions::default(), read_only: true, topics: Mutex::new(HashMap::new()) })
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            options: LogOptions::default(),
+            read_only: true,
+            topics: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Whether the log was opened with [`Log::open_read_only`].
@@ -118,7 +139,8 @@ impl Log {
     /// log a missing topic is not created: it reads as `partitions` empty
     /// partitions.
     pub fn topic(&self, name: &str, partitions: u32) -> Result<Arc<Topic>, SourceError> {
-        self.open_topic(name, Some(partitions))?.ok_or_else(|| SourceError::NotFound(format!("topic {name}")))
+        self.open_topic(name, Some(partitions))?
+            .ok_or_else(|| SourceError::NotFound(format!("topic {name}")))
     }
 
     /// Opens a topic only if it exists.
@@ -126,7 +148,11 @@ impl Log {
         self.open_topic(name, None)
     }
 
-    fn open_topic(&self, name: &str, create: Option<u32>) -> Result<Option<Arc<Topic>>, SourceError> {
+    fn open_topic(
+        &self,
+        name: &str,
+        create: Option<u32>,
+    ) -> Result<Option<Arc<Topic>>, SourceError> {
         validate_topic(name)?;
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(topic) = topics.get(name) {
@@ -137,18 +163,33 @@ impl Log {
         let partitions = match fs::read_to_string(&meta) {
             Ok(text) => {
                 let value: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| SourceError::Corrupt { what: meta.display().to_string(), detail: e.to_string() })?;
+                    serde_json::from_str(&text).map_err(|e| SourceError::Corrupt {
+                        what: meta.display().to_string(),
+                        detail: e.to_string(),
+                    })?;
                 value["partitions"]
                     .as_u64()
                     .filter(|p| *p >= 1)
-                    .ok_or_else(|| SourceError::Corrupt { what: meta.display().to_string(), detail: "no partition count".into() })? as u32
+                    .ok_or_else(|| SourceError::Corrupt {
+                        what: meta.display().to_string(),
+                        detail: "no partition count".into(),
+                    })? as u32
             }
             Err(e) if e.kind() == ErrorKind::NotFound => match create {
-                Some(0) => return Err(SourceError::Invalid("a topic needs at least one partition".into())),
+                Some(0) => {
+                    return Err(SourceError::Invalid(
+                        "a topic needs at least one partition".into(),
+                    ))
+                }
                 Some(partitions) if self.read_only => partitions,
                 Some(partitions) => {
                     fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-                    write_atomically(&meta, serde_json::json!({"partitions": partitions}).to_string().as_bytes())?;
+                    write_atomically(
+                        &meta,
+                        serde_json::json!({"partitions": partitions})
+                            .to_string()
+                            .as_bytes(),
+                    )?;
                     partitions
                 }
                 None => return Ok(None),
@@ -165,7 +206,10 @@ impl Log {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let topic = Arc::new(Topic { name: name.to_owned(), partitions });
+        let topic = Arc::new(Topic {
+            name: name.to_owned(),
+            partitions,
+        });
         topics.insert(name.to_owned(), topic.clone());
         Ok(Some(topic))
     }
@@ -176,12 +220,18 @@ fn validate_topic(name: &str) -> Result<(), SourceError> {
     if crate::source::is_topic_name(name) {
         Ok(())
     } else {
-        Err(SourceError::Invalid(format!("`{name}` is not a topic name ({})", crate::source::TOPIC_NAME_RULE)))
+        Err(SourceError::Invalid(format!(
+            "`{name}` is not a topic name ({})",
+            crate::source::TOPIC_NAME_RULE
+        )))
     }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
-    stockflow_sinks::fs::write_atomically(path, bytes).map_err(io(format!("writing {} (through a temporary file)", path.display())))
+    stockflow_sinks::fs::write_atomically(path, bytes).map_err(io(format!(
+        "writing {} (through a temporary file)",
+        path.display()
+    )))
 }
 
 /// One topic of the embedded log.
@@ -202,38 +252,67 @@ impl Topic {
     }
 
     /// The writer of `partition`, locked; an error on a read-only log.
-    fn writer<'a>(&self, partition: &'a Partition) -> Result<std::sync::MutexGuard<'a, Writer>, SourceError> {
+    fn writer<'a>(
+        &self,
+        partition: &'a Partition,
+    ) -> Result<std::sync::MutexGuard<'a, Writer>, SourceError> {
         match &partition.writer {
             Some(writer) => Ok(writer.lock().unwrap_or_else(|p| p.into_inner())),
-            None => Err(SourceError::Invalid(format!("topic {} is open read-only: nothing can be appended", self.name))),
+            None => Err(SourceError::Invalid(format!(
+                "topic {} is open read-only: nothing can be appended",
+                self.name
+            ))),
         }
     }
 
     fn partition(&self, partition: u32) -> Result<&Partition, SourceError> {
-        self.partitions
-            .get(partition as usize)
-            .ok_or_else(|| SourceError::NotFound(format!("partition {partition} of {} ({} partitions)", self.name, self.partitions.len())))
+        self.partitions.get(partition as usize).ok_or_else(|| {
+            SourceError::NotFound(format!(
+                "partition {partition} of {} ({} partitions)",
+                self.name,
+                self.partitions.len()
+            ))
+        })
     }
 
     /// Appends to the partition of `key` (Kafka's murmur2 partitioner);
     /// returns the partition and the offset given.
-    pub fn append(&self, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<(u32, u64), SourceError> {
+    pub fn append(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<(u32, u64), SourceError> {
         let partition = partition_for_key(key, self.partitions());
-        Ok((partition, self.append_to(partition, key, payload, timestamp_ms)?))
+        Ok((
+            partition,
+            self.append_to(partition, key, payload, timestamp_ms)?,
+        ))
     }
 
     /// Appends to one partition; returns the offset given.
-    pub fn append_to(&self, partition: u32, key: &[u8], payload: &[u8], timestamp_ms: i64) -> Result<u64, SourceError> {
+    pub fn append_to(
+        &self,
+        partition: u32,
+        key: &[u8],
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<u64, SourceError> {
         let partition = self.partition(partition)?;
         let mut writer = self.writer(partition)?;
-        writer.transaction(&partition.end, |writer| writer.append(Some(key), payload, timestamp_ms))
+        writer.transaction(&partition.end, |writer| {
+            writer.append(Some(key), payload, timestamp_ms)
+        })
     }
 
     /// Appends many records, taking each partition's lock once; returns the
     /// partition and offset of each, in order, or a failed partition's
     /// error (the other partitions' records may be appended: see
     /// [`Topic::append_each`] for each record's own outcome).
-    pub fn append_batch(&self, records: &[(&[u8], &[u8], i64)]) -> Result<Vec<(u32, u64)>, SourceError> {
+    pub fn append_batch(
+        &self,
+        records: &[(&[u8], &[u8], i64)],
+    ) -> Result<Vec<(u32, u64)>, SourceError> {
         let (landings, failures) = self.append_partitions(records);
         match failures.into_iter().flatten().next() {
             Some(error) => Err(error),
@@ -247,16 +326,33 @@ impl Topic {
     /// the records of one that did look failed, nor the other way round.
     pub fn append_each(&self, records: &[(&[u8], &[u8], i64)]) -> Vec<Result<(u32, u64), String>> {
         let (landings, failures) = self.append_partitions(records);
-        let failures: Vec<Option<String>> = failures.iter().map(|f| f.as_ref().map(ToString::to_string)).collect();
-        landings.into_iter().map(|(partition, offset)| failures[partition as usize].clone().map_or(Ok((partition, offset)), Err)).collect()
+        let failures: Vec<Option<String>> = failures
+            .iter()
+            .map(|f| f.as_ref().map(ToString::to_string))
+            .collect();
+        landings
+            .into_iter()
+            .map(|(partition, offset)| {
+                failures[partition as usize]
+                    .clone()
+                    .map_or(Ok((partition, offset)), Err)
+            })
+            .collect()
     }
 
     /// Each record's `(partition, offset)` (the offset meaningless where its
     /// partition failed), and each partition's failure.
-    fn append_partitions(&self, records: &[(&[u8], &[u8], i64)]) -> (Vec<(u32, u64)>, Vec<Option<SourceError>>) {
+    fn append_partitions(
+        &self,
+        records: &[(&[u8], &[u8], i64)],
+    ) -> (Vec<(u32, u64)>, Vec<Option<SourceError>>) {
         let n = self.partitions();
-        let mut landings: Vec<(u32, u64)> = records.iter().map(|(key, _, _)| (partition_for_key(key, n), 0)).collect();
-        let mut failures: Vec<Option<SourceError>> = (0..self.partitions.len()).map(|_| None).collect();
+        let mut landings: Vec<(u32, u64)> = records
+            .iter()
+            .map(|(key, _, _)| (partition_for_key(key, n), 0))
+            .collect();
+        let mut failures: Vec<Option<SourceError>> =
+            (0..self.partitions.len()).map(|_| None).collect();
         for (index, partition) in self.partitions.iter().enumerate() {
             let index = index as u32;
             if !landings.iter().any(|(p, _)| *p == index) {
@@ -279,7 +375,9 @@ impl Topic {
 
     /// Offset after the last record of `partition` (0 for an unknown partition).
     pub fn end_offset(&self, partition: u32) -> u64 {
-        self.partitions.get(partition as usize).map_or(0, |p| p.end.load(Ordering::Acquire))
+        self.partitions
+            .get(partition as usize)
+            .map_or(0, |p| p.end.load(Ordering::Acquire))
     }
 
     /// Flushes and fsyncs every partition (nothing to do when read-only).
@@ -295,16 +393,32 @@ impl Topic {
         let p = self.partition(partition)?;
         let end = p.end.load(Ordering::Acquire);
         if from > end {
-            return Err(SourceError::Invalid(format!("offset {from} is beyond the end ({end}) of {}/{partition}", self.name)));
+            return Err(SourceError::Invalid(format!(
+                "offset {from} is beyond the end ({end}) of {}/{partition}",
+                self.name
+            )));
         }
-        Ok(LogReader { dir: p.dir.clone(), partition, end: p.end.clone(), segments: p.segments.clone(), position: from, current: None })
+        Ok(LogReader {
+            dir: p.dir.clone(),
+            partition,
+            end: p.end.clone(),
+            segments: p.segments.clone(),
+            position: from,
+            current: None,
+        })
     }
 }
 
 impl Log {
     /// Flushes and fsyncs every open topic.
     pub fn sync(&self) -> Result<(), SourceError> {
-        let topics: Vec<Arc<Topic>> = self.topics.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let topics: Vec<Arc<Topic>> = self
+            .topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         topics.iter().try_for_each(|t| t.sync())
     }
 }
@@ -345,12 +459,25 @@ impl crate::source::Appender for LogAppender {
     /// Appends at once (one lock and one write per partition) and reports
     /// each record landed, or failed with its partition's error (a failed
     /// partition's records are undone: see [`Topic::append_each`]).
-    fn enqueue(&self, topic: &str, records: &[(usize, &crate::source::Outgoing)], acks: &Arc<crate::source::Acks>) {
+    fn enqueue(
+        &self,
+        topic: &str,
+        records: &[(usize, &crate::source::Outgoing)],
+        acks: &Arc<crate::source::Acks>,
+    ) {
         let now = chrono::Utc::now().timestamp_millis();
-        let batch: Vec<(&[u8], &[u8], i64)> = records.iter().map(|(_, record)| (record.key.as_slice(), record.payload.as_slice(), now)).collect();
+        let batch: Vec<(&[u8], &[u8], i64)> = records
+            .iter()
+            .map(|(_, record)| (record.key.as_slice(), record.payload.as_slice(), now))
+            .collect();
         match self.log.topic(topic, self.partitions) {
-            Ok(topic) => records.iter().zip(topic.append_each(&batch)).for_each(|((slot, _), landing)| acks.report(*slot, landing)),
-            Err(error) => records.iter().for_each(|(slot, _)| acks.report(*slot, Err(error.to_string()))),
+            Ok(topic) => records
+                .iter()
+                .zip(topic.append_each(&batch))
+                .for_each(|((slot, _), landing)| acks.report(*slot, landing)),
+            Err(error) => records
+                .iter()
+                .for_each(|(slot, _)| acks.report(*slot, Err(error.to_string()))),
         }
     }
 
@@ -383,7 +510,13 @@ fn segment_bases(dir: &Path) -> Result<Vec<u64>, SourceError> {
     let mut bases: Vec<u64> = fs::read_dir(dir)
         .map_err(io(format!("listing {}", dir.display())))?
         .filter_map(|entry| entry.ok())
-        .filter_map(|entry| entry.file_name().to_str().and_then(|n| n.strip_suffix(".log")).and_then(|b| b.parse().ok()))
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|b| b.parse().ok())
+        })
         .collect();
     bases.sort_unstable();
     Ok(bases)
@@ -394,13 +527,17 @@ impl Partition {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let mut bases = segment_bases(dir)?;
         if bases.is_empty() {
-            File::create(segment_path(dir, 0)).map_err(io(format!("creating a segment in {}", dir.display())))?;
+            File::create(segment_path(dir, 0))
+                .map_err(io(format!("creating a segment in {}", dir.display())))?;
             bases.push(0);
         }
         let base = *bases.last().expect("one segment at least");
         let path = segment_path(dir, base);
         let (next_offset, valid_len) = recover(&path, base, partition)?;
-        let file = OpenOptions::new().append(true).open(&path).map_err(io(format!("opening {}", path.display())))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io(format!("opening {}", path.display())))?;
         // Writer and readers share the one list of segments.
         let segments = Arc::new(RwLock::new(bases));
         Ok(Partition {
@@ -412,7 +549,11 @@ impl Partition {
                 next_offset,
                 options,
                 segments: segments.clone(),
-                committed: Committed { base, size: valid_len, next_offset },
+                committed: Committed {
+                    base,
+                    size: valid_len,
+                    next_offset,
+                },
                 broken: None,
             })),
             end: Arc::new(AtomicU64::new(next_offset)),
@@ -437,14 +578,21 @@ impl Partition {
                 scan.next_offset
             }
         };
-        Ok(Partition { dir: dir.to_path_buf(), writer: None, end: Arc::new(AtomicU64::new(end)), segments: Arc::new(RwLock::new(bases)) })
+        Ok(Partition {
+            dir: dir.to_path_buf(),
+            writer: None,
+            end: Arc::new(AtomicU64::new(end)),
+            segments: Arc::new(RwLock::new(bases)),
+        })
     }
 }
 
 /// Fails with [`SourceError::Corrupt`] naming the file, byte and offset if a
 /// segment holds damage followed by valid records (not a torn tail).
 fn refuse_damage(scan: &SegmentScan) -> Result<(), SourceError> {
-    let Some(damage) = scan.damages.first() else { return Ok(()) };
+    let Some(damage) = scan.damages.first() else {
+        return Ok(());
+    };
     Err(SourceError::Corrupt {
         what: damage.location(),
         detail: format!(
@@ -468,8 +616,13 @@ fn recover(path: &Path, base: u64, partition: u32) -> Result<(u64, u64), SourceE
     if let Some(tail) = &scan.tail {
         valid = tail.byte;
         tracing::warn!(path = %path.display(), partition, offset = tail.offset, bytes_dropped = tail.bytes, detail = %tail.detail, "embedded log: truncating a torn tail");
-        let file = OpenOptions::new().write(true).open(path).map_err(io(format!("opening {}", path.display())))?;
-        file.set_len(valid).and_then(|_| file.sync_all()).map_err(io(format!("truncating {}", path.display())))?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io(format!("opening {}", path.display())))?;
+        file.set_len(valid)
+            .and_then(|_| file.sync_all())
+            .map_err(io(format!("truncating {}", path.display())))?;
     }
     Ok((scan.next_offset, valid))
 }
@@ -495,7 +648,12 @@ pub struct Damage {
 impl Damage {
     /// `<segment> at byte B (offset O)`: where an operator finds it.
     pub fn location(&self) -> String {
-        format!("{} at byte {} (offset {})", self.segment.display(), self.byte, self.offset)
+        format!(
+            "{} at byte {} (offset {})",
+            self.segment.display(),
+            self.byte,
+            self.offset
+        )
     }
 }
 
@@ -523,7 +681,15 @@ struct SegmentScan {
 /// below the one expected and not more than the damaged bytes could hold).
 fn scan_segment(path: &Path, base: u64) -> Result<SegmentScan, SourceError> {
     let bytes = fs::read(path).map_err(io(format!("reading {}", path.display())))?;
-    let mut scan = SegmentScan { len: bytes.len() as u64, bytes: Vec::new(), entries: 0, tombstones: 0, next_offset: base, damages: Vec::new(), tail: None };
+    let mut scan = SegmentScan {
+        len: bytes.len() as u64,
+        bytes: Vec::new(),
+        entries: 0,
+        tombstones: 0,
+        next_offset: base,
+        damages: Vec::new(),
+        tail: None,
+    };
     let mut at = 0usize;
     loop {
         let detail = match parse_entry(&bytes, at) {
@@ -535,11 +701,21 @@ fn scan_segment(path: &Path, base: u64) -> Result<SegmentScan, SourceError> {
                 scan.tombstones += u64::from(matches!(entry, Entry::Tombstone(_)));
                 continue;
             }
-            Ok(Some((entry, _))) => format!("a record with offset {} where offset {} belongs", entry.offset(), scan.next_offset),
+            Ok(Some((entry, _))) => format!(
+                "a record with offset {} where offset {} belongs",
+                entry.offset(),
+                scan.next_offset
+            ),
             Err(detail) => detail,
         };
-        let mut damage =
-            Damage { segment: path.to_path_buf(), byte: at as u64, bytes: (bytes.len() - at) as u64, offset: scan.next_offset, resumes_at: None, detail };
+        let mut damage = Damage {
+            segment: path.to_path_buf(),
+            byte: at as u64,
+            bytes: (bytes.len() - at) as u64,
+            offset: scan.next_offset,
+            resumes_at: None,
+            detail,
+        };
         match resync(&bytes, at, scan.next_offset) {
             Some((next, offset)) => {
                 damage.bytes = (next - at) as u64;
@@ -568,7 +744,11 @@ fn resync(bytes: &[u8], from: usize, expected: u64) -> Option<(usize, u64)> {
         if !(BODY_FIXED..=MAX_RECORD_BYTES).contains(&len) || at + HEADER + len > bytes.len() {
             return None;
         }
-        let offset = u64::from_le_bytes(bytes[at + HEADER..at + HEADER + 8].try_into().expect("8 bytes"));
+        let offset = u64::from_le_bytes(
+            bytes[at + HEADER..at + HEADER + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         let most = expected + ((at - from) / SMALLEST) as u64;
         if offset < expected || offset > most {
             return None;
@@ -626,7 +806,12 @@ fn decode_body(body: &[u8]) -> Result<Entry, String> {
         return Err(format!("key length {key_len} beyond the record"));
     }
     let key = (key_len >= 0).then(|| body[BODY_FIXED..key_end].to_vec());
-    Ok(Entry::Record(Record { offset, timestamp_ms, key, payload: body[key_end..].to_vec() }))
+    Ok(Entry::Record(Record {
+        offset,
+        timestamp_ms,
+        key,
+        payload: body[key_end..].to_vec(),
+    }))
 }
 
 /// Parses the entry at `bytes[at..]`: `Ok(None)` at the end, else the entry
@@ -645,7 +830,10 @@ fn parse_entry(bytes: &[u8], at: usize) -> Result<Option<(Entry, usize)>, String
         return Err(format!("impossible record length {len}"));
     }
     if rest.len() < HEADER + len {
-        return Err(format!("truncated record ({} of {len} bytes)", rest.len() - HEADER));
+        return Err(format!(
+            "truncated record ({} of {len} bytes)",
+            rest.len() - HEADER
+        ));
     }
     let body = &rest[HEADER..HEADER + len];
     if crc32fast::hash(body) != crc {
@@ -668,18 +856,28 @@ fn read_record(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Entr
     let mut header = [0u8; HEADER];
     match read_full(reader, &mut header) {
         Ok(0) => return Ok(None),
-        Ok(n) if n < HEADER => return Err(RecordError::Corrupt(format!("truncated header ({n} bytes)"))),
+        Ok(n) if n < HEADER => {
+            return Err(RecordError::Corrupt(format!(
+                "truncated header ({n} bytes)"
+            )))
+        }
         Ok(_) => {}
         Err(e) => return Err(RecordError::Io(e)),
     }
     let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     if !(BODY_FIXED..=MAX_RECORD_BYTES).contains(&len) {
-        return Err(RecordError::Corrupt(format!("impossible record length {len}")));
+        return Err(RecordError::Corrupt(format!(
+            "impossible record length {len}"
+        )));
     }
     body.resize(len, 0);
     match read_full(reader, body) {
-        Ok(n) if n < len => return Err(RecordError::Corrupt(format!("truncated record ({n} of {len} bytes)"))),
+        Ok(n) if n < len => {
+            return Err(RecordError::Corrupt(format!(
+                "truncated record ({n} of {len} bytes)"
+            )))
+        }
         Ok(_) => {}
         Err(e) => return Err(RecordError::Io(e)),
     }
@@ -735,7 +933,11 @@ impl Writer {
     /// (not even once the disk has room again and a later append flushes).
     /// If the undo itself fails the writer refuses every later append and
     /// the error says that the outcome is unknown.
-    fn transaction<T>(&mut self, end: &AtomicU64, append: impl FnOnce(&mut Writer) -> Result<T, SourceError>) -> Result<T, SourceError> {
+    fn transaction<T>(
+        &mut self,
+        end: &AtomicU64,
+        append: impl FnOnce(&mut Writer) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
         if let Some(why) = &self.broken {
             return Err(SourceError::Invalid(format!(
                 "{}: nothing is appended since a failed append could not be undone ({why}); restart stockflow (the start checks the tail)",
@@ -745,8 +947,17 @@ impl Writer {
         let done = append(self).and_then(|value| self.commit(end).map(|()| value));
         match done {
             Ok(value) => {
-                let base = *self.segments.read().unwrap_or_else(|p| p.into_inner()).last().expect("one segment at least");
-                self.committed = Committed { base, size: self.size, next_offset: self.next_offset };
+                let base = *self
+                    .segments
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last()
+                    .expect("one segment at least");
+                self.committed = Committed {
+                    base,
+                    size: self.size,
+                    next_offset: self.next_offset,
+                };
                 Ok(value)
             }
             Err(error) => match self.undo() {
@@ -762,12 +973,21 @@ impl Writer {
 
     /// Back to the last commit (see [`Writer::transaction`]).
     fn undo(&mut self) -> Result<(), SourceError> {
-        let Committed { base, size, next_offset } = self.committed;
+        let Committed {
+            base,
+            size,
+            next_offset,
+        } = self.committed;
         let what = |path: &Path| format!("undoing a failed append to {}", path.display());
         // Drop what is buffered, unwritten: a later flush must not write it.
         let path = segment_path(&self.dir, base);
-        let file = OpenOptions::new().append(true).open(&path).map_err(io(what(&path)))?;
-        let (_, _unwritten) = std::mem::replace(&mut self.file, BufWriter::with_capacity(256 << 10, file)).into_parts();
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io(what(&path)))?;
+        let (_, _unwritten) =
+            std::mem::replace(&mut self.file, BufWriter::with_capacity(256 << 10, file))
+                .into_parts();
         // Segments opened since the commit go; the commit's own is cut back.
         let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
         while segments.last().is_some_and(|last| *last > base) {
@@ -785,11 +1005,18 @@ impl Writer {
     }
 
     /// Buffers one record; visible to readers after [`Writer::commit`].
-    fn append(&mut self, key: Option<&[u8]>, payload: &[u8], timestamp_ms: i64) -> Result<u64, SourceError> {
+    fn append(
+        &mut self,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp_ms: i64,
+    ) -> Result<u64, SourceError> {
         let key_len = key.map_or(0, <[u8]>::len);
         let len = BODY_FIXED + key_len + payload.len();
         if len > MAX_RECORD_BYTES {
-            return Err(SourceError::Invalid(format!("record of {len} bytes exceeds the limit of {MAX_RECORD_BYTES}")));
+            return Err(SourceError::Invalid(format!(
+                "record of {len} bytes exceeds the limit of {MAX_RECORD_BYTES}"
+            )));
         }
         if self.size > 0 && self.size + (HEADER + len) as u64 > self.options.segment_bytes {
             self.roll()?;
@@ -804,8 +1031,12 @@ impl Writer {
         }
         body.extend_from_slice(payload);
         let what = || format!("appending to {}", self.dir.display());
-        self.file.write_all(&(len as u32).to_le_bytes()).map_err(io(what()))?;
-        self.file.write_all(&crc32fast::hash(&body).to_le_bytes()).map_err(io(what()))?;
+        self.file
+            .write_all(&(len as u32).to_le_bytes())
+            .map_err(io(what()))?;
+        self.file
+            .write_all(&crc32fast::hash(&body).to_le_bytes())
+            .map_err(io(what()))?;
         self.file.write_all(&body).map_err(io(what()))?;
         self.size += (HEADER + len) as u64;
         self.next_offset += 1;
@@ -814,26 +1045,41 @@ impl Writer {
 
     /// Writes buffered records through to the OS, then lets readers see them.
     fn commit(&mut self, end: &AtomicU64) -> Result<(), SourceError> {
-        self.file.flush().map_err(io(format!("flushing {}", self.dir.display())))?;
+        self.file
+            .flush()
+            .map_err(io(format!("flushing {}", self.dir.display())))?;
         if self.options.fsync_every_append {
-            self.file.get_ref().sync_data().map_err(io(format!("syncing {}", self.dir.display())))?;
+            self.file
+                .get_ref()
+                .sync_data()
+                .map_err(io(format!("syncing {}", self.dir.display())))?;
         }
         end.store(self.next_offset, Ordering::Release);
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), SourceError> {
-        self.file.flush().and_then(|_| self.file.get_ref().sync_data()).map_err(io(format!("syncing {}", self.dir.display())))
+        self.file
+            .flush()
+            .and_then(|_| self.file.get_ref().sync_data())
+            .map_err(io(format!("syncing {}", self.dir.display())))
     }
 
     /// Closes the active segment (fsynced) and starts one at the next offset.
     fn roll(&mut self) -> Result<(), SourceError> {
         self.sync()?;
         let path = segment_path(&self.dir, self.next_offset);
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io(format!("creating {}", path.display())))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(format!("creating {}", path.display())))?;
         self.file = BufWriter::with_capacity(256 << 10, file);
         self.size = 0;
-        self.segments.write().unwrap_or_else(|p| p.into_inner()).push(self.next_offset);
+        self.segments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.next_offset);
         Ok(())
     }
 }
@@ -867,8 +1113,15 @@ impl LogReader {
             match read_record(&mut reader, &mut body) {
                 Ok(Some(_)) => at += 1, // a record or a tombstone: each holds one offset
                 Ok(None) => break,
-                Err(RecordError::Io(e)) => return Err(io(format!("reading {}", path.display()))(e)),
-                Err(RecordError::Corrupt(detail)) => return Err(SourceError::Corrupt { what: format!("{} at offset {at}", path.display()), detail }),
+                Err(RecordError::Io(e)) => {
+                    return Err(io(format!("reading {}", path.display()))(e))
+                }
+                Err(RecordError::Corrupt(detail)) => {
+                    return Err(SourceError::Corrupt {
+                        what: format!("{} at offset {at}", path.display()),
+                        detail,
+                    })
+                }
             }
         }
         self.current = Some((base, reader, at));
@@ -886,7 +1139,11 @@ impl PartitionReader for LogReader {
         let mut count = 0;
         let mut body = Vec::new();
         while count < max && self.position < end {
-            if self.current.as_ref().is_none_or(|(_, _, at)| *at != self.position) {
+            if self
+                .current
+                .as_ref()
+                .is_none_or(|(_, _, at)| *at != self.position)
+            {
                 self.open_segment()?;
             }
             let (base, reader, at) = self.current.as_mut().expect("segment open");
@@ -896,7 +1153,11 @@ impl PartitionReader for LogReader {
                     if entry.offset() != self.position {
                         return Err(SourceError::Corrupt {
                             what: path().display().to_string(),
-                            detail: format!("expected offset {}, found {}", self.position, entry.offset()),
+                            detail: format!(
+                                "expected offset {}, found {}",
+                                self.position,
+                                entry.offset()
+                            ),
                         });
                     }
                     *at += 1;
@@ -909,18 +1170,30 @@ impl PartitionReader for LogReader {
                 }
                 Ok(None) => {
                     // End of this segment: the next one starts at `position`.
-                    let next_exists = self.segments.read().unwrap_or_else(|p| p.into_inner()).contains(&self.position);
+                    let next_exists = self
+                        .segments
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&self.position);
                     if !next_exists {
                         return Err(SourceError::Corrupt {
                             what: path().display().to_string(),
-                            detail: format!("ends before offset {} that the log holds", self.position),
+                            detail: format!(
+                                "ends before offset {} that the log holds",
+                                self.position
+                            ),
                         });
                     }
                     self.current = None;
                 }
-                Err(RecordError::Io(e)) => return Err(io(format!("reading {}", path().display()))(e)),
+                Err(RecordError::Io(e)) => {
+                    return Err(io(format!("reading {}", path().display()))(e))
+                }
                 Err(RecordError::Corrupt(detail)) => {
-                    return Err(SourceError::Corrupt { what: format!("{} at offset {}", path().display(), self.position), detail })
+                    return Err(SourceError::Corrupt {
+                        what: format!("{} at offset {}", path().display(), self.position),
+                        detail,
+                    })
                 }
             }
         }
@@ -953,25 +1226,60 @@ mod tests {
     async fn an_append_that_failed_for_want_of_space_is_undone_and_never_read() {
         use rustix::process::{getrlimit, setrlimit, Resource, Rlimit, Signal};
         // A handler, so that SIGXFSZ does not end the test's process (it runs in one of its own under nextest).
-        let _handled = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(Signal::XFSZ.as_raw())).unwrap();
+        let _handled = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(
+            Signal::XFSZ.as_raw(),
+        ))
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let payloads = |topic: &Topic| -> Vec<String> { read_all(topic, 0, 0).iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect() };
+        let payloads = |topic: &Topic| -> Vec<String> {
+            read_all(topic, 0, 0)
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+                .collect()
+        };
         let mut expected: Vec<String> = (0..10).map(|i| format!("ok {i}")).collect();
         {
-            let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 4096, fsync_every_append: false }).unwrap();
+            let log = Log::open_with(
+                dir.path(),
+                LogOptions {
+                    segment_bytes: 4096,
+                    fsync_every_append: false,
+                },
+            )
+            .unwrap();
             let topic = log.topic("t", 1).unwrap();
             for (i, payload) in expected.iter().enumerate() {
-                topic.append_to(0, b"k", payload.as_bytes(), i as i64).unwrap();
+                topic
+                    .append_to(0, b"k", payload.as_bytes(), i as i64)
+                    .unwrap();
             }
-            let written: u64 = fs::read_dir(dir.path().join("t/0")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+            let written: u64 = fs::read_dir(dir.path().join("t/0"))
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
             let limit = getrlimit(Resource::Fsize);
-            setrlimit(Resource::Fsize, Rlimit { current: Some(written + 10), maximum: limit.maximum }).unwrap();
+            setrlimit(
+                Resource::Fsize,
+                Rlimit {
+                    current: Some(written + 10),
+                    maximum: limit.maximum,
+                },
+            )
+            .unwrap();
             let big = vec![b'x'; 1000];
-            assert!(topic.append_to(0, b"k", &big, 99).is_err(), "no room for it");
+            assert!(
+                topic.append_to(0, b"k", &big, 99).is_err(),
+                "no room for it"
+            );
             // A batch that rolls into a new segment on the way, then fails.
-            let batch: Vec<(&[u8], &[u8], i64)> = (0..6).map(|i| (&b"k"[..], &big[..], i)).collect();
+            let batch: Vec<(&[u8], &[u8], i64)> =
+                (0..6).map(|i| (&b"k"[..], &big[..], i)).collect();
             assert!(topic.append_batch(&batch).is_err(), "no room for them");
-            assert_eq!(topic.end_offset(0), 10, "nothing of the failed appends is visible");
+            assert_eq!(
+                topic.end_offset(0),
+                10,
+                "nothing of the failed appends is visible"
+            );
 
             // Two partitions, one with room and one without: each record is told its own outcome.
             let two = log.topic("two", 2).unwrap();
@@ -983,19 +1291,41 @@ mod tests {
             setrlimit(Resource::Fsize, limit).unwrap();
             two.append(full_key, &vec![b'y'; 3000], 0).unwrap();
             two.append(roomy_key, b"small", 0).unwrap();
-            setrlimit(Resource::Fsize, Rlimit { current: Some(1000), maximum: limit.maximum }).unwrap();
-            let outcomes = two.append_each(&[(full_key, &b"to the full one"[..], 1), (roomy_key, &b"to the roomy one"[..], 1)]);
+            setrlimit(
+                Resource::Fsize,
+                Rlimit {
+                    current: Some(1000),
+                    maximum: limit.maximum,
+                },
+            )
+            .unwrap();
+            let outcomes = two.append_each(&[
+                (full_key, &b"to the full one"[..], 1),
+                (roomy_key, &b"to the roomy one"[..], 1),
+            ]);
             assert!(outcomes[0].is_err(), "{outcomes:?}");
-            assert_eq!(outcomes[1], Ok((partition_for_key(roomy_key, 2), 1)), "the other partition's record landed and says so");
+            assert_eq!(
+                outcomes[1],
+                Ok((partition_for_key(roomy_key, 2), 1)),
+                "the other partition's record landed and says so"
+            );
             setrlimit(Resource::Fsize, limit).unwrap();
 
             // Room again: the next append takes the next offset, and the failed ones never appear.
-            assert_eq!(topic.append_to(0, b"k", b"after", 100).unwrap(), 10, "the failed records took no offset");
+            assert_eq!(
+                topic.append_to(0, b"k", b"after", 100).unwrap(),
+                10,
+                "the failed records took no offset"
+            );
             expected.push("after".into());
             assert_eq!(payloads(&topic), expected);
         }
         let log = Log::open(dir.path()).unwrap();
-        assert_eq!(payloads(&log.topic("t", 1).unwrap()), expected, "nor after a restart");
+        assert_eq!(
+            payloads(&log.topic("t", 1).unwrap()),
+            expected,
+            "nor after a restart"
+        );
     }
 
     #[test]
@@ -1003,11 +1333,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut written = Vec::new();
         {
-            let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 300, fsync_every_append: false }).unwrap();
+            let log = Log::open_with(
+                dir.path(),
+                LogOptions {
+                    segment_bytes: 300,
+                    fsync_every_append: false,
+                },
+            )
+            .unwrap();
             let topic = log.topic("t", 3).unwrap();
             for i in 0..50 {
                 let key = format!("k{}", i % 7);
-                written.push((topic.append(key.as_bytes(), format!("payload {i}").as_bytes(), i).unwrap(), key, i));
+                written.push((
+                    topic
+                        .append(key.as_bytes(), format!("payload {i}").as_bytes(), i)
+                        .unwrap(),
+                    key,
+                    i,
+                ));
             }
         }
         let log = Log::open(dir.path()).unwrap();
@@ -1016,29 +1359,54 @@ mod tests {
         for ((partition, offset), key, i) in written {
             let record = &read_all(&topic, partition, offset)[0];
             assert_eq!(
-                (record.offset, record.key.as_deref(), record.payload.as_slice(), record.timestamp_ms),
-                (offset, Some(key.as_bytes()), format!("payload {i}").as_bytes(), i)
+                (
+                    record.offset,
+                    record.key.as_deref(),
+                    record.payload.as_slice(),
+                    record.timestamp_ms
+                ),
+                (
+                    offset,
+                    Some(key.as_bytes()),
+                    format!("payload {i}").as_bytes(),
+                    i
+                )
             );
         }
         let next = topic.append_to(0, b"k", b"after restart", 0).unwrap();
         assert_eq!(next, topic.end_offset(0) - 1);
-        assert!(fs::read_dir(dir.path().join("t/0")).unwrap().count() >= 2, "tiny segments rolled");
+        assert!(
+            fs::read_dir(dir.path().join("t/0")).unwrap().count() >= 2,
+            "tiny segments rolled"
+        );
     }
 
     #[test]
     fn reads_from_the_middle_across_segments_and_tails_new_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 200, fsync_every_append: false }).unwrap();
+        let log = Log::open_with(
+            dir.path(),
+            LogOptions {
+                segment_bytes: 200,
+                fsync_every_append: false,
+            },
+        )
+        .unwrap();
         let topic = log.topic("t", 1).unwrap();
         for i in 0..30 {
-            topic.append_to(0, b"k", format!("{i:03}").as_bytes(), 0).unwrap();
+            topic
+                .append_to(0, b"k", format!("{i:03}").as_bytes(), 0)
+                .unwrap();
         }
         let bases = topic.partitions[0].segments.read().unwrap().clone();
         assert!(bases.len() > 3);
         for from in [0, 13, bases[2], 29, 30] {
             let records = read_all(&topic, 0, from);
             assert_eq!(records.len() as u64, 30 - from, "from {from}");
-            assert!(records.iter().zip(from..).all(|(r, o)| r.offset == o && r.payload == format!("{o:03}").as_bytes()));
+            assert!(records
+                .iter()
+                .zip(from..)
+                .all(|(r, o)| r.offset == o && r.payload == format!("{o:03}").as_bytes()));
         }
         let mut tail = topic.reader(0, 30).unwrap();
         let mut out = Vec::new();
@@ -1059,7 +1427,12 @@ mod tests {
             }),
             ("cut mid-record", |p| {
                 let len = fs::metadata(p).unwrap().len();
-                OpenOptions::new().write(true).open(p).unwrap().set_len(len - 5).unwrap();
+                OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(len - 5)
+                    .unwrap();
             }),
             ("flipped byte in the last record", |p| {
                 let mut bytes = fs::read(p).unwrap();
@@ -1074,7 +1447,9 @@ mod tests {
                 let log = Log::open(dir.path()).unwrap();
                 let topic = log.topic("t", 1).unwrap();
                 for i in 0..5 {
-                    topic.append_to(0, b"k", format!("r{i}").as_bytes(), 0).unwrap();
+                    topic
+                        .append_to(0, b"k", format!("r{i}").as_bytes(), 0)
+                        .unwrap();
                 }
             }
             damage(&segment_path(&dir.path().join("t/0"), 0));
@@ -1083,8 +1458,18 @@ mod tests {
             let records = read_all(&topic, 0, 0);
             let expected = if name == "garbage appended" { 5 } else { 4 };
             assert_eq!(records.len(), expected, "{name}");
-            assert!(records.iter().enumerate().all(|(i, r)| r.payload == format!("r{i}").as_bytes()), "{name}");
-            assert_eq!(topic.append_to(0, b"k", b"next", 0).unwrap(), expected as u64, "{name}: offsets stay dense");
+            assert!(
+                records
+                    .iter()
+                    .enumerate()
+                    .all(|(i, r)| r.payload == format!("r{i}").as_bytes()),
+                "{name}"
+            );
+            assert_eq!(
+                topic.append_to(0, b"k", b"next", 0).unwrap(),
+                expected as u64,
+                "{name}: offsets stay dense"
+            );
             assert_eq!(read_all(&topic, 0, 0).len(), expected + 1, "{name}");
         }
     }
@@ -1092,7 +1477,14 @@ mod tests {
     #[test]
     fn a_reader_tails_a_concurrent_writer_without_gaps() {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open_with(dir.path(), LogOptions { segment_bytes: 4096, fsync_every_append: false }).unwrap();
+        let log = Log::open_with(
+            dir.path(),
+            LogOptions {
+                segment_bytes: 4096,
+                fsync_every_append: false,
+            },
+        )
+        .unwrap();
         let topic = log.topic("t", 1).unwrap();
         let writer = {
             let topic = topic.clone();
@@ -1110,7 +1502,10 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(seen.len(), 10_000);
-        assert!(seen.iter().enumerate().all(|(i, r)| r.offset == i as u64 && r.payload == (i as u32).to_le_bytes()));
+        assert!(seen
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.offset == i as u64 && r.payload == (i as u32).to_le_bytes()));
     }
 
     #[test]
@@ -1120,8 +1515,15 @@ mod tests {
         assert!(matches!(log.topic("a/b", 1), Err(SourceError::Invalid(_))));
         assert!(matches!(log.topic("..", 1), Err(SourceError::Invalid(_))));
         assert!(log.existing_topic("nope").unwrap().is_none());
-        let batch = log.topic("t", 2).unwrap().append_batch(&[(b"a", b"1", 0), (b"b", b"2", 0), (b"a", b"3", 0)]).unwrap();
+        let batch = log
+            .topic("t", 2)
+            .unwrap()
+            .append_batch(&[(b"a", b"1", 0), (b"b", b"2", 0), (b"a", b"3", 0)])
+            .unwrap();
         assert_eq!(batch[0].0, batch[2].0, "one key, one partition");
-        assert!(batch[2].1 > batch[0].1, "later in the batch, later in the partition");
+        assert!(
+            batch[2].1 > batch[0].1,
+            "later in the batch, later in the partition"
+        );
     }
 }

@@ -40,7 +40,11 @@ pub struct KafkaSettings {
 impl KafkaSettings {
     /// Settings for `brokers` under `group_id`, with no producer options.
     pub fn new(brokers: impl Into<String>, group_id: impl Into<String>) -> KafkaSettings {
-        KafkaSettings { brokers: brokers.into(), group_id: group_id.into(), producer_options: Vec::new() }
+        KafkaSettings {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            producer_options: Vec::new(),
+        }
     }
 }
 
@@ -85,7 +89,10 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
 
 fn broker(what: impl Into<String>) -> impl FnOnce(KafkaError) -> SourceError {
     let what = what.into();
-    move |error| SourceError::Broker { what, detail: error.to_string() }
+    move |error| SourceError::Broker {
+        what,
+        detail: error.to_string(),
+    }
 }
 
 /// One Kafka topic, read partition by partition.
@@ -100,18 +107,38 @@ pub struct KafkaTopic {
 impl KafkaTopic {
     /// Looks the topic up; fails if the cluster cannot be reached or the topic does not exist.
     pub fn open(settings: &KafkaSettings, name: &str) -> Result<KafkaTopic, SourceError> {
-        let consumer: BaseConsumer = client_config(settings).create().map_err(broker("creating a Kafka consumer"))?;
-        let metadata =
-            consumer.fetch_metadata(Some(name), REQUEST_TIMEOUT).map_err(broker(format!("fetching metadata of {name} from {}", settings.brokers)))?;
-        let topic = metadata.topics().iter().find(|t| t.name() == name).ok_or_else(|| SourceError::NotFound(format!("topic {name}")))?;
+        let consumer: BaseConsumer = client_config(settings)
+            .create()
+            .map_err(broker("creating a Kafka consumer"))?;
+        let metadata = consumer
+            .fetch_metadata(Some(name), REQUEST_TIMEOUT)
+            .map_err(broker(format!(
+                "fetching metadata of {name} from {}",
+                settings.brokers
+            )))?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| SourceError::NotFound(format!("topic {name}")))?;
         if let Some(error) = topic.error() {
-            return Err(SourceError::NotFound(format!("topic {name}: {:?}", RDKafkaErrorCode::from(error))));
+            return Err(SourceError::NotFound(format!(
+                "topic {name}: {:?}",
+                RDKafkaErrorCode::from(error)
+            )));
         }
         if topic.partitions().is_empty() {
-            return Err(SourceError::NotFound(format!("topic {name} has no partitions")));
+            return Err(SourceError::NotFound(format!(
+                "topic {name} has no partitions"
+            )));
         }
         let partitions = topic.partitions().len() as u32;
-        Ok(KafkaTopic { settings: settings.clone(), name: name.to_owned(), partitions, metadata: consumer })
+        Ok(KafkaTopic {
+            settings: settings.clone(),
+            name: name.to_owned(),
+            partitions,
+            metadata: consumer,
+        })
     }
 
     /// The first offset a partition holds and the offset after its last message.
@@ -119,7 +146,10 @@ impl KafkaTopic {
         let (low, high) = self
             .metadata
             .fetch_watermarks(&self.name, partition as i32, REQUEST_TIMEOUT)
-            .map_err(broker(format!("fetching the watermarks of {}/{partition}", self.name)))?;
+            .map_err(broker(format!(
+                "fetching the watermarks of {}/{partition}",
+                self.name
+            )))?;
         Ok((low.max(0) as u64, high.max(0) as u64))
     }
 }
@@ -134,13 +164,23 @@ impl Source for KafkaTopic {
     }
 
     fn reader(&self, partition: u32, from: u64) -> Result<Box<dyn PartitionReader>, SourceError> {
-        let consumer: BaseConsumer = client_config(&self.settings).create().map_err(broker("creating a Kafka consumer"))?;
+        let consumer: BaseConsumer = client_config(&self.settings)
+            .create()
+            .map_err(broker("creating a Kafka consumer"))?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&self.name, partition as i32, Offset::Offset(from as i64))
             .map_err(broker(format!("assigning {}/{partition}", self.name)))?;
-        consumer.assign(&assignment).map_err(broker(format!("assigning {}/{partition}", self.name)))?;
-        Ok(Box::new(KafkaReader { consumer, topic: self.name.clone(), partition, position: from, end: Cell::new((from, None)) }))
+        consumer
+            .assign(&assignment)
+            .map_err(broker(format!("assigning {}/{partition}", self.name)))?;
+        Ok(Box::new(KafkaReader {
+            consumer,
+            topic: self.name.clone(),
+            partition,
+            position: from,
+            end: Cell::new((from, None)),
+        }))
     }
 
     fn end_offset(&self, partition: u32) -> Result<u64, SourceError> {
@@ -158,14 +198,27 @@ impl Source for KafkaTopic {
                 .map_err(broker(format!("committing {}/{partition}", self.name)))?;
         }
         // Synchronous: the caller is the engine's committer thread, never a reader.
-        self.metadata.commit(&list, CommitMode::Sync).map_err(broker(format!("committing offsets of {} under group {}", self.name, self.settings.group_id)))
+        self.metadata
+            .commit(&list, CommitMode::Sync)
+            .map_err(broker(format!(
+                "committing offsets of {} under group {}",
+                self.name, self.settings.group_id
+            )))
     }
 
     fn stored_offset(&self, partition: u32) -> Result<Option<u64>, SourceError> {
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.name, partition as i32);
-        let what = || format!("reading the committed offset of {}/{partition} for group {}", self.name, self.settings.group_id);
-        let committed = self.metadata.committed_offsets(list, REQUEST_TIMEOUT).map_err(broker(what()))?;
+        let what = || {
+            format!(
+                "reading the committed offset of {}/{partition} for group {}",
+                self.name, self.settings.group_id
+            )
+        };
+        let committed = self
+            .metadata
+            .committed_offsets(list, REQUEST_TIMEOUT)
+            .map_err(broker(what()))?;
         let element = committed.find_partition(&self.name, partition as i32);
         Ok(element.and_then(|e| match e.offset() {
             Offset::Offset(offset) if offset >= 0 => Some(offset as u64),
@@ -219,7 +272,9 @@ impl PartitionReader for KafkaReader {
         }
         match last_error {
             // Only errors, no message: the partition cannot be read right now.
-            Some(error) if count == 0 => Err(broker(format!("reading {}/{}", self.topic, self.partition))(error)),
+            Some(error) if count == 0 => {
+                Err(broker(format!("reading {}/{}", self.topic, self.partition))(error))
+            }
             // Messages came after (or between) errors: the connection works.
             _ => Ok(count),
         }
@@ -240,7 +295,10 @@ impl PartitionReader for KafkaReader {
         let (_low, high) = self
             .consumer
             .fetch_watermarks(&self.topic, self.partition as i32, WATERMARK_TIMEOUT)
-            .map_err(broker(format!("fetching the watermarks of {}/{}", self.topic, self.partition)))?;
+            .map_err(broker(format!(
+                "fetching the watermarks of {}/{}",
+                self.topic, self.partition
+            )))?;
         // Some brokers (Tansu) under-report; never report less than what was read.
         let end = (high.max(0) as u64).max(self.position);
         self.end.set((end, Some(Instant::now())));
@@ -249,18 +307,37 @@ impl PartitionReader for KafkaReader {
 }
 
 /// Creates the topics that are missing, with `partitions` partitions each.
-pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String], partitions: u32) -> Result<(), SourceError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(settings).create().map_err(broker("creating a Kafka admin client"))?;
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(1))).collect();
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    topics: &[String],
+    partitions: u32,
+) -> Result<(), SourceError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(settings)
+        .create()
+        .map_err(broker("creating a Kafka admin client"))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions as i32, TopicReplication::Fixed(1)))
+        .collect();
     let results = admin
-        .create_topics(new.iter(), &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)).request_timeout(Some(REQUEST_TIMEOUT)))
+        .create_topics(
+            new.iter(),
+            &AdminOptions::new()
+                .operation_timeout(Some(REQUEST_TIMEOUT))
+                .request_timeout(Some(REQUEST_TIMEOUT)),
+        )
         .await
         .map_err(broker("creating topics"))?;
     for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(SourceError::Broker { what: format!("creating topic {topic}"), detail: format!("{code:?}") }),
+            Err((topic, code)) => {
+                return Err(SourceError::Broker {
+                    what: format!("creating topic {topic}"),
+                    detail: format!("{code:?}"),
+                })
+            }
         }
     }
     Ok(())
@@ -337,7 +414,9 @@ fn producer_config(settings: &KafkaSettings, delivery: Delivery) -> ClientConfig
     match delivery {
         Delivery::UntilAcknowledged => config.set("message.timeout.ms", "0"),
         // Commands are small and a request waits for each: send at once.
-        Delivery::Bounded => config.set("message.timeout.ms", "10000").set("linger.ms", "0"),
+        Delivery::Bounded => config
+            .set("message.timeout.ms", "10000")
+            .set("linger.ms", "0"),
     };
     for (key, value) in &settings.producer_options {
         config.set(key, value);
@@ -351,8 +430,14 @@ const FULL_QUEUE_GRACE: Duration = Duration::from_secs(5);
 
 impl KafkaProducer {
     /// A producer for `delivery`; `shutdown` ends waits on a full queue.
-    pub fn new(settings: &KafkaSettings, delivery: Delivery, shutdown: Shutdown) -> Result<KafkaProducer, SourceError> {
-        let producer = producer_config(settings, delivery).create_with_context(Reports).map_err(broker("creating the Kafka producer"))?;
+    pub fn new(
+        settings: &KafkaSettings,
+        delivery: Delivery,
+        shutdown: Shutdown,
+    ) -> Result<KafkaProducer, SourceError> {
+        let producer = producer_config(settings, delivery)
+            .create_with_context(Reports)
+            .map_err(broker("creating the Kafka producer"))?;
         Ok(KafkaProducer { producer, shutdown })
     }
 }
@@ -362,9 +447,14 @@ impl super::Appender for KafkaProducer {
         for &(slot, record) in records {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
-                headers = headers.insert(Header { key, value: Some(value.as_slice()) });
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value.as_slice()),
+                });
             }
-            let mut message = BaseRecord::with_opaque_to(topic, Box::new((acks.clone(), slot))).key(record.key.as_slice()).payload(record.payload.as_slice());
+            let mut message = BaseRecord::with_opaque_to(topic, Box::new((acks.clone(), slot)))
+                .key(record.key.as_slice())
+                .payload(record.payload.as_slice());
             if !record.headers.is_empty() {
                 message = message.headers(headers);
             }
@@ -379,7 +469,10 @@ impl super::Appender for KafkaProducer {
                         let since = *full_since.get_or_insert_with(Instant::now);
                         if self.shutdown.is_triggered() && since.elapsed() > FULL_QUEUE_GRACE {
                             let (acks, slot) = *returned.delivery_opaque;
-                            acks.report(slot, Err("the producer's queue stayed full until shutdown".into()));
+                            acks.report(
+                                slot,
+                                Err("the producer's queue stayed full until shutdown".into()),
+                            );
                             break;
                         }
                         std::thread::sleep(pause);
@@ -412,5 +505,9 @@ impl Drop for KafkaProducer {
 /// Reads a header of a message as text (for tests and tools).
 pub fn header_text<M: Message>(message: &M, key: &str) -> Option<String> {
     let headers = message.headers()?;
-    headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }

@@ -28,7 +28,11 @@ pub struct Outgoing {
 impl Outgoing {
     /// A record with a key and a payload, no headers.
     pub fn new(key: impl Into<Vec<u8>>, payload: impl Into<Vec<u8>>) -> Outgoing {
-        Outgoing { key: key.into(), payload: payload.into(), headers: Vec::new() }
+        Outgoing {
+            key: key.into(),
+            payload: payload.into(),
+            headers: Vec::new(),
+        }
     }
 
     /// The record a dead letter becomes. With `headers` (Kafka) the message is
@@ -44,10 +48,20 @@ impl Outgoing {
                 ("stockflow-error", letter.reason.as_bytes().to_vec()),
                 ("stockflow-error-class", letter.class.as_bytes().to_vec()),
                 ("stockflow-source-topic", letter.topic.as_bytes().to_vec()),
-                ("stockflow-source-partition", letter.partition.to_string().into_bytes()),
-                ("stockflow-source-offset", letter.record.offset.to_string().into_bytes()),
+                (
+                    "stockflow-source-partition",
+                    letter.partition.to_string().into_bytes(),
+                ),
+                (
+                    "stockflow-source-offset",
+                    letter.record.offset.to_string().into_bytes(),
+                ),
             ];
-            return Outgoing { key, payload: letter.record.payload.clone(), headers };
+            return Outgoing {
+                key,
+                payload: letter.record.payload.clone(),
+                headers,
+            };
         }
         let envelope = serde_json::json!({
             "error": letter.reason,
@@ -58,7 +72,11 @@ impl Outgoing {
             "key": letter.record.key.as_deref().map(String::from_utf8_lossy),
             "payload": String::from_utf8_lossy(&letter.record.payload),
         });
-        Outgoing { key, payload: envelope.to_string().into_bytes(), headers: Vec::new() }
+        Outgoing {
+            key,
+            payload: envelope.to_string().into_bytes(),
+            headers: Vec::new(),
+        }
     }
 }
 
@@ -109,7 +127,9 @@ impl Acks {
     fn queue(&self, slot: usize) {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.landings.len() <= slot {
-            slots.landings.resize(slot + 1, Landing::Failed(String::new()));
+            slots
+                .landings
+                .resize(slot + 1, Landing::Failed(String::new()));
         }
         slots.landings[slot] = Landing::Queued;
         slots.queued += 1;
@@ -118,7 +138,10 @@ impl Acks {
     /// Waits up to `timeout` for every queued slot to be reported; true when none is left.
     fn wait(&self, timeout: Duration) -> bool {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let (slots, _) = self.reported.wait_timeout_while(slots, timeout, |slots| slots.queued > 0).unwrap_or_else(|p| p.into_inner());
+        let (slots, _) = self
+            .reported
+            .wait_timeout_while(slots, timeout, |slots| slots.queued > 0)
+            .unwrap_or_else(|p| p.into_inner());
         slots.queued == 0
     }
 
@@ -173,7 +196,13 @@ pub struct LogOnly;
 
 impl Watch for LogOnly {
     fn failed(&self, topic: &str, failed: usize, error: &str, retry_in: Duration) {
-        tracing::warn!(topic, failed, error, retry_in_ms = retry_in.as_millis() as u64, "records not acknowledged; sending them again");
+        tracing::warn!(
+            topic,
+            failed,
+            error,
+            retry_in_ms = retry_in.as_millis() as u64,
+            "records not acknowledged; sending them again"
+        );
     }
     fn waiting(&self, _why: Option<String>) {}
 }
@@ -196,7 +225,13 @@ const REPORT_WAIT_AFTER: Duration = Duration::from_secs(1);
 impl Outbox {
     /// An empty outbox writing through `appender`.
     pub fn new(appender: Arc<dyn Appender>) -> Outbox {
-        Outbox { appender, topics: Vec::new(), records: Vec::new(), unsent: 0, acks: Arc::default() }
+        Outbox {
+            appender,
+            topics: Vec::new(),
+            records: Vec::new(),
+            unsent: 0,
+            acks: Arc::default(),
+        }
     }
 
     /// Whether the appender's log carries headers (see [`Outgoing::dead_letter`]).
@@ -246,8 +281,11 @@ impl Outbox {
         }
         // One call per topic, in slot order within it.
         for (index, topic) in self.topics.iter().enumerate() {
-            let batch: Vec<(usize, &Outgoing)> =
-                slots.iter().filter(|&&slot| self.records[slot].0 == index).map(|&slot| (slot, &self.records[slot].1)).collect();
+            let batch: Vec<(usize, &Outgoing)> = slots
+                .iter()
+                .filter(|&&slot| self.records[slot].0 == index)
+                .map(|&slot| (slot, &self.records[slot].1))
+                .collect();
             if !batch.is_empty() {
                 self.appender.enqueue(topic, &batch, &self.acks);
             }
@@ -259,7 +297,11 @@ impl Outbox {
     /// sent again (only those) with backoff. Returns each record's
     /// `(partition, offset)` in push order and empties the outbox; with
     /// [`Patience::Once`], a failed record's slot holds its error.
-    pub fn settle(&mut self, patience: Patience<'_>, watch: &dyn Watch) -> Result<Landings, Unacknowledged> {
+    pub fn settle(
+        &mut self,
+        patience: Patience<'_>,
+        watch: &dyn Watch,
+    ) -> Result<Landings, Unacknowledged> {
         self.send();
         let started = Instant::now();
         let mut attempts = 0u32;
@@ -300,7 +342,10 @@ impl Outbox {
                         attempts += 1;
                         let backoff = Duration::from_millis(100u64 << attempts.min(5));
                         for (index, topic) in self.topics.iter().enumerate() {
-                            let count = failed.iter().filter(|&&slot| self.records[slot].0 == index).count();
+                            let count = failed
+                                .iter()
+                                .filter(|&&slot| self.records[slot].0 == index)
+                                .count();
                             if count > 0 {
                                 watch.failed(topic, count, &error, backoff);
                             }
@@ -322,14 +367,31 @@ impl Outbox {
                 if shutdown.is_triggered() {
                     let since = *stopping_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > SHUTDOWN_GRACE {
-                        let queued = self.acks.slots.lock().unwrap_or_else(|p| p.into_inner()).queued;
-                        break Err(self.unacknowledged(queued, "shutdown came first; their delivery is unknown".into()));
+                        let queued = self
+                            .acks
+                            .slots
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .queued;
+                        break Err(self.unacknowledged(
+                            queued,
+                            "shutdown came first; their delivery is unknown".into(),
+                        ));
                     }
                 }
             }
             if started.elapsed() > REPORT_WAIT_AFTER {
-                let queued = self.acks.slots.lock().unwrap_or_else(|p| p.into_inner()).queued;
-                watch.waiting(Some(format!("waiting {:.0?} for the acknowledgement of {queued} records to {}", started.elapsed(), self.topics.join(", "))));
+                let queued = self
+                    .acks
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .queued;
+                watch.waiting(Some(format!(
+                    "waiting {:.0?} for the acknowledgement of {queued} records to {}",
+                    started.elapsed(),
+                    self.topics.join(", ")
+                )));
                 reported_wait = true;
             }
         };
@@ -344,7 +406,12 @@ impl Outbox {
     }
 
     fn unacknowledged(&self, unacknowledged: usize, detail: String) -> Unacknowledged {
-        Unacknowledged { unacknowledged, total: self.records.len(), topics: self.topics.join(", "), detail }
+        Unacknowledged {
+            unacknowledged,
+            total: self.records.len(),
+            topics: self.topics.join(", "),
+            detail,
+        }
     }
 }
 
@@ -362,6 +429,9 @@ fn sleep_unless(shutdown: &Shutdown, duration: Duration) {
 
 impl From<Unacknowledged> for SourceError {
     fn from(error: Unacknowledged) -> SourceError {
-        SourceError::Broker { what: format!("appending to {}", error.topics), detail: error.to_string() }
+        SourceError::Broker {
+            what: format!("appending to {}", error.topics),
+            detail: error.to_string(),
+        }
     }
 }

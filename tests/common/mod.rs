@@ -33,29 +33,52 @@ pub struct Client {
 
 impl Client {
     pub fn new(running: &Running) -> Client {
-        let http = reqwest::Client::builder().connect_timeout(PATIENCE).read_timeout(PATIENCE).build().expect("an HTTP client");
-        Client { http, base: format!("http://{}", running.addr) }
+        let http = reqwest::Client::builder()
+            .connect_timeout(PATIENCE)
+            .read_timeout(PATIENCE)
+            .build()
+            .expect("an HTTP client");
+        Client {
+            http,
+            base: format!("http://{}", running.addr),
+        }
     }
 
     /// Sends a request (a JSON body if given); answers the status and the
     /// body as JSON (or as a JSON string when it is not JSON).
-    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let what = format!("{method} {path}");
         let mut request = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = within(&what, request.send()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let response = within(&what, request.send())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = response.status().as_u16();
-        let text = within(&what, response.text()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        let text = within(&what, response.text())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, Some(body), &[]).await
+        self.send(reqwest::Method::POST, path, Some(body), &[])
+            .await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

@@ -19,7 +19,9 @@ mod spec;
 mod table;
 
 pub use spec::{compile_all, Aggregate, Kind, KpiSpec, KpiSpecConfig, WindowsConfig};
-pub use table::{Gauges, KpiRow, KpiValue, SkuGauge, Table, TableChanges, TopChange, TopSkus, TOP_SKUS};
+pub use table::{
+    Gauges, KpiRow, KpiValue, SkuGauge, Table, TableChanges, TopChange, TopSkus, TOP_SKUS,
+};
 
 use crate::model::{Event, EventBody, EventTime, Name, OrderStatus};
 use differential_dataflow::lattice::Lattice;
@@ -130,13 +132,21 @@ pub struct KpiKey {
 impl KpiKey {
     /// The smallest key of `tenant`'s `window` buckets from `bucket` on: where a range scan starts.
     pub fn first(tenant: &Name, window: Window, bucket: EventTime) -> KpiKey {
-        KpiKey { tenant: tenant.clone(), window, bucket, metric: Name::default(), group: Name::default() }
+        KpiKey {
+            tenant: tenant.clone(),
+            window,
+            bucket,
+            metric: Name::default(),
+            group: Name::default(),
+        }
     }
 }
 
 /// The accumulated value of a cell, and the difference type of the `kpis`
 /// collection: summing the differences of a key *is* its value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Cell {
     /// Events (or orders) counted.
     pub count: i64,
@@ -183,7 +193,10 @@ impl differential_dataflow::difference::Abelian for Cell {
 impl differential_dataflow::difference::Multiply<isize> for Cell {
     type Output = Cell;
     fn multiply(self, rhs: &isize) -> Cell {
-        Cell { count: self.count * *rhs as i64, sum: self.sum * *rhs as i128 }
+        Cell {
+            count: self.count * *rhs as i64,
+            sum: self.sum * *rhs as i128,
+        }
     }
 }
 
@@ -224,29 +237,59 @@ enum Out {
 
 /// Calls `add(cell, group, window, contribution)` for every built-in cell
 /// and custom KPI an event adds to (orders aside: see [`OrderFact`]).
-fn contributions(event: &Event, specs: &[KpiSpec], mut add: impl FnMut(&str, Name, &[Window], Cell), mut extreme: impl FnMut(&KpiSpec, Name, i64)) {
+fn contributions(
+    event: &Event,
+    specs: &[KpiSpec],
+    mut add: impl FnMut(&str, Name, &[Window], Cell),
+    mut extreme: impl FnMut(&KpiSpec, Name, i64),
+) {
     let one = Cell::new(1, 0);
     match &event.body {
         EventBody::ItemCreated { initial, .. } => {
             add(cells::ITEMS_CREATED, Name::default(), &Window::ALL, one);
             if !initial.is_empty() {
-                add(cells::STOCK_MOVEMENTS, Name::default(), &Window::ALL, Cell::new(initial.len() as i64, 0));
+                add(
+                    cells::STOCK_MOVEMENTS,
+                    Name::default(),
+                    &Window::ALL,
+                    Cell::new(initial.len() as i64, 0),
+                );
             }
         }
         EventBody::StockReserved { .. } => {
             add(cells::STOCK_MOVEMENTS, Name::default(), &Window::ALL, one);
-            add(cells::RESERVATIONS, Name::default(), &Window::ALL, Cell::new(1, 1));
+            add(
+                cells::RESERVATIONS,
+                Name::default(),
+                &Window::ALL,
+                Cell::new(1, 1),
+            );
         }
-        EventBody::StockAdjusted { .. } | EventBody::StockReleased { .. } | EventBody::StockCommitted { .. } | EventBody::StockLevel { .. } => {
+        EventBody::StockAdjusted { .. }
+        | EventBody::StockReleased { .. }
+        | EventBody::StockCommitted { .. }
+        | EventBody::StockLevel { .. } => {
             add(cells::STOCK_MOVEMENTS, Name::default(), &Window::ALL, one)
         }
-        EventBody::ReservationRejected { .. } => add(cells::RESERVATIONS, Name::default(), &Window::ALL, Cell::new(1, 0)),
+        EventBody::ReservationRejected { .. } => add(
+            cells::RESERVATIONS,
+            Name::default(),
+            &Window::ALL,
+            Cell::new(1, 0),
+        ),
         _ => {}
     }
     for spec in specs {
-        let Some((group, value)) = spec.evaluate(event) else { continue };
+        let Some((group, value)) = spec.evaluate(event) else {
+            continue;
+        };
         match spec.aggregate {
-            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => add(&spec.name, group, &spec.windows, Cell::new(1, value as i128)),
+            Aggregate::Count | Aggregate::Sum | Aggregate::Avg => add(
+                &spec.name,
+                group,
+                &spec.windows,
+                Cell::new(1, value as i128),
+            ),
             Aggregate::Min | Aggregate::Max => extreme(spec, group, value),
         }
     }
@@ -254,13 +297,28 @@ fn contributions(event: &Event, specs: &[KpiSpec], mut add: impl FnMut(&str, Nam
 
 fn order_fact(event: &Event) -> Option<((Name, Name), OrderFact)> {
     match &event.body {
-        EventBody::OrderPlaced { order_id, lines, total, .. } => Some((
+        EventBody::OrderPlaced {
+            order_id,
+            lines,
+            total,
+            ..
+        } => Some((
             (event.tenant.clone(), order_id.clone()),
-            OrderFact::Placed(event.seq, event.ts, total.ten_thousandths(), lines.iter().map(|l| (l.sku.clone(), l.qty)).collect()),
+            OrderFact::Placed(
+                event.seq,
+                event.ts,
+                total.ten_thousandths(),
+                lines.iter().map(|l| (l.sku.clone(), l.qty)).collect(),
+            ),
         )),
-        EventBody::OrderStatus { order_id, status: OrderStatus::Cancelled, .. } => {
-            Some(((event.tenant.clone(), order_id.clone()), OrderFact::Cancelled(event.seq, event.ts)))
-        }
+        EventBody::OrderStatus {
+            order_id,
+            status: OrderStatus::Cancelled,
+            ..
+        } => Some((
+            (event.tenant.clone(), order_id.clone()),
+            OrderFact::Cancelled(event.seq, event.ts),
+        )),
         _ => None,
     }
 }
@@ -273,59 +331,72 @@ fn order_fact(event: &Event) -> Option<((Name, Name), OrderFact)> {
 /// cancellation. Of several placements or cancellations of one order id the
 /// earliest in the log counts. Custom KPIs see events as they are (a
 /// cancellation does not retract a custom KPI over `order.placed`).
-pub fn kpis<'scope, T>(events: VecCollection<'scope, T, Event>, specs: Arc<[KpiSpec]>) -> Kpis<'scope, T>
+pub fn kpis<'scope, T>(
+    events: VecCollection<'scope, T, Event>,
+    specs: Arc<[KpiSpec]>,
+) -> Kpis<'scope, T>
 where
     T: Timestamp + Lattice + Ord + std::hash::Hash,
 {
-    let aggregated = events.inner.unary(Pipeline, "kpis: fold per bucket", move |_, _| {
-        let mut folded: HashMap<(KpiKey, T), Cell, foldhash::fast::RandomState> = HashMap::default();
-        move |input, output| {
-            input.for_each(|capability, data| {
-                let mut session = output.session(&capability);
-                for (event, time, diff) in data.drain(..) {
-                    if let Some((key, fact)) = order_fact(&event) {
-                        session.give((Out::Order(key, fact), time.clone(), diff));
+    let aggregated = events
+        .inner
+        .unary(Pipeline, "kpis: fold per bucket", move |_, _| {
+            let mut folded: HashMap<(KpiKey, T), Cell, foldhash::fast::RandomState> =
+                HashMap::default();
+            move |input, output| {
+                input.for_each(|capability, data| {
+                    let mut session = output.session(&capability);
+                    for (event, time, diff) in data.drain(..) {
+                        if let Some((key, fact)) = order_fact(&event) {
+                            session.give((Out::Order(key, fact), time.clone(), diff));
+                        }
+                        let tenant = &event.tenant;
+                        let ts = event.ts;
+                        contributions(
+                            &event,
+                            &specs,
+                            |metric, group, windows, cell| {
+                                for window in windows {
+                                    let key = KpiKey {
+                                        tenant: tenant.clone(),
+                                        window: *window,
+                                        bucket: window.bucket(ts),
+                                        metric: Name::from(metric),
+                                        group: group.clone(),
+                                    };
+                                    use differential_dataflow::difference::Semigroup;
+                                    folded
+                                        .entry((key, time.clone()))
+                                        .or_default()
+                                        .plus_equals(&cell.multiply_by(diff));
+                                }
+                            },
+                            |spec, group, value| {
+                                for window in &spec.windows {
+                                    let key = KpiKey {
+                                        tenant: tenant.clone(),
+                                        window: *window,
+                                        bucket: window.bucket(ts),
+                                        metric: spec.name.clone(),
+                                        group: group.clone(),
+                                    };
+                                    session.give((
+                                        Out::Extreme(key, spec.aggregate, value),
+                                        time.clone(),
+                                        diff,
+                                    ));
+                                }
+                            },
+                        );
                     }
-                    let tenant = &event.tenant;
-                    let ts = event.ts;
-                    contributions(
-                        &event,
-                        &specs,
-                        |metric, group, windows, cell| {
-                            for window in windows {
-                                let key = KpiKey {
-                                    tenant: tenant.clone(),
-                                    window: *window,
-                                    bucket: window.bucket(ts),
-                                    metric: Name::from(metric),
-                                    group: group.clone(),
-                                };
-                                use differential_dataflow::difference::Semigroup;
-                                folded.entry((key, time.clone())).or_default().plus_equals(&cell.multiply_by(diff));
-                            }
-                        },
-                        |spec, group, value| {
-                            for window in &spec.windows {
-                                let key = KpiKey {
-                                    tenant: tenant.clone(),
-                                    window: *window,
-                                    bucket: window.bucket(ts),
-                                    metric: spec.name.clone(),
-                                    group: group.clone(),
-                                };
-                                session.give((Out::Extreme(key, spec.aggregate, value), time.clone(), diff));
-                            }
-                        },
-                    );
-                }
-                for ((key, time), cell) in folded.drain() {
-                    if cell != Cell::default() {
-                        session.give((Out::Cell(key, cell), time, 1));
+                    for ((key, time), cell) in folded.drain() {
+                        if cell != Cell::default() {
+                            session.give((Out::Cell(key, cell), time, 1));
+                        }
                     }
-                }
-            });
-        }
-    });
+                });
+            }
+        });
     let mut parts = aggregated
         .partition(3, |(out, time, diff)| {
             let part = match out {
@@ -337,7 +408,11 @@ where
         })
         .into_iter()
         .map(VecCollection::new);
-    let (folded, orders, extremes) = (parts.next().expect("part 0"), parts.next().expect("part 1"), parts.next().expect("part 2"));
+    let (folded, orders, extremes) = (
+        parts.next().expect("part 0"),
+        parts.next().expect("part 1"),
+        parts.next().expect("part 2"),
+    );
 
     let folded = folded.explode(|out| match out {
         Out::Cell(key, cell) => Some((key, cell)),
@@ -362,22 +437,53 @@ where
         })
         .explode(|((tenant, _order), summary)| {
             let mut cells = Vec::new();
-            let mut add = |metric: &str, group: &Name, windows: &[Window], ts: EventTime, cell: Cell| {
-                for window in windows {
-                    let key = KpiKey { tenant: tenant.clone(), window: *window, bucket: window.bucket(ts), metric: Name::from(metric), group: group.clone() };
-                    cells.push((key, cell));
-                }
-            };
+            let mut add =
+                |metric: &str, group: &Name, windows: &[Window], ts: EventTime, cell: Cell| {
+                    for window in windows {
+                        let key = KpiKey {
+                            tenant: tenant.clone(),
+                            window: *window,
+                            bucket: window.bucket(ts),
+                            metric: Name::from(metric),
+                            group: group.clone(),
+                        };
+                        cells.push((key, cell));
+                    }
+                };
             if let (Some((ts, total, lines)), None) = (&summary.placed, summary.cancelled) {
-                add(cells::ORDERS, &Name::default(), &Window::ALL, *ts, Cell::new(1, *total as i128));
+                add(
+                    cells::ORDERS,
+                    &Name::default(),
+                    &Window::ALL,
+                    *ts,
+                    Cell::new(1, *total as i128),
+                );
                 let units: i64 = lines.iter().map(|(_, qty)| qty).sum();
-                add(cells::UNITS_SOLD, &Name::default(), &Window::ALL, *ts, Cell::new(lines.len() as i64, units as i128));
+                add(
+                    cells::UNITS_SOLD,
+                    &Name::default(),
+                    &Window::ALL,
+                    *ts,
+                    Cell::new(lines.len() as i64, units as i128),
+                );
                 for (sku, qty) in lines {
-                    add(cells::UNITS_BY_SKU, sku, &[Window::Day], *ts, Cell::new(1, *qty as i128));
+                    add(
+                        cells::UNITS_BY_SKU,
+                        sku,
+                        &[Window::Day],
+                        *ts,
+                        Cell::new(1, *qty as i128),
+                    );
                 }
             }
             if let Some(ts) = summary.cancelled {
-                add(cells::ORDERS_CANCELLED, &Name::default(), &Window::ALL, ts, Cell::new(1, 0));
+                add(
+                    cells::ORDERS_CANCELLED,
+                    &Name::default(),
+                    &Window::ALL,
+                    ts,
+                    Cell::new(1, 0),
+                );
             }
             cells
         });
@@ -389,8 +495,15 @@ where
         .reduce_named("kpis: min and max", |_key, values, output| {
             // Values are sorted: the first is the minimum, the last the maximum.
             let (aggregate, min) = *values[0].0;
-            let value = if aggregate == Aggregate::Min { min } else { values[values.len() - 1].0 .1 };
+            let value = if aggregate == Aggregate::Min {
+                min
+            } else {
+                values[values.len() - 1].0 .1
+            };
             output.push((value, 1));
         });
-    Kpis { cells: folded.concat(orders), extremes }
+    Kpis {
+        cells: folded.concat(orders),
+        extremes,
+    }
 }

@@ -59,7 +59,11 @@ pub struct TopSkus {
 pub const TOP_SKUS: usize = 10;
 
 /// A `top_skus` row of `(tenant, day)`: before and after (`None`: no row).
-pub type TopChange = ((Name, EventTime), Option<Arc<TopSkus>>, Option<Arc<TopSkus>>);
+pub type TopChange = (
+    (Name, EventTime),
+    Option<Arc<TopSkus>>,
+    Option<Arc<TopSkus>>,
+);
 
 /// What one [`Table::apply`] changed.
 #[derive(Debug, Default)]
@@ -119,7 +123,11 @@ impl Table {
 
     /// Applies cell additions and extreme changes (retractions and
     /// insertions of the current min/max per key), then retention.
-    pub fn apply(&mut self, cells: Vec<(KpiKey, Cell)>, extremes: Vec<((KpiKey, i64), isize)>) -> TableChanges {
+    pub fn apply(
+        &mut self,
+        cells: Vec<(KpiKey, Cell)>,
+        extremes: Vec<((KpiKey, i64), isize)>,
+    ) -> TableChanges {
         use differential_dataflow::difference::Semigroup;
         let mut changes = TableChanges::default();
         // Fold per key first: each row is retracted and inserted once per apply.
@@ -131,9 +139,16 @@ impl Table {
         let mut extreme_diffs: HashMap<KpiKey, BTreeMap<i64, isize>> = HashMap::new();
         for ((key, value), diff) in extremes {
             self.note_newest(&key);
-            *extreme_diffs.entry(key).or_default().entry(value).or_default() += diff;
+            *extreme_diffs
+                .entry(key)
+                .or_default()
+                .entry(value)
+                .or_default() += diff;
         }
-        let mut folded: Vec<(KpiKey, Cell)> = folded.into_iter().filter(|(_, c)| *c != Cell::default()).collect();
+        let mut folded: Vec<(KpiKey, Cell)> = folded
+            .into_iter()
+            .filter(|(_, c)| *c != Cell::default())
+            .collect();
         folded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut touched_days: BTreeSet<(Name, EventTime)> = BTreeSet::new();
         for (key, delta) in folded {
@@ -146,25 +161,44 @@ impl Table {
             after.plus_equals(&delta);
             if key.metric == cells::UNITS_BY_SKU {
                 if let Some(before) = before {
-                    self.ranking.remove(&(key.tenant.clone(), key.bucket, std::cmp::Reverse(before.sum), key.group.clone()));
+                    self.ranking.remove(&(
+                        key.tenant.clone(),
+                        key.bucket,
+                        std::cmp::Reverse(before.sum),
+                        key.group.clone(),
+                    ));
                 }
                 if after.sum != 0 {
-                    self.ranking.insert((key.tenant.clone(), key.bucket, std::cmp::Reverse(after.sum), key.group.clone()));
+                    self.ranking.insert((
+                        key.tenant.clone(),
+                        key.bucket,
+                        std::cmp::Reverse(after.sum),
+                        key.group.clone(),
+                    ));
                 }
                 touched_days.insert((key.tenant.clone(), key.bucket));
             } else {
-                self.row_changes(&key, before, Some(after).filter(|c| *c != Cell::default()), &mut changes.rows);
+                self.row_changes(
+                    &key,
+                    before,
+                    Some(after).filter(|c| *c != Cell::default()),
+                    &mut changes.rows,
+                );
             }
             if after == Cell::default() {
                 self.cells.remove(&key);
             } else {
                 if before.is_none() {
-                    self.expiry.entry(key.bucket + key.window.millis()).or_default().push(key.clone());
+                    self.expiry
+                        .entry(key.bucket + key.window.millis())
+                        .or_default()
+                        .push(key.clone());
                 }
                 self.cells.insert(key, after);
             }
         }
-        let mut extreme_diffs: Vec<(KpiKey, BTreeMap<i64, isize>)> = extreme_diffs.into_iter().collect();
+        let mut extreme_diffs: Vec<(KpiKey, BTreeMap<i64, isize>)> =
+            extreme_diffs.into_iter().collect();
         extreme_diffs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (key, mut diffs) in extreme_diffs {
             if self.expired(&key) {
@@ -175,20 +209,30 @@ impl Table {
             if let Some(before) = before {
                 *diffs.entry(before).or_default() += 1;
             }
-            let after = diffs.into_iter().find(|(_, count)| *count > 0).map(|(value, _)| value);
+            let after = diffs
+                .into_iter()
+                .find(|(_, count)| *count > 0)
+                .map(|(value, _)| value);
             if before != after {
                 let spec = self.spec(&key.metric);
                 if let (Some(before), Some(spec)) = (before, spec) {
-                    changes.rows.push((KpiRow::of(&key, extreme_value(spec, before)), -1));
+                    changes
+                        .rows
+                        .push((KpiRow::of(&key, extreme_value(spec, before)), -1));
                 }
                 if let (Some(after), Some(spec)) = (after, spec) {
-                    changes.rows.push((KpiRow::of(&key, extreme_value(spec, after)), 1));
+                    changes
+                        .rows
+                        .push((KpiRow::of(&key, extreme_value(spec, after)), 1));
                 }
             }
             match after {
                 Some(value) => {
                     if before.is_none() {
-                        self.expiry.entry(key.bucket + key.window.millis()).or_default().push(key.clone());
+                        self.expiry
+                            .entry(key.bucket + key.window.millis())
+                            .or_default()
+                            .push(key.clone());
                     }
                     self.extremes.insert(key, value);
                 }
@@ -201,7 +245,14 @@ impl Table {
         for day in touched_days {
             let skus: Vec<(Name, i64)> = self
                 .ranking
-                .range((day.0.clone(), day.1, std::cmp::Reverse(i128::MAX), Name::default())..)
+                .range(
+                    (
+                        day.0.clone(),
+                        day.1,
+                        std::cmp::Reverse(i128::MAX),
+                        Name::default(),
+                    )..,
+                )
                 .take_while(|(tenant, bucket, ..)| *tenant == day.0 && *bucket == day.1)
                 .take(TOP_SKUS)
                 .map(|(_, _, units, sku)| (sku.clone(), i64::try_from(units.0).unwrap_or(i64::MAX)))
@@ -222,7 +273,9 @@ impl Table {
     /// if it is an hour bucket (the built-in cells of every counted event include one).
     fn note_newest(&mut self, key: &KpiKey) {
         if key.window == Window::Hour {
-            self.newest = self.newest.max(key.bucket.saturating_add(Window::Hour.millis()));
+            self.newest = self
+                .newest
+                .max(key.bucket.saturating_add(Window::Hour.millis()));
         }
     }
 
@@ -235,7 +288,11 @@ impl Table {
     }
 
     /// Drops the buckets that ended `retention_ms` or more before the newest hour.
-    fn compact(&mut self, changes: &mut TableChanges, touched_days: &mut BTreeSet<(Name, EventTime)>) {
+    fn compact(
+        &mut self,
+        changes: &mut TableChanges,
+        touched_days: &mut BTreeSet<(Name, EventTime)>,
+    ) {
         let horizon = self.newest.saturating_sub(self.retention_ms);
         if horizon <= self.horizon {
             return;
@@ -246,7 +303,12 @@ impl Table {
         for key in gone.into_values().flatten() {
             if let Some(cell) = self.cells.remove(&key) {
                 if key.metric == cells::UNITS_BY_SKU {
-                    self.ranking.remove(&(key.tenant.clone(), key.bucket, std::cmp::Reverse(cell.sum), key.group.clone()));
+                    self.ranking.remove(&(
+                        key.tenant.clone(),
+                        key.bucket,
+                        std::cmp::Reverse(cell.sum),
+                        key.group.clone(),
+                    ));
                     touched_days.insert((key.tenant.clone(), key.bucket));
                 } else {
                     self.row_changes(&key, Some(cell), None, &mut changes.rows);
@@ -254,15 +316,27 @@ impl Table {
             }
             if let Some(value) = self.extremes.remove(&key) {
                 if let Some(spec) = self.spec(&key.metric) {
-                    changes.rows.push((KpiRow::of(&key, extreme_value(spec, value)), -1));
+                    changes
+                        .rows
+                        .push((KpiRow::of(&key, extreme_value(spec, value)), -1));
                 }
             }
         }
     }
 
-    fn row_changes(&self, key: &KpiKey, before: Option<Cell>, after: Option<Cell>, rows: &mut Vec<(KpiRow, i8)>) {
-        let before = before.map(|cell| self.rows_of(key, cell)).unwrap_or_default();
-        let after = after.map(|cell| self.rows_of(key, cell)).unwrap_or_default();
+    fn row_changes(
+        &self,
+        key: &KpiKey,
+        before: Option<Cell>,
+        after: Option<Cell>,
+        rows: &mut Vec<(KpiRow, i8)>,
+    ) {
+        let before = before
+            .map(|cell| self.rows_of(key, cell))
+            .unwrap_or_default();
+        let after = after
+            .map(|cell| self.rows_of(key, cell))
+            .unwrap_or_default();
         for row in &before {
             if !after.contains(row) {
                 rows.push((row.clone(), -1));
@@ -277,35 +351,61 @@ impl Table {
 
     /// The rows a cell shows as (built-in cells show one to three metrics).
     pub fn rows_of(&self, key: &KpiKey, cell: Cell) -> Vec<KpiRow> {
-        let row = |metric: &str, value: KpiValue| KpiRow { key: KpiKey { metric: Name::from(metric), ..key.clone() }, value };
+        let row = |metric: &str, value: KpiValue| KpiRow {
+            key: KpiKey {
+                metric: Name::from(metric),
+                ..key.clone()
+            },
+            value,
+        };
         let count = KpiValue::Int(cell.count as i128);
         match key.metric.as_str() {
             cells::ORDERS => {
-                let mut rows = vec![row("orders", count), row("revenue", KpiValue::Money(cell.sum))];
+                let mut rows = vec![
+                    row("orders", count),
+                    row("revenue", KpiValue::Money(cell.sum)),
+                ];
                 if cell.count > 0 {
-                    rows.push(row("avg_order_value", KpiValue::Money(rounded_div(cell.sum, cell.count as i128))));
+                    rows.push(row(
+                        "avg_order_value",
+                        KpiValue::Money(rounded_div(cell.sum, cell.count as i128)),
+                    ));
                 }
                 rows
             }
             cells::UNITS_SOLD => vec![row("units_sold", KpiValue::Int(cell.sum))],
-            cells::ORDERS_CANCELLED | cells::STOCK_MOVEMENTS | cells::ITEMS_CREATED => vec![row(key.metric.as_str(), count)],
+            cells::ORDERS_CANCELLED | cells::STOCK_MOVEMENTS | cells::ITEMS_CREATED => {
+                vec![row(key.metric.as_str(), count)]
+            }
             cells::RESERVATIONS => {
-                let mut rows =
-                    vec![row("reservations_accepted", KpiValue::Int(cell.sum)), row("reservations_rejected", KpiValue::Int(cell.count as i128 - cell.sum))];
+                let mut rows = vec![
+                    row("reservations_accepted", KpiValue::Int(cell.sum)),
+                    row(
+                        "reservations_rejected",
+                        KpiValue::Int(cell.count as i128 - cell.sum),
+                    ),
+                ];
                 if cell.count > 0 {
-                    rows.push(row("reservation_success_rate", KpiValue::Ratio(cell.sum as f64 / cell.count as f64)));
+                    rows.push(row(
+                        "reservation_success_rate",
+                        KpiValue::Ratio(cell.sum as f64 / cell.count as f64),
+                    ));
                 }
                 rows
             }
             cells::UNITS_BY_SKU => Vec::new(),
             custom => {
-                let Some(spec) = self.spec(custom) else { return Vec::new() };
+                let Some(spec) = self.spec(custom) else {
+                    return Vec::new();
+                };
                 let value = match (spec.aggregate, spec.kind) {
                     (Aggregate::Count, _) => count,
                     (Aggregate::Sum, Kind::Money) => KpiValue::Money(cell.sum),
                     (Aggregate::Sum, _) => KpiValue::Int(cell.sum),
                     (Aggregate::Avg, _) if cell.count == 0 => return Vec::new(),
-                    (Aggregate::Avg, Kind::Money) => KpiValue::Money(rounded_div(cell.sum, cell.count as i128)),
+                    (Aggregate::Avg, Kind::Money) => {
+                        KpiValue::Money(rounded_div(cell.sum, cell.count as i128))
+                    }
                     (Aggregate::Avg, _) => KpiValue::Ratio(cell.sum as f64 / cell.count as f64),
                     (Aggregate::Min | Aggregate::Max, _) => return Vec::new(),
                 };
@@ -316,7 +416,11 @@ impl Table {
 
     /// Every current row of the `kpis` view, in no particular order.
     pub fn rows(&self) -> Vec<KpiRow> {
-        let mut rows: Vec<KpiRow> = self.cells.iter().flat_map(|(key, cell)| self.rows_of(key, *cell)).collect();
+        let mut rows: Vec<KpiRow> = self
+            .cells
+            .iter()
+            .flat_map(|(key, cell)| self.rows_of(key, *cell))
+            .collect();
         for (key, value) in &self.extremes {
             if let Some(spec) = self.spec(&key.metric) {
                 rows.push(KpiRow::of(key, extreme_value(spec, *value)));
@@ -333,7 +437,10 @@ impl Table {
 
 impl KpiRow {
     fn of(key: &KpiKey, value: KpiValue) -> KpiRow {
-        KpiRow { key: key.clone(), value }
+        KpiRow {
+            key: key.clone(),
+            value,
+        }
     }
 }
 
@@ -374,7 +481,9 @@ impl SkuGauge {
         let active = item.filter(|item| item.active);
         SkuGauge {
             active: active.is_some() as i64,
-            value: active.map_or(0, |item| on_hand as i128 * item.price.ten_thousandths() as i128),
+            value: active.map_or(0, |item| {
+                on_hand as i128 * item.price.ten_thousandths() as i128
+            }),
             low: low as i64,
             out: out as i64,
         }
@@ -407,7 +516,10 @@ impl Gauges {
     pub fn values(&self) -> [(&'static str, KpiValue); 4] {
         [
             ("low_stock_skus", KpiValue::Int(self.low_stock_skus as i128)),
-            ("out_of_stock_skus", KpiValue::Int(self.out_of_stock_skus as i128)),
+            (
+                "out_of_stock_skus",
+                KpiValue::Int(self.out_of_stock_skus as i128),
+            ),
             ("inventory_value", KpiValue::Money(self.inventory_value)),
             ("skus_active", KpiValue::Int(self.skus_active as i128)),
         ]
@@ -419,22 +531,79 @@ mod tests {
     use super::*;
 
     fn key(metric: &str, window: Window, bucket: EventTime, group: &str) -> KpiKey {
-        KpiKey { tenant: "t".into(), window, bucket, metric: metric.into(), group: group.into() }
+        KpiKey {
+            tenant: "t".into(),
+            window,
+            bucket,
+            metric: metric.into(),
+            group: group.into(),
+        }
     }
 
     #[test]
     fn derived_rows_follow_their_cell() {
         let mut table = Table::new(Arc::from(Vec::new()), i64::MAX);
-        let changes = table.apply(vec![(key(cells::ORDERS, Window::Hour, 0, ""), Cell { count: 3, sum: 100_000 })], Vec::new());
-        let inserted: Vec<(&str, KpiValue)> = changes.rows.iter().map(|(r, _)| (r.key.metric.as_str(), r.value)).collect();
-        assert_eq!(inserted, vec![("orders", KpiValue::Int(3)), ("revenue", KpiValue::Money(100_000)), ("avg_order_value", KpiValue::Money(33_333))]);
+        let changes = table.apply(
+            vec![(
+                key(cells::ORDERS, Window::Hour, 0, ""),
+                Cell {
+                    count: 3,
+                    sum: 100_000,
+                },
+            )],
+            Vec::new(),
+        );
+        let inserted: Vec<(&str, KpiValue)> = changes
+            .rows
+            .iter()
+            .map(|(r, _)| (r.key.metric.as_str(), r.value))
+            .collect();
+        assert_eq!(
+            inserted,
+            vec![
+                ("orders", KpiValue::Int(3)),
+                ("revenue", KpiValue::Money(100_000)),
+                ("avg_order_value", KpiValue::Money(33_333))
+            ]
+        );
         assert!(changes.rows.iter().all(|(_, d)| *d == 1));
         // A cancellation: the order's contribution leaves; unchanged rows are not re-sent.
-        let changes = table.apply(vec![(key(cells::ORDERS, Window::Hour, 0, ""), Cell { count: -1, sum: -40_000 })], Vec::new());
-        assert_eq!(changes.rows.len(), 6, "three retractions, three insertions: {:?}", changes.rows);
-        assert_eq!(table.rows().iter().find(|r| r.key.metric == "avg_order_value").unwrap().value, KpiValue::Money(30_000));
+        let changes = table.apply(
+            vec![(
+                key(cells::ORDERS, Window::Hour, 0, ""),
+                Cell {
+                    count: -1,
+                    sum: -40_000,
+                },
+            )],
+            Vec::new(),
+        );
+        assert_eq!(
+            changes.rows.len(),
+            6,
+            "three retractions, three insertions: {:?}",
+            changes.rows
+        );
+        assert_eq!(
+            table
+                .rows()
+                .iter()
+                .find(|r| r.key.metric == "avg_order_value")
+                .unwrap()
+                .value,
+            KpiValue::Money(30_000)
+        );
         // Back to zero: the cell and its rows are gone.
-        let changes = table.apply(vec![(key(cells::ORDERS, Window::Hour, 0, ""), Cell { count: -2, sum: -60_000 })], Vec::new());
+        let changes = table.apply(
+            vec![(
+                key(cells::ORDERS, Window::Hour, 0, ""),
+                Cell {
+                    count: -2,
+                    sum: -60_000,
+                },
+            )],
+            Vec::new(),
+        );
         assert_eq!(changes.rows.iter().filter(|(_, d)| *d == -1).count(), 3);
         assert!(table.rows().is_empty());
     }
@@ -442,7 +611,12 @@ mod tests {
     #[test]
     fn top_skus_rank_by_units_then_sku() {
         let mut table = Table::new(Arc::from(Vec::new()), i64::MAX);
-        let units = |sku: &str, n: i128| (key(cells::UNITS_BY_SKU, Window::Day, 0, sku), Cell { count: 1, sum: n });
+        let units = |sku: &str, n: i128| {
+            (
+                key(cells::UNITS_BY_SKU, Window::Day, 0, sku),
+                Cell { count: 1, sum: n },
+            )
+        };
         let mut cells: Vec<_> = (0..12).map(|i| units(&format!("s{i:02}"), 5)).collect();
         cells.push(units("s11", 1));
         let changes = table.apply(cells, Vec::new());
@@ -462,12 +636,22 @@ mod tests {
     fn retention_compacts_old_buckets_and_refuses_late_updates() {
         let hour = Window::Hour.millis();
         let mut table = Table::new(Arc::from(Vec::new()), 2 * hour);
-        let movement = |bucket: EventTime| (key(cells::STOCK_MOVEMENTS, Window::Hour, bucket, ""), Cell { count: 1, sum: 0 });
+        let movement = |bucket: EventTime| {
+            (
+                key(cells::STOCK_MOVEMENTS, Window::Hour, bucket, ""),
+                Cell { count: 1, sum: 0 },
+            )
+        };
         table.apply(vec![movement(0), movement(hour)], Vec::new());
         assert_eq!(table.rows().len(), 2);
         // Newest hour ends at 4h: buckets ending at or before 2h go.
         let changes = table.apply(vec![movement(3 * hour)], Vec::new());
-        assert_eq!(changes.rows.iter().filter(|(_, d)| *d == -1).count(), 2, "{:?}", changes.rows);
+        assert_eq!(
+            changes.rows.iter().filter(|(_, d)| *d == -1).count(),
+            2,
+            "{:?}",
+            changes.rows
+        );
         assert_eq!(table.horizon(), 2 * hour);
         let changes = table.apply(vec![movement(hour)], Vec::new());
         assert_eq!((changes.too_late, changes.rows.len()), (1, 0));
@@ -497,8 +681,19 @@ mod tests {
         let mut gauges = Gauges::default();
         let a = SkuGauge::of(Some(&item), 4, true, false);
         gauges.replace(SkuGauge::default(), a);
-        assert_eq!(gauges, Gauges { low_stock_skus: 1, out_of_stock_skus: 0, inventory_value: 100_000, skus_active: 1 });
-        let deleted = ItemRow { active: false, ..item };
+        assert_eq!(
+            gauges,
+            Gauges {
+                low_stock_skus: 1,
+                out_of_stock_skus: 0,
+                inventory_value: 100_000,
+                skus_active: 1
+            }
+        );
+        let deleted = ItemRow {
+            active: false,
+            ..item
+        };
         gauges.replace(a, SkuGauge::of(Some(&deleted), 4, false, false));
         assert_eq!(gauges, Gauges::default());
     }

@@ -72,47 +72,77 @@ struct RawCommand<'a> {
 /// Decodes and validates one command from the commands topic. The fields of
 /// the intended event follow the rules of [`decode_event`].
 pub fn decode_command(payload: &[u8], ctx: RecordContext) -> Result<Command, DecodeError> {
-    let raw: RawCommand<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let raw: RawCommand<'_> =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     let kind = text("type", required("type", raw.kind)?, 64)?;
     let event_type = intended_type(&kind).ok_or_else(|| {
         DecodeError::UnknownType(format!("{kind} (commands: item.create, item.update, item.delete, stock.adjust, stock.reserve, stock.release, stock.commit)"))
     })?;
     let id = required("id", raw.id)?;
-    let expected_version =
-        match present(raw.expected_version) {
-            Some(v) => Some(serde_json::from_str::<u64>(v.get()).map_err(|_| DecodeError::Invalid {
-                field: "expected_version".into(),
-                reason: format!("expected a non-negative integer, got `{}`", v.get()),
-            })?),
-            None => None,
-        };
+    let expected_version = match present(raw.expected_version) {
+        Some(v) => {
+            Some(
+                serde_json::from_str::<u64>(v.get()).map_err(|_| DecodeError::Invalid {
+                    field: "expected_version".into(),
+                    reason: format!("expected a non-negative integer, got `{}`", v.get()),
+                })?,
+            )
+        }
+        None => None,
+    };
     // The intended event is the command with its type renamed: every field rule is the event's.
     // Fields stay as their JSON text (numbers are not read into floats: money stays exact).
-    let mut object: std::collections::BTreeMap<String, Box<RawValue>> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
-    object.insert("type".into(), serde_json::value::to_raw_value(event_type).expect("a string serializes"));
+    let mut object: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+    object.insert(
+        "type".into(),
+        serde_json::value::to_raw_value(event_type).expect("a string serializes"),
+    );
     let event = decode_event(&serde_json::to_vec(&object).expect("a map serializes"), ctx)?;
     if event.id.len() > MAX_COMMAND_ID_LEN {
-        return Err(DecodeError::Invalid { field: "id".into(), reason: format!("longer than {MAX_COMMAND_ID_LEN} bytes (`{}`)", id.get()) });
+        return Err(DecodeError::Invalid {
+            field: "id".into(),
+            reason: format!("longer than {MAX_COMMAND_ID_LEN} bytes (`{}`)", id.get()),
+        });
     }
     let sku = match (&event.body, event.body.sku()) {
         // An order is routed by its id (to its saga's coordinator).
         (EventBody::OrderPlaced { order_id, .. }, _) => {
             if order_id.len() > MAX_ORDER_ID_LEN {
-                return Err(DecodeError::Invalid { field: "order_id".into(), reason: format!("longer than {MAX_ORDER_ID_LEN} bytes") });
+                return Err(DecodeError::Invalid {
+                    field: "order_id".into(),
+                    reason: format!("longer than {MAX_ORDER_ID_LEN} bytes"),
+                });
             }
             order_id.clone()
         }
         (_, Some(sku)) => sku.clone(),
         // Release and commit name their reservation; the sku routes them.
         (_, None) => {
-            let sku = object.get("sku").filter(|s| s.get() != "null").ok_or_else(|| DecodeError::Missing("sku".into()))?;
-            let sku: Name = serde_json::from_str(sku.get())
-                .map_err(|_| DecodeError::Invalid { field: "sku".into(), reason: format!("expected a string, got `{}`", sku.get()) })?;
-            super::decode::validate_name(&sku).map_err(|reason| DecodeError::Invalid { field: "sku".into(), reason })?;
+            let sku = object
+                .get("sku")
+                .filter(|s| s.get() != "null")
+                .ok_or_else(|| DecodeError::Missing("sku".into()))?;
+            let sku: Name = serde_json::from_str(sku.get()).map_err(|_| DecodeError::Invalid {
+                field: "sku".into(),
+                reason: format!("expected a string, got `{}`", sku.get()),
+            })?;
+            super::decode::validate_name(&sku).map_err(|reason| DecodeError::Invalid {
+                field: "sku".into(),
+                reason,
+            })?;
             sku
         }
     };
-    Ok(Command { tenant: event.tenant, id: event.id, seq: event.seq, ts: event.ts, sku, expected_version, intent: event.body })
+    Ok(Command {
+        tenant: event.tenant,
+        id: event.id,
+        seq: event.seq,
+        ts: event.ts,
+        sku,
+        expected_version,
+        intent: event.body,
+    })
 }
 
 /// The id of the `n`-th event caused by command `command_id`.
@@ -132,7 +162,10 @@ mod tests {
     use super::*;
 
     fn ctx() -> RecordContext {
-        RecordContext { offset: 4, log_time: Some(10) }
+        RecordContext {
+            offset: 4,
+            log_time: Some(10),
+        }
     }
 
     #[test]
@@ -141,26 +174,56 @@ mod tests {
             decode_command(br#"{"id":"c1","type":"stock.reserve","sku":"A","location":"m","qty":2,"reservation_id":"r1","expected_version":3}"#, ctx())
                 .unwrap();
         assert_eq!(reserve.expected_version, Some(3));
-        assert!(matches!(reserve.intent, EventBody::StockReserved { qty: 2, .. }));
-        assert_eq!((reserve.seq, reserve.ts, reserve.sku.as_str()), (4, 10, "A"));
-        let release = decode_command(br#"{"id":"c2","type":"stock.release","sku":"A","reservation_id":"r1"}"#, ctx()).unwrap();
+        assert!(matches!(
+            reserve.intent,
+            EventBody::StockReserved { qty: 2, .. }
+        ));
+        assert_eq!(
+            (reserve.seq, reserve.ts, reserve.sku.as_str()),
+            (4, 10, "A")
+        );
+        let release = decode_command(
+            br#"{"id":"c2","type":"stock.release","sku":"A","reservation_id":"r1"}"#,
+            ctx(),
+        )
+        .unwrap();
         assert!(matches!(release.intent, EventBody::StockReleased { .. }));
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"id":"c","type":"stock.reserve","sku":"A","location":"m","qty":0,"reservation_id":"r"}"#, "field `qty`: must be greater than 0"),
-            (r#"{"id":"c","type":"stock.release","reservation_id":"r"}"#, "missing required field `sku`"),
-            (r#"{"id":"c","type":"stock.reserved","sku":"A"}"#, "unknown event type `stock.reserved (commands:"),
-            (r#"{"id":"c","type":"stock.adjust","sku":"A","location":"m","qty":1,"expected_version":-1}"#, "field `expected_version`"),
+            (
+                r#"{"id":"c","type":"stock.reserve","sku":"A","location":"m","qty":0,"reservation_id":"r"}"#,
+                "field `qty`: must be greater than 0",
+            ),
+            (
+                r#"{"id":"c","type":"stock.release","reservation_id":"r"}"#,
+                "missing required field `sku`",
+            ),
+            (
+                r#"{"id":"c","type":"stock.reserved","sku":"A"}"#,
+                "unknown event type `stock.reserved (commands:",
+            ),
+            (
+                r#"{"id":"c","type":"stock.adjust","sku":"A","location":"m","qty":1,"expected_version":-1}"#,
+                "field `expected_version`",
+            ),
         ];
         for (payload, expected) in cases {
-            let error = decode_command(payload.as_bytes(), ctx()).unwrap_err().to_string();
+            let error = decode_command(payload.as_bytes(), ctx())
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{payload}: {error}");
         }
-        let long = format!(r#"{{"id":"{}","type":"item.delete","sku":"A"}}"#, "c".repeat(121));
-        assert!(decode_command(long.as_bytes(), ctx()).unwrap_err().to_string().contains("longer than 120"));
+        let long = format!(
+            r#"{{"id":"{}","type":"item.delete","sku":"A"}}"#,
+            "c".repeat(121)
+        );
+        assert!(decode_command(long.as_bytes(), ctx())
+            .unwrap_err()
+            .to_string()
+            .contains("longer than 120"));
     }
 
     #[test]

@@ -63,7 +63,10 @@ impl DecodeError {
     }
 
     pub(super) fn invalid(field: &str, reason: impl Into<String>) -> DecodeError {
-        DecodeError::Invalid { field: field.to_owned(), reason: reason.into() }
+        DecodeError::Invalid {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -126,7 +129,8 @@ struct RawLine<'a> {
 
 /// Decodes and validates one stockflow JSON event.
 pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeError> {
-    let raw: RawEvent<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let raw: RawEvent<'_> =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     let kind: String = text("type", required("type", raw.kind)?, 64)?;
     let id = identifier("id", required("id", raw.id)?)?;
     let tenant = match present(raw.tenant) {
@@ -135,34 +139,76 @@ pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeE
     };
     let ts = match present(raw.ts) {
         Some(t) => event_time(t)?,
-        None => ctx.log_time.ok_or_else(|| DecodeError::Missing("ts".into()))?,
+        None => ctx
+            .log_time
+            .ok_or_else(|| DecodeError::Missing("ts".into()))?,
     };
     let sku = || name("sku", required("sku", raw.sku)?);
     let location = || name("location", required("location", raw.location)?);
-    let reservation = || identifier("reservation_id", required("reservation_id", raw.reservation_id)?);
+    let reservation = || {
+        identifier(
+            "reservation_id",
+            required("reservation_id", raw.reservation_id)?,
+        )
+    };
     let order = || identifier("order_id", required("order_id", raw.order_id)?);
-    let reason = || present(raw.reason).map(|r| text("reason", r, MAX_TEXT_LEN)).transpose();
+    let reason = || {
+        present(raw.reason)
+            .map(|r| text("reason", r, MAX_TEXT_LEN))
+            .transpose()
+    };
 
     let body = match kind.as_str() {
         "item.created" => EventBody::ItemCreated {
             sku: sku()?,
-            name: non_empty("name", text("name", required("name", raw.name)?, MAX_TEXT_LEN)?)?,
+            name: non_empty(
+                "name",
+                text("name", required("name", raw.name)?, MAX_TEXT_LEN)?,
+            )?,
             price: non_negative_money("price", required("price", raw.price)?)?,
-            category: present(raw.category).map(|c| name("category", c)).transpose()?.unwrap_or_default(),
-            reorder_point: present(raw.reorder_point).map(|r| quantity("reorder_point", r, Sign::NonNegative)).transpose()?,
-            target_level: present(raw.target_level).map(|r| quantity("target_level", r, Sign::NonNegative)).transpose()?,
-            initial: present(raw.stock).map(initial_stock).transpose()?.unwrap_or_default(),
+            category: present(raw.category)
+                .map(|c| name("category", c))
+                .transpose()?
+                .unwrap_or_default(),
+            reorder_point: present(raw.reorder_point)
+                .map(|r| quantity("reorder_point", r, Sign::NonNegative))
+                .transpose()?,
+            target_level: present(raw.target_level)
+                .map(|r| quantity("target_level", r, Sign::NonNegative))
+                .transpose()?,
+            initial: present(raw.stock)
+                .map(initial_stock)
+                .transpose()?
+                .unwrap_or_default(),
         },
         "item.updated" => {
             let body = EventBody::ItemUpdated {
                 sku: sku()?,
-                name: present(raw.name).map(|n| text("name", n, MAX_TEXT_LEN).and_then(|n| non_empty("name", n))).transpose()?,
-                price: present(raw.price).map(|p| non_negative_money("price", p)).transpose()?,
-                category: present(raw.category).map(|c| name("category", c)).transpose()?,
-                reorder_point: present(raw.reorder_point).map(|r| quantity("reorder_point", r, Sign::NonNegative)).transpose()?,
-                target_level: present(raw.target_level).map(|r| quantity("target_level", r, Sign::NonNegative)).transpose()?,
+                name: present(raw.name)
+                    .map(|n| text("name", n, MAX_TEXT_LEN).and_then(|n| non_empty("name", n)))
+                    .transpose()?,
+                price: present(raw.price)
+                    .map(|p| non_negative_money("price", p))
+                    .transpose()?,
+                category: present(raw.category)
+                    .map(|c| name("category", c))
+                    .transpose()?,
+                reorder_point: present(raw.reorder_point)
+                    .map(|r| quantity("reorder_point", r, Sign::NonNegative))
+                    .transpose()?,
+                target_level: present(raw.target_level)
+                    .map(|r| quantity("target_level", r, Sign::NonNegative))
+                    .transpose()?,
             };
-            if let EventBody::ItemUpdated { name: None, price: None, category: None, reorder_point: None, target_level: None, .. } = body {
+            if let EventBody::ItemUpdated {
+                name: None,
+                price: None,
+                category: None,
+                reorder_point: None,
+                target_level: None,
+                ..
+            } = body
+            {
                 return Err(DecodeError::invalid(
                     "type",
                     "item.updated changes nothing: give at least one of name, price, category, reorder_point, target_level",
@@ -175,28 +221,46 @@ pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeE
             sku: sku()?,
             location: location()?,
             qty: quantity("qty", required("qty", raw.qty)?, Sign::NonZero)?,
-            reason: present(raw.reason).map(|r| name("reason", r)).transpose()?.unwrap_or_default(),
+            reason: present(raw.reason)
+                .map(|r| name("reason", r))
+                .transpose()?
+                .unwrap_or_default(),
         },
         "stock.reserved" => EventBody::StockReserved {
             sku: sku()?,
             location: location()?,
             qty: quantity("qty", required("qty", raw.qty)?, Sign::Positive)?,
             reservation_id: reservation()?,
-            order_id: present(raw.order_id).map(|o| identifier("order_id", o)).transpose()?,
+            order_id: present(raw.order_id)
+                .map(|o| identifier("order_id", o))
+                .transpose()?,
         },
-        "stock.released" => EventBody::StockReleased { reservation_id: reservation()? },
-        "stock.committed" => EventBody::StockCommitted { reservation_id: reservation()? },
+        "stock.released" => EventBody::StockReleased {
+            reservation_id: reservation()?,
+        },
+        "stock.committed" => EventBody::StockCommitted {
+            reservation_id: reservation()?,
+        },
         "reservation.rejected" => EventBody::ReservationRejected {
             command_id: identifier("command_id", required("command_id", raw.command_id)?)?,
             reason: reason()?.ok_or_else(|| DecodeError::Missing("reason".into()))?,
             sku: present(raw.sku).map(|s| name("sku", s)).transpose()?,
         },
         "order.placed" => {
-            let lines = raw.lines.ok_or_else(|| DecodeError::Missing("lines".into()))?;
+            let lines = raw
+                .lines
+                .ok_or_else(|| DecodeError::Missing("lines".into()))?;
             if lines.is_empty() || lines.len() > MAX_LINES {
-                return Err(DecodeError::invalid("lines", format!("must hold 1 to {MAX_LINES} lines, got {}", lines.len())));
+                return Err(DecodeError::invalid(
+                    "lines",
+                    format!("must hold 1 to {MAX_LINES} lines, got {}", lines.len()),
+                ));
             }
-            let lines = lines.iter().enumerate().map(|(i, line)| order_line(i, line)).collect::<Result<Vec<_>, _>>()?;
+            let lines = lines
+                .iter()
+                .enumerate()
+                .map(|(i, line)| order_line(i, line))
+                .collect::<Result<Vec<_>, _>>()?;
             EventBody::OrderPlaced {
                 order_id: order()?,
                 customer_id: identifier("customer_id", required("customer_id", raw.customer_id)?)?,
@@ -218,7 +282,13 @@ pub fn decode_event(payload: &[u8], ctx: RecordContext) -> Result<Event, DecodeE
         },
         _ => return Err(DecodeError::UnknownType(kind)),
     };
-    Ok(Event { tenant, id, ts, seq: ctx.offset, body })
+    Ok(Event {
+        tenant,
+        id,
+        ts,
+        seq: ctx.offset,
+        body,
+    })
 }
 
 /// `null` counts as absent.
@@ -226,14 +296,25 @@ pub(super) fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
     raw.filter(|r| r.get() != "null")
 }
 
-pub(super) fn required<'a>(field: &str, raw: Option<&'a RawValue>) -> Result<&'a RawValue, DecodeError> {
+pub(super) fn required<'a>(
+    field: &str,
+    raw: Option<&'a RawValue>,
+) -> Result<&'a RawValue, DecodeError> {
     present(raw).ok_or_else(|| DecodeError::Missing(field.to_owned()))
 }
 
 pub(super) fn text(field: &str, raw: &RawValue, max_len: usize) -> Result<String, DecodeError> {
-    let value: String = serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid(field, format!("expected a string, got `{}`", shorten(raw.get()))))?;
+    let value: String = serde_json::from_str(raw.get()).map_err(|_| {
+        DecodeError::invalid(
+            field,
+            format!("expected a string, got `{}`", shorten(raw.get())),
+        )
+    })?;
     if value.len() > max_len {
-        return Err(DecodeError::invalid(field, format!("longer than {max_len} bytes")));
+        return Err(DecodeError::invalid(
+            field,
+            format!("longer than {max_len} bytes"),
+        ));
     }
     Ok(value)
 }
@@ -248,7 +329,12 @@ fn non_empty(field: &str, value: String) -> Result<String, DecodeError> {
 /// Checks a tenant, sku, location or category: 1 to 64 of `A-Z a-z 0-9 . _ -`,
 /// not `.` nor `..` (see [`check_chars`]).
 pub fn validate_name(value: &str) -> Result<(), String> {
-    check_chars(value, MAX_NAME_LEN, |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'), "letters, digits, '.', '_' and '-'")
+    check_chars(
+        value,
+        MAX_NAME_LEN,
+        |b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'),
+        "letters, digits, '.', '_' and '-'",
+    )
 }
 
 /// Checks an id: 1 to 128 of `A-Z a-z 0-9 . _ - : @`, not `.` nor `..`.
@@ -261,7 +347,12 @@ pub fn validate_id(value: &str) -> Result<(), String> {
     )
 }
 
-fn check_chars(value: &str, max_len: usize, allowed: impl Fn(u8) -> bool, what: &str) -> Result<(), String> {
+fn check_chars(
+    value: &str,
+    max_len: usize,
+    allowed: impl Fn(u8) -> bool,
+    what: &str,
+) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".into());
     }
@@ -275,13 +366,20 @@ fn check_chars(value: &str, max_len: usize, allowed: impl Fn(u8) -> bool, what: 
     // `/v1/commands/{id}`), and clients normalise `.` and `..` away: a row
     // named so could never be read again.
     if value == "." || value == ".." {
-        return Err(format!("`{value}` is not allowed (a URL path cannot name it)"));
+        return Err(format!(
+            "`{value}` is not allowed (a URL path cannot name it)"
+        ));
     }
     Ok(())
 }
 
 pub(super) fn name(field: &str, raw: &RawValue) -> Result<Name, DecodeError> {
-    let value: Name = serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid(field, format!("expected a string, got `{}`", shorten(raw.get()))))?;
+    let value: Name = serde_json::from_str(raw.get()).map_err(|_| {
+        DecodeError::invalid(
+            field,
+            format!("expected a string, got `{}`", shorten(raw.get())),
+        )
+    })?;
     validate_name(&value).map_err(|reason| DecodeError::invalid(field, reason))?;
     Ok(value)
 }
@@ -291,7 +389,12 @@ pub(super) fn identifier(field: &str, raw: &RawValue) -> Result<Name, DecodeErro
     let value: Name = if raw.get().bytes().all(|b| b.is_ascii_digit()) {
         Name::from(raw.get())
     } else {
-        serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid(field, format!("expected a string, got `{}`", shorten(raw.get()))))?
+        serde_json::from_str(raw.get()).map_err(|_| {
+            DecodeError::invalid(
+                field,
+                format!("expected a string, got `{}`", shorten(raw.get())),
+            )
+        })?
     };
     validate_id(&value).map_err(|reason| DecodeError::invalid(field, reason))?;
     Ok(value)
@@ -305,9 +408,17 @@ pub(super) enum Sign {
 }
 
 pub(super) fn quantity(field: &str, raw: &RawValue, sign: Sign) -> Result<i64, DecodeError> {
-    let value: i64 = serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid(field, format!("expected an integer, got `{}`", shorten(raw.get()))))?;
+    let value: i64 = serde_json::from_str(raw.get()).map_err(|_| {
+        DecodeError::invalid(
+            field,
+            format!("expected an integer, got `{}`", shorten(raw.get())),
+        )
+    })?;
     if value.abs() > MAX_QTY {
-        return Err(DecodeError::invalid(field, format!("{value} is beyond the limit of ±{MAX_QTY}")));
+        return Err(DecodeError::invalid(
+            field,
+            format!("{value} is beyond the limit of ±{MAX_QTY}"),
+        ));
     }
     let ok = match sign {
         Sign::Positive => value > 0,
@@ -330,16 +441,26 @@ pub(super) fn quantity(field: &str, raw: &RawValue, sign: Sign) -> Result<i64, D
 pub(super) fn non_negative_money(field: &str, raw: &RawValue) -> Result<Money, DecodeError> {
     let text = raw.get();
     let value = if text.starts_with('"') {
-        let decimal: String = serde_json::from_str(text).map_err(|e| DecodeError::invalid(field, strip_position(&e.to_string())))?;
+        let decimal: String = serde_json::from_str(text)
+            .map_err(|e| DecodeError::invalid(field, strip_position(&e.to_string())))?;
         Money::parse(decimal.trim())
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         Money::parse_json_number(text)
     } else {
-        return Err(DecodeError::invalid(field, format!("expected a decimal number or decimal string, got `{}`", shorten(text))));
+        return Err(DecodeError::invalid(
+            field,
+            format!(
+                "expected a decimal number or decimal string, got `{}`",
+                shorten(text)
+            ),
+        ));
     };
     let value = value.map_err(|error| DecodeError::invalid(field, error.to_string()))?;
     if value.is_negative() {
-        return Err(DecodeError::invalid(field, format!("must not be negative, got {value}")));
+        return Err(DecodeError::invalid(
+            field,
+            format!("must not be negative, got {value}"),
+        ));
     }
     Ok(value)
 }
@@ -350,26 +471,43 @@ pub(super) fn event_time(raw: &RawValue) -> Result<EventTime, DecodeError> {
     const MAX_MS: i64 = 253_402_300_799_999;
     let text = raw.get();
     let ms = if text.starts_with('"') {
-        let s: String = serde_json::from_str(text).map_err(|e| DecodeError::invalid("ts", e.to_string()))?;
-        chrono::DateTime::parse_from_rfc3339(&s).map_err(|e| DecodeError::invalid("ts", format!("`{s}` is not RFC 3339 ({e})")))?.timestamp_millis()
+        let s: String =
+            serde_json::from_str(text).map_err(|e| DecodeError::invalid("ts", e.to_string()))?;
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map_err(|e| DecodeError::invalid("ts", format!("`{s}` is not RFC 3339 ({e})")))?
+            .timestamp_millis()
     } else {
-        serde_json::from_str::<i64>(text)
-            .map_err(|_| DecodeError::invalid("ts", format!("expected RFC 3339 text or integer epoch milliseconds, got `{}`", shorten(text))))?
+        serde_json::from_str::<i64>(text).map_err(|_| {
+            DecodeError::invalid(
+                "ts",
+                format!(
+                    "expected RFC 3339 text or integer epoch milliseconds, got `{}`",
+                    shorten(text)
+                ),
+            )
+        })?
     };
     if !(0..=MAX_MS).contains(&ms) {
-        return Err(DecodeError::invalid("ts", format!("{ms} ms is outside 1970-01-01..9999-12-31")));
+        return Err(DecodeError::invalid(
+            "ts",
+            format!("{ms} ms is outside 1970-01-01..9999-12-31"),
+        ));
     }
     Ok(ms)
 }
 
 fn initial_stock(raw: &RawValue) -> Result<Vec<(Name, i64)>, DecodeError> {
-    let map: std::collections::BTreeMap<String, &RawValue> =
-        serde_json::from_str(raw.get()).map_err(|_| DecodeError::invalid("stock", "expected an object of location: quantity"))?;
+    let map: std::collections::BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| DecodeError::invalid("stock", "expected an object of location: quantity"))?;
     map.into_iter()
         .map(|(location, qty)| {
             let field = format!("stock.{location}");
-            validate_name(&location).map_err(|reason| DecodeError::invalid(&field, format!("location {reason}")))?;
-            Ok((Name::from(location.as_str()), quantity(&field, qty, Sign::NonNegative)?))
+            validate_name(&location)
+                .map_err(|reason| DecodeError::invalid(&field, format!("location {reason}")))?;
+            Ok((
+                Name::from(location.as_str()),
+                quantity(&field, qty, Sign::NonNegative)?,
+            ))
         })
         .collect()
 }
@@ -382,7 +520,11 @@ fn order_line(index: usize, line: &RawLine<'_>) -> Result<OrderLine, DecodeError
             Some(l) => name(&field("location"), l)?,
             None => Name::from("default"),
         },
-        qty: quantity(&field("qty"), required(&field("qty"), line.qty)?, Sign::Positive)?,
+        qty: quantity(
+            &field("qty"),
+            required(&field("qty"), line.qty)?,
+            Sign::Positive,
+        )?,
         price: non_negative_money(&field("price"), required(&field("price"), line.price)?)?,
     })
 }
@@ -399,7 +541,10 @@ fn shorten(text: &str) -> String {
     if text.len() <= 40 {
         text.to_owned()
     } else {
-        let cut = (0..=40).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=40)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
         format!("{}…", &text[..cut])
     }
 }
@@ -416,7 +561,13 @@ mod tests {
     use super::*;
 
     fn decode(json: &str) -> Result<Event, DecodeError> {
-        decode_event(json.as_bytes(), RecordContext { offset: 7, log_time: Some(1_000) })
+        decode_event(
+            json.as_bytes(),
+            RecordContext {
+                offset: 7,
+                log_time: Some(1_000),
+            },
+        )
     }
 
     #[test]
@@ -442,12 +593,16 @@ mod tests {
             assert_eq!(event.body.type_name(), kind["type"].as_str().unwrap());
         }
         let placed = decode(cases[8]).unwrap();
-        assert!(matches!(placed.body, EventBody::OrderPlaced { total, .. } if total == Money::parse("3").unwrap()));
+        assert!(
+            matches!(placed.body, EventBody::OrderPlaced { total, .. } if total == Money::parse("3").unwrap())
+        );
     }
 
     #[test]
     fn reads_both_time_forms() {
-        let a = decode(r#"{"id":"e","type":"item.deleted","sku":"A","ts":"2026-01-02T03:04:05.678Z"}"#).unwrap();
+        let a =
+            decode(r#"{"id":"e","type":"item.deleted","sku":"A","ts":"2026-01-02T03:04:05.678Z"}"#)
+                .unwrap();
         let b = decode(r#"{"id":"e","type":"item.deleted","sku":"A","ts":1767323045678}"#).unwrap();
         assert_eq!(a.ts, 1_767_323_045_678);
         assert_eq!(a.ts, b.ts);
@@ -458,43 +613,115 @@ mod tests {
         let cases = [
             ("not json", "not a JSON object"),
             (r#"[1,2]"#, "not a JSON object"),
-            (r#"{"type":"item.deleted","sku":"A"}"#, "missing required field `id`"),
-            (r#"{"id":"e","type":"teleport","sku":"A"}"#, "unknown event type `teleport`"),
-            (r#"{"id":"e","type":"stock.adjusted","sku":"A","location":"m","qty":0}"#, "field `qty`: must not be 0, got 0"),
-            (r#"{"id":"e","type":"stock.adjusted","sku":"A","location":"m","qty":1.5}"#, "field `qty`: expected an integer, got `1.5`"),
-            (r#"{"id":"e","type":"stock.reserved","sku":"A","location":"m","qty":-1,"reservation_id":"r"}"#, "field `qty`: must be greater than 0, got -1"),
-            (r#"{"id":"e","type":"stock.adjusted","sku":"A/B","location":"m","qty":1}"#, "field `sku`: character '/' not allowed"),
-            (r#"{"id":"e","type":"stock.adjusted","sku":"A","qty":1}"#, "missing required field `location`"),
-            (r#"{"id":"e","type":"item.deleted","sku":"A","ts":"yesterday"}"#, "field `ts`: `yesterday` is not RFC 3339"),
-            (r#"{"id":"e","type":"item.deleted","sku":"A","tenant":""}"#, "field `tenant`: must not be empty"),
-            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":-1}"#, "field `price`: must not be negative"),
-            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":1.23456}"#, "field `price`: `1.23456` has more than 4 decimal places"),
-            (r#"{"id":"e","type":"item.updated","sku":"A"}"#, "changes nothing"),
-            (r#"{"id":"e","type":"order.placed","order_id":"o","customer_id":"c","lines":[{"sku":"A","qty":1}]}"#, "missing required field `lines[0].price`"),
-            (r#"{"id":"e","type":"stock.adjusted","sku":"A","location":"m","qty":5000000000}"#, "beyond the limit"),
-            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":900719925474.0993}"#, "field `price`: `900719925474.0993` is beyond"),
-            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":"900719925474.0993"}"#, "field `price`: `900719925474.0993` is beyond"),
-            (r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":true}"#, "field `price`: expected a decimal number"),
-            (r#"{"id":"e","type":"item.deleted","sku":".."}"#, "field `sku`: `..` is not allowed"),
-            (r#"{"id":".","type":"item.deleted","sku":"A"}"#, "field `id`: `.` is not allowed"),
+            (
+                r#"{"type":"item.deleted","sku":"A"}"#,
+                "missing required field `id`",
+            ),
+            (
+                r#"{"id":"e","type":"teleport","sku":"A"}"#,
+                "unknown event type `teleport`",
+            ),
+            (
+                r#"{"id":"e","type":"stock.adjusted","sku":"A","location":"m","qty":0}"#,
+                "field `qty`: must not be 0, got 0",
+            ),
+            (
+                r#"{"id":"e","type":"stock.adjusted","sku":"A","location":"m","qty":1.5}"#,
+                "field `qty`: expected an integer, got `1.5`",
+            ),
+            (
+                r#"{"id":"e","type":"stock.reserved","sku":"A","location":"m","qty":-1,"reservation_id":"r"}"#,
+                "field `qty`: must be greater than 0, got -1",
+            ),
+            (
+                r#"{"id":"e","type":"stock.adjusted","sku":"A/B","location":"m","qty":1}"#,
+                "field `sku`: character '/' not allowed",
+            ),
+            (
+                r#"{"id":"e","type":"stock.adjusted","sku":"A","qty":1}"#,
+                "missing required field `location`",
+            ),
+            (
+                r#"{"id":"e","type":"item.deleted","sku":"A","ts":"yesterday"}"#,
+                "field `ts`: `yesterday` is not RFC 3339",
+            ),
+            (
+                r#"{"id":"e","type":"item.deleted","sku":"A","tenant":""}"#,
+                "field `tenant`: must not be empty",
+            ),
+            (
+                r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":-1}"#,
+                "field `price`: must not be negative",
+            ),
+            (
+                r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":1.23456}"#,
+                "field `price`: `1.23456` has more than 4 decimal places",
+            ),
+            (
+                r#"{"id":"e","type":"item.updated","sku":"A"}"#,
+                "changes nothing",
+            ),
+            (
+                r#"{"id":"e","type":"order.placed","order_id":"o","customer_id":"c","lines":[{"sku":"A","qty":1}]}"#,
+                "missing required field `lines[0].price`",
+            ),
+            (
+                r#"{"id":"e","type":"stock.adjusted","sku":"A","location":"m","qty":5000000000}"#,
+                "beyond the limit",
+            ),
+            (
+                r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":900719925474.0993}"#,
+                "field `price`: `900719925474.0993` is beyond",
+            ),
+            (
+                r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":"900719925474.0993"}"#,
+                "field `price`: `900719925474.0993` is beyond",
+            ),
+            (
+                r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":true}"#,
+                "field `price`: expected a decimal number",
+            ),
+            (
+                r#"{"id":"e","type":"item.deleted","sku":".."}"#,
+                "field `sku`: `..` is not allowed",
+            ),
+            (
+                r#"{"id":".","type":"item.deleted","sku":"A"}"#,
+                "field `id`: `.` is not allowed",
+            ),
         ];
         for (json, expected) in cases {
             let error = decode(json).expect_err(json).to_string();
-            assert!(error.contains(expected), "{json}: got `{error}`, expected `{expected}`");
+            assert!(
+                error.contains(expected),
+                "{json}: got `{error}`, expected `{expected}`"
+            );
         }
     }
 
     #[test]
     fn money_is_read_from_its_text_exactly() {
-        let event = decode(r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":549755813887.9999}"#).unwrap();
-        assert!(matches!(event.body, EventBody::ItemCreated { price, .. } if price.ten_thousandths() == 5_497_558_138_879_999), "{event:?}");
+        let event = decode(
+            r#"{"id":"e","type":"item.created","sku":"A","name":"n","price":549755813887.9999}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(event.body, EventBody::ItemCreated { price, .. } if price.ten_thousandths() == 5_497_558_138_879_999),
+            "{event:?}"
+        );
         let event = decode(r#"{"id":"e","type":"item.updated","sku":"A","price":1.25e2}"#).unwrap();
-        assert!(matches!(event.body, EventBody::ItemUpdated { price: Some(price), .. } if price == Money::parse("125").unwrap()), "{event:?}");
+        assert!(
+            matches!(event.body, EventBody::ItemUpdated { price: Some(price), .. } if price == Money::parse("125").unwrap()),
+            "{event:?}"
+        );
     }
 
     #[test]
     fn ts_falls_back_to_log_time_or_fails() {
-        let no_time = decode_event(br#"{"id":"e","type":"item.deleted","sku":"A"}"#, RecordContext::default());
+        let no_time = decode_event(
+            br#"{"id":"e","type":"item.deleted","sku":"A"}"#,
+            RecordContext::default(),
+        );
         assert_eq!(no_time, Err(DecodeError::Missing("ts".into())));
     }
 }

@@ -285,7 +285,9 @@ pub struct ItemRow {
 /// retraction ever reaches a key (an event superseded by an earlier-positioned
 /// copy arriving later, possible only across partitions) the quantities are
 /// exact and `updated_at` keeps the superseded event's time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct StockDelta {
     /// Change of physical quantity on the shelf.
     pub on_hand: i64,
@@ -328,7 +330,12 @@ impl differential_dataflow::difference::Multiply<isize> for StockDelta {
     type Output = StockDelta;
     fn multiply(self, rhs: &isize) -> StockDelta {
         let factor = *rhs as i64;
-        StockDelta { on_hand: self.on_hand * factor, reserved: self.reserved * factor, changes: self.changes * factor, updated_at: self.updated_at }
+        StockDelta {
+            on_hand: self.on_hand * factor,
+            reserved: self.reserved * factor,
+            changes: self.changes * factor,
+            updated_at: self.updated_at,
+        }
     }
 }
 
@@ -343,11 +350,15 @@ pub fn hash_parts(seed: u64, parts: &[&str]) -> u64 {
         let bytes = part.as_bytes();
         let mut chunks = bytes.chunks_exact(8);
         for chunk in chunks.by_ref() {
-            h = (h ^ u64::from_le_bytes(chunk.try_into().expect("8 bytes"))).wrapping_mul(K).rotate_left(29);
+            h = (h ^ u64::from_le_bytes(chunk.try_into().expect("8 bytes")))
+                .wrapping_mul(K)
+                .rotate_left(29);
         }
         let mut tail = [0u8; 8];
         tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        h = (h ^ u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56)).wrapping_mul(K).rotate_left(29);
+        h = (h ^ u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56))
+            .wrapping_mul(K)
+            .rotate_left(29);
     }
     // murmur3's finaliser spreads every input bit over the low bits used for exchange.
     h ^= h >> 33;

@@ -74,21 +74,36 @@ impl Money {
     /// Parses a JSON number's text exactly, exponent included (`1.5e3`):
     /// the digits are read as written, never through a float.
     pub fn parse_json_number(text: &str) -> Result<Money, MoneyError> {
-        let Some(at) = text.find(['e', 'E']) else { return Money::parse(text) };
+        let Some(at) = text.find(['e', 'E']) else {
+            return Money::parse(text);
+        };
         let bad = || MoneyError::NotANumber(text.to_owned());
         let (mantissa, exponent) = (&text[..at], &text[at + 1..]);
-        let exponent: i32 = exponent.strip_prefix('+').unwrap_or(exponent).parse().map_err(|_| bad())?;
+        let exponent: i32 = exponent
+            .strip_prefix('+')
+            .unwrap_or(exponent)
+            .parse()
+            .map_err(|_| bad())?;
         let (sign, digits) = match mantissa.strip_prefix('-') {
             Some(rest) => ("-", rest),
             None => ("", mantissa),
         };
         let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        if whole.is_empty() || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        if whole.is_empty()
+            || !whole
+                .bytes()
+                .chain(frac.bytes())
+                .all(|b| b.is_ascii_digit())
+        {
             return Err(bad());
         }
         // Move the point `exponent` places; beyond ±40 no amount of four decimals fits.
         if exponent.abs() > 40 {
-            return Err(if exponent > 0 { MoneyError::OutOfRange(text.to_owned()) } else { MoneyError::TooPrecise(text.to_owned()) });
+            return Err(if exponent > 0 {
+                MoneyError::OutOfRange(text.to_owned())
+            } else {
+                MoneyError::TooPrecise(text.to_owned())
+            });
         }
         let all = format!("{whole}{frac}");
         let point = whole.len() as i32 + exponent;
@@ -100,7 +115,11 @@ impl Money {
             format!("{}.{}", &all[..point as usize], &all[point as usize..])
         };
         let trimmed = shifted.trim_start_matches('0');
-        let shifted = if trimmed.is_empty() || trimmed.starts_with('.') { format!("0{trimmed}") } else { trimmed.to_owned() };
+        let shifted = if trimmed.is_empty() || trimmed.starts_with('.') {
+            format!("0{trimmed}")
+        } else {
+            trimmed.to_owned()
+        };
         Money::parse(&format!("{sign}{shifted}")).map_err(|error| match error {
             MoneyError::TooPrecise(_) => MoneyError::TooPrecise(text.to_owned()),
             MoneyError::OutOfRange(_) => MoneyError::OutOfRange(text.to_owned()),
@@ -132,11 +151,19 @@ impl Money {
         }
         let range = || MoneyError::OutOfRange(text.to_owned());
         let whole: i64 = whole.parse().map_err(|_| range())?;
-        let mut fraction: i64 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| bad())? };
+        let mut fraction: i64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().map_err(|_| bad())?
+        };
         for _ in frac.len()..4 {
             fraction *= 10;
         }
-        let value = whole.checked_mul(SCALE).and_then(|w| w.checked_add(fraction)).filter(|v| *v <= MAX_TEN_THOUSANDTHS).ok_or_else(range)?;
+        let value = whole
+            .checked_mul(SCALE)
+            .and_then(|w| w.checked_add(fraction))
+            .filter(|v| *v <= MAX_TEN_THOUSANDTHS)
+            .ok_or_else(range)?;
         Ok(Money(if negative { -value } else { value }))
     }
 }
@@ -200,7 +227,9 @@ impl<'de> Deserialize<'de> for Money {
                     .ok_or_else(|| E::custom(MoneyError::OutOfRange(v.to_string())))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Money, E> {
-                i64::try_from(v).map_err(|_| E::custom(MoneyError::OutOfRange(v.to_string()))).and_then(|v| self.visit_i64(v))
+                i64::try_from(v)
+                    .map_err(|_| E::custom(MoneyError::OutOfRange(v.to_string())))
+                    .and_then(|v| self.visit_i64(v))
             }
             fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Money, E> {
                 if !v.is_finite() {
@@ -233,7 +262,13 @@ mod tests {
 
     #[test]
     fn parses_and_prints_exactly() {
-        for (text, tt, shown) in [("12.34", 123_400, "12.34"), ("0", 0, "0"), ("-3.5", -35_000, "-3.5"), ("0.0001", 1, "0.0001"), ("7.10", 71_000, "7.1")] {
+        for (text, tt, shown) in [
+            ("12.34", 123_400, "12.34"),
+            ("0", 0, "0"),
+            ("-3.5", -35_000, "-3.5"),
+            ("0.0001", 1, "0.0001"),
+            ("7.10", 71_000, "7.1"),
+        ] {
             let m = Money::parse(text).unwrap();
             assert_eq!(m.ten_thousandths(), tt, "{text}");
             assert_eq!(m.to_string(), shown);
@@ -242,26 +277,66 @@ mod tests {
 
     #[test]
     fn rejects_bad_text() {
-        assert!(matches!(Money::parse("1.23456"), Err(MoneyError::TooPrecise(_))));
-        assert!(matches!(Money::parse("abc"), Err(MoneyError::NotANumber(_))));
+        assert!(matches!(
+            Money::parse("1.23456"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Money::parse("abc"),
+            Err(MoneyError::NotANumber(_))
+        ));
         assert!(matches!(Money::parse("1."), Err(MoneyError::NotANumber(_))));
         assert!(matches!(Money::parse(".5"), Err(MoneyError::NotANumber(_))));
-        assert!(matches!(Money::parse("99999999999999999999"), Err(MoneyError::OutOfRange(_))));
+        assert!(matches!(
+            Money::parse("99999999999999999999"),
+            Err(MoneyError::OutOfRange(_))
+        ));
     }
 
     #[test]
     fn json_numbers_are_read_exactly_or_refused() {
-        for (text, tt) in [("549755813887.9999", MAX_TEN_THOUSANDTHS), ("1.5e3", 15_000_000), ("125E-4", 125), ("-2e0", -20_000), ("0.5e1", 50_000)] {
-            assert_eq!(Money::parse_json_number(text).map(Money::ten_thousandths), Ok(tt), "{text}");
+        for (text, tt) in [
+            ("549755813887.9999", MAX_TEN_THOUSANDTHS),
+            ("1.5e3", 15_000_000),
+            ("125E-4", 125),
+            ("-2e0", -20_000),
+            ("0.5e1", 50_000),
+        ] {
+            assert_eq!(
+                Money::parse_json_number(text).map(Money::ten_thousandths),
+                Ok(tt),
+                "{text}"
+            );
         }
-        assert!(matches!(Money::parse_json_number("900719925474.0993"), Err(MoneyError::OutOfRange(_))));
-        assert!(matches!(Money::parse_json_number("1e-5"), Err(MoneyError::TooPrecise(_))));
-        assert!(matches!(Money::parse_json_number("1e99"), Err(MoneyError::OutOfRange(_))));
-        assert!(matches!(Money::parse_json_number("1e"), Err(MoneyError::NotANumber(_))));
+        assert!(matches!(
+            Money::parse_json_number("900719925474.0993"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            Money::parse_json_number("1e-5"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Money::parse_json_number("1e99"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            Money::parse_json_number("1e"),
+            Err(MoneyError::NotANumber(_))
+        ));
         // Every amount up to the limit prints back as itself through a double.
-        for tt in [MAX_TEN_THOUSANDTHS, MAX_TEN_THOUSANDTHS - 1, (1 << 39) * SCALE - 9_999, 1_234_567_890_123_456] {
+        for tt in [
+            MAX_TEN_THOUSANDTHS,
+            MAX_TEN_THOUSANDTHS - 1,
+            (1 << 39) * SCALE - 9_999,
+            1_234_567_890_123_456,
+        ] {
             let money = Money(tt);
-            assert_eq!(serde_json::to_string(&money).unwrap(), money.to_string(), "{tt}");
+            assert_eq!(
+                serde_json::to_string(&money).unwrap(),
+                money.to_string(),
+                "{tt}"
+            );
         }
     }
 
@@ -271,7 +346,9 @@ mod tests {
         let b: Money = serde_json::from_str("\"12.34\"").unwrap();
         assert_eq!(a, b);
         assert_eq!(serde_json::to_string(&a).unwrap(), "12.34");
-        let sum: Money = [Money::parse("0.1").unwrap(), Money::parse("0.2").unwrap()].into_iter().sum();
+        let sum: Money = [Money::parse("0.1").unwrap(), Money::parse("0.2").unwrap()]
+            .into_iter()
+            .sum();
         assert_eq!(serde_json::to_string(&sum).unwrap(), "0.3");
     }
 }

@@ -2,7 +2,10 @@
 //! whose payloads are camelCase and carry no type or tenant (the topic says
 //! what a message is). The mapping, field by field, is in `docs/formats.md`.
 
-use super::decode::{event_time, identifier, name, non_negative_money, present, quantity, required, text, DecodeError, RecordContext, Sign, MAX_LINES};
+use super::decode::{
+    event_time, identifier, name, non_negative_money, present, quantity, required, text,
+    DecodeError, RecordContext, Sign, MAX_LINES,
+};
 use super::{Event, EventBody, Name, OrderLine, OrderStatus, DEFAULT_TENANT};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -48,18 +51,31 @@ struct RawItem<'a> {
 
 /// The lines of a Tradex order (`items[{productId, quantity, price}]`, at
 /// location `default`); `field` names the array in errors.
-fn order_lines(field: &str, items: Option<Vec<RawItem<'_>>>) -> Result<Vec<OrderLine>, DecodeError> {
+fn order_lines(
+    field: &str,
+    items: Option<Vec<RawItem<'_>>>,
+) -> Result<Vec<OrderLine>, DecodeError> {
     let items = items.ok_or_else(|| DecodeError::Missing(field.into()))?;
     if items.is_empty() || items.len() > MAX_LINES {
-        return Err(DecodeError::invalid(field, format!("must hold 1 to {MAX_LINES} items, got {}", items.len())));
+        return Err(DecodeError::invalid(
+            field,
+            format!("must hold 1 to {MAX_LINES} items, got {}", items.len()),
+        ));
     }
     let mut lines = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = |f: &str| format!("{field}[{i}].{f}");
         lines.push(OrderLine {
-            sku: name(&at("productId"), required(&at("productId"), item.product_id)?)?,
+            sku: name(
+                &at("productId"),
+                required(&at("productId"), item.product_id)?,
+            )?,
             location: Name::from(TRADEX_LOCATION),
-            qty: quantity(&at("quantity"), required(&at("quantity"), item.quantity)?, Sign::Positive)?,
+            qty: quantity(
+                &at("quantity"),
+                required(&at("quantity"), item.quantity)?,
+                Sign::Positive,
+            )?,
             price: non_negative_money(&at("price"), required(&at("price"), item.price)?)?,
         });
     }
@@ -68,18 +84,41 @@ fn order_lines(field: &str, items: Option<Vec<RawItem<'_>>>) -> Result<Vec<Order
 
 /// Decodes one Tradex message read from `topic`/`partition` into the events
 /// it means (possibly none: `user.registered` changes no view).
-pub fn decode_tradex(topic: &str, partition: u32, payload: &[u8], ctx: RecordContext) -> Result<Vec<Event>, DecodeError> {
-    let raw: RawTradex<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+pub fn decode_tradex(
+    topic: &str,
+    partition: u32,
+    payload: &[u8],
+    ctx: RecordContext,
+) -> Result<Vec<Event>, DecodeError> {
+    let raw: RawTradex<'_> =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     // The topic names the message: `order.created`, or any name ending in `.order.created`.
-    const KINDS: [&str; 4] = ["order.created", "order.updated", "stock.updated", "user.registered"];
-    let kind = KINDS.iter().find(|k| topic == **k || topic.strip_suffix(**k).is_some_and(|p| p.ends_with('.'))).copied().unwrap_or(topic);
+    const KINDS: [&str; 4] = [
+        "order.created",
+        "order.updated",
+        "stock.updated",
+        "user.registered",
+    ];
+    let kind = KINDS
+        .iter()
+        .find(|k| topic == **k || topic.strip_suffix(**k).is_some_and(|p| p.ends_with('.')))
+        .copied()
+        .unwrap_or(topic);
     let time = |raw: Option<&RawValue>| -> Result<i64, DecodeError> {
         match present(raw) {
             Some(t) => event_time(t),
-            None => ctx.log_time.ok_or_else(|| DecodeError::Missing("createdAt".into())),
+            None => ctx
+                .log_time
+                .ok_or_else(|| DecodeError::Missing("createdAt".into())),
         }
     };
-    let event = |id: String, ts: i64, body: EventBody| Event { tenant: Name::from(DEFAULT_TENANT), id: Name::from(id), seq: ctx.offset, ts, body };
+    let event = |id: String, ts: i64, body: EventBody| Event {
+        tenant: Name::from(DEFAULT_TENANT),
+        id: Name::from(id),
+        seq: ctx.offset,
+        ts,
+        body,
+    };
     match kind {
         "order.created" => {
             let order_id = identifier("orderId", required("orderId", raw.order_id)?)?;
@@ -140,7 +179,9 @@ pub fn decode_tradex(topic: &str, partition: u32, payload: &[u8], ctx: RecordCon
 /// True for the Tradex command topics (`auth.commands`, `catalog.commands`,
 /// `order.commands`, or a name ending in one of them).
 pub fn is_command_topic(topic: &str) -> bool {
-    ["auth.commands", "catalog.commands", "order.commands"].iter().any(|k| topic == *k || topic.strip_suffix(k).is_some_and(|p| p.ends_with('.')))
+    ["auth.commands", "catalog.commands", "order.commands"]
+        .iter()
+        .any(|k| topic == *k || topic.strip_suffix(k).is_some_and(|p| p.ends_with('.')))
 }
 
 #[derive(Deserialize)]
@@ -180,15 +221,28 @@ struct RawCommandData<'a> {
 /// no id: a command's id is its position (`tradex:{topic hash}:{partition}:{offset}`),
 /// so a re-read of the same message is one command, while a producer's
 /// retry that lands at a new offset is another.
-pub fn decode_tradex_command(topic: &str, partition: u32, payload: &[u8], ctx: RecordContext) -> Result<Vec<super::Command>, DecodeError> {
-    let raw: RawTradexCommand<'_> = serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
+pub fn decode_tradex_command(
+    topic: &str,
+    partition: u32,
+    payload: &[u8],
+    ctx: RecordContext,
+) -> Result<Vec<super::Command>, DecodeError> {
+    let raw: RawTradexCommand<'_> =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::Json(e.to_string()))?;
     let command = text("command", required("command", raw.command)?, 64)?;
-    let ts = ctx.log_time.ok_or_else(|| DecodeError::Missing("timestamp".into()))?;
+    let ts = ctx
+        .log_time
+        .ok_or_else(|| DecodeError::Missing("timestamp".into()))?;
     // Unique across the command topics (the topic is hashed: ids stay short).
-    let id = Name::from(format!("tradex:{:08x}:{partition}:{}", super::hash_parts(0, &[topic]) & 0xffff_ffff, ctx.offset));
+    let id = Name::from(format!(
+        "tradex:{:08x}:{partition}:{}",
+        super::hash_parts(0, &[topic]) & 0xffff_ffff,
+        ctx.offset
+    ));
     let tenant = Name::from(DEFAULT_TENANT);
     let data = || -> Result<RawCommandData<'_>, DecodeError> {
-        serde_json::from_str(required("data", raw.data)?.get()).map_err(|e| DecodeError::invalid("data", e.to_string()))
+        serde_json::from_str(required("data", raw.data)?.get())
+            .map_err(|e| DecodeError::invalid("data", e.to_string()))
     };
     match command.as_str() {
         "CREATE_PRODUCT" => {
@@ -237,35 +291,80 @@ mod tests {
     use crate::model::Money;
 
     fn ctx() -> RecordContext {
-        RecordContext { offset: 3, log_time: Some(5) }
+        RecordContext {
+            offset: 3,
+            log_time: Some(5),
+        }
     }
 
     #[test]
     fn order_created_places_the_order_and_takes_the_stock() {
         let payload = br#"{"orderId":"7b1c","userId":"u-9","items":[{"productId":"P-1","quantity":2,"price":10.5},{"productId":"P-2","quantity":1,"price":"3"}],"totalAmount":24,"status":"pending","createdAt":"2026-01-01T00:00:00Z"}"#;
         let events = decode_tradex("order.created", 0, payload, ctx()).unwrap();
-        assert_eq!(decode_tradex("shop-eu.order.created", 0, payload, ctx()).unwrap(), events, "a prefixed topic is the same kind");
+        assert_eq!(
+            decode_tradex("shop-eu.order.created", 0, payload, ctx()).unwrap(),
+            events,
+            "a prefixed topic is the same kind"
+        );
         assert_eq!(events.len(), 3);
-        assert!(matches!(&events[0].body, EventBody::StockAdjusted { sku, qty: -2, location, .. } if sku == "P-1" && location == "default"));
-        assert!(matches!(&events[1].body, EventBody::StockAdjusted { sku, qty: -1, .. } if sku == "P-2"));
-        assert!(matches!(&events[2].body, EventBody::OrderPlaced { total, lines, .. } if *total == Money::parse("24").unwrap() && lines.len() == 2));
+        assert!(
+            matches!(&events[0].body, EventBody::StockAdjusted { sku, qty: -2, location, .. } if sku == "P-1" && location == "default")
+        );
+        assert!(
+            matches!(&events[1].body, EventBody::StockAdjusted { sku, qty: -1, .. } if sku == "P-2")
+        );
+        assert!(
+            matches!(&events[2].body, EventBody::OrderPlaced { total, lines, .. } if *total == Money::parse("24").unwrap() && lines.len() == 2)
+        );
         assert_eq!(events[2].ts, 1_767_225_600_000);
-        assert_eq!(events[0].id, "tradex:7b1c:0", "ids derive from the order, so a redelivery is one order");
+        assert_eq!(
+            events[0].id, "tradex:7b1c:0",
+            "ids derive from the order, so a redelivery is one order"
+        );
     }
 
     #[test]
     fn stock_updated_increases_and_ignores_the_echo_of_orders() {
-        let up = decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"increase"}"#, ctx()).unwrap();
-        assert!(matches!(&up[0].body, EventBody::StockAdjusted { qty: 5, .. }));
+        let up = decode_tradex(
+            "stock.updated",
+            0,
+            br#"{"productId":"P-1","quantity":5,"operation":"increase"}"#,
+            ctx(),
+        )
+        .unwrap();
+        assert!(matches!(
+            &up[0].body,
+            EventBody::StockAdjusted { qty: 5, .. }
+        ));
         assert_eq!(up[0].ts, 5, "no updatedAt: the log time");
-        assert!(decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"decrease"}"#, ctx()).unwrap().is_empty());
-        let bad = decode_tradex("stock.updated", 0, br#"{"productId":"P-1","quantity":5,"operation":"grow"}"#, ctx()).unwrap_err();
-        assert_eq!(bad.to_string(), "field `operation`: expected `increase` or `decrease`, got `grow`");
+        assert!(decode_tradex(
+            "stock.updated",
+            0,
+            br#"{"productId":"P-1","quantity":5,"operation":"decrease"}"#,
+            ctx()
+        )
+        .unwrap()
+        .is_empty());
+        let bad = decode_tradex(
+            "stock.updated",
+            0,
+            br#"{"productId":"P-1","quantity":5,"operation":"grow"}"#,
+            ctx(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad.to_string(),
+            "field `operation`: expected `increase` or `decrease`, got `grow`"
+        );
     }
 
     #[test]
     fn commands_become_stockflow_commands() {
-        assert!(is_command_topic("catalog.commands") && is_command_topic("eu.order.commands") && !is_command_topic("order.created"));
+        assert!(
+            is_command_topic("catalog.commands")
+                && is_command_topic("eu.order.commands")
+                && !is_command_topic("order.created")
+        );
         let product = decode_tradex_command(
             "catalog.commands",
             1,
@@ -273,8 +372,14 @@ mod tests {
             ctx(),
         )
         .unwrap();
-        assert!(matches!(&product[0].intent, EventBody::ItemCreated { initial, .. } if initial == &vec![(Name::from("default"), 12)]));
-        assert!(product[0].id.starts_with("tradex:") && product[0].id.ends_with(":1:3"), "{}", product[0].id);
+        assert!(
+            matches!(&product[0].intent, EventBody::ItemCreated { initial, .. } if initial == &vec![(Name::from("default"), 12)])
+        );
+        assert!(
+            product[0].id.starts_with("tradex:") && product[0].id.ends_with(":1:3"),
+            "{}",
+            product[0].id
+        );
         let other = decode_tradex_command(
             "order.commands",
             1,
@@ -282,7 +387,10 @@ mod tests {
             ctx(),
         )
         .unwrap();
-        assert_ne!(other[0].id, product[0].id, "same position in another topic is another command");
+        assert_ne!(
+            other[0].id, product[0].id,
+            "same position in another topic is another command"
+        );
         let order = decode_tradex_command(
             "order.commands",
             0,
@@ -290,7 +398,9 @@ mod tests {
             ctx(),
         )
         .unwrap();
-        assert!(matches!(&order[0].intent, EventBody::OrderPlaced { lines, total, .. } if lines.len() == 1 && *total == Money::parse("19").unwrap()));
+        assert!(
+            matches!(&order[0].intent, EventBody::OrderPlaced { lines, total, .. } if lines.len() == 1 && *total == Money::parse("19").unwrap())
+        );
         assert_eq!(
             order[0].sku,
             match &order[0].intent {
@@ -298,14 +408,24 @@ mod tests {
                 _ => unreachable!(),
             }
         );
-        assert!(decode_tradex_command("auth.commands", 0, br#"{"command":"LOGIN_USER","data":{}}"#, ctx()).unwrap().is_empty());
+        assert!(decode_tradex_command(
+            "auth.commands",
+            0,
+            br#"{"command":"LOGIN_USER","data":{}}"#,
+            ctx()
+        )
+        .unwrap()
+        .is_empty());
         let bad = decode_tradex_command(
             "order.commands",
             0,
             br#"{"command":"CREATE_ORDER","data":{"userId":"u","items":[{"productId":"P","quantity":0,"price":1}]}}"#,
             ctx(),
         );
-        assert_eq!(bad.unwrap_err().to_string(), "field `data.items[0].quantity`: must be greater than 0, got 0");
+        assert_eq!(
+            bad.unwrap_err().to_string(),
+            "field `data.items[0].quantity`: must be greater than 0, got 0"
+        );
     }
 
     #[test]
@@ -316,16 +436,45 @@ mod tests {
                 r#"{"orderId":"o","userId":"u","items":[{"productId":"P","quantity":0,"price":1}]}"#,
                 "field `items[0].quantity`: must be greater than 0",
             ),
-            ("order.created", r#"{"orderId":"o","items":[]}"#, "missing required field `userId`"),
-            ("order.updated", r#"{"orderId":"o"}"#, "missing required field `status`"),
+            (
+                "order.created",
+                r#"{"orderId":"o","items":[]}"#,
+                "missing required field `userId`",
+            ),
+            (
+                "order.updated",
+                r#"{"orderId":"o"}"#,
+                "missing required field `status`",
+            ),
             ("orders.misc", r#"{}"#, "tradex topic `orders.misc`"),
         ];
         for (topic, payload, expected) in cases {
-            let error = decode_tradex(topic, 0, payload.as_bytes(), ctx()).unwrap_err().to_string();
+            let error = decode_tradex(topic, 0, payload.as_bytes(), ctx())
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{topic} {payload}: {error}");
         }
-        assert!(decode_tradex("user.registered", 0, br#"{"userId":"u","email":"a@b"}"#, ctx()).unwrap().is_empty());
-        let cancelled = decode_tradex("order.updated", 0, br#"{"orderId":"o","status":"CANCELLED"}"#, ctx()).unwrap();
-        assert!(matches!(cancelled[0].body, EventBody::OrderStatus { status: OrderStatus::Cancelled, .. }));
+        assert!(decode_tradex(
+            "user.registered",
+            0,
+            br#"{"userId":"u","email":"a@b"}"#,
+            ctx()
+        )
+        .unwrap()
+        .is_empty());
+        let cancelled = decode_tradex(
+            "order.updated",
+            0,
+            br#"{"orderId":"o","status":"CANCELLED"}"#,
+            ctx(),
+        )
+        .unwrap();
+        assert!(matches!(
+            cancelled[0].body,
+            EventBody::OrderStatus {
+                status: OrderStatus::Cancelled,
+                ..
+            }
+        ));
     }
 }

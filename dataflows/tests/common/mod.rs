@@ -10,7 +10,12 @@ pub type Epoch = u64;
 /// Feeds `epochs` to `input`, epoch `e` at time `e` (record `i` of an epoch
 /// by worker `i % peers`, so every worker feeds some), stepping `worker`
 /// after each epoch until `probe` has passed it.
-pub fn feed<D: differential_dataflow::Data>(worker: &mut Worker, input: &mut InputSession<Epoch, D, isize>, probe: &Handle<Epoch>, epochs: &[Vec<D>]) {
+pub fn feed<D: differential_dataflow::Data>(
+    worker: &mut Worker,
+    input: &mut InputSession<Epoch, D, isize>,
+    probe: &Handle<Epoch>,
+    epochs: &[Vec<D>],
+) {
     let (index, peers) = (worker.index(), worker.peers());
     for (epoch, records) in epochs.iter().enumerate() {
         for (i, record) in records.iter().enumerate() {
