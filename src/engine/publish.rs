@@ -7,7 +7,7 @@ use crate::changes::{Batch, Row};
 use crate::metrics::Metrics;
 use crate::rows::{low_stock_row, AlertEvent, LowStockRow};
 use crate::shutdown::Shutdown;
-use crate::source::outbox::{Patience, Watch};
+use crate::source::outbox::{LogOnly, Patience, Watch};
 use crate::source::{Appender, DeadLetter, Outbox, Outgoing};
 use crate::store::{Snapshot, Store};
 use differential_dataflow::VecCollection;
@@ -340,13 +340,7 @@ impl Watch for OutputWatch<'_> {
             .append_failures
             .with_label_values(&[topic])
             .inc_by(failed as u64);
-        tracing::warn!(
-            topic,
-            failed,
-            error,
-            retry_in_ms = retry_in.as_millis() as u64,
-            "records not acknowledged; sending them again"
-        );
+        LogOnly.failed(topic, failed, error, retry_in);
     }
 
     fn waiting(&self, why: Option<String>) {
@@ -558,7 +552,7 @@ pub fn run_publisher(
         alerts.sort_by(|a, b| (a.1, &a.0.key, a.0.kind).cmp(&(b.1, &b.0.key, b.0.kind)));
         let through = working.as_of.epoch;
         let written = std::thread::scope(|scope| {
-            let writing = writer.has_work(&outcomes, &alerts).then(|| {
+            let writing = writer.has_work(&outcomes, &alerts, through).then(|| {
                 let (writer, alerts, outcomes) =
                     (&mut writer, &alerts, std::mem::take(&mut outcomes));
                 let (shutdown, watch, metrics) = (&shutdown, &watch, &metrics);
@@ -655,22 +649,17 @@ pub fn run_publisher(
         }
         // Metrics first: whoever sees the new snapshot sees metrics at least as new.
         metrics.published_epoch.set(working.as_of.epoch as i64);
-        metrics
-            .view_rows
-            .with_label_values(&["items"])
-            .set(working.items.len() as i64);
-        metrics
-            .view_rows
-            .with_label_values(&["stock"])
-            .set(working.stock.len() as i64);
-        metrics
-            .view_rows
-            .with_label_values(&["stock_totals"])
-            .set(working.stock_totals.len() as i64);
-        metrics
-            .view_rows
-            .with_label_values(&["orders"])
-            .set(working.orders.len() as i64);
+        for (view, rows) in [
+            ("items", working.items.len()),
+            ("stock", working.stock.len()),
+            ("stock_totals", working.stock_totals.len()),
+            ("orders", working.orders.len()),
+        ] {
+            metrics
+                .view_rows
+                .with_label_values(&[view])
+                .set(rows as i64);
+        }
         let batch = track.then(|| Batch::new(after, working.as_of.epoch, rows));
         store.publish(working.clone(), batch);
         if track {
@@ -703,14 +692,20 @@ struct Writer {
 }
 
 impl Writer {
-    /// Whether a publish with these `outcomes` and `alerts` has anything to
-    /// write or wait for (the letters the workers sent so far are taken in).
-    fn has_work(&mut self, outcomes: &[Event], alerts: &[(Alert, Epoch)]) -> bool {
+    /// Whether a publish of the epochs up to `through` with these
+    /// `outcomes` and `alerts` has anything to write or wait for (the
+    /// letters the workers sent so far are taken in; those of later epochs
+    /// wait for their publish).
+    fn has_work(&mut self, outcomes: &[Event], alerts: &[(Alert, Epoch)], through: Epoch) -> bool {
         self.letters_due.extend(self.letters.try_iter());
-        let writes = |out: bool| out && self.appender.is_some();
-        !self.letters_due.is_empty()
-            || writes(self.outcomes_to.is_some() && !outcomes.is_empty())
-            || writes(self.alerts_to.is_some() && !alerts.is_empty())
+        let writes = self.appender.is_some()
+            && ((self.outcomes_to.is_some() && !outcomes.is_empty())
+                || (self.alerts_to.is_some() && !alerts.is_empty()));
+        writes
+            || self
+                .letters_due
+                .iter()
+                .any(|letters| letters.epoch <= through)
     }
 
     /// Appends `outcomes` (to the event topic) and the `alerts` transitions

@@ -107,9 +107,33 @@ struct Slots {
 }
 
 impl Acks {
+    /// The slots, also after a panic elsewhere (a report is one assignment).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records handed over and not reported yet.
+    fn queued(&self) -> usize {
+        self.lock().queued
+    }
+
+    /// The slots whose delivery failed, and the last failure's error.
+    fn failures(&self) -> (Vec<usize>, Option<String>) {
+        let slots = self.lock();
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for (slot, landing) in slots.landings.iter().enumerate() {
+            if let Landing::Failed(error) = landing {
+                failed.push(slot);
+                last_error = Some(error);
+            }
+        }
+        (failed, last_error.cloned())
+    }
+
     /// Reports where record `slot` landed, or why it did not.
     pub fn report(&self, slot: usize, landing: Result<(u32, u64), String>) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.lock();
         if slots.landings.get(slot) != Some(&Landing::Queued) {
             return; // a report for a slot not awaited (cannot happen; never double-count)
         }
@@ -125,7 +149,7 @@ impl Acks {
 
     /// Marks `slot` queued (growing the batch as needed).
     fn queue(&self, slot: usize) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.lock();
         if slots.landings.len() <= slot {
             slots
                 .landings
@@ -137,7 +161,7 @@ impl Acks {
 
     /// Waits up to `timeout` for every queued slot to be reported; true when none is left.
     fn wait(&self, timeout: Duration) -> bool {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = self.lock();
         let (slots, _) = self
             .reported
             .wait_timeout_while(slots, timeout, |slots| slots.queued > 0)
@@ -146,7 +170,7 @@ impl Acks {
     }
 
     fn take(&self) -> Vec<Landing> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.lock();
         slots.queued = 0;
         std::mem::take(&mut slots.landings)
     }
@@ -309,19 +333,7 @@ impl Outbox {
         let mut reported_wait = false;
         let result = loop {
             if self.acks.wait(Duration::from_millis(100)) {
-                // The failed slots and the last failure's error, under one lock.
-                let (failed, last_error) = {
-                    let slots = self.acks.slots.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut failed = Vec::new();
-                    let mut last_error = None;
-                    for (slot, landing) in slots.landings.iter().enumerate() {
-                        if let Landing::Failed(error) = landing {
-                            failed.push(slot);
-                            last_error = Some(error);
-                        }
-                    }
-                    (failed, last_error.cloned())
-                };
+                let (failed, last_error) = self.acks.failures();
                 match (failed.is_empty(), patience) {
                     (true, _) | (false, Patience::Once) => {
                         let landings = self.acks.take();
@@ -367,12 +379,7 @@ impl Outbox {
                 if shutdown.is_triggered() {
                     let since = *stopping_since.get_or_insert_with(Instant::now);
                     if since.elapsed() > SHUTDOWN_GRACE {
-                        let queued = self
-                            .acks
-                            .slots
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .queued;
+                        let queued = self.acks.queued();
                         break Err(self.unacknowledged(
                             queued,
                             "shutdown came first; their delivery is unknown".into(),
@@ -381,12 +388,7 @@ impl Outbox {
                 }
             }
             if started.elapsed() > REPORT_WAIT_AFTER {
-                let queued = self
-                    .acks
-                    .slots
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .queued;
+                let queued = self.acks.queued();
                 watch.waiting(Some(format!(
                     "waiting {:.0?} for the acknowledgement of {queued} records to {}",
                     started.elapsed(),
