@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow::config::{LogFormat, Settings, SourceDecl};
-use stockflow::engine::Format;
 use stockflow::server::{self, INVENTORY_EVENTS};
+use stockflow::source::Format;
 
 const SKUS: usize = 1000;
 

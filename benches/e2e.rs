@@ -17,10 +17,11 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::engine::{AlertsPath, CommandPath, EngineConfig, Format, SourceSpec, Start};
+use stockflow::engine::{AlertsPath, CommandPath, EngineConfig};
 use stockflow::log::Log;
 use stockflow::metrics::Metrics;
 use stockflow::shutdown::Shutdown;
+use stockflow::source::{Format, SourceSpec, Start};
 use stockflow::store::Store;
 
 fn main() {

@@ -28,8 +28,8 @@
 //! deleted. Once a checkpoint would name more than [`MAX_SEGMENTS`] segments
 //! they are merged into one.
 
-use crate::engine::Format;
 use crate::metrics::Metrics;
+use crate::source::Format;
 use crate::source::Source;
 use crate::store::Store;
 use anyhow::Context;

@@ -453,18 +453,18 @@ pub struct SourceDecl {
     /// Topic name.
     pub topic: String,
     /// Message format.
-    pub format: crate::engine::Format,
+    pub format: crate::source::Format,
     /// Where reading begins.
-    pub start: crate::engine::Start,
+    pub start: crate::source::Start,
 }
 
 impl SourceDecl {
     /// A topic read from the earliest offset.
-    pub fn new(topic: impl Into<String>, format: crate::engine::Format) -> SourceDecl {
+    pub fn new(topic: impl Into<String>, format: crate::source::Format) -> SourceDecl {
         SourceDecl {
             topic: topic.into(),
             format,
-            start: crate::engine::Start::Earliest,
+            start: crate::source::Start::Earliest,
         }
     }
 }
@@ -1061,8 +1061,8 @@ impl Settings {
         for (topic, format, start) in declared {
             let format = match format
                 .as_deref()
-                .map(crate::engine::Format::parse)
-                .unwrap_or(Ok(crate::engine::Format::Stockflow))
+                .map(crate::source::Format::parse)
+                .unwrap_or(Ok(crate::source::Format::Stockflow))
             {
                 Ok(format) => format,
                 Err(reason) => {
@@ -1072,8 +1072,8 @@ impl Settings {
             };
             let start = match start
                 .as_deref()
-                .map(crate::engine::Start::parse)
-                .unwrap_or(Ok(crate::engine::Start::Earliest))
+                .map(crate::source::Start::parse)
+                .unwrap_or(Ok(crate::source::Start::Earliest))
             {
                 Ok(start) => start,
                 Err(reason) => {
@@ -1155,7 +1155,7 @@ impl Settings {
             && settings
                 .sources
                 .iter()
-                .any(|s| s.start == crate::engine::Start::Stored)
+                .any(|s| s.start == crate::source::Start::Stored)
         {
             errors.push(
                 "sources: start `stored` reads offsets committed to Kafka; it needs kafka_brokers"
@@ -1739,10 +1739,10 @@ mod tests {
             ..Default::default()
         };
         let settings = Settings::resolve(&args, None).unwrap();
-        assert_eq!(settings.sources[0].start, crate::engine::Start::Latest);
+        assert_eq!(settings.sources[0].start, crate::source::Start::Latest);
         assert_eq!(
             (settings.sources[1].format, settings.sources[1].start),
-            (crate::engine::Format::Tradex, crate::engine::Start::Stored)
+            (crate::source::Format::Tradex, crate::source::Start::Stored)
         );
         let args = ServeArgs {
             sources: vec!["a@soon".into(), "b@stored".into()],

@@ -80,7 +80,7 @@ fn configure_replay(
             let (name, format) = topic
                 .split_once('=')
                 .unwrap_or((topic.as_str(), "stockflow"));
-            match stockflow::engine::Format::parse(format.trim()) {
+            match stockflow::source::Format::parse(format.trim()) {
                 Ok(format) => settings
                     .sources
                     .push(stockflow::config::SourceDecl::new(name.trim(), format)),

@@ -8,7 +8,7 @@
 //! timestamp, or by the event's own `ts` with `--time-field event`). The
 //! engine itself runs unchanged, offline: it writes nothing to the topics.
 
-use crate::engine::Format;
+use crate::source::Format;
 use crate::source::{PartitionReader, Record, Source, SourceError};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,11 +2,12 @@
 //! (for `demo`) the generator, sharing one shutdown signal.
 
 use crate::config::Settings;
-use crate::engine::{AlertsPath, CommandPath, EngineConfig, SourceSpec};
+use crate::engine::{AlertsPath, CommandPath, EngineConfig};
 use crate::http::AppState;
 use crate::log::{Log, LogAppender};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::source::SourceSpec;
 use crate::source::{kafka, Appender, Source};
 use crate::store::Store;
 use anyhow::Context;
@@ -89,12 +90,12 @@ type CheckpointSlot =
 
 /// The event sources of an engine (Tradex command topics left out): what
 /// the sink writes and checkpoints hold.
-fn event_sources(config: &EngineConfig) -> Vec<(Arc<dyn Source>, crate::engine::Format)> {
+fn event_sources(config: &EngineConfig) -> Vec<(Arc<dyn Source>, crate::source::Format)> {
     config
         .sources
         .iter()
         .filter(|s| {
-            !(s.format == crate::engine::Format::Tradex
+            !(s.format == crate::source::Format::Tradex
                 && stockflow_dataflows::model::tradex::is_command_topic(s.source.topic()))
         })
         .map(|s| (s.source.clone(), s.format))
@@ -120,7 +121,7 @@ fn recover(
     if let Some(other) = config
         .sources
         .iter()
-        .find(|s| s.start != crate::engine::Start::Earliest)
+        .find(|s| s.start != crate::source::Start::Earliest)
     {
         tracing::info!(topic = other.source.topic(), start = ?other.start, "checkpoints are off: a source does not start from the earliest offset");
         return Ok(());

@@ -21,9 +21,9 @@
 //! After a restart it loads what ClickHouse holds and, once the engine has
 //! caught up, writes the difference.
 
-use crate::engine::Format;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::source::Format;
 use crate::source::{PartitionReader, Record, Source};
 use crate::store::{Snapshot, Store};
 use imbl::OrdMap;

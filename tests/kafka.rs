@@ -11,9 +11,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use stockflow::config::{LogFormat, Settings, SourceDecl};
-use stockflow::engine::{Format, Start};
 use stockflow::server::{self, Running};
 use stockflow::source::kafka::{header_text, KafkaSettings};
+use stockflow::source::{Format, Start};
 
 fn brokers() -> String {
     std::env::var("STOCKFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())

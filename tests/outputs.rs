@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow::config::{LogFormat, Settings, SourceDecl};
-use stockflow::engine::Format;
 use stockflow::server::{self, Running};
 use stockflow::source::kafka::{header_text, KafkaSettings};
+use stockflow::source::Format;
 use stockflow_dataflows::model::{Name, StockKey};
 
 const PARTITIONS: u32 = 3;

@@ -4,8 +4,10 @@
 
 pub mod kafka;
 pub mod outbox;
+mod spec;
 
 pub use outbox::{Acks, Outbox, Outgoing};
+pub use spec::{Format, SourceSpec, Start};
 
 /// One message read from a source partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
