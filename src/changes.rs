@@ -21,7 +21,18 @@ use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
 
 /// The views a change stream can follow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum View {
     /// The catalogue.
     Items,
@@ -42,35 +53,14 @@ pub enum View {
 }
 
 impl View {
-    /// Every view, in catalogue order.
-    pub const ALL: [View; 8] = [
-        View::Items,
-        View::Stock,
-        View::StockTotals,
-        View::Orders,
-        View::LowStock,
-        View::Alerts,
-        View::Kpis,
-        View::TopSkus,
-    ];
-
     /// The view's name in URLs.
     pub fn name(self) -> &'static str {
-        match self {
-            View::Items => "items",
-            View::Stock => "stock",
-            View::StockTotals => "stock_totals",
-            View::Orders => "orders",
-            View::LowStock => "low_stock",
-            View::Alerts => "alerts",
-            View::Kpis => "kpis",
-            View::TopSkus => "top_skus",
-        }
+        self.into()
     }
 
     /// Parses [`View::name`].
     pub fn parse(name: &str) -> Option<View> {
-        View::ALL.into_iter().find(|view| view.name() == name)
+        name.parse().ok()
     }
 }
 

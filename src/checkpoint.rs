@@ -53,8 +53,21 @@ const SEGMENT_MAGIC: &[u8; 8] = b"SFCKSEG1";
 
 /// What the engine does when a source no longer holds messages a checkpoint
 /// resumes from (Kafka retention deleted them, or the topic was emptied).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum GapPolicy {
     /// Refuse to start and say what is missing and what the choices are.
     #[default]
@@ -69,12 +82,12 @@ pub enum GapPolicy {
 impl GapPolicy {
     /// Parses `fail`, `replay` or `accept`.
     pub fn parse(name: &str) -> Result<GapPolicy, String> {
-        match name {
-            "fail" => Ok(GapPolicy::Fail),
-            "replay" => Ok(GapPolicy::Replay),
-            "accept" => Ok(GapPolicy::Accept),
-            other => Err(format!("`{other}` is not one of fail, replay, accept")),
-        }
+        name.parse().map_err(|_| {
+            format!(
+                "`{name}` is not one of {}",
+                crate::source::names::<GapPolicy>()
+            )
+        })
     }
 }
 

@@ -98,8 +98,23 @@ impl From<&ItemRow> for ItemRule {
 }
 
 /// The two kinds of alert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum AlertKind {
     /// `available <= threshold`.
     LowStock,
@@ -113,15 +128,12 @@ impl AlertKind {
 
     /// `low_stock` or `out_of_stock`.
     pub fn name(self) -> &'static str {
-        match self {
-            AlertKind::LowStock => "low_stock",
-            AlertKind::OutOfStock => "out_of_stock",
-        }
+        self.into()
     }
 
     /// Parses [`AlertKind::name`].
     pub fn parse(name: &str) -> Option<AlertKind> {
-        AlertKind::ALL.into_iter().find(|kind| kind.name() == name)
+        name.parse().ok()
     }
 
     /// The threshold of this kind under `rule`.

@@ -31,7 +31,19 @@ use subtle::ConstantTimeEq;
 pub const MIN_KEY_LEN: usize = 16;
 
 /// What a key may do; each right includes the ones before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Right {
     /// Reads, listings, change streams, KPIs, exports.
     Read,
@@ -43,20 +55,11 @@ pub enum Right {
 
 impl Right {
     fn parse(text: &str) -> Option<Right> {
-        match text {
-            "read" => Some(Right::Read),
-            "write" => Some(Right::Write),
-            "admin" => Some(Right::Admin),
-            _ => None,
-        }
+        text.parse().ok()
     }
 
     fn name(self) -> &'static str {
-        match self {
-            Right::Read => "read",
-            Right::Write => "write",
-            Right::Admin => "admin",
-        }
+        self.into()
     }
 }
 

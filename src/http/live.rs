@@ -276,7 +276,10 @@ pub(super) async fn view_changes(
     Params(params): Params<StreamParams>,
 ) -> Result<Response, ApiError> {
     let view = View::parse(&view).ok_or_else(|| {
-        let names: Vec<&str> = View::ALL.iter().map(|v| v.name()).collect();
+        let names: Vec<&str> = <View as strum::VariantArray>::VARIANTS
+            .iter()
+            .map(|v| v.name())
+            .collect();
         ApiError::not_found(format!(
             "no view `{view}`; views with change streams: {}",
             names.join(", ")

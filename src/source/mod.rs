@@ -7,7 +7,7 @@ pub mod outbox;
 mod spec;
 
 pub use outbox::{Acks, Outbox, Outgoing};
-pub use spec::{Format, SourceSpec, Start};
+pub use spec::{names, Format, SourceSpec, Start};
 
 /// One message read from a source partition.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,8 +8,21 @@ use stockflow_dataflows::model::tradex::decode_tradex;
 use stockflow_dataflows::model::{decode_event, DecodeError, Event, RecordContext};
 
 /// How the bytes of a topic's messages are read (see docs/formats.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Format {
     /// stockflow's own JSON events (docs/formats.md, `stockflow`).
     #[default]
@@ -21,24 +34,19 @@ pub enum Format {
 }
 
 impl Format {
-    /// Every format, in the order the docs list them.
-    pub const ALL: [Format; 3] = [Format::Stockflow, Format::Tradex, Format::InventoryCqrs];
-
     /// Parses a format name as written in `--source TOPIC=FORMAT` or the config file.
     pub fn parse(name: &str) -> Result<Format, String> {
-        Format::ALL
-            .into_iter()
-            .find(|format| format.name() == name)
-            .ok_or_else(|| format!("format `{name}` is not supported (supported: stockflow, tradex, inventory-cqrs)"))
+        name.parse().map_err(|_| {
+            format!(
+                "format `{name}` is not supported (supported: {})",
+                names::<Format>()
+            )
+        })
     }
 
     /// The name [`Format::parse`] reads.
     pub fn name(self) -> &'static str {
-        match self {
-            Format::Stockflow => "stockflow",
-            Format::Tradex => "tradex",
-            Format::InventoryCqrs => "inventory-cqrs",
-        }
+        self.into()
     }
 
     /// Decodes one message of `topic`/`partition` into the events it means (zero or more).
@@ -63,8 +71,21 @@ impl Format {
 }
 
 /// Where reading a topic begins when the engine starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum Start {
     /// The first message still in the log: the views cover the whole topic.
     #[default]
@@ -79,15 +100,18 @@ pub enum Start {
 impl Start {
     /// Parses `earliest`, `latest` or `stored`.
     pub fn parse(name: &str) -> Result<Start, String> {
-        match name {
-            "earliest" => Ok(Start::Earliest),
-            "latest" => Ok(Start::Latest),
-            "stored" => Ok(Start::Stored),
-            other => Err(format!(
-                "start `{other}` is not one of earliest, latest, stored"
-            )),
-        }
+        name.parse()
+            .map_err(|_| format!("start `{name}` is not one of {}", names::<Start>()))
     }
+}
+
+/// The names of every variant of `T`, comma-separated, for error messages.
+pub fn names<T: strum::VariantArray + Copy + Into<&'static str>>() -> String {
+    T::VARIANTS
+        .iter()
+        .map(|variant| (*variant).into())
+        .collect::<Vec<&str>>()
+        .join(", ")
 }
 
 /// A topic to read and how to read it.

@@ -35,7 +35,22 @@ use timely::dataflow::operators::vec::Partition;
 use timely::progress::Timestamp;
 
 /// A bucketing of event time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Window {
     /// Hours, UTC.
     Hour,
@@ -62,15 +77,12 @@ impl Window {
 
     /// `hour` or `day`.
     pub fn name(self) -> &'static str {
-        match self {
-            Window::Hour => "hour",
-            Window::Day => "day",
-        }
+        self.into()
     }
 
     /// Parses [`Window::name`].
     pub fn parse(name: &str) -> Option<Window> {
-        Window::ALL.into_iter().find(|w| w.name() == name)
+        name.parse().ok()
     }
 }
 
