@@ -10,8 +10,8 @@
 //! costs no memory, it only risks falling behind the retained history, and
 //! is then told so and disconnected (see `http::changes`).
 
+use crate::rows::OrderRow;
 use crate::rows::{self, LowStockRow};
-use crate::store::OrderRow;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -269,28 +269,6 @@ pub fn view_batch(
     }
 }
 
-/// Whether a request's `Accept` asks for an Arrow IPC stream.
-pub fn wants_arrow(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get_all(axum::http::header::ACCEPT)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.contains(ARROW_STREAM)))
-}
-
-/// A listing page as an Arrow IPC stream; the next page's cursor, if any, in `x-next-cursor`.
-pub fn arrow_page(batch: &RecordBatch, next_cursor: Option<String>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let mut response = (
-        [(axum::http::header::CONTENT_TYPE, ARROW_STREAM)],
-        arrow_stream(batch),
-    )
-        .into_response();
-    if let Some(cursor) = next_cursor.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
-        response.headers_mut().insert("x-next-cursor", cursor);
-    }
-    response
-}
-
 /// `batch` as an Arrow IPC stream (what listings answer to `Accept: application/vnd.apache.arrow.stream`).
 pub fn arrow_stream(batch: &RecordBatch) -> Vec<u8> {
     let mut bytes = Vec::new();

@@ -2,11 +2,70 @@
 //! point reads, listings, change streams and the alerts topic, so a row looks
 //! the same wherever a client meets it.
 
-use crate::store::{AlertPair, OrderRow};
 use serde_json::{json, Value};
 use stockflow_dataflows::alerts::Alert;
+use stockflow_dataflows::alerts::AlertKind;
 use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::{Money, OrderLine};
+
+/// The latest transition of each alert kind of one stock row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlertPair {
+    /// The low-stock alert.
+    pub low_stock: Option<Alert>,
+    /// The out-of-stock alert.
+    pub out_of_stock: Option<Alert>,
+}
+
+impl AlertPair {
+    /// The latest transition of `kind`.
+    pub fn get(&self, kind: AlertKind) -> Option<&Alert> {
+        match kind {
+            AlertKind::LowStock => self.low_stock.as_ref(),
+            AlertKind::OutOfStock => self.out_of_stock.as_ref(),
+        }
+    }
+
+    /// Sets the latest transition of `alert.kind`.
+    pub fn set(&mut self, alert: Alert) {
+        match alert.kind {
+            AlertKind::LowStock => self.low_stock = Some(alert),
+            AlertKind::OutOfStock => self.out_of_stock = Some(alert),
+        }
+    }
+}
+
+/// A row of the `orders` view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrderRow {
+    /// From `order.placed` (absent until it is seen).
+    pub placed: Option<(Name, Vec<OrderLine>, Money, EventTime)>,
+    /// Status events seen (an order may be confirmed, then shipped).
+    pub confirmed: bool,
+    /// Cancelled, with the reason.
+    pub cancelled: Option<Option<String>>,
+    /// Shipped.
+    pub shipped: bool,
+    /// Newest event time of the order's events.
+    pub updated_at: EventTime,
+}
+
+impl OrderRow {
+    /// `pending` (placed, not decided), `confirmed`, `shipped` or `cancelled`
+    /// (which wins whatever order the events arrived in).
+    pub fn status(&self) -> &'static str {
+        if self.cancelled.is_some() {
+            "cancelled"
+        } else if self.shipped {
+            "shipped"
+        } else if self.confirmed {
+            "confirmed"
+        } else {
+            "pending"
+        }
+    }
+}
 
 /// RFC 3339 text of an event time, in UTC with milliseconds.
 pub fn rfc3339(ms: EventTime) -> Option<String> {

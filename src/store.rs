@@ -6,15 +6,15 @@
 //! half an epoch: they hold an `Arc` to one whole, consistent state.
 
 use crate::changes::{Batch, Changelog};
+use crate::rows::{AlertPair, OrderRow};
 use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use stockflow_dataflows::alerts::{Alert, AlertKind};
+use stockflow_dataflows::alerts::Alert;
 use stockflow_dataflows::kpis::{Gauges, KpiKey, KpiValue, TopSkus};
 use stockflow_dataflows::model::{
-    Epoch, Event, EventBody, EventTime, ItemRow, Money, Name, OrderLine, OrderStatus, SkuKey,
-    StockDelta, StockKey,
+    Epoch, Event, EventBody, EventTime, ItemRow, Name, OrderStatus, SkuKey, StockDelta, StockKey,
 };
 use tokio::sync::watch;
 
@@ -69,63 +69,6 @@ pub struct Snapshot {
     /// KPI buckets ending at or before this time have been dropped by
     /// retention (not retracted: a sink keeps them as history).
     pub kpi_horizon: EventTime,
-}
-
-/// The latest transition of each alert kind of one stock row.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AlertPair {
-    /// The low-stock alert.
-    pub low_stock: Option<Alert>,
-    /// The out-of-stock alert.
-    pub out_of_stock: Option<Alert>,
-}
-
-impl AlertPair {
-    /// The latest transition of `kind`.
-    pub fn get(&self, kind: AlertKind) -> Option<&Alert> {
-        match kind {
-            AlertKind::LowStock => self.low_stock.as_ref(),
-            AlertKind::OutOfStock => self.out_of_stock.as_ref(),
-        }
-    }
-
-    fn set(&mut self, alert: Alert) {
-        match alert.kind {
-            AlertKind::LowStock => self.low_stock = Some(alert),
-            AlertKind::OutOfStock => self.out_of_stock = Some(alert),
-        }
-    }
-}
-
-/// A row of the `orders` view.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OrderRow {
-    /// From `order.placed` (absent until it is seen).
-    pub placed: Option<(Name, Vec<OrderLine>, Money, EventTime)>,
-    /// Status events seen (an order may be confirmed, then shipped).
-    pub confirmed: bool,
-    /// Cancelled, with the reason.
-    pub cancelled: Option<Option<String>>,
-    /// Shipped.
-    pub shipped: bool,
-    /// Newest event time of the order's events.
-    pub updated_at: EventTime,
-}
-
-impl OrderRow {
-    /// `pending` (placed, not decided), `confirmed`, `shipped` or `cancelled`
-    /// (which wins whatever order the events arrived in).
-    pub fn status(&self) -> &'static str {
-        if self.cancelled.is_some() {
-            "cancelled"
-        } else if self.shipped {
-            "shipped"
-        } else if self.confirmed {
-            "confirmed"
-        } else {
-            "pending"
-        }
-    }
 }
 
 /// Next offset per topic and partition.

@@ -171,8 +171,8 @@ pub(super) async fn list_items(
         rows.push((key, row));
         last = Some(key);
     }
-    if crate::export::wants_arrow(&headers) {
-        return Ok(crate::export::arrow_page(
+    if wants_arrow(&headers) {
+        return Ok(arrow_page(
             &crate::export::item_batch(rows.into_iter()),
             next_cursor,
         ));
@@ -319,8 +319,8 @@ pub(super) async fn list_stock(
         rows.push((key, delta));
         last = Some(key);
     }
-    if crate::export::wants_arrow(&headers) {
-        return Ok(crate::export::arrow_page(
+    if wants_arrow(&headers) {
+        return Ok(arrow_page(
             &crate::export::stock_batch(rows.into_iter()),
             next_cursor,
         ));
@@ -517,6 +517,34 @@ pub(super) fn decode_cursor(cursor: &str, parts: usize) -> Result<Vec<Name>, Api
         return Err(bad());
     }
     Ok(split)
+}
+
+/// Whether a request's `Accept` asks for an Arrow IPC stream.
+fn wants_arrow(headers: &axum::http::HeaderMap) -> bool {
+    headers.get_all(axum::http::header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains(crate::export::ARROW_STREAM))
+    })
+}
+
+/// A listing page as an Arrow IPC stream; the next page's cursor, if any, in `x-next-cursor`.
+fn arrow_page(
+    batch: &arrow_array::RecordBatch,
+    next_cursor: Option<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::export::ARROW_STREAM,
+        )],
+        crate::export::arrow_stream(batch),
+    )
+        .into_response();
+    if let Some(cursor) = next_cursor.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert("x-next-cursor", cursor);
+    }
+    response
 }
 
 #[cfg(test)]
