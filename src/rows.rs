@@ -3,8 +3,8 @@
 //! the same wherever a client meets it.
 
 use serde_json::{json, Value};
-use stockflow_dataflows::alerts::Alert;
-use stockflow_dataflows::alerts::AlertKind;
+use std::borrow::Cow;
+use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use stockflow_dataflows::model::{Money, OrderLine};
@@ -147,30 +147,37 @@ pub fn order_json(tenant: &Name, order_id: &Name, row: &OrderRow) -> Value {
 /// An alert event: a transition as the alerts topic, change streams and
 /// webhooks carry it. Typed rather than built as a JSON value: an alert storm
 /// serializes hundreds of thousands of them on the publisher's path. Fields
-/// in alphabetical order, the order the JSON has always had.
-#[derive(Debug, serde::Serialize)]
+/// in alphabetical order, the order the JSON has always had. The same type
+/// reads them back (the engine at start, the ClickHouse sink), borrowing
+/// the strings from the message where it can.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AlertEvent<'a> {
     /// Available at the transition.
     pub available: i64,
     /// The epoch the transition happened in.
     pub epoch: Epoch,
     /// The transition's stable id (see [`Alert::id`]).
-    pub id: String,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
     /// `low_stock` or `out_of_stock`.
-    pub kind: &'static str,
+    pub kind: AlertKind,
     /// The stock row's location.
-    pub location: &'a str,
+    #[serde(borrow)]
+    pub location: Cow<'a, str>,
     /// The stock row's sku.
-    pub sku: &'a str,
+    #[serde(borrow)]
+    pub sku: Cow<'a, str>,
     /// `raised` or `cleared`.
-    pub state: &'static str,
+    #[serde(borrow)]
+    pub state: Cow<'a, str>,
     /// `target_level - available` (at least 0); only when raised.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suggested_reorder_qty: Option<i64>,
     /// The target level in force.
     pub target_level: i64,
     /// The stock row's tenant.
-    pub tenant: &'a str,
+    #[serde(borrow)]
+    pub tenant: Cow<'a, str>,
     /// The threshold in force.
     pub threshold: i64,
     /// How many transitions the row's alert of this kind has had.
@@ -178,8 +185,8 @@ pub struct AlertEvent<'a> {
     /// Event time of the row's newest event, RFC 3339.
     pub ts: Option<String>,
     /// `alert.low_stock.raised`, ...
-    #[serde(rename = "type")]
-    pub event_type: &'static str,
+    #[serde(rename = "type", borrow)]
+    pub event_type: Cow<'a, str>,
 }
 
 impl<'a> AlertEvent<'a> {
@@ -188,18 +195,18 @@ impl<'a> AlertEvent<'a> {
         AlertEvent {
             available: alert.available,
             epoch,
-            id: alert.id(),
-            kind: alert.kind.name(),
-            location: &alert.key.location,
-            sku: &alert.key.sku,
-            state: if alert.raised { "raised" } else { "cleared" },
+            id: Cow::Owned(alert.id()),
+            kind: alert.kind,
+            location: Cow::Borrowed(&alert.key.location),
+            sku: Cow::Borrowed(&alert.key.sku),
+            state: Cow::Borrowed(if alert.raised { "raised" } else { "cleared" }),
             suggested_reorder_qty: alert.raised.then_some(alert.suggested_reorder_qty),
             target_level: alert.target_level,
-            tenant: &alert.key.tenant,
+            tenant: Cow::Borrowed(&alert.key.tenant),
             threshold: alert.threshold,
             transition: alert.transition,
             ts: rfc3339(alert.ts),
-            event_type: alert.event_type(),
+            event_type: Cow::Borrowed(alert.event_type()),
         }
     }
 }
@@ -356,6 +363,8 @@ mod tests {
             }
             let written = serde_json::to_string(&AlertEvent::of(&alert, 9)).unwrap();
             assert_eq!(written, serde_json::to_string(&expected).unwrap());
+            let read: AlertEvent = serde_json::from_str(&written).unwrap();
+            assert_eq!(read, AlertEvent::of(&alert, 9), "read back as written");
             assert_eq!(alert_event_json(&alert, 9), expected);
         }
     }

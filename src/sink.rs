@@ -22,9 +22,9 @@
 //! caught up, writes the difference.
 
 use crate::metrics::Metrics;
+use crate::rows::AlertEvent;
 use crate::shutdown::Shutdown;
-use crate::source::Format;
-use crate::source::{PartitionReader, Record, Source};
+use crate::source::{Format, PartitionReader, Record, Source};
 use crate::store::{Snapshot, Store};
 use imbl::OrdMap;
 use std::sync::Arc;
@@ -757,41 +757,25 @@ fn event_row(
 /// An `alerts` row from an alert event of the alerts topic (`None` for a
 /// message that is not one).
 fn alert_row(topic: &str, partition: u32, record: &Record, epoch: u64) -> Option<AlertRow> {
-    #[derive(serde::Deserialize)]
-    struct Written {
-        id: String,
-        tenant: String,
-        sku: String,
-        location: String,
-        kind: String,
-        state: String,
-        transition: u64,
-        available: i64,
-        threshold: i64,
-        target_level: i64,
-        #[serde(default)]
-        suggested_reorder_qty: i64,
-        ts: Option<String>,
-    }
-    let alert: Written = serde_json::from_slice(&record.payload).ok()?;
+    let alert: AlertEvent = serde_json::from_slice(&record.payload).ok()?;
     let ts = alert
         .ts
         .as_deref()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map_or(0, |t| t.timestamp_millis());
     Some(AlertRow {
-        tenant: alert.tenant,
-        sku: alert.sku,
-        location: alert.location,
-        kind: alert.kind,
-        state: alert.state,
+        tenant: alert.tenant.into_owned(),
+        sku: alert.sku.into_owned(),
+        location: alert.location.into_owned(),
+        kind: alert.kind.name().to_owned(),
+        state: alert.state.into_owned(),
         transition: alert.transition,
         available: alert.available,
         threshold: alert.threshold,
         target_level: alert.target_level,
-        suggested_reorder_qty: alert.suggested_reorder_qty,
+        suggested_reorder_qty: alert.suggested_reorder_qty.unwrap_or(0),
         ts: datetime(ts),
-        id: alert.id,
+        id: alert.id.into_owned(),
         topic: topic.to_owned(),
         partition,
         offset: record.offset,
@@ -799,8 +783,6 @@ fn alert_row(topic: &str, partition: u32, record: &Record, epoch: u64) -> Option
     })
 }
 
-// Keeps the shape of `AlertEvent` and `alert_row` together: a field
-// renamed there must be renamed here (tested below).
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,24 +2,14 @@
 //! per stock row and kind, so that a restart or replay writes none twice.
 
 use super::READ_CHUNK;
+use crate::rows::AlertEvent;
 use crate::shutdown::Shutdown;
 use crate::source::Source;
 use crate::store::Store;
 use anyhow::Context;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use stockflow_dataflows::alerts::AlertKind;
 use stockflow_dataflows::model::{Name, StockKey};
-
-/// The fields of an alert event (`rows::AlertEvent`) that name its transition.
-#[derive(serde::Deserialize)]
-struct WrittenAlert {
-    tenant: Name,
-    sku: Name,
-    location: Name,
-    kind: AlertKind,
-    transition: u64,
-}
 
 /// [`written_alerts`], retried with backoff while the topic cannot be read
 /// (a topic just created may not be readable at once), saying so in `/ready`.
@@ -79,14 +69,14 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
                 }
             }
             for record in &records {
-                let Ok(event) = serde_json::from_slice::<WrittenAlert>(&record.payload) else {
+                let Ok(event) = serde_json::from_slice::<AlertEvent>(&record.payload) else {
                     continue;
                 };
                 let slot: &mut [u64; 2] = written
                     .entry(StockKey {
-                        tenant: event.tenant,
-                        sku: event.sku,
-                        location: event.location,
+                        tenant: Name::from(event.tenant.as_ref()),
+                        sku: Name::from(event.sku.as_ref()),
+                        location: Name::from(event.location.as_ref()),
                     })
                     .or_default();
                 slot[event.kind as usize] = slot[event.kind as usize].max(event.transition);
