@@ -10,7 +10,6 @@
 //! costs no memory, it only risks falling behind the retained history, and
 //! is then told so and disconnected (see `http::changes`).
 
-use crate::rows::OrderRow;
 use crate::rows::{self, LowStockRow};
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -19,6 +18,7 @@ use std::time::Instant;
 use stockflow_dataflows::alerts::Alert;
 use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::order_rows::OrderRow;
 
 /// The views a change stream can follow.
 #[derive(

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
-use stockflow_dataflows::model::{Money, OrderLine};
+use stockflow_dataflows::order_rows::OrderRow;
 
 /// The latest transition of each alert kind of one stock row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,37 +32,6 @@ impl AlertPair {
         match alert.kind {
             AlertKind::LowStock => self.low_stock = Some(alert),
             AlertKind::OutOfStock => self.out_of_stock = Some(alert),
-        }
-    }
-}
-
-/// A row of the `orders` view.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OrderRow {
-    /// From `order.placed` (absent until it is seen).
-    pub placed: Option<(Name, Vec<OrderLine>, Money, EventTime)>,
-    /// Status events seen (an order may be confirmed, then shipped).
-    pub confirmed: bool,
-    /// Cancelled, with the reason.
-    pub cancelled: Option<Option<String>>,
-    /// Shipped.
-    pub shipped: bool,
-    /// Newest event time of the order's events.
-    pub updated_at: EventTime,
-}
-
-impl OrderRow {
-    /// `pending` (placed, not decided), `confirmed`, `shipped` or `cancelled`
-    /// (which wins whatever order the events arrived in).
-    pub fn status(&self) -> &'static str {
-        if self.cancelled.is_some() {
-            "cancelled"
-        } else if self.shipped {
-            "shipped"
-        } else if self.confirmed {
-            "confirmed"
-        } else {
-            "pending"
         }
     }
 }

@@ -6,7 +6,7 @@
 //! half an epoch: they hold an `Arc` to one whole, consistent state.
 
 use crate::changes::{Batch, Changelog};
-use crate::rows::{AlertPair, OrderRow};
+use crate::rows::AlertPair;
 use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -14,8 +14,9 @@ use std::sync::{Arc, RwLock};
 use stockflow_dataflows::alerts::Alert;
 use stockflow_dataflows::kpis::{Gauges, KpiKey, KpiValue, TopSkus};
 use stockflow_dataflows::model::{
-    Epoch, Event, EventBody, EventTime, ItemRow, Name, OrderStatus, SkuKey, StockDelta, StockKey,
+    Epoch, Event, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey,
 };
+use stockflow_dataflows::order_rows::{order_key, OrderRow};
 use tokio::sync::watch;
 
 /// Where the views stand: the epoch and, per topic and partition, the next
@@ -565,41 +566,8 @@ impl Snapshot {
     /// Applies an order event to the `orders` view (the view does not depend
     /// on the order the events arrive in).
     pub fn apply_order(&mut self, event: &Event) {
-        let row = match &event.body {
-            EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => {
-                self.orders
-                    .entry((event.tenant.clone(), order_id.clone()))
-                    .or_default()
-            }
-            _ => return,
-        };
-        row.updated_at = row.updated_at.max(event.ts);
-        match &event.body {
-            EventBody::OrderPlaced {
-                customer_id,
-                lines,
-                total,
-                ..
-            } => {
-                row.placed
-                    .get_or_insert_with(|| (customer_id.clone(), lines.clone(), *total, event.ts));
-            }
-            EventBody::OrderStatus {
-                status: OrderStatus::Confirmed,
-                ..
-            } => row.confirmed = true,
-            EventBody::OrderStatus {
-                status: OrderStatus::Shipped,
-                ..
-            } => row.shipped = true,
-            EventBody::OrderStatus {
-                status: OrderStatus::Cancelled,
-                reason,
-                ..
-            } => {
-                row.cancelled.get_or_insert_with(|| reason.clone());
-            }
-            _ => {}
+        if let Some(key) = order_key(event) {
+            self.orders.entry(key).or_default().apply(event);
         }
     }
 

@@ -10,6 +10,7 @@ pub mod dedup;
 pub mod items;
 pub mod kpis;
 pub mod model;
+pub mod order_rows;
 pub mod orders;
 pub mod stock;
 

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::kpis::{SkuGauge, Table};
-use stockflow_dataflows::model::{Epoch, Event, EventBody, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::model::{Epoch, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::order_rows::order_key;
 
 /// Where the publisher sends what it publishes, besides the store.
 pub struct Outputs {
@@ -402,15 +403,6 @@ impl Gauging {
                 .or_default()
                 .replace(before, after);
         }
-    }
-}
-
-fn order_key(event: &Event) -> Option<(Name, Name)> {
-    match &event.body {
-        EventBody::OrderPlaced { order_id, .. } | EventBody::OrderStatus { order_id, .. } => {
-            Some((event.tenant.clone(), order_id.clone()))
-        }
-        _ => None,
     }
 }
 
