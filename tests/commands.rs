@@ -3,7 +3,6 @@
 //! concurrency and restarts.
 
 use serde_json::{json, Value};
-use std::time::Duration;
 use stockflow::config::Settings;
 use stockflow::server;
 
@@ -37,6 +36,15 @@ impl Client {
         assert_eq!(status, 200, "{outcome}");
         outcome
     }
+}
+
+/// An order once decided (a saga takes two epochs after its command).
+async fn decided(client: &Client, id: &str) -> Value {
+    client
+        .get_until(&format!("/v1/orders/{id}"), |status, order| {
+            status == 200 && order["status"] != "pending"
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +233,7 @@ async fn orders_reserve_every_line_or_release_them_all() {
         )
         .await;
     assert_eq!(ok["order_id"], "o-1");
-    let order = wait_for_order(&client, "o-1").await;
+    let order = decided(&client, "o-1").await;
     assert_eq!(order["status"], "confirmed", "{order}");
     assert_eq!(order["total"], 7.5);
     assert_eq!(order["lines"].as_array().unwrap().len(), 2);
@@ -239,7 +247,7 @@ async fn orders_reserve_every_line_or_release_them_all() {
         .await;
     let id = failing["order_id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("ord-"), "generated: {id}");
-    let order = wait_for_order(&client, &id).await;
+    let order = decided(&client, &id).await;
     assert_eq!(order["status"], "cancelled", "{order}");
     assert_eq!(
         order["reason"],
@@ -258,22 +266,6 @@ async fn orders_reserve_every_line_or_release_them_all() {
     assert_eq!(status, 404);
     running.shutdown.trigger();
     running.wait().await.unwrap();
-}
-
-/// Polls an order until it is decided (a saga takes two epochs after its command).
-async fn wait_for_order(client: &Client, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, order) = client.get(&format!("/v1/orders/{id}")).await;
-        if status == 200 && order["status"] != "pending" {
-            return order;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "order {id} never decided: {order}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use stockflow::config::Settings;
 use stockflow::server::{self, Running, INVENTORY_EVENTS};
 
 mod common;
+use common::{eventually, within, Client, EVENTUALLY};
 
 fn settings(dir: &std::path::Path, workers: usize) -> Settings {
     common::local_settings(dir, workers)
@@ -41,17 +42,26 @@ fn append_raw(running: &Running, payload: &[u8]) -> String {
     format!("{INVENTORY_EVENTS}:{partition}:{offset}")
 }
 
+/// GETs `path`: the status, the content type and the body (as JSON, or a JSON
+/// string when it is not JSON); bounded as every request of [`Client`].
 async fn get(running: &Running, path: &str) -> (u16, String, Value) {
-    let response = reqwest::get(format!("http://{}{}", running.addr, path))
-        .await
-        .unwrap();
+    let client = Client::new(running);
+    let what = format!("GET {path}");
+    let response = within(
+        &what,
+        client.http.get(format!("{}{path}", client.base)).send(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
     let status = response.status().as_u16();
     let content_type = response
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    let text = response.text().await.unwrap();
+    let text = within(&what, response.text())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, content_type, body)
 }
@@ -371,23 +381,23 @@ async fn demo_views_move_and_stay_consistent_under_load() {
     demo.demo_rate = Some(5_000);
     let running = server::start(&demo).await.unwrap();
     // Partitions are read at their own pace: wait until the seeded skus read below are all there.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut seeded = true;
+    eventually("the demo seeding its first skus", EVENTUALLY, async || {
+        let mut missing = Vec::new();
         for sku in 0..7 {
-            let (status, _, _) = get(&running, &format!("/v1/stock/SKU-{sku:05}")).await;
-            seeded &= status == 200;
+            let sku = format!("SKU-{sku:05}");
+            if get(&running, &format!("/v1/stock/{sku}")).await.0 != 200 {
+                missing.push(sku);
+            }
         }
         let (_, _, page) = get(&running, "/v1/stock?limit=100").await;
-        if seeded && page["rows"].as_array().is_some_and(|r| r.len() == 100) {
-            break;
+        let rows = page["rows"].as_array().map_or(0, Vec::len);
+        if missing.is_empty() && rows == 100 {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?}, {rows} rows of 100"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo never seeded its first skus"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let (_, _, first) = get(&running, "/v1/stock?limit=100").await;
     let mut checked = 0;
     for round in 0..60 {
@@ -405,6 +415,7 @@ async fn demo_views_move_and_stay_consistent_under_load() {
             );
         }
         checked += 1;
+        // Reads spread over time, so that they meet many epochs of the generator.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_, _, second) = get(&running, "/v1/stock?limit=100").await;
@@ -687,14 +698,10 @@ async fn every_curl_of_the_readme_answers_2xx_against_the_demo() {
     demo.demo_rate = Some(2_000);
     let running = server::start(&demo).await.unwrap();
     // The examples name SKU-00042 (at madrid-centro).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while get(&running, "/v1/stock/SKU-00042").await.0 != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo never seeded SKU-00042"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the demo seeding SKU-00042", EVENTUALLY, async || {
+        get(&running, "/v1/stock/SKU-00042").await.0 == 200
+    })
+    .await;
     let http = reqwest::Client::new();
     let mut answers: std::collections::BTreeMap<String, Value> = Default::default();
     for curl in &curls {
