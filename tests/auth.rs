@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use stockflow::config::Settings;
 use stockflow::http::auth::ApiKeys;
-use stockflow::server;
 
 mod common;
-use common::{eventually, EVENTUALLY};
+use common::{eventually, stop, Server, EVENTUALLY};
 
 const ACME_WRITE: &str = "acme-write-6f1c2a9b7e";
 const ACME_READ: &str = "acme-read-0d4e88a1c3";
@@ -127,7 +126,7 @@ async fn seed(root: &As<'_>) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_key_sees_and_changes_its_own_tenant_only_route_by_route() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path())).await.unwrap();
+    let running = Server::of(settings(dir.path())).start().await;
     let client = common::Client::new(&running);
     let root = As {
         client: &client,
@@ -406,14 +405,13 @@ async fn a_tenant_key_sees_and_changes_its_own_tenant_only_route_by_route() {
     ] {
         assert!(metrics.contains(family), "/metrics lacks {family}");
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_or_a_wrong_key_is_401_and_operations_stay_open() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path())).await.unwrap();
+    let running = Server::of(settings(dir.path())).start().await;
     let client = common::Client::new(&running);
     problem(
         &As {
@@ -499,8 +497,7 @@ async fn no_key_or_a_wrong_key_is_401_and_operations_stay_open() {
         metrics.contains("stockflow_http_auth_denied_total{reason=\"unknown\"} 1"),
         "{metrics}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,7 +505,7 @@ async fn each_key_has_its_own_token_bucket_and_a_429_says_when_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path());
     settings.rate_limit = Some(3);
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::of(settings).start().await;
     let client = common::Client::new(&running);
     let reader = As {
         client: &client,
@@ -564,8 +561,7 @@ async fn each_key_has_its_own_token_bucket_and_a_429_says_when_to_retry() {
         },
     )
     .await;
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -573,7 +569,7 @@ async fn a_handler_past_the_request_timeout_is_a_503_and_bodies_are_limited() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path());
     settings.request_timeout = Duration::from_millis(300);
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::of(settings).start().await;
     let client = common::Client::new(&running);
     let root = As {
         client: &client,
@@ -627,8 +623,7 @@ async fn a_handler_past_the_request_timeout_is_a_503_and_bodies_are_limited() {
     );
     let (_, hooks) = root.get("/v1/webhooks?tenant=acme").await;
     assert_eq!(hooks["webhooks"], json!([]));
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

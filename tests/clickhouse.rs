@@ -18,13 +18,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use stockflow::server::{self, Running, INVENTORY_EVENTS, ORDER_EVENTS};
+use stockflow::server::{Running, INVENTORY_EVENTS, ORDER_EVENTS};
 use stockflow::sink::SinkSettings;
 use stockflow::source::PartitionReader;
 
 mod common;
 
-use common::{eventually, eventually_blocking, free_port, Client, Observed, EVENTUALLY};
+use common::{eventually, eventually_blocking, free_port, stop, Client, Observed, EVENTUALLY};
 
 /// A `clickhouse-server` process of the test's own, on free loopback ports.
 struct Server {
@@ -338,7 +338,7 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     let mut clickhouse = Server::start(ch_dir.path());
     let (url, db) = (clickhouse.url(), "stockflow");
     let settings = settings_for(data.path(), &url, db);
-    let running = server::start(&settings).await.unwrap();
+    let running = common::Server::of(settings.clone()).start().await;
     let client = Client::new(&running);
     let mut rounds = Vec::new();
 
@@ -404,9 +404,8 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     wait_synced(&running, &url, db, events_in(&rounds)).await;
 
     // 4. stockflow restarts (views rebuilt from the log, engine epochs from 1 again).
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
-    let running = server::start(&settings).await.unwrap();
+    stop(running).await;
+    let running = common::Server::of(settings).start().await;
     let client = Client::new(&running);
     let (inventory, orders) = workload(2);
     append(&running, INVENTORY_EVENTS, &inventory);
@@ -480,8 +479,7 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
         .collect();
     assert_eq!(ch_orders, http_orders);
     assert_eq!(http_orders.len(), 3, "{http_orders:?}");
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// ```sql blocks of docs/clickhouse.md.
@@ -518,14 +516,13 @@ async fn a_backfill_then_the_documented_queries_answer() {
     // History written before the sink existed...
     let mut without_sink = settings.clone();
     without_sink.clickhouse = None;
-    let running = server::start(&without_sink).await.unwrap();
+    let running = common::Server::of(without_sink).start().await;
     let rounds: Vec<_> = (0..3).map(workload).collect();
     for (inventory, orders) in &rounds {
         append(&running, INVENTORY_EVENTS, inventory);
         append(&running, ORDER_EVENTS, orders);
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
     // ...is backfilled by `stockflow sink clickhouse --from earliest`.
     stockflow::offline::sink(&settings).await.unwrap();
     let counts = query(
@@ -553,7 +550,7 @@ async fn a_backfill_then_the_documented_queries_answer() {
     assert_eq!(stock[0][0], (3 * 20 * 2).to_string(), "every stock row");
 
     // The serving engine takes over from the backfill's progress.
-    let running = server::start(&settings).await.unwrap();
+    let running = common::Server::of(settings).start().await;
     wait_synced(&running, &url, &db, events_in(&rounds)).await;
     let queries = documented_queries();
     assert_eq!(
@@ -570,8 +567,7 @@ async fn a_backfill_then_the_documented_queries_answer() {
             "documented query answered no rows:\n{sql}"
         );
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
     query(&url, "default", &format!("DROP DATABASE IF EXISTS {db}"))
         .await
         .unwrap();

@@ -18,7 +18,7 @@ use stockflow::source::PartitionReader;
 
 mod common;
 
-use common::{eventually, free_port, Client, Server, EVENTUALLY};
+use common::{eventually, free_port, stop, Client, Server, EVENTUALLY};
 
 /// Views whose every field is a function of the input alone (see docs/replay.md).
 const EXACT_VIEWS: &[&str] = &[
@@ -208,8 +208,7 @@ async fn replay(
     settings.checkpoint_interval = None;
     let running = Server::of(settings).start_caught_up().await;
     let views = dump_all(&running);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
     views
 }
 
@@ -431,8 +430,7 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
         0,
         "nothing to restore from yet"
     );
-    run.shutdown.trigger();
-    run.wait().await.unwrap();
+    stop(run).await;
     let manifest =
         stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path()))
             .expect("a checkpoint at shutdown");
@@ -454,8 +452,7 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     let client = Client::new(&run);
     decided(&client, &commands(&client, 2).await).await;
     let restored = dump_all(&run);
-    run.shutdown.trigger();
-    run.wait().await.unwrap();
+    stop(run).await;
     let newest =
         stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path())).unwrap();
     assert!(
@@ -496,8 +493,7 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
         "the previous checkpoint is used"
     );
     let fallen_back = dump_all(&run);
-    run.shutdown.trigger();
-    run.wait().await.unwrap();
+    stop(run).await;
     assert_same_views(
         &fallen_back,
         &full,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use stockflow::server::Running;
 
 mod common;
-use common::{eventually, Client, Observed, Server, EVENTUALLY};
+use common::{eventually, stop, Client, Observed, Server, EVENTUALLY};
 
 /// What the receiver got: (path, delivery id, signature, event type, body).
 type Received = Arc<Mutex<Vec<(String, String, String, String, Vec<u8>)>>>;
@@ -272,8 +272,7 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
         )
         .await;
     assert_eq!(status, 204);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 
     // After a restart the registration and the cursor are still there: the
     // delivered alert is not delivered again; the next one is, once.
@@ -314,8 +313,7 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
         3,
         "a deleted webhook gets nothing more"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// Registers a webhook of the default tenant; the answer's status and body.
@@ -408,8 +406,7 @@ async fn a_tenant_registers_webhooks_up_to_the_cap_and_then_gets_a_409_naming_th
     assert_eq!(status, 204);
     assert_eq!(register(&running, &format!("{base}/again")).await.0, 201);
     assert_eq!(register(&running, &format!("{base}/more")).await.0, 409);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,8 +454,7 @@ async fn many_webhooks_share_one_reader_and_do_not_add_a_thread_each() {
         10 + 150,
         "each webhook got each event once after it registered"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,8 +556,7 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
             );
         }
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,8 +609,7 @@ async fn webhook_targets_without_a_host_link_local_or_metadata_are_refused_whate
         json!([]),
         "nothing registered"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,8 +648,7 @@ async fn webhook_network_lists_refuse_at_registration_and_when_connecting() {
             .contains("`localhost` resolves only to addresses webhooks may not reach"),
         "{problem}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 
     // When connecting: a name is checked on the addresses it resolves to
     // then; a refusal is one attempt, not retried, counted `refused`.
@@ -761,6 +754,5 @@ async fn webhook_network_lists_refuse_at_registration_and_when_connecting() {
         r.iter().any(|r| r.0 == "/allowed")
     })
     .await;
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
