@@ -7,12 +7,12 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use stockflow::server::{self, Running};
+use stockflow::server::Running;
 use stockflow::source::PartitionReader;
 
 mod common;
 
-use common::{within, Client};
+use common::{stop, within, Client, Server};
 
 impl Client {
     /// Posts a command, waits until the views reflect it; returns its token.
@@ -144,24 +144,10 @@ fn alerts_topic(running: &Running) -> Vec<Value> {
 }
 
 async fn start(dir: &std::path::Path) -> Running {
-    let mut settings = common::local_settings(dir, 2);
-    settings.thresholds.hysteresis = 2;
-    let running = within("the server starts", server::start(&settings))
+    Server::local(dir, 2)
+        .with(|settings| settings.thresholds.hysteresis = 2)
+        .start_ready()
         .await
-        .unwrap();
-    let client = Client::new(&running);
-    for _ in 0..200 {
-        if client.get("/ready").await.0 == 200 {
-            return running;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not ready");
-}
-
-async fn stop(running: Running) {
-    running.shutdown.trigger();
-    within("the server stops", running.wait()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,11 +437,10 @@ async fn a_change_stream_rebuilds_the_view_and_resumes_without_a_gap_or_a_repeat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_falls_behind_the_retained_changes_is_told_and_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = common::local_settings(dir.path(), 1);
-    settings.changes_retention = 4;
-    let running = within("the server starts", server::start(&settings))
-        .await
-        .unwrap();
+    let running = Server::local(dir.path(), 1)
+        .with(|settings| settings.changes_retention = 4)
+        .start()
+        .await;
     let client = Client::new(&running);
     client
         .command(

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use stockflow::config::Settings;
 use stockflow::http::auth::ApiKeys;
-use stockflow::server;
 
 mod common;
+use common::{eventually, stop, Server, EVENTUALLY};
 
 const ACME_WRITE: &str = "acme-write-6f1c2a9b7e";
 const ACME_READ: &str = "acme-read-0d4e88a1c3";
@@ -126,7 +126,7 @@ async fn seed(root: &As<'_>) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_key_sees_and_changes_its_own_tenant_only_route_by_route() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path())).await.unwrap();
+    let running = Server::of(settings(dir.path())).start().await;
     let client = common::Client::new(&running);
     let root = As {
         client: &client,
@@ -405,14 +405,13 @@ async fn a_tenant_key_sees_and_changes_its_own_tenant_only_route_by_route() {
     ] {
         assert!(metrics.contains(family), "/metrics lacks {family}");
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_or_a_wrong_key_is_401_and_operations_stay_open() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path())).await.unwrap();
+    let running = Server::of(settings(dir.path())).start().await;
     let client = common::Client::new(&running);
     problem(
         &As {
@@ -498,8 +497,7 @@ async fn no_key_or_a_wrong_key_is_401_and_operations_stay_open() {
         metrics.contains("stockflow_http_auth_denied_total{reason=\"unknown\"} 1"),
         "{metrics}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,7 +505,7 @@ async fn each_key_has_its_own_token_bucket_and_a_429_says_when_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path());
     settings.rate_limit = Some(3);
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::of(settings).start().await;
     let client = common::Client::new(&running);
     let reader = As {
         client: &client,
@@ -553,14 +551,17 @@ async fn each_key_has_its_own_token_bucket_and_a_429_says_when_to_retry() {
         .0,
         200
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        reader.get("/v1/items").await.0,
-        200,
-        "refilled after a second"
-    );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    // The bucket refills (three a second): the key is answered again.
+    eventually(
+        "the reader's bucket refilled",
+        EVENTUALLY,
+        async || match reader.get("/v1/items").await {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{status} {body}")),
+        },
+    )
+    .await;
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +569,7 @@ async fn a_handler_past_the_request_timeout_is_a_503_and_bodies_are_limited() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path());
     settings.request_timeout = Duration::from_millis(300);
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::of(settings).start().await;
     let client = common::Client::new(&running);
     let root = As {
         client: &client,
@@ -622,8 +623,7 @@ async fn a_handler_past_the_request_timeout_is_a_503_and_bodies_are_limited() {
     );
     let (_, hooks) = root.get("/v1/webhooks?tenant=acme").await;
     assert_eq!(hooks["webhooks"], json!([]));
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,28 +17,20 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use stockflow::server::{self, Running, INVENTORY_EVENTS, ORDER_EVENTS};
+use std::time::Duration;
+use stockflow::server::{Running, INVENTORY_EVENTS, ORDER_EVENTS};
 use stockflow::sink::SinkSettings;
 use stockflow::source::PartitionReader;
 
 mod common;
 
-use common::Client;
+use common::{eventually, eventually_blocking, free_port, stop, Client, Observed, EVENTUALLY};
 
 /// A `clickhouse-server` process of the test's own, on free loopback ports.
 struct Server {
     dir: PathBuf,
     http: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Server {
@@ -85,15 +77,10 @@ impl Server {
             .spawn()
             .expect("clickhouse-server (scripts/services.sh installs it)");
         self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "clickhouse-server did not listen within 60 s (see {})",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("clickhouse-server listening (see {})", self.dir.display());
+        eventually_blocking(what, Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.http)).map(drop)
+        });
     }
 
     /// SIGKILL: no goodbye, whatever it was doing.
@@ -113,7 +100,8 @@ impl Drop for Server {
 
 /// Runs `sql` on `url`'s database `db`; the rows as tab-separated fields.
 async fn query(url: &str, db: &str, sql: &str) -> Result<Vec<Vec<String>>, String> {
-    let response = reqwest::Client::new()
+    let response = Client::at(url)
+        .http
         .post(format!("{url}/?database={db}"))
         .body(format!("{sql} FORMAT TabSeparated"))
         .send()
@@ -280,9 +268,8 @@ fn events_in(rounds: &[(Vec<Value>, Vec<Value>)]) -> usize {
 /// Waits until ClickHouse holds exactly what stockflow's views and topics hold.
 async fn wait_synced(running: &Running, url: &str, db: &str, events: usize) {
     let client = &Client::new(running);
-    let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < Duration::from_secs(90) {
+    let what = format!("ClickHouse in sync with {events} events");
+    eventually(what, Duration::from_secs(90), async || {
         let http = http_stock(client).await;
         let alerts = alert_events(running);
         match (
@@ -308,7 +295,7 @@ async fn wait_synced(running: &Running, url: &str, db: &str, events: usize) {
                     "more event rows ({count}) than events in the log ({events})"
                 );
                 if stock == http && count == events && alert_rows == alerts {
-                    return;
+                    return Ok(());
                 }
                 let differ: Vec<_> = http
                     .iter()
@@ -316,19 +303,18 @@ async fn wait_synced(running: &Running, url: &str, db: &str, events: usize) {
                     .take(3)
                     .map(|(k, v)| format!("{k}: http {v:?} clickhouse {:?}", stock.get(k)))
                     .collect();
-                last = format!(
+                Err(Observed(format!(
                     "stock equal: {} ({} rows vs {}; {differ:?}), {} of {events} events, {alert_rows} of {alerts} alerts",
                     stock == http,
                     http.len(),
                     stock.len(),
                     count
-                );
+                )))
             }
-            (a, b, c) => last = format!("{:?} {:?} {:?}", a.err(), b.err(), c.err()),
+            (a, b, c) => Err(Observed(format!("{:?} {:?} {:?}", a.err(), b.err(), c.err()))),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("ClickHouse did not catch up within 90 s: {last}");
+    })
+    .await
 }
 
 fn settings_for(dir: &Path, url: &str, db: &str) -> stockflow::config::Settings {
@@ -352,7 +338,7 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     let mut clickhouse = Server::start(ch_dir.path());
     let (url, db) = (clickhouse.url(), "stockflow");
     let settings = settings_for(data.path(), &url, db);
-    let running = server::start(&settings).await.unwrap();
+    let running = common::Server::of(settings.clone()).start().await;
     let client = Client::new(&running);
     let mut rounds = Vec::new();
 
@@ -385,6 +371,7 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     // 2. ClickHouse is killed while a round is being written; the engine goes on.
     let (inventory, orders) = workload(1);
     append(&running, INVENTORY_EVENTS, &inventory[..60]);
+    // A moment for the sink to start writing the round, so the kill lands mid-write.
     tokio::time::sleep(Duration::from_millis(120)).await;
     clickhouse.kill();
     append(&running, INVENTORY_EVENTS, &inventory[60..]);
@@ -392,26 +379,24 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     rounds.push((inventory, orders));
     let (status, _) = client.get(&format!("/v1/stock?after={after}")).await;
     assert_eq!(status, 200, "the views go on without ClickHouse");
-    let started = Instant::now();
-    loop {
-        let (status, ready) = client.get("/ready").await;
-        assert_eq!(
-            status, 200,
-            "ClickHouse down does not make the views unready: {ready}"
-        );
-        let state = ready["sinks"]["clickhouse"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if state.starts_with("retrying") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "/ready never reported the sink retrying: {ready}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "/ready reporting the sink retrying",
+        EVENTUALLY,
+        async || {
+            let (status, ready) = client.get("/ready").await;
+            assert_eq!(
+                status, 200,
+                "ClickHouse down does not make the views unready: {ready}"
+            );
+            let state = ready["sinks"]["clickhouse"].as_str().unwrap_or_default();
+            if state.starts_with("retrying") {
+                Ok(())
+            } else {
+                Err(ready)
+            }
+        },
+    )
+    .await;
     assert!(metric(&client, "stockflow_sink_write_failures_total").await > 0);
 
     // 3. ClickHouse comes back: the sink catches up, nothing lost or doubled.
@@ -419,9 +404,8 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
     wait_synced(&running, &url, db, events_in(&rounds)).await;
 
     // 4. stockflow restarts (views rebuilt from the log, engine epochs from 1 again).
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
-    let running = server::start(&settings).await.unwrap();
+    stop(running).await;
+    let running = common::Server::of(settings).start().await;
     let client = Client::new(&running);
     let (inventory, orders) = workload(2);
     append(&running, INVENTORY_EVENTS, &inventory);
@@ -495,8 +479,7 @@ async fn clickhouse_outage_and_restarts_lose_and_double_nothing() {
         .collect();
     assert_eq!(ch_orders, http_orders);
     assert_eq!(http_orders.len(), 3, "{http_orders:?}");
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// ```sql blocks of docs/clickhouse.md.
@@ -533,14 +516,13 @@ async fn a_backfill_then_the_documented_queries_answer() {
     // History written before the sink existed...
     let mut without_sink = settings.clone();
     without_sink.clickhouse = None;
-    let running = server::start(&without_sink).await.unwrap();
+    let running = common::Server::of(without_sink).start().await;
     let rounds: Vec<_> = (0..3).map(workload).collect();
     for (inventory, orders) in &rounds {
         append(&running, INVENTORY_EVENTS, inventory);
         append(&running, ORDER_EVENTS, orders);
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
     // ...is backfilled by `stockflow sink clickhouse --from earliest`.
     stockflow::offline::sink(&settings).await.unwrap();
     let counts = query(
@@ -568,7 +550,7 @@ async fn a_backfill_then_the_documented_queries_answer() {
     assert_eq!(stock[0][0], (3 * 20 * 2).to_string(), "every stock row");
 
     // The serving engine takes over from the backfill's progress.
-    let running = server::start(&settings).await.unwrap();
+    let running = common::Server::of(settings).start().await;
     wait_synced(&running, &url, &db, events_in(&rounds)).await;
     let queries = documented_queries();
     assert_eq!(
@@ -585,8 +567,7 @@ async fn a_backfill_then_the_documented_queries_answer() {
             "documented query answered no rows:\n{sql}"
         );
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
     query(&url, "default", &format!("DROP DATABASE IF EXISTS {db}"))
         .await
         .unwrap();

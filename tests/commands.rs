@@ -3,9 +3,7 @@
 //! concurrency and restarts.
 
 use serde_json::{json, Value};
-use std::time::Duration;
 use stockflow::config::Settings;
-use stockflow::server;
 
 const COMMANDS: &str = "inventory.commands";
 
@@ -15,7 +13,7 @@ fn settings(dir: &std::path::Path, workers: usize) -> Settings {
     common::local_settings(dir, workers)
 }
 
-use common::Client;
+use common::{stop, Client, Server};
 
 impl Client {
     /// Posts a command that must be accepted for deciding; returns its answer.
@@ -39,10 +37,19 @@ impl Client {
     }
 }
 
+/// An order once decided (a saga takes two epochs after its command).
+async fn decided(client: &Client, id: &str) -> Value {
+    client
+        .get_until(&format!("/v1/orders/{id}"), |status, order| {
+            status == 200 && order["status"] != "pending"
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_are_decided_and_readable_after_their_token() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 2)).start().await;
     let client = Client::new(&running);
 
     let created = client.command("/v1/items", json!({"sku": "A", "name": "Kettle", "price": "24.99", "category": "home", "stock": {"m": 5}})).await;
@@ -196,14 +203,13 @@ async fn commands_are_decided_and_readable_after_their_token() {
     // Outcomes are events in the event log too: the source of truth.
     let (_, unknown) = client.get("/v1/commands/never-sent").await;
     assert_eq!(unknown["status"], 404);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_reserve_every_line_or_release_them_all() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 2)).start().await;
     let client = Client::new(&running);
     for (sku, qty) in [("P", 5), ("Q", 1)] {
         let answer = client
@@ -225,7 +231,7 @@ async fn orders_reserve_every_line_or_release_them_all() {
         )
         .await;
     assert_eq!(ok["order_id"], "o-1");
-    let order = wait_for_order(&client, "o-1").await;
+    let order = decided(&client, "o-1").await;
     assert_eq!(order["status"], "confirmed", "{order}");
     assert_eq!(order["total"], 7.5);
     assert_eq!(order["lines"].as_array().unwrap().len(), 2);
@@ -239,7 +245,7 @@ async fn orders_reserve_every_line_or_release_them_all() {
         .await;
     let id = failing["order_id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("ord-"), "generated: {id}");
-    let order = wait_for_order(&client, &id).await;
+    let order = decided(&client, &id).await;
     assert_eq!(order["status"], "cancelled", "{order}");
     assert_eq!(
         order["reason"],
@@ -256,30 +262,13 @@ async fn orders_reserve_every_line_or_release_them_all() {
     );
     let (status, _) = client.get("/v1/orders/nope").await;
     assert_eq!(status, 404);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
-}
-
-/// Polls an order until it is decided (a saga takes two epochs after its command).
-async fn wait_for_order(client: &Client, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, order) = client.get(&format!("/v1/orders/{id}")).await;
-        if status == 200 && order["status"] != "pending" {
-            return order;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "order {id} never decided: {order}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_get_problems_and_append_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let client = Client::new(&running);
     let huge = "x".repeat(70 * 1024);
     let cases: Vec<(&str, Option<Value>, &str, u16, &str)> = vec![
@@ -446,14 +435,13 @@ async fn bad_commands_get_problems_and_append_nothing() {
     let commands = running.log.topic(COMMANDS, 3).unwrap();
     let appended: u64 = (0..3).map(|p| commands.end_offset(p)).sum();
     assert_eq!(appended, 0, "a rejected request appends nothing");
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_command_has_one_effect() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 2)).start().await;
     let client = Client::new(&running);
     let adjust = json!({"location": "m", "qty": 7, "reason": "restock"});
     let key = [("idempotency-key", "restock-2026-11-22")];
@@ -497,14 +485,13 @@ async fn a_retried_command_has_one_effect() {
         (Some("accepted"), Some(1)),
         "{outcome}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reservations_never_oversell() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 2)).start().await;
     let client = Client::new(&running);
     let created = client
         .command(
@@ -564,8 +551,7 @@ async fn concurrent_reservations_never_oversell() {
         (Some(50), Some(0)),
         "{stock}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,17 +575,16 @@ async fn after_a_restart_no_command_is_decided_twice() {
         .collect();
     let mut before = Vec::new();
     {
-        let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+        let running = Server::of(settings(dir.path(), 2)).start().await;
         let client = Client::new(&running);
         for (path, body) in &commands {
             let answer = client.command(path, body.clone()).await;
             let outcome = client.outcome(&answer).await;
             before.push((outcome["status"].clone(), outcome["reason"].clone()));
         }
-        running.shutdown.trigger();
-        running.wait().await.unwrap();
+        stop(running).await;
     }
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let client = Client::new(&running);
     let (_, stock_before) = {
         let answer = client.command(&commands[0].0, commands[0].1.clone()).await;
@@ -637,8 +622,7 @@ async fn after_a_restart_no_command_is_decided_twice() {
         Some(accepted_adjusts),
         "{stock_after}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,7 +630,7 @@ async fn a_read_only_server_takes_no_commands() {
     let dir = tempfile::tempdir().unwrap();
     let mut read_only = settings(dir.path(), 1);
     read_only.read_only = true;
-    let running = server::start(&read_only).await.unwrap();
+    let running = Server::of(read_only).start().await;
     let client = Client::new(&running);
     let (status, problem) = client
         .post("/v1/stock/A/adjust", json!({"location": "m", "qty": 1}))
@@ -658,8 +642,7 @@ async fn a_read_only_server_takes_no_commands() {
     );
     let (status, _) = client.get("/v1/stock?limit=1").await;
     assert_eq!(status, 200, "reads still work");
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 impl Client {
@@ -684,7 +667,7 @@ impl Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_reused_for_another_request_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 2)).start().await;
     let client = Client::new(&running);
     client
         .command(
@@ -801,8 +784,7 @@ async fn an_idempotency_key_reused_for_another_request_is_refused() {
         placed["order_id"], retried["order_id"],
         "{placed} {retried}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// A key given twice in a JSON body is refused with the key named, at any
@@ -810,7 +792,7 @@ async fn an_idempotency_key_reused_for_another_request_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_key_given_twice_is_a_400_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let client = Client::new(&running);
     let cases = [
         (
@@ -864,8 +846,7 @@ async fn a_json_key_given_twice_is_a_400_naming_it() {
         (200, Some(0)),
         "{hooks}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// Skus and ids `.` and `..` could never be read back through a URL (clients
@@ -873,7 +854,7 @@ async fn a_json_key_given_twice_is_a_400_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_names_are_refused_and_path_errors_name_the_path() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let client = Client::new(&running);
     let cases = [
         (
@@ -956,8 +937,7 @@ async fn dot_names_are_refused_and_path_errors_name_the_path() {
             .starts_with("path parameter id"),
         "{problem}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// Money is read from the text the client sent, never through a float: an
@@ -966,7 +946,7 @@ async fn dot_names_are_refused_and_path_errors_name_the_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn money_reads_back_exactly_or_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let client = Client::new(&running);
     let (status, problem) = client
         .send_text(
@@ -1026,8 +1006,7 @@ async fn money_reads_back_exactly_or_is_refused() {
             "{sku}: {text}"
         );
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// A full disk, with the file-size limit standing in for it (a write past
@@ -1043,7 +1022,7 @@ async fn a_command_answered_503_for_a_full_disk_is_never_applied() {
     ))
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 2)).start().await;
     let client = Client::new(&running);
     let created = client
         .command(
@@ -1115,6 +1094,5 @@ async fn a_command_answered_503_for_a_full_disk_is_never_applied() {
             .await;
         assert_eq!(status, 404, "a refused command is unknown: {outcome}");
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }

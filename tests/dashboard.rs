@@ -13,11 +13,10 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use stockflow::server;
 
 mod common;
 
-use common::Client;
+use common::{eventually, stop, Client, Observed, Server};
 
 /// An item of our own, at a demo location, that the generator never touches.
 const PROBE_SKU: &str = "DASH-PROBE-1";
@@ -97,22 +96,20 @@ impl Client {
     /// Waits (generously: the machine may be busy) until `path` answers 200
     /// with `field` a non-empty array.
     async fn until_rows(&self, path: &str, field: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let (status, answer) = self.get(path).await;
-            if status == 200
-                && answer[field]
-                    .as_array()
-                    .is_some_and(|rows| !rows.is_empty())
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path} never had {field}: {status} {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually(
+            format!("{path} having {field}"),
+            Duration::from_secs(120),
+            async || {
+                let (status, answer) = self.get(path).await;
+                let rows = answer[field].as_array().is_some_and(|r| !r.is_empty());
+                if status == 200 && rows {
+                    Ok(())
+                } else {
+                    Err(Observed(format!("{status} {answer}")))
+                }
+            },
+        )
+        .await
     }
 }
 
@@ -218,6 +215,8 @@ fn run_script(tools: &Tools, base: &str, out: &Path) -> (bool, String) {
             let _ = child.wait();
             break false;
         }
+        // Polling the child, not waiting for a condition: std's `wait` has no
+        // timeout, and on one the script is killed and its log still returned.
         std::thread::sleep(Duration::from_millis(100));
     };
     (
@@ -230,9 +229,10 @@ fn run_script(tools: &Tools, base: &str, out: &Path) -> (bool, String) {
 async fn the_dashboard_shows_the_demo_live_and_a_new_alert_without_a_reload() {
     let tools = Tools::find();
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = common::local_settings(dir.path(), 2);
-    settings.demo_rate = Some(100);
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::local(dir.path(), 2)
+        .with(|settings| settings.demo_rate = Some(100))
+        .start()
+        .await;
     let client = Client::new(&running);
     check_assets(&client).await;
     client.until_rows("/v1/stock?limit=1", "rows").await;
@@ -273,6 +273,5 @@ async fn the_dashboard_shows_the_demo_live_and_a_new_alert_without_a_reload() {
         "{} is not a screenshot",
         screenshot.display()
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }

@@ -8,11 +8,11 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use stockflow::config::{ExportArgs, ServeArgs};
 use stockflow::export::FileFormat;
-use stockflow::server::{self, INVENTORY_EVENTS};
+use stockflow::server::INVENTORY_EVENTS;
 
 mod common;
 
-use common::Client;
+use common::{stop, Client, Server};
 
 type Rows = BTreeMap<String, [i64; 3]>;
 
@@ -67,7 +67,7 @@ fn export_args(out: &std::path::Path, format: FileFormat) -> ExportArgs {
 async fn exports_read_back_equal_the_view() {
     let dir = tempfile::tempdir().unwrap();
     let settings = common::local_settings(dir.path(), 2);
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::of(settings.clone()).start().await;
     let client = Client::new(&running);
     let topic = running.log.topic(INVENTORY_EVENTS, 3).unwrap();
     let mut after = Vec::new();
@@ -178,8 +178,7 @@ async fn exports_read_back_equal_the_view() {
         skus,
         (0..150).map(|i| format!("SKU-{i:03}")).collect::<Vec<_>>()
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 
     // `stockflow export --view stock`, rebuilt from the log, in both formats.
     let parquet = dir.path().join("stock.parquet");

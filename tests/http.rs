@@ -6,6 +6,7 @@ use stockflow::config::Settings;
 use stockflow::server::{self, Running, INVENTORY_EVENTS};
 
 mod common;
+use common::{eventually, stop, within, Client, Server, EVENTUALLY};
 
 fn settings(dir: &std::path::Path, workers: usize) -> Settings {
     common::local_settings(dir, workers)
@@ -41,17 +42,26 @@ fn append_raw(running: &Running, payload: &[u8]) -> String {
     format!("{INVENTORY_EVENTS}:{partition}:{offset}")
 }
 
+/// GETs `path`: the status, the content type and the body (as JSON, or a JSON
+/// string when it is not JSON); bounded as every request of [`Client`].
 async fn get(running: &Running, path: &str) -> (u16, String, Value) {
-    let response = reqwest::get(format!("http://{}{}", running.addr, path))
-        .await
-        .unwrap();
+    let client = Client::new(running);
+    let what = format!("GET {path}");
+    let response = within(
+        &what,
+        client.http.get(format!("{}{path}", client.base)).send(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
     let status = response.status().as_u16();
     let content_type = response
         .headers()
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_owned())
         .unwrap_or_default();
-    let text = response.text().await.unwrap();
+    let text = within(&what, response.text())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, content_type, body)
 }
@@ -63,7 +73,7 @@ fn created(id: &str, tenant: &str, sku: &str, category: &str, stock: Value) -> V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_reads_reflect_events_with_totals_equal_to_locations() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 2)).start().await;
     let token = append(
         &running,
         &[
@@ -134,14 +144,13 @@ async fn stock_reads_reflect_events_with_totals_equal_to_locations() {
         ]
     );
     assert_eq!(views["views"][1]["rows"], 3);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_paginate_and_filter() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let mut events = Vec::new();
     for i in 0..25 {
         let category = if i % 2 == 0 { "even" } else { "odd" };
@@ -197,14 +206,13 @@ async fn listings_paginate_and_filter() {
     let (_, _, items) = get(&running, "/v1/items?category=even&limit=5").await;
     assert_eq!(items["rows"].as_array().unwrap().len(), 5);
     assert!(items["next_cursor"].is_string());
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_precise_problems() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let cases = [
         ("/v1/stock?limit=abc", 400, "limit"),
         (
@@ -252,14 +260,13 @@ async fn bad_requests_get_precise_problems() {
             "{path}: detail `{text}` lacks `{detail}`"
         );
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_counted_and_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let bad_json = append_raw(&running, b"{not json");
     let bad_qty = append_raw(
         &running,
@@ -316,14 +323,13 @@ async fn malformed_events_are_counted_and_skipped() {
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
     let (status, _, ready) = get(&running, "/ready").await;
     assert_eq!(status, 200, "{ready}");
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_rebuilds_the_same_views_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let first = server::start(&settings(dir.path(), 2)).await.unwrap();
+    let first = Server::of(settings(dir.path(), 2)).start().await;
     let mut events = Vec::new();
     for i in 0..40 {
         events.push(created(
@@ -349,15 +355,13 @@ async fn restart_rebuilds_the_same_views_from_the_log() {
         )),
         "{refused:#}"
     );
-    first.shutdown.trigger();
-    first.wait().await.unwrap();
+    stop(first).await;
 
-    let second = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let second = Server::of(settings(dir.path(), 1)).start().await;
     let (_, _, after) = get(&second, &format!("/v1/stock?limit=1000&after={token}")).await;
     assert_eq!(before["rows"], after["rows"]);
     assert_eq!(after["rows"].as_array().unwrap().len(), 80);
-    second.shutdown.trigger();
-    second.wait().await.unwrap();
+    stop(second).await;
 }
 
 /// The demo's promise: rows move between two reads, and every answer is one
@@ -369,25 +373,25 @@ async fn demo_views_move_and_stay_consistent_under_load() {
     let mut demo = settings(dir.path(), 2);
     demo.partitions = 4;
     demo.demo_rate = Some(5_000);
-    let running = server::start(&demo).await.unwrap();
+    let running = Server::of(demo).start().await;
     // Partitions are read at their own pace: wait until the seeded skus read below are all there.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut seeded = true;
+    eventually("the demo seeding its first skus", EVENTUALLY, async || {
+        let mut missing = Vec::new();
         for sku in 0..7 {
-            let (status, _, _) = get(&running, &format!("/v1/stock/SKU-{sku:05}")).await;
-            seeded &= status == 200;
+            let sku = format!("SKU-{sku:05}");
+            if get(&running, &format!("/v1/stock/{sku}")).await.0 != 200 {
+                missing.push(sku);
+            }
         }
         let (_, _, page) = get(&running, "/v1/stock?limit=100").await;
-        if seeded && page["rows"].as_array().is_some_and(|r| r.len() == 100) {
-            break;
+        let rows = page["rows"].as_array().map_or(0, Vec::len);
+        if missing.is_empty() && rows == 100 {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?}, {rows} rows of 100"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo never seeded its first skus"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let (_, _, first) = get(&running, "/v1/stock?limit=100").await;
     let mut checked = 0;
     for round in 0..60 {
@@ -405,6 +409,7 @@ async fn demo_views_move_and_stay_consistent_under_load() {
             );
         }
         checked += 1;
+        // Reads spread over time, so that they meet many epochs of the generator.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_, _, second) = get(&running, "/v1/stock?limit=100").await;
@@ -414,8 +419,7 @@ async fn demo_views_move_and_stay_consistent_under_load() {
         first["rows"], second["rows"],
         "the first page moved between two reads"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// `GET /openapi.json` against the real router: every documented operation
@@ -425,7 +429,7 @@ async fn demo_views_move_and_stay_consistent_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_matches_the_routes_served() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let (status, content_type, document) = get(&running, "/openapi.json").await;
     assert_eq!((status, content_type.as_str()), (200, "application/json"));
     assert!(
@@ -527,8 +531,7 @@ async fn the_openapi_document_matches_the_routes_served() {
         params,
         ["tenant", "after", "wait_ms", "location", "below", "category", "cursor", "limit"]
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// One `curl` of the README, as a request: method, path (and query),
@@ -685,16 +688,12 @@ async fn every_curl_of_the_readme_answers_2xx_against_the_demo() {
     let mut demo = settings(dir.path(), 2);
     demo.partitions = 4;
     demo.demo_rate = Some(2_000);
-    let running = server::start(&demo).await.unwrap();
+    let running = Server::of(demo).start().await;
     // The examples name SKU-00042 (at madrid-centro).
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while get(&running, "/v1/stock/SKU-00042").await.0 != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo never seeded SKU-00042"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the demo seeding SKU-00042", EVENTUALLY, async || {
+        get(&running, "/v1/stock/SKU-00042").await.0 == 200
+    })
+    .await;
     let http = reqwest::Client::new();
     let mut answers: std::collections::BTreeMap<String, Value> = Default::default();
     for curl in &curls {
@@ -741,8 +740,7 @@ async fn every_curl_of_the_readme_answers_2xx_against_the_demo() {
             answers.insert(variable.clone(), serde_json::from_str(&text).unwrap());
         }
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// Metric labels come from a closed set: made-up methods are counted as
@@ -751,7 +749,7 @@ async fn every_curl_of_the_readme_answers_2xx_against_the_demo() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_and_paths_add_no_metric_series() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let http = reqwest::Client::new();
     let send = |method: String, path: String| {
         let request = http.request(
@@ -807,8 +805,7 @@ async fn made_up_methods_and_paths_add_no_metric_series() {
         [r#"stockflow_http_requests_total{method="other",route="unmatched",status="404"}"#],
         "new series"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// Sends `request` (a whole HTTP/1.1 request head) on a connection of its
@@ -852,7 +849,7 @@ async fn raw_exchange(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heads_refused_before_routing_are_problems_with_a_request_id() {
     let dir = tempfile::tempdir().unwrap();
-    let running = server::start(&settings(dir.path(), 1)).await.unwrap();
+    let running = Server::of(settings(dir.path(), 1)).start().await;
     let long_uri = format!(
         "GET /v1/stock?cursor={} HTTP/1.1\r\nhost: x\r\n\r\n",
         "a".repeat(100_000)
@@ -910,8 +907,7 @@ async fn heads_refused_before_routing_are_problems_with_a_request_id() {
         );
         assert!(metrics.contains(&series), "{series} in {metrics}");
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// Reads `stream` until the server closes it (end of stream or reset);
@@ -937,7 +933,7 @@ async fn idle_and_slow_connections_are_closed_and_the_cap_keeps_the_api_reachabl
         max_connections: 8,
         header_read_timeout: Duration::from_secs(1),
     };
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::of(settings).start().await;
 
     // A kept-alive connection answered once, then silent: closed like a new one.
     let mut kept = tokio::net::TcpStream::connect(running.addr).await.unwrap();
@@ -1020,6 +1016,5 @@ async fn idle_and_slow_connections_are_closed_and_the_cap_keeps_the_api_reachabl
         (1.0..=8.0).contains(&open),
         "open connections within the cap: {open}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }

@@ -5,12 +5,12 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use stockflow::server::{self, Running, INVENTORY_EVENTS, ORDER_EVENTS};
+use stockflow::server::{Running, INVENTORY_EVENTS, ORDER_EVENTS};
 use stockflow_dataflows::kpis::{KpiSpec, KpiSpecConfig};
 
 mod common;
 
-use common::Client;
+use common::{stop, Client, Server};
 
 /// Appends JSON events to `topic`; returns an `after` token covering them.
 fn append(running: &Running, topic_name: &str, events: &[Value]) -> String {
@@ -73,7 +73,7 @@ async fn kpis_follow_late_events_and_cancellations() {
         window: None,
     };
     settings.kpi_specs = vec![KpiSpec::compile(&damaged).unwrap()].into();
-    let running = server::start(&settings).await.unwrap();
+    let running = Server::of(settings).start().await;
     let client = Client::new(&running);
 
     let stock = append(
@@ -282,6 +282,5 @@ async fn kpis_follow_late_events_and_cancellations() {
             "{path}: {problem}"
         );
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }

@@ -138,6 +138,7 @@ fn run_watched(args: &[&str]) -> (Output, bool) {
             );
         }
         listened |= listening_sockets(child.id()) > 0;
+        // Sampling, not waiting for a condition: a short run may listen only briefly.
         std::thread::sleep(Duration::from_millis(2));
     }
     (child.wait_with_output().unwrap(), listened)

@@ -16,62 +16,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::config::{LogFormat, Settings, SourceDecl};
-use stockflow::server::{self, Running};
-use stockflow::source::kafka::{header_text, KafkaSettings};
-use stockflow::source::Format;
+use stockflow::config::Settings;
+use stockflow::server::Running;
+use stockflow::source::kafka::header_text;
 use stockflow_dataflows::model::{Name, StockKey};
 
+mod common;
+use common::kafka::{self, brokers, unique, OwnBroker};
+use common::{eventually, free_port, stop, Server, EVENTUALLY};
+
+/// The partitions of every topic ([`kafka::settings`]).
 const PARTITIONS: u32 = 3;
 
-fn shared_brokers() -> String {
-    std::env::var("STOCKFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "it-{name}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
+/// Settings of a server with two workers reading `topic` from `brokers`, in
+/// epochs of at most 2,000 events.
 fn settings(dir: &std::path::Path, brokers: &str, topic: &str) -> Settings {
-    Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_path_buf(),
-        workers: 2,
-        epoch: Duration::from_millis(10),
-        epoch_max_events: 2_000,
-        max_in_flight_events: 400_000,
-        partitions: PARTITIONS,
-        insecure_listen: false,
-        api_keys: None,
-        rate_limit: None,
-        request_timeout: Duration::from_secs(40),
-        http_limits: stockflow::http::Limits {
-            max_connections: 1024,
-            header_read_timeout: Duration::from_secs(10),
-        },
-        read_only: false,
-        log_format: LogFormat::Pretty,
-        demo_rate: None,
-        kafka: Some(KafkaSettings::new(brokers, "stockflow-tests")),
-        sources: vec![SourceDecl::new(topic, Format::Stockflow)],
-        commands_topic: format!("{topic}.commands"),
-        outcomes_topic: topic.to_owned(),
-        alerts_topic: format!("{topic}.alerts"),
-        thresholds: Default::default(),
-        changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
-        webhook_policy: Default::default(),
-        kpi_retention: Duration::from_secs(90 * 24 * 3600),
-        kpi_specs: Arc::from(Vec::new()),
-        clickhouse: None,
-        checkpoint_interval: Some(Duration::from_secs(30)),
-        on_checkpoint_gap: Default::default(),
-        offline: false,
-        replay: None,
-    }
+    let mut settings = kafka::settings(dir, brokers, topic, 2);
+    settings.epoch_max_events = 2_000;
+    settings
 }
 
 /// What the test produced: the final on-hand per key and the malformed messages.
@@ -181,29 +143,26 @@ fn published(running: &Running, topic: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn wait_published(running: &Running, topic: &str, messages: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    while published(running, topic) < messages as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "published {} of {messages} messages; /ready: {:?}",
-            published(running, topic),
-            running.store.readiness()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits (within `timeout`) until the views reflect `messages` messages of `topic`.
+async fn wait_published(running: &Running, topic: &str, messages: usize, timeout: Duration) {
+    let what = format!("{messages} messages of {topic} published");
+    eventually(what, timeout, async || {
+        let reached = published(running, topic);
+        if reached >= messages as u64 {
+            Ok(())
+        } else {
+            Err(format!(
+                "published {reached}; /ready: {:?}",
+                running.store.readiness()
+            ))
+        }
+    })
+    .await
 }
 
+/// Waits until the server is ready (its store's readiness, as `/ready` answers it).
 async fn ready(running: &Running) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while running.store.readiness().is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "never ready: {:?}",
-            running.store.readiness()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("ready", EVENTUALLY, async || running.store.readiness()).await
 }
 
 /// The views equal the oracle; the alerts topic holds one event per counted
@@ -305,21 +264,20 @@ fn check_outputs(running: &Running, brokers: &str, topic: &str, oracle: &Oracle)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_storm_through_a_full_producer_queue_writes_each_transition_once() {
-    let brokers = shared_brokers();
+    let brokers = brokers();
     let topic = unique("storm");
     let dir = tempfile::tempdir().unwrap();
     let mut storm = settings(dir.path(), &brokers, &topic);
     // A queue of 50 records: nearly every send meets a full queue.
     storm.kafka.as_mut().unwrap().producer_options =
         vec![("queue.buffering.max.messages".into(), "50".into())];
-    let running = server::start(&storm).await.unwrap();
+    let running = Server::of(storm).start().await;
     ready(&running).await;
     let mut oracle = Oracle::default();
     produce_storm(&brokers, &topic, 30_000, 0, 20, &mut oracle);
     wait_published(&running, &topic, oracle.messages, Duration::from_secs(240)).await;
     check_outputs(&running, &brokers, &topic, &oracle);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// A TCP proxy in front of a broker that cuts, on demand, only the
@@ -395,16 +353,6 @@ impl Proxy {
     }
 }
 
-/// A Tansu of the test's own, stopped when dropped.
-struct OwnBroker(std::process::Child);
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn resident_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kib: f64 = status
@@ -419,34 +367,9 @@ fn resident_mib() -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_cut_mid_append_holds_the_sources_then_resumes_exactly() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (broker_port, proxy_port) = (free(), free());
-    let cache = std::env::var("STOCKFLOW_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/stockflow", std::env::var("HOME").unwrap()));
-    let tansu = std::env::var("STOCKFLOW_TANSU").unwrap_or_else(|_| format!("{cache}/bin/tansu"));
+    let (broker_port, proxy_port) = (free_port(), free_port());
     // The broker advertises the proxy, so every connection goes through it.
-    let _broker = OwnBroker(
-        std::process::Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://127.0.0.1:{broker_port}"),
-                "--advertised-listener-url",
-                &format!("tcp://127.0.0.1:{proxy_port}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu (installed by scripts/services.sh) starts"),
-    );
+    let _broker = OwnBroker::memory(broker_port, proxy_port);
     let proxy = Proxy::start(proxy_port, broker_port, "stockflow-producer").await;
     let brokers = format!("127.0.0.1:{proxy_port}");
     let topic = unique("stuck");
@@ -454,7 +377,7 @@ async fn a_producer_cut_mid_append_holds_the_sources_then_resumes_exactly() {
     let mut stuck = settings(dir.path(), &brokers, &topic);
     const IN_FLIGHT: usize = 20_000;
     stuck.max_in_flight_events = IN_FLIGHT;
-    let running = server::start(&stuck).await.unwrap();
+    let running = Server::of(stuck).start().await;
     ready(&running).await;
 
     let mut oracle = Oracle::default();
@@ -465,6 +388,8 @@ async fn a_producer_cut_mid_append_holds_the_sources_then_resumes_exactly() {
     // The producer loses the broker; input keeps arriving: a storm of new keys.
     proxy.cut();
     produce_storm(&brokers, &topic, 60_000, 5_000, 50, &mut oracle);
+    // Stuck, not waiting for anything: time for the sources to read on, were
+    // they not held back (what the assertions below rule out).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_stuck = resident_mib();
     let position = |running: &Running| -> i64 {
@@ -504,6 +429,7 @@ async fn a_producer_cut_mid_append_holds_the_sources_then_resumes_exactly() {
         why.contains("held back by the publisher") && names_output,
         "/ready names the output: {why}"
     );
+    // Still stuck: time for reading or memory to grow, were they not bounded.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let rss_later = resident_mib();
     assert_eq!(position(&running), read, "still holding");
@@ -518,6 +444,5 @@ async fn a_producer_cut_mid_append_holds_the_sources_then_resumes_exactly() {
     assert!(oracle.messages > before_cut + IN_FLIGHT);
     ready(&running).await;
     check_outputs(&running, &brokers, &topic, &oracle);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }

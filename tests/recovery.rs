@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stockflow::config::Settings;
 use stockflow::log::Log;
 use stockflow::server::{self, INVENTORY_EVENTS, ORDER_EVENTS};
@@ -18,7 +18,7 @@ use stockflow::source::PartitionReader;
 
 mod common;
 
-use common::Client;
+use common::{eventually, free_port, stop, Client, Server, EVENTUALLY};
 
 /// Views whose every field is a function of the input alone (see docs/replay.md).
 const EXACT_VIEWS: &[&str] = &[
@@ -183,21 +183,6 @@ fn settings(dir: &Path, workers: usize, epoch_max_events: usize) -> Settings {
     settings
 }
 
-/// Starts a server, waits until it has caught up, and returns it.
-async fn caught_up(settings: &Settings) -> server::Running {
-    let running = server::start(settings).await.unwrap();
-    let started = Instant::now();
-    while !running.store.caught_up() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "not caught up: {:?}",
-            running.store.readiness()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    running
-}
-
 /// Every view of a caught-up server, as `stockflow dump` prints them.
 fn dump_all(running: &server::Running) -> BTreeMap<&'static str, Vec<Value>> {
     let snapshot = running.store.snapshot();
@@ -221,10 +206,9 @@ async fn replay(
     let mut settings = settings(dir, workers, epoch_max_events);
     settings.offline = true;
     settings.checkpoint_interval = None;
-    let running = caught_up(&settings).await;
+    let running = Server::of(settings).start_caught_up().await;
     let views = dump_all(&running);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
     views
 }
 
@@ -417,20 +401,14 @@ async fn commands(client: &Client, round: usize) -> Vec<String> {
 
 /// Waits until every command has an outcome.
 async fn decided(client: &Client, ids: &[String]) {
-    let started = Instant::now();
     for id in ids {
-        loop {
-            let (status, outcome) = client.get(&format!("/v1/commands/{id}")).await;
-            assert_eq!(status, 200, "{outcome}");
-            if outcome["status"] != "pending" {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "command {id} still pending"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let path = format!("/v1/commands/{id}");
+        client
+            .get_until(&path, |status, outcome| {
+                assert_eq!(status, 200, "{outcome}");
+                outcome["status"] != "pending"
+            })
+            .await;
     }
 }
 
@@ -442,7 +420,9 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     append(dir.path(), first);
 
     // Run 1: reads the first part, takes commands, checkpoints at shutdown.
-    let run = caught_up(&settings(dir.path(), 2, 50)).await;
+    let run = Server::of(settings(dir.path(), 2, 50))
+        .start_caught_up()
+        .await;
     let client = Client::new(&run);
     decided(&client, &commands(&client, 1).await).await;
     assert_eq!(
@@ -450,8 +430,7 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
         0,
         "nothing to restore from yet"
     );
-    run.shutdown.trigger();
-    run.wait().await.unwrap();
+    stop(run).await;
     let manifest =
         stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path()))
             .expect("a checkpoint at shutdown");
@@ -462,7 +441,9 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     append(dir.path(), &later);
 
     // Run 2 resumes from the checkpoint: its views equal a full replay.
-    let run = caught_up(&settings(dir.path(), 1, 1_000)).await;
+    let run = Server::of(settings(dir.path(), 1, 1_000))
+        .start_caught_up()
+        .await;
     assert!(
         run.metrics.restored_events.get() > 600,
         "restored {} events",
@@ -471,8 +452,7 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     let client = Client::new(&run);
     decided(&client, &commands(&client, 2).await).await;
     let restored = dump_all(&run);
-    run.shutdown.trigger();
-    run.wait().await.unwrap();
+    stop(run).await;
     let newest =
         stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path())).unwrap();
     assert!(
@@ -501,7 +481,9 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
-    let run = caught_up(&settings(dir.path(), 2, 100)).await;
+    let run = Server::of(settings(dir.path(), 2, 100))
+        .start_caught_up()
+        .await;
     assert!(
         run.metrics.checkpoint_failures.get() >= 1,
         "the damaged checkpoint is reported"
@@ -511,8 +493,7 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
         "the previous checkpoint is used"
     );
     let fallen_back = dump_all(&run);
-    run.shutdown.trigger();
-    run.wait().await.unwrap();
+    stop(run).await;
     assert_same_views(
         &fallen_back,
         &full,
@@ -521,31 +502,21 @@ async fn a_restart_from_a_checkpoint_equals_a_full_replay() {
     assert_alerts_written_once(dir.path(), &fallen_back["alerts"]);
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until `GET base/ready` answers 200.
+/// Waits until `GET base/ready` answers 200 (the server still running).
 async fn ready(http: &reqwest::Client, base: &str, child: &mut std::process::Child) {
-    let started = Instant::now();
-    loop {
-        if let Ok(response) = http.get(format!("{base}/ready")).send().await {
-            if response.status() == 200 {
-                return;
+    eventually(
+        format!("{base}/ready answering 200"),
+        EVENTUALLY,
+        async || {
+            let answer = http.get(format!("{base}/ready")).send().await;
+            if answer.as_ref().is_ok_and(|r| r.status() == 200) {
+                return Ok(());
             }
-        }
-        assert!(child.try_wait().unwrap().is_none(), "the server exited");
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "not ready within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            assert!(child.try_wait().unwrap().is_none(), "the server exited");
+            Err(answer.map(|r| r.status()))
+        },
+    )
+    .await
 }
 
 async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
@@ -588,7 +559,7 @@ async fn listing(http: &reqwest::Client, base: &str, path: &str, tenant: &str) -
 async fn after_kill_9_mid_ingestion_a_restart_equals_a_replay() {
     let dir = tempfile::tempdir().unwrap();
     let binary = env!("CARGO_BIN_EXE_stockflow");
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let data_dir = dir.path().to_str().unwrap();
     let (port, port2) = (free_port(), free_port());
     let base = format!("http://127.0.0.1:{port}");
@@ -614,20 +585,21 @@ async fn after_kill_9_mid_ingestion_a_restart_equals_a_replay() {
     // The demo generator appends events all the time; commands come over HTTP too.
     let mut child = spawn("demo", port, &["--rate", "3000"]);
     ready(&http, &base, &mut child).await;
-    let started = Instant::now();
-    while metric(&http, &base, "stockflow_checkpoints_total").await < 2.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no checkpoint within a minute"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("two checkpoints written", EVENTUALLY, async || {
+        let written = metric(&http, &base, "stockflow_checkpoints_total").await;
+        if written >= 2.0 {
+            Ok(())
+        } else {
+            Err(written)
+        }
+    })
+    .await;
     let client = Client {
         http: http.clone(),
         base: base.clone(),
     };
     commands(&client, 1).await;
-    // Mid-ingestion, between checkpoints.
+    // Mid-ingestion, between checkpoints: a pause so the kill lands there.
     tokio::time::sleep(Duration::from_millis(650)).await;
     let events_before = metric(
         &http,

@@ -11,9 +11,10 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use stockflow::server::{self, Running};
+use stockflow::server::Running;
 
 mod common;
+use common::{eventually, stop, Client, Observed, Server, EVENTUALLY};
 
 /// What the receiver got: (path, delivery id, signature, event type, body).
 type Received = Arc<Mutex<Vec<(String, String, String, String, Vec<u8>)>>>;
@@ -66,43 +67,23 @@ async fn start_with(
     dir: &std::path::Path,
     change: impl FnOnce(&mut stockflow::config::Settings),
 ) -> Running {
-    let mut settings = common::local_settings(dir, 1);
-    settings.webhook_policy.first_backoff = Duration::from_millis(50);
-    settings.webhook_policy.max_attempts = 3;
-    change(&mut settings);
-    let running = server::start(&settings).await.unwrap();
-    for _ in 0..200 {
-        if reqwest::get(format!("http://{}/ready", running.addr))
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
-            return running;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("not ready");
+    Server::local(dir, 1)
+        .with(|settings| {
+            settings.webhook_policy.first_backoff = Duration::from_millis(50);
+            settings.webhook_policy.max_attempts = 3;
+            change(settings);
+        })
+        .start_ready()
+        .await
 }
 
 async fn post(running: &Running, path: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}{path}", running.addr))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    Client::new(running).post(path, body).await
 }
 
+/// The body of a GET of `path`.
 async fn get(running: &Running, path: &str) -> Value {
-    reqwest::get(format!("http://{}{path}", running.addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    Client::new(running).get(path).await.1
 }
 
 /// Adjusts stock and waits for the outcome.
@@ -133,21 +114,16 @@ async fn until(
     check: impl Fn(&[(String, String, String, String, Vec<u8>)]) -> bool,
 ) {
     // Long enough for ~1500 deliveries, each with its cursor synced, on a slow disk.
-    for _ in 0..2400 {
-        if check(&received.lock().unwrap()) {
-            return;
+    eventually(what, EVENTUALLY, async || {
+        let received = received.lock().unwrap();
+        if check(&received) {
+            Ok(())
+        } else {
+            let got: Vec<_> = received.iter().map(|r| (&r.0, &r.1)).collect();
+            Err(Observed(format!("got {got:?}")))
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!(
-        "timed out waiting for {what}: got {:?}",
-        received
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| (&r.0, &r.1))
-            .collect::<Vec<_>>()
-    );
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,16 +240,12 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
     })
     .await;
     let down_id = down["id"].as_str().unwrap();
-    for _ in 0..100 {
-        if get(&running, &format!("/v1/webhooks/{down_id}/deliveries")).await["deliveries"][0]
-            ["status"]
-            == "failed"
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let failed = get(&running, &format!("/v1/webhooks/{down_id}/deliveries")).await;
+    let failed = Client::new(&running)
+        .get_until(
+            &format!("/v1/webhooks/{down_id}/deliveries"),
+            |_, deliveries| deliveries["deliveries"][0]["status"] == "failed",
+        )
+        .await;
     assert_eq!(
         (
             failed["deliveries"][0]["status"].as_str(),
@@ -282,12 +254,7 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
         (Some("failed"), Some(503)),
         "{failed}"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&running).await;
     assert!(
         metrics.contains(&format!(
             "stockflow_webhook_attempts_total{{outcome=\"failed\",webhook=\"{down_id}\"}} 1"
@@ -296,15 +263,16 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
     );
 
     // Deleting stops deliveries to it.
-    let status = reqwest::Client::new()
-        .delete(format!("http://{}/v1/webhooks/{down_id}", running.addr))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 204);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    let (status, _) = Client::new(&running)
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{down_id}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 204);
+    stop(running).await;
 
     // After a restart the registration and the cursor are still there: the
     // delivered alert is not delivered again; the next one is, once.
@@ -324,6 +292,7 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
             == 3
     })
     .await;
+    // Time for a fourth attempt, or a delivery to the deleted webhook, to show, were there one.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let received = received.lock().unwrap().clone();
     let flaky: Vec<&String> = received
@@ -344,8 +313,7 @@ async fn deliveries_are_signed_retried_with_one_id_recorded_and_not_repeated_aft
         3,
         "a deleted webhook gets nothing more"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 /// Registers a webhook of the default tenant; the answer's status and body.
@@ -384,12 +352,10 @@ fn threads() -> usize {
 }
 
 async fn metrics(running: &Running) -> String {
-    reqwest::get(format!("http://{}/metrics", running.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    match Client::new(running).get("/metrics").await {
+        (200, Value::String(text)) => text,
+        (status, body) => panic!("GET /metrics: {status} {body}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,17 +395,18 @@ async fn a_tenant_registers_webhooks_up_to_the_cap_and_then_gets_a_409_naming_th
         .as_str()
         .unwrap()
         .to_owned();
-    let status = reqwest::Client::new()
-        .delete(format!("http://{}/v1/webhooks/{first}", running.addr))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status.as_u16(), 204);
+    let (status, _) = Client::new(&running)
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/webhooks/{first}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, 204);
     assert_eq!(register(&running, &format!("{base}/again")).await.0, 201);
     assert_eq!(register(&running, &format!("{base}/more")).await.0, 409);
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,8 +454,7 @@ async fn many_webhooks_share_one_reader_and_do_not_add_a_thread_each() {
         10 + 150,
         "each webhook got each event once after it registered"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,8 +556,7 @@ async fn a_webhook_that_stops_answering_falls_behind_alone_and_catches_up_in_ord
             );
         }
     }
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,8 +609,7 @@ async fn webhook_targets_without_a_host_link_local_or_metadata_are_refused_whate
         json!([]),
         "nothing registered"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -684,8 +648,7 @@ async fn webhook_network_lists_refuse_at_registration_and_when_connecting() {
             .contains("`localhost` resolves only to addresses webhooks may not reach"),
         "{problem}"
     );
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 
     // When connecting: a name is checked on the addresses it resolves to
     // then; a refusal is one attempt, not retried, counted `refused`.
@@ -791,6 +754,5 @@ async fn webhook_network_lists_refuse_at_registration_and_when_connecting() {
         r.iter().any(|r| r.0 == "/allowed")
     })
     .await;
-    running.shutdown.trigger();
-    running.wait().await.unwrap();
+    stop(running).await;
 }
