@@ -10,11 +10,12 @@
 //! costs no memory, it only risks falling behind the retained history, and
 //! is then told so and disconnected (see `http::changes`).
 
-use crate::rows::{self, LowStockRow};
+use crate::rows;
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
+use stockflow_dataflows::alert_rows::LowStockRow;
 use stockflow_dataflows::alerts::Alert;
 use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};

@@ -343,7 +343,7 @@ pub fn dump_rows(
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
             .filter_map(|(k, pair)| {
-                rows::low_stock_row(pair, snapshot.stock.get(k))
+                stockflow_dataflows::alert_rows::low_stock_row(pair, snapshot.stock.get(k))
                     .map(|row| rows::low_stock_json(k, &row))
             })
             .collect(),

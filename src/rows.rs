@@ -4,37 +4,11 @@
 
 use serde_json::{json, Value};
 use std::borrow::Cow;
+use stockflow_dataflows::alert_rows::LowStockRow;
 use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::kpis::{KpiRow, TopSkus};
 use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use stockflow_dataflows::order_rows::OrderRow;
-
-/// The latest transition of each alert kind of one stock row.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AlertPair {
-    /// The low-stock alert.
-    pub low_stock: Option<Alert>,
-    /// The out-of-stock alert.
-    pub out_of_stock: Option<Alert>,
-}
-
-impl AlertPair {
-    /// The latest transition of `kind`.
-    pub fn get(&self, kind: AlertKind) -> Option<&Alert> {
-        match kind {
-            AlertKind::LowStock => self.low_stock.as_ref(),
-            AlertKind::OutOfStock => self.out_of_stock.as_ref(),
-        }
-    }
-
-    /// Sets the latest transition of `alert.kind`.
-    pub fn set(&mut self, alert: Alert) {
-        match alert.kind {
-            AlertKind::LowStock => self.low_stock = Some(alert),
-            AlertKind::OutOfStock => self.out_of_stock = Some(alert),
-        }
-    }
-}
 
 /// RFC 3339 text of an event time, in UTC with milliseconds.
 pub fn rfc3339(ms: EventTime) -> Option<String> {
@@ -183,38 +157,6 @@ impl<'a> AlertEvent<'a> {
 /// [`AlertEvent`] as a JSON value.
 pub fn alert_event_json(alert: &Alert, epoch: Epoch) -> Value {
     serde_json::to_value(AlertEvent::of(alert, epoch)).expect("alert events serialize")
-}
-
-/// A row of the `low_stock` view: a stock row whose low-stock alert is
-/// active, with its current quantities (`None` when no such alert).
-pub fn low_stock_row(alerts: &AlertPair, stock: Option<&StockDelta>) -> Option<LowStockRow> {
-    let low = alerts.low_stock.as_ref().filter(|a| a.raised)?;
-    let available = stock.map_or(low.available, |s| s.available());
-    Some(LowStockRow {
-        available,
-        threshold: low.threshold,
-        target_level: low.target_level,
-        suggested_reorder_qty: low.target_level.saturating_sub(available).max(0),
-        out_of_stock: alerts.out_of_stock.as_ref().is_some_and(|a| a.raised),
-        since: low.ts,
-    })
-}
-
-/// A row of the `low_stock` view (see [`low_stock_row`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LowStockRow {
-    /// Available now.
-    pub available: i64,
-    /// The threshold it is at or under.
-    pub threshold: i64,
-    /// Level a replenishment should bring it to.
-    pub target_level: i64,
-    /// `target_level - available`, at least 0.
-    pub suggested_reorder_qty: i64,
-    /// The out-of-stock alert is active too.
-    pub out_of_stock: bool,
-    /// Event time of the stock row when the alert was raised.
-    pub since: EventTime,
 }
 
 /// A `low_stock` row as JSON.

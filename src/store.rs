@@ -6,11 +6,11 @@
 //! half an epoch: they hold an `Arc` to one whole, consistent state.
 
 use crate::changes::{Batch, Changelog};
-use crate::rows::AlertPair;
 use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
+use stockflow_dataflows::alert_rows::AlertPair;
 use stockflow_dataflows::alerts::Alert;
 use stockflow_dataflows::kpis::{Gauges, KpiKey, KpiValue, TopSkus};
 use stockflow_dataflows::model::{

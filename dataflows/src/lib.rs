@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alert_rows;
 pub mod alerts;
 pub mod decider;
 pub mod dedup;

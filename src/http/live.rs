@@ -15,7 +15,7 @@ use super::reads::{consistent_read, decode_cursor, encode_cursor, page_limit, te
 use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
-use crate::rows::{alert_row_json, low_stock_json, low_stock_row};
+use crate::rows::{alert_row_json, low_stock_json};
 use crate::store::{Snapshot, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
+use stockflow_dataflows::alert_rows::low_stock_row;
 use stockflow_dataflows::alerts::AlertKind;
 use stockflow_dataflows::kpis::{KpiKey, KpiRow, Window};
 use stockflow_dataflows::model::EventTime;
