@@ -32,7 +32,10 @@ pub fn order_key(event: &Event) -> Option<(Name, Name)> {
 impl OrderRow {
     /// Folds one event of this order into the row (other events change nothing).
     pub fn apply(&mut self, event: &Event) {
-        if order_key(event).is_none() {
+        if !matches!(
+            event.body,
+            EventBody::OrderPlaced { .. } | EventBody::OrderStatus { .. }
+        ) {
             return;
         }
         self.updated_at = self.updated_at.max(event.ts);

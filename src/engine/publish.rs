@@ -144,9 +144,10 @@ pub fn run_publisher(
                             continue;
                         };
                         let before = working.orders.get(&key).cloned();
-                        working.apply_order(&event);
-                        let after = working.orders.get(&key).cloned();
-                        if before != after {
+                        let row = working.orders.entry(key.clone()).or_default();
+                        row.apply(&event);
+                        if before.as_ref() != Some(row) {
+                            let after = row.clone();
                             let (tenant, id) = key;
                             if let Some(before) = before {
                                 rows.push((
@@ -154,9 +155,7 @@ pub fn run_publisher(
                                     -1,
                                 ));
                             }
-                            if let Some(after) = after {
-                                rows.push((Row::Order(tenant, id, Box::new(after)), 1));
-                            }
+                            rows.push((Row::Order(tenant, id, Box::new(after)), 1));
                         }
                     }
                     Change::Order(event) => working.apply_order(&event),
