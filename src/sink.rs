@@ -142,6 +142,10 @@ struct Sink {
 
 const NAME: &str = "clickhouse";
 
+/// The longest the sink sleeps without a wake-up: a safety net (every
+/// reason to work wakes it at once), not a poll.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
 impl Sink {
     fn new(
         settings: SinkSettings,
@@ -177,6 +181,8 @@ impl Sink {
         // The batch being written, on the runtime's worker thread, while this
         // thread takes the next steps: one at a time, so commits stay in order.
         let mut in_flight: Option<(Writing, usize)> = None;
+        // Its result, when the wait below saw it end.
+        let mut written_now = None;
         let mut oldest: Option<Instant> = None;
         let mut failures = 0u32;
         let mut retry_at = Instant::now();
@@ -186,12 +192,16 @@ impl Sink {
         let mut published = self.store.subscribe();
         loop {
             // A finished write: commit or put the batch back in front.
-            if in_flight
-                .as_ref()
-                .is_some_and(|(handle, _)| handle.is_finished())
-            {
-                let (handle, _) = in_flight.take().expect("checked above");
-                let (batch, result) = match handle.await {
+            let done = match written_now.take() {
+                Some(done) => Some(done),
+                None => match in_flight.take_if(|(handle, _)| handle.is_finished()) {
+                    Some((handle, _)) => Some(handle.await),
+                    None => None,
+                },
+            };
+            if let Some(done) = done {
+                in_flight = None;
+                let (batch, result) = match done {
                     Ok(done) => done,
                     Err(panicked) => {
                         tracing::error!(%panicked, "the ClickHouse write task failed");
@@ -309,22 +319,35 @@ impl Sink {
                     self.state("stopped");
                     return;
                 }
-                if !stepped {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                continue;
             }
             if !stepped {
-                // Until something is published, a write ends, a retry is due or a batch ages out.
-                let wait = if pending.is_empty() && retry.is_none() && in_flight.is_none() {
-                    Duration::from_millis(200)
-                } else {
-                    Duration::from_millis(5)
+                // Nothing to do until a write ends, something is published,
+                // a retry is due, the oldest step ages into a batch, or a stop.
+                let deadline = match (&retry, oldest) {
+                    _ if in_flight.is_some() => None,
+                    (Some(_), _) => Some(retry_at),
+                    (None, Some(oldest)) => Some(oldest + self.settings.batch_interval),
+                    (None, None) => None,
+                };
+                let writing = async {
+                    match in_flight.as_mut() {
+                        Some((handle, _)) => handle.await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let due = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
                 };
                 tokio::select! {
-                    _ = published.changed() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.stop.wait() => {}
+                    _ = published.changed(), if !stopping => {}
+                    done = writing => written_now = Some(done),
+                    _ = due => {}
+                    _ = self.stop.wait(), if !stopping => {}
+                    // A safety net, not a poll: every wake-up above is an event.
+                    _ = tokio::time::sleep(IDLE_CHECK) => {}
                 }
             }
         }
