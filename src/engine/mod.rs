@@ -58,7 +58,9 @@ type Progress = (u32, u32, u64);
 
 /// Epochs a worker may run ahead of the dataflow before it waits (backpressure).
 const MAX_EPOCHS_IN_FLIGHT: u64 = 4;
-/// How long a worker waits before looking again at sources that just ran dry.
+/// While data flows, how long a worker lingers before reading sources that
+/// just ran dry again, so that reads come in chunks (an idle worker sleeps
+/// to the end of its epoch instead).
 const IDLE_POLL: Duration = Duration::from_millis(1);
 /// Messages read from one partition per call.
 const READ_CHUNK: usize = 4096;

@@ -339,8 +339,11 @@ pub(super) fn run(
                 break;
             }
             if read_now == 0 {
-                // Nothing to read right now, and sources do not wake us: while data
-                // flows (this epoch had some) look again soon; when idle, at the epoch's end.
+                // Nothing to read right now. While data flows (this epoch had
+                // some), linger a moment so that reads come in chunks; when
+                // idle, sleep to the epoch's end: what arrives before it is
+                // published when the epoch closes, not earlier, so waking
+                // sooner would not make it visible sooner.
                 let wait = if read_in_epoch > 0 {
                     (deadline - now).min(IDLE_POLL)
                 } else {

@@ -37,6 +37,10 @@ pub(super) fn read_written_alerts(
     }
 }
 
+/// How long the alerts topic must return nothing past its reported end
+/// before it counts as read (Tansu under-reports high watermarks).
+const QUIET: Duration = Duration::from_millis(200);
+
 /// Reads the alerts topic to its end: the highest transition it holds per
 /// `(stock row, kind)`. Messages that are not alert events are skipped.
 ///
@@ -45,11 +49,15 @@ pub(super) fn read_written_alerts(
 fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64; 2]>> {
     let mut written = HashMap::new();
     let mut readers = Vec::new();
+    let wake = crate::source::wake_this_thread();
+    let mut readers_wake = true;
     for partition in 0..source.partitions() {
         let end = source
             .end_offset(partition)
             .with_context(|| format!("reading the end of {}/{partition}", source.topic()))?;
-        readers.push((source.reader(partition, 0)?, end));
+        let mut reader = source.reader(partition, 0)?;
+        readers_wake &= reader.wake_on_data(wake.clone());
+        readers.push((reader, end));
     }
     let started = Instant::now();
     let mut last_read = Instant::now();
@@ -90,7 +98,8 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
         let at_end = readers
             .iter()
             .all(|(reader, end)| reader.position() >= *end);
-        if at_end && now.duration_since(last_read) > Duration::from_millis(200) {
+        let quiet = now.duration_since(last_read);
+        if at_end && quiet > QUIET {
             break;
         }
         anyhow::ensure!(
@@ -99,7 +108,18 @@ fn written_alerts(source: &dyn Source) -> anyhow::Result<HashMap<StockKey, [u64;
             source.topic(),
             last_error.as_deref().unwrap_or("none")
         );
-        std::thread::sleep(Duration::from_millis(5));
+        if readers_wake {
+            // Until records come, the topic has been quiet long enough, or the minute is up.
+            let minute = Duration::from_secs(60).saturating_sub(now.duration_since(started));
+            let wait = if at_end {
+                QUIET.saturating_sub(quiet)
+            } else {
+                Duration::from_secs(1)
+            };
+            std::thread::park_timeout(wait.min(minute) + Duration::from_millis(1));
+        } else {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     tracing::info!(
         topic = source.topic(),

@@ -31,13 +31,13 @@
 
 pub mod check;
 
-use crate::source::{partition_for_key, PartitionReader, Record, Source, SourceError};
+use crate::source::{partition_for_key, PartitionReader, Record, Source, SourceError, Wake};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 /// Bytes before a record's body: length and checksum.
 const HEADER: usize = 8;
@@ -377,7 +377,7 @@ impl Topic {
     pub fn end_offset(&self, partition: u32) -> u64 {
         self.partitions
             .get(partition as usize)
-            .map_or(0, |p| p.end.load(Ordering::Acquire))
+            .map_or(0, |p| p.end.load())
     }
 
     /// Flushes and fsyncs every partition (nothing to do when read-only).
@@ -391,7 +391,7 @@ impl Topic {
     /// A reader of `partition` starting at offset `from` (at most the end).
     pub fn reader(&self, partition: u32, from: u64) -> Result<LogReader, SourceError> {
         let p = self.partition(partition)?;
-        let end = p.end.load(Ordering::Acquire);
+        let end = p.end.load();
         if from > end {
             return Err(SourceError::Invalid(format!(
                 "offset {from} is beyond the end ({end}) of {}/{partition}",
@@ -403,6 +403,8 @@ impl Topic {
             partition,
             end: p.end.clone(),
             segments: p.segments.clone(),
+            wake: None,
+            armed: Arc::default(),
             position: from,
             current: None,
         })
@@ -496,9 +498,57 @@ struct Partition {
     dir: PathBuf,
     writer: Option<Mutex<Writer>>,
     /// Offset after the last record readers may see (published after the write).
-    end: Arc<AtomicU64>,
+    end: Arc<End>,
     /// Base offsets of the segments, ascending.
     segments: Arc<RwLock<Vec<u64>>>,
+}
+
+/// A partition's end as readers see it, and the readers to wake when it moves.
+struct End {
+    offset: AtomicU64,
+    /// Readers' wakes, held weakly: a dropped reader's is pruned at the next move.
+    waiting: Mutex<Vec<Weak<dyn Fn() + Send + Sync>>>,
+    /// `waiting` is not empty: appends skip the lock while nobody waits.
+    anyone: AtomicBool,
+}
+
+impl End {
+    fn new(offset: u64) -> Arc<End> {
+        Arc::new(End {
+            offset: AtomicU64::new(offset),
+            waiting: Mutex::new(Vec::new()),
+            anyone: AtomicBool::new(false),
+        })
+    }
+
+    // SeqCst throughout: a reader that registered, then saw the old end,
+    // must be woken by the append that moved it (store-then-load on both sides).
+    fn load(&self) -> u64 {
+        self.offset.load(Ordering::SeqCst)
+    }
+
+    /// Lets readers see records up to `offset`, and wakes those that wait.
+    fn advance(&self, offset: u64) {
+        self.offset.store(offset, Ordering::SeqCst);
+        if self.anyone.load(Ordering::SeqCst) {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.retain(|wake| match wake.upgrade() {
+                Some(wake) => {
+                    wake();
+                    true
+                }
+                None => false,
+            });
+            self.anyone.store(!waiting.is_empty(), Ordering::SeqCst);
+        }
+    }
+
+    fn wake_on_advance(&self, wake: &Wake) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|wake| wake.strong_count() > 0);
+        waiting.push(Arc::downgrade(wake));
+        self.anyone.store(true, Ordering::SeqCst);
+    }
 }
 
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -556,7 +606,7 @@ impl Partition {
                 },
                 broken: None,
             })),
-            end: Arc::new(AtomicU64::new(next_offset)),
+            end: End::new(next_offset),
             segments,
         })
     }
@@ -581,7 +631,7 @@ impl Partition {
         Ok(Partition {
             dir: dir.to_path_buf(),
             writer: None,
-            end: Arc::new(AtomicU64::new(end)),
+            end: End::new(end),
             segments: Arc::new(RwLock::new(bases)),
         })
     }
@@ -935,7 +985,7 @@ impl Writer {
     /// the error says that the outcome is unknown.
     fn transaction<T>(
         &mut self,
-        end: &AtomicU64,
+        end: &End,
         append: impl FnOnce(&mut Writer) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
         if let Some(why) = &self.broken {
@@ -1044,7 +1094,7 @@ impl Writer {
     }
 
     /// Writes buffered records through to the OS, then lets readers see them.
-    fn commit(&mut self, end: &AtomicU64) -> Result<(), SourceError> {
+    fn commit(&mut self, end: &End) -> Result<(), SourceError> {
         self.file
             .flush()
             .map_err(io(format!("flushing {}", self.dir.display())))?;
@@ -1054,7 +1104,7 @@ impl Writer {
                 .sync_data()
                 .map_err(io(format!("syncing {}", self.dir.display())))?;
         }
-        end.store(self.next_offset, Ordering::Release);
+        end.advance(self.next_offset);
         Ok(())
     }
 
@@ -1088,8 +1138,12 @@ impl Writer {
 pub struct LogReader {
     dir: PathBuf,
     partition: u32,
-    end: Arc<AtomicU64>,
+    end: Arc<End>,
     segments: Arc<RwLock<Vec<u64>>>,
+    /// Held for `end` (which holds it weakly), see [`PartitionReader::wake_on_data`].
+    wake: Option<Wake>,
+    /// Whether the next append should call `wake` (set by every read).
+    armed: Arc<AtomicBool>,
     position: u64,
     /// Open segment: its base, the reader, and the offset it is positioned at.
     current: Option<(u64, BufReader<File>, u64)>,
@@ -1135,7 +1189,9 @@ impl PartitionReader for LogReader {
     }
 
     fn read(&mut self, max: usize, out: &mut Vec<Record>) -> Result<usize, SourceError> {
-        let end = self.end.load(Ordering::Acquire);
+        // Before the end is read: an append after it wakes whoever waits.
+        self.armed.store(true, Ordering::SeqCst);
+        let end = self.end.load();
         let mut count = 0;
         let mut body = Vec::new();
         while count < max && self.position < end {
@@ -1205,7 +1261,21 @@ impl PartitionReader for LogReader {
     }
 
     fn end_offset(&self) -> Result<u64, SourceError> {
-        Ok(self.end.load(Ordering::Acquire))
+        Ok(self.end.load())
+    }
+
+    fn wake_on_data(&mut self, wake: Wake) -> bool {
+        // Armed by each read, fired once: a fast producer wakes a reader once
+        // per read it did, not once per append.
+        let armed = self.armed.clone();
+        let wake: Wake = Arc::new(move || {
+            if armed.swap(false, Ordering::SeqCst) {
+                wake()
+            }
+        });
+        self.end.wake_on_advance(&wake);
+        self.wake = Some(wake);
+        true
     }
 }
 

@@ -284,6 +284,13 @@ impl PartitionReader for KafkaReader {
         self.position
     }
 
+    fn wake_on_data(&mut self, wake: super::Wake) -> bool {
+        // Called from a librdkafka thread when the consumer's queue turns
+        // non-empty (messages or errors): after a `read` that drained it.
+        self.consumer.set_nonempty_callback(move || wake());
+        true
+    }
+
     fn end_offset(&self) -> Result<u64, SourceError> {
         let (end, fetched) = self.end.get();
         if fetched.is_some_and(|at| at.elapsed() < WATERMARK_REFRESH) {

@@ -126,6 +126,23 @@ pub trait PartitionReader: Send {
     fn position(&self) -> u64;
     /// The offset after the last record currently in the partition.
     fn end_offset(&self) -> Result<u64, SourceError>;
+    /// Asks the reader to call `wake` whenever records may have arrived
+    /// (for as long as the reader lives), so that a thread with nothing to
+    /// read can sleep until then instead of polling. Spurious calls are
+    /// allowed. `false`: this reader cannot, and must be polled.
+    fn wake_on_data(&mut self, _wake: Wake) -> bool {
+        false
+    }
+}
+
+/// What [`PartitionReader::wake_on_data`] calls: typically unparks a thread
+/// (timely workers park with `std::thread::park_timeout`).
+pub type Wake = std::sync::Arc<dyn Fn() + Send + Sync>;
+
+/// A [`Wake`] that unparks the calling thread.
+pub fn wake_this_thread() -> Wake {
+    let thread = std::thread::current();
+    std::sync::Arc::new(move || thread.unpark())
 }
 
 /// A message that could not be decoded, on its way to the dead-letter topic.
