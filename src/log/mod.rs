@@ -1579,6 +1579,48 @@ mod tests {
     }
 
     #[test]
+    fn an_append_wakes_a_waiting_reader_once_per_read_and_forgets_a_dropped_one() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        let topic = log.topic("t", 1).unwrap();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let mut reader = topic.reader(0, 0).unwrap();
+        let count = woken.clone();
+        assert!(reader.wake_on_data(Arc::new(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        })));
+        // Not armed before the first read.
+        topic.append_to(0, b"k", b"1", 0).unwrap();
+        assert_eq!(woken.load(Ordering::SeqCst), 0);
+        let mut out = Vec::new();
+        assert_eq!(reader.read(10, &mut out).unwrap(), 1);
+        assert_eq!(reader.read(10, &mut out).unwrap(), 0, "caught up");
+        topic.append_to(0, b"k", b"2", 0).unwrap();
+        topic.append_to(0, b"k", b"3", 0).unwrap();
+        assert_eq!(
+            woken.load(Ordering::SeqCst),
+            1,
+            "once per read, not per append"
+        );
+        assert_eq!(reader.read(10, &mut out).unwrap(), 2);
+        topic.append_to(0, b"k", b"4", 0).unwrap();
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        drop(reader);
+        topic.append_to(0, b"k", b"5", 0).unwrap();
+        assert_eq!(woken.load(Ordering::SeqCst), 2);
+        let waiting = topic
+            .partition(0)
+            .unwrap()
+            .end
+            .waiting
+            .lock()
+            .unwrap()
+            .len();
+        assert_eq!(waiting, 0, "a dropped reader's wake is pruned");
+    }
+
+    #[test]
     fn rejects_bad_topic_names_and_missing_topics() {
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(dir.path()).unwrap();
