@@ -1,8 +1,14 @@
 //! Command line, environment and config file, resolved into [`Settings`].
 //!
 //! Precedence: command-line flag, then `STOCKFLOW_*` environment variable,
-//! then the `--config` TOML file, then the defaults below. Every problem is
+//! then the `--config` TOML file, then the defaults. Every problem is
 //! reported at once before exiting.
+//!
+//! Each option is written once, as a field of [`ServeArgs`] (flag, variable,
+//! doc, and the file key, its name) with its default in
+//! [`ServeArgs::defaults`]; [`Settings::resolve`] stacks the layers and
+//! checks the values. Adding an option: a field there, its default there if
+//! it has one, its use and bounds in `resolve_with`, a row in README.md.
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
