@@ -1269,57 +1269,54 @@ fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileCo
         };
         let alone = || toml::Value::Table(toml::Table::from_iter([(key.clone(), value.clone())]));
         let unknown = |e: &toml::de::Error| e.message().starts_with("unknown field");
-        let (as_form, as_option) = match FileForms::deserialize(alone()) {
-            Err(form) if unknown(&form) => (Err(form), Some(ServeArgs::deserialize(alone()))),
-            as_form => (as_form.map(drop), None),
-        };
-        match (as_form, as_option) {
-            (Ok(()), _) => {
+        let bad = |e: toml::de::Error| format!("{}: {key}: {}", located(), e.message().trim());
+        match FileForms::deserialize(alone()) {
+            Ok(_) => {
                 forms.insert(key.clone(), value);
             }
-            (_, Some(Ok(_))) => {
-                options.insert(key.clone(), value);
-            }
-            (Err(form), Some(Err(option))) if unknown(&option) => {
-                // serde's messages list the known keys: "unknown field `x`, expected one of `a`, `b`".
-                let known = [form.message(), option.message()]
-                    .into_iter()
-                    .flat_map(|message| {
-                        let expected = message.split_once("expected").map_or("", |(_, list)| list);
-                        expected.split('`').skip(1).step_by(2)
-                    })
-                    .min_by_key(|k| strsim::levenshtein(k, &key))
-                    .filter(|k| strsim::levenshtein(k, &key) <= 3);
-                let hint = known
-                    .map(|k| format!("; did you mean `{k}`?"))
-                    .unwrap_or_default();
-                errors.push(format!("{}: `{key}` is not a key of the config file (the keys are the long option names with `_`){hint}", located()));
-            }
-            (Err(e), None) | (_, Some(Err(e))) => {
-                errors.push(format!("{}: {key}: {}", located(), e.message().trim()))
-            }
+            Err(form) if unknown(&form) => match ServeArgs::deserialize(alone()) {
+                Ok(_) => {
+                    options.insert(key.clone(), value);
+                }
+                Err(option) if unknown(&option) => {
+                    // serde's messages list the known keys: "unknown field `x`, expected one of `a`, `b`".
+                    let known = [form.message(), option.message()]
+                        .into_iter()
+                        .flat_map(|message| {
+                            let expected =
+                                message.split_once("expected").map_or("", |(_, list)| list);
+                            expected.split('`').skip(1).step_by(2)
+                        })
+                        .min_by_key(|k| strsim::levenshtein(k, &key))
+                        .filter(|k| strsim::levenshtein(k, &key) <= 3);
+                    let hint = known
+                        .map(|k| format!("; did you mean `{k}`?"))
+                        .unwrap_or_default();
+                    errors.push(format!("{}: `{key}` is not a key of the config file (the keys are the long option names with `_`){hint}", located()));
+                }
+                Err(e) => errors.push(bad(e)),
+            },
+            Err(e) => errors.push(bad(e)),
         }
         if let Some(line) = line {
             keys.lines.insert(key, line);
         }
     }
+    // Each key deserialized alone above: these cannot fail, but say so if they do.
+    let mut whole = |e: toml::de::Error| {
+        errors.push(format!(
+            "config file {}: {}",
+            path.display(),
+            e.message().trim()
+        ))
+    };
     let file = FileConfig {
-        options: ServeArgs::deserialize(toml::Value::Table(options)).unwrap_or_else(|e| {
-            errors.push(format!(
-                "config file {}: {}",
-                path.display(),
-                e.message().trim()
-            ));
-            ServeArgs::default()
-        }),
-        forms: FileForms::deserialize(toml::Value::Table(forms)).unwrap_or_else(|e| {
-            errors.push(format!(
-                "config file {}: {}",
-                path.display(),
-                e.message().trim()
-            ));
-            FileForms::default()
-        }),
+        options: ServeArgs::deserialize(toml::Value::Table(options))
+            .map_err(&mut whole)
+            .unwrap_or_default(),
+        forms: FileForms::deserialize(toml::Value::Table(forms))
+            .map_err(&mut whole)
+            .unwrap_or_default(),
     };
     (file, keys)
 }
