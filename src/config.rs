@@ -658,7 +658,7 @@ pub enum Checkpoints {
 impl Checkpoints {
     /// Parses `--checkpoint-interval`: `0` (never) or a duration of 1 s to a day.
     pub fn parse(text: &str) -> Result<Checkpoints, String> {
-        match parse_duration(text)? {
+        match parse_duration(text).map_err(|e| format!("{e}; 0 for never"))? {
             Duration::ZERO => Ok(Checkpoints::Off),
             short if short < Duration::from_secs(1) => {
                 Err(format!("`{}`: at least 1s (or 0 for never)", text.trim()))
@@ -1360,7 +1360,7 @@ mod tests {
         assert_eq!(
             Checkpoints::parse("often"),
             Err(
-                "`often` is not a duration like 30s, 5m, 1h 30m or 90d (expected number at 0)"
+                "`often` is not a duration like 30s, 5m, 1h 30m or 90d (expected number at 0); 0 for never"
                     .into()
             )
         );
