@@ -401,15 +401,10 @@ impl ServeArgs {
     /// what `--help` shows (see [`Cli::command_with_defaults`]). An option
     /// left out has no default (it is off until given).
     pub fn defaults() -> ServeArgs {
+        use crate::sink::SinkSettings as Sink;
         // The engine's and the sinks' own defaults, where they have them.
         let thresholds = stockflow_dataflows::alerts::Thresholds::default();
         let webhooks = stockflow_sinks::webhooks::Policy::default();
-        let sink = crate::sink::SinkSettings::new(stockflow_sinks::clickhouse::Config {
-            url: String::new(),
-            database: String::new(),
-            user: String::new(),
-            password: String::new(),
-        });
         ServeArgs {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir: Some(PathBuf::from(DEFAULT_DATA_DIR)),
@@ -436,9 +431,9 @@ impl ServeArgs {
             webhooks_per_tenant: Some(webhooks.per_tenant),
             kpi_retention: Some("90d".into()),
             clickhouse_database: Some("stockflow".into()),
-            clickhouse_batch_rows: Some(sink.batch_rows),
-            clickhouse_batch_ms: Some(sink.batch_interval.as_millis() as u64),
-            clickhouse_max_buffer: Some(sink.max_buffer),
+            clickhouse_batch_rows: Some(Sink::BATCH_ROWS),
+            clickhouse_batch_ms: Some(Sink::BATCH_INTERVAL.as_millis() as u64),
+            clickhouse_max_buffer: Some(Sink::MAX_BUFFER),
             checkpoint_interval: Some("30s".into()),
             on_checkpoint_gap: Some(<&str>::from(crate::checkpoint::GapPolicy::default()).into()),
             sources: vec!["inventory.events".into(), "order.events".into()],
@@ -735,7 +730,7 @@ impl Settings {
         let FileConfig { options, forms } = file;
         // Flag (or variable) over file over default.
         let o = args.clone().over(options).over(ServeArgs::defaults());
-        let settings = Settings {
+        let mut settings = Settings {
             listen: defaulted(o.listen),
             data_dir: defaulted(o.data_dir),
             workers: defaulted(o.workers),
@@ -834,7 +829,6 @@ impl Settings {
                 settings.webhook_policy.per_tenant
             ));
         }
-        let mut settings = settings;
         let mut networks = |option: &str, listed: &[String]| {
             listed
                 .iter()
