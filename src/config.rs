@@ -1875,4 +1875,65 @@ mod tests {
         );
         assert_eq!(errors.len(), 2, "{errors:?}");
     }
+
+    #[test]
+    fn the_readme_table_matches_the_options() {
+        let readme = include_str!("../README.md");
+        let command = Cli::command_with_defaults();
+        let serve = command.find_subcommand("serve").expect("serve");
+        let defaults = serde_json::to_value(ServeArgs::defaults()).unwrap();
+        // The first `code` of a cell.
+        let code = |cell: &str| cell.split('`').nth(1).map(str::to_owned);
+        let (mut documented, mut checked) = (std::collections::BTreeSet::new(), 0);
+        for row in readme.lines().filter(|line| line.starts_with("| `--")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (flags, env, key, default) = (cells[1], cells[2], cells[3], cells[4]);
+            for flag in flags.split(", ") {
+                documented.insert(code(flag).unwrap().split(' ').next().unwrap().to_owned());
+            }
+            if flags.contains(", ") || flags.contains("(demo)") {
+                continue;
+            }
+            let long = code(flags).unwrap();
+            let long = long.split(' ').next().unwrap().trim_start_matches("--");
+            let arg = serve
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("README names --{long}, which serve does not take"));
+            let id = arg.get_id().as_str();
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()).map(str::to_owned),
+                code(env),
+                "the variable of --{long}"
+            );
+            if key.starts_with('`') && !key.starts_with("`[") {
+                assert_eq!(code(key).as_deref(), Some(id), "the file key of --{long}");
+            }
+            let shown = match &defaults[id] {
+                serde_json::Value::String(text) => text.clone(),
+                serde_json::Value::Number(number) => number.to_string(),
+                serde_json::Value::Array(items) if !items.is_empty() => items
+                    .iter()
+                    .map(|item| item.as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                serde_json::Value::Bool(_) => continue,
+                _ => {
+                    assert!(!default.starts_with('`'), "--{long} has no default: {row}");
+                    continue;
+                }
+            };
+            assert_eq!(default.replace('`', ""), shown, "the default of --{long}");
+            checked += 1;
+        }
+        assert!(checked >= 25, "only {checked} defaults checked");
+        for arg in serve.get_arguments() {
+            if let Some(long) = arg.get_long().filter(|long| *long != "config") {
+                assert!(
+                    documented.contains(&format!("--{long}")),
+                    "--{long} is missing from README.md's table"
+                );
+            }
+        }
+    }
 }
