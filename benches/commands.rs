@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::config::{LogFormat, Settings, SourceDecl};
+use stockflow::config::{Settings, SourceDecl};
 use stockflow::server::{self, INVENTORY_EVENTS};
 use stockflow::source::Format;
 
@@ -50,36 +50,14 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
         workers,
-        epoch: Duration::from_millis(10),
-        epoch_max_events: 100_000,
-        max_in_flight_events: 400_000,
-        partitions: 4,
-        insecure_listen: false,
-        api_keys: None,
         rate_limit: None,
-        request_timeout: std::time::Duration::from_secs(40),
         http_limits: stockflow::http::Limits {
             max_connections: 1024,
-            header_read_timeout: std::time::Duration::from_secs(10),
+            ..Settings::default().http_limits
         },
-        read_only: false,
-        log_format: LogFormat::Pretty,
-        demo_rate: None,
-        kafka: None,
         sources: vec![SourceDecl::new(INVENTORY_EVENTS, Format::Stockflow)],
-        commands_topic: "inventory.commands".into(),
         outcomes_topic: INVENTORY_EVENTS.into(),
-        alerts_topic: "alerts.events".into(),
-        thresholds: Default::default(),
-        changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
-        webhook_policy: Default::default(),
-        kpi_retention: std::time::Duration::from_secs(90 * 24 * 3600),
-        kpi_specs: std::sync::Arc::from(Vec::new()),
-        clickhouse: None,
-        checkpoint_interval: Some(Duration::from_secs(30)),
-        on_checkpoint_gap: Default::default(),
-        offline: false,
-        replay: None,
+        ..Settings::default()
     };
     let running = server::start(&settings).await.expect("server starts");
     let base = format!("http://{}", running.addr);

@@ -523,21 +523,28 @@ impl Checkpointer {
         Ok(Some(written))
     }
 
-    /// A checkpoint every `interval` (once the engine has started), and a
-    /// last one when `engine_done` says the engine has published its last
-    /// epoch (or its sender is gone). Failures are logged, counted and
-    /// retried at the next interval.
+    /// A checkpoint every `interval` (once the engine has started; `None`:
+    /// none before the end), and a last one when `engine_done` says the
+    /// engine has published its last epoch (or its sender is gone).
+    /// Failures are logged, counted and retried at the next interval.
     pub fn run(
         mut self,
         store: Arc<Store>,
         metrics: Metrics,
-        interval: Duration,
+        interval: Option<Duration>,
         engine_done: std::sync::mpsc::Receiver<()>,
     ) {
         loop {
-            let last = match engine_done.recv_timeout(interval) {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
-                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => true,
+            let last = match interval {
+                Some(interval) => !matches!(
+                    engine_done.recv_timeout(interval),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                ),
+                None => {
+                    // Done or gone: either way the end.
+                    let _ = engine_done.recv();
+                    true
+                }
             };
             self.checkpoint_logged(&store, &metrics);
             if last {

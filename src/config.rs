@@ -1,10 +1,16 @@
 //! Command line, environment and config file, resolved into [`Settings`].
 //!
 //! Precedence: command-line flag, then `STOCKFLOW_*` environment variable,
-//! then the `--config` TOML file, then the defaults below. Every problem is
+//! then the `--config` TOML file, then the defaults. Every problem is
 //! reported at once before exiting.
+//!
+//! Each option is written once, as a field of [`ServeArgs`] (flag, variable,
+//! doc, and the file key, its name) with its default in
+//! [`ServeArgs::defaults`]; [`Settings::resolve`] stacks the layers and
+//! checks the values. Adding an option: a field there, its default there if
+//! it has one, its use and bounds in `resolve_with`, a row in README.md.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,7 +57,7 @@ pub enum LogCommand {
 /// Where the embedded log is.
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// The data dir whose `log/` to read [default: ./stockflow-data].
+    /// The data dir whose `log/` to read.
     #[arg(long, env = "STOCKFLOW_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -82,7 +88,7 @@ pub struct ReplayArgs {
     /// What time bounds compare: `log` (the message's timestamp in the log) or `event` (the event's own `ts`).
     #[arg(long, value_enum, default_value = "log")]
     pub time_field: crate::replay::TimeField,
-    /// The data dir whose embedded log holds the topics (without --kafka-brokers) [default: ./stockflow-data].
+    /// The data dir whose embedded log holds the topics (without --kafka-brokers).
     #[arg(long)]
     pub source_dir: Option<PathBuf>,
     /// Also write every view as `<view>.ndjson` (the canonical form of `stockflow dump`) into this directory.
@@ -178,38 +184,103 @@ pub struct ExportArgs {
     pub serve: ServeArgs,
 }
 
-/// Options of `serve` (and `demo`). Serialize: to tell which options the
-/// command line or environment gave (see `FileKeys::locate`).
-#[derive(Clone, Debug, Args, Default, Serialize)]
+impl Cli {
+    /// Parses the command line and the `STOCKFLOW_*` environment, exiting
+    /// with clap's message on a bad flag; `--help` shows the defaults.
+    pub fn parse_with_defaults() -> Cli {
+        let matches = Cli::command_with_defaults().get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+
+    /// The command line, each option's help ending with its default, taken
+    /// from [`ServeArgs::defaults`] (not written a second time in the help).
+    pub fn command_with_defaults() -> clap::Command {
+        let serde_json::Value::Object(mut shown) =
+            serde_json::to_value(ServeArgs::defaults()).expect("options serialize")
+        else {
+            unreachable!("options serialize as a map")
+        };
+        shown.insert("rate".into(), DEFAULT_DEMO_RATE.into());
+        shown.insert("source_dir".into(), DEFAULT_DATA_DIR.into());
+        show_defaults(Cli::command(), &shown)
+    }
+}
+
+/// `command` and its subcommands, with `[default: …]` after the help of
+/// each option that has one in `shown` (by the option's id, its field name).
+fn show_defaults(
+    command: clap::Command,
+    shown: &serde_json::Map<String, serde_json::Value>,
+) -> clap::Command {
+    // A replay writes into a fresh data dir, not the default one.
+    let replay = command.get_name() == "replay";
+    let command = command.mut_args(|arg| {
+        let default = match (replay, arg.get_id().as_str()) {
+            (true, "data_dir") => "./stockflow-replay-<time>".to_owned(),
+            (_, id) => match shown.get(id) {
+                Some(serde_json::Value::String(text)) => text.clone(),
+                Some(serde_json::Value::Number(number)) => number.to_string(),
+                Some(serde_json::Value::Array(items)) if !items.is_empty() => items
+                    .iter()
+                    .map(|item| {
+                        item.as_str()
+                            .map_or_else(|| item.to_string(), str::to_owned)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => return arg,
+            },
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        arg.help(format!("{help} [default: {default}]"))
+    });
+    let names: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    names.into_iter().fold(command, |command, name| {
+        command.mut_subcommand(name, |sub| show_defaults(sub, shown))
+    })
+}
+
+/// Options of `serve` (and of every command that runs the engine), each
+/// written once: its flag, its `STOCKFLOW_*` variable, its doc (the `--help`
+/// text) here, and its default in [`ServeArgs::defaults`]. The config file
+/// deserializes into the same struct (its keys are the field names), except
+/// the few options whose file form differs (see [`FileForms`]). `None`, `false`
+/// or an empty list is "not given": the layers stack with [`ServeArgs::over`].
+#[derive(Clone, Debug, Args, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeArgs {
-    /// Address the HTTP API listens on [default: 127.0.0.1:8080].
+    /// Address the HTTP API listens on.
     #[arg(long, env = "STOCKFLOW_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Directory of the embedded log and checkpoints [default: ./stockflow-data].
+    /// Directory of the embedded log and checkpoints.
     #[arg(long, env = "STOCKFLOW_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Timely worker threads; partitions are spread over them [default: 1].
+    /// Timely worker threads; partitions are spread over them.
     #[arg(long, env = "STOCKFLOW_WORKERS")]
     pub workers: Option<usize>,
     /// TOML config file; its keys are the long option names with `_` (see README.md, "Configuration").
     #[arg(long, env = "STOCKFLOW_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Close an epoch after this many milliseconds [default: 10].
+    /// Close an epoch after this many milliseconds.
     #[arg(long, env = "STOCKFLOW_EPOCH_MS")]
     pub epoch_ms: Option<u64>,
-    /// ...or after this many messages read by one worker [default: 100000].
+    /// ...or after this many messages read by one worker.
     #[arg(long, env = "STOCKFLOW_EPOCH_MAX_EVENTS")]
     pub epoch_max_events: Option<usize>,
-    /// Most messages read and not yet published, over all workers: past it the sources pause until a slow output (the alerts, outcomes or dead-letter topic) catches up [default: 400000].
+    /// Most messages read and not yet published, over all workers: past it the sources pause until a slow output (the alerts, outcomes or dead-letter topic) catches up.
     #[arg(long, env = "STOCKFLOW_MAX_IN_FLIGHT_EVENTS")]
     pub max_in_flight_events: Option<usize>,
-    /// Partitions of topics the embedded log creates [default: 4].
+    /// Partitions of topics the embedded log creates.
     #[arg(long, env = "STOCKFLOW_PARTITIONS")]
     pub partitions: Option<u32>,
-    /// Topic that commands are appended to and decided from [default: inventory.commands].
+    /// Topic that commands are appended to and decided from.
     #[arg(long, env = "STOCKFLOW_COMMANDS_TOPIC")]
     pub commands_topic: Option<String>,
-    /// Topic that the decider appends its outcomes (events) to [default: inventory.events].
+    /// Topic that the decider appends its outcomes (events) to.
     #[arg(long, env = "STOCKFLOW_OUTCOMES_TOPIC")]
     pub outcomes_topic: Option<String>,
     /// Allow listening on a non-loopback address without API keys (unsafe: anyone can read every tenant).
@@ -218,28 +289,28 @@ pub struct ServeArgs {
     /// API keys, `KEY:TENANT:RIGHT` comma separated (TENANT `*` = every tenant; RIGHT `read`, `write` or `admin`); with keys, every /v1 request needs `Authorization: Bearer KEY`.
     #[arg(long, env = "STOCKFLOW_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
-    /// Requests a second each API key may make (token bucket, bursts of the same size; 0 = unlimited) [default: 100].
+    /// Requests a second each API key may make (token bucket, bursts of the same size; 0 = unlimited).
     #[arg(long, env = "STOCKFLOW_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
-    /// Longest a request's handler may run before a 503 (`30s`, `2m`) [default: 40s].
+    /// Longest a request's handler may run before a 503 (`30s`, `2m`).
     #[arg(long, env = "STOCKFLOW_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
-    /// Longest a connection may take to send a request head, new or kept alive, before it is closed (`10s`) [default: 10s].
+    /// Longest a connection may take to send a request head, new or kept alive, before it is closed (`10s`).
     #[arg(long, env = "STOCKFLOW_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
-    /// HTTP connections served at once; more wait in the listen backlog [default: 4096, lowered to fit the open-files limit].
+    /// HTTP connections served at once; more wait in the listen backlog; lowered to fit the open-files limit.
     #[arg(long, env = "STOCKFLOW_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Serve views only: no commands, no decider (its state costs ~20% of ingest throughput).
     #[arg(long, env = "STOCKFLOW_READ_ONLY")]
     pub read_only: bool,
-    /// Log output format [default: pretty].
+    /// Log output format.
     #[arg(long, env = "STOCKFLOW_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Kafka bootstrap servers (`host:port,…`); read Kafka instead of the embedded log.
     #[arg(long, env = "STOCKFLOW_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
-    /// Group id that labels stockflow's Kafka clients (nothing is consumed by group) [default: stockflow].
+    /// Group id that labels stockflow's Kafka clients (nothing is consumed by group).
     #[arg(long, env = "STOCKFLOW_KAFKA_GROUP_ID")]
     pub kafka_group_id: Option<String>,
     /// A librdkafka property for stockflow's producer, `KEY=VALUE` (repeatable; env: comma separated), e.g. `compression.type=lz4`.
@@ -249,28 +320,28 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub kafka_producer_options: Vec<String>,
-    /// Low-stock threshold of skus with no `reorder_point` and no tenant threshold [default: 10].
+    /// Low-stock threshold of skus with no `reorder_point` and no tenant threshold.
     #[arg(long, env = "STOCKFLOW_LOW_STOCK_THRESHOLD")]
     pub low_stock_threshold: Option<i64>,
-    /// How far above its threshold `available` must rise to clear an alert [default: 0].
+    /// How far above its threshold `available` must rise to clear an alert.
     #[arg(long, env = "STOCKFLOW_ALERT_HYSTERESIS")]
     pub alert_hysteresis: Option<i64>,
-    /// Topic alert events are written to [default: alerts.events].
+    /// Topic alert events are written to.
     #[arg(long, env = "STOCKFLOW_ALERTS_TOPIC")]
     pub alerts_topic: Option<String>,
-    /// Row changes kept for change streams to resume from; 0 turns change streams off [default: 250000].
+    /// Row changes kept for change streams to resume from; 0 turns change streams off.
     #[arg(long, env = "STOCKFLOW_CHANGES_RETENTION")]
     pub changes_retention: Option<usize>,
-    /// Attempts per webhook delivery before it is recorded as failed [default: 6].
+    /// Attempts per webhook delivery before it is recorded as failed.
     #[arg(long, env = "STOCKFLOW_WEBHOOK_MAX_ATTEMPTS")]
     pub webhook_max_attempts: Option<u32>,
-    /// Wait after a failed webhook attempt, doubled after each further one (ms) [default: 500].
+    /// Wait after a failed webhook attempt, doubled after each further one (ms).
     #[arg(long, env = "STOCKFLOW_WEBHOOK_BACKOFF_MS")]
     pub webhook_backoff_ms: Option<u64>,
-    /// Most webhooks one tenant may register; past it a registration answers 409 [default: 20].
+    /// Most webhooks one tenant may register; past it a registration answers 409.
     #[arg(long, env = "STOCKFLOW_WEBHOOKS_PER_TENANT")]
     pub webhooks_per_tenant: Option<usize>,
-    /// A network webhooks may be delivered to, CIDR or one address (repeatable; env: comma separated); when any is given, only these [default: every network but link-local and cloud metadata addresses].
+    /// A network webhooks may be delivered to, CIDR or one address (repeatable; env: comma separated); when any is given, only these, else every network but link-local and cloud metadata addresses.
     #[arg(
         long = "webhook-allow-network",
         env = "STOCKFLOW_WEBHOOK_ALLOW_NETWORKS",
@@ -284,39 +355,123 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub webhook_deny_networks: Vec<String>,
-    /// KPI buckets are kept while they end within this much event time of the newest hour seen (`90d`, `36h`) [default: 90d].
+    /// KPI buckets are kept while they end within this much event time of the newest hour seen, in whole hours (`90d`, `36h`).
     #[arg(long, env = "STOCKFLOW_KPI_RETENTION")]
     pub kpi_retention: Option<String>,
     /// ClickHouse HTTP endpoint (`http://host:8123`): turns the ClickHouse sink on.
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_URL")]
     pub clickhouse_url: Option<String>,
-    /// ClickHouse database, created with its tables if missing [default: stockflow].
+    /// ClickHouse database, created with its tables if missing.
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_DATABASE")]
     pub clickhouse_database: Option<String>,
-    /// ClickHouse user [default: default].
+    /// ClickHouse user (none: ClickHouse's `default`).
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_USER")]
     pub clickhouse_user: Option<String>,
-    /// ClickHouse password [default: none].
+    /// ClickHouse password (none: no password).
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
-    /// A ClickHouse batch is written once it holds this many rows... [default: 100000].
+    /// A ClickHouse batch is written once it holds this many rows...
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_BATCH_ROWS")]
     pub clickhouse_batch_rows: Option<usize>,
-    /// ...or once it is this old (ms) [default: 1000].
+    /// ...or once it is this old (ms).
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_BATCH_MS")]
     pub clickhouse_batch_ms: Option<u64>,
-    /// Rows the sink holds while ClickHouse is down or slow before it stops pulling epochs [default: 1000000].
+    /// Rows the sink holds while ClickHouse is down or slow before it stops pulling epochs.
     #[arg(long, env = "STOCKFLOW_CLICKHOUSE_MAX_BUFFER")]
     pub clickhouse_max_buffer: Option<usize>,
-    /// How often a checkpoint is written to the data dir (`30s`, `5m`, `0` = never; one is also written at shutdown unless 0) [default: 30s].
+    /// How often a checkpoint is written to the data dir (`30s`, `5m`, `1h 30m`; `0` = never; one is also written at shutdown unless 0).
     #[arg(long, env = "STOCKFLOW_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Option<String>,
-    /// When a source no longer holds what the checkpoint resumes from: `fail`, `replay` (ignore the checkpoint) or `accept` (skip what is missing) [default: fail].
+    /// When a source no longer holds what the checkpoint resumes from: `fail`, `replay` (ignore the checkpoint) or `accept` (skip what is missing).
     #[arg(long, env = "STOCKFLOW_ON_CHECKPOINT_GAP")]
     pub on_checkpoint_gap: Option<String>,
-    /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`) [default: inventory.events, order.events].
+    /// A topic to read, `TOPIC[=FORMAT][@START]` (repeatable; formats `stockflow`, `tradex`, `inventory-cqrs`; start `earliest`, `latest`, `stored`).
     #[arg(long = "source", env = "STOCKFLOW_SOURCES", value_delimiter = ',')]
     pub sources: Vec<String>,
+}
+
+/// The data dir when none is given (also of `log` and `replay --source-dir`).
+pub const DEFAULT_DATA_DIR: &str = "./stockflow-data";
+
+/// Events per second of `demo` when `--rate` is not given.
+pub const DEFAULT_DEMO_RATE: u32 = 200;
+
+impl ServeArgs {
+    /// The defaults, in one place: the layer under the config file, and
+    /// what `--help` shows (see [`Cli::command_with_defaults`]). An option
+    /// left out has no default (it is off until given).
+    pub fn defaults() -> ServeArgs {
+        use crate::sink::SinkSettings as Sink;
+        // The engine's and the sinks' own defaults, where they have them.
+        let thresholds = stockflow_dataflows::alerts::Thresholds::default();
+        let webhooks = stockflow_sinks::webhooks::Policy::default();
+        ServeArgs {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: Some(PathBuf::from(DEFAULT_DATA_DIR)),
+            workers: Some(1),
+            epoch_ms: Some(10),
+            epoch_max_events: Some(100_000),
+            max_in_flight_events: Some(400_000),
+            partitions: Some(4),
+            commands_topic: Some("inventory.commands".into()),
+            outcomes_topic: Some("inventory.events".into()),
+            rate_limit: Some(100),
+            // Above the longest `wait_ms` a read may ask.
+            request_timeout: Some("40s".into()),
+            header_read_timeout: Some("10s".into()),
+            max_connections: Some(4096),
+            log_format: Some(LogFormat::Pretty),
+            kafka_group_id: Some("stockflow".into()),
+            low_stock_threshold: Some(thresholds.default),
+            alert_hysteresis: Some(thresholds.hysteresis),
+            alerts_topic: Some("alerts.events".into()),
+            changes_retention: Some(crate::store::DEFAULT_CHANGES_RETENTION),
+            webhook_max_attempts: Some(webhooks.max_attempts),
+            webhook_backoff_ms: Some(webhooks.first_backoff.as_millis() as u64),
+            webhooks_per_tenant: Some(webhooks.per_tenant),
+            kpi_retention: Some("90d".into()),
+            clickhouse_database: Some("stockflow".into()),
+            clickhouse_batch_rows: Some(Sink::BATCH_ROWS),
+            clickhouse_batch_ms: Some(Sink::BATCH_INTERVAL.as_millis() as u64),
+            clickhouse_max_buffer: Some(Sink::MAX_BUFFER),
+            checkpoint_interval: Some("30s".into()),
+            on_checkpoint_gap: Some(<&str>::from(crate::checkpoint::GapPolicy::default()).into()),
+            sources: vec!["inventory.events".into(), "order.events".into()],
+            ..ServeArgs::default()
+        }
+    }
+
+    /// These options over `under`: each option not given here (`None`,
+    /// `false`, an empty list) is taken from `under`.
+    pub fn over(mut self, mut under: ServeArgs) -> ServeArgs {
+        // A path need not be UTF-8, which JSON cannot hold: layered apart.
+        let data_dir = self.data_dir.take().or(under.data_dir.take());
+        let (serde_json::Value::Object(mut top), serde_json::Value::Object(under)) = (
+            serde_json::to_value(&self).expect("options serialize"),
+            serde_json::to_value(under).expect("options serialize"),
+        ) else {
+            unreachable!("options serialize as a map")
+        };
+        for (key, value) in under {
+            if !given(&top[&key]) {
+                top.insert(key, value);
+            }
+        }
+        let mut layered: ServeArgs = serde_json::from_value(serde_json::Value::Object(top))
+            .expect("options deserialize as they serialize");
+        layered.config = self.config;
+        layered.data_dir = data_dir;
+        layered
+    }
+}
+
+/// Whether a serialized option was given: not `null`, `false` or `[]`.
+fn given(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+        serde_json::Value::Array(items) => !items.is_empty(),
+        _ => true,
+    }
 }
 
 /// Options of `demo`.
@@ -325,7 +480,7 @@ pub struct DemoArgs {
     /// Everything `serve` takes.
     #[command(flatten)]
     pub serve: ServeArgs,
-    /// Events per second the generator appends after seeding the catalogue [default: 200].
+    /// Events per second the generator appends after seeding the catalogue.
     #[arg(long, env = "STOCKFLOW_DEMO_RATE")]
     pub rate: Option<u32>,
 }
@@ -341,96 +496,36 @@ pub enum LogFormat {
     Json,
 }
 
-/// The config file (`--config`). Unknown keys are errors.
+/// The config file (`--config`): the options of [`ServeArgs`] under their
+/// field names, and the few whose file form differs from the flag's.
+#[derive(Debug, Default)]
+pub struct FileConfig {
+    /// The options written as the flags take them.
+    pub options: ServeArgs,
+    /// The options written another way in a file.
+    pub forms: FileForms,
+}
+
+/// The keys of the config file whose form differs from the flag's (an
+/// explicit adapter each, in [`Settings::resolve`]: a flag or variable
+/// replaces the file's whole value), and the keys only a file has.
+/// Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// See `--listen`.
-    pub listen: Option<SocketAddr>,
-    /// See `--data-dir`.
-    pub data_dir: Option<PathBuf>,
-    /// See `--workers`.
-    pub workers: Option<usize>,
-    /// See `--epoch-ms`.
-    pub epoch_ms: Option<u64>,
-    /// See `--epoch-max-events`.
-    pub epoch_max_events: Option<usize>,
-    /// See `--max-in-flight-events`.
-    pub max_in_flight_events: Option<usize>,
-    /// See `--partitions`.
-    pub partitions: Option<u32>,
-    /// See `--commands-topic`.
-    pub commands_topic: Option<String>,
-    /// See `--outcomes-topic`.
-    pub outcomes_topic: Option<String>,
-    /// See `--insecure-listen`.
-    pub insecure_listen: Option<bool>,
-    /// API keys, `KEY:TENANT:RIGHT` each (see `--api-keys`).
+pub struct FileForms {
+    /// `api_keys = ["KEY:TENANT:RIGHT", …]`: a list, where `--api-keys` is comma separated.
     pub api_keys: Option<Vec<String>>,
-    /// See `--rate-limit`.
-    pub rate_limit: Option<u32>,
-    /// See `--request-timeout`.
-    pub request_timeout: Option<String>,
-    /// See `--header-read-timeout`.
-    pub header_read_timeout: Option<String>,
-    /// See `--max-connections`.
-    pub max_connections: Option<usize>,
-    /// See `--read-only`.
-    pub read_only: Option<bool>,
-    /// See `--log-format`.
-    pub log_format: Option<LogFormat>,
-    /// See `--kafka-brokers`.
-    pub kafka_brokers: Option<String>,
-    /// See `--kafka-group-id`.
-    pub kafka_group_id: Option<String>,
-    /// `[kafka_producer_options]`: librdkafka properties of the producer (see `--kafka-producer-option`).
+    /// `[kafka_producer_options]`: a table of librdkafka properties, where
+    /// `--kafka-producer-option` is `KEY=VALUE`.
     pub kafka_producer_options: Option<std::collections::BTreeMap<String, String>>,
-    /// See `--low-stock-threshold`.
-    pub low_stock_threshold: Option<i64>,
-    /// See `--alert-hysteresis`.
-    pub alert_hysteresis: Option<i64>,
-    /// `[tenant_thresholds]`: low-stock threshold per tenant (`acme = 5`).
-    pub tenant_thresholds: Option<std::collections::BTreeMap<String, i64>>,
-    /// See `--alerts-topic`.
-    pub alerts_topic: Option<String>,
-    /// See `--changes-retention`.
-    pub changes_retention: Option<usize>,
-    /// See `--webhook-max-attempts`.
-    pub webhook_max_attempts: Option<u32>,
-    /// See `--webhook-backoff-ms`.
-    pub webhook_backoff_ms: Option<u64>,
-    /// See `--webhooks-per-tenant`.
-    pub webhooks_per_tenant: Option<usize>,
-    /// Networks webhooks may be delivered to (see `--webhook-allow-network`).
-    pub webhook_allow_networks: Option<Vec<String>>,
-    /// Networks webhooks are never delivered to (see `--webhook-deny-network`).
-    pub webhook_deny_networks: Option<Vec<String>>,
-    /// See `--kpi-retention`.
-    pub kpi_retention: Option<String>,
-    /// See `--clickhouse-url`.
-    pub clickhouse_url: Option<String>,
-    /// See `--clickhouse-database`.
-    pub clickhouse_database: Option<String>,
-    /// See `--clickhouse-user`.
-    pub clickhouse_user: Option<String>,
-    /// See `--clickhouse-password`.
-    pub clickhouse_password: Option<String>,
-    /// See `--clickhouse-batch-rows`.
-    pub clickhouse_batch_rows: Option<usize>,
-    /// See `--clickhouse-batch-ms`.
-    pub clickhouse_batch_ms: Option<u64>,
-    /// See `--clickhouse-max-buffer`.
-    pub clickhouse_max_buffer: Option<usize>,
-    /// See `--checkpoint-interval`.
-    pub checkpoint_interval: Option<String>,
-    /// See `--on-checkpoint-gap`.
-    pub on_checkpoint_gap: Option<String>,
-    /// `[[kpis]]` tables: custom KPIs (see docs/api.md, "KPIs").
-    pub kpis: Option<Vec<stockflow_dataflows::kpis::KpiSpecConfig>>,
-    /// `[[sources]]` tables: the topics to read.
+    /// `[[sources]]` tables, where `--source` is `TOPIC[=FORMAT][@START]`.
     pub sources: Option<Vec<SourceConfig>>,
-    /// Demo generator settings.
+    /// `[demo] rate`, where the flag is `demo --rate`.
     pub demo: Option<DemoFileConfig>,
+    /// `[tenant_thresholds]`, file only: low-stock threshold per tenant (`acme = 5`).
+    pub tenant_thresholds: Option<std::collections::BTreeMap<String, i64>>,
+    /// `[[kpis]]` tables, file only: custom KPIs (see docs/api.md, "KPIs").
+    pub kpis: Option<Vec<stockflow_dataflows::kpis::KpiSpecConfig>>,
 }
 
 /// One `[[sources]]` table.
@@ -532,109 +627,82 @@ pub struct Settings {
     pub kpi_specs: std::sync::Arc<[stockflow_dataflows::kpis::KpiSpec]>,
     /// The ClickHouse sink, when `--clickhouse-url` is given.
     pub clickhouse: Option<crate::sink::SinkSettings>,
-    /// How often checkpoints are written (`None`: never).
-    pub checkpoint_interval: Option<Duration>,
+    /// When checkpoints are written (and whether one is read at start).
+    pub checkpoints: Checkpoints,
     /// What to do when a source no longer holds what the checkpoint resumes from.
     pub on_checkpoint_gap: crate::checkpoint::GapPolicy,
     /// A run that only reads (`dump`, `replay`): nothing is written to the
     /// topics (no alert events, outcomes or dead letters, no commands taken)
-    /// and no checkpoint is written (one is read when `checkpoint_interval` is set).
+    /// and no checkpoint is written (one is read unless checkpoints are off).
     pub offline: bool,
     /// A replay's range and where its embedded log is (`stockflow replay`).
     pub replay: Option<crate::replay::ReplaySettings>,
 }
 
-/// Parses a checkpoint interval: `0` (never), whole seconds (`30`, `30s`) or minutes (`5m`).
-pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
-    let text = text.trim();
-    let bad =
-        || format!("`{text}` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)");
-    let (number, scale) = match text.strip_suffix('m') {
-        Some(number) => (number, 60),
-        None => (text.strip_suffix('s').unwrap_or(text), 1),
-    };
-    let seconds = number
-        .parse::<u64>()
-        .map_err(|_| bad())?
-        .checked_mul(scale)
-        .ok_or_else(bad)?;
-    match seconds {
-        0 => Ok(None),
-        1..=86_400 => Ok(Some(Duration::from_secs(seconds))),
-        _ => Err(format!("`{text}`: at most a day")),
+/// When checkpoints are written, and whether one is read at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// None written nor read (`--checkpoint-interval 0`).
+    Off,
+    /// One every interval, and a last one at shutdown.
+    Every(Duration),
+    /// Only one, at shutdown: a replay's checkpoint is its result.
+    AtShutdown,
+}
+
+impl Checkpoints {
+    /// Parses `--checkpoint-interval`: `0` (never) or a duration of 1 s to a day.
+    pub fn parse(text: &str) -> Result<Checkpoints, String> {
+        match parse_duration(text).map_err(|e| format!("{e}; 0 for never"))? {
+            Duration::ZERO => Ok(Checkpoints::Off),
+            short if short < Duration::from_secs(1) => {
+                Err(format!("`{}`: at least 1s (or 0 for never)", text.trim()))
+            }
+            interval if interval > DAY => Err(format!("`{}`: at most a day", text.trim())),
+            interval => Ok(Checkpoints::Every(interval)),
+        }
     }
 }
 
-/// Parses a duration of event time: a whole number of days (`90d`) or hours (`36h`).
+/// The longest a timeout or checkpoint interval may be.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Parses a duration as humantime does (`30s`, `5m`, `1h 30m`, `90d`,
+/// `500ms`), or a bare number of seconds (`30`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 30s, 5m, 1h 30m or 90d ({e})"))
+}
+
+/// Parses a duration of event time: whole hours from 1h to 100 years (`90d`, `36h`).
 pub fn parse_retention(text: &str) -> Result<Duration, String> {
-    let bad = || format!("`{text}` is not a whole number of days or hours (e.g. 90d, 36h)");
-    let (number, unit) = text.trim().split_at(text.trim().len().saturating_sub(1));
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let hours = match unit {
-        "d" => number.checked_mul(24).ok_or_else(bad)?,
-        "h" => number,
-        _ => return Err(bad()),
-    };
-    if hours == 0 || hours > 24 * 366 * 100 {
+    let retention = parse_duration(text)?;
+    let text = text.trim();
+    if retention.as_secs() % 3600 != 0 || retention.subsec_nanos() != 0 {
+        return Err(format!("`{text}`: a whole number of hours (e.g. 90d, 36h)"));
+    }
+    if retention.is_zero() || retention > Duration::from_secs(100 * 366 * 86_400) {
         return Err(format!("`{text}`: between 1h and 100 years"));
     }
-    Ok(Duration::from_secs(hours * 3600))
+    Ok(retention)
 }
 
-/// Defaults, in one place.
-pub mod defaults {
-    /// `--listen`.
-    pub const LISTEN: &str = "127.0.0.1:8080";
-    /// `--data-dir`.
-    pub const DATA_DIR: &str = "./stockflow-data";
-    /// `--workers`.
-    pub const WORKERS: usize = 1;
-    /// `--epoch-ms`.
-    pub const EPOCH_MS: u64 = 10;
-    /// `--epoch-max-events`.
-    pub const EPOCH_MAX_EVENTS: usize = 100_000;
-    /// `--max-in-flight-events`.
-    pub const MAX_IN_FLIGHT_EVENTS: usize = 400_000;
-    /// `--partitions`.
-    pub const PARTITIONS: u32 = 4;
-    /// `--rate`.
-    pub const DEMO_RATE: u32 = 200;
-    /// `--kafka-group-id`.
-    pub const KAFKA_GROUP_ID: &str = "stockflow";
-    /// `--source`.
-    pub const SOURCES: &[&str] = &["inventory.events", "order.events"];
-    /// `--commands-topic`.
-    pub const COMMANDS_TOPIC: &str = "inventory.commands";
-    /// `--outcomes-topic`.
-    pub const OUTCOMES_TOPIC: &str = "inventory.events";
-    /// `--low-stock-threshold`.
-    pub const LOW_STOCK_THRESHOLD: i64 = 10;
-    /// `--alert-hysteresis`.
-    pub const ALERT_HYSTERESIS: i64 = 0;
-    /// `--alerts-topic`.
-    pub const ALERTS_TOPIC: &str = "alerts.events";
-    /// `--changes-retention`.
-    pub const CHANGES_RETENTION: usize = crate::store::DEFAULT_CHANGES_RETENTION;
-    /// `--webhook-max-attempts`.
-    pub const WEBHOOK_MAX_ATTEMPTS: u32 = 6;
-    /// `--webhook-backoff-ms`.
-    pub const WEBHOOK_BACKOFF_MS: u64 = 500;
-    /// `--webhooks-per-tenant`.
-    pub const WEBHOOKS_PER_TENANT: usize = stockflow_sinks::webhooks::DEFAULT_PER_TENANT;
-    /// `--kpi-retention`.
-    pub const KPI_RETENTION: &str = "90d";
-    /// `--clickhouse-database`.
-    pub const CLICKHOUSE_DATABASE: &str = "stockflow";
-    /// `--checkpoint-interval`.
-    pub const CHECKPOINT_INTERVAL: &str = "30s";
-    /// Requests a second per API key.
-    pub const RATE_LIMIT: u32 = 100;
-    /// Longest a request's handler may run; above the longest `wait_ms`.
-    pub const REQUEST_TIMEOUT: &str = "40s";
-    /// `--header-read-timeout`.
-    pub const HEADER_READ_TIMEOUT: &str = "10s";
-    /// `--max-connections`.
-    pub const MAX_CONNECTIONS: usize = 4096;
+/// The value of an option once the defaults are under it: every option
+/// [`ServeArgs::defaults`] sets.
+fn defaulted<T>(value: Option<T>) -> T {
+    value.expect("set by ServeArgs::defaults")
+}
+
+impl Default for Settings {
+    /// The settings of `serve` with no option given (see [`ServeArgs::defaults`]);
+    /// tests change the fields they need.
+    fn default() -> Settings {
+        Settings::resolve(&ServeArgs::default(), None).expect("the defaults are valid")
+    }
 }
 
 impl Settings {
@@ -659,88 +727,50 @@ impl Settings {
         file: FileConfig,
         mut errors: Vec<String>,
     ) -> Result<Settings, Vec<String>> {
-        let settings = Settings {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR)),
-            workers: args.workers.or(file.workers).unwrap_or(defaults::WORKERS),
-            epoch: Duration::from_millis(
-                args.epoch_ms
-                    .or(file.epoch_ms)
-                    .unwrap_or(defaults::EPOCH_MS),
-            ),
-            epoch_max_events: args
-                .epoch_max_events
-                .or(file.epoch_max_events)
-                .unwrap_or(defaults::EPOCH_MAX_EVENTS),
-            max_in_flight_events: args
-                .max_in_flight_events
-                .or(file.max_in_flight_events)
-                .unwrap_or(defaults::MAX_IN_FLIGHT_EVENTS),
-            partitions: args
-                .partitions
-                .or(file.partitions)
-                .unwrap_or(defaults::PARTITIONS),
-            commands_topic: args
-                .commands_topic
-                .clone()
-                .or(file.commands_topic)
-                .unwrap_or_else(|| defaults::COMMANDS_TOPIC.into()),
-            outcomes_topic: args
-                .outcomes_topic
-                .clone()
-                .or(file.outcomes_topic)
-                .unwrap_or_else(|| defaults::OUTCOMES_TOPIC.into()),
-            insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
+        let FileConfig { options, forms } = file;
+        // Flag (or variable) over file over default.
+        let o = args.clone().over(options).over(ServeArgs::defaults());
+        let mut settings = Settings {
+            listen: defaulted(o.listen),
+            data_dir: defaulted(o.data_dir),
+            workers: defaulted(o.workers),
+            epoch: Duration::from_millis(defaulted(o.epoch_ms)),
+            epoch_max_events: defaulted(o.epoch_max_events),
+            max_in_flight_events: defaulted(o.max_in_flight_events),
+            partitions: defaulted(o.partitions),
+            commands_topic: defaulted(o.commands_topic),
+            outcomes_topic: defaulted(o.outcomes_topic),
+            insecure_listen: o.insecure_listen,
             api_keys: None,
-            rate_limit: Some(
-                args.rate_limit
-                    .or(file.rate_limit)
-                    .unwrap_or(defaults::RATE_LIMIT),
-            )
-            .filter(|rate| *rate > 0),
-            // Set below from `request_timeout` (default defaults::REQUEST_TIMEOUT).
+            rate_limit: Some(defaulted(o.rate_limit)).filter(|rate| *rate > 0),
+            // Set below from `request_timeout`.
             request_timeout: Duration::ZERO,
             http_limits: crate::http::Limits {
-                max_connections: args
-                    .max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(defaults::MAX_CONNECTIONS),
+                max_connections: defaulted(o.max_connections),
                 // Set below from `header_read_timeout`.
                 header_read_timeout: Duration::ZERO,
             },
-            read_only: args.read_only || file.read_only.unwrap_or(false),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            read_only: o.read_only,
+            log_format: defaulted(o.log_format),
             demo_rate: demo_rate.map(|rate| {
-                rate.or(file.demo.and_then(|d| d.rate))
-                    .unwrap_or(defaults::DEMO_RATE)
+                rate.or(forms.demo.and_then(|d| d.rate))
+                    .unwrap_or(DEFAULT_DEMO_RATE)
             }),
-            kafka: args
+            kafka: o
                 .kafka_brokers
-                .clone()
-                .or(file.kafka_brokers)
                 .filter(|b| !b.trim().is_empty())
                 .map(|brokers| crate::source::kafka::KafkaSettings {
                     brokers,
-                    group_id: args
-                        .kafka_group_id
-                        .clone()
-                        .or(file.kafka_group_id)
-                        .unwrap_or_else(|| defaults::KAFKA_GROUP_ID.into()),
-                    producer_options: if args.kafka_producer_options.is_empty() {
-                        file.kafka_producer_options
-                            .clone()
+                    group_id: defaulted(o.kafka_group_id),
+                    // Adapter: the file's is a table, the flag's `KEY=VALUE`.
+                    producer_options: if o.kafka_producer_options.is_empty() {
+                        forms
+                            .kafka_producer_options
                             .unwrap_or_default()
                             .into_iter()
                             .collect()
                     } else {
-                        args.kafka_producer_options
+                        o.kafka_producer_options
                             .iter()
                             .map(|option| match option.split_once('=') {
                                 Some((key, value)) if !key.trim().is_empty() => {
@@ -759,45 +789,24 @@ impl Settings {
                 }),
             sources: Vec::new(),
             thresholds: stockflow_dataflows::alerts::Thresholds {
-                default: args
-                    .low_stock_threshold
-                    .or(file.low_stock_threshold)
-                    .unwrap_or(defaults::LOW_STOCK_THRESHOLD),
-                hysteresis: args
-                    .alert_hysteresis
-                    .or(file.alert_hysteresis)
-                    .unwrap_or(defaults::ALERT_HYSTERESIS),
+                default: defaulted(o.low_stock_threshold),
+                hysteresis: defaulted(o.alert_hysteresis),
                 tenants: Default::default(),
             },
-            alerts_topic: args
-                .alerts_topic
-                .clone()
-                .or(file.alerts_topic)
-                .unwrap_or_else(|| defaults::ALERTS_TOPIC.into()),
-            changes_retention: args
-                .changes_retention
-                .or(file.changes_retention)
-                .unwrap_or(defaults::CHANGES_RETENTION),
+            alerts_topic: defaulted(o.alerts_topic),
+            changes_retention: defaulted(o.changes_retention),
             webhook_policy: stockflow_sinks::webhooks::Policy {
-                max_attempts: args
-                    .webhook_max_attempts
-                    .or(file.webhook_max_attempts)
-                    .unwrap_or(defaults::WEBHOOK_MAX_ATTEMPTS),
-                first_backoff: Duration::from_millis(
-                    args.webhook_backoff_ms
-                        .or(file.webhook_backoff_ms)
-                        .unwrap_or(defaults::WEBHOOK_BACKOFF_MS),
-                ),
-                per_tenant: args
-                    .webhooks_per_tenant
-                    .or(file.webhooks_per_tenant)
-                    .unwrap_or(defaults::WEBHOOKS_PER_TENANT),
+                max_attempts: defaulted(o.webhook_max_attempts),
+                first_backoff: Duration::from_millis(defaulted(o.webhook_backoff_ms)),
+                per_tenant: defaulted(o.webhooks_per_tenant),
                 ..Default::default()
             },
-            kpi_retention: Duration::from_secs(90 * 24 * 3600),
+            // Set below from `kpi_retention`.
+            kpi_retention: Duration::ZERO,
             kpi_specs: std::sync::Arc::from(Vec::new()),
             clickhouse: None,
-            checkpoint_interval: None,
+            // Set below from `checkpoint_interval`.
+            checkpoints: Checkpoints::Off,
             on_checkpoint_gap: Default::default(),
             offline: false,
             replay: None,
@@ -820,17 +829,7 @@ impl Settings {
                 settings.webhook_policy.per_tenant
             ));
         }
-        let mut settings = settings;
-        // The command line or environment replaces the file's list.
-        let mut networks = |option: &str,
-                            flags: &[String],
-                            file: Option<Vec<String>>|
-         -> Vec<stockflow_sinks::webhooks::IpNet> {
-            let listed = if flags.is_empty() {
-                file.unwrap_or_default()
-            } else {
-                flags.to_vec()
-            };
+        let mut networks = |option: &str, listed: &[String]| {
             listed
                 .iter()
                 .filter(|text| !text.trim().is_empty())
@@ -843,39 +842,21 @@ impl Settings {
         };
         settings.webhook_policy.networks =
             std::sync::Arc::new(stockflow_sinks::webhooks::Networks {
-                allow: networks(
-                    "webhook_allow_networks",
-                    &args.webhook_allow_networks,
-                    file.webhook_allow_networks,
-                ),
-                deny: networks(
-                    "webhook_deny_networks",
-                    &args.webhook_deny_networks,
-                    file.webhook_deny_networks,
-                ),
+                allow: networks("webhook_allow_networks", &o.webhook_allow_networks),
+                deny: networks("webhook_deny_networks", &o.webhook_deny_networks),
             });
-        match parse_retention(
-            args.kpi_retention
-                .as_deref()
-                .or(file.kpi_retention.as_deref())
-                .unwrap_or(defaults::KPI_RETENTION),
-        ) {
+        match parse_retention(&defaulted(o.kpi_retention)) {
             Ok(retention) => settings.kpi_retention = retention,
             Err(reason) => errors.push(format!("kpi_retention: {reason}")),
         }
-        match parse_interval(
-            args.checkpoint_interval
-                .as_deref()
-                .or(file.checkpoint_interval.as_deref())
-                .unwrap_or(defaults::CHECKPOINT_INTERVAL),
-        ) {
-            Ok(interval) => settings.checkpoint_interval = interval,
+        match Checkpoints::parse(&defaulted(o.checkpoint_interval)) {
+            Ok(checkpoints) => settings.checkpoints = checkpoints,
             Err(reason) => errors.push(format!("checkpoint_interval: {reason}")),
         }
-        // The command line or environment replaces the file's keys.
-        let keys: Option<Vec<&str>> = match &args.api_keys {
+        // Adapter: the file's keys are a list, the flag's comma separated.
+        let keys: Option<Vec<&str>> = match &o.api_keys {
             Some(list) => Some(list.split(',').collect()),
-            None => file
+            None => forms
                 .api_keys
                 .as_ref()
                 .map(|keys| keys.iter().map(String::as_str).collect()),
@@ -885,13 +866,13 @@ impl Settings {
             Some(Err(problems)) => errors.extend(problems),
             None => {}
         }
-        match parse_interval(
-            args.request_timeout
-                .as_deref()
-                .or(file.request_timeout.as_deref())
-                .unwrap_or(defaults::REQUEST_TIMEOUT),
-        ) {
-            Ok(Some(timeout)) if timeout.as_millis() as u64 > crate::http::MAX_WAIT_MS => {
+        let request_timeout = defaulted(o.request_timeout);
+        match parse_duration(&request_timeout) {
+            Ok(timeout) if timeout > DAY => errors.push(format!(
+                "request_timeout: `{}`: at most a day",
+                request_timeout.trim()
+            )),
+            Ok(timeout) if timeout.as_millis() > u128::from(crate::http::MAX_WAIT_MS) => {
                 settings.request_timeout = timeout
             }
             Ok(_) => errors.push(format!(
@@ -900,9 +881,16 @@ impl Settings {
             )),
             Err(reason) => errors.push(format!("request_timeout: {reason}")),
         }
-        match parse_interval(args.header_read_timeout.as_deref().or(file.header_read_timeout.as_deref()).unwrap_or(defaults::HEADER_READ_TIMEOUT)) {
-            Ok(Some(timeout)) => settings.http_limits.header_read_timeout = timeout,
-            Ok(None) => errors.push("header_read_timeout: must be at least 1s (a connection may not hold the server forever)".into()),
+        let header_read_timeout = defaulted(o.header_read_timeout);
+        match parse_duration(&header_read_timeout) {
+            Ok(timeout) if timeout > DAY => errors.push(format!(
+                "header_read_timeout: `{}`: at most a day",
+                header_read_timeout.trim()
+            )),
+            Ok(timeout) if timeout >= Duration::from_secs(1) => {
+                settings.http_limits.header_read_timeout = timeout
+            }
+            Ok(_) => errors.push("header_read_timeout: must be at least 1s (a connection may not hold the server forever)".into()),
             Err(reason) => errors.push(format!("header_read_timeout: {reason}")),
         }
         if !(1..=1_000_000).contains(&settings.http_limits.max_connections) {
@@ -911,20 +899,15 @@ impl Settings {
                 settings.http_limits.max_connections
             ));
         }
-        match crate::checkpoint::GapPolicy::parse(
-            args.on_checkpoint_gap
-                .as_deref()
-                .or(file.on_checkpoint_gap.as_deref())
-                .unwrap_or("fail"),
-        ) {
+        match crate::checkpoint::GapPolicy::parse(&defaulted(o.on_checkpoint_gap)) {
             Ok(policy) => settings.on_checkpoint_gap = policy,
             Err(reason) => errors.push(format!("on_checkpoint_gap: {reason}")),
         }
-        match stockflow_dataflows::kpis::compile_all(file.kpis.as_deref().unwrap_or_default()) {
+        match stockflow_dataflows::kpis::compile_all(forms.kpis.as_deref().unwrap_or_default()) {
             Ok(specs) => settings.kpi_specs = specs.into(),
             Err(problems) => errors.extend(problems),
         }
-        for (tenant, threshold) in file.tenant_thresholds.unwrap_or_default() {
+        for (tenant, threshold) in forms.tenant_thresholds.unwrap_or_default() {
             if let Err(reason) = stockflow_dataflows::model::decode::validate_name(&tenant) {
                 errors.push(format!("tenant_thresholds: `{tenant}`: {reason}"));
             } else if threshold < 0 {
@@ -950,23 +933,14 @@ impl Settings {
                 settings.thresholds.hysteresis
             ));
         }
-        if let Some(url) = args
-            .clickhouse_url
-            .clone()
-            .or(file.clickhouse_url)
-            .filter(|u| !u.trim().is_empty())
-        {
+        if let Some(url) = o.clickhouse_url.filter(|u| !u.trim().is_empty()) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 errors.push(format!("clickhouse_url: `{url}` is not an http:// URL of ClickHouse's HTTP interface (e.g. http://127.0.0.1:8123)"));
             }
             if url.starts_with("https://") {
                 errors.push("clickhouse_url: https is not built in yet; put a TLS proxy on loopback in front of ClickHouse".into());
             }
-            let database = args
-                .clickhouse_database
-                .clone()
-                .or(file.clickhouse_database)
-                .unwrap_or_else(|| defaults::CLICKHOUSE_DATABASE.into());
+            let database = defaulted(o.clickhouse_database);
             if database.is_empty()
                 || database.len() > 128
                 || !database
@@ -979,29 +953,12 @@ impl Settings {
             let mut sink = crate::sink::SinkSettings::new(stockflow_sinks::clickhouse::Config {
                 url,
                 database,
-                user: args
-                    .clickhouse_user
-                    .clone()
-                    .or(file.clickhouse_user)
-                    .unwrap_or_default(),
-                password: args
-                    .clickhouse_password
-                    .clone()
-                    .or(file.clickhouse_password)
-                    .unwrap_or_default(),
+                user: o.clickhouse_user.unwrap_or_default(),
+                password: o.clickhouse_password.unwrap_or_default(),
             });
-            sink.batch_rows = args
-                .clickhouse_batch_rows
-                .or(file.clickhouse_batch_rows)
-                .unwrap_or(sink.batch_rows);
-            sink.batch_interval = args
-                .clickhouse_batch_ms
-                .or(file.clickhouse_batch_ms)
-                .map_or(sink.batch_interval, Duration::from_millis);
-            sink.max_buffer = args
-                .clickhouse_max_buffer
-                .or(file.clickhouse_max_buffer)
-                .unwrap_or(sink.max_buffer);
+            sink.batch_rows = defaulted(o.clickhouse_batch_rows);
+            sink.batch_interval = Duration::from_millis(defaulted(o.clickhouse_batch_ms));
+            sink.max_buffer = defaulted(o.clickhouse_max_buffer);
             if !(1..=1_000_000).contains(&sink.batch_rows) {
                 errors.push(format!(
                     "clickhouse_batch_rows: between 1 and 1000000, got {}",
@@ -1028,9 +985,15 @@ impl Settings {
                 settings.changes_retention
             ));
         }
-        // (topic, format, start) as written.
-        let declared: Vec<(String, Option<String>, Option<String>)> = if !args.sources.is_empty() {
-            args.sources
+        // (topic, format, start) as written. Adapter: the file's are
+        // `[[sources]]` tables, the flag's (and the default's) strings.
+        let declared: Vec<(String, Option<String>, Option<String>)> = match forms.sources {
+            Some(sources) if args.sources.is_empty() => sources
+                .into_iter()
+                .map(|s| (s.topic, s.format, s.start))
+                .collect(),
+            _ => o
+                .sources
                 .iter()
                 .map(|s| {
                     let (rest, start) = match s.split_once('@') {
@@ -1046,17 +1009,7 @@ impl Settings {
                         None => (rest.trim().to_owned(), None, start),
                     }
                 })
-                .collect()
-        } else if let Some(sources) = file.sources {
-            sources
-                .into_iter()
-                .map(|s| (s.topic, s.format, s.start))
-                .collect()
-        } else {
-            defaults::SOURCES
-                .iter()
-                .map(|t| (t.to_string(), None, None))
-                .collect()
+                .collect(),
         };
         for (topic, format, start) in declared {
             let format = match format
@@ -1231,12 +1184,8 @@ impl FileKeys {
     /// (and the command line or environment does not) is prefixed with the
     /// file and the key's line: `config file stockflow.toml:7: workers: …`.
     fn locate(&self, args: &ServeArgs, errors: Vec<String>) -> Vec<String> {
-        let given = serde_json::to_value(args).unwrap_or_default();
-        let by_args = |key: &str| match &given[key] {
-            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
-            serde_json::Value::Array(items) => !items.is_empty(),
-            _ => true,
-        };
+        let args = serde_json::to_value(args).unwrap_or_default();
+        let by_args = |key: &str| given(&args[key]);
         let mut seen = std::collections::HashSet::new();
         let mut located = Vec::new();
         for error in errors {
@@ -1300,7 +1249,9 @@ fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileCo
             return (FileConfig::default(), keys);
         }
     };
-    let mut valid = toml::Table::new();
+    // Each key alone: the ones whose file form differs go to `FileForms`, the
+    // rest to `ServeArgs`; a key neither knows is reported with the nearest known one.
+    let (mut forms, mut options) = (toml::Table::new(), toml::Table::new());
     for (key, value) in table {
         let line = key_line(&text, &key);
         let located = || {
@@ -1310,40 +1261,57 @@ fn read_config_file(path: &std::path::Path, errors: &mut Vec<String>) -> (FileCo
                 line.map(|l| format!(":{l}")).unwrap_or_default()
             )
         };
-        let alone = toml::Table::from_iter([(key.clone(), value.clone())]);
-        match FileConfig::deserialize(toml::Value::Table(alone)) {
+        let alone = || toml::Value::Table(toml::Table::from_iter([(key.clone(), value.clone())]));
+        let unknown = |e: &toml::de::Error| e.message().starts_with("unknown field");
+        let bad = |e: toml::de::Error| format!("{}: {key}: {}", located(), e.message().trim());
+        match FileForms::deserialize(alone()) {
             Ok(_) => {
-                valid.insert(key.clone(), value);
+                forms.insert(key.clone(), value);
             }
-            Err(e) if e.message().starts_with("unknown field") => {
-                // serde's message lists the known keys: "unknown field `x`, expected one of `a`, `b`".
-                let message = e.message();
-                let expected = message.split_once("expected").map_or("", |(_, list)| list);
-                let known = expected
-                    .split('`')
-                    .skip(1)
-                    .step_by(2)
-                    .min_by_key(|k| strsim::levenshtein(k, &key))
-                    .filter(|k| strsim::levenshtein(k, &key) <= 3);
-                let hint = known
-                    .map(|k| format!("; did you mean `{k}`?"))
-                    .unwrap_or_default();
-                errors.push(format!("{}: `{key}` is not a key of the config file (the keys are the long option names with `_`){hint}", located()));
-            }
-            Err(e) => errors.push(format!("{}: {key}: {}", located(), e.message().trim())),
+            Err(form) if unknown(&form) => match ServeArgs::deserialize(alone()) {
+                Ok(_) => {
+                    options.insert(key.clone(), value);
+                }
+                Err(option) if unknown(&option) => {
+                    // serde's messages list the known keys: "unknown field `x`, expected one of `a`, `b`".
+                    let known = [form.message(), option.message()]
+                        .into_iter()
+                        .flat_map(|message| {
+                            let expected =
+                                message.split_once("expected").map_or("", |(_, list)| list);
+                            expected.split('`').skip(1).step_by(2)
+                        })
+                        .min_by_key(|k| strsim::levenshtein(k, &key))
+                        .filter(|k| strsim::levenshtein(k, &key) <= 3);
+                    let hint = known
+                        .map(|k| format!("; did you mean `{k}`?"))
+                        .unwrap_or_default();
+                    errors.push(format!("{}: `{key}` is not a key of the config file (the keys are the long option names with `_`){hint}", located()));
+                }
+                Err(e) => errors.push(bad(e)),
+            },
+            Err(e) => errors.push(bad(e)),
         }
         if let Some(line) = line {
             keys.lines.insert(key, line);
         }
     }
-    let file = FileConfig::deserialize(toml::Value::Table(valid)).unwrap_or_else(|e| {
+    // Each key deserialized alone above: these cannot fail, but say so if they do.
+    let mut whole = |e: toml::de::Error| {
         errors.push(format!(
             "config file {}: {}",
             path.display(),
             e.message().trim()
-        ));
-        FileConfig::default()
-    });
+        ))
+    };
+    let file = FileConfig {
+        options: ServeArgs::deserialize(toml::Value::Table(options))
+            .map_err(&mut whole)
+            .unwrap_or_default(),
+        forms: FileForms::deserialize(toml::Value::Table(forms))
+            .map_err(&mut whole)
+            .unwrap_or_default(),
+    };
     (file, keys)
 }
 
@@ -1368,20 +1336,33 @@ mod tests {
 
     #[test]
     fn checkpoint_options_parse_with_precise_errors() {
-        assert_eq!(parse_interval("30s"), Ok(Some(Duration::from_secs(30))));
-        assert_eq!(parse_interval("45"), Ok(Some(Duration::from_secs(45))));
-        assert_eq!(parse_interval("5m"), Ok(Some(Duration::from_secs(300))));
-        assert_eq!(parse_interval("0"), Ok(None));
+        let every = |seconds| Ok(Checkpoints::Every(Duration::from_secs(seconds)));
+        assert_eq!(Checkpoints::parse("30s"), every(30));
+        assert_eq!(Checkpoints::parse("45"), every(45));
+        assert_eq!(Checkpoints::parse("5m"), every(300));
+        assert_eq!(Checkpoints::parse("1h 30m"), every(5400));
+        assert_eq!(Checkpoints::parse("0"), Ok(Checkpoints::Off));
+        assert_eq!(Checkpoints::parse("2d"), Err("`2d`: at most a day".into()));
         assert_eq!(
-            parse_interval("2d"),
-            Err("`2d` is not a number of seconds or minutes (e.g. 30s, 5m, 0 for never)".into())
-        );
-        assert_eq!(
-            parse_interval("2000m"),
+            Checkpoints::parse("2000m"),
             Err("`2000m`: at most a day".into())
         );
+        assert_eq!(
+            Checkpoints::parse("500ms"),
+            Err("`500ms`: at least 1s (or 0 for never)".into())
+        );
+        assert_eq!(
+            Checkpoints::parse("often"),
+            Err(
+                "`often` is not a duration like 30s, 5m, 1h 30m or 90d (expected number at 0); 0 for never"
+                    .into()
+            )
+        );
         let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
-        assert_eq!(defaults.checkpoint_interval, Some(Duration::from_secs(30)));
+        assert_eq!(
+            defaults.checkpoints,
+            Checkpoints::Every(Duration::from_secs(30))
+        );
         assert_eq!(
             defaults.on_checkpoint_gap,
             crate::checkpoint::GapPolicy::Fail
@@ -1460,10 +1441,7 @@ mod tests {
         let expected = [
             (2, "workers: invalid type: string \"two\", expected usize"),
             (3, "`wrokers` is not a key of the config file"),
-            (
-                4,
-                "request_timeout: `often` is not a number of seconds or minutes",
-            ),
+            (4, "request_timeout: `often` is not a duration"),
             (
                 5,
                 "outcomes_topic `inventory.commands`: is also the commands topic",
@@ -1570,14 +1548,14 @@ mod tests {
         .unwrap();
         let args = ServeArgs {
             config: Some(path.clone()),
-            kpi_retention: Some("90 days".into()),
+            kpi_retention: Some("ninety days".into()),
             ..Default::default()
         };
         let errors = Settings::resolve(&args, None).unwrap_err();
         assert!(
             errors
                 .iter()
-                .any(|e| e.starts_with("kpi_retention: `90 days` is not")),
+                .any(|e| e.starts_with("kpi_retention: `ninety days` is not")),
             "the flag's value, not the file's: {errors:?}"
         );
         let kpi = format!(
@@ -1589,7 +1567,15 @@ mod tests {
             parse_retention("90d").unwrap(),
             Duration::from_secs(90 * 86400)
         );
+        assert_eq!(
+            parse_retention("1d 12h").unwrap(),
+            Duration::from_secs(36 * 3600)
+        );
         assert!(parse_retention("0h").is_err());
+        assert_eq!(
+            parse_retention("90m"),
+            Err("`90m`: a whole number of hours (e.g. 90d, 36h)".into())
+        );
     }
 
     #[test]
@@ -1793,5 +1779,161 @@ mod tests {
         let defaults = Settings::resolve(&ServeArgs::default(), None).unwrap();
         assert_eq!(defaults.sources.len(), 2);
         assert!(defaults.kafka.is_none());
+    }
+
+    #[test]
+    fn the_defaults_are_written_once_and_shown_in_the_help() {
+        let settings = Settings::default();
+        assert_eq!(
+            (settings.listen, settings.workers, settings.partitions),
+            ("127.0.0.1:8080".parse().unwrap(), 1, 4)
+        );
+        assert_eq!(settings.rate_limit, Some(100));
+        assert_eq!(settings.request_timeout, Duration::from_secs(40));
+        assert_eq!(settings.kpi_retention, Duration::from_secs(90 * 86_400));
+        assert_eq!(settings.thresholds.default, 10);
+        let command = Cli::command_with_defaults();
+        command.clone().debug_assert();
+        let help = |path: &[&str], id: &str| {
+            let sub = path.iter().fold(&command, |command, name| {
+                command.find_subcommand(name).expect("a subcommand")
+            });
+            let arg = sub.get_arguments().find(|a| a.get_id() == id);
+            arg.and_then(|a| a.get_help()).expect("help").to_string()
+        };
+        assert!(
+            help(&["serve"], "checkpoint_interval").ends_with("unless 0) [default: 30s]"),
+            "{}",
+            help(&["serve"], "checkpoint_interval")
+        );
+        assert!(help(&["serve"], "sources").ends_with("[default: inventory.events, order.events]"));
+        assert!(help(&["serve"], "listen").ends_with("[default: 127.0.0.1:8080]"));
+        assert!(help(&["serve"], "log_format").ends_with("[default: pretty]"));
+        assert!(help(&["demo"], "rate").ends_with("[default: 200]"));
+        assert!(help(&["log", "check"], "data_dir").ends_with("[default: ./stockflow-data]"));
+        assert!(help(&["replay"], "data_dir").ends_with("[default: ./stockflow-replay-<time>]"));
+        assert!(!help(&["serve"], "kafka_brokers").contains("[default"));
+        assert!(!help(&["serve"], "insecure_listen").contains("[default"));
+    }
+
+    #[test]
+    fn file_forms_that_differ_from_the_flags_are_read_and_replaced_by_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stockflow.toml");
+        std::fs::write(
+            &path,
+            "kafka_brokers = \"k:9092\"\nlog_format = \"json\"\nread_only = true\nheader_read_timeout = \"1m 30s\"\napi_keys = [\"0123456789abcdef:acme:read\"]\n[kafka_producer_options]\n\"compression.type\" = \"lz4\"\n[[sources]]\ntopic = \"a\"\nstart = \"stored\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args, None).unwrap();
+        assert_eq!(settings.log_format, LogFormat::Json);
+        assert!(settings.read_only);
+        assert_eq!(
+            settings.http_limits.header_read_timeout,
+            Duration::from_secs(90)
+        );
+        assert!(settings.api_keys.is_some());
+        let kafka = settings.kafka.expect("kafka from the file");
+        assert_eq!(kafka.brokers, "k:9092");
+        assert_eq!(
+            kafka.producer_options,
+            [("compression.type".to_owned(), "lz4".to_owned())]
+        );
+        assert_eq!(settings.sources[0].start, crate::source::Start::Stored);
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            kafka_producer_options: vec!["acks=all".into()],
+            sources: vec!["b".into()],
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args, None).unwrap();
+        assert_eq!(
+            settings.kafka.unwrap().producer_options,
+            [("acks".to_owned(), "all".to_owned())]
+        );
+        assert_eq!(
+            settings.sources,
+            [SourceDecl::new("b", crate::source::Format::Stockflow)]
+        );
+        // `config` is a flag, not a key of the file; a flag form in the file is a type error.
+        std::fs::write(&path, "config = \"other.toml\"\nsources = [\"a\"]\n").unwrap();
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(
+            errors[0].ends_with("`config` is not a key of the config file (the keys are the long option names with `_`)"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with(&format!(
+                "config file {}:2: sources: invalid type",
+                path.display()
+            )),
+            "{errors:?}"
+        );
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn the_readme_table_matches_the_options() {
+        let readme = include_str!("../README.md");
+        let command = Cli::command_with_defaults();
+        let serve = command.find_subcommand("serve").expect("serve");
+        let defaults = serde_json::to_value(ServeArgs::defaults()).unwrap();
+        // The first `code` of a cell.
+        let code = |cell: &str| cell.split('`').nth(1).map(str::to_owned);
+        let (mut documented, mut checked) = (std::collections::BTreeSet::new(), 0);
+        for row in readme.lines().filter(|line| line.starts_with("| `--")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (flags, env, key, default) = (cells[1], cells[2], cells[3], cells[4]);
+            for flag in flags.split(", ") {
+                documented.insert(code(flag).unwrap().split(' ').next().unwrap().to_owned());
+            }
+            if flags.contains(", ") || flags.contains("(demo)") {
+                continue;
+            }
+            let long = code(flags).unwrap();
+            let long = long.split(' ').next().unwrap().trim_start_matches("--");
+            let arg = serve
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("README names --{long}, which serve does not take"));
+            let id = arg.get_id().as_str();
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()).map(str::to_owned),
+                code(env),
+                "the variable of --{long}"
+            );
+            if key.starts_with('`') && !key.starts_with("`[") {
+                assert_eq!(code(key).as_deref(), Some(id), "the file key of --{long}");
+            }
+            let shown = match &defaults[id] {
+                serde_json::Value::String(text) => text.clone(),
+                serde_json::Value::Number(number) => number.to_string(),
+                serde_json::Value::Array(items) if !items.is_empty() => items
+                    .iter()
+                    .map(|item| item.as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                serde_json::Value::Bool(_) => continue,
+                _ => {
+                    assert!(!default.starts_with('`'), "--{long} has no default: {row}");
+                    continue;
+                }
+            };
+            assert_eq!(default.replace('`', ""), shown, "the default of --{long}");
+            checked += 1;
+        }
+        assert!(checked >= 25, "only {checked} defaults checked");
+        for arg in serve.get_arguments() {
+            if let Some(long) = arg.get_long().filter(|long| *long != "config") {
+                assert!(
+                    documented.contains(&format!("--{long}")),
+                    "--{long} is missing from README.md's table"
+                );
+            }
+        }
     }
 }

@@ -1,10 +1,9 @@
 //! The `stockflow` binary: parse the command line, set up logging, run.
 
-use clap::Parser;
-use stockflow::config::{Cli, Command, LogCommand, LogFormat, Settings};
+use stockflow::config::{Checkpoints, Cli, Command, LogCommand, LogFormat, Settings};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_defaults();
     let (args, demo_rate) = match &cli.command {
         Command::Log(command) => return log_command(command),
         Command::Serve(args) => (args, None),
@@ -99,7 +98,7 @@ fn configure_replay(
             let source_dir = args
                 .source_dir
                 .clone()
-                .unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR));
+                .unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::DEFAULT_DATA_DIR));
             settings.replay = Some(ReplaySettings {
                 range: Range {
                     from,
@@ -118,7 +117,8 @@ fn configure_replay(
         ));
     }
     settings.offline = true;
-    settings.checkpoint_interval = Some(std::time::Duration::from_secs(365 * 86_400));
+    // Its one checkpoint, written at the end, is its result.
+    settings.checkpoints = Checkpoints::AtShutdown;
     if errors.is_empty() {
         Ok(())
     } else {
@@ -133,7 +133,7 @@ fn log_command(command: &LogCommand) -> std::process::ExitCode {
     let data_dir = |args: &stockflow::config::LogArgs| {
         args.data_dir
             .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::defaults::DATA_DIR))
+            .unwrap_or_else(|| std::path::PathBuf::from(stockflow::config::DEFAULT_DATA_DIR))
     };
     let mut out = std::io::stdout().lock();
     let result = match command {

@@ -428,7 +428,7 @@ pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
     settings.clickhouse = None;
     // Read only, and from the sources alone unless told to use the checkpoint.
     if !args.use_checkpoint {
-        settings.checkpoint_interval = None;
+        settings.checkpoints = crate::config::Checkpoints::Off;
     }
     let running = caught_up_offline(&settings, "rebuilding the views").await?;
     let snapshot = running.store.snapshot();

@@ -113,8 +113,10 @@ fn recover(
     metrics: &Metrics,
     slot: &CheckpointSlot,
 ) -> anyhow::Result<()> {
-    let Some(interval) = settings.checkpoint_interval else {
-        return Ok(());
+    let interval = match settings.checkpoints {
+        crate::config::Checkpoints::Off => return Ok(()),
+        crate::config::Checkpoints::Every(interval) => Some(interval),
+        crate::config::Checkpoints::AtShutdown => None,
     };
     // A checkpoint stands for the sources read from their earliest offsets: a
     // source told to begin elsewhere (`latest`, `stored`) begins there at each start.

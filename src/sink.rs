@@ -53,13 +53,20 @@ pub struct SinkSettings {
 }
 
 impl SinkSettings {
-    /// Defaults: 100,000 rows or 1 s per batch, 1,000,000 rows buffered, from the earliest offset.
+    /// Rows that make a batch unless told otherwise (`--clickhouse-batch-rows`).
+    pub const BATCH_ROWS: usize = 100_000;
+    /// Age that makes a batch unless told otherwise (`--clickhouse-batch-ms`).
+    pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
+    /// Rows held unless told otherwise (`--clickhouse-max-buffer`).
+    pub const MAX_BUFFER: usize = 1_000_000;
+
+    /// The defaults above, from the earliest offset.
     pub fn new(clickhouse: ch::Config) -> SinkSettings {
         SinkSettings {
             clickhouse,
-            batch_rows: 100_000,
-            batch_interval: Duration::from_secs(1),
-            max_buffer: 1_000_000,
+            batch_rows: SinkSettings::BATCH_ROWS,
+            batch_interval: SinkSettings::BATCH_INTERVAL,
+            max_buffer: SinkSettings::MAX_BUFFER,
             from_earliest: true,
         }
     }

@@ -1062,7 +1062,7 @@ async fn a_replay_of_a_kafka_topic_is_a_checkpoint_serve_resumes_from() {
     // `stockflow replay` of the topic into a fresh data dir: its checkpoint holds the three events.
     let mut replay = settings(replayed.path(), &topic, 2);
     replay.offline = true;
-    replay.checkpoint_interval = Some(Duration::from_secs(3600));
+    replay.checkpoints = stockflow::config::Checkpoints::AtShutdown;
     let range = Range {
         from: Bound::Earliest,
         to: Bound::Latest,

@@ -205,7 +205,7 @@ async fn replay(
 ) -> BTreeMap<&'static str, Vec<Value>> {
     let mut settings = settings(dir, workers, epoch_max_events);
     settings.offline = true;
-    settings.checkpoint_interval = None;
+    settings.checkpoints = stockflow::config::Checkpoints::Off;
     let running = Server::of(settings).start_caught_up().await;
     let views = dump_all(&running);
     stop(running).await;

@@ -3,8 +3,7 @@
 //! fresh topic names, a server's settings for a topic, and brokers of a
 //! test's own.
 
-use std::time::Duration;
-use stockflow::config::{LogFormat, Settings, SourceDecl};
+use stockflow::config::{Settings, SourceDecl};
 use stockflow::source::kafka::KafkaSettings;
 use stockflow::source::Format;
 
@@ -31,37 +30,20 @@ pub fn settings(dir: &std::path::Path, brokers: &str, topic: &str, workers: usiz
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
         workers,
-        epoch: Duration::from_millis(10),
         epoch_max_events: 10_000,
-        max_in_flight_events: 400_000,
         partitions: 3,
-        insecure_listen: false,
-        api_keys: None,
         rate_limit: None,
-        request_timeout: Duration::from_secs(40),
         http_limits: stockflow::http::Limits {
             max_connections: 1024,
-            header_read_timeout: Duration::from_secs(10),
+            ..Settings::default().http_limits
         },
-        read_only: false,
-        log_format: LogFormat::Pretty,
-        demo_rate: None,
         kafka: Some(KafkaSettings::new(brokers, "stockflow-tests")),
         sources: vec![SourceDecl::new(topic, Format::Stockflow)],
         // Per test: the broker is shared by every test.
         commands_topic: format!("{topic}.commands"),
         outcomes_topic: topic.to_owned(),
         alerts_topic: format!("{topic}.alerts"),
-        thresholds: Default::default(),
-        changes_retention: stockflow::store::DEFAULT_CHANGES_RETENTION,
-        webhook_policy: Default::default(),
-        kpi_retention: Duration::from_secs(90 * 24 * 3600),
-        kpi_specs: std::sync::Arc::from(Vec::new()),
-        clickhouse: None,
-        checkpoint_interval: Some(Duration::from_secs(30)),
-        on_checkpoint_gap: Default::default(),
-        offline: false,
-        replay: None,
+        ..Settings::default()
     }
 }
 
