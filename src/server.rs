@@ -623,7 +623,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
             .map(|spec| spec.name.clone())
             .collect(),
         auth: settings.api_keys.clone().map(|keys| {
-            let rate_limit = settings.rate_limit.map(crate::http::auth::RateLimit::new);
+            let rate_limit = settings
+                .rate_limit
+                .and_then(std::num::NonZeroU32::new)
+                .map(crate::http::auth::RateLimit::new);
             std::sync::Arc::new(crate::http::auth::Auth { keys, rate_limit })
         }),
         request_timeout: settings.request_timeout,

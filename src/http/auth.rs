@@ -20,10 +20,15 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use stockflow_dataflows::model::Name;
 use subtle::ConstantTimeEq;
 
@@ -198,38 +203,45 @@ impl ApiKeys {
     }
 }
 
-/// Token buckets, one per key: `rate` requests a second, bursts of up to `rate`.
-pub struct RateLimit {
-    rate: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+/// Per-key request limits (governor's GCRA, which admits exactly what a
+/// token bucket does): `rate` requests a second, bursts of up to `rate`.
+pub struct RateLimit<C: Clock = DefaultClock> {
+    rate: NonZeroU32,
+    limiter: RateLimiter<String, HashMapStateStore<String>, C, NoOpMiddleware<C::Instant>>,
+    checks: AtomicU64,
 }
+
+/// Every this many checks, the state of keys whose bucket is full again is
+/// dropped: only configured keys reach the limiter, and this bounds it too.
+const FORGET_IDLE_EVERY: u64 = 4096;
 
 impl RateLimit {
     /// `rate` requests a second per key.
-    pub fn new(rate: u32) -> RateLimit {
+    pub fn new(rate: NonZeroU32) -> RateLimit {
+        RateLimit::with_clock(rate, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> RateLimit<C> {
+    fn with_clock(rate: NonZeroU32, clock: C) -> RateLimit<C> {
         RateLimit {
-            rate: f64::from(rate),
-            buckets: Mutex::new(HashMap::new()),
+            rate,
+            limiter: RateLimiter::hashmap_with_clock(Quota::per_second(rate), clock),
+            checks: AtomicU64::new(0),
         }
     }
 
-    /// Takes a token from `key`'s bucket; `Err(wait)` when empty, with how
-    /// long until the next token.
-    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.buckets.lock().expect("rate limit lock");
-        if !buckets.contains_key(key) {
-            buckets.insert(key.to_owned(), (self.rate, now));
+    /// Admits one request of `key`; `Err(wait)` when over the limit, with
+    /// how long until the next would be admitted.
+    pub fn take(&self, key: &str) -> Result<(), Duration> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % FORGET_IDLE_EVERY == FORGET_IDLE_EVERY - 1
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
         }
-        let (tokens, at) = buckets.get_mut(key).expect("inserted above");
-        *tokens =
-            (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.rate).min(self.rate);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
-        }
+        self.limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
     }
 }
 
@@ -305,12 +317,12 @@ fn check(auth: &Auth, request: &mut Request) -> Result<Grant, (&'static str, Api
         ));
     };
     if let Some(limit) = &auth.rate_limit {
-        if let Err(wait) = limit.take(&grant.key_id, Instant::now()) {
+        if let Err(wait) = limit.take(&grant.key_id) {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err((
                 "rate_limited",
                 ApiError::too_many_requests(
-                    format!("API key {} is over its limit of {:.0} requests a second; retry in {seconds} s", grant.key_id, limit.rate),
+                    format!("API key {} is over its limit of {} requests a second; retry in {seconds} s", grant.key_id, limit.rate),
                     seconds,
                 ),
             ));
@@ -419,23 +431,35 @@ mod tests {
 
     #[test]
     fn buckets_refill_at_the_rate_and_say_how_long_to_wait() {
-        let limit = RateLimit::new(2);
-        let start = Instant::now();
-        assert!(limit.take("a", start).is_ok());
-        assert!(limit.take("a", start).is_ok());
-        let wait = limit.take("a", start).unwrap_err();
+        let clock = governor::clock::FakeRelativeClock::default();
+        let limit = RateLimit::with_clock(NonZeroU32::new(2).unwrap(), clock.clone());
+        assert!(limit.take("a").is_ok());
+        assert!(limit.take("a").is_ok());
+        let wait = limit.take("a").unwrap_err();
         assert_eq!(wait, Duration::from_millis(500));
         // Another key has a bucket of its own.
-        assert!(limit.take("b", start).is_ok());
-        assert!(limit.take("a", start + Duration::from_millis(500)).is_ok());
-        assert!(limit.take("a", start + Duration::from_millis(500)).is_err());
+        assert!(limit.take("b").is_ok());
+        clock.advance(Duration::from_millis(500));
+        assert!(limit.take("a").is_ok());
+        assert!(limit.take("a").is_err());
         // Refills to the burst, no further.
-        let later = start + Duration::from_secs(60);
-        assert!(
-            limit.take("a", later).is_ok()
-                && limit.take("a", later).is_ok()
-                && limit.take("a", later).is_err()
-        );
+        clock.advance(Duration::from_secs(60));
+        assert!(limit.take("a").is_ok() && limit.take("a").is_ok() && limit.take("a").is_err());
+    }
+
+    #[test]
+    fn the_state_of_idle_keys_is_dropped() {
+        let clock = governor::clock::FakeRelativeClock::default();
+        let limit = RateLimit::with_clock(NonZeroU32::new(1000).unwrap(), clock.clone());
+        for key in 0..100 {
+            let _ = limit.take(&key.to_string());
+        }
+        assert_eq!(limit.limiter.len(), 100);
+        clock.advance(Duration::from_secs(1));
+        for _ in 100..FORGET_IDLE_EVERY {
+            let _ = limit.take("busy");
+        }
+        assert!(limit.limiter.len() <= 1, "{}", limit.limiter.len());
     }
 
     #[test]

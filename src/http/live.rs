@@ -20,11 +20,14 @@ use crate::store::{Snapshot, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
@@ -434,21 +437,39 @@ fn stream(
         .streams_open
         .with_label_values(&[view.name()])
         .inc();
-    let body = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
+    let chunks = futures_util::stream::unfold(subscriber, |mut subscriber| async move {
         let chunk = subscriber.next_chunk().await?;
-        Some((Ok::<Bytes, std::convert::Infallible>(chunk), subscriber))
+        Some((chunk, subscriber))
     });
-    let content_type = match format {
-        Format::Sse => "text/event-stream",
-        Format::Ndjson => "application/x-ndjson",
+    let mut response = match format {
+        Format::Ndjson => {
+            let body = chunks.map(|chunk| match chunk {
+                Chunk::Ndjson(text) => Ok::<Bytes, Infallible>(Bytes::from(text)),
+                Chunk::Sse(_) => unreachable!("an NDJSON stream makes NDJSON chunks"),
+            });
+            let mut response = Body::from_stream(body).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+        // Sse sets text/event-stream and no-cache. Its KeepAlive is not used:
+        // our heartbeats carry the epoch the stream is at (clients waiting for
+        // an epoch read it), which KeepAlive's one fixed event cannot, and the
+        // period is the client's `heartbeat_ms`.
+        Format::Sse => Sse::new(chunks.flat_map(|chunk| {
+            let events = match chunk {
+                Chunk::Sse(events) => events,
+                Chunk::Ndjson(_) => unreachable!("an SSE stream makes SSE chunks"),
+            };
+            futures_util::stream::iter(events.into_iter().map(Ok::<Event, Infallible>))
+        }))
+        .into_response(),
     };
-    let mut response = Body::from_stream(body).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies (nginx) must not buffer a stream.
     response
         .headers_mut()
@@ -565,41 +586,33 @@ impl Drop for Subscriber {
 
 impl Subscriber {
     /// The next piece of the body; `None` ends the stream.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    async fn next_chunk(&mut self) -> Option<Chunk> {
         let chunk = self.produce().await;
         self.next_heartbeat = tokio::time::Instant::now() + self.heartbeat;
         chunk
     }
 
-    async fn produce(&mut self) -> Option<Bytes> {
+    async fn produce(&mut self) -> Option<Chunk> {
         if self.ended {
             return None;
         }
-        let mut out = String::new();
+        let mut out = Chunk::new(self.format);
         // The snapshot, chunk by chunk, then its progress line.
         if !self.snapshot.is_empty() {
             let n = self.snapshot.len().min(ROWS_PER_CHUNK);
             for row in self.snapshot.drain(..n) {
-                row_line(
-                    self.mode,
-                    self.format,
-                    &mut out,
-                    "snapshot",
-                    &row,
-                    1,
-                    self.cursor,
-                );
+                row_line(self.mode, &mut out, "snapshot", &row, 1, self.cursor);
             }
             self.metrics
                 .stream_rows
                 .with_label_values(&[self.view.name()])
                 .inc_by(n as u64);
-            return Some(Bytes::from(out));
+            return Some(out);
         }
         if !self.snapshot_done {
             self.snapshot_done = true;
-            self.progress_line(&mut out, self.cursor);
-            return Some(Bytes::from(out));
+            out.progress(self.cursor);
+            return Some(out);
         }
         loop {
             // Changes of fetched batches, a chunk at a time.
@@ -609,18 +622,10 @@ impl Subscriber {
                 for &index in &matching[*sent..end] {
                     let (row, diff) = &batch.changes[index as usize];
                     match self.mode {
-                        Mode::Rows => {
-                            push_line(self.format, &mut out, "change", batch.line(index as usize))
+                        Mode::Rows => out.line("change", batch.line(index as usize)),
+                        Mode::Events => {
+                            row_line(self.mode, &mut out, "change", row, *diff, batch.epoch)
                         }
-                        Mode::Events => row_line(
-                            self.mode,
-                            self.format,
-                            &mut out,
-                            "change",
-                            row,
-                            *diff,
-                            batch.epoch,
-                        ),
                     }
                 }
                 let rows = end - *sent;
@@ -637,11 +642,11 @@ impl Subscriber {
                     self.pending.pop_front();
                     self.cursor = epoch;
                     if std::mem::take(&mut self.sent_in_batch) {
-                        self.progress_line(&mut out, epoch);
+                        out.progress(epoch);
                     }
                 }
                 if !out.is_empty() {
-                    return Some(Bytes::from(out));
+                    return Some(out);
                 }
             }
             // Fetch what was published after the cursor, or wait for it. Marked
@@ -669,9 +674,9 @@ impl Subscriber {
                         Gone::Unknown { newest } => format!("epoch {} is unknown (newest {newest})", self.cursor),
                         Gone::BeforeStart { first } => format!("epoch {} is from before this server's start (first epoch {first})", self.cursor),
                     };
-                    self.error_line(&mut out, &detail);
+                    out.error(&detail);
                     self.ended = true;
-                    return Some(Bytes::from(out));
+                    return Some(out);
                 }
             }
             // Epochs are published even when idle: wait for a change or the
@@ -688,59 +693,17 @@ impl Subscriber {
                 // The server stops: end the stream so that it can.
                 _ = self.shutdown.wait() => return None,
                 _ = tokio::time::sleep_until(self.next_heartbeat) => {
-                    self.heartbeat_line(&mut out);
-                    return Some(Bytes::from(out));
+                    out.heartbeat(self.cursor);
+                    return Some(out);
                 }
             }
-        }
-    }
-
-    fn progress_line(&self, out: &mut String, epoch: Epoch) {
-        match self.format {
-            // `id` makes the browser's EventSource resume from here by itself.
-            Format::Sse => out.push_str(&format!(
-                "id: {epoch}\nevent: progress\ndata: {}\n\n",
-                json!({"epoch": epoch})
-            )),
-            Format::Ndjson => {
-                out.push_str(&format!("{}\n", json!({"epoch": epoch, "progress": true})))
-            }
-        }
-    }
-
-    fn heartbeat_line(&self, out: &mut String) {
-        match self.format {
-            Format::Sse => out.push_str(&format!(
-                "event: heartbeat\ndata: {}\n\n",
-                json!({"epoch": self.cursor})
-            )),
-            Format::Ndjson => out.push_str(&format!(
-                "{}\n",
-                json!({"epoch": self.cursor, "heartbeat": true})
-            )),
-        }
-    }
-
-    fn error_line(&self, out: &mut String, detail: &str) {
-        let problem = json!({"type": "https://stockflow.dev/problems/stream-behind", "title": "Stream fell behind", "detail": detail});
-        match self.format {
-            Format::Sse => out.push_str(&format!("event: error\ndata: {problem}\n\n")),
-            Format::Ndjson => out.push_str(&format!("{}\n", json!({"error": problem}))),
         }
     }
 }
 
 /// One row as a stream line: `{"epoch", "row", "diff"}` (or, for alert
 /// event streams, the alert event itself).
-fn row_line(
-    mode: Mode,
-    format: Format,
-    out: &mut String,
-    event: &str,
-    row: &Row,
-    diff: i8,
-    epoch: Epoch,
-) {
+fn row_line(mode: Mode, out: &mut Chunk, event: &str, row: &Row, diff: i8, epoch: Epoch) {
     let (event, data) = match (mode, row) {
         (Mode::Events, Row::Alert(alert, _)) => (alert.event_type(), row.json()),
         _ => (
@@ -748,22 +711,80 @@ fn row_line(
             json!({"epoch": epoch, "row": row.json(), "diff": diff}),
         ),
     };
-    push_line(format, out, event, &data.to_string());
+    out.line(event, &data.to_string());
 }
 
-/// Frames one JSON text as an SSE event or an NDJSON line.
-fn push_line(format: Format, out: &mut String, event: &str, data: &str) {
-    match format {
-        Format::Sse => {
-            out.push_str("event: ");
-            out.push_str(event);
-            out.push_str("\ndata: ");
-            out.push_str(data);
-            out.push_str("\n\n");
+/// What one step of a stream sends: NDJSON lines in one text, or SSE
+/// events (axum frames them: `id`, `event` and `data` fields).
+enum Chunk {
+    Ndjson(String),
+    Sse(Vec<Event>),
+}
+
+impl Chunk {
+    fn new(format: Format) -> Chunk {
+        match format {
+            Format::Ndjson => Chunk::Ndjson(String::new()),
+            Format::Sse => Chunk::Sse(Vec::new()),
         }
-        Format::Ndjson => {
-            out.push_str(data);
-            out.push('\n');
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Chunk::Ndjson(text) => text.is_empty(),
+            Chunk::Sse(events) => events.is_empty(),
+        }
+    }
+
+    /// One JSON text: an SSE event named `event`, or an NDJSON line.
+    fn line(&mut self, event: &str, data: &str) {
+        match self {
+            Chunk::Ndjson(text) => {
+                text.push_str(data);
+                text.push('\n');
+            }
+            Chunk::Sse(events) => events.push(Event::default().event(event).data(data)),
+        }
+    }
+
+    /// The point to resume from: SSE's `id` makes the browser's EventSource
+    /// resume from here by itself (`Last-Event-ID`).
+    fn progress(&mut self, epoch: Epoch) {
+        match self {
+            Chunk::Ndjson(text) => {
+                text.push_str(&format!("{}\n", json!({"epoch": epoch, "progress": true})))
+            }
+            Chunk::Sse(events) => events.push(
+                Event::default()
+                    .id(epoch.to_string())
+                    .event("progress")
+                    .data(json!({"epoch": epoch}).to_string()),
+            ),
+        }
+    }
+
+    /// Nothing new: the stream is alive and at `epoch`.
+    fn heartbeat(&mut self, epoch: Epoch) {
+        match self {
+            Chunk::Ndjson(text) => {
+                text.push_str(&format!("{}\n", json!({"epoch": epoch, "heartbeat": true})))
+            }
+            Chunk::Sse(events) => events.push(
+                Event::default()
+                    .event("heartbeat")
+                    .data(json!({"epoch": epoch}).to_string()),
+            ),
+        }
+    }
+
+    /// The stream fell behind and ends.
+    fn error(&mut self, detail: &str) {
+        let problem = json!({"type": "https://stockflow.dev/problems/stream-behind", "title": "Stream fell behind", "detail": detail});
+        match self {
+            Chunk::Ndjson(text) => text.push_str(&format!("{}\n", json!({"error": problem}))),
+            Chunk::Sse(events) => {
+                events.push(Event::default().event("error").data(problem.to_string()))
+            }
         }
     }
 }

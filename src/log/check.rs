@@ -16,17 +16,17 @@
 //! readers skip). Offsets never shift, so checkpoints, `as_of` tokens, sink
 //! progress and webhook cursors that name later offsets stay right. A torn
 //! tail is copied to quarantine and truncated (the offsets it would have held
-//! were never readable). Each segment is rewritten to a temporary file,
-//! fsynced and renamed over the original, after its quarantine files are
-//! fsynced: a crash at any point leaves either the old segment (repair again)
+//! were never readable). Each segment is rewritten atomically (a temporary
+//! file, fsynced and renamed over the original: `stockflow_sinks::fs`), after
+//! its quarantine files are written the same way: a crash at any point leaves either the old segment (repair again)
 //! or the new one, and never loses the damaged bytes.
 
 use super::{
-    io, parse_entry, scan_segment, segment_bases, segment_path, tombstone, Damage, SegmentScan,
+    io, parse_entry, scan_segment, segment_bases, segment_path, tombstone, write_atomically,
+    Damage, SegmentScan,
 };
 use crate::source::SourceError;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// What [`check`] found in one partition.
@@ -264,7 +264,7 @@ fn repair_segment(
                 damage.byte, damage.offset
             ));
             fs::create_dir_all(aside).map_err(io(format!("creating {}", aside.display())))?;
-            write_synced(&file, &scan.bytes[start..end])?;
+            write_atomically(&file, &scan.bytes[start..end])?;
             Some(file)
         } else {
             None
@@ -290,27 +290,8 @@ fn repair_segment(
     {
         at += size;
     }
-    let temp = path.with_extension("log.repair");
-    write_synced(&temp, &rewritten)?;
-    fs::rename(&temp, path).map_err(io(format!(
-        "renaming {} over {}",
-        temp.display(),
-        path.display()
-    )))?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io(format!("syncing {}", parent.display())))?;
-    }
+    write_atomically(path, &rewritten)?;
     Ok(done)
-}
-
-/// Writes `bytes` to `path` and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
-    let mut file = File::create(path).map_err(io(format!("creating {}", path.display())))?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(io(format!("writing {}", path.display())))
 }
 
 #[cfg(test)]
@@ -318,6 +299,7 @@ mod tests {
     use super::*;
     use crate::log::Log;
     use crate::source::PartitionReader;
+    use std::io::Write;
 
     /// A one-partition topic `t` of `count` records `r0`, `r1`, … in segments of `segment_bytes`.
     fn log_of(dir: &Path, count: usize, segment_bytes: u64) {

@@ -227,6 +227,7 @@ fn validate_topic(name: &str) -> Result<(), SourceError> {
     }
 }
 
+/// [`stockflow_sinks::fs::write_atomically`], as a log error.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SourceError> {
     stockflow_sinks::fs::write_atomically(path, bytes).map_err(io(format!(
         "writing {} (through a temporary file)",

@@ -248,4 +248,32 @@ mod tests {
         );
         assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
+
+    #[test]
+    fn topic_names_follow_kafkas_rule() {
+        for name in [
+            "a",
+            "inventory.events",
+            "orders.dlq",
+            "a_b-c.9",
+            "...",
+            ".a",
+            "a..",
+        ] {
+            assert!(is_topic_name(name), "{name} is a topic name");
+        }
+        assert!(
+            is_topic_name(&"x".repeat(249)),
+            "249 characters are allowed"
+        );
+        for name in ["", ".", "..", "a/b", "a b", "a:b", "é", "a\0"] {
+            assert!(!is_topic_name(name), "{name:?} is not a topic name");
+        }
+        assert!(
+            !is_topic_name(&"x".repeat(250)),
+            "250 characters are too many"
+        );
+        // Length counts bytes: a multi-byte character is refused anyway, not counted short.
+        assert!(!is_topic_name(&format!("{}é", "x".repeat(247))));
+    }
 }
