@@ -15,15 +15,14 @@ use super::reads::{consistent_read, decode_cursor, encode_cursor, page_limit, te
 use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
-use crate::rows::{alert_row_json, low_stock_json};
-use crate::store::{Snapshot, Store};
+use crate::rows::{AlertEvent, AlertRow, Change, LowStock};
+use crate::store::{AsOf, Snapshot, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -33,6 +32,7 @@ use stockflow_dataflows::alerts::AlertKind;
 use stockflow_dataflows::kpis::{KpiKey, KpiRow, Window};
 use stockflow_dataflows::model::EventTime;
 use stockflow_dataflows::model::{Epoch, Name, StockKey};
+use utoipa::ToSchema;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -70,6 +70,28 @@ pub(super) struct ReplenishmentParams {
     limit: Option<usize>,
 }
 
+/// A page of `GET /v1/alerts`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct AlertPage<'a> {
+    /// The alerts, in (sku, location, kind) order.
+    alerts: Vec<AlertRow<'a>>,
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The `cursor` of the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// A page of `GET /v1/replenishment`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ReplenishmentPage<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The `cursor` of the next page; null on the last page.
+    next_cursor: Option<String>,
+    /// The open suggestions (`low_stock` rows with something to reorder), in (sku, location) order.
+    suggestions: Vec<LowStock<'a>>,
+}
+
 /// `GET /v1/alerts?state=active|all&kind=&limit=&cursor=`: the latest
 /// transition of each alert of the tenant (active ones only by default), in
 /// key order (sku, location, kind), a page at a time.
@@ -79,14 +101,14 @@ pub(super) struct ReplenishmentParams {
     tag = "live",
     params(AlertParams),
     responses(
-        (status = 200, description = "A page of the latest transition of each alert of the tenant: `{as_of, alerts, next_cursor}`", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of the latest transition of each alert of the tenant: `{as_of, alerts, next_cursor}`", body = AlertPage, content_type = "application/json"),
         ReadProblems
     )
 )]
 pub(super) async fn list_alerts(
     State(state): State<AppState>,
     Params(params): Params<AlertParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let all = match params.state.as_deref() {
         None | Some("active") => false,
         Some("all") => true,
@@ -157,13 +179,16 @@ pub(super) async fn list_alerts(
                 }
                 break 'rows;
             }
-            rows.push(alert_row_json(alert, snapshot.stock.get(key)));
+            rows.push(AlertRow::of(alert, snapshot.stock.get(key)));
             last = Some((key, *kind));
         }
     }
-    Ok(Json(
-        json!({"as_of": snapshot.as_of, "alerts": rows, "next_cursor": next_cursor}),
-    ))
+    Ok(Json(AlertPage {
+        alerts: rows,
+        as_of: &snapshot.as_of,
+        next_cursor,
+    })
+    .into_response())
 }
 
 /// A kind's place in [`AlertKind::ALL`], the order of a listing's rows within one stock row.
@@ -180,14 +205,14 @@ fn kind_rank(kind: AlertKind) -> usize {
     tag = "live",
     params(ReplenishmentParams),
     responses(
-        (status = 200, description = "A page of what to reorder: skus with active alerts and the quantity up to their target level: `{as_of, suggestions, next_cursor}`", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of what to reorder: skus with active alerts and the quantity up to their target level: `{as_of, suggestions, next_cursor}`", body = ReplenishmentPage, content_type = "application/json"),
         ReadProblems
     )
 )]
 pub(super) async fn replenishment(
     State(state): State<AppState>,
     Params(params): Params<ReplenishmentParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(params.limit)?;
     let (tenant, snapshot) =
         consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -221,12 +246,15 @@ pub(super) async fn replenishment(
             }
             break;
         }
-        rows.push(low_stock_json(key, &row));
+        rows.push(LowStock::of(key, &row));
         last = Some(key);
     }
-    Ok(Json(
-        json!({"as_of": snapshot.as_of, "suggestions": rows, "next_cursor": next_cursor}),
-    ))
+    Ok(Json(ReplenishmentPage {
+        as_of: &snapshot.as_of,
+        next_cursor,
+        suggestions: rows,
+    })
+    .into_response())
 }
 
 /// The first stock key of a tenant (empty sku and location sort first).
@@ -265,7 +293,10 @@ const ROWS_PER_CHUNK: usize = 512;
     tag = "live",
     params(("view" = String, Path, description = "items, stock, stock_totals, orders, low_stock, alerts, kpis or top_skus"), StreamParams),
     responses(
-        (status = 200, description = "A snapshot then every change, as Server-Sent Events (default) or NDJSON (`Accept: application/x-ndjson`)", body = Object, content_type = "text/event-stream"),
+        (status = 200, description = "A snapshot then every change, as Server-Sent Events (default) or NDJSON (`Accept: application/x-ndjson`); the schemas are of one event's `data` and of one line", content(
+            (ChangeData = "text/event-stream"),
+            (ChangeLine = "application/x-ndjson")
+        )),
         (status = 404, description = "No such view", body = Problem, content_type = "application/problem+json"),
         StreamProblems
     )
@@ -297,7 +328,10 @@ pub(super) async fn view_changes(
     tag = "live",
     params(StreamParams),
     responses(
-        (status = 200, description = "Alert events as they happen, as Server-Sent Events (default) or NDJSON", body = Object, content_type = "text/event-stream"),
+        (status = 200, description = "Alert events as they happen, as Server-Sent Events (default) or NDJSON; the schemas are of one event's `data` and of one line", content(
+            (AlertData = "text/event-stream"),
+            (AlertLine = "application/x-ndjson")
+        )),
         StreamProblems
     )
 )]
@@ -307,6 +341,101 @@ pub(super) async fn alert_stream(
     Params(params): Params<StreamParams>,
 ) -> Result<Response, ApiError> {
     stream(&state, View::Alerts, Mode::Events, &headers, params)
+}
+
+/// The `data` of one event of a view's SSE change stream: a `snapshot` or
+/// `change` event's change, a `progress` or `heartbeat` event's epoch, or the
+/// problem of a final `error` event.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum ChangeData<'a> {
+    /// `snapshot` and `change` events.
+    Change(Change<'a>),
+    /// `progress` and `heartbeat` events.
+    Epoch(EpochMark),
+    /// The `error` event.
+    Error(StreamProblem<'a>),
+}
+
+/// One line of a view's NDJSON change stream.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum ChangeLine<'a> {
+    /// A change (or a snapshot row).
+    Change(Change<'a>),
+    /// Progress or heartbeat.
+    Mark(MarkLine),
+    /// The stream's last line.
+    Error(ErrorLine<'a>),
+}
+
+/// The `data` of one event of the SSE alert stream: an alert event (the
+/// event's name is its `type`), a `progress` or `heartbeat` event's epoch, or
+/// the problem of a final `error` event.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum AlertData<'a> {
+    /// An alert transition.
+    Alert(AlertEvent<'a>),
+    /// `progress` and `heartbeat` events.
+    Epoch(EpochMark),
+    /// The `error` event.
+    Error(StreamProblem<'a>),
+}
+
+/// One line of the NDJSON alert stream.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum AlertLine<'a> {
+    /// An alert transition.
+    Alert(AlertEvent<'a>),
+    /// Progress or heartbeat.
+    Mark(MarkLine),
+    /// The stream's last line.
+    Error(ErrorLine<'a>),
+}
+
+/// The `data` of an SSE `progress` or `heartbeat` event.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EpochMark {
+    /// The epoch the stream has reached (a `progress` event's `id` too).
+    epoch: Epoch,
+}
+
+/// An NDJSON progress or heartbeat line.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MarkLine {
+    /// The epoch the stream has reached.
+    epoch: Epoch,
+    /// Present (true) on a heartbeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat: Option<bool>,
+    /// Present (true) on a progress line: every change up to `epoch` was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<bool>,
+}
+
+/// Why a stream ended (it fell behind the retained changes).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StreamProblem<'a> {
+    /// What happened and how to go on.
+    detail: &'a str,
+    /// `Stream fell behind`.
+    title: &'static str,
+    /// `https://stockflow.dev/problems/stream-behind`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// The last line of an NDJSON stream that ended on a problem.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ErrorLine<'a> {
+    /// Why the stream ended.
+    error: StreamProblem<'a>,
 }
 
 /// What a stream sends.
@@ -696,36 +825,46 @@ impl Subscriber {
     }
 
     fn progress_line(&self, out: &mut String, epoch: Epoch) {
+        let data = self.mark(epoch, false);
         match self.format {
             // `id` makes the browser's EventSource resume from here by itself.
-            Format::Sse => out.push_str(&format!(
-                "id: {epoch}\nevent: progress\ndata: {}\n\n",
-                json!({"epoch": epoch})
-            )),
-            Format::Ndjson => {
-                out.push_str(&format!("{}\n", json!({"epoch": epoch, "progress": true})))
-            }
+            Format::Sse => out.push_str(&format!("id: {epoch}\nevent: progress\ndata: {data}\n\n")),
+            Format::Ndjson => out.push_str(&format!("{data}\n")),
         }
     }
 
     fn heartbeat_line(&self, out: &mut String) {
-        match self.format {
-            Format::Sse => out.push_str(&format!(
-                "event: heartbeat\ndata: {}\n\n",
-                json!({"epoch": self.cursor})
-            )),
-            Format::Ndjson => out.push_str(&format!(
-                "{}\n",
-                json!({"epoch": self.cursor, "heartbeat": true})
-            )),
-        }
+        push_line(self.format, out, "heartbeat", &self.mark(self.cursor, true));
     }
 
     fn error_line(&self, out: &mut String, detail: &str) {
-        let problem = json!({"type": "https://stockflow.dev/problems/stream-behind", "title": "Stream fell behind", "detail": detail});
-        match self.format {
-            Format::Sse => out.push_str(&format!("event: error\ndata: {problem}\n\n")),
-            Format::Ndjson => out.push_str(&format!("{}\n", json!({"error": problem}))),
+        let error = StreamProblem {
+            detail,
+            title: "Stream fell behind",
+            kind: "https://stockflow.dev/problems/stream-behind",
+        };
+        let data = match (self.format, self.mode) {
+            (Format::Sse, Mode::Rows) => text(&ChangeData::Error(error)),
+            (Format::Sse, Mode::Events) => text(&AlertData::Error(error)),
+            (Format::Ndjson, Mode::Rows) => text(&ChangeLine::Error(ErrorLine { error })),
+            (Format::Ndjson, Mode::Events) => text(&AlertLine::Error(ErrorLine { error })),
+        };
+        push_line(self.format, out, "error", &data);
+    }
+
+    /// A progress (or heartbeat) mark at `epoch`, as this stream's documented
+    /// type writes it (the types are untagged: each writes its member's JSON).
+    fn mark(&self, epoch: Epoch, heartbeat: bool) -> String {
+        let line = MarkLine {
+            epoch,
+            heartbeat: heartbeat.then_some(true),
+            progress: (!heartbeat).then_some(true),
+        };
+        match (self.format, self.mode) {
+            (Format::Sse, Mode::Rows) => text(&ChangeData::Epoch(EpochMark { epoch })),
+            (Format::Sse, Mode::Events) => text(&AlertData::Epoch(EpochMark { epoch })),
+            (Format::Ndjson, Mode::Rows) => text(&ChangeLine::Mark(line)),
+            (Format::Ndjson, Mode::Events) => text(&AlertLine::Mark(line)),
         }
     }
 }
@@ -742,13 +881,33 @@ fn row_line(
     epoch: Epoch,
 ) {
     let (event, data) = match (mode, row) {
-        (Mode::Events, Row::Alert(alert, _)) => (alert.event_type(), row.json()),
-        _ => (
-            event,
-            json!({"epoch": epoch, "row": row.json(), "diff": diff}),
-        ),
+        (Mode::Events, Row::Alert(alert, epoch)) => {
+            let alert_event = AlertEvent::of(alert, *epoch);
+            let data = match format {
+                Format::Sse => text(&AlertData::Alert(alert_event)),
+                Format::Ndjson => text(&AlertLine::Alert(alert_event)),
+            };
+            (alert.event_type(), data)
+        }
+        _ => {
+            let change = Change {
+                diff,
+                epoch,
+                row: row.shown(),
+            };
+            let data = match format {
+                Format::Sse => text(&ChangeData::Change(change)),
+                Format::Ndjson => text(&ChangeLine::Change(change)),
+            };
+            (event, data)
+        }
     };
-    push_line(format, out, event, &data.to_string());
+    push_line(format, out, event, &data);
+}
+
+/// The JSON text of a stream line.
+fn text(line: &impl Serialize) -> String {
+    serde_json::to_string(line).expect("stream lines serialize")
 }
 
 /// Frames one JSON text as an SSE event or an NDJSON line.
