@@ -37,6 +37,7 @@ pub struct Quantities {
     /// Set aside by open reservations.
     pub reserved: i64,
     /// Event time of the newest event that touched the row, RFC 3339.
+    #[schema(required = true)]
     pub updated_at: Option<String>,
 }
 
@@ -70,6 +71,7 @@ pub struct Stock<'a> {
     /// The tenant.
     pub tenant: &'a str,
     /// Event time of the newest event that touched the row, RFC 3339.
+    #[schema(required = true)]
     pub updated_at: Option<String>,
 }
 
@@ -102,6 +104,7 @@ pub struct StockTotal<'a> {
     /// The tenant.
     pub tenant: &'a str,
     /// Event time of the newest event that touched the sku's stock, RFC 3339.
+    #[schema(required = true)]
     pub updated_at: Option<String>,
     /// Stock changes applied to the sku: what a command's `expected_version` is compared with.
     pub version: i64,
@@ -135,14 +138,17 @@ pub struct Item<'a> {
     #[schema(value_type = f64)]
     pub price: Money,
     /// Per-item low-stock threshold, if set.
+    #[schema(required = true)]
     pub reorder_point: Option<i64>,
     /// The sku.
     pub sku: &'a str,
     /// Level a replenishment brings the stock back to, if set.
+    #[schema(required = true)]
     pub target_level: Option<i64>,
     /// The tenant.
     pub tenant: &'a str,
     /// Event time of the last catalogue event applied, RFC 3339.
+    #[schema(required = true)]
     pub updated_at: Option<String>,
 }
 
@@ -192,6 +198,7 @@ pub struct Order<'a> {
     #[schema(value_type = Option<f64>)]
     pub total: Option<Money>,
     /// Event time of the order's newest event, RFC 3339.
+    #[schema(required = true)]
     pub updated_at: Option<String>,
 }
 
@@ -248,6 +255,7 @@ pub struct AlertEvent<'a> {
     /// Available at the transition.
     pub available: i64,
     /// The epoch the transition happened in.
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// The transition's stable id (see [`Alert::id`]).
     #[serde(borrow)]
@@ -282,6 +290,7 @@ pub struct AlertEvent<'a> {
     /// How many transitions the row's alert of this kind has had.
     pub transition: u64,
     /// Event time of the row's newest event, RFC 3339.
+    #[schema(required = true)]
     pub ts: Option<String>,
     /// `alert.low_stock.raised`, ...
     #[serde(rename = "type", borrow)]
@@ -327,6 +336,7 @@ pub struct LowStock<'a> {
     /// The out-of-stock alert is active too.
     pub out_of_stock: bool,
     /// Event time of the stock row when the alert was raised, RFC 3339.
+    #[schema(required = true)]
     pub since: Option<String>,
     /// The sku.
     pub sku: &'a str,
@@ -370,6 +380,7 @@ pub struct AlertRow<'a> {
     /// The location.
     pub location: &'a str,
     /// Event time of the latest transition, RFC 3339.
+    #[schema(required = true)]
     pub since: Option<String>,
     /// The sku.
     pub sku: &'a str,
@@ -415,6 +426,7 @@ impl<'a> AlertRow<'a> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Kpi<'a> {
     /// Start of the bucket, RFC 3339.
+    #[schema(required = true)]
     pub bucket: Option<String>,
     /// The group, for custom KPIs with `group_by` only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -522,6 +534,7 @@ pub struct Change<'a> {
     /// `1`: the row is inserted (or is part of the snapshot); `-1`: retracted.
     pub diff: i8,
     /// The epoch of the change (of the snapshot, for snapshot rows).
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// The row.
     pub row: ViewRow<'a>,

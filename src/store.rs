@@ -24,6 +24,7 @@ use tokio::sync::watch;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AsOf {
     /// Last completed epoch (0 before the first one).
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// Topic → partition → next offset to be read.
     // JSON object keys are strings: the partition's number as text.

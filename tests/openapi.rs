@@ -198,8 +198,13 @@ async fn read_stream(
             } else {
                 (String::new(), piece.trim_end().to_owned())
             };
-            let value = serde_json::from_str(&data)
+            let value: Value = serde_json::from_str(&data)
                 .unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {data}"));
+            assert_eq!(
+                data,
+                value.to_string(),
+                "{what}: fields out of alphabetical order"
+            );
             items.push((event, value));
         }
     }

@@ -75,6 +75,7 @@ pub(super) struct KpiAnswer<'a> {
     /// What the views reflect.
     as_of: &'a AsOf,
     /// Start of the first bucket answered, RFC 3339.
+    #[schema(required = true)]
     from: Option<String>,
     /// The tenant's point-in-time gauges, by name (the asked metric's only, with `metric`).
     #[schema(value_type = BTreeMap<String, f64>)]
@@ -84,6 +85,7 @@ pub(super) struct KpiAnswer<'a> {
     /// The tenant.
     tenant: &'a str,
     /// End of the range, exclusive, RFC 3339.
+    #[schema(required = true)]
     to: Option<String>,
     /// `hour` or `day`.
     window: &'static str,
@@ -95,6 +97,7 @@ pub(super) struct TopSkusAnswer<'a> {
     /// What the views reflect.
     as_of: &'a AsOf,
     /// The day, `YYYY-MM-DD` (UTC); null when the tenant has sold nothing yet.
+    #[schema(required = true)]
     day: Option<String>,
     /// The skus with the most units sold that day, best first.
     skus: Vec<TopSku<'a>>,

@@ -78,6 +78,7 @@ pub(super) struct AlertPage<'a> {
     /// What the views reflect.
     as_of: &'a AsOf,
     /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -87,6 +88,7 @@ pub(super) struct ReplenishmentPage<'a> {
     /// What the views reflect.
     as_of: &'a AsOf,
     /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
     /// The open suggestions (`low_stock` rows with something to reorder), in (sku, location) order.
     suggestions: Vec<LowStock<'a>>,
@@ -400,6 +402,7 @@ pub(super) enum AlertLine<'a> {
 #[serde(deny_unknown_fields)]
 pub(super) struct EpochMark {
     /// The epoch the stream has reached (a `progress` event's `id` too).
+    #[schema(value_type = u64)]
     epoch: Epoch,
 }
 
@@ -408,6 +411,7 @@ pub(super) struct EpochMark {
 #[serde(deny_unknown_fields)]
 pub(super) struct MarkLine {
     /// The epoch the stream has reached.
+    #[schema(value_type = u64)]
     epoch: Epoch,
     /// Present (true) on a heartbeat.
     #[serde(skip_serializing_if = "Option::is_none")]

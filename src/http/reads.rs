@@ -94,6 +94,7 @@ pub(super) struct ItemPage<'a> {
     /// What the views reflect.
     as_of: &'a AsOf,
     /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
     /// The items, in sku order.
     rows: Vec<Item<'a>>,
@@ -128,6 +129,7 @@ pub(super) struct LocationStock<'a> {
     /// Set aside by open reservations.
     reserved: i64,
     /// Event time of the newest event that touched the row, RFC 3339.
+    #[schema(required = true)]
     updated_at: Option<String>,
 }
 
@@ -137,6 +139,7 @@ pub(super) struct StockPage<'a> {
     /// What the views reflect.
     as_of: &'a AsOf,
     /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
     /// The stock rows, in (sku, location) order.
     rows: Vec<Stock<'a>>,

@@ -85,12 +85,14 @@ pub(super) struct DeliveryShown {
     /// `X-Stockflow-Delivery`.
     delivery_id: String,
     /// Why the last attempt failed, if it did.
+    #[schema(required = true)]
     error: Option<String>,
     /// The alert event's id.
     event_id: String,
     /// The alert event's type.
     event_type: String,
     /// HTTP status of the last answer, if there was one.
+    #[schema(required = true)]
     response_status: Option<u16>,
     /// `delivered` or `failed`.
     status: String,
