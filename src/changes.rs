@@ -10,7 +10,7 @@
 //! costs no memory, it only risks falling behind the retained history, and
 //! is then told so and disconnected (see `http::changes`).
 
-use crate::rows;
+use crate::rows::{self, ViewRow};
 use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -126,18 +126,25 @@ impl Row {
         }
     }
 
+    /// The row, shaped as the view's reads show it.
+    pub fn shown(&self) -> ViewRow<'_> {
+        match self {
+            Row::Item(key, row) => ViewRow::Item(rows::Item::of(key, row)),
+            Row::Stock(key, delta) => ViewRow::Stock(rows::Stock::of(key, delta)),
+            Row::Total(key, delta) => ViewRow::StockTotal(rows::StockTotal::of(key, delta)),
+            Row::Order(tenant, id, row) => ViewRow::Order(rows::Order::of(tenant, id, row)),
+            Row::LowStock(key, row) => ViewRow::LowStock(rows::LowStock::of(key, row)),
+            Row::Alert(alert, epoch) => ViewRow::Alert(rows::AlertEvent::of(alert, *epoch)),
+            Row::Kpi(row) => ViewRow::Kpi(rows::Kpi::of(&row.key, row.value)),
+            Row::TopSkus(tenant, day, top) => {
+                ViewRow::TopSkus(rows::TopSkusRow::of(tenant, *day, Some(top)))
+            }
+        }
+    }
+
     /// The row as JSON, shaped as the view's reads show it.
     pub fn json(&self) -> Value {
-        match self {
-            Row::Item(key, row) => rows::item_json(key, row),
-            Row::Stock(key, delta) => rows::stock_json(key, delta),
-            Row::Total(key, delta) => rows::total_json(key, delta),
-            Row::Order(tenant, id, row) => rows::order_json(tenant, id, row),
-            Row::LowStock(key, row) => rows::low_stock_json(key, row),
-            Row::Alert(alert, epoch) => rows::alert_event_json(alert, *epoch),
-            Row::Kpi(row) => rows::kpi_json(row),
-            Row::TopSkus(tenant, day, top) => rows::top_skus_json(tenant, *day, top),
-        }
+        rows::value(self.shown())
     }
 }
 
@@ -211,7 +218,12 @@ impl Batch {
     pub fn line(&self, index: usize) -> &str {
         self.lines[index].get_or_init(|| {
             let (row, diff) = &self.changes[index];
-            serde_json::json!({"epoch": self.epoch, "row": row.json(), "diff": diff}).to_string()
+            let change = rows::Change {
+                diff: *diff,
+                epoch: self.epoch,
+                row: row.shown(),
+            };
+            serde_json::to_string(&change).expect("changes serialize")
         })
     }
 }

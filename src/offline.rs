@@ -324,19 +324,19 @@ pub fn dump_rows(
             .items
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
-            .map(|(k, row)| rows::item_json(k, row))
+            .map(|(k, row)| rows::value(rows::Item::of(k, row)))
             .collect(),
         "stock" => snapshot
             .stock
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
-            .map(|(k, row)| rows::stock_json(k, row))
+            .map(|(k, row)| rows::value(rows::Stock::of(k, row)))
             .collect(),
         "stock_totals" => snapshot
             .stock_totals
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
-            .map(|(k, row)| rows::total_json(k, row))
+            .map(|(k, row)| rows::value(rows::StockTotal::of(k, row)))
             .collect(),
         "low_stock" => snapshot
             .alerts
@@ -344,7 +344,7 @@ pub fn dump_rows(
             .filter(|(k, _)| keep(&k.tenant))
             .filter_map(|(k, pair)| {
                 stockflow_dataflows::alert_rows::low_stock_row(pair, snapshot.stock.get(k))
-                    .map(|row| rows::low_stock_json(k, &row))
+                    .map(|row| rows::value(rows::LowStock::of(k, &row)))
             })
             .collect(),
         "alerts" => snapshot
@@ -357,7 +357,7 @@ pub fn dump_rows(
                     .flatten()
                     .map(move |a| (k, a))
             })
-            .map(|(k, alert)| rows::alert_row_json(alert, snapshot.stock.get(k)))
+            .map(|(k, alert)| rows::value(rows::AlertRow::of(alert, snapshot.stock.get(k))))
             .collect(),
         "orders" => {
             let mut orders: Vec<_> = snapshot
@@ -368,25 +368,20 @@ pub fn dump_rows(
             orders.sort_by(|a, b| a.0.cmp(b.0));
             orders
                 .into_iter()
-                .map(|((t, id), row)| rows::order_json(t, id, row))
+                .map(|((t, id), row)| rows::value(rows::Order::of(t, id, row)))
                 .collect()
         }
         "kpis" => snapshot
             .kpis
             .iter()
             .filter(|(k, _)| keep(&k.tenant))
-            .map(|(key, value)| {
-                rows::kpi_json(&stockflow_dataflows::kpis::KpiRow {
-                    key: key.clone(),
-                    value: *value,
-                })
-            })
+            .map(|(key, value)| rows::value(rows::Kpi::of(key, *value)))
             .collect(),
         "top_skus" => snapshot
             .top_skus
             .iter()
             .filter(|((t, _), _)| keep(t))
-            .map(|((t, day), top)| rows::top_skus_json(t, *day, top))
+            .map(|((t, day), top)| rows::value(rows::TopSkusRow::of(t, *day, Some(top))))
             .collect(),
         "gauges" => snapshot
             .gauges

@@ -2,13 +2,17 @@
 //! point reads, listings, change streams and the alerts topic, so a row looks
 //! the same wherever a client meets it.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::borrow::Cow;
 use stockflow_dataflows::alert_rows::LowStockRow;
 use stockflow_dataflows::alerts::{Alert, AlertKind};
-use stockflow_dataflows::kpis::{KpiRow, TopSkus};
-use stockflow_dataflows::model::{Epoch, EventTime, ItemRow, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::kpis::{KpiKey, KpiValue, TopSkus};
+use stockflow_dataflows::model::{
+    Epoch, EventTime, ItemRow, Money, Name, SkuKey, StockDelta, StockKey,
+};
 use stockflow_dataflows::order_rows::OrderRow;
+use utoipa::ToSchema;
 
 /// RFC 3339 text of an event time, in UTC with milliseconds.
 pub fn rfc3339(ms: EventTime) -> Option<String> {
@@ -16,75 +20,228 @@ pub fn rfc3339(ms: EventTime) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-/// Quantities of a row; an absent row (an item with no stock yet) is zeros with no `updated_at`.
-pub fn quantities_json(delta: Option<&StockDelta>) -> Value {
-    let updated_at = delta.and_then(|d| rfc3339(d.updated_at));
-    let delta = delta.copied().unwrap_or_default();
-    json!({"on_hand": delta.on_hand, "reserved": delta.reserved, "available": delta.available(), "updated_at": updated_at})
+/// A row as a JSON value (the typed rows below serialize their fields in
+/// alphabetical order, the order a JSON value keeps).
+pub fn value(row: impl Serialize) -> Value {
+    serde_json::to_value(row).expect("rows serialize")
+}
+
+/// The quantities of a stock row or of a sku's totals; an absent row (an
+/// item with no stock yet) is zeros with no `updated_at`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Quantities {
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// Physical quantity on the shelf.
+    pub on_hand: i64,
+    /// Set aside by open reservations.
+    pub reserved: i64,
+    /// Event time of the newest event that touched the row, RFC 3339.
+    #[schema(required = true)]
+    pub updated_at: Option<String>,
+}
+
+impl Quantities {
+    /// The quantities of `delta` (zeros when absent).
+    pub fn of(delta: Option<&StockDelta>) -> Quantities {
+        let updated_at = delta.and_then(|d| rfc3339(d.updated_at));
+        let delta = delta.copied().unwrap_or_default();
+        Quantities {
+            available: delta.available(),
+            on_hand: delta.on_hand,
+            reserved: delta.reserved,
+            updated_at,
+        }
+    }
 }
 
 /// A `stock` row.
-pub fn stock_json(key: &StockKey, delta: &StockDelta) -> Value {
-    json!({
-        "tenant": key.tenant,
-        "sku": key.sku,
-        "location": key.location,
-        "on_hand": delta.on_hand,
-        "reserved": delta.reserved,
-        "available": delta.available(),
-        "updated_at": rfc3339(delta.updated_at),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stock<'a> {
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// The location.
+    pub location: &'a str,
+    /// Physical quantity on the shelf.
+    pub on_hand: i64,
+    /// Set aside by open reservations.
+    pub reserved: i64,
+    /// The sku.
+    pub sku: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Event time of the newest event that touched the row, RFC 3339.
+    #[schema(required = true)]
+    pub updated_at: Option<String>,
 }
 
-/// A `stock_totals` row.
-pub fn total_json(key: &SkuKey, delta: &StockDelta) -> Value {
-    json!({
-        "tenant": key.tenant,
-        "sku": key.sku,
-        "on_hand": delta.on_hand,
-        "reserved": delta.reserved,
-        "available": delta.available(),
-        "version": delta.changes,
-        "updated_at": rfc3339(delta.updated_at),
-    })
+impl<'a> Stock<'a> {
+    /// The row of `key`.
+    pub fn of(key: &'a StockKey, delta: &StockDelta) -> Stock<'a> {
+        Stock {
+            available: delta.available(),
+            location: &key.location,
+            on_hand: delta.on_hand,
+            reserved: delta.reserved,
+            sku: &key.sku,
+            tenant: &key.tenant,
+            updated_at: rfc3339(delta.updated_at),
+        }
+    }
+}
+
+/// A `stock_totals` row: a sku's quantities over its locations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StockTotal<'a> {
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// Physical quantity on the shelf.
+    pub on_hand: i64,
+    /// Set aside by open reservations.
+    pub reserved: i64,
+    /// The sku.
+    pub sku: &'a str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Event time of the newest event that touched the sku's stock, RFC 3339.
+    #[schema(required = true)]
+    pub updated_at: Option<String>,
+    /// Stock changes applied to the sku: what a command's `expected_version` is compared with.
+    pub version: i64,
+}
+
+impl<'a> StockTotal<'a> {
+    /// The row of `key`.
+    pub fn of(key: &'a SkuKey, delta: &StockDelta) -> StockTotal<'a> {
+        StockTotal {
+            available: delta.available(),
+            on_hand: delta.on_hand,
+            reserved: delta.reserved,
+            sku: &key.sku,
+            tenant: &key.tenant,
+            updated_at: rfc3339(delta.updated_at),
+            version: delta.changes,
+        }
+    }
 }
 
 /// An `items` row.
-pub fn item_json(key: &SkuKey, row: &ItemRow) -> Value {
-    json!({
-        "tenant": key.tenant,
-        "sku": key.sku,
-        "name": row.name,
-        "price": row.price,
-        "category": row.category,
-        "reorder_point": row.reorder_point,
-        "target_level": row.target_level,
-        "active": row.active,
-        "updated_at": rfc3339(row.updated_at),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Item<'a> {
+    /// False once the item was deleted (and not re-created).
+    pub active: bool,
+    /// The category.
+    pub category: &'a str,
+    /// Display name.
+    pub name: &'a str,
+    /// Unit price, in major units.
+    #[schema(value_type = f64)]
+    pub price: Money,
+    /// Per-item low-stock threshold, if set.
+    #[schema(required = true)]
+    pub reorder_point: Option<i64>,
+    /// The sku.
+    pub sku: &'a str,
+    /// Level a replenishment brings the stock back to, if set.
+    #[schema(required = true)]
+    pub target_level: Option<i64>,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Event time of the last catalogue event applied, RFC 3339.
+    #[schema(required = true)]
+    pub updated_at: Option<String>,
 }
 
-/// An `orders` row.
-pub fn order_json(tenant: &Name, order_id: &Name, row: &OrderRow) -> Value {
-    let mut answer = json!({
-        "tenant": tenant,
-        "order_id": order_id,
-        "status": row.status(),
-        "updated_at": rfc3339(row.updated_at),
-    });
-    if let Some((customer_id, lines, total, placed_at)) = &row.placed {
-        answer["customer_id"] = json!(customer_id);
-        answer["lines"] = json!(lines
-            .iter()
-            .map(|l| json!({"sku": l.sku, "location": l.location, "qty": l.qty, "price": l.price}))
-            .collect::<Vec<_>>());
-        answer["total"] = json!(total);
-        answer["placed_at"] = json!(rfc3339(*placed_at));
+impl<'a> Item<'a> {
+    /// The row of `key`.
+    pub fn of(key: &'a SkuKey, row: &'a ItemRow) -> Item<'a> {
+        Item {
+            active: row.active,
+            category: &row.category,
+            name: &row.name,
+            price: row.price,
+            reorder_point: row.reorder_point,
+            sku: &key.sku,
+            target_level: row.target_level,
+            tenant: &key.tenant,
+            updated_at: rfc3339(row.updated_at),
+        }
     }
-    if let Some(reason) = &row.cancelled {
-        answer["reason"] = json!(reason);
+}
+
+/// An `orders` row. The fields of `order.placed` (customer, lines, total,
+/// placed_at) are absent until it is seen; `reason` only once cancelled.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Order<'a> {
+    /// The customer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<&'a str>,
+    /// The order's lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<OrderLineRow<'a>>>,
+    /// The order id.
+    pub order_id: &'a str,
+    /// Event time of `order.placed`, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub placed_at: Option<Option<String>>,
+    /// Why it was cancelled (null when no reason was given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<Option<&'a str>>,
+    /// `pending`, `confirmed`, `shipped` or `cancelled`.
+    pub status: &'static str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The order's total, in major units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<f64>)]
+    pub total: Option<Money>,
+    /// Event time of the order's newest event, RFC 3339.
+    #[schema(required = true)]
+    pub updated_at: Option<String>,
+}
+
+/// A line of an order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderLineRow<'a> {
+    /// Location the line ships from.
+    pub location: &'a str,
+    /// Unit price, in major units.
+    #[schema(value_type = f64)]
+    pub price: Money,
+    /// Quantity.
+    pub qty: i64,
+    /// The sku.
+    pub sku: &'a str,
+}
+
+impl<'a> Order<'a> {
+    /// The row of order `order_id` of `tenant`.
+    pub fn of(tenant: &'a Name, order_id: &'a Name, row: &'a OrderRow) -> Order<'a> {
+        let placed = row.placed.as_ref();
+        Order {
+            customer_id: placed.map(|(customer_id, ..)| customer_id.as_str()),
+            lines: placed.map(|(_, lines, ..)| {
+                lines
+                    .iter()
+                    .map(|l| OrderLineRow {
+                        location: &l.location,
+                        price: l.price,
+                        qty: l.qty,
+                        sku: &l.sku,
+                    })
+                    .collect()
+            }),
+            order_id,
+            placed_at: placed.map(|(.., placed_at)| rfc3339(*placed_at)),
+            reason: row.cancelled.as_ref().map(|reason| reason.as_deref()),
+            status: row.status(),
+            tenant,
+            total: placed.map(|(_, _, total, _)| *total),
+            updated_at: rfc3339(row.updated_at),
+        }
     }
-    answer
 }
 
 /// An alert event: a transition as the alerts topic, change streams and
@@ -93,25 +250,31 @@ pub fn order_json(tenant: &Name, order_id: &Name, row: &OrderRow) -> Value {
 /// in alphabetical order, the order the JSON has always had. The same type
 /// reads them back (the engine at start, the ClickHouse sink), borrowing
 /// the strings from the message where it can.
-#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, ToSchema)]
 pub struct AlertEvent<'a> {
     /// Available at the transition.
     pub available: i64,
     /// The epoch the transition happened in.
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// The transition's stable id (see [`Alert::id`]).
     #[serde(borrow)]
+    #[schema(value_type = String)]
     pub id: Cow<'a, str>,
     /// `low_stock` or `out_of_stock`.
+    #[schema(value_type = String)]
     pub kind: AlertKind,
     /// The stock row's location.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     pub location: Cow<'a, str>,
     /// The stock row's sku.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     pub sku: Cow<'a, str>,
     /// `raised` or `cleared`.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     pub state: Cow<'a, str>,
     /// `target_level - available` (at least 0); only when raised.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,15 +283,18 @@ pub struct AlertEvent<'a> {
     pub target_level: i64,
     /// The stock row's tenant.
     #[serde(borrow)]
+    #[schema(value_type = String)]
     pub tenant: Cow<'a, str>,
     /// The threshold in force.
     pub threshold: i64,
     /// How many transitions the row's alert of this kind has had.
     pub transition: u64,
     /// Event time of the row's newest event, RFC 3339.
+    #[schema(required = true)]
     pub ts: Option<String>,
     /// `alert.low_stock.raised`, ...
     #[serde(rename = "type", borrow)]
+    #[schema(value_type = String)]
     pub event_type: Cow<'a, str>,
 }
 
@@ -159,57 +325,136 @@ pub fn alert_event_json(alert: &Alert, epoch: Epoch) -> Value {
     serde_json::to_value(AlertEvent::of(alert, epoch)).expect("alert events serialize")
 }
 
-/// A `low_stock` row as JSON.
-pub fn low_stock_json(key: &StockKey, row: &LowStockRow) -> Value {
-    json!({
-        "tenant": key.tenant,
-        "sku": key.sku,
-        "location": key.location,
-        "available": row.available,
-        "threshold": row.threshold,
-        "target_level": row.target_level,
-        "suggested_reorder_qty": row.suggested_reorder_qty,
-        "out_of_stock": row.out_of_stock,
-        "since": rfc3339(row.since),
-    })
+/// A `low_stock` row: a stock row whose low-stock alert is active (also a
+/// suggestion of `GET /v1/replenishment`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LowStock<'a> {
+    /// Available now.
+    pub available: i64,
+    /// The location.
+    pub location: &'a str,
+    /// The out-of-stock alert is active too.
+    pub out_of_stock: bool,
+    /// Event time of the stock row when the alert was raised, RFC 3339.
+    #[schema(required = true)]
+    pub since: Option<String>,
+    /// The sku.
+    pub sku: &'a str,
+    /// `target_level - available`, at least 0.
+    pub suggested_reorder_qty: i64,
+    /// Level a replenishment should bring it to.
+    pub target_level: i64,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The threshold it is at or under.
+    pub threshold: i64,
+}
+
+impl<'a> LowStock<'a> {
+    /// The row of `key`.
+    pub fn of(key: &'a StockKey, row: &LowStockRow) -> LowStock<'a> {
+        LowStock {
+            available: row.available,
+            location: &key.location,
+            out_of_stock: row.out_of_stock,
+            since: rfc3339(row.since),
+            sku: &key.sku,
+            suggested_reorder_qty: row.suggested_reorder_qty,
+            target_level: row.target_level,
+            tenant: &key.tenant,
+            threshold: row.threshold,
+        }
+    }
 }
 
 /// An alert as listed by `GET /v1/alerts`: its latest transition, with the
 /// stock row's current `available` (and, while active, the current suggestion).
-pub fn alert_row_json(alert: &Alert, stock: Option<&StockDelta>) -> Value {
-    let available = stock.map_or(alert.available, |s| s.available());
-    let mut row = json!({
-        "tenant": alert.key.tenant,
-        "sku": alert.key.sku,
-        "location": alert.key.location,
-        "kind": alert.kind.name(),
-        "state": if alert.raised { "active" } else { "cleared" },
-        "available": available,
-        "threshold": alert.threshold,
-        "target_level": alert.target_level,
-        "transition": alert.transition,
-        "since": rfc3339(alert.ts),
-        "last_event": alert.id(),
-    });
-    if alert.raised {
-        row["suggested_reorder_qty"] = json!(alert.target_level.saturating_sub(available).max(0));
-    }
-    row
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertRow<'a> {
+    /// Available now.
+    pub available: i64,
+    /// `low_stock` or `out_of_stock`.
+    pub kind: &'static str,
+    /// The id of the latest transition's event.
+    pub last_event: String,
+    /// The location.
+    pub location: &'a str,
+    /// Event time of the latest transition, RFC 3339.
+    #[schema(required = true)]
+    pub since: Option<String>,
+    /// The sku.
+    pub sku: &'a str,
+    /// `active` or `cleared`.
+    pub state: &'static str,
+    /// `target_level - available` now, at least 0; only while active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggested_reorder_qty: Option<i64>,
+    /// The target level in force.
+    pub target_level: i64,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The threshold in force.
+    pub threshold: i64,
+    /// How many transitions the alert has had.
+    pub transition: u64,
 }
 
-/// A `kpis` row (`group` only for custom KPIs with `group_by`).
-pub fn kpi_json(row: &KpiRow) -> Value {
-    let mut answer = json!({
-        "tenant": row.key.tenant,
-        "window": row.key.window.name(),
-        "bucket": rfc3339(row.key.bucket),
-        "metric": row.key.metric,
-        "value": row.value.json(),
-    });
-    if !row.key.group.is_empty() {
-        answer["group"] = json!(row.key.group);
+impl<'a> AlertRow<'a> {
+    /// The row of `alert`, with the stock row's current quantities if known.
+    pub fn of(alert: &'a Alert, stock: Option<&StockDelta>) -> AlertRow<'a> {
+        let available = stock.map_or(alert.available, |s| s.available());
+        AlertRow {
+            available,
+            kind: alert.kind.name(),
+            last_event: alert.id(),
+            location: &alert.key.location,
+            since: rfc3339(alert.ts),
+            sku: &alert.key.sku,
+            state: if alert.raised { "active" } else { "cleared" },
+            suggested_reorder_qty: alert
+                .raised
+                .then(|| alert.target_level.saturating_sub(available).max(0)),
+            target_level: alert.target_level,
+            tenant: &alert.key.tenant,
+            threshold: alert.threshold,
+            transition: alert.transition,
+        }
     }
-    answer
+}
+
+/// A `kpis` row.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Kpi<'a> {
+    /// Start of the bucket, RFC 3339.
+    #[schema(required = true)]
+    pub bucket: Option<String>,
+    /// The group, for custom KPIs with `group_by` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'a str>,
+    /// The metric.
+    pub metric: &'a str,
+    /// The tenant (absent from `GET /v1/kpis`, which answers one tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<&'a str>,
+    /// Counts and sums of integers as integers, money in major units, ratios as numbers.
+    #[schema(value_type = f64)]
+    pub value: Value,
+    /// `hour` or `day`.
+    pub window: &'static str,
+}
+
+impl<'a> Kpi<'a> {
+    /// The row of `key`, with its tenant.
+    pub fn of(key: &'a KpiKey, value: KpiValue) -> Kpi<'a> {
+        Kpi {
+            bucket: rfc3339(key.bucket),
+            group: (!key.group.is_empty()).then_some(key.group.as_str()),
+            metric: &key.metric,
+            tenant: Some(&key.tenant),
+            value: value.json(),
+            window: key.window.name(),
+        }
+    }
 }
 
 /// The date (`YYYY-MM-DD`, UTC) of a day bucket.
@@ -220,17 +465,85 @@ pub fn day_text(day: EventTime) -> String {
 }
 
 /// A `top_skus` row: one tenant and day, best first.
-pub fn top_skus_json(tenant: &Name, day: EventTime, top: &TopSkus) -> Value {
-    json!({
-        "tenant": tenant,
-        "day": day_text(day),
-        "skus": top.skus.iter().enumerate().map(|(i, (sku, units))| json!({"rank": i + 1, "sku": sku, "units": units})).collect::<Vec<_>>(),
-    })
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopSkusRow<'a> {
+    /// The day, `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// The skus with the most units sold that day, best first.
+    pub skus: Vec<TopSku<'a>>,
+    /// The tenant.
+    pub tenant: &'a str,
+}
+
+/// One sku of a `top_skus` row.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopSku<'a> {
+    /// 1 for the best seller.
+    pub rank: usize,
+    /// The sku.
+    pub sku: &'a str,
+    /// Units sold that day.
+    pub units: i64,
+}
+
+impl<'a> TopSkusRow<'a> {
+    /// The row of `tenant`'s `day` (no skus when `top` is `None`).
+    pub fn of(tenant: &'a Name, day: EventTime, top: Option<&'a TopSkus>) -> TopSkusRow<'a> {
+        TopSkusRow {
+            day: day_text(day),
+            skus: top
+                .into_iter()
+                .flat_map(|top| &top.skus)
+                .enumerate()
+                .map(|(i, (sku, units))| TopSku {
+                    rank: i + 1,
+                    sku,
+                    units: *units,
+                })
+                .collect(),
+            tenant,
+        }
+    }
+}
+
+/// A row of any view, as change streams carry it (`row` of a change).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ViewRow<'a> {
+    /// An `items` row.
+    Item(Item<'a>),
+    /// A `stock` row.
+    Stock(Stock<'a>),
+    /// A `stock_totals` row.
+    StockTotal(StockTotal<'a>),
+    /// An `orders` row.
+    Order(Order<'a>),
+    /// A `low_stock` row.
+    LowStock(LowStock<'a>),
+    /// An alert transition.
+    Alert(AlertEvent<'a>),
+    /// A `kpis` row.
+    Kpi(Kpi<'a>),
+    /// A `top_skus` row.
+    TopSkus(TopSkusRow<'a>),
+}
+
+/// A change of a view's row, as a change stream sends it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Change<'a> {
+    /// `1`: the row is inserted (or is part of the snapshot); `-1`: retracted.
+    pub diff: i8,
+    /// The epoch of the change (of the snapshot, for snapshot rows).
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
+    /// The row.
+    pub row: ViewRow<'a>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use stockflow_dataflows::alerts::AlertKind;
 
     /// The alert event's bytes are the contract of the alerts topic: the

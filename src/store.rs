@@ -21,11 +21,14 @@ use tokio::sync::watch;
 
 /// Where the views stand: the epoch and, per topic and partition, the next
 /// offset not yet reflected.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AsOf {
     /// Last completed epoch (0 before the first one).
+    #[schema(value_type = u64)]
     pub epoch: Epoch,
     /// Topic → partition → next offset to be read.
+    // JSON object keys are strings: the partition's number as text.
+    #[schema(value_type = BTreeMap<String, BTreeMap<String, u64>>)]
     pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
 }
 

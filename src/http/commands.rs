@@ -18,12 +18,13 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use stockflow_dataflows::model::command::Command;
 use stockflow_dataflows::model::command::MAX_COMMAND_ID_LEN;
 use stockflow_dataflows::model::decode::{validate_id, validate_name};
 use stockflow_dataflows::model::{decode_command, encode_event, EventBody, Name, RecordContext};
+use utoipa::ToSchema;
 
 /// Largest command body accepted, in bytes.
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
@@ -48,6 +49,57 @@ pub struct OutcomeParams {
     after: Option<String>,
     /// How long to wait for `after`, in ms (default 2000, at most 30000); 504 past it.
     wait_ms: Option<u64>,
+}
+
+/// The answer to a command: `202 Accepted`, appended (not yet decided).
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// The command id (the Idempotency-Key, when given).
+    pub command_id: String,
+    /// The order id (`POST /v1/orders`), given or derived from the command id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// The reservation id (`reserve`), given or derived from the command id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
+    /// Where the outcome is read: `GET /v1/commands/{id}?tenant=`.
+    pub status_url: String,
+    /// Read-your-writes: pass as `after` to a read (`topic:partition:offset`).
+    pub token: String,
+}
+
+/// The answer of `GET /v1/commands/{id}`: `pending` (with a token), `accepted`
+/// (with its events) or `rejected` (with the reason).
+#[derive(Serialize, ToSchema)]
+pub struct Outcome<'a> {
+    /// What the views reflect.
+    pub as_of: &'a crate::store::AsOf,
+    /// The command id.
+    pub command_id: &'a str,
+    /// The events the command caused, as the events topic carries them (`accepted` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub events: Option<Vec<Value>>,
+    /// Why it was rejected (`rejected` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `pending`, `accepted` or `rejected`.
+    pub status: &'static str,
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Where the command was appended (`pending` only): pass as `after` to wait for its outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The answer of `GET /v1/orders/{id}`: the order's row and what the views reflect.
+#[derive(Serialize, ToSchema)]
+pub struct OrderAnswer<'a> {
+    /// What the views reflect.
+    pub as_of: &'a crate::store::AsOf,
+    /// The order.
+    #[serde(flatten)]
+    pub order: crate::rows::Order<'a>,
 }
 
 /// One command endpoint: its command type and the body fields it takes.
@@ -137,7 +189,7 @@ const COMMIT: Endpoint = Endpoint {
     params(("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
     request_body(description = "sku, name, price required; category, reorder_point, target_level, stock {location: qty}", content(("application/json", example = json!({"sku": "A-1", "name": "Widget", "price": "9.99", "category": "tools", "reorder_point": 5, "stock": {"madrid": 10}})))),
     responses(
-        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`; `Location` is the status URL", body = Accepted),
         CommandProblems
     )
 )]
@@ -158,7 +210,7 @@ pub async fn create_item(
     params(("sku" = String, Path, description = "The sku"), ("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
     request_body(description = "at least one of name, price, category, reorder_point, target_level; expected_version", content(("application/json", example = json!({"price": "10.50"})))),
     responses(
-        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`; `Location` is the status URL", body = Accepted),
         CommandProblems
     )
 )]
@@ -179,7 +231,7 @@ pub async fn update_item(
     tag = "commands",
     params(("sku" = String, Path, description = "The sku"), ("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
     responses(
-        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`; `Location` is the status URL", body = Accepted),
         CommandProblems
     )
 )]
@@ -201,7 +253,7 @@ pub async fn delete_item(
     params(("sku" = String, Path, description = "The sku"), ("command" = String, Path, description = "adjust, reserve, release or commit"), ("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
     request_body(description = "adjust: location, qty (≠ 0), reason; reserve: location, qty (> 0), reservation_id, order_id; release/commit: reservation_id; each: expected_version", content(("application/json", example = json!({"location": "madrid", "qty": -2, "reason": "sale"})))),
     responses(
-        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`; `Location` is the status URL", body = Accepted),
         (status = 404, description = "No such stock command", body = Problem, content_type = "application/problem+json"),
         CommandProblems
     )
@@ -235,7 +287,7 @@ pub async fn stock_command(
     params(("Idempotency-Key" = Option<String>, Header, description = "The command id: a retry with the same key is one command"), CommandParams),
     request_body(description = "customer_id, lines [{sku, location, qty, price}] (1–1000), order_id", content(("application/json", example = json!({"customer_id": "c-7", "lines": [{"sku": "A-1", "location": "madrid", "qty": 2, "price": "9.99"}]})))),
     responses(
-        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`", body = Object),
+        (status = 202, description = "Appended: `command_id`, `token` (pass as `after`), `status_url`; `Location` is the status URL", body = Accepted),
         CommandProblems
     )
 )]
@@ -420,19 +472,19 @@ async fn submit(
         .events_out
         .with_label_values(&[topic.as_str()])
         .inc();
-    let token = format!("{topic}:{partition}:{offset}");
-    let mut answer = json!({
-        "command_id": command.id,
-        "token": token,
-        "status_url": format!("/v1/commands/{}?tenant={}", command.id, command.tenant),
+    let answer = crate::rows::value(Accepted {
+        command_id: command.id.to_string(),
+        order_id: match &command.intent {
+            EventBody::OrderPlaced { order_id, .. } => Some(order_id.to_string()),
+            _ => None,
+        },
+        reservation_id: match &command.intent {
+            EventBody::StockReserved { reservation_id, .. } => Some(reservation_id.to_string()),
+            _ => None,
+        },
+        status_url: format!("/v1/commands/{}?tenant={}", command.id, command.tenant),
+        token: format!("{topic}:{partition}:{offset}"),
     });
-    match &command.intent {
-        EventBody::StockReserved { reservation_id, .. } => {
-            answer["reservation_id"] = json!(reservation_id)
-        }
-        EventBody::OrderPlaced { order_id, .. } => answer["order_id"] = json!(order_id),
-        _ => {}
-    }
     if claimed {
         state
             .store
@@ -441,7 +493,8 @@ async fn submit(
     Ok(accepted(answer))
 }
 
-/// `202 Accepted` with a command's answer, `Location` its status URL.
+/// `202 Accepted` with a command's answer (an [`Accepted`], kept as a value
+/// by the store for retries), `Location` its status URL.
 fn accepted(answer: Value) -> Response {
     (
         StatusCode::ACCEPTED,
@@ -548,7 +601,7 @@ fn new_command_id() -> String {
     tag = "commands",
     params(("id" = String, Path, description = "The order id"), OutcomeParams),
     responses(
-        (status = 200, description = "The order: status, reason, lines, total", body = Object, content_type = "application/json"),
+        (status = 200, description = "The order: status, reason, lines, total", body = OrderAnswer, content_type = "application/json"),
         (status = 404, description = "No such order in the tenant", body = Problem, content_type = "application/problem+json"),
         ReadProblems
     )
@@ -557,23 +610,23 @@ pub async fn order(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Params(params): Params<OutcomeParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_id(&id).map_err(|reason| {
         ApiError::bad_request(format!("path parameter id (the order id): {reason}"))
     })?;
     let (tenant, snapshot) =
         consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
-    let Some(row) = snapshot
-        .orders
-        .get(&(tenant.clone(), Name::from(id.as_str())))
-    else {
+    let id = Name::from(id);
+    let Some(row) = snapshot.orders.get(&(tenant.clone(), id.clone())) else {
         return Err(ApiError::not_found(format!(
             "no order `{id}` of tenant `{tenant}`"
         )));
     };
-    let mut answer = crate::rows::order_json(&tenant, &Name::from(id.as_str()), row);
-    answer["as_of"] = json!(snapshot.as_of);
-    Ok(Json(answer))
+    Ok(Json(OrderAnswer {
+        as_of: &snapshot.as_of,
+        order: crate::rows::Order::of(&tenant, &id, row),
+    })
+    .into_response())
 }
 
 /// `GET /v1/commands/{id}`: `pending`, `accepted` (with its events) or
@@ -584,7 +637,7 @@ pub async fn order(
     tag = "commands",
     params(("id" = String, Path, description = "The command id"), OutcomeParams),
     responses(
-        (status = 200, description = "`pending`, `accepted` (with the events) or `rejected` (with the reason)", body = Object, content_type = "application/json"),
+        (status = 200, description = "`pending`, `accepted` (with the events) or `rejected` (with the reason)", body = Outcome, content_type = "application/json"),
         (status = 404, description = "A command neither decided nor sent to this server", body = Problem, content_type = "application/problem+json"),
         ReadProblems
     )
@@ -593,7 +646,7 @@ pub async fn outcome(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Params(params): Params<OutcomeParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     validate_id(&id).map_err(|reason| {
         ApiError::bad_request(format!("path parameter id (the command id): {reason}"))
     })?;
@@ -605,25 +658,37 @@ pub async fn outcome(
             EventBody::ReservationRejected { reason, .. } => Some(reason.clone()),
             _ => None,
         });
-        let mut answer = match rejection {
-            Some(reason) => {
-                json!({"command_id": id, "tenant": tenant, "status": "rejected", "reason": reason})
-            }
-            None => {
-                json!({"command_id": id, "tenant": tenant, "status": "accepted", "events": events.iter().map(encode_event).collect::<Vec<_>>()})
-            }
+        let answer = Outcome {
+            as_of: &snapshot.as_of,
+            command_id: &id,
+            events: rejection
+                .is_none()
+                .then(|| events.iter().map(encode_event).collect()),
+            status: if rejection.is_some() {
+                "rejected"
+            } else {
+                "accepted"
+            },
+            reason: rejection,
+            tenant: &tenant,
+            token: None,
         };
-        answer["as_of"] = json!(snapshot.as_of);
-        return Ok(Json(answer));
+        return Ok(Json(answer).into_response());
     }
     match state.store.submitted(&tenant, &id) {
-        Some((partition, offset)) => Ok(Json(json!({
-            "command_id": id,
-            "tenant": tenant,
-            "status": "pending",
-            "token": format!("{}:{partition}:{offset}", state.commands.as_ref().map(|c| c.topic.as_str()).unwrap_or("")),
-            "as_of": snapshot.as_of,
-        }))),
+        Some((partition, offset)) => Ok(Json(Outcome {
+            as_of: &snapshot.as_of,
+            command_id: &id,
+            events: None,
+            reason: None,
+            status: "pending",
+            tenant: &tenant,
+            token: Some(format!(
+                "{}:{partition}:{offset}",
+                state.commands.as_ref().map(|c| c.topic.as_str()).unwrap_or("")
+            )),
+        })
+        .into_response()),
         None => Err(ApiError::not_found(format!("no command `{id}` of tenant `{tenant}` (decided commands and those sent to this server are known)"))),
     }
 }

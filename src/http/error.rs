@@ -310,6 +310,8 @@ problems! {
 problems! {
     /// The problems a command may answer.
     CommandProblems {
+        /// The server is read-only (`--read-only`): it takes no commands.
+        405 ReadOnly,
         /// The command id (Idempotency-Key or command_id) was used by this server for another request; the detail names it.
         409 Conflict,
         /// The body is over 64 KiB.
@@ -324,8 +326,12 @@ problems! {
 problems! {
     /// The problems a change stream may answer.
     StreamProblems {
+        /// `Accept` names neither text/event-stream nor application/x-ndjson.
+        406 NotAcceptable,
         /// `from_epoch` is older than the retained changes: open a new stream.
         410 Gone,
+        /// Change streams are off on this server (`changes_retention = 0`).
+        503 Unavailable,
     }
 }
 

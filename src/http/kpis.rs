@@ -4,13 +4,17 @@
 use super::error::{ApiError, Params, ReadProblems};
 use super::reads::consistent_read;
 use super::AppState;
-use crate::rows::{day_text, kpi_json, rfc3339, top_skus_json};
+use crate::rows::{rfc3339, Kpi, TopSku, TopSkusRow};
+use crate::store::AsOf;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
-use stockflow_dataflows::kpis::{KpiKey, KpiRow, Window, BUILT_IN};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use stockflow_dataflows::kpis::{KpiKey, Window, BUILT_IN};
 use stockflow_dataflows::model::{EventTime, Name};
+use utoipa::ToSchema;
 
 /// Most buckets one `GET /v1/kpis` may span.
 pub const MAX_BUCKETS: i64 = 10_000;
@@ -65,6 +69,42 @@ pub fn metric_names(custom: &[Name]) -> Vec<String> {
         .collect()
 }
 
+/// The answer of `GET /v1/kpis`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct KpiAnswer<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// Start of the first bucket answered, RFC 3339.
+    #[schema(required = true)]
+    from: Option<String>,
+    /// The tenant's point-in-time gauges, by name (the asked metric's only, with `metric`).
+    #[schema(value_type = BTreeMap<String, f64>)]
+    gauges: BTreeMap<&'static str, Value>,
+    /// The rows, by bucket then metric (without their tenant: the answer's).
+    rows: Vec<Kpi<'a>>,
+    /// The tenant.
+    tenant: &'a str,
+    /// End of the range, exclusive, RFC 3339.
+    #[schema(required = true)]
+    to: Option<String>,
+    /// `hour` or `day`.
+    window: &'static str,
+}
+
+/// The answer of `GET /v1/kpis/top-skus`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TopSkusAnswer<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The day, `YYYY-MM-DD` (UTC); null when the tenant has sold nothing yet.
+    #[schema(required = true)]
+    day: Option<String>,
+    /// The skus with the most units sold that day, best first.
+    skus: Vec<TopSku<'a>>,
+    /// The tenant.
+    tenant: &'a str,
+}
+
 /// Parses an RFC 3339 time (or a `YYYY-MM-DD` date, midnight UTC) into ms.
 fn parse_time(parameter: &str, text: &str) -> Result<EventTime, ApiError> {
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
@@ -87,14 +127,14 @@ fn parse_time(parameter: &str, text: &str) -> Result<EventTime, ApiError> {
     tag = "kpis",
     params(KpiParams),
     responses(
-        (status = 200, description = "KPI rows by bucket and metric, and the gauges", body = Object, content_type = "application/json"),
+        (status = 200, description = "KPI rows by bucket and metric, and the gauges", body = KpiAnswer, content_type = "application/json"),
         ReadProblems
     )
 )]
 pub(super) async fn list_kpis(
     State(state): State<AppState>,
     Params(params): Params<KpiParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let window = match params.window.as_deref() {
         None => Window::Hour,
         Some(name) => Window::parse(name).ok_or_else(|| {
@@ -161,38 +201,33 @@ pub(super) async fn list_kpis(
             window.name()
         )));
     }
-    let rows: Vec<Value> = snapshot
+    let rows = snapshot
         .kpis
         .range(KpiKey::first(&tenant, window, first)..)
         .take_while(|(k, _)| k.tenant == tenant && k.window == window && k.bucket < to)
         .filter(|(k, _)| params.metric.as_deref().is_none_or(|m| k.metric == m))
-        .map(|(key, value)| {
-            let mut json = kpi_json(&KpiRow {
-                key: key.clone(),
-                value: *value,
-            });
-            if let Some(object) = json.as_object_mut() {
-                object.remove("tenant");
-            }
-            json
+        .map(|(key, value)| Kpi {
+            tenant: None,
+            ..Kpi::of(key, *value)
         })
         .collect();
     let gauges = snapshot.gauges.get(&tenant).copied().unwrap_or_default();
-    let gauges: serde_json::Map<String, Value> = gauges
+    let gauges = gauges
         .values()
         .into_iter()
         .filter(|(name, _)| params.metric.as_deref().is_none_or(|m| m == *name))
-        .map(|(name, value)| (name.to_owned(), value.json()))
+        .map(|(name, value)| (name, value.json()))
         .collect();
-    Ok(Json(json!({
-        "as_of": snapshot.as_of,
-        "tenant": tenant,
-        "window": window.name(),
-        "from": rfc3339(first),
-        "to": rfc3339(to),
-        "rows": rows,
-        "gauges": gauges,
-    })))
+    Ok(Json(KpiAnswer {
+        as_of: &snapshot.as_of,
+        from: rfc3339(first),
+        gauges,
+        rows,
+        tenant: &tenant,
+        to: rfc3339(to),
+        window: window.name(),
+    })
+    .into_response())
 }
 
 /// `GET /v1/kpis/top-skus`
@@ -202,14 +237,14 @@ pub(super) async fn list_kpis(
     tag = "kpis",
     params(TopSkusParams),
     responses(
-        (status = 200, description = "The ten skus with the most units sold that day", body = Object, content_type = "application/json"),
+        (status = 200, description = "The ten skus with the most units sold that day", body = TopSkusAnswer, content_type = "application/json"),
         ReadProblems
     )
 )]
 pub(super) async fn top_skus(
     State(state): State<AppState>,
     Params(params): Params<TopSkusParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let day = params
         .day
         .as_deref()
@@ -228,17 +263,23 @@ pub(super) async fn top_skus(
         {
             Some(((_, day), _)) => *day,
             None => {
-                return Ok(Json(
-                    json!({"as_of": snapshot.as_of, "tenant": tenant, "day": null, "skus": []}),
-                ))
+                return Ok(Json(TopSkusAnswer {
+                    as_of: &snapshot.as_of,
+                    day: None,
+                    skus: Vec::new(),
+                    tenant: &tenant,
+                })
+                .into_response())
             }
         },
     };
-    let answer = match snapshot.top_skus.get(&(tenant.clone(), day)) {
-        Some(top) => top_skus_json(&tenant, day, top),
-        None => json!({"tenant": tenant, "day": day_text(day), "skus": []}),
-    };
-    let mut answer = answer;
-    answer["as_of"] = json!(snapshot.as_of);
-    Ok(Json(answer))
+    let top = snapshot.top_skus.get(&(tenant.clone(), day));
+    let row = TopSkusRow::of(&tenant, day, top.map(|top| &**top));
+    Ok(Json(TopSkusAnswer {
+        as_of: &snapshot.as_of,
+        day: Some(row.day),
+        skus: row.skus,
+        tenant: &tenant,
+    })
+    .into_response())
 }

@@ -15,8 +15,8 @@ use super::reads::{consistent_read, decode_cursor, encode_cursor, page_limit, te
 use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
-use crate::rows::{alert_row_json, low_stock_json};
-use crate::store::{Snapshot, Store};
+use crate::rows::{AlertEvent, AlertRow, Change, LowStock};
+use crate::store::{AsOf, Snapshot, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -24,8 +24,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::ops::Bound;
@@ -36,6 +35,7 @@ use stockflow_dataflows::alerts::AlertKind;
 use stockflow_dataflows::kpis::{KpiKey, KpiRow, Window};
 use stockflow_dataflows::model::EventTime;
 use stockflow_dataflows::model::{Epoch, Name, StockKey};
+use utoipa::ToSchema;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -73,6 +73,30 @@ pub(super) struct ReplenishmentParams {
     limit: Option<usize>,
 }
 
+/// A page of `GET /v1/alerts`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct AlertPage<'a> {
+    /// The alerts, in (sku, location, kind) order.
+    alerts: Vec<AlertRow<'a>>,
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+}
+
+/// A page of `GET /v1/replenishment`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ReplenishmentPage<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+    /// The open suggestions (`low_stock` rows with something to reorder), in (sku, location) order.
+    suggestions: Vec<LowStock<'a>>,
+}
+
 /// `GET /v1/alerts?state=active|all&kind=&limit=&cursor=`: the latest
 /// transition of each alert of the tenant (active ones only by default), in
 /// key order (sku, location, kind), a page at a time.
@@ -82,14 +106,14 @@ pub(super) struct ReplenishmentParams {
     tag = "live",
     params(AlertParams),
     responses(
-        (status = 200, description = "A page of the latest transition of each alert of the tenant: `{as_of, alerts, next_cursor}`", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of the latest transition of each alert of the tenant: `{as_of, alerts, next_cursor}`", body = AlertPage, content_type = "application/json"),
         ReadProblems
     )
 )]
 pub(super) async fn list_alerts(
     State(state): State<AppState>,
     Params(params): Params<AlertParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let all = match params.state.as_deref() {
         None | Some("active") => false,
         Some("all") => true,
@@ -160,13 +184,16 @@ pub(super) async fn list_alerts(
                 }
                 break 'rows;
             }
-            rows.push(alert_row_json(alert, snapshot.stock.get(key)));
+            rows.push(AlertRow::of(alert, snapshot.stock.get(key)));
             last = Some((key, *kind));
         }
     }
-    Ok(Json(
-        json!({"as_of": snapshot.as_of, "alerts": rows, "next_cursor": next_cursor}),
-    ))
+    Ok(Json(AlertPage {
+        alerts: rows,
+        as_of: &snapshot.as_of,
+        next_cursor,
+    })
+    .into_response())
 }
 
 /// A kind's place in [`AlertKind::ALL`], the order of a listing's rows within one stock row.
@@ -183,14 +210,14 @@ fn kind_rank(kind: AlertKind) -> usize {
     tag = "live",
     params(ReplenishmentParams),
     responses(
-        (status = 200, description = "A page of what to reorder: skus with active alerts and the quantity up to their target level: `{as_of, suggestions, next_cursor}`", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of what to reorder: skus with active alerts and the quantity up to their target level: `{as_of, suggestions, next_cursor}`", body = ReplenishmentPage, content_type = "application/json"),
         ReadProblems
     )
 )]
 pub(super) async fn replenishment(
     State(state): State<AppState>,
     Params(params): Params<ReplenishmentParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(params.limit)?;
     let (tenant, snapshot) =
         consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -224,12 +251,15 @@ pub(super) async fn replenishment(
             }
             break;
         }
-        rows.push(low_stock_json(key, &row));
+        rows.push(LowStock::of(key, &row));
         last = Some(key);
     }
-    Ok(Json(
-        json!({"as_of": snapshot.as_of, "suggestions": rows, "next_cursor": next_cursor}),
-    ))
+    Ok(Json(ReplenishmentPage {
+        as_of: &snapshot.as_of,
+        next_cursor,
+        suggestions: rows,
+    })
+    .into_response())
 }
 
 /// The first stock key of a tenant (empty sku and location sort first).
@@ -268,7 +298,10 @@ const ROWS_PER_CHUNK: usize = 512;
     tag = "live",
     params(("view" = String, Path, description = "items, stock, stock_totals, orders, low_stock, alerts, kpis or top_skus"), StreamParams),
     responses(
-        (status = 200, description = "A snapshot then every change, as Server-Sent Events (default) or NDJSON (`Accept: application/x-ndjson`)", body = Object, content_type = "text/event-stream"),
+        (status = 200, description = "A snapshot then every change, as Server-Sent Events (default) or NDJSON (`Accept: application/x-ndjson`); the schemas are of one event's `data` and of one line", content(
+            (ChangeData = "text/event-stream"),
+            (ChangeLine = "application/x-ndjson")
+        )),
         (status = 404, description = "No such view", body = Problem, content_type = "application/problem+json"),
         StreamProblems
     )
@@ -300,7 +333,10 @@ pub(super) async fn view_changes(
     tag = "live",
     params(StreamParams),
     responses(
-        (status = 200, description = "Alert events as they happen, as Server-Sent Events (default) or NDJSON", body = Object, content_type = "text/event-stream"),
+        (status = 200, description = "Alert events as they happen, as Server-Sent Events (default) or NDJSON; the schemas are of one event's `data` and of one line", content(
+            (AlertData = "text/event-stream"),
+            (AlertLine = "application/x-ndjson")
+        )),
         StreamProblems
     )
 )]
@@ -310,6 +346,103 @@ pub(super) async fn alert_stream(
     Params(params): Params<StreamParams>,
 ) -> Result<Response, ApiError> {
     stream(&state, View::Alerts, Mode::Events, &headers, params)
+}
+
+/// The `data` of one event of a view's SSE change stream: a `snapshot` or
+/// `change` event's change, a `progress` or `heartbeat` event's epoch, or the
+/// problem of a final `error` event.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum ChangeData<'a> {
+    /// `snapshot` and `change` events.
+    Change(Change<'a>),
+    /// `progress` and `heartbeat` events.
+    Epoch(EpochMark),
+    /// The `error` event.
+    Error(StreamProblem<'a>),
+}
+
+/// One line of a view's NDJSON change stream.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum ChangeLine<'a> {
+    /// A change (or a snapshot row).
+    Change(Change<'a>),
+    /// Progress or heartbeat.
+    Mark(MarkLine),
+    /// The stream's last line.
+    Error(ErrorLine<'a>),
+}
+
+/// The `data` of one event of the SSE alert stream: an alert event (the
+/// event's name is its `type`), a `progress` or `heartbeat` event's epoch, or
+/// the problem of a final `error` event.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum AlertData<'a> {
+    /// An alert transition.
+    Alert(AlertEvent<'a>),
+    /// `progress` and `heartbeat` events.
+    Epoch(EpochMark),
+    /// The `error` event.
+    Error(StreamProblem<'a>),
+}
+
+/// One line of the NDJSON alert stream.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub(super) enum AlertLine<'a> {
+    /// An alert transition.
+    Alert(AlertEvent<'a>),
+    /// Progress or heartbeat.
+    Mark(MarkLine),
+    /// The stream's last line.
+    Error(ErrorLine<'a>),
+}
+
+/// The `data` of an SSE `progress` or `heartbeat` event.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EpochMark {
+    /// The epoch the stream has reached (a `progress` event's `id` too).
+    #[schema(value_type = u64)]
+    epoch: Epoch,
+}
+
+/// An NDJSON progress or heartbeat line.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MarkLine {
+    /// The epoch the stream has reached.
+    #[schema(value_type = u64)]
+    epoch: Epoch,
+    /// Present (true) on a heartbeat.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat: Option<bool>,
+    /// Present (true) on a progress line: every change up to `epoch` was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<bool>,
+}
+
+/// Why a stream ended (it fell behind the retained changes).
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StreamProblem<'a> {
+    /// What happened and how to go on.
+    detail: &'a str,
+    /// `Stream fell behind`.
+    title: &'static str,
+    /// `https://stockflow.dev/problems/stream-behind`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// The last line of an NDJSON stream that ended on a problem.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ErrorLine<'a> {
+    /// Why the stream ended.
+    error: StreamProblem<'a>,
 }
 
 /// What a stream sends.
@@ -611,7 +744,7 @@ impl Subscriber {
         }
         if !self.snapshot_done {
             self.snapshot_done = true;
-            out.progress(self.cursor);
+            out.progress(self.mode, self.cursor);
             return Some(out);
         }
         loop {
@@ -642,7 +775,7 @@ impl Subscriber {
                     self.pending.pop_front();
                     self.cursor = epoch;
                     if std::mem::take(&mut self.sent_in_batch) {
-                        out.progress(epoch);
+                        out.progress(self.mode, epoch);
                     }
                 }
                 if !out.is_empty() {
@@ -674,7 +807,7 @@ impl Subscriber {
                         Gone::Unknown { newest } => format!("epoch {} is unknown (newest {newest})", self.cursor),
                         Gone::BeforeStart { first } => format!("epoch {} is from before this server's start (first epoch {first})", self.cursor),
                     };
-                    out.error(&detail);
+                    out.error(self.mode, &detail);
                     self.ended = true;
                     return Some(out);
                 }
@@ -693,7 +826,7 @@ impl Subscriber {
                 // The server stops: end the stream so that it can.
                 _ = self.shutdown.wait() => return None,
                 _ = tokio::time::sleep_until(self.next_heartbeat) => {
-                    out.heartbeat(self.cursor);
+                    out.heartbeat(self.mode, self.cursor);
                     return Some(out);
                 }
             }
@@ -704,14 +837,35 @@ impl Subscriber {
 /// One row as a stream line: `{"epoch", "row", "diff"}` (or, for alert
 /// event streams, the alert event itself).
 fn row_line(mode: Mode, out: &mut Chunk, event: &str, row: &Row, diff: i8, epoch: Epoch) {
+    let format = out.format();
     let (event, data) = match (mode, row) {
-        (Mode::Events, Row::Alert(alert, _)) => (alert.event_type(), row.json()),
-        _ => (
-            event,
-            json!({"epoch": epoch, "row": row.json(), "diff": diff}),
-        ),
+        (Mode::Events, Row::Alert(alert, epoch)) => {
+            let alert_event = AlertEvent::of(alert, *epoch);
+            let data = match format {
+                Format::Sse => text(&AlertData::Alert(alert_event)),
+                Format::Ndjson => text(&AlertLine::Alert(alert_event)),
+            };
+            (alert.event_type(), data)
+        }
+        _ => {
+            let change = Change {
+                diff,
+                epoch,
+                row: row.shown(),
+            };
+            let data = match format {
+                Format::Sse => text(&ChangeData::Change(change)),
+                Format::Ndjson => text(&ChangeLine::Change(change)),
+            };
+            (event, data)
+        }
     };
-    out.line(event, &data.to_string());
+    out.line(event, &data);
+}
+
+/// The JSON text of a stream line.
+fn text(line: &impl Serialize) -> String {
+    serde_json::to_string(line).expect("stream lines serialize")
 }
 
 /// What one step of a stream sends: NDJSON lines in one text, or SSE
@@ -747,44 +901,66 @@ impl Chunk {
         }
     }
 
+    fn format(&self) -> Format {
+        match self {
+            Chunk::Ndjson(_) => Format::Ndjson,
+            Chunk::Sse(_) => Format::Sse,
+        }
+    }
+
     /// The point to resume from: SSE's `id` makes the browser's EventSource
     /// resume from here by itself (`Last-Event-ID`).
-    fn progress(&mut self, epoch: Epoch) {
+    fn progress(&mut self, mode: Mode, epoch: Epoch) {
+        let data = mark(self.format(), mode, epoch, false);
         match self {
             Chunk::Ndjson(text) => {
-                text.push_str(&format!("{}\n", json!({"epoch": epoch, "progress": true})))
+                text.push_str(&data);
+                text.push('\n');
             }
             Chunk::Sse(events) => events.push(
                 Event::default()
                     .id(epoch.to_string())
                     .event("progress")
-                    .data(json!({"epoch": epoch}).to_string()),
+                    .data(data),
             ),
         }
     }
 
     /// Nothing new: the stream is alive and at `epoch`.
-    fn heartbeat(&mut self, epoch: Epoch) {
-        match self {
-            Chunk::Ndjson(text) => {
-                text.push_str(&format!("{}\n", json!({"epoch": epoch, "heartbeat": true})))
-            }
-            Chunk::Sse(events) => events.push(
-                Event::default()
-                    .event("heartbeat")
-                    .data(json!({"epoch": epoch}).to_string()),
-            ),
-        }
+    fn heartbeat(&mut self, mode: Mode, epoch: Epoch) {
+        let data = mark(self.format(), mode, epoch, true);
+        self.line("heartbeat", &data);
     }
 
     /// The stream fell behind and ends.
-    fn error(&mut self, detail: &str) {
-        let problem = json!({"type": "https://stockflow.dev/problems/stream-behind", "title": "Stream fell behind", "detail": detail});
-        match self {
-            Chunk::Ndjson(text) => text.push_str(&format!("{}\n", json!({"error": problem}))),
-            Chunk::Sse(events) => {
-                events.push(Event::default().event("error").data(problem.to_string()))
-            }
-        }
+    fn error(&mut self, mode: Mode, detail: &str) {
+        let error = StreamProblem {
+            detail,
+            title: "Stream fell behind",
+            kind: "https://stockflow.dev/problems/stream-behind",
+        };
+        let data = match (self.format(), mode) {
+            (Format::Sse, Mode::Rows) => text(&ChangeData::Error(error)),
+            (Format::Sse, Mode::Events) => text(&AlertData::Error(error)),
+            (Format::Ndjson, Mode::Rows) => text(&ChangeLine::Error(ErrorLine { error })),
+            (Format::Ndjson, Mode::Events) => text(&AlertLine::Error(ErrorLine { error })),
+        };
+        self.line("error", &data);
+    }
+}
+
+/// A progress (or heartbeat) mark at `epoch`, as the stream's documented
+/// type writes it (the types are untagged: each writes its member's JSON).
+fn mark(format: Format, mode: Mode, epoch: Epoch, heartbeat: bool) -> String {
+    let line = MarkLine {
+        epoch,
+        heartbeat: heartbeat.then_some(true),
+        progress: (!heartbeat).then_some(true),
+    };
+    match (format, mode) {
+        (Format::Sse, Mode::Rows) => text(&ChangeData::Epoch(EpochMark { epoch })),
+        (Format::Sse, Mode::Events) => text(&AlertData::Epoch(EpochMark { epoch })),
+        (Format::Ndjson, Mode::Rows) => text(&ChangeLine::Mark(line)),
+        (Format::Ndjson, Mode::Events) => text(&AlertLine::Mark(line)),
     }
 }

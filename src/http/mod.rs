@@ -384,9 +384,41 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// Alive: answers as long as the process serves HTTP.
-#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Health)))]
 async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+    axum::Json(Health { status: "ok" })
+}
+
+/// The answer of `GET /health`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+}
+
+/// The answer of `GET /ready` when ready.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// What the views reflect.
+    as_of: crate::store::AsOf,
+    /// `true`.
+    ready: bool,
+    /// What each sink is doing, by sink name (reported, not waited for).
+    sinks: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// The OpenAPI document's schema, as far as `/openapi.json` promises it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Documentation only: the handler answers the rendered document.
+struct OpenApiDocument {
+    /// `3.1.0`.
+    openapi: String,
+    /// Title, description, version.
+    info: utoipa::openapi::Object,
+    /// Every route, by path.
+    paths: utoipa::openapi::Object,
+    /// The schemas the answers name, and the security schemes.
+    components: Option<utoipa::openapi::Object>,
 }
 
 /// Ready: caught up with the sources; says what is not ready otherwise.
@@ -396,20 +428,22 @@ async fn health() -> impl IntoResponse {
     tag = "operations",
     security(()),
     responses(
-        (status = 200, description = "`{ready, as_of, sinks}`: the sinks' states are reported, not waited for", body = Object),
+        (status = 200, description = "`{ready, as_of, sinks}`: the sinks' states are reported, not waited for", body = Readiness),
         (status = 503, description = "Not ready: the detail says why (catching up, restoring a checkpoint, waiting for Kafka)", body = error::Problem, content_type = "application/problem+json")
     )
 )]
 async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.store.readiness().map_err(ApiError::unavailable)?;
     // Sinks are reported, not waited for: the views serve reads whatever ClickHouse does.
-    Ok(axum::Json(
-        serde_json::json!({"ready": true, "as_of": state.store.snapshot().as_of, "sinks": state.store.sink_states()}),
-    ))
+    Ok(axum::Json(Readiness {
+        as_of: state.store.snapshot().as_of.clone(),
+        ready: true,
+        sinks: state.store.sink_states(),
+    }))
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Every metric (docs/operations.md)", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "Every metric (docs/operations.md)", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -418,7 +452,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// This document: every route of the API, generated from the handlers.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "The OpenAPI 3.1 document", body = OpenApiDocument)))]
 async fn openapi(
     axum::Extension(OpenApiJson(document)): axum::Extension<OpenApiJson>,
 ) -> impl IntoResponse {

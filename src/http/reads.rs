@@ -2,19 +2,19 @@
 
 use super::error::{ApiError, Params, Problem, ReadProblems, Segment};
 use super::AppState;
-use crate::rows::{item_json, quantities_json, stock_json};
-use crate::store::Snapshot;
+use crate::rows::{Item, Quantities, Stock};
+use crate::store::{AsOf, Snapshot};
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 use stockflow_dataflows::model::decode::{validate_name, MAX_NAME_LEN};
 use stockflow_dataflows::model::{Name, SkuKey, StockKey, DEFAULT_TENANT};
+use utoipa::ToSchema;
 
 /// Rows per page when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -79,6 +79,94 @@ pub(super) struct ItemListParams {
     limit: Option<usize>,
 }
 
+/// The answer of `GET /v1/items/{sku}`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ItemAnswer<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The item.
+    item: Item<'a>,
+}
+
+/// A page of `GET /v1/items`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ItemPage<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+    /// The items, in sku order.
+    rows: Vec<Item<'a>>,
+}
+
+/// The answer of `GET /v1/stock/{sku}`: a sku's totals and its rows per location.
+#[derive(Serialize, ToSchema)]
+pub(super) struct SkuStock<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The quantities per location, in location order.
+    locations: Vec<LocationStock<'a>>,
+    /// The sku.
+    sku: &'a str,
+    /// The tenant.
+    tenant: &'a str,
+    /// The quantities over every location.
+    totals: Quantities,
+    /// Stock changes applied to the sku: what a command's `expected_version` is compared with.
+    version: i64,
+}
+
+/// The quantities of a sku at one location.
+#[derive(Serialize, ToSchema)]
+pub(super) struct LocationStock<'a> {
+    /// `on_hand - reserved`.
+    available: i64,
+    /// The location.
+    location: &'a str,
+    /// Physical quantity on the shelf.
+    on_hand: i64,
+    /// Set aside by open reservations.
+    reserved: i64,
+    /// Event time of the newest event that touched the row, RFC 3339.
+    #[schema(required = true)]
+    updated_at: Option<String>,
+}
+
+/// A page of `GET /v1/stock`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct StockPage<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The `cursor` of the next page; null on the last page.
+    #[schema(required = true)]
+    next_cursor: Option<String>,
+    /// The stock rows, in (sku, location) order.
+    rows: Vec<Stock<'a>>,
+}
+
+/// The answer of `GET /v1/views`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Catalogue<'a> {
+    /// What the views reflect.
+    as_of: &'a AsOf,
+    /// The views.
+    views: Vec<ViewInfo>,
+}
+
+/// One view of the catalogue.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ViewInfo {
+    /// The columns besides the key.
+    columns: &'static [&'static str],
+    /// The columns of the key.
+    key: &'static [&'static str],
+    /// The view's name.
+    name: &'static str,
+    /// Rows of the view (of the key's tenant, for a tenant key).
+    rows: usize,
+}
+
 /// `GET /v1/items/{sku}`
 #[utoipa::path(
     get,
@@ -86,7 +174,7 @@ pub(super) struct ItemListParams {
     tag = "reads",
     params(("sku" = String, Path, description = "The sku"), ReadParams),
     responses(
-        (status = 200, description = "The item: `{as_of, item}`", body = Object, content_type = "application/json"),
+        (status = 200, description = "The item: `{as_of, item}`", body = ItemAnswer, content_type = "application/json"),
         (status = 404, description = "No such item in the tenant", body = Problem, content_type = "application/problem+json"),
         ReadProblems
     )
@@ -95,7 +183,8 @@ pub(super) async fn get_item(
     State(state): State<AppState>,
     Segment(sku): Segment,
     Params(params): Params<ReadParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let sku = parameter_name("path parameter sku", &sku)?;
     let (tenant, snapshot) =
         consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -107,9 +196,11 @@ pub(super) async fn get_item(
         .items
         .get(&key)
         .ok_or_else(|| ApiError::not_found(format!("no item `{sku}` in tenant `{tenant}`")))?;
-    Ok(Json(
-        json!({"as_of": snapshot.as_of, "item": item_json(&key, row)}),
-    ))
+    Ok(Json(ItemAnswer {
+        as_of: &snapshot.as_of,
+        item: Item::of(&key, row),
+    })
+    .into_response())
 }
 
 /// `GET /v1/items` (an Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`).
@@ -119,7 +210,10 @@ pub(super) async fn get_item(
     tag = "reads",
     params(ItemListParams),
     responses(
-        (status = 200, description = "A page of items in sku order: `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream`", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of items in sku order: `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream` (the next page's cursor in `X-Next-Cursor`)", content(
+            (ItemPage = "application/json"),
+            ("application/vnd.apache.arrow.stream")
+        )),
         ReadProblems
     )
 )]
@@ -177,14 +271,15 @@ pub(super) async fn list_items(
             next_cursor,
         ));
     }
-    let rows: Vec<Value> = rows
-        .into_iter()
-        .map(|(key, row)| item_json(key, row))
-        .collect();
-    Ok(
-        Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor}))
-            .into_response(),
-    )
+    Ok(Json(ItemPage {
+        as_of: &snapshot.as_of,
+        next_cursor,
+        rows: rows
+            .into_iter()
+            .map(|(key, row)| Item::of(key, row))
+            .collect(),
+    })
+    .into_response())
 }
 
 /// `GET /v1/stock/{sku}`: totals plus one row per location.
@@ -194,7 +289,7 @@ pub(super) async fn list_items(
     tag = "reads",
     params(("sku" = String, Path, description = "The sku"), ReadParams),
     responses(
-        (status = 200, description = "Totals and per-location rows of the sku, with its `version`", body = Object, content_type = "application/json"),
+        (status = 200, description = "Totals and per-location rows of the sku, with its `version`", body = SkuStock, content_type = "application/json"),
         (status = 404, description = "No item or stock for the sku in the tenant", body = Problem, content_type = "application/problem+json"),
         ReadProblems
     )
@@ -203,7 +298,8 @@ pub(super) async fn get_stock(
     State(state): State<AppState>,
     Segment(sku): Segment,
     Params(params): Params<ReadParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let sku = parameter_name("path parameter sku", &sku)?;
     let (tenant, snapshot) =
         consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
@@ -222,25 +318,30 @@ pub(super) async fn get_stock(
         sku: sku.clone(),
         location: Name::default(),
     };
-    let locations: Vec<Value> = snapshot
+    let locations = snapshot
         .stock
         .range(start..)
         .take_while(|(k, _)| k.tenant == tenant && k.sku == sku)
         .map(|(k, delta)| {
-            let mut row = quantities_json(Some(delta));
-            row["location"] = json!(k.location);
-            row
+            let quantities = Quantities::of(Some(delta));
+            LocationStock {
+                available: quantities.available,
+                location: &k.location,
+                on_hand: quantities.on_hand,
+                reserved: quantities.reserved,
+                updated_at: quantities.updated_at,
+            }
         })
         .collect();
-    Ok(Json(json!({
-        "as_of": snapshot.as_of,
-        "tenant": tenant,
-        "sku": sku,
-        // Stock changes applied to the sku: what a command's expected_version is compared with.
-        "version": totals.map_or(0, |t| t.changes),
-        "totals": quantities_json(totals),
-        "locations": locations,
-    })))
+    Ok(Json(SkuStock {
+        as_of: &snapshot.as_of,
+        locations,
+        sku: &sku,
+        tenant: &tenant,
+        totals: Quantities::of(totals),
+        version: totals.map_or(0, |t| t.changes),
+    })
+    .into_response())
 }
 
 /// `GET /v1/stock`: one row per sku and location, filtered and paginated;
@@ -251,7 +352,10 @@ pub(super) async fn get_stock(
     tag = "reads",
     params(StockListParams),
     responses(
-        (status = 200, description = "A page of stock rows (tenant, sku, location order): `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream`", body = Object, content_type = "application/json"),
+        (status = 200, description = "A page of stock rows (tenant, sku, location order): `{as_of, rows, next_cursor}`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream` (the next page's cursor in `X-Next-Cursor`)", content(
+            (StockPage = "application/json"),
+            ("application/vnd.apache.arrow.stream")
+        )),
         ReadProblems
     )
 )]
@@ -325,14 +429,15 @@ pub(super) async fn list_stock(
             next_cursor,
         ));
     }
-    let rows: Vec<Value> = rows
-        .into_iter()
-        .map(|(key, delta)| stock_json(key, delta))
-        .collect();
-    Ok(
-        Json(json!({"as_of": snapshot.as_of, "rows": rows, "next_cursor": next_cursor}))
-            .into_response(),
-    )
+    Ok(Json(StockPage {
+        as_of: &snapshot.as_of,
+        next_cursor,
+        rows: rows
+            .into_iter()
+            .map(|(key, delta)| Stock::of(key, delta))
+            .collect(),
+    })
+    .into_response())
 }
 
 /// `GET /v1/views`: the catalogue of views. Row counts are of every tenant,
@@ -343,7 +448,7 @@ pub(super) async fn list_stock(
     tag = "reads",
     params(ReadParams),
     responses(
-        (status = 200, description = "The catalogue: each view's name, key, columns and row count", body = Object, content_type = "application/json"),
+        (status = 200, description = "The catalogue: each view's name, key, columns and row count", body = Catalogue, content_type = "application/json"),
         ReadProblems
     )
 )]
@@ -351,7 +456,8 @@ pub(super) async fn views(
     State(state): State<AppState>,
     grant: Option<axum::extract::Extension<super::auth::Grant>>,
     Params(params): Params<ReadParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let (tenant, snapshot) =
         consistent_read(&state, params.tenant, params.after, params.wait_ms).await?;
     let counts = match grant.is_some_and(|grant| grant.tenant.is_some()) {
@@ -408,15 +514,66 @@ pub(super) async fn views(
             ]
         }
     };
-    let views = json!([
-        {"name": "items", "key": ["tenant", "sku"], "columns": ["name", "price", "category", "reorder_point", "target_level", "active", "updated_at"], "rows": counts[0]},
-        {"name": "stock", "key": ["tenant", "sku", "location"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": counts[1]},
-        {"name": "stock_totals", "key": ["tenant", "sku"], "columns": ["on_hand", "reserved", "available", "updated_at"], "rows": counts[2]},
-        {"name": "orders", "key": ["tenant", "order_id"], "columns": ["customer_id", "status", "reason", "lines", "total", "placed_at", "updated_at"], "rows": counts[3]},
-        {"name": "kpis", "key": ["tenant", "window", "bucket", "metric", "group"], "columns": ["value"], "rows": counts[4]},
-        {"name": "top_skus", "key": ["tenant", "day"], "columns": ["skus"], "rows": counts[5]},
-    ]);
-    Ok(Json(json!({"as_of": snapshot.as_of, "views": views})))
+    let view = |name, key, columns, rows| ViewInfo {
+        columns,
+        key,
+        name,
+        rows,
+    };
+    let views = vec![
+        view(
+            "items",
+            &["tenant", "sku"],
+            &[
+                "name",
+                "price",
+                "category",
+                "reorder_point",
+                "target_level",
+                "active",
+                "updated_at",
+            ],
+            counts[0],
+        ),
+        view(
+            "stock",
+            &["tenant", "sku", "location"],
+            &["on_hand", "reserved", "available", "updated_at"],
+            counts[1],
+        ),
+        view(
+            "stock_totals",
+            &["tenant", "sku"],
+            &["on_hand", "reserved", "available", "updated_at"],
+            counts[2],
+        ),
+        view(
+            "orders",
+            &["tenant", "order_id"],
+            &[
+                "customer_id",
+                "status",
+                "reason",
+                "lines",
+                "total",
+                "placed_at",
+                "updated_at",
+            ],
+            counts[3],
+        ),
+        view(
+            "kpis",
+            &["tenant", "window", "bucket", "metric", "group"],
+            &["value"],
+            counts[4],
+        ),
+        view("top_skus", &["tenant", "day"], &["skus"], counts[5]),
+    ];
+    Ok(Json(Catalogue {
+        as_of: &snapshot.as_of,
+        views,
+    })
+    .into_response())
 }
 
 /// The `tenant` parameter, checked; `default` when absent.

@@ -12,13 +12,14 @@ use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
 use stockflow_dataflows::model::DEFAULT_TENANT;
 use stockflow_sinks::webhooks::{
     check_kinds, check_secret, check_url, Networks, Url, Webhook, KINDS,
 };
+use utoipa::ToSchema;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -36,8 +37,79 @@ fn webhooks(state: &AppState) -> Result<&Arc<crate::webhooks::Webhooks>, ApiErro
 }
 
 /// A webhook as shown: everything but the secret.
-fn shown(hook: &Webhook) -> Value {
-    json!({"id": hook.id, "url": hook.url, "tenant": hook.tenant, "kinds": hook.kinds, "created_at": hook.created_at})
+#[derive(Serialize, ToSchema)]
+pub(super) struct Shown<'a> {
+    /// When it was registered (RFC 3339).
+    created_at: &'a str,
+    /// Server-assigned id (`wh_<hex>`).
+    id: &'a str,
+    /// Only these alert kinds (`low_stock`, `out_of_stock`).
+    kinds: &'a [String],
+    /// Only alerts of this tenant are delivered.
+    tenant: &'a str,
+    /// Where deliveries are posted.
+    url: &'a str,
+}
+
+fn shown(hook: &Webhook) -> Shown<'_> {
+    Shown {
+        created_at: &hook.created_at,
+        id: &hook.id,
+        kinds: &hook.kinds,
+        tenant: &hook.tenant,
+        url: &hook.url,
+    }
+}
+
+/// The answer of `GET /v1/webhooks`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct WebhookList<'a> {
+    /// The tenant's webhooks.
+    webhooks: Vec<Shown<'a>>,
+}
+
+/// The answer of `GET /v1/webhooks/{id}/deliveries`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Deliveries {
+    /// The latest deliveries, newest last.
+    deliveries: Vec<DeliveryShown>,
+    /// The webhook's id.
+    webhook: String,
+}
+
+/// What happened to one alert event for one webhook.
+#[derive(Serialize, ToSchema)]
+pub(super) struct DeliveryShown {
+    /// Attempts made.
+    attempts: u32,
+    /// `X-Stockflow-Delivery`.
+    delivery_id: String,
+    /// Why the last attempt failed, if it did.
+    #[schema(required = true)]
+    error: Option<String>,
+    /// The alert event's id.
+    event_id: String,
+    /// The alert event's type.
+    event_type: String,
+    /// HTTP status of the last answer, if there was one.
+    #[schema(required = true)]
+    response_status: Option<u16>,
+    /// `delivered` or `failed`.
+    status: String,
+}
+
+impl From<stockflow_sinks::webhooks::Delivery> for DeliveryShown {
+    fn from(delivery: stockflow_sinks::webhooks::Delivery) -> DeliveryShown {
+        DeliveryShown {
+            attempts: delivery.attempts,
+            delivery_id: delivery.delivery_id,
+            error: delivery.error,
+            event_id: delivery.event_id,
+            event_type: delivery.event_type,
+            response_status: delivery.response_status,
+            status: delivery.status,
+        }
+    }
 }
 
 /// `POST /v1/webhooks` with `{"url", "secret", "tenant"?, "kinds"?}`; the
@@ -52,7 +124,7 @@ fn shown(hook: &Webhook) -> Value {
     params(ListParams),
     request_body(description = "url, secret (signs every delivery), tenant, kinds", content(("application/json", example = json!({"url": "https://example.com/hooks/stock", "secret": "a-long-random-secret", "kinds": ["low_stock"]})))),
     responses(
-        (status = 201, description = "Registered; `Location` names it", body = Object),
+        (status = 201, description = "Registered; `Location` names it", body = Shown, content_type = "application/json"),
         (status = 409, description = "The tenant holds as many webhooks as `--webhooks-per-tenant` allows", body = Problem, content_type = "application/problem+json"),
         WebhookProblems
     )
@@ -198,22 +270,22 @@ async fn check_resolved(url: &str, parsed: &Url, networks: &Networks) -> Result<
     tag = "webhooks",
     params(ListParams),
     responses(
-        (status = 200, description = "The tenant's webhooks (never their secrets)", body = Object, content_type = "application/json"),
+        (status = 200, description = "The tenant's webhooks (never their secrets)", body = WebhookList, content_type = "application/json"),
         WebhookProblems
     )
 )]
 pub(super) async fn list(
     State(state): State<AppState>,
     Params(params): Params<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = tenant_param(params.tenant.as_deref())?;
-    let rows: Vec<Value> = webhooks(&state)?
-        .list()
+    let hooks = webhooks(&state)?.list();
+    let webhooks = hooks
         .iter()
         .filter(|h| h.tenant == tenant.as_str())
         .map(shown)
         .collect();
-    Ok(Json(json!({"webhooks": rows})))
+    Ok(Json(WebhookList { webhooks }).into_response())
 }
 
 fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, ApiError> {
@@ -231,7 +303,7 @@ fn find(state: &AppState, id: &str, tenant: Option<String>) -> Result<Webhook, A
     tag = "webhooks",
     params(("id" = String, Path, description = "The webhook id"), ListParams),
     responses(
-        (status = 200, description = "The webhook", body = Object, content_type = "application/json"),
+        (status = 200, description = "The webhook", body = Shown, content_type = "application/json"),
         (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json"),
         WebhookProblems
     )
@@ -240,8 +312,8 @@ pub(super) async fn get(
     State(state): State<AppState>,
     Segment(id): Segment,
     Params(params): Params<ListParams>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(shown(&find(&state, &id, params.tenant)?)))
+) -> Result<Response, ApiError> {
+    Ok(Json(shown(&find(&state, &id, params.tenant)?)).into_response())
 }
 
 /// `DELETE /v1/webhooks/{id}`
@@ -277,7 +349,7 @@ pub(super) async fn delete(
     tag = "webhooks",
     params(("id" = String, Path, description = "The webhook id"), ListParams),
     responses(
-        (status = 200, description = "The latest deliveries, newest last", body = Object, content_type = "application/json"),
+        (status = 200, description = "The latest deliveries, newest last", body = Deliveries, content_type = "application/json"),
         (status = 404, description = "No such webhook in the tenant", body = Problem, content_type = "application/problem+json"),
         WebhookProblems
     )
@@ -286,9 +358,14 @@ pub(super) async fn deliveries(
     State(state): State<AppState>,
     Segment(id): Segment,
     Params(params): Params<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deliveries>, ApiError> {
     let hook = find(&state, &id, params.tenant)?;
-    Ok(Json(
-        json!({"webhook": hook.id, "deliveries": webhooks(&state)?.deliveries(&hook.id)}),
-    ))
+    Ok(Json(Deliveries {
+        deliveries: webhooks(&state)?
+            .deliveries(&hook.id)
+            .into_iter()
+            .map(DeliveryShown::from)
+            .collect(),
+        webhook: hook.id,
+    }))
 }

@@ -63,21 +63,41 @@ impl Outgoing {
                 headers,
             };
         }
-        let envelope = serde_json::json!({
-            "error": letter.reason,
-            "error_class": letter.class,
-            "source_topic": letter.topic,
-            "source_partition": letter.partition,
-            "source_offset": letter.record.offset,
-            "key": letter.record.key.as_deref().map(String::from_utf8_lossy),
-            "payload": String::from_utf8_lossy(&letter.record.payload),
-        });
+        let envelope = DeadLetterEnvelope {
+            error: letter.reason,
+            error_class: letter.class,
+            key: letter.record.key.as_deref().map(String::from_utf8_lossy),
+            payload: String::from_utf8_lossy(&letter.record.payload),
+            source_offset: letter.record.offset,
+            source_partition: letter.partition,
+            source_topic: letter.topic,
+        };
         Outgoing {
             key,
-            payload: envelope.to_string().into_bytes(),
+            payload: serde_json::to_vec(&envelope).expect("dead letters serialize"),
             headers: Vec::new(),
         }
     }
+}
+
+/// A dead letter as the embedded log's `<topic>.dlq` carries it (fields in
+/// alphabetical order, as the JSON value it replaced wrote them).
+#[derive(serde::Serialize)]
+struct DeadLetterEnvelope<'a> {
+    /// Why the message was rejected.
+    error: &'a str,
+    /// Short class of the reason (`json`, `missing_field`, ...).
+    error_class: &'static str,
+    /// The message's key, as UTF-8 text (lossy).
+    key: Option<std::borrow::Cow<'a, str>>,
+    /// The message, as UTF-8 text (lossy).
+    payload: std::borrow::Cow<'a, str>,
+    /// Offset it was read at.
+    source_offset: u64,
+    /// Partition it was read from.
+    source_partition: u32,
+    /// Topic it was read from.
+    source_topic: &'a str,
 }
 
 /// Where one record of a batch stands.
@@ -434,6 +454,44 @@ impl From<Unacknowledged> for SourceError {
         SourceError::Broker {
             what: format!("appending to {}", error.topics),
             detail: error.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Record;
+
+    /// The envelope is the contract of the embedded log's dead-letter
+    /// topics: the typed envelope writes what the JSON value always did.
+    #[test]
+    fn a_dead_letter_envelope_writes_the_documented_fields_in_their_order() {
+        for key in [Some(b"acme/A-1".to_vec()), None] {
+            let record = Record {
+                offset: 41,
+                timestamp_ms: 0,
+                key: key.clone(),
+                payload: b"{\"id\": \xff}".to_vec(),
+            };
+            let letter = DeadLetter {
+                topic: "inventory.events",
+                partition: 2,
+                record: &record,
+                reason: "not JSON: \"quoted\"",
+                class: "json",
+            };
+            let expected = serde_json::json!({
+                "error": letter.reason,
+                "error_class": letter.class,
+                "source_topic": letter.topic,
+                "source_partition": letter.partition,
+                "source_offset": record.offset,
+                "key": key.as_deref().map(String::from_utf8_lossy),
+                "payload": String::from_utf8_lossy(&record.payload),
+            });
+            let written = Outgoing::dead_letter(&letter, false).payload;
+            assert_eq!(String::from_utf8(written).unwrap(), expected.to_string());
         }
     }
 }
