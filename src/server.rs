@@ -13,7 +13,6 @@ use crate::store::Store;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Topic of inventory events.
 pub const INVENTORY_EVENTS: &str = "inventory.events";
@@ -589,8 +588,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                         }
                         Err(error) => {
                             failures += 1;
-                            let backoff =
-                                Duration::from_millis((250u64 << failures.min(5)).min(5_000));
+                            let backoff = stockflow_sinks::backoff::CONNECT.delay(failures);
                             let reason = format!(
                                 "waiting for the Kafka cluster at {}: {error:#}",
                                 kafka.brokers

@@ -237,7 +237,7 @@ impl Sink {
                         failures += 1;
                         dirty = true;
                         self.metrics.sink_failures.inc();
-                        let backoff = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                        let backoff = stockflow_sinks::backoff::CLICKHOUSE_WRITE.delay(failures);
                         tracing::warn!(error = %format!("{error:#}"), retry_in_ms = backoff.as_millis() as u64, rows = batch.rows(), "writing to ClickHouse failed; retrying");
                         self.state(format!("retrying: {error:#}"));
                         retry_at = Instant::now() + backoff;
@@ -370,7 +370,7 @@ impl Sink {
                 Ok(connected) => return Some(connected),
                 Err(error) => {
                     failures += 1;
-                    let backoff = Duration::from_millis((250u64 << failures.min(5)).min(5_000));
+                    let backoff = stockflow_sinks::backoff::CONNECT.delay(failures);
                     tracing::warn!(
                         retry_in_ms = backoff.as_millis() as u64,
                         "connecting to ClickHouse at {}: {error:#}",

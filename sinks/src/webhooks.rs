@@ -457,7 +457,7 @@ pub async fn deliver(
         response_status: None,
         error: None,
     };
-    let mut backoff = policy.first_backoff;
+    let backoff = crate::backoff::Backoff::new(policy.first_backoff, crate::backoff::WEBHOOK_CAP);
     loop {
         delivery.attempts += 1;
         // An IP literal is connected to without resolving: checked here.
@@ -506,8 +506,7 @@ pub async fn deliver(
             return delivery;
         }
         on_attempt("retry");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+        tokio::time::sleep(backoff.delay(delivery.attempts - 1)).await;
     }
 }
 

@@ -255,8 +255,7 @@ pub(super) fn run(
                             Some(error.to_string()),
                         );
                         part.failures += 1;
-                        // At most 1.6 s: a reader must notice a returning broker soon.
-                        let backoff = Duration::from_millis(100u64 << part.failures.min(4));
+                        let backoff = stockflow_sinks::backoff::SOURCE_READ.delay(part.failures);
                         tracing::warn!(%error, topic = %part.topic, partition = part.reader.partition(), retry_in_ms = backoff.as_millis() as u64, "source read failed");
                         metrics
                             .source_errors

@@ -28,9 +28,10 @@ pub(super) fn read_written_alerts(
             Err(error) if failures < 30 && !shutdown.is_triggered() => {
                 failures += 1;
                 let reason = format!("reading the alerts topic {}: {error:#}", source.topic());
-                tracing::warn!(retry_in_ms = 500, "{reason}");
+                let backoff = stockflow_sinks::backoff::ALERTS_READ_BACK.delay(failures);
+                tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{reason}");
                 store.set_waiting(Some(reason));
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(backoff);
             }
             Err(error) => return Err(error),
         }

@@ -468,7 +468,7 @@ impl super::Appender for KafkaProducer {
             // A full queue is waited out: the polling thread serves delivery
             // reports meanwhile, which frees room. Never an error to resend on.
             let mut full_since: Option<Instant> = None;
-            let mut pause = Duration::from_micros(200);
+            let mut waits = 0;
             loop {
                 match self.producer.send(message) {
                     Ok(()) => break,
@@ -482,8 +482,10 @@ impl super::Appender for KafkaProducer {
                             );
                             break;
                         }
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_millis(10));
+                        std::thread::sleep(
+                            stockflow_sinks::backoff::PRODUCER_QUEUE_FULL.delay(waits),
+                        );
+                        waits += 1;
                         message = returned;
                     }
                     Err((error, returned)) => {

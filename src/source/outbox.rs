@@ -372,7 +372,7 @@ impl Outbox {
                             break Err(self.unacknowledged(failed.len(), error));
                         }
                         attempts += 1;
-                        let backoff = Duration::from_millis(100u64 << attempts.min(5));
+                        let backoff = stockflow_sinks::backoff::OUTBOX_RESEND.delay(attempts);
                         for (index, topic) in self.topics.iter().enumerate() {
                             let count = failed
                                 .iter()
