@@ -1,6 +1,7 @@
 //! Checkpoints: the consolidated input of the dataflows, the alert states and
 //! the source offsets, in the data dir, so that a restart (graceful or after
 //! `kill -9`) resumes from them instead of reading every topic again.
+//! Long because writing, loading, pruning and the gap policy share the manifest format.
 //!
 //! The dataflows' input is insert-only (decoded events), so its consolidated
 //! state is the set of events read, de-duplicated downstream as always.

@@ -1,4 +1,5 @@
 //! Command line, environment and config file, resolved into [`Settings`].
+//! Long by design: every option's flag, variable, file key, default and check are declared here once, side by side.
 //!
 //! Precedence: command-line flag, then `STOCKFLOW_*` environment variable,
 //! then the `--config` TOML file, then the defaults. Every problem is

@@ -1,6 +1,7 @@
 //! Runs that rebuild the views from the sources, act, and exit:
 //! `stockflow sink clickhouse` (a backfill), `stockflow export`,
 //! `stockflow dump` and `stockflow replay`.
+//! Long because the four runs share the catch-up wait, the progress output and the summaries.
 //!
 //! `export`, `dump` and `replay` are read-only on their source
 //! ([`crate::server::start_offline`]): no listener, no webhooks, no lock, no

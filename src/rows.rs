@@ -1,6 +1,7 @@
 //! The JSON shape of every view row and of alert events: one place, shared by
 //! point reads, listings, change streams and the alerts topic, so a row looks
 //! the same wherever a client meets it.
+//! Long because every row type and its schema is here, in one place.
 
 use serde::Serialize;
 use serde_json::Value;

@@ -1,5 +1,6 @@
 //! Wiring of a `serve` or `demo` run: embedded log, engine, HTTP server and
 //! (for `demo`) the generator, sharing one shutdown signal.
+//! Long because the start order (data-dir lock, recovery, Kafka wait, engine, sink, HTTP) and the stop order are one sequence, read top to bottom.
 
 use crate::config::Settings;
 use crate::engine::{AlertsPath, CommandPath, EngineConfig};

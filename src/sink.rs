@@ -1,4 +1,5 @@
 //! The ClickHouse sink's engine side: what to write and when.
+//! Long because the step loop, its batching, its retries and the state differences keep one set of invariants (exactly-once, commits in order).
 //!
 //! The sink runs on a thread of its own and never holds the engine up. It
 //! works in *steps*, each numbered by the next sink epoch:

@@ -1,4 +1,5 @@
 //! The read-optimised store: the views as of the last completed epoch.
+//! Long because publishing, the read-your-writes waits, command records and status all live behind one `Store` (splitting the status registry out is pending).
 //!
 //! The engine's publisher owns a working copy, applies each completed epoch to
 //! it, and swaps in an immutable [`Snapshot`]. Maps are persistent (`imbl`), so

@@ -1,6 +1,7 @@
 //! Webhook subscribers: one reader of the alerts topic fans the alert
 //! events out to one delivery task per webhook, all on the server's async
 //! runtime (no thread per webhook).
+//! Long because the fan-out, the per-webhook tails and their bounds are one state machine.
 //!
 //! - **The tail** (one task) reads the alerts topic from its end at start,
 //!   polling every [`POLL`] when it has caught up (the topics have no

@@ -1,5 +1,6 @@
 //! The ClickHouse sink's storage side: the schema, the row types, and the
 //! one write protocol that makes the sink exactly-once.
+//! Long because the schema, the rows and the write protocol must change together.
 //!
 //! # Exactly once
 //!

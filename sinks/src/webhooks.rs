@@ -1,6 +1,7 @@
 //! Alert delivery to webhooks: the registry (persisted as one JSON file),
 //! the filter, the signature, the networks a delivery may reach and one
 //! delivery with its retries.
+//! Long because a delivery's checks (filter, signature, networks) and its retries are one contract.
 //!
 //! The engine feeds each webhook the alert events of the alerts topic in
 //! order and keeps its cursor (see the `stockflow` crate's `webhooks`

@@ -2,6 +2,7 @@
 //! one command to `inventory.commands` and answers `202 Accepted` with the
 //! command id and a read-your-writes `token`; `GET /v1/commands/{id}` answers
 //! the outcome.
+//! Long because every command endpoint shares one submit path (validation, idempotency, fingerprint, derived ids).
 //!
 //! Bodies are checked twice, for precise answers: first their shape here
 //! (JSON object, known fields only, size, content type), then every field

@@ -1,5 +1,6 @@
 //! Alerts and live change streams: `GET /v1/alerts`, `GET /v1/replenishment`,
 //! `GET /v1/views/{view}/changes` and `GET /v1/alerts/stream`.
+//! Long because the four endpoints share one subscriber (snapshot, changes, progress, heartbeats, resume) and the typed lines it writes.
 //!
 //! A change stream sends a snapshot of the view at one epoch, then every
 //! later change, epoch by epoch, pulled from the store's changelog at the

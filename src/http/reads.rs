@@ -1,4 +1,5 @@
 //! Read handlers over the published views.
+//! Long because every listing shares one pagination, filter and token grammar and the Arrow variant.
 
 use super::error::{ApiError, Params, Problem, ReadProblems, Segment};
 use super::AppState;

@@ -1,5 +1,6 @@
 //! The embedded log: append-only, partitioned, file-backed topics under the
 //! data directory, used when no broker is configured.
+//! Long because the append path, its undo and start-up recovery share the segment format and the writer's invariants (damage checks and repair are in `check.rs`).
 //!
 //! Layout: `<dir>/<topic>/topic.json` (partition count) and
 //! `<dir>/<topic>/<partition>/<base offset, 20 digits>.log` segments. A

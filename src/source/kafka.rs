@@ -1,4 +1,5 @@
 //! Kafka as a source, on rdkafka's bundled librdkafka.
+//! Long because every librdkafka setting stockflow relies on is set and explained in one place ([`client_config`]).
 //!
 //! Every Kafka setting stockflow uses is set in [`client_config`], each with
 //! why. Offsets belong to the engine: partitions are assigned by hand (no

@@ -1,5 +1,6 @@
 //! Declarative KPIs: `[[kpis]]` tables of the config, validated once at
 //! start and evaluated per event by the `kpis` dataflow.
+//! Long because each KPI field's rule and its precise error live beside the field.
 //!
 //! ```toml
 //! [[kpis]]

@@ -1,4 +1,5 @@
 //! Decoding and validation of stockflow's JSON events (the `stockflow` format of docs/formats.md).
+//! Long because each field's rule and its precise error live together.
 //!
 //! A message is first split into its fields without interpreting them, then
 //! each field is read on its own, so that an error names the field and says
