@@ -406,7 +406,7 @@ impl Checkpointer {
     /// has started and its offsets moved since the last checkpoint.
     pub fn checkpoint(&mut self, store: &Store) -> anyhow::Result<Option<Written>> {
         let started = Instant::now();
-        let Some((starts, resumed)) = store.start_offsets() else {
+        let Some((starts, resumed)) = store.status.start_offsets() else {
             return Ok(None);
         };
         if self.covered.is_none() {

@@ -22,5 +22,6 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod store;
 pub mod webhooks;

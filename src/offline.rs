@@ -78,11 +78,13 @@ async fn wait_caught_up(
         if shutdown.is_triggered() {
             anyhow::bail!("stopped before the views caught up");
         }
-        if let Some((source, error)) = store.source_failure().filter(|_| fail_on_read_error) {
+        if let Some((source, error)) = store.status.source_failure().filter(|_| fail_on_read_error)
+        {
             bar.finish_and_clear();
             anyhow::bail!("reading {source} failed: {error}");
         }
-        if let (Some(targets), Some((starts, _))) = (store.startup_targets(), store.start_offsets())
+        if let (Some(targets), Some((starts, _))) =
+            (store.status.startup_targets(), store.status.start_offsets())
         {
             let snapshot = store.snapshot();
             let (mut total, mut reached) = (0u64, 0u64);
@@ -130,7 +132,11 @@ pub async fn sink(settings: &Settings) -> anyhow::Result<()> {
     let (store, metrics) = (running.store.clone(), running.metrics.clone());
     running.shutdown.trigger();
     running.wait().await?;
-    let state = store.sink_states().remove("clickhouse").unwrap_or_default();
+    let state = store
+        .status
+        .sink_states()
+        .remove("clickhouse")
+        .unwrap_or_default();
     eprintln!("done: {}; sink {state}", sink_summary(&metrics));
     anyhow::ensure!(
         state == "stopped" && metrics.sink_buffered_rows.get() == 0,

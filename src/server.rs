@@ -546,7 +546,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                 loop {
                     match connect_kafka(&settings, &kafka).await {
                         Ok((sources, commands, alerts)) => {
-                            store.set_waiting(None);
+                            store.status.set_waiting(None);
                             let path = CommandPath {
                                 commands,
                                 events_topic: settings.outcomes_topic.clone(),
@@ -595,7 +595,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
                                 kafka.brokers
                             );
                             tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{reason}");
-                            store.set_waiting(Some(reason));
+                            store.status.set_waiting(Some(reason));
                             tokio::select! {
                                 _ = tokio::time::sleep(backoff) => {}
                                 _ = shutdown.wait() => return Ok(None),

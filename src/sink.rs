@@ -174,7 +174,7 @@ impl Sink {
     }
 
     fn state(&self, state: impl Into<String>) {
-        self.store.set_sink_state(NAME, state.into());
+        self.store.status.set_sink_state(NAME, state.into());
     }
 
     async fn run(self) {

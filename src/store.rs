@@ -7,6 +7,7 @@
 //! half an epoch: they hold an `Arc` to one whole, consistent state.
 
 use crate::changes::{Batch, Changelog};
+use crate::status::Status;
 use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -143,15 +144,6 @@ impl IdempotencyRecords {
 pub struct Store {
     current: RwLock<Arc<Snapshot>>,
     published: watch::Sender<Epoch>,
-    /// Where the engine began reading each source partition, and the id of
-    /// the checkpoint it resumed from.
-    start_offsets: RwLock<Option<(Offsets, Option<u64>)>>,
-    /// Positions the sources had at start; `/ready` once the views reach them.
-    startup_targets: RwLock<Option<Offsets>>,
-    /// Why the engine has not started yet (e.g. the broker is unreachable).
-    waiting: RwLock<Option<String>>,
-    /// Source partitions whose last read failed (`topic/partition` → error).
-    failing: RwLock<BTreeMap<String, String>>,
     /// Commands accepted over HTTP by this process: `(tenant, command id)`
     /// → where the command landed. `pending` until the views hold its outcome.
     submitted: std::sync::Mutex<std::collections::HashMap<(Name, Name), (u32, u64)>>,
@@ -160,10 +152,8 @@ pub struct Store {
     idempotency: std::sync::Mutex<IdempotencyRecords>,
     /// Retained row changes for change streams.
     changes: std::sync::Mutex<Changelog>,
-    /// What each sink is doing (`clickhouse` → `writing`, `retrying: ...`), for `/ready`.
-    sinks: RwLock<BTreeMap<&'static str, String>>,
-    /// Outputs holding the engine back (`publisher` → what it waits for), for `/ready`.
-    held_back: RwLock<BTreeMap<&'static str, String>>,
+    /// How the engine and its sinks are doing, for `/ready` and `/health`.
+    pub status: Status,
 }
 
 impl Default for Store {
@@ -187,14 +177,9 @@ impl Store {
             changes: std::sync::Mutex::new(Changelog::new(max_rows)),
             current: RwLock::new(Arc::new(Snapshot::default())),
             published: watch::channel(0).0,
-            start_offsets: RwLock::new(None),
-            startup_targets: RwLock::new(None),
-            waiting: RwLock::new(None),
-            failing: RwLock::new(BTreeMap::new()),
             submitted: std::sync::Mutex::new(std::collections::HashMap::new()),
             idempotency: std::sync::Mutex::new(IdempotencyRecords::default()),
-            sinks: RwLock::new(BTreeMap::new()),
-            held_back: RwLock::new(BTreeMap::new()),
+            status: Status::default(),
         }
     }
 
@@ -274,192 +259,20 @@ impl Store {
         self.published.subscribe()
     }
 
-    /// Records the source positions that count as "caught up" for `/ready`.
-    pub fn set_startup_targets(&self, targets: BTreeMap<String, BTreeMap<u32, u64>>) {
-        *self
-            .startup_targets
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(targets);
-    }
-
-    /// Records why the engine is not reading yet (`None` once it is).
-    pub fn set_waiting(&self, reason: Option<String>) {
-        *self.waiting.write().unwrap_or_else(|p| p.into_inner()) = reason;
-    }
-
-    /// Records that `who` holds the engine back, and why (`None`: no longer).
-    pub fn set_held_back(&self, who: &'static str, why: Option<String>) {
-        let mut held = self.held_back.write().unwrap_or_else(|p| p.into_inner());
-        match why {
-            Some(why) => held.insert(who, why),
-            None => held.remove(who),
-        };
-    }
-
     /// The last published epoch (cheaper than a snapshot).
     pub fn published_epoch(&self) -> Epoch {
         *self.published.borrow()
     }
 
-    /// Records that reading `topic/partition` failed (`Some`) or works again (`None`).
-    pub fn set_source_failure(&self, topic: &str, partition: u32, error: Option<String>) {
-        let key = format!("{topic}/{partition}");
-        let mut failing = self.failing.write().unwrap_or_else(|p| p.into_inner());
-        match error {
-            Some(error) => {
-                failing.insert(key, error);
-            }
-            None => {
-                failing.remove(&key);
-            }
-        }
-    }
-
-    /// A source partition whose reads fail, and the error, if any.
-    pub fn source_failure(&self) -> Option<(String, String)> {
-        self.failing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .next()
-            .map(|(source, error)| (source.clone(), error.clone()))
-    }
-
-    /// Checks that a read-your-writes target names topics and partitions the
-    /// engine reads; otherwise says which one it does not.
-    pub fn check_known(
-        &self,
-        targets: &BTreeMap<String, BTreeMap<u32, u64>>,
-    ) -> Result<(), String> {
-        let known = self
-            .startup_targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        let Some(known) = known.as_ref() else {
-            return Ok(());
-        };
-        for (topic, partitions) in targets {
-            let Some(sources) = known.get(topic) else {
-                return Err(format!(
-                    "topic `{topic}` is not a source of this engine (sources: {})",
-                    known.keys().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            };
-            if let Some(partition) = partitions.keys().find(|p| !sources.contains_key(p)) {
-                return Err(format!(
-                    "topic `{topic}` has no partition {partition} ({} partitions)",
-                    sources.len()
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Records what sink `name` is doing, for `/ready`.
-    pub fn set_sink_state(&self, name: &'static str, state: String) {
-        self.sinks
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, state);
-    }
-
-    /// What each sink is doing.
-    pub fn sink_states(&self) -> BTreeMap<&'static str, String> {
-        self.sinks.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Records where the engine began reading each source partition and the
-    /// checkpoint it resumed from, if any.
-    pub fn set_start_offsets(&self, offsets: Offsets, checkpoint: Option<u64>) {
-        *self
-            .start_offsets
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some((offsets, checkpoint));
-    }
-
-    /// Where the engine began reading each source partition and the checkpoint
-    /// it resumed from (`None` before it started).
-    pub fn start_offsets(&self) -> Option<(Offsets, Option<u64>)> {
-        self.start_offsets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The source positions that count as caught up (`None` before the engine started).
-    pub fn startup_targets(&self) -> Option<Offsets> {
-        self.startup_targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     /// True once the published views cover what the sources held at start.
     pub fn caught_up(&self) -> bool {
-        let targets = self
-            .startup_targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        targets
-            .as_ref()
-            .is_some_and(|targets| self.snapshot().as_of.covers(targets))
+        self.status.caught_up(&self.snapshot().as_of)
     }
 
     /// `Ok` when the views have caught up with what the sources held at start;
     /// otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
-        if let Some(reason) = self
-            .waiting
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Err(reason);
-        }
-        if let Some((source, error)) = self
-            .failing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .next()
-        {
-            return Err(format!("reading {source} fails: {error}"));
-        }
-        if let Some((who, why)) = self
-            .held_back
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .next()
-        {
-            return Err(format!("held back by the {who}: {why}"));
-        }
-        let targets = self
-            .startup_targets
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(targets) = targets else {
-            return Err("the engine has not started reading its sources yet".into());
-        };
-        let snapshot = self.snapshot();
-        for (topic, partitions) in &targets {
-            for (partition, target) in partitions {
-                let reached = snapshot
-                    .as_of
-                    .offsets
-                    .get(topic)
-                    .and_then(|p| p.get(partition))
-                    .copied()
-                    .unwrap_or(0);
-                if reached < *target {
-                    return Err(format!(
-                        "catching up: {topic}/{partition} at offset {reached} of {target}"
-                    ));
-                }
-            }
-        }
-        Ok(())
+        self.status.readiness(&self.snapshot().as_of)
     }
 
     /// Remembers a command appended by this process (see [`Store::submitted`]).

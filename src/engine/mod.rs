@@ -174,7 +174,7 @@ pub fn start(
             event_targets.remove(source.topic());
         }
     }
-    store.set_start_offsets(
+    store.status.set_start_offsets(
         inputs
             .iter()
             .zip(&starts)
@@ -191,7 +191,7 @@ pub fn start(
             .collect(),
         restore.as_ref().map(|loaded| loaded.manifest.id),
     );
-    store.set_startup_targets(targets);
+    store.status.set_startup_targets(targets);
     let first_epoch = first_epoch_of_run();
     store.start_run(first_epoch);
     let restore = restore.map(|loaded| Restoring::new(loaded, &config, first_epoch));
@@ -280,7 +280,7 @@ pub fn start(
     }
     if let Some(restoring) = restoring {
         // Until the checkpoint is in the views, /ready says so (the offsets only move once it all is).
-        store.set_waiting(Some(restoring));
+        store.status.set_waiting(Some(restoring));
     }
     let thread = std::thread::Builder::new()
         .name("stockflow-engine".into())

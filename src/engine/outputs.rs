@@ -92,7 +92,7 @@ impl Watch for OutputWatch<'_> {
     }
 
     fn waiting(&self, why: Option<String>) {
-        self.store.set_held_back("publisher", why);
+        self.store.status.set_held_back("publisher", why);
     }
 }
 

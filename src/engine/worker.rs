@@ -189,7 +189,7 @@ pub(super) fn run(
             while probe.less_than(&epoch) && !shutdown.is_triggered() {
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
-            store.set_waiting(None);
+            store.status.set_waiting(None);
         }
     }
     let mut records = Vec::with_capacity(READ_CHUNK);
@@ -243,13 +243,17 @@ pub(super) fn run(
                     Ok(_) => {
                         if part.failures > 0 {
                             tracing::info!(topic = %part.topic, partition = part.reader.partition(), "source reads again");
-                            store.set_source_failure(&part.topic, part.reader.partition(), None);
+                            store.status.set_source_failure(
+                                &part.topic,
+                                part.reader.partition(),
+                                None,
+                            );
                         }
                         part.failures = 0;
                         part.retry_at = None;
                     }
                     Err(error) => {
-                        store.set_source_failure(
+                        store.status.set_source_failure(
                             &part.topic,
                             part.reader.partition(),
                             Some(error.to_string()),

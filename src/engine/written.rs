@@ -22,7 +22,7 @@ pub(super) fn read_written_alerts(
     loop {
         match written_alerts(source) {
             Ok(written) => {
-                store.set_waiting(None);
+                store.status.set_waiting(None);
                 return Ok(written);
             }
             Err(error) if failures < 30 && !shutdown.is_triggered() => {
@@ -30,7 +30,7 @@ pub(super) fn read_written_alerts(
                 let reason = format!("reading the alerts topic {}: {error:#}", source.topic());
                 let backoff = stockflow_sinks::backoff::ALERTS_READ_BACK.delay(failures);
                 tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "{reason}");
-                store.set_waiting(Some(reason));
+                store.status.set_waiting(Some(reason));
                 std::thread::sleep(backoff);
             }
             Err(error) => return Err(error),

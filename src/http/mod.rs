@@ -438,7 +438,7 @@ async fn ready(State(state): State<AppState>) -> Result<impl IntoResponse, ApiEr
     Ok(axum::Json(Readiness {
         as_of: state.store.snapshot().as_of.clone(),
         ready: true,
-        sinks: state.store.sink_states(),
+        sinks: state.store.status.sink_states(),
     }))
 }
 

@@ -601,6 +601,7 @@ pub(super) async fn consistent_read(
     let targets = parse_tokens(&after)?;
     state
         .store
+        .status
         .check_known(&targets)
         .map_err(|reason| ApiError::bad_request(format!("query parameter after: {reason}")))?;
     let wait = Duration::from_millis(wait_ms.unwrap_or(DEFAULT_WAIT_MS));
