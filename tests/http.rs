@@ -6,7 +6,7 @@ use stockflow::config::Settings;
 use stockflow::server::{self, Running, INVENTORY_EVENTS};
 
 mod common;
-use common::{eventually, stop, within, Client, Server, EVENTUALLY};
+use common::{eventually, stop, Client, Server, EVENTUALLY};
 
 fn settings(dir: &std::path::Path, workers: usize) -> Settings {
     common::local_settings(dir, workers)
@@ -46,22 +46,7 @@ fn append_raw(running: &Running, payload: &[u8]) -> String {
 /// string when it is not JSON); bounded as every request of [`Client`].
 async fn get(running: &Running, path: &str) -> (u16, String, Value) {
     let client = Client::new(running);
-    let what = format!("GET {path}");
-    let response = within(
-        &what,
-        client.http.get(format!("{}{path}", client.base)).send(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let text = within(&what, response.text())
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let (status, content_type, text) = client.exchange(reqwest::Method::GET, path, None, &[]).await;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, content_type, body)
 }

@@ -10,30 +10,15 @@ use stockflow_dataflows::kpis::{KpiSpec, KpiSpecConfig};
 
 mod common;
 
-use common::{stop, Client, Server};
+use common::{append_events, stop, Client, Server};
 
-/// Appends JSON events to `topic`; returns an `after` token covering them.
+/// Appends JSON events to `topic`, keyed by sku (or order); returns an `after` token covering them.
 fn append(running: &Running, topic_name: &str, events: &[Value]) -> String {
-    let topic = running.log.topic(topic_name, 3).unwrap();
-    let mut tokens = Vec::new();
-    for event in events {
-        let key = format!(
-            "default/{}",
-            event["sku"]
-                .as_str()
-                .or(event["order_id"].as_str())
-                .unwrap_or("")
-        );
-        let (partition, offset) = topic
-            .append(
-                key.as_bytes(),
-                event.to_string().as_bytes(),
-                1_700_000_000_000,
-            )
-            .unwrap();
-        tokens.push(format!("{topic_name}:{partition}:{offset}"));
-    }
-    tokens.join(",")
+    let key = |event: &Value| {
+        let id = event["sku"].as_str().or(event["order_id"].as_str());
+        format!("default/{}", id.unwrap_or(""))
+    };
+    append_events(running, topic_name, events.iter().map(|e| (key(e), e)))
 }
 
 fn order(id: &str, ts: &str, lines: &[(&str, i64, &str)], total: &str) -> Value {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use stockflow::server::{Running, INVENTORY_EVENTS};
 
 mod common;
-use common::{eventually, stop, within, Client, Server, EVENTUALLY};
+use common::{append_events, eventually, stop, within, Client, Server, EVENTUALLY};
 
 /// The media types whose answers are JSON (a stream's: each event's data, each line).
 const JSON_TYPES: [&str; 4] = [
@@ -82,31 +82,8 @@ async fn send(
     body: Option<Value>,
     accept: Option<&str>,
 ) -> (u16, String, String) {
-    let what = format!("{method} {path}");
-    let mut request = client
-        .http
-        .request(method, format!("{}{path}", client.base));
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    if let Some(accept) = accept {
-        request = request.header("accept", accept);
-    }
-    let response = within(&what, request.send())
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let text = within(&what, response.text())
-        .await
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-    (status, content_type, text)
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+    client.exchange(method, path, body, &headers).await
 }
 
 /// Sends a request, checks its JSON answer against the document (as the
@@ -211,21 +188,13 @@ async fn read_stream(
     items
 }
 
-/// Appends JSON events to `topic`; returns an `after` token covering them.
+/// Appends JSON events to `topic` under one key; returns an `after` token covering them.
 fn append(running: &Running, topic_name: &str, key: &str, events: &[Value]) -> String {
-    let topic = running.log.topic(topic_name, 3).unwrap();
-    let mut tokens = Vec::new();
-    for event in events {
-        let (partition, offset) = topic
-            .append(
-                key.as_bytes(),
-                event.to_string().as_bytes(),
-                1_700_000_000_000,
-            )
-            .unwrap();
-        tokens.push(format!("{topic_name}:{partition}:{offset}"));
-    }
-    tokens.join(",")
+    append_events(
+        running,
+        topic_name,
+        events.iter().map(|e| (key.to_owned(), e)),
+    )
 }
 
 /// True when `schema` says nothing about the answer's shape: absent, `{}`, or

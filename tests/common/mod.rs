@@ -63,15 +63,15 @@ impl Client {
         }
     }
 
-    /// Sends a request (a JSON body if given); answers the status and the
-    /// body as JSON (or as a JSON string when it is not JSON).
-    pub async fn send(
+    /// Sends a request (a JSON body if given); answers the status, the
+    /// content type and the body's text.
+    pub async fn exchange(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
         headers: &[(&str, &str)],
-    ) -> (u16, Value) {
+    ) -> (u16, String, String) {
         let what = format!("{method} {path}");
         let mut request = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(body) = body {
@@ -86,9 +86,27 @@ impl Client {
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let text = within(&what, response.text())
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
+        (status, content_type, text)
+    }
+
+    /// Sends a request (a JSON body if given); answers the status and the
+    /// body as JSON (or as a JSON string when it is not JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let (status, _, text) = self.exchange(method, path, body, headers).await;
         (
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
@@ -317,4 +335,26 @@ pub fn local_settings(dir: &Path, workers: usize) -> Settings {
         ..Default::default()
     };
     Settings::resolve(&args, None).expect("valid settings")
+}
+
+/// Appends JSON events to `topic_name` of the embedded log (3 partitions
+/// if it is new), each under its key; returns an `after` token covering them.
+pub fn append_events<'a>(
+    running: &Running,
+    topic_name: &str,
+    events: impl IntoIterator<Item = (String, &'a Value)>,
+) -> String {
+    let topic = running.log.topic(topic_name, 3).unwrap();
+    let mut tokens = Vec::new();
+    for (key, event) in events {
+        let (partition, offset) = topic
+            .append(
+                key.as_bytes(),
+                event.to_string().as_bytes(),
+                1_700_000_000_000,
+            )
+            .unwrap();
+        tokens.push(format!("{topic_name}:{partition}:{offset}"));
+    }
+    tokens.join(",")
 }
