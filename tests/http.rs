@@ -6,32 +6,23 @@ use stockflow::config::Settings;
 use stockflow::server::{self, Running, INVENTORY_EVENTS};
 
 mod common;
-use common::{eventually, stop, Client, Server, EVENTUALLY};
+use common::{append_events, eventually, stop, Client, Server, EVENTUALLY};
 
 fn settings(dir: &std::path::Path, workers: usize) -> Settings {
     common::local_settings(dir, workers)
 }
 
-/// Appends JSON events to inventory.events; returns an `after` token covering them.
+/// Appends JSON events to inventory.events, keyed `tenant/sku`; returns an `after` token covering them.
 fn append(running: &Running, events: &[Value]) -> String {
-    let topic = running.log.topic(INVENTORY_EVENTS, 3).unwrap();
-    let mut tokens = Vec::new();
-    for event in events {
-        let key = format!(
-            "{}/{}",
-            event["tenant"].as_str().unwrap_or("default"),
-            event["sku"].as_str().unwrap_or("")
-        );
-        let (partition, offset) = topic
-            .append(
-                key.as_bytes(),
-                event.to_string().as_bytes(),
-                1_700_000_000_000,
-            )
-            .unwrap();
-        tokens.push(format!("{INVENTORY_EVENTS}:{partition}:{offset}"));
-    }
-    tokens.join(",")
+    let key = |event: &Value| {
+        let tenant = event["tenant"].as_str().unwrap_or("default");
+        format!("{tenant}/{}", event["sku"].as_str().unwrap_or(""))
+    };
+    append_events(
+        running,
+        INVENTORY_EVENTS,
+        events.iter().map(|e| (key(e), e)),
+    )
 }
 
 fn append_raw(running: &Running, payload: &[u8]) -> String {
