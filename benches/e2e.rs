@@ -118,6 +118,8 @@ fn main() {
     let clickhouse = std::env::var("CLICKHOUSE")
         .ok()
         .filter(|url| !url.is_empty());
+    // The sink runs as a task of a runtime, as in the server.
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let sink = clickhouse.as_ref().map(|url| {
         let config = stockflow_sinks::clickhouse::Config {
             url: url.clone(),
@@ -126,10 +128,6 @@ fn main() {
             password: String::new(),
         };
         let client = stockflow_sinks::clickhouse::ClickHouse::new(&config);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
         runtime
             .block_on(client.execute("DROP DATABASE IF EXISTS stockflow_bench"))
             .expect("dropping the bench database");
@@ -148,7 +146,13 @@ fn main() {
         {
             settings.batch_interval = Duration::from_millis(ms);
         }
-        stockflow::sink::start(settings, inputs, store.clone(), metrics.clone()).expect("sink")
+        stockflow::sink::start(
+            settings,
+            inputs,
+            store.clone(),
+            metrics.clone(),
+            runtime.handle(),
+        )
     });
     let start = Instant::now();
     let engine = stockflow::engine::start(config, store.clone(), metrics.clone(), shutdown.clone())
@@ -197,7 +201,7 @@ fn main() {
         println!("sink     time spent: {}, {}", phase("step"), phase("write"));
         shutdown.trigger();
         engine.join().expect("engine stops");
-        sink.stop();
+        runtime.block_on(sink.stop());
         return;
     }
     shutdown.trigger();

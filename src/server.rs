@@ -190,8 +190,13 @@ fn start_sink(
         sources,
         alerts: config.alerts.as_ref().map(|a| a.source.clone()),
     };
-    let handle = crate::sink::start(sink.clone(), inputs, store.clone(), metrics.clone())
-        .context("starting the ClickHouse sink")?;
+    let handle = crate::sink::start(
+        sink.clone(),
+        inputs,
+        store.clone(),
+        metrics.clone(),
+        &tokio::runtime::Handle::current(),
+    );
     *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     Ok(())
 }
@@ -717,6 +722,6 @@ async fn stop_after_engine(checkpointer: &CheckpointSlot, sink: &SinkSlot) {
     }
     let sink = sink.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(sink) = sink {
-        let _ = tokio::task::spawn_blocking(move || sink.stop()).await;
+        sink.stop().await;
     }
 }

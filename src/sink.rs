@@ -1,7 +1,8 @@
 //! The ClickHouse sink's engine side: what to write and when.
 //! Long because the step loop, its batching, its retries and the state differences keep one set of invariants (exactly-once, commits in order).
 //!
-//! The sink runs on a thread of its own and never holds the engine up. It
+//! The sink is a task of the server's runtime (its steps on the blocking
+//! pool) and never holds the engine up. It
 //! works in *steps*, each numbered by the next sink epoch:
 //!
 //! - **events** and **alerts** are read from their topics by the sink's own
@@ -84,43 +85,35 @@ pub struct SinkInputs {
 /// A running sink.
 pub struct SinkHandle {
     stop: Shutdown,
-    thread: std::thread::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl SinkHandle {
     /// Asks the sink to write what the published views hold (a few seconds
     /// at most) and stop; waits for it.
-    pub fn stop(self) {
+    pub async fn stop(self) {
         self.stop.trigger();
-        let _ = self.thread.join();
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "the ClickHouse sink's task failed");
+        }
     }
 }
 
-/// Starts the sink on its own thread. It stops when `stop` is called on the
-/// handle (after the engine, so it can write the last epochs).
+/// Starts the sink as a task of `runtime` (the server's: one runtime for
+/// the process); its steps, which are CPU work over snapshots and log
+/// reads, run on the runtime's blocking pool. It stops when `stop` is
+/// called on the handle (after the engine, so it can write the last epochs).
 pub fn start(
     settings: SinkSettings,
     inputs: SinkInputs,
     store: Arc<Store>,
     metrics: Metrics,
-) -> std::io::Result<SinkHandle> {
+    runtime: &tokio::runtime::Handle,
+) -> SinkHandle {
     let stop = Shutdown::new();
-    let thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("stockflow-sink".into())
-            .spawn(move || {
-                // One worker: ClickHouse writes run there while this thread takes the next steps.
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("stockflow-sink-io")
-                    .enable_all()
-                    .build()
-                    .expect("a tokio runtime");
-                runtime.block_on(Sink::new(settings, inputs, store, metrics, stop).run());
-            })?
-    };
-    Ok(SinkHandle { stop, thread })
+    let sink = Arc::new(Sink::new(settings, inputs, store, metrics, stop.clone()));
+    let task = runtime.spawn(sink.run());
+    SinkHandle { stop, task }
 }
 
 /// One topic partition the sink reads.
@@ -177,7 +170,7 @@ impl Sink {
         self.store.status.set_sink_state(NAME, state.into());
     }
 
-    async fn run(self) {
+    async fn run(self: Arc<Self>) {
         let Some((mut committed, mut written, mut readers)) = self.connect().await else {
             return;
         };
@@ -270,14 +263,30 @@ impl Sink {
                 // Events flow from the start; state waits until the views have
                 // caught up (after a restart the replay's intermediate states
                 // are older than what ClickHouse holds).
-                let step = self.step(
-                    epoch + 1,
-                    &snapshot,
-                    &mut written,
-                    &mut readers,
-                    budget,
-                    self.store.caught_up(),
-                );
+                let (sink, snapshot) = (self.clone(), snapshot.clone());
+                let stepping = tokio::task::spawn_blocking(move || {
+                    let with_state = sink.store.caught_up();
+                    let step = sink.step(
+                        epoch + 1,
+                        &snapshot,
+                        &mut written,
+                        &mut readers,
+                        budget,
+                        with_state,
+                    );
+                    (written, readers, step)
+                });
+                let step = match stepping.await {
+                    Ok((now_written, now_readers, step)) => {
+                        (written, readers) = (now_written, now_readers);
+                        step
+                    }
+                    Err(panicked) => {
+                        tracing::error!(%panicked, "a ClickHouse sink step failed");
+                        self.state(format!("stopped: a step failed: {panicked}"));
+                        return;
+                    }
+                };
                 timer.observe_duration();
                 if let Some(step) = step {
                     epoch += 1;
