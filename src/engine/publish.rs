@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use stockflow_dataflows::alert_rows::{low_stock_row, LowStockRow};
 use stockflow_dataflows::alerts::{Alert, AlertKind};
-use stockflow_dataflows::kpis::{SkuGauge, Table};
-use stockflow_dataflows::model::{Epoch, Name, SkuKey, StockDelta, StockKey};
+use stockflow_dataflows::kpis::{raised, GaugeBook, SkuLookup, Table};
+use stockflow_dataflows::model::{Epoch, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use stockflow_dataflows::order_rows::order_key;
 
 /// Where the publisher sends what it publishes, besides the store.
@@ -75,7 +75,7 @@ pub fn run_publisher(
         outcomes_to,
         alerts_to,
     };
-    let mut kpis = kpis.map(|table| (table, Gauging::default()));
+    let mut kpis = kpis.map(|table| (table, GaugeBook::default()));
     let mut working = Snapshot::default();
     // A checkpoint's alerts are the view's first rows; their skus' gauges are
     // computed with the first publish (which carries the checkpoint's events).
@@ -259,7 +259,7 @@ pub fn run_publisher(
                     }
                 }
             }
-            if let Some((table, gauging)) = kpis.as_mut() {
+            if let Some((table, book)) = kpis.as_mut() {
                 let changes = table.apply(kpi_cells, extremes);
                 metrics.kpi_too_late.inc_by(changes.too_late);
                 for (row, diff) in changes.rows {
@@ -286,7 +286,13 @@ pub fn run_publisher(
                         }
                     }
                 }
-                gauging.update(&mut working, gauge_skus, alerted_skus);
+                for (tenant, before, after) in book.update(&working, gauge_skus, alerted_skus) {
+                    working
+                        .gauges
+                        .entry(tenant)
+                        .or_default()
+                        .replace(before, after);
+                }
                 working.kpi_horizon = table.horizon();
                 metrics
                     .view_rows
@@ -339,69 +345,28 @@ pub fn run_publisher(
     }
 }
 
-/// The gauges' bookkeeping: what each sku contributes now.
-#[derive(Default)]
-struct Gauging {
-    skus: HashMap<SkuKey, SkuGauge, foldhash::fast::RandomState>,
-}
+/// What the gauge book reads of the working snapshot.
+impl SkuLookup for Snapshot {
+    fn item(&self, key: &SkuKey) -> Option<&ItemRow> {
+        self.items.get(key)
+    }
 
-impl Gauging {
-    /// Recomputes the contribution of every sku whose item or stock changed
-    /// (`touched`) or that had an alert transition (`alerted`) from the
-    /// working snapshot, and moves its tenant's gauges by the difference.
-    /// Only alerted skus look their alerts up; the others keep the alert
-    /// flags they had, so a publish of stock changes costs two lookups per sku.
-    fn update(
-        &mut self,
-        working: &mut Snapshot,
-        mut touched: Vec<SkuKey>,
-        mut alerted: Vec<SkuKey>,
-    ) {
-        alerted.sort_unstable();
-        alerted.dedup();
-        touched.extend(alerted.iter().cloned());
-        touched.sort_unstable();
-        touched.dedup();
-        for key in touched {
-            let before = self.skus.get(&key).copied().unwrap_or_default();
-            let (low, out) = if alerted.binary_search(&key).is_ok() {
-                let first = StockKey {
-                    tenant: key.tenant.clone(),
-                    sku: key.sku.clone(),
-                    location: Name::default(),
-                };
-                let mut flags = (false, false);
-                for (_, pair) in working
-                    .alerts
-                    .range(first..)
-                    .take_while(|(k, _)| k.tenant == key.tenant && k.sku == key.sku)
-                {
-                    flags.0 |= pair.low_stock.as_ref().is_some_and(|a| a.raised);
-                    flags.1 |= pair.out_of_stock.as_ref().is_some_and(|a| a.raised);
-                }
-                flags
-            } else {
-                (before.low == 1, before.out == 1)
-            };
-            let on_hand = working
-                .stock_totals
-                .get(&key)
-                .map_or(0, |total| total.on_hand);
-            let after = SkuGauge::of(working.items.get(&key), on_hand, low, out);
-            if before == after {
-                continue;
-            }
-            if after == SkuGauge::default() {
-                self.skus.remove(&key);
-            } else {
-                self.skus.insert(key.clone(), after);
-            }
-            working
-                .gauges
-                .entry(key.tenant.clone())
-                .or_default()
-                .replace(before, after);
-        }
+    fn on_hand(&self, key: &SkuKey) -> i64 {
+        self.stock_totals.get(key).map_or(0, |total| total.on_hand)
+    }
+
+    fn alerts(&self, key: &SkuKey) -> (bool, bool) {
+        let first = StockKey {
+            tenant: key.tenant.clone(),
+            sku: key.sku.clone(),
+            location: Name::default(),
+        };
+        raised(
+            self.alerts
+                .range(first..)
+                .take_while(|(k, _)| k.tenant == key.tenant && k.sku == key.sku)
+                .map(|(_, pair)| pair),
+        )
     }
 }
 

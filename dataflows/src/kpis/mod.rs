@@ -14,14 +14,16 @@
 //!
 //! Derived values (revenue per order, success rates), retention and the top
 //! skus per day are in [`Table`], which accumulates the dataflow's output.
+//! The gauges (point in time, per tenant, from the items, stock totals and
+//! alerts) are kept by a [`GaugeBook`].
 
+mod gauges;
 mod spec;
 mod table;
 
+pub use gauges::{raised, GaugeBook, GaugeMove, Gauges, SkuGauge, SkuLookup};
 pub use spec::{compile_all, Aggregate, Kind, KpiSpec, KpiSpecConfig, WindowsConfig};
-pub use table::{
-    Gauges, KpiRow, KpiValue, SkuGauge, Table, TableChanges, TopChange, TopSkus, TOP_SKUS,
-};
+pub use table::{KpiRow, KpiValue, Table, TableChanges, TopChange, TopSkus, TOP_SKUS};
 
 use crate::model::{Event, EventBody, EventTime, Name, OrderStatus};
 use differential_dataflow::lattice::Lattice;

@@ -1,12 +1,12 @@
 //! [`Table`]: the accumulation of the `kpis` dataflow's output, its derived
-//! rows, the top skus per day, retention; and the per-tenant gauges.
+//! rows, the top skus per day, retention (the gauges are in `gauges.rs`).
 //!
 //! Pure state and arithmetic: the engine's publisher owns one table and
 //! applies each publish's updates to it; what changed comes back as row
 //! retractions and insertions for the snapshot and the change streams.
 
 use super::{cells, Aggregate, Cell, Kind, KpiKey, KpiSpec, Window};
-use crate::model::{EventTime, ItemRow, Money, Name};
+use crate::model::{EventTime, Money, Name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -461,71 +461,6 @@ fn rounded_div(n: i128, d: i128) -> i128 {
     }
 }
 
-/// What one sku adds to its tenant's gauges.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SkuGauge {
-    /// 1 when the item is in the catalogue and not deleted.
-    pub active: i64,
-    /// On hand × price (ten-thousandths), for active items.
-    pub value: i128,
-    /// 1 when some location of the sku has an active low-stock alert.
-    pub low: i64,
-    /// 1 when some location has an active out-of-stock alert.
-    pub out: i64,
-}
-
-impl SkuGauge {
-    /// The contribution of a sku with catalogue row `item`, `on_hand` over
-    /// its locations, and whether any location has each alert active.
-    pub fn of(item: Option<&ItemRow>, on_hand: i64, low: bool, out: bool) -> SkuGauge {
-        let active = item.filter(|item| item.active);
-        SkuGauge {
-            active: active.is_some() as i64,
-            value: active.map_or(0, |item| {
-                on_hand as i128 * item.price.ten_thousandths() as i128
-            }),
-            low: low as i64,
-            out: out as i64,
-        }
-    }
-}
-
-/// The point-in-time gauges of one tenant.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Gauges {
-    /// Skus with an active low-stock alert at some location.
-    pub low_stock_skus: i64,
-    /// Skus with an active out-of-stock alert at some location.
-    pub out_of_stock_skus: i64,
-    /// Σ on hand × price over active items (ten-thousandths).
-    pub inventory_value: i128,
-    /// Items in the catalogue and not deleted.
-    pub skus_active: i64,
-}
-
-impl Gauges {
-    /// Replaces a sku's contribution `before` with `after`.
-    pub fn replace(&mut self, before: SkuGauge, after: SkuGauge) {
-        self.low_stock_skus += after.low - before.low;
-        self.out_of_stock_skus += after.out - before.out;
-        self.inventory_value += after.value - before.value;
-        self.skus_active += after.active - before.active;
-    }
-
-    /// The gauges as `(metric, value)` pairs.
-    pub fn values(&self) -> [(&'static str, KpiValue); 4] {
-        [
-            ("low_stock_skus", KpiValue::Int(self.low_stock_skus as i128)),
-            (
-                "out_of_stock_skus",
-                KpiValue::Int(self.out_of_stock_skus as i128),
-            ),
-            ("inventory_value", KpiValue::Money(self.inventory_value)),
-            ("skus_active", KpiValue::Int(self.skus_active as i128)),
-        ]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,36 +600,5 @@ mod tests {
         assert_eq!(rounded_div(-5, 2), -3);
         assert_eq!(rounded_div(4, 3), 1);
         assert_eq!(rounded_div(100_000, 3), 33_333);
-    }
-
-    #[test]
-    fn gauges_replace_contributions() {
-        let item = ItemRow {
-            name: "x".into(),
-            price: Money::from_cents(250),
-            category: "".into(),
-            reorder_point: None,
-            target_level: None,
-            active: true,
-            updated_at: 0,
-        };
-        let mut gauges = Gauges::default();
-        let a = SkuGauge::of(Some(&item), 4, true, false);
-        gauges.replace(SkuGauge::default(), a);
-        assert_eq!(
-            gauges,
-            Gauges {
-                low_stock_skus: 1,
-                out_of_stock_skus: 0,
-                inventory_value: 100_000,
-                skus_active: 1
-            }
-        );
-        let deleted = ItemRow {
-            active: false,
-            ..item
-        };
-        gauges.replace(a, SkuGauge::of(Some(&deleted), 4, false, false));
-        assert_eq!(gauges, Gauges::default());
     }
 }
