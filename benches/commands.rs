@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::config::{Settings, SourceDecl};
 use stockflow::server::{self, INVENTORY_EVENTS};
+use stockflow::settings::{Settings, SourceDecl};
 use stockflow::source::Format;
 
 const SKUS: usize = 1000;
@@ -51,7 +51,7 @@ async fn run(seconds: u64, connections: usize, workers: usize) {
         data_dir: dir.path().to_path_buf(),
         workers,
         rate_limit: None,
-        http_limits: stockflow::http::Limits {
+        http_limits: stockflow::settings::Limits {
             max_connections: 1024,
             ..Settings::default().http_limits
         },

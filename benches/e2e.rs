@@ -71,7 +71,7 @@ fn main() {
         std::env::var("CHANGES_RETENTION")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(stockflow::store::DEFAULT_CHANGES_RETENTION),
+            .unwrap_or(stockflow::settings::DEFAULT_CHANGES_RETENTION),
     ));
     let shutdown = Shutdown::new();
     // The default configuration: the decider (an empty commands topic),
@@ -138,7 +138,7 @@ fn main() {
             )],
             alerts: None,
         };
-        let mut settings = stockflow::sink::SinkSettings::new(config);
+        let mut settings = stockflow::settings::SinkSettings::new(config);
         // CLICKHOUSE_BATCH_MS: the age at which a partial batch is written (default 1000).
         if let Some(ms) = std::env::var("CLICKHOUSE_BATCH_MS")
             .ok()

@@ -14,8 +14,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use stockflow::config::{ServeArgs, Settings};
+use stockflow::config::ServeArgs;
 use stockflow::server;
+use stockflow::settings::Settings;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

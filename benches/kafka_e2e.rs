@@ -31,7 +31,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use stockflow::config::{ServeArgs, Settings};
+use stockflow::config::ServeArgs;
+use stockflow::settings::Settings;
 use stockflow::source::kafka::{client_config, ensure_topics, KafkaSettings};
 use stockflow_dataflows::model::{decode_event, RecordContext};
 

@@ -15,9 +15,10 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use stockflow::config::{ServeArgs, Settings};
+use stockflow::config::ServeArgs;
 use stockflow::log::Log;
 use stockflow::server::{self, INVENTORY_EVENTS};
+use stockflow::settings::Settings;
 
 fn main() {
     // `RUST_LOG=info` shows the engine's own timings (checkpoint loaded, written).

@@ -52,47 +52,7 @@ const FORMAT: u32 = 1;
 /// First bytes of a segment file.
 const SEGMENT_MAGIC: &[u8; 8] = b"SFCKSEG1";
 
-/// What the engine does when a source no longer holds messages a checkpoint
-/// resumes from (Kafka retention deleted them, or the topic was emptied).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-)]
-#[serde(rename_all = "kebab-case")]
-#[strum(serialize_all = "kebab-case")]
-pub enum GapPolicy {
-    /// Refuse to start and say what is missing and what the choices are.
-    #[default]
-    Fail,
-    /// Ignore the checkpoint: rebuild from the earliest messages still held.
-    Replay,
-    /// Resume from the checkpoint, skipping the missing messages (logged and
-    /// counted in `stockflow_checkpoint_gap_messages`).
-    Accept,
-}
-
-impl GapPolicy {
-    /// Parses `fail`, `replay` or `accept`.
-    pub fn parse(name: &str) -> Result<GapPolicy, String> {
-        name.parse().map_err(|_| {
-            format!(
-                "`{name}` is not one of {}",
-                crate::source::names::<GapPolicy>()
-            )
-        })
-    }
-}
-
-pub use crate::store::Offsets;
+pub use crate::rows::Offsets;
 
 /// A file of a checkpoint, as its manifest names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

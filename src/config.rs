@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::settings::{Checkpoints, LogFormat, Settings, SourceDecl};
+
 /// stockflow: a streaming engine for inventory and orders.
 #[derive(Debug, Parser)]
 #[command(name = "stockflow", version, about)]
@@ -88,7 +90,7 @@ pub struct ReplayArgs {
     pub to: String,
     /// What time bounds compare: `log` (the message's timestamp in the log) or `event` (the event's own `ts`).
     #[arg(long, value_enum, default_value = "log")]
-    pub time_field: crate::replay::TimeField,
+    pub time_field: crate::settings::TimeField,
     /// The data dir whose embedded log holds the topics (without --kafka-brokers).
     #[arg(long)]
     pub source_dir: Option<PathBuf>,
@@ -176,7 +178,7 @@ pub struct ExportArgs {
     pub tenant: Option<String>,
     /// File format.
     #[arg(long, value_enum, default_value = "parquet")]
-    pub format: crate::export::FileFormat,
+    pub format: crate::settings::FileFormat,
     /// The file to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -402,7 +404,7 @@ impl ServeArgs {
     /// what `--help` shows (see [`Cli::command_with_defaults`]). An option
     /// left out has no default (it is off until given).
     pub fn defaults() -> ServeArgs {
-        use crate::sink::SinkSettings as Sink;
+        use crate::settings::SinkSettings as Sink;
         // The engine's and the sinks' own defaults, where they have them.
         let thresholds = stockflow_dataflows::alerts::Thresholds::default();
         let webhooks = stockflow_sinks::webhooks::Policy::default();
@@ -426,7 +428,7 @@ impl ServeArgs {
             low_stock_threshold: Some(thresholds.default),
             alert_hysteresis: Some(thresholds.hysteresis),
             alerts_topic: Some("alerts.events".into()),
-            changes_retention: Some(crate::store::DEFAULT_CHANGES_RETENTION),
+            changes_retention: Some(crate::settings::DEFAULT_CHANGES_RETENTION),
             webhook_max_attempts: Some(webhooks.max_attempts),
             webhook_backoff_ms: Some(webhooks.first_backoff.as_millis() as u64),
             webhooks_per_tenant: Some(webhooks.per_tenant),
@@ -436,7 +438,7 @@ impl ServeArgs {
             clickhouse_batch_ms: Some(Sink::BATCH_INTERVAL.as_millis() as u64),
             clickhouse_max_buffer: Some(Sink::MAX_BUFFER),
             checkpoint_interval: Some("30s".into()),
-            on_checkpoint_gap: Some(<&str>::from(crate::checkpoint::GapPolicy::default()).into()),
+            on_checkpoint_gap: Some(<&str>::from(crate::settings::GapPolicy::default()).into()),
             sources: vec!["inventory.events".into(), "order.events".into()],
             ..ServeArgs::default()
         }
@@ -486,17 +488,6 @@ pub struct DemoArgs {
     pub rate: Option<u32>,
 }
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Pretty,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The config file (`--config`): the options of [`ServeArgs`] under their
 /// field names, and the few whose file form differs from the flag's.
 #[derive(Debug, Default)]
@@ -543,28 +534,6 @@ pub struct SourceConfig {
     pub start: Option<String>,
 }
 
-/// A topic to read, as declared.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SourceDecl {
-    /// Topic name.
-    pub topic: String,
-    /// Message format.
-    pub format: crate::source::Format,
-    /// Where reading begins.
-    pub start: crate::source::Start,
-}
-
-impl SourceDecl {
-    /// A topic read from the earliest offset.
-    pub fn new(topic: impl Into<String>, format: crate::source::Format) -> SourceDecl {
-        SourceDecl {
-            topic: topic.into(),
-            format,
-            start: crate::source::Start::Earliest,
-        }
-    }
-}
-
 /// `[demo]` table of the config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -573,95 +542,15 @@ pub struct DemoFileConfig {
     pub rate: Option<u32>,
 }
 
-/// Resolved settings of a `serve` or `demo` run.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// HTTP listen address.
-    pub listen: SocketAddr,
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// Worker threads.
-    pub workers: usize,
-    /// Epoch length.
-    pub epoch: Duration,
-    /// Epoch size cap per worker.
-    pub epoch_max_events: usize,
-    /// Most messages read and not yet published (all workers).
-    pub max_in_flight_events: usize,
-    /// Partitions of created topics.
-    pub partitions: u32,
-    /// Where commands go and are decided from.
-    pub commands_topic: String,
-    /// Where the decider's outcomes go.
-    pub outcomes_topic: String,
-    /// Non-loopback listening allowed.
-    pub insecure_listen: bool,
-    /// API keys; `None`: auth is off (and the server listens on loopback only, unless `insecure_listen`).
-    pub api_keys: Option<std::sync::Arc<crate::http::auth::ApiKeys>>,
-    /// Requests a second per API key (`None`: unlimited).
-    pub rate_limit: Option<u32>,
-    /// Longest a handler may run.
-    pub request_timeout: Duration,
-    /// Connections at once and the header-read timeout.
-    pub http_limits: crate::http::Limits,
-    /// Views only: the write path (commands, decider) is off.
-    pub read_only: bool,
-    /// Log format.
-    pub log_format: LogFormat,
-    /// Demo generator rate (events/s), when running `demo`.
-    pub demo_rate: Option<u32>,
-    /// Kafka, when configured; else the embedded log.
-    pub kafka: Option<crate::source::kafka::KafkaSettings>,
-    /// Topics to read, their formats and start positions.
-    pub sources: Vec<SourceDecl>,
-    /// Low-stock thresholds and hysteresis.
-    pub thresholds: stockflow_dataflows::alerts::Thresholds,
-    /// Where alert events go.
-    pub alerts_topic: String,
-    /// Row changes retained for change streams.
-    pub changes_retention: usize,
-    /// Webhook delivery: retries, the networks it may reach, the per-tenant cap.
-    pub webhook_policy: stockflow_sinks::webhooks::Policy,
-    /// How long KPI buckets are kept (event time).
-    pub kpi_retention: Duration,
-    /// Custom KPIs.
-    pub kpi_specs: std::sync::Arc<[stockflow_dataflows::kpis::KpiSpec]>,
-    /// The ClickHouse sink, when `--clickhouse-url` is given.
-    pub clickhouse: Option<crate::sink::SinkSettings>,
-    /// When checkpoints are written (and whether one is read at start).
-    pub checkpoints: Checkpoints,
-    /// What to do when a source no longer holds what the checkpoint resumes from.
-    pub on_checkpoint_gap: crate::checkpoint::GapPolicy,
-    /// A run that only reads (`dump`, `replay`): nothing is written to the
-    /// topics (no alert events, outcomes or dead letters, no commands taken)
-    /// and no checkpoint is written (one is read unless checkpoints are off).
-    pub offline: bool,
-    /// A replay's range and where its embedded log is (`stockflow replay`).
-    pub replay: Option<crate::replay::ReplaySettings>,
-}
-
-/// When checkpoints are written, and whether one is read at start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Checkpoints {
-    /// None written nor read (`--checkpoint-interval 0`).
-    Off,
-    /// One every interval, and a last one at shutdown.
-    Every(Duration),
-    /// Only one, at shutdown: a replay's checkpoint is its result.
-    AtShutdown,
-}
-
-impl Checkpoints {
-    /// Parses `--checkpoint-interval`: `0` (never) or a duration of 1 s to a day.
-    pub fn parse(text: &str) -> Result<Checkpoints, String> {
-        match parse_duration(text).map_err(|e| format!("{e}; 0 for never"))? {
-            Duration::ZERO => Ok(Checkpoints::Off),
-            short if short < Duration::from_secs(1) => {
-                Err(format!("`{}`: at least 1s (or 0 for never)", text.trim()))
-            }
-            interval if interval > DAY => Err(format!("`{}`: at most a day", text.trim())),
-            interval => Ok(Checkpoints::Every(interval)),
+/// Parses `--checkpoint-interval`: `0` (never) or a duration of 1 s to a day.
+pub fn parse_checkpoints(text: &str) -> Result<Checkpoints, String> {
+    match parse_duration(text).map_err(|e| format!("{e}; 0 for never"))? {
+        Duration::ZERO => Ok(Checkpoints::Off),
+        short if short < Duration::from_secs(1) => {
+            Err(format!("`{}`: at least 1s (or 0 for never)", text.trim()))
         }
+        interval if interval > DAY => Err(format!("`{}`: at most a day", text.trim())),
+        interval => Ok(Checkpoints::Every(interval)),
     }
 }
 
@@ -746,7 +635,7 @@ impl Settings {
             rate_limit: Some(defaulted(o.rate_limit)).filter(|rate| *rate > 0),
             // Set below from `request_timeout`.
             request_timeout: Duration::ZERO,
-            http_limits: crate::http::Limits {
+            http_limits: crate::settings::Limits {
                 max_connections: defaulted(o.max_connections),
                 // Set below from `header_read_timeout`.
                 header_read_timeout: Duration::ZERO,
@@ -850,7 +739,7 @@ impl Settings {
             Ok(retention) => settings.kpi_retention = retention,
             Err(reason) => errors.push(format!("kpi_retention: {reason}")),
         }
-        match Checkpoints::parse(&defaulted(o.checkpoint_interval)) {
+        match parse_checkpoints(&defaulted(o.checkpoint_interval)) {
             Ok(checkpoints) => settings.checkpoints = checkpoints,
             Err(reason) => errors.push(format!("checkpoint_interval: {reason}")),
         }
@@ -862,7 +751,7 @@ impl Settings {
                 .as_ref()
                 .map(|keys| keys.iter().map(String::as_str).collect()),
         };
-        match keys.map(crate::http::auth::ApiKeys::parse) {
+        match keys.map(crate::api_keys::ApiKeys::parse) {
             Some(Ok(keys)) => settings.api_keys = Some(std::sync::Arc::new(keys)),
             Some(Err(problems)) => errors.extend(problems),
             None => {}
@@ -873,12 +762,12 @@ impl Settings {
                 "request_timeout: `{}`: at most a day",
                 request_timeout.trim()
             )),
-            Ok(timeout) if timeout.as_millis() > u128::from(crate::http::MAX_WAIT_MS) => {
+            Ok(timeout) if timeout.as_millis() > u128::from(crate::settings::MAX_WAIT_MS) => {
                 settings.request_timeout = timeout
             }
             Ok(_) => errors.push(format!(
                 "request_timeout: must be longer than the longest wait_ms a read may ask ({} s)",
-                crate::http::MAX_WAIT_MS / 1000
+                crate::settings::MAX_WAIT_MS / 1000
             )),
             Err(reason) => errors.push(format!("request_timeout: {reason}")),
         }
@@ -900,7 +789,7 @@ impl Settings {
                 settings.http_limits.max_connections
             ));
         }
-        match crate::checkpoint::GapPolicy::parse(&defaulted(o.on_checkpoint_gap)) {
+        match crate::settings::GapPolicy::parse(&defaulted(o.on_checkpoint_gap)) {
             Ok(policy) => settings.on_checkpoint_gap = policy,
             Err(reason) => errors.push(format!("on_checkpoint_gap: {reason}")),
         }
@@ -951,12 +840,13 @@ impl Settings {
             {
                 errors.push(format!("clickhouse_database: `{database}` is not a plain identifier (letters, digits, _; not starting with a digit)"));
             }
-            let mut sink = crate::sink::SinkSettings::new(stockflow_sinks::clickhouse::Config {
-                url,
-                database,
-                user: o.clickhouse_user.unwrap_or_default(),
-                password: o.clickhouse_password.unwrap_or_default(),
-            });
+            let mut sink =
+                crate::settings::SinkSettings::new(stockflow_sinks::clickhouse::Config {
+                    url,
+                    database,
+                    user: o.clickhouse_user.unwrap_or_default(),
+                    password: o.clickhouse_password.unwrap_or_default(),
+                });
             sink.batch_rows = defaulted(o.clickhouse_batch_rows);
             sink.batch_interval = Duration::from_millis(defaulted(o.clickhouse_batch_ms));
             sink.max_buffer = defaulted(o.clickhouse_max_buffer);
@@ -1338,22 +1228,22 @@ mod tests {
     #[test]
     fn checkpoint_options_parse_with_precise_errors() {
         let every = |seconds| Ok(Checkpoints::Every(Duration::from_secs(seconds)));
-        assert_eq!(Checkpoints::parse("30s"), every(30));
-        assert_eq!(Checkpoints::parse("45"), every(45));
-        assert_eq!(Checkpoints::parse("5m"), every(300));
-        assert_eq!(Checkpoints::parse("1h 30m"), every(5400));
-        assert_eq!(Checkpoints::parse("0"), Ok(Checkpoints::Off));
-        assert_eq!(Checkpoints::parse("2d"), Err("`2d`: at most a day".into()));
+        assert_eq!(parse_checkpoints("30s"), every(30));
+        assert_eq!(parse_checkpoints("45"), every(45));
+        assert_eq!(parse_checkpoints("5m"), every(300));
+        assert_eq!(parse_checkpoints("1h 30m"), every(5400));
+        assert_eq!(parse_checkpoints("0"), Ok(Checkpoints::Off));
+        assert_eq!(parse_checkpoints("2d"), Err("`2d`: at most a day".into()));
         assert_eq!(
-            Checkpoints::parse("2000m"),
+            parse_checkpoints("2000m"),
             Err("`2000m`: at most a day".into())
         );
         assert_eq!(
-            Checkpoints::parse("500ms"),
+            parse_checkpoints("500ms"),
             Err("`500ms`: at least 1s (or 0 for never)".into())
         );
         assert_eq!(
-            Checkpoints::parse("often"),
+            parse_checkpoints("often"),
             Err(
                 "`often` is not a duration like 30s, 5m, 1h 30m or 90d (expected number at 0); 0 for never"
                     .into()
@@ -1364,10 +1254,7 @@ mod tests {
             defaults.checkpoints,
             Checkpoints::Every(Duration::from_secs(30))
         );
-        assert_eq!(
-            defaults.on_checkpoint_gap,
-            crate::checkpoint::GapPolicy::Fail
-        );
+        assert_eq!(defaults.on_checkpoint_gap, crate::settings::GapPolicy::Fail);
         let args = ServeArgs {
             checkpoint_interval: Some("often".into()),
             on_checkpoint_gap: Some("skip".into()),

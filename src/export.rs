@@ -2,6 +2,7 @@
 //! files by `stockflow export`, and sent as an Arrow IPC stream by listings
 //! asked for `Accept: application/vnd.apache.arrow.stream`.
 
+use crate::settings::FileFormat;
 use crate::store::Snapshot;
 use anyhow::Context;
 use arrow_array::builder::{
@@ -22,15 +23,6 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// Views that can be exported.
 pub const VIEWS: [&str; 3] = ["stock", "items", "kpis"];
-
-/// File formats of `stockflow export`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FileFormat {
-    /// Apache Parquet.
-    Parquet,
-    /// Arrow IPC file.
-    Arrow,
-}
 
 fn utc_ms() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))

@@ -3,8 +3,9 @@
 //! Sources (the embedded [`log`], later Kafka) feed the pure dataflows of
 //! `stockflow-dataflows` through the [`engine`]; views are published per
 //! epoch into the [`store`] that the [`http`] API reads. [`server`] wires a
-//! run together; [`config`] resolves its settings.
+//! run together; [`config`] resolves the [`settings`] every part reads.
 
+pub mod api_keys;
 pub mod changes;
 pub mod checkpoint;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod offline;
 pub mod replay;
 pub mod rows;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

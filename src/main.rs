@@ -1,6 +1,7 @@
 //! The `stockflow` binary: parse the command line, set up logging, run.
 
-use stockflow::config::{Checkpoints, Cli, Command, LogCommand, LogFormat, Settings};
+use stockflow::config::{Cli, Command, LogCommand};
+use stockflow::settings::{Checkpoints, LogFormat, Settings};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_with_defaults();
@@ -71,7 +72,7 @@ fn configure_replay(
     settings: &mut Settings,
     args: &stockflow::config::ReplayArgs,
 ) -> Result<(), Vec<String>> {
-    use stockflow::replay::{Bound, Range, ReplaySettings};
+    use stockflow::settings::{Bound, Range, ReplaySettings};
     let mut errors = Vec::new();
     if !args.topics.is_empty() {
         settings.sources.clear();
@@ -82,7 +83,7 @@ fn configure_replay(
             match stockflow::source::Format::parse(format.trim()) {
                 Ok(format) => settings
                     .sources
-                    .push(stockflow::config::SourceDecl::new(name.trim(), format)),
+                    .push(stockflow::settings::SourceDecl::new(name.trim(), format)),
                 Err(error) => errors.push(format!("--topic {topic}: {error}")),
             }
         }

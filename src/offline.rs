@@ -8,9 +8,10 @@
 //! checkpoint (but a replay's result in its own fresh data dir), nothing
 //! created, truncated or appended; a missing data dir is an error.
 
-use crate::config::{DumpArgs, DumpFormat, ExportArgs, Settings};
+use crate::config::{DumpArgs, DumpFormat, ExportArgs};
 use crate::export::{event_batch, view_batch, FileWriter, PositionedEvent};
 use crate::server::{Offline, Running};
+use crate::settings::Settings;
 use crate::source::Source;
 use crate::store::Snapshot;
 use crate::store::Store;
@@ -430,7 +431,7 @@ pub async fn dump(settings: &Settings, args: &DumpArgs) -> anyhow::Result<()> {
     settings.clickhouse = None;
     // Read only, and from the sources alone unless told to use the checkpoint.
     if !args.use_checkpoint {
-        settings.checkpoints = crate::config::Checkpoints::Off;
+        settings.checkpoints = crate::settings::Checkpoints::Off;
     }
     let running = caught_up_offline(&settings, "rebuilding the views").await?;
     let snapshot = running.store.snapshot();

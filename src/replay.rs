@@ -8,106 +8,10 @@
 //! timestamp, or by the event's own `ts` with `--time-field event`). The
 //! engine itself runs unchanged, offline: it writes nothing to the topics.
 
+use crate::settings::{Range, TimeField};
 use crate::source::Format;
 use crate::source::{PartitionReader, Record, Source, SourceError};
-use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// One end of a replay range.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Bound {
-    /// The first message still held (for `--from`).
-    Earliest,
-    /// The end of each partition when the replay starts (for `--to`).
-    Latest,
-    /// The same offset in every partition.
-    Offset(u64),
-    /// An offset per partition (`0:120,1:98`); partitions not named are not bounded.
-    Offsets(BTreeMap<u32, u64>),
-    /// A time, ms since the Unix epoch (RFC 3339 on the command line).
-    Time(i64),
-}
-
-impl Bound {
-    /// Parses `earliest`, `latest`, `N`, `P:N,P:N` or an RFC 3339 time.
-    pub fn parse(text: &str) -> Result<Bound, String> {
-        let text = text.trim();
-        match text {
-            "earliest" => return Ok(Bound::Earliest),
-            "latest" => return Ok(Bound::Latest),
-            _ => {}
-        }
-        if let Ok(offset) = text.parse::<u64>() {
-            return Ok(Bound::Offset(offset));
-        }
-        if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-            return Ok(Bound::Time(time.timestamp_millis()));
-        }
-        let mut offsets = BTreeMap::new();
-        for part in text.split(',') {
-            let parsed = part.split_once(':').and_then(|(p, o)| {
-                Some((p.trim().parse::<u32>().ok()?, o.trim().parse::<u64>().ok()?))
-            });
-            match parsed {
-                Some((partition, offset)) => {
-                    offsets.insert(partition, offset);
-                }
-                None => {
-                    return Err(format!(
-                        "`{text}` is not earliest, latest, an offset (120), offsets per partition (0:120,1:98) or an RFC 3339 time (2026-11-20T10:00:00Z)"
-                    ))
-                }
-            }
-        }
-        Ok(Bound::Offsets(offsets))
-    }
-
-    fn offset(&self, partition: u32) -> Option<u64> {
-        match self {
-            Bound::Offset(offset) => Some(*offset),
-            Bound::Offsets(offsets) => offsets.get(&partition).copied(),
-            _ => None,
-        }
-    }
-
-    fn time(&self) -> Option<i64> {
-        match self {
-            Bound::Time(ms) => Some(*ms),
-            _ => None,
-        }
-    }
-}
-
-/// Which time a time bound compares.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum TimeField {
-    /// The timestamp the log gave the message (Kafka's message timestamp).
-    #[default]
-    Log,
-    /// The event's own `ts` (decoded with the topic's format).
-    Event,
-}
-
-/// The range of a replay: `[from, to)`.
-#[derive(Clone, Debug)]
-pub struct Range {
-    /// Where each partition begins.
-    pub from: Bound,
-    /// Where each partition ends (exclusive).
-    pub to: Bound,
-    /// What time bounds compare.
-    pub time_field: TimeField,
-}
-
-/// What a replay reads, besides the range: where the embedded log is (when
-/// the topics are not on Kafka).
-#[derive(Clone, Debug)]
-pub struct ReplaySettings {
-    /// The range.
-    pub range: Range,
-    /// The data dir whose embedded log holds the topics.
-    pub source_dir: std::path::PathBuf,
-}
 
 /// A source seen through a replay range: partitions begin at `from` and end
 /// at `to` (fixed when it is wrapped, so that "latest" is the end at start),
@@ -269,6 +173,8 @@ impl PartitionReader for BoundedReader {
 mod tests {
     use super::*;
     use crate::log::Log;
+    use crate::settings::Bound;
+    use std::collections::BTreeMap;
 
     #[test]
     fn bounds_parse_with_precise_errors() {

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use stockflow_dataflows::alert_rows::LowStockRow;
 use stockflow_dataflows::alerts::{Alert, AlertKind};
 use stockflow_dataflows::kpis::{KpiKey, KpiValue, TopSkus};
@@ -25,6 +26,36 @@ pub fn rfc3339(ms: EventTime) -> Option<String> {
 /// alphabetical order, the order a JSON value keeps).
 pub fn value(row: impl Serialize) -> Value {
     serde_json::to_value(row).expect("rows serialize")
+}
+
+/// Next offset per topic and partition.
+pub type Offsets = BTreeMap<String, BTreeMap<u32, u64>>;
+
+/// Where the views stand: the epoch and, per topic and partition, the next
+/// offset not yet reflected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AsOf {
+    /// Last completed epoch (0 before the first one).
+    #[schema(value_type = u64)]
+    pub epoch: Epoch,
+    /// Topic → partition → next offset to be read.
+    // JSON object keys are strings: the partition's number as text.
+    #[schema(value_type = BTreeMap<String, BTreeMap<String, u64>>)]
+    pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
+}
+
+impl AsOf {
+    /// True when every position in `targets` has been reached.
+    pub fn covers(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> bool {
+        targets.iter().all(|(topic, partitions)| {
+            partitions.iter().all(|(partition, offset)| {
+                self.offsets
+                    .get(topic)
+                    .and_then(|p| p.get(partition))
+                    .is_some_and(|reached| reached >= offset)
+            })
+        })
+    }
 }
 
 /// The quantities of a stock row or of a sku's totals; an absent row (an

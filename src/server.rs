@@ -2,11 +2,11 @@
 //! (for `demo`) the generator, sharing one shutdown signal.
 //! Long because the start order (data-dir lock, recovery, Kafka wait, engine, sink, HTTP) and the stop order are one sequence, read top to bottom.
 
-use crate::config::Settings;
 use crate::engine::{AlertsPath, CommandPath, EngineConfig};
 use crate::http::AppState;
 use crate::log::{Log, LogAppender};
 use crate::metrics::Metrics;
+use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::source::SourceSpec;
 use crate::source::{kafka, Appender, Source};
@@ -114,9 +114,9 @@ fn recover(
     slot: &CheckpointSlot,
 ) -> anyhow::Result<()> {
     let interval = match settings.checkpoints {
-        crate::config::Checkpoints::Off => return Ok(()),
-        crate::config::Checkpoints::Every(interval) => Some(interval),
-        crate::config::Checkpoints::AtShutdown => None,
+        crate::settings::Checkpoints::Off => return Ok(()),
+        crate::settings::Checkpoints::Every(interval) => Some(interval),
+        crate::settings::Checkpoints::AtShutdown => None,
     };
     // A checkpoint stands for the sources read from their earliest offsets: a
     // source told to begin elsewhere (`latest`, `stored`) begins there at each start.
@@ -408,7 +408,7 @@ const FILES_FOR_THE_ENGINE: u64 = 256;
 /// `limits` once the process may hold them: the soft open-files limit raised
 /// to the hard one, and the connection cap lowered, with a warning, when
 /// the files left beside the engine's cannot hold it.
-fn http_limits(mut limits: crate::http::Limits) -> crate::http::Limits {
+fn http_limits(mut limits: crate::settings::Limits) -> crate::settings::Limits {
     match crate::http::raise_open_files_limit() {
         Ok((before, after)) => {
             if after > before {

@@ -25,6 +25,7 @@
 
 use crate::metrics::Metrics;
 use crate::rows::AlertEvent;
+use crate::settings::SinkSettings;
 use crate::shutdown::Shutdown;
 use crate::source::{Format, PartitionReader, Record, Source};
 use crate::store::{Snapshot, Store};
@@ -34,45 +35,9 @@ use std::time::{Duration, Instant};
 use stockflow_dataflows::kpis::{KpiKey, KpiValue, Window};
 use stockflow_dataflows::model::{Event, EventBody, Name, StockDelta, StockKey};
 use stockflow_sinks::clickhouse::{
-    self as ch, datetime, AlertRow, Batch, ClickHouse, EventRow, KpiRow, StockChangeRow,
-    StockCurrentRow, StockRow,
+    datetime, AlertRow, Batch, ClickHouse, EventRow, KpiRow, StockChangeRow, StockCurrentRow,
+    StockRow,
 };
-
-/// How the sink batches and where it starts.
-#[derive(Clone, Debug)]
-pub struct SinkSettings {
-    /// Where to write.
-    pub clickhouse: ch::Config,
-    /// A batch is written once it holds this many rows...
-    pub batch_rows: usize,
-    /// ...or once its oldest step is this old.
-    pub batch_interval: Duration,
-    /// Rows held before the sink stops pulling epochs (ClickHouse down or slow).
-    pub max_buffer: usize,
-    /// Where events are read from when ClickHouse has no progress yet:
-    /// `true` from the earliest offset (a backfill), `false` from the end.
-    pub from_earliest: bool,
-}
-
-impl SinkSettings {
-    /// Rows that make a batch unless told otherwise (`--clickhouse-batch-rows`).
-    pub const BATCH_ROWS: usize = 100_000;
-    /// Age that makes a batch unless told otherwise (`--clickhouse-batch-ms`).
-    pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
-    /// Rows held unless told otherwise (`--clickhouse-max-buffer`).
-    pub const MAX_BUFFER: usize = 1_000_000;
-
-    /// The defaults above, from the earliest offset.
-    pub fn new(clickhouse: ch::Config) -> SinkSettings {
-        SinkSettings {
-            clickhouse,
-            batch_rows: SinkSettings::BATCH_ROWS,
-            batch_interval: SinkSettings::BATCH_INTERVAL,
-            max_buffer: SinkSettings::MAX_BUFFER,
-            from_earliest: true,
-        }
-    }
-}
 
 /// What the sink reads besides the snapshots.
 pub struct SinkInputs {

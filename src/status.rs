@@ -2,7 +2,7 @@
 //! doing (why it waits, which partition fails, who holds it back, where it
 //! started, what counts as caught up), apart from the views it publishes.
 
-use crate::store::{AsOf, Offsets};
+use crate::rows::{AsOf, Offsets};
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 

@@ -1,5 +1,4 @@
 //! The read-optimised store: the views as of the last completed epoch.
-//! Long because publishing, the read-your-writes waits, command records and status all live behind one `Store` (splitting the status registry out is pending).
 //!
 //! The engine's publisher owns a working copy, applies each completed epoch to
 //! it, and swaps in an immutable [`Snapshot`]. Maps are persistent (`imbl`), so
@@ -7,9 +6,10 @@
 //! half an epoch: they hold an `Arc` to one whole, consistent state.
 
 use crate::changes::{Batch, Changelog};
+use crate::rows::AsOf;
+use crate::settings::DEFAULT_CHANGES_RETENTION;
 use crate::status::Status;
 use imbl::OrdMap;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use stockflow_dataflows::alert_rows::AlertPair;
@@ -20,33 +20,6 @@ use stockflow_dataflows::model::{
 };
 use stockflow_dataflows::order_rows::{order_key, OrderRow};
 use tokio::sync::watch;
-
-/// Where the views stand: the epoch and, per topic and partition, the next
-/// offset not yet reflected.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct AsOf {
-    /// Last completed epoch (0 before the first one).
-    #[schema(value_type = u64)]
-    pub epoch: Epoch,
-    /// Topic → partition → next offset to be read.
-    // JSON object keys are strings: the partition's number as text.
-    #[schema(value_type = BTreeMap<String, BTreeMap<String, u64>>)]
-    pub offsets: BTreeMap<String, BTreeMap<u32, u64>>,
-}
-
-impl AsOf {
-    /// True when every position in `targets` has been reached.
-    pub fn covers(&self, targets: &BTreeMap<String, BTreeMap<u32, u64>>) -> bool {
-        targets.iter().all(|(topic, partitions)| {
-            partitions.iter().all(|(partition, offset)| {
-                self.offsets
-                    .get(topic)
-                    .and_then(|p| p.get(partition))
-                    .is_some_and(|reached| reached >= offset)
-            })
-        })
-    }
-}
 
 /// One consistent state of every view.
 #[derive(Clone, Debug, Default)]
@@ -76,9 +49,6 @@ pub struct Snapshot {
     /// retention (not retracted: a sink keeps them as history).
     pub kpi_horizon: EventTime,
 }
-
-/// Next offset per topic and partition.
-pub type Offsets = BTreeMap<String, BTreeMap<u32, u64>>;
 
 /// Command ids remembered for idempotency checks, per process.
 pub const MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
@@ -161,9 +131,6 @@ impl Default for Store {
         Store::new()
     }
 }
-
-/// Row changes retained for change streams by default (see `--changes-retention`).
-pub const DEFAULT_CHANGES_RETENTION: usize = 250_000;
 
 impl Store {
     /// An empty store (epoch 0, no rows) retaining [`DEFAULT_CHANGES_RETENTION`] row changes.

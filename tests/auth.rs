@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::time::Duration;
-use stockflow::config::Settings;
-use stockflow::http::auth::ApiKeys;
+use stockflow::api_keys::ApiKeys;
+use stockflow::settings::Settings;
 
 mod common;
 use common::{eventually, stop, Server, EVENTUALLY};

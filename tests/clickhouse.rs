@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use stockflow::server::{Running, INVENTORY_EVENTS, ORDER_EVENTS};
-use stockflow::sink::SinkSettings;
+use stockflow::settings::SinkSettings;
 use stockflow::source::PartitionReader;
 
 mod common;
@@ -317,7 +317,7 @@ async fn wait_synced(running: &Running, url: &str, db: &str, events: usize) {
     .await
 }
 
-fn settings_for(dir: &Path, url: &str, db: &str) -> stockflow::config::Settings {
+fn settings_for(dir: &Path, url: &str, db: &str) -> stockflow::settings::Settings {
     let mut settings = common::local_settings(dir, 2);
     let mut sink = SinkSettings::new(stockflow_sinks::clickhouse::Config {
         url: url.into(),

@@ -3,7 +3,7 @@
 //! concurrency and restarts.
 
 use serde_json::{json, Value};
-use stockflow::config::Settings;
+use stockflow::settings::Settings;
 
 const COMMANDS: &str = "inventory.commands";
 

@@ -7,8 +7,8 @@ use arrow_array::{Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use serde_json::json;
 use std::collections::BTreeMap;
 use stockflow::config::{ExportArgs, ServeArgs};
-use stockflow::export::FileFormat;
 use stockflow::server::INVENTORY_EVENTS;
+use stockflow::settings::FileFormat;
 
 mod common;
 

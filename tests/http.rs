@@ -2,8 +2,8 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use stockflow::config::Settings;
 use stockflow::server::{self, Running, INVENTORY_EVENTS};
+use stockflow::settings::Settings;
 
 mod common;
 use common::{append_events, eventually, stop, Client, Server, EVENTUALLY};
@@ -905,7 +905,7 @@ async fn idle_and_slow_connections_are_closed_and_the_cap_keeps_the_api_reachabl
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path(), 1);
-    settings.http_limits = stockflow::http::Limits {
+    settings.http_limits = stockflow::settings::Limits {
         max_connections: 8,
         header_read_timeout: Duration::from_secs(1),
     };

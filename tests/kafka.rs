@@ -10,8 +10,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use stockflow::config::{Settings, SourceDecl};
 use stockflow::server;
+use stockflow::settings::{Settings, SourceDecl};
 use stockflow::source::kafka::{header_text, KafkaSettings};
 use stockflow::source::{Format, Start};
 
@@ -993,7 +993,7 @@ async fn the_clickhouse_sink_writes_kafka_events_once_across_a_restart() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(dir.path(), &topic, 2);
-    let mut sink = stockflow::sink::SinkSettings::new(stockflow_sinks::clickhouse::Config {
+    let mut sink = stockflow::settings::SinkSettings::new(stockflow_sinks::clickhouse::Config {
         url: std::env::var("STOCKFLOW_CLICKHOUSE_URL")
             .unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
         database: db.clone(),
@@ -1035,7 +1035,7 @@ async fn the_clickhouse_sink_writes_kafka_events_once_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_of_a_kafka_topic_is_a_checkpoint_serve_resumes_from() {
-    use stockflow::replay::{Bound, Range, ReplaySettings, TimeField};
+    use stockflow::settings::{Bound, Range, ReplaySettings, TimeField};
     let topic = unique("replay");
     let (dir, replayed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let adjust = |id: &str, qty: i64| {
@@ -1062,7 +1062,7 @@ async fn a_replay_of_a_kafka_topic_is_a_checkpoint_serve_resumes_from() {
     // `stockflow replay` of the topic into a fresh data dir: its checkpoint holds the three events.
     let mut replay = settings(replayed.path(), &topic, 2);
     replay.offline = true;
-    replay.checkpoints = stockflow::config::Checkpoints::AtShutdown;
+    replay.checkpoints = stockflow::settings::Checkpoints::AtShutdown;
     let range = Range {
         from: Bound::Earliest,
         to: Bound::Latest,

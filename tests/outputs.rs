@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stockflow::config::Settings;
 use stockflow::server::Running;
+use stockflow::settings::Settings;
 use stockflow::source::kafka::header_text;
 use stockflow_dataflows::model::{Name, StockKey};
 

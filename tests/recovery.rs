@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-use stockflow::config::Settings;
 use stockflow::log::Log;
 use stockflow::server::{self, INVENTORY_EVENTS, ORDER_EVENTS};
+use stockflow::settings::Settings;
 use stockflow::source::PartitionReader;
 
 mod common;
@@ -205,7 +205,7 @@ async fn replay(
 ) -> BTreeMap<&'static str, Vec<Value>> {
     let mut settings = settings(dir, workers, epoch_max_events);
     settings.offline = true;
-    settings.checkpoints = stockflow::config::Checkpoints::Off;
+    settings.checkpoints = stockflow::settings::Checkpoints::Off;
     let running = Server::of(settings).start_caught_up().await;
     let views = dump_all(&running);
     stop(running).await;

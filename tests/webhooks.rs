@@ -65,7 +65,7 @@ async fn start(dir: &std::path::Path) -> Running {
 
 async fn start_with(
     dir: &std::path::Path,
-    change: impl FnOnce(&mut stockflow::config::Settings),
+    change: impl FnOnce(&mut stockflow::settings::Settings),
 ) -> Running {
     Server::local(dir, 1)
         .with(|settings| {

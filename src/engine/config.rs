@@ -41,7 +41,7 @@ pub struct EngineConfig {
     /// alert states the alerts', and its event sources resume at its offsets.
     pub restore: Option<Arc<crate::checkpoint::Loaded>>,
     /// What to do when a source no longer holds what `restore` resumes from.
-    pub on_gap: crate::checkpoint::GapPolicy,
+    pub on_gap: crate::settings::GapPolicy,
 }
 
 /// What the `kpis` dataflow computes and how long its buckets live.

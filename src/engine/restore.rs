@@ -83,10 +83,10 @@ impl Restoring {
 pub(super) fn check_gaps(
     restore: Option<Arc<crate::checkpoint::Loaded>>,
     inputs: &[(Arc<dyn Source>, Input, Start)],
-    policy: crate::checkpoint::GapPolicy,
+    policy: crate::settings::GapPolicy,
     metrics: &Metrics,
 ) -> anyhow::Result<Option<Arc<crate::checkpoint::Loaded>>> {
-    use crate::checkpoint::GapPolicy;
+    use crate::settings::GapPolicy;
     let Some(mut loaded) = restore else {
         return Ok(None);
     };
@@ -144,7 +144,8 @@ pub(super) fn check_gaps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{FileRef, GapPolicy, Loaded, Manifest};
+    use crate::checkpoint::{FileRef, Loaded, Manifest};
+    use crate::settings::GapPolicy;
     use crate::source::{Format, PartitionReader, SourceError};
     use std::collections::BTreeMap;
 

@@ -74,7 +74,7 @@ pub struct Accepted {
 #[derive(Serialize, ToSchema)]
 pub struct Outcome<'a> {
     /// What the views reflect.
-    pub as_of: &'a crate::store::AsOf,
+    pub as_of: &'a crate::rows::AsOf,
     /// The command id.
     pub command_id: &'a str,
     /// The events the command caused, as the events topic carries them (`accepted` only).
@@ -97,7 +97,7 @@ pub struct Outcome<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct OrderAnswer<'a> {
     /// What the views reflect.
-    pub as_of: &'a crate::store::AsOf,
+    pub as_of: &'a crate::rows::AsOf,
     /// The order.
     #[serde(flatten)]
     pub order: crate::rows::Order<'a>,

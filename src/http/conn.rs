@@ -16,6 +16,7 @@
 //! slow sockets cannot use up the process's file descriptors.
 
 use crate::metrics::Metrics;
+use crate::settings::Limits;
 use crate::shutdown::Shutdown;
 use std::io;
 use std::pin::Pin;
@@ -29,19 +30,6 @@ use tokio::sync::Semaphore;
 const MAX_URI_BYTES: usize = 65_534;
 /// hyper's most headers in a request (its default `max_headers`).
 const MAX_HEADERS: usize = 100;
-
-/// What the listener allows a client: connections open at once, and how
-/// long a connection may take to send a request head.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Connections served at once (`--max-connections`); more wait in the
-    /// kernel's listen backlog until one closes.
-    pub max_connections: usize,
-    /// Longest a connection may take to send a whole request head, from
-    /// its accept or from its previous answer (`--header-read-timeout`);
-    /// then it is closed without an answer.
-    pub header_read_timeout: Duration,
-}
 
 /// The cap's log line comes at most this often.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);

@@ -4,8 +4,8 @@
 use super::error::{ApiError, Params, ReadProblems};
 use super::reads::consistent_read;
 use super::AppState;
+use crate::rows::AsOf;
 use crate::rows::{rfc3339, Kpi, TopSku, TopSkusRow};
-use crate::store::AsOf;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;

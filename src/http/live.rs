@@ -16,8 +16,9 @@ use super::reads::{consistent_read, decode_cursor, encode_cursor, page_limit, te
 use super::AppState;
 use crate::changes::{Batch, Gone, Row, View};
 use crate::metrics::Metrics;
+use crate::rows::AsOf;
 use crate::rows::{AlertEvent, AlertRow, Change, LowStock};
-use crate::store::{AsOf, Snapshot, Store};
+use crate::store::{Snapshot, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};

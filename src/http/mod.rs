@@ -16,7 +16,7 @@ mod live;
 mod reads;
 mod webhooks;
 
-pub use conn::{raise_open_files_limit, Limits};
+pub use conn::raise_open_files_limit;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -30,8 +30,6 @@ use error::ApiError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
-
-pub use reads::MAX_WAIT_MS;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -274,7 +272,7 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    limits: conn::Limits,
+    limits: crate::settings::Limits,
     shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<()> {
     let metrics = state.metrics.clone();
@@ -400,7 +398,7 @@ struct Health {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct Readiness {
     /// What the views reflect.
-    as_of: crate::store::AsOf,
+    as_of: crate::rows::AsOf,
     /// `true`.
     ready: bool,
     /// What each sink is doing, by sink name (reported, not waited for).

@@ -3,8 +3,9 @@
 
 use super::error::{ApiError, Params, Problem, ReadProblems, Segment};
 use super::AppState;
+use crate::rows::AsOf;
 use crate::rows::{Item, Quantities, Stock};
-use crate::store::{AsOf, Snapshot};
+use crate::store::Snapshot;
 use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
@@ -23,8 +24,7 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 /// `wait_ms` when `after` is given without it.
 pub const DEFAULT_WAIT_MS: u64 = 2000;
-/// Largest `wait_ms` accepted.
-pub const MAX_WAIT_MS: u64 = 30_000;
+use crate::settings::MAX_WAIT_MS;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -455,7 +455,7 @@ pub(super) async fn list_stock(
 )]
 pub(super) async fn views(
     State(state): State<AppState>,
-    grant: Option<axum::extract::Extension<super::auth::Grant>>,
+    grant: Option<axum::extract::Extension<crate::api_keys::Grant>>,
     Params(params): Params<ReadParams>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;

@@ -1,11 +1,11 @@
 //! `POST/GET /v1/webhooks`, `GET/DELETE /v1/webhooks/{id}`,
 //! `GET /v1/webhooks/{id}/deliveries`: alert subscribers.
 
-use super::auth::Grant;
 use super::commands::body_object;
 use super::error::{ApiError, Params, Problem, Segment, WebhookProblems};
 use super::reads::{parameter_name, tenant_param};
 use super::AppState;
+use crate::api_keys::Grant;
 use crate::webhooks::AddError;
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
@@ -166,12 +166,13 @@ pub(super) async fn register(
     check_secret(&secret).map_err(ApiError::bad_request)?;
     let named = text(&mut fields, "tenant")?;
     if let (Some(Extension(grant)), Some(named)) = (&grant, &named) {
-        grant.allows_tenant(named).inspect_err(|_| {
+        grant.allows_tenant(named).map_err(|reason| {
             state
                 .metrics
                 .auth_denied
                 .with_label_values(&["tenant"])
-                .inc()
+                .inc();
+            ApiError::forbidden(reason)
         })?;
     }
     if let (Some(body), Some(query)) = (&named, &params.tenant) {

@@ -3,7 +3,7 @@
 //! fresh topic names, a server's settings for a topic, and brokers of a
 //! test's own.
 
-use stockflow::config::{Settings, SourceDecl};
+use stockflow::settings::{Settings, SourceDecl};
 use stockflow::source::kafka::KafkaSettings;
 use stockflow::source::Format;
 
@@ -33,7 +33,7 @@ pub fn settings(dir: &std::path::Path, brokers: &str, topic: &str, workers: usiz
         epoch_max_events: 10_000,
         partitions: 3,
         rate_limit: None,
-        http_limits: stockflow::http::Limits {
+        http_limits: stockflow::settings::Limits {
             max_connections: 1024,
             ..Settings::default().http_limits
         },

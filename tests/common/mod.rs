@@ -11,8 +11,9 @@ use serde_json::Value;
 use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
-use stockflow::config::{ServeArgs, Settings};
+use stockflow::config::ServeArgs;
 use stockflow::server::{self, Running};
+use stockflow::settings::Settings;
 
 /// How long a test waits for any one answer before it fails, naming what it
 /// waited for (a hang then reads as a failure with its place, not as a test
