@@ -21,7 +21,7 @@ pub use conn::raise_open_files_limit;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -29,7 +29,11 @@ use axum::Router;
 use error::ApiError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -252,15 +256,15 @@ pub fn app(state: AppState) -> Router {
             .expect("the OpenAPI document serializes")
             .into(),
     );
-    router
+    let router = router
         .route("/", get(dashboard::page))
         .route("/dashboard/{asset}", get(dashboard::asset))
         .fallback(|| async {
             ApiError::not_found("no such route; the API lives under /v1 (see docs/api.md)")
         })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
+    every_request(router, &state)
         .layer(axum::Extension(document))
         .with_state(state)
 }
@@ -279,10 +283,89 @@ pub async fn serve(
     conn::serve(listener, app(state), limits, metrics, shutdown).await
 }
 
-/// What every request goes through: a request id (the client's
-/// `X-Request-Id` when it is a sane one, else a new one) on the response and
-/// on every log line written while answering; the handler's deadline; the
-/// request counter and latency histogram by route template and status.
+/// What every request goes through, outermost first: a request id (the
+/// client's `X-Request-Id` when it is a sane one, else a new one, answered
+/// back); a span carrying it over every log line written while answering;
+/// [`track`]; and the handler's deadline, `--request-timeout`.
+fn every_request<S>(router: Router<S>, state: &AppState) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let request_id = header::HeaderName::from_static(REQUEST_ID);
+    // The last layer added is the outermost.
+    router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_answer)
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::new(request_id, NewRequestId))
+        .layer(axum::middleware::map_request(drop_unsafe_request_id))
+}
+
+/// Removes a client's `X-Request-Id` that is not 1 to 64 characters of
+/// letters, digits and `-_.:`, so that a new one replaces it: an id goes
+/// into every log line of the request.
+async fn drop_unsafe_request_id(mut request: Request) -> Request {
+    let sane = |id: &header::HeaderValue| {
+        (1..=64).contains(&id.len())
+            && id
+                .as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    };
+    if request
+        .headers()
+        .get(REQUEST_ID)
+        .is_some_and(|id| !sane(id))
+    {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
+}
+
+/// New request ids: `req_` and 16 random hex digits.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = format!("req_{:016x}", rand::random::<u64>());
+        Some(RequestId::new(header::HeaderValue::from_str(&id).ok()?))
+    }
+}
+
+/// The span of a request: its id, method and path.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path())
+}
+
+/// The last log line of a request (at debug): its status and latency.
+fn log_answer<B>(response: &Response<B>, latency: Duration, _: &tracing::Span) {
+    tracing::debug!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1e3,
+        "answered"
+    );
+}
+
+/// Counts every request and its latency by route template and status, and
+/// answers every error as a problem: the deadline's bare 503 (and the
+/// `stockflow_http_timeouts_total` count), an extractor's plain-text
+/// rejection.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = request
@@ -291,45 +374,28 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let method = method_label(request.method());
-    let id = request
+    let mut response = next.run(request).await;
+    let problem = response
         .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("req_{:016x}", rand::random::<u64>()));
-    let span =
-        tracing::info_span!("request", request_id = %id, %method, path = %request.uri().path());
-    let answered = tokio::time::timeout(state.request_timeout, next.run(request))
-        .instrument(span.clone())
-        .await;
-    let mut response = answered.unwrap_or_else(|_| {
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t == "application/problem+json");
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE && !problem {
+        // Every 503 of a handler is a problem: a bare one is the deadline's.
         state
             .metrics
             .http_timeouts
             .with_label_values(&[route.as_str()])
             .inc();
-        let _entered = span.enter();
         tracing::warn!(
             timeout_s = state.request_timeout.as_secs(),
             "the handler ran past the request timeout"
         );
-        ApiError::unavailable(format!(
+        response = ApiError::unavailable(format!(
             "the request took longer than {} s, the server's --request-timeout",
             state.request_timeout.as_secs()
         ))
-        .into_response()
-    });
-    if response.status().as_u16() >= 400
-        && response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_none_or(|t| t != "application/problem+json")
-    {
+        .into_response();
+    } else if response.status().as_u16() >= 400 && !problem {
         // An extractor's rejection (e.g. the body limit) is plain text: answer a problem like every other error.
         let status = response.status();
         let text = axum::body::to_bytes(std::mem::take(response.body_mut()), 64 * 1024)
@@ -339,16 +405,6 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
             ApiError::from_rejection(status, String::from_utf8_lossy(&text).trim()).into_response();
     }
     let status = response.status().as_u16().to_string();
-    span.in_scope(|| {
-        tracing::debug!(
-            status = response.status().as_u16(),
-            latency_ms = start.elapsed().as_secs_f64() * 1e3,
-            "answered"
-        )
-    });
-    if let Ok(value) = header::HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
     state
         .metrics
         .http_requests
