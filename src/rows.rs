@@ -58,6 +58,68 @@ impl AsOf {
     }
 }
 
+/// An event as the events topic carries it and a command's outcome lists
+/// it (docs/formats.md): `id`, `type`, `tenant` and `ts` always, the other
+/// fields as its type has them. Only a schema: events are written by
+/// `stockflow_dataflows::model::encode_event`.
+#[derive(ToSchema)]
+#[schema(as = Event)]
+#[allow(dead_code)] // Never built: it only describes.
+pub struct EventSchema {
+    /// The event's id (de-duplication key within its tenant).
+    id: String,
+    /// `item.created`, `item.updated`, `item.deleted`, `stock.adjusted`,
+    /// `stock.reserved`, `stock.released`, `stock.committed`, `stock.level`,
+    /// `reservation.rejected`, `order.placed`, `order.confirmed`,
+    /// `order.cancelled` or `order.shipped`.
+    #[schema(
+        pattern = r"^(item\.(created|updated|deleted)|stock\.(adjusted|reserved|released|committed|level)|reservation\.rejected|order\.(placed|confirmed|cancelled|shipped))$"
+    )]
+    r#type: String,
+    /// The tenant.
+    tenant: String,
+    /// Event time, ms since the Unix epoch.
+    ts: i64,
+    /// The sku (item and stock events).
+    sku: Option<String>,
+    /// The location (stock events).
+    location: Option<String>,
+    /// Quantity (`stock.adjusted`: signed; `stock.reserved`: positive).
+    qty: Option<i64>,
+    /// Item name.
+    name: Option<String>,
+    /// Item price.
+    price: Option<f64>,
+    /// Item category.
+    category: Option<String>,
+    /// Item reorder point.
+    reorder_point: Option<i64>,
+    /// Item target level.
+    target_level: Option<i64>,
+    /// `item.created`: initial stock per location.
+    stock: Option<BTreeMap<String, i64>>,
+    /// Adjustment or rejection reason.
+    reason: Option<String>,
+    /// Reservation id (`stock.reserved`, `stock.released`, `stock.committed`).
+    reservation_id: Option<String>,
+    /// Order id (`stock.reserved` and order events).
+    order_id: Option<String>,
+    /// `reservation.rejected`: the command refused.
+    command_id: Option<String>,
+    /// `order.placed`: the customer.
+    customer_id: Option<String>,
+    /// `order.placed`: sku, location, qty and price of each line.
+    lines: Option<Vec<serde_json::Value>>,
+    /// `stock.level`: quantity on hand.
+    on_hand: Option<i64>,
+    /// `stock.level`: quantity reserved.
+    reserved: Option<i64>,
+    /// `stock.level`: the row's version.
+    version: Option<i64>,
+    /// Order total.
+    total: Option<f64>,
+}
+
 /// The quantities of a stock row or of a sku's totals; an absent row (an
 /// item with no stock yet) is zeros with no `updated_at`.
 #[derive(Debug, Serialize, ToSchema)]

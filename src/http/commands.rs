@@ -79,7 +79,7 @@ pub struct Outcome<'a> {
     pub command_id: &'a str,
     /// The events the command caused, as the events topic carries them (`accepted` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<crate::rows::EventSchema>>)]
     pub events: Option<Vec<Value>>,
     /// Why it was rejected (`rejected` only).
     #[serde(skip_serializing_if = "Option::is_none")]
