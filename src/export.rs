@@ -17,6 +17,7 @@ use stockflow_dataflows::kpis::{KpiKey, KpiValue};
 use stockflow_dataflows::model::{
     encode_event, Event, ItemRow, Name, SkuKey, StockDelta, StockKey,
 };
+use stockflow_sinks::fs::AtomicFile;
 
 /// The media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -273,19 +274,21 @@ pub fn arrow_stream(batch: &RecordBatch) -> Vec<u8> {
     bytes
 }
 
-/// Writes record batches to a Parquet or Arrow IPC file.
+/// Writes record batches to a Parquet or Arrow IPC file, which appears
+/// whole when [`FileWriter::finish`] returns, or not at all: an export that
+/// fails half way leaves no half file (nor replaces an older one).
 pub enum FileWriter {
     /// Parquet.
-    Parquet(parquet::arrow::ArrowWriter<std::fs::File>),
+    Parquet(parquet::arrow::ArrowWriter<AtomicFile>),
     /// Arrow IPC.
-    Arrow(arrow_ipc::writer::FileWriter<std::fs::File>),
+    Arrow(arrow_ipc::writer::FileWriter<AtomicFile>),
 }
 
 impl FileWriter {
-    /// Creates `path` for batches of `schema`.
+    /// Starts writing `path` for batches of `schema`.
     pub fn create(path: &Path, format: FileFormat, schema: &Schema) -> anyhow::Result<FileWriter> {
         let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            AtomicFile::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(match format {
             FileFormat::Parquet => FileWriter::Parquet(parquet::arrow::ArrowWriter::try_new(
                 file,
@@ -307,18 +310,15 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Writes the footer and syncs the file.
+    /// Writes the footer and makes the file appear at its path, synced.
     pub fn finish(self) -> anyhow::Result<()> {
-        match self {
-            FileWriter::Parquet(mut writer) => {
-                writer.finish()?;
-                writer.inner().sync_all()?;
-            }
+        let file = match self {
+            FileWriter::Parquet(writer) => writer.into_inner()?,
             FileWriter::Arrow(mut writer) => {
                 writer.finish()?;
-                writer.get_ref().sync_all()?;
+                writer.into_inner()?
             }
-        }
-        Ok(())
+        };
+        Ok(file.commit()?)
     }
 }

@@ -289,4 +289,12 @@ async fn exports_read_back_equal_the_view() {
         error.contains("view `orders` cannot be exported (views: stock, items, kpis)"),
         "{error}"
     );
+    // Each file was written beside its name and renamed: no temporary file is left.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(arrow.exists(), "the refused export left the older file");
 }
