@@ -99,6 +99,10 @@ fn main() {
         appender: (!read_only).then_some(appender),
         dead_letters: !read_only,
         max_in_flight: 400_000,
+        dedup: stockflow_dataflows::dedup::DedupWindow {
+            ids: stockflow::settings::DEFAULT_DEDUP_WINDOW_IDS,
+            age_ms: Some(86_400_000),
+        },
         commands: (!read_only).then_some(commands),
         // LOW_STOCK_THRESHOLD=-1000000: the alert operator runs but nothing is ever raised.
         // `KPIS=off`: the engine without the kpis dataflow, for the A/B of its cost.

@@ -78,7 +78,12 @@ fn run(events: Vec<Event>, batch: usize, full_pipeline: bool) {
             let (input, events) =
                 differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
             if full_pipeline {
-                let events = stockflow_dataflows::dedup(events);
+                let events = stockflow_dataflows::dedup(
+                    events,
+                    None,
+                    stockflow_dataflows::dedup::DedupWindow::UNBOUNDED,
+                    Default::default(),
+                );
                 stockflow_dataflows::items(events.clone()).probe_with(&probe);
                 let stock = stockflow_dataflows::stock(events);
                 stockflow_dataflows::stock_totals(stock.clone()).probe_with(&probe);

@@ -277,6 +277,12 @@ pub struct ServeArgs {
     /// Most messages read and not yet published, over all workers: past it the sources pause until a slow output (the alerts, outcomes or dead-letter topic) catches up.
     #[arg(long, env = "STOCKFLOW_MAX_IN_FLIGHT_EVENTS")]
     pub max_in_flight_events: Option<usize>,
+    /// Event ids remembered for de-duplication, over all workers: a copy of an id that many newer ids ago counts again.
+    #[arg(long, env = "STOCKFLOW_DEDUP_WINDOW_IDS")]
+    pub dedup_window_ids: Option<usize>,
+    /// How long an event id is remembered for de-duplication after it was read (`24h`; `0`: no limit by time).
+    #[arg(long, env = "STOCKFLOW_DEDUP_WINDOW")]
+    pub dedup_window: Option<String>,
     /// Partitions of topics the embedded log creates.
     #[arg(long, env = "STOCKFLOW_PARTITIONS")]
     pub partitions: Option<u32>,
@@ -415,6 +421,8 @@ impl ServeArgs {
             epoch_ms: Some(10),
             epoch_max_events: Some(100_000),
             max_in_flight_events: Some(400_000),
+            dedup_window_ids: Some(crate::settings::DEFAULT_DEDUP_WINDOW_IDS),
+            dedup_window: Some("24h".into()),
             partitions: Some(4),
             commands_topic: Some("inventory.commands".into()),
             outcomes_topic: Some("inventory.events".into()),
@@ -627,6 +635,9 @@ impl Settings {
             epoch: Duration::from_millis(defaulted(o.epoch_ms)),
             epoch_max_events: defaulted(o.epoch_max_events),
             max_in_flight_events: defaulted(o.max_in_flight_events),
+            dedup_window_ids: defaulted(o.dedup_window_ids),
+            // Set below from `dedup_window`.
+            dedup_window: None,
             partitions: defaulted(o.partitions),
             commands_topic: defaulted(o.commands_topic),
             outcomes_topic: defaulted(o.outcomes_topic),
@@ -735,6 +746,15 @@ impl Settings {
                 allow: networks("webhook_allow_networks", &o.webhook_allow_networks),
                 deny: networks("webhook_deny_networks", &o.webhook_deny_networks),
             });
+        match parse_duration(&defaulted(o.dedup_window)) {
+            Ok(Duration::ZERO) => settings.dedup_window = None,
+            Ok(window) if window > Duration::from_secs(366 * 86_400) => errors.push(format!(
+                "dedup_window: at most a year (366d), got {}",
+                humantime::format_duration(window)
+            )),
+            Ok(window) => settings.dedup_window = Some(window),
+            Err(reason) => errors.push(format!("dedup_window: {reason}; 0 for no limit by time")),
+        }
         match parse_retention(&defaulted(o.kpi_retention)) {
             Ok(retention) => settings.kpi_retention = retention,
             Err(reason) => errors.push(format!("kpi_retention: {reason}")),
@@ -1029,6 +1049,12 @@ impl Settings {
         }
         if settings.max_in_flight_events == 0 {
             errors.push("max_in_flight_events: must be at least 1".into());
+        }
+        if !(1_000..=1_000_000_000).contains(&settings.dedup_window_ids) {
+            errors.push(format!(
+                "dedup_window_ids: must be between 1000 and 1000000000, got {}",
+                settings.dedup_window_ids
+            ));
         }
         if settings.epoch_max_events == 0 {
             errors.push("epoch_max_events: must be at least 1".into());
@@ -1406,6 +1432,41 @@ mod tests {
         assert_eq!(
             errors,
             ["source `a.dlq`: is the dead-letter topic of `a`; give it a topic of its own"]
+        );
+    }
+
+    #[test]
+    fn the_dedup_window_is_validated_at_start() {
+        let settings = Settings::resolve(&ServeArgs::default(), None).unwrap();
+        assert_eq!(settings.dedup_window_ids, 1_000_000);
+        assert_eq!(settings.dedup_window, Some(Duration::from_secs(86_400)));
+        let args = ServeArgs {
+            dedup_window: Some("0".into()),
+            dedup_window_ids: Some(5_000),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&args, None).unwrap();
+        assert_eq!(
+            (settings.dedup_window_ids, settings.dedup_window),
+            (5_000, None)
+        );
+        let args = ServeArgs {
+            dedup_window: Some("a day".into()),
+            dedup_window_ids: Some(10),
+            ..Default::default()
+        };
+        let errors = Settings::resolve(&args, None).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("dedup_window: `a day`")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e == "dedup_window_ids: must be between 1000 and 1000000000, got 10"),
+            "{errors:?}"
         );
     }
 

@@ -123,6 +123,12 @@ pub struct MetricSet {
     pub auth_denied: IntCounterVec,
     /// Requests answered 503 because their handler ran past `--request-timeout`, by route.
     pub http_timeouts: IntCounterVec,
+    /// What the de-duplication window holds, counted by the dataflow.
+    pub dedup: std::sync::Arc<stockflow_dataflows::dedup::DedupStats>,
+    /// Event ids the de-duplication window remembers (set at each render).
+    pub dedup_ids: IntGauge,
+    /// Event ids forgotten by the window since start (set at each render).
+    pub dedup_forgotten: IntGauge,
 }
 
 impl Default for Metrics {
@@ -285,6 +291,19 @@ impl Metrics {
             ),
             auth_denied: counter("stockflow_http_auth_denied_total", "/v1 requests refused by auth, by reason.", &["reason"]),
             http_timeouts: counter("stockflow_http_timeouts_total", "Requests whose handler ran past --request-timeout, by route.", &["route"]),
+            dedup: Default::default(),
+            dedup_ids: {
+                let g = IntGauge::new("stockflow_dedup_ids", "Event ids remembered for de-duplication (bounded by --dedup-window-ids).")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            dedup_forgotten: {
+                let g = IntGauge::new("stockflow_dedup_forgotten_total", "Event ids the de-duplication window forgot (by count or age) since start: a copy of one would count again.")
+                    .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry,
         }))
     }
@@ -297,6 +316,10 @@ impl Metrics {
         } else {
             -1
         });
+        use std::sync::atomic::Ordering::Relaxed;
+        self.dedup_ids.set(self.dedup.remembered.load(Relaxed));
+        self.dedup_forgotten
+            .set(self.dedup.forgotten.load(Relaxed) as i64);
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);

@@ -248,6 +248,10 @@ fn engine_config(
         appender,
         dead_letters,
         max_in_flight: settings.max_in_flight_events,
+        dedup: stockflow_dataflows::dedup::DedupWindow {
+            ids: settings.dedup_window_ids,
+            age_ms: settings.dedup_window.map(|age| age.as_millis() as i64),
+        },
         commands: commands.filter(|_| !settings.read_only),
         restore: None,
         on_gap: settings.on_checkpoint_gap,

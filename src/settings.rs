@@ -29,6 +29,10 @@ pub struct Settings {
     pub epoch_max_events: usize,
     /// Most messages read and not yet published (all workers).
     pub max_in_flight_events: usize,
+    /// Event ids remembered for de-duplication (all workers).
+    pub dedup_window_ids: usize,
+    /// How long an id is remembered after it was read; `None`: no limit by time.
+    pub dedup_window: Option<Duration>,
     /// Partitions of created topics.
     pub partitions: u32,
     /// Where commands go and are decided from.
@@ -140,6 +144,9 @@ pub struct Limits {
 
 /// Largest `wait_ms` a read may ask; a request timeout must be longer.
 pub const MAX_WAIT_MS: u64 = 30_000;
+
+/// Event ids remembered for de-duplication by default (about 42 bytes each).
+pub const DEFAULT_DEDUP_WINDOW_IDS: usize = 1_000_000;
 
 /// Row changes retained for change streams by default (see `--changes-retention`).
 pub const DEFAULT_CHANGES_RETENTION: usize = 250_000;

@@ -65,9 +65,9 @@ pub struct Decider {
     holders: HashMap<(Name, Name), Name, Fast>,
     /// Closings seen before their reservation (they apply when it arrives).
     early_closings: HashMap<(Name, Name), Closing, Fast>,
-    /// Digests of the `(tenant, event id)`s applied: a copy is not applied twice.
-    applied: HashSet<u128, Digested>,
-    /// Digests of the `(tenant, command id)`s decided.
+    /// Digests of the `(tenant, command id)`s decided (here, or before a
+    /// restart as the log shows): a command is decided once, and the copy
+    /// of an outcome read back from the log is not applied again.
     decided: HashSet<u128, Digested>,
 }
 
@@ -107,13 +107,14 @@ impl Decider {
         self.skus.get(&(Name::from(tenant), Name::from(sku)))
     }
 
-    /// Applies an event to the state, once per `(tenant, id)`.
+    /// Applies an event to the state. Events come de-duplicated
+    /// ([`crate::dedup`]); the one copy this writer can see twice is its own
+    /// outcome read back from the log, recognised by its command's id.
     pub fn apply(&mut self, event: &Event) {
-        if !self.applied.insert(digest(&event.tenant, &event.id)) {
-            return;
-        }
         if let Some(command) = causing_command(&event.id) {
-            self.decided.insert(digest(&event.tenant, command));
+            if !self.decided.insert(digest(&event.tenant, command)) {
+                return;
+            }
         }
         let tenant = &event.tenant;
         match &event.body {

@@ -101,7 +101,15 @@ fn run(epochs: Vec<Vec<Event>>, workers: usize) -> Output {
         let mut input = worker.dataflow::<Epoch, _, _>(|scope| {
             let (input, events) =
                 differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
-            let kpis = stockflow_dataflows::kpis(stockflow_dataflows::dedup(events), specs());
+            let kpis = stockflow_dataflows::kpis(
+                stockflow_dataflows::dedup(
+                    events,
+                    None,
+                    stockflow_dataflows::dedup::DedupWindow::UNBOUNDED,
+                    Default::default(),
+                ),
+                specs(),
+            );
             let o = out.clone();
             kpis.cells
                 .inspect(move |(k, t, c)| o.lock().unwrap().cells.push((k.clone(), *t, *c)))

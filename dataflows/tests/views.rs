@@ -55,7 +55,12 @@ fn run_restored(
         let mut input = worker.dataflow::<Epoch, _, _>(|scope| {
             let (input, events) =
                 differential_dataflow::input::Input::new_collection::<Event, isize>(&scope);
-            let events = stockflow_dataflows::dedup(events);
+            let events = stockflow_dataflows::dedup(
+                events,
+                None,
+                stockflow_dataflows::dedup::DedupWindow::UNBOUNDED,
+                Default::default(),
+            );
             let items = stockflow_dataflows::items(events.clone());
             let stock = stockflow_dataflows::stock(events);
             let totals = stockflow_dataflows::stock_totals(stock.clone());

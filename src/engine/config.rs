@@ -29,6 +29,8 @@ pub struct EngineConfig {
     /// sources stop reading until the publisher (and the outputs it waits
     /// for) catch up, so a slow or stuck output holds memory flat.
     pub max_in_flight: usize,
+    /// How long event ids are remembered for de-duplication.
+    pub dedup: stockflow_dataflows::dedup::DedupWindow,
     /// The write path, when commands are taken.
     pub commands: Option<CommandPath>,
     /// Low-stock thresholds and hysteresis.

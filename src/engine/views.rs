@@ -47,30 +47,53 @@ pub enum Change {
     Extreme(KpiKey, i64, isize),
 }
 
-/// Builds the views over `events` and routes their updates, with `progress`,
-/// to `publisher` on worker 0. `probe` tracks how far the views have got.
+/// The dataflow's inputs, as the worker feeds them.
+pub struct Inputs<'scope> {
+    /// Decoded events, as read.
+    pub events: VecCollection<'scope, Epoch, Event>,
+    /// Decoded commands, as read.
+    pub commands: VecCollection<'scope, Epoch, Command>,
+    /// `(source, partition, next offset)` as each epoch closes.
+    pub progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
+    /// Wall clock readings (ms), which age the de-duplication window.
+    pub clock: VecCollection<'scope, Epoch, i64>,
+}
+
+/// Builds the views over `inputs.events` and routes their updates, with
+/// the read progress, to `publisher` on worker 0. `probe` tracks how far
+/// the views have got.
 ///
-/// `commands` go through the decider, whose outcomes join the events in the
-/// same epoch (so a command's effects are visible when its position is) and
-/// are appended to the event topic by the publisher. Without a command path
-/// (a read-only engine) there is no decider: its state would cost ingest
-/// throughput for nothing.
+/// Events are de-duplicated first (within `config.dedup`); `commands` go
+/// through the decider, which sees the de-duplicated events, and whose
+/// outcomes join them in the same epoch (so a command's effects are
+/// visible when its position is) and are appended to the event topic by
+/// the publisher; their copies read back from the log are dropped. Without
+/// a command path (a read-only engine) there is no decider: its state
+/// would cost ingest throughput for nothing.
 pub fn views<'scope>(
-    events: VecCollection<'scope, Epoch, Event>,
-    commands: VecCollection<'scope, Epoch, Command>,
+    inputs: Inputs<'scope>,
     config: &super::EngineConfig,
     restored_alerts: Option<stockflow_dataflows::alerts::Restored<Epoch>>,
-    progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
+    dedup_stats: std::sync::Arc<stockflow_dataflows::dedup::DedupStats>,
     publisher: Publisher,
     probe: &Handle<Epoch>,
 ) {
+    let Inputs {
+        events,
+        commands,
+        progress,
+        clock,
+    } = inputs;
+    let events = stockflow_dataflows::dedup(events, Some(clock), config.dedup, dedup_stats);
     let outcomes = if config.commands.is_some() {
         stockflow_dataflows::decide(events.clone(), commands)
     } else {
         commands.flat_map(|_| None::<Event>)
     };
-    // The log copy of an outcome comes back later with the same id: dedup keeps the first.
-    let events = stockflow_dataflows::dedup(events.concat(outcomes.clone()));
+    // The log copy of an outcome comes back later with the same id: it counted already.
+    let events =
+        stockflow_dataflows::dedup::without_echoes(events, outcomes.clone(), config.dedup.ids)
+            .concat(outcomes.clone());
     let caused = events.clone().flat_map(|event| {
         let command = match &event.body {
             EventBody::ReservationRejected { command_id, .. } => Some(command_id.clone()),

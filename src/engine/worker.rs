@@ -22,12 +22,30 @@ use stockflow_dataflows::model::{decode_command, Command, Epoch, Event, RecordCo
 use timely::dataflow::operators::probe::Handle;
 use timely::worker::Worker;
 
-/// The dataflow's inputs: events, commands, read progress.
-type Inputs = (
-    InputSession<Epoch, Event, isize>,
-    InputSession<Epoch, Command, isize>,
-    InputSession<Epoch, Progress, isize>,
-);
+/// The dataflow's inputs.
+struct Inputs {
+    events: InputSession<Epoch, Event, isize>,
+    commands: InputSession<Epoch, Command, isize>,
+    /// How far each partition has been read.
+    progress: InputSession<Epoch, Progress, isize>,
+    /// Worker 0's wall clock (ms) as each epoch closes: what ages the
+    /// de-duplication window.
+    clock: InputSession<Epoch, i64, isize>,
+}
+
+impl Inputs {
+    /// Moves every input to `epoch` and sends what they hold.
+    fn advance_to(&mut self, epoch: Epoch) {
+        self.events.advance_to(epoch);
+        self.commands.advance_to(epoch);
+        self.progress.advance_to(epoch);
+        self.clock.advance_to(epoch);
+        self.events.flush();
+        self.commands.flush();
+        self.progress.flush();
+        self.clock.flush();
+    }
+}
 
 /// One partition this worker reads.
 struct Assigned {
@@ -54,24 +72,16 @@ impl Clock<'_> {
     /// Closes `epoch` (its progress already inserted): notes when, moves
     /// every input to the next epoch, and waits while more than
     /// [`MAX_EPOCHS_IN_FLIGHT`] epochs are not through the dataflow.
-    fn close(
-        &self,
-        worker: &mut Worker,
-        events_in: &mut InputSession<Epoch, Event, isize>,
-        commands_in: &mut InputSession<Epoch, Command, isize>,
-        progress_in: &mut InputSession<Epoch, Progress, isize>,
-        epoch: &mut Epoch,
-    ) {
+    fn close(&self, worker: &mut Worker, inputs: &mut Inputs, epoch: &mut Epoch) {
         if self.index == 0 {
             self.closed_at.borrow_mut().insert(*epoch, Instant::now());
+            let wall_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as i64);
+            inputs.clock.insert(wall_ms);
         }
         *epoch += 1;
-        events_in.advance_to(*epoch);
-        commands_in.advance_to(*epoch);
-        progress_in.advance_to(*epoch);
-        events_in.flush();
-        commands_in.flush();
-        progress_in.flush();
+        inputs.advance_to(*epoch);
         worker.step();
         while self
             .probe
@@ -100,25 +110,33 @@ pub(super) fn run(
     let closed_at: Rc<RefCell<BTreeMap<Epoch, Instant>>> = Rc::default();
     let probe = Handle::new();
 
-    let (mut events_in, mut commands_in, mut progress_in): Inputs =
-        worker.dataflow::<Epoch, _, _>(|scope| {
-            let (events_in, events) = differential_dataflow::input::Input::new_collection(&scope);
-            let (commands_in, commands) =
-                differential_dataflow::input::Input::new_collection(&scope);
-            let (progress_in, progress) =
-                differential_dataflow::input::Input::new_collection(&scope);
-            let publisher = Publisher::new(index, closed_at.clone(), to_publisher);
-            views::views(
+    let mut inputs: Inputs = worker.dataflow::<Epoch, _, _>(|scope| {
+        use differential_dataflow::input::Input as _;
+        let (events_in, events) = scope.new_collection();
+        let (commands_in, commands) = scope.new_collection();
+        let (progress_in, progress) = scope.new_collection();
+        let (clock_in, clock) = scope.new_collection();
+        let publisher = Publisher::new(index, closed_at.clone(), to_publisher);
+        views::views(
+            views::Inputs {
                 events,
                 commands,
-                config,
-                plan.restored_alerts.clone(),
                 progress,
-                publisher,
-                &probe,
-            );
-            (events_in, commands_in, progress_in)
-        });
+                clock,
+            },
+            config,
+            plan.restored_alerts.clone(),
+            metrics.dedup.clone(),
+            publisher,
+            &probe,
+        );
+        Inputs {
+            events: events_in,
+            commands: commands_in,
+            progress: progress_in,
+            clock: clock_in,
+        }
+    });
 
     let mut assigned = Vec::new();
     let mut flat = 0usize;
@@ -152,9 +170,7 @@ pub(super) fn run(
     };
     // Epoch 0 stays empty: an `as_of.epoch` of 0 means "nothing published yet".
     let mut epoch: Epoch = plan.first_epoch;
-    events_in.advance_to(epoch);
-    commands_in.advance_to(epoch);
-    progress_in.advance_to(epoch);
+    inputs.advance_to(epoch);
     if let Some(restore) = &plan.restore {
         // The checkpoint's events, alone in their epochs (the `low_stock`
         // operator restores its states there), spread over the workers,
@@ -166,23 +182,19 @@ pub(super) fn run(
         );
         for (n, events) in share.into_iter().enumerate() {
             for event in events {
-                events_in.insert(event);
+                inputs.events.insert(event);
             }
             if n as Epoch + 1 == restore.epochs {
                 // The views reflect the checkpoint's offsets once all of it is in.
                 for part in assigned.iter_mut() {
                     let position = part.reader.position();
-                    progress_in.insert((part.source, part.reader.partition(), position));
+                    inputs
+                        .progress
+                        .insert((part.source, part.reader.partition(), position));
                     part.reported = Some(position);
                 }
             }
-            clock.close(
-                worker,
-                &mut events_in,
-                &mut commands_in,
-                &mut progress_in,
-                &mut epoch,
-            );
+            clock.close(worker, &mut inputs, &mut epoch);
         }
         debug_assert_eq!(epoch, plan.first_epoch + restore.epochs);
         if index == 0 {
@@ -283,7 +295,7 @@ pub(super) fn run(
                                 log_time: Some(record.timestamp_ms),
                             },
                         )
-                        .map(|command| commands_in.insert(command)),
+                        .map(|command| inputs.commands.insert(command)),
                         Input::TradexCommands => decode_tradex_command(
                             &part.topic,
                             partition,
@@ -296,13 +308,13 @@ pub(super) fn run(
                         .map(|commands| {
                             commands
                                 .into_iter()
-                                .for_each(|command| commands_in.insert(command))
+                                .for_each(|command| inputs.commands.insert(command))
                         }),
                     };
                     match result {
                         Ok(()) => {
                             for event in events.drain(..) {
-                                events_in.insert(event);
+                                inputs.events.insert(event);
                                 decoded += 1;
                             }
                         }
@@ -362,7 +374,9 @@ pub(super) fn run(
         for part in assigned.iter_mut() {
             let position = part.reader.position();
             if part.reported != Some(position) {
-                progress_in.insert((part.source, part.reader.partition(), position));
+                inputs
+                    .progress
+                    .insert((part.source, part.reader.partition(), position));
                 part.reported = Some(position);
             }
             let partition = part.reader.partition().to_string();
@@ -392,18 +406,10 @@ pub(super) fn run(
             in_flight_sum += read_in_epoch;
             metrics.events_in_flight.add(read_in_epoch as i64);
         }
-        clock.close(
-            worker,
-            &mut events_in,
-            &mut commands_in,
-            &mut progress_in,
-            &mut epoch,
-        );
+        clock.close(worker, &mut inputs, &mut epoch);
     }
     metrics.events_in_flight.sub(in_flight_sum as i64);
-    drop(events_in);
-    drop(commands_in);
-    drop(progress_in);
+    drop(inputs);
     while worker.step_or_park(Some(Duration::from_millis(10))) {}
     tracing::info!(worker = index, epoch, "worker stopped");
     Ok(())
