@@ -81,6 +81,7 @@ fn run(events: Vec<Event>, batch: usize, full_pipeline: bool) {
                 let events = stockflow_dataflows::dedup(
                     events,
                     None,
+                    None,
                     stockflow_dataflows::dedup::DedupWindow::UNBOUNDED,
                     Default::default(),
                 );

@@ -40,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stockflow_dataflows::alerts::Alert;
+use stockflow_dataflows::compact::{compact, Compacted, Rules};
+use stockflow_dataflows::kpis::{Cell, KpiKey};
 use stockflow_dataflows::model::{Epoch, Event};
 use stockflow_sinks::fs::write_atomically;
 
@@ -47,10 +49,15 @@ use stockflow_sinks::fs::write_atomically;
 pub const KEEP: usize = 3;
 /// Segments a checkpoint may name before they are merged into one.
 pub const MAX_SEGMENTS: usize = 16;
-/// Version of the on-disk format; a checkpoint of another version is not read.
-const FORMAT: u32 = 1;
+/// Version of the on-disk format written: 2 adds the compacted state file.
+/// Format 1 (events only) is still read; a newer one is refused.
+const FORMAT: u32 = 2;
+/// The formats this build reads.
+const READS: std::ops::RangeInclusive<u32> = 1..=2;
 /// First bytes of a segment file.
 const SEGMENT_MAGIC: &[u8; 8] = b"SFCKSEG1";
+/// First bytes of a state file.
+const STATE_MAGIC: &[u8; 8] = b"SFCKSTA1";
 
 pub use crate::rows::Offsets;
 
@@ -82,10 +89,26 @@ pub struct Manifest {
     pub sources: Vec<String>,
     /// Where each source partition resumes.
     pub offsets: Offsets,
-    /// The event segments, oldest first.
+    /// The compacted history ([`stockflow_dataflows::compact::Compacted`]:
+    /// folded stock states, the events kept, the KPI cells and ids of the
+    /// folded ones); its events come before the segments'. `None`: none yet
+    /// (and in format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<FileRef>,
+    /// The event segments read since the state, oldest first.
     pub segments: Vec<FileRef>,
     /// The alert states.
     pub alerts: FileRef,
+}
+
+impl Manifest {
+    /// Every file it names: the state, the segments, the alerts.
+    pub fn files(&self) -> impl Iterator<Item = &FileRef> {
+        self.state
+            .iter()
+            .chain(&self.segments)
+            .chain(std::iter::once(&self.alerts))
+    }
 }
 
 /// A checkpoint read back and verified.
@@ -93,8 +116,13 @@ pub struct Manifest {
 pub struct Loaded {
     /// Its manifest.
     pub manifest: Manifest,
-    /// Every event it holds, segment after segment.
+    /// Every event it holds: the state's, then segment after segment.
     pub events: Vec<Event>,
+    /// The KPI cells of the events folded into the state.
+    pub cells: Vec<(KpiKey, Cell)>,
+    /// Digests of the ids of the events folded into the state, for the
+    /// de-duplication window.
+    pub ids: Vec<u128>,
     /// The latest transition of every alert.
     pub alerts: Vec<Alert>,
 }
@@ -126,6 +154,26 @@ fn read_records<T: for<'de> Deserialize<'de>>(
     dir: &Path,
     file: &FileRef,
 ) -> anyhow::Result<Vec<T>> {
+    let bytes = read_verified(dir, file)?;
+    anyhow::ensure!(
+        bytes.starts_with(SEGMENT_MAGIC),
+        "{} is not a checkpoint segment",
+        file.file
+    );
+    let records: Vec<T> = bincode::deserialize(&bytes[SEGMENT_MAGIC.len()..])
+        .with_context(|| format!("decoding {}", file.file))?;
+    anyhow::ensure!(
+        records.len() as u64 == file.records,
+        "{} holds {} records, the manifest says {}",
+        file.file,
+        records.len(),
+        file.records
+    );
+    Ok(records)
+}
+
+/// A file a manifest names, read whole, its length and checksum verified.
+fn read_verified(dir: &Path, file: &FileRef) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(&file.file);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     anyhow::ensure!(
@@ -142,21 +190,41 @@ fn read_records<T: for<'de> Deserialize<'de>>(
         file.file,
         file.crc32
     );
+    Ok(bytes)
+}
+
+/// Writes the compacted state file and returns its reference (`records`:
+/// its events).
+fn write_state(dir: &Path, name: String, state: &Compacted) -> std::io::Result<FileRef> {
+    let mut bytes = STATE_MAGIC.to_vec();
+    bincode::serialize_into(&mut bytes, state).expect("states serialize");
+    write_atomically(&dir.join(&name), &bytes)?;
+    Ok(FileRef {
+        file: name,
+        records: state.events.len() as u64,
+        bytes: bytes.len() as u64,
+        crc32: crc32fast::hash(&bytes),
+    })
+}
+
+/// Reads and verifies the compacted state file a manifest names.
+fn read_state(dir: &Path, file: &FileRef) -> anyhow::Result<Compacted> {
+    let bytes = read_verified(dir, file)?;
     anyhow::ensure!(
-        bytes.starts_with(SEGMENT_MAGIC),
-        "{} is not a checkpoint segment",
+        bytes.starts_with(STATE_MAGIC),
+        "{} is not a checkpoint state",
         file.file
     );
-    let records: Vec<T> = bincode::deserialize(&bytes[SEGMENT_MAGIC.len()..])
+    let state: Compacted = bincode::deserialize(&bytes[STATE_MAGIC.len()..])
         .with_context(|| format!("decoding {}", file.file))?;
     anyhow::ensure!(
-        records.len() as u64 == file.records,
-        "{} holds {} records, the manifest says {}",
+        state.events.len() as u64 == file.records,
+        "{} holds {} events, the manifest says {}",
         file.file,
-        records.len(),
+        state.events.len(),
         file.records
     );
-    Ok(records)
+    Ok(state)
 }
 
 /// Writes a segment file and returns its reference.
@@ -208,10 +276,10 @@ fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
         .context("no header line")?;
     let header = std::str::from_utf8(&bytes[..newline]).context("header is not text")?;
     let expected = header
-        .strip_prefix(&format!("stockflow-checkpoint {FORMAT} crc32="))
-        .with_context(|| {
-            format!("header `{header}` is not `stockflow-checkpoint {FORMAT} crc32=…`")
-        })?;
+        .strip_prefix("stockflow-checkpoint ")
+        .and_then(|rest| rest.split_once(" crc32="))
+        .map(|(_format, crc)| crc)
+        .with_context(|| format!("header `{header}` is not `stockflow-checkpoint N crc32=…`"))?;
     let expected =
         u32::from_str_radix(expected, 16).with_context(|| format!("bad checksum `{expected}`"))?;
     let body = &bytes[newline + 1..];
@@ -222,9 +290,11 @@ fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
     );
     let manifest: Manifest = serde_json::from_slice(body).context("manifest is not valid JSON")?;
     anyhow::ensure!(
-        manifest.format == FORMAT,
-        "format {} (this build reads {FORMAT})",
-        manifest.format
+        READS.contains(&manifest.format),
+        "format {} is not one this build reads ({} to {}): written by a newer stockflow?",
+        manifest.format,
+        READS.start(),
+        READS.end()
     );
     Ok(manifest)
 }
@@ -247,7 +317,11 @@ pub fn load(dir: &Path) -> (Option<Loaded>, Vec<String>) {
     let mut skipped = Vec::new();
     for (id, path) in manifests(dir) {
         let loaded = read_manifest(&path).and_then(|manifest| {
-            let mut events = Vec::new();
+            let state = match &manifest.state {
+                Some(file) => read_state(dir, file)?,
+                None => Compacted::default(),
+            };
+            let mut events = state.events;
             for segment in &manifest.segments {
                 events.extend(read_records::<Event>(dir, segment)?);
             }
@@ -255,6 +329,8 @@ pub fn load(dir: &Path) -> (Option<Loaded>, Vec<String>) {
             Ok(Loaded {
                 manifest,
                 events,
+                cells: state.cells,
+                ids: state.ids,
                 alerts,
             })
         });
@@ -292,6 +368,7 @@ fn prune(dir: &Path) -> std::io::Result<()> {
         match read_manifest(path) {
             Ok(manifest) => {
                 named.extend(manifest.segments.into_iter().map(|s| s.file));
+                named.extend(manifest.state.map(|s| s.file));
                 named.insert(manifest.alerts.file);
             }
             // Unreadable: it names nothing we can know; keep what others name.
@@ -302,7 +379,9 @@ fn prune(dir: &Path) -> std::io::Result<()> {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let data = name.starts_with("events-") || name.starts_with("alerts-");
+        let data = ["events-", "alerts-", "state-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
         if (data && !named.contains(&name)) || name.ends_with(".tmp") {
             std::fs::remove_file(entry.path())?;
         }
@@ -339,6 +418,8 @@ pub struct Checkpointer {
     covered: Option<Offsets>,
     /// The id of the next checkpoint (above every manifest in the directory).
     next_id: u64,
+    /// How the history is compacted.
+    rules: Rules,
 }
 
 impl Checkpointer {
@@ -348,6 +429,7 @@ impl Checkpointer {
         dir: PathBuf,
         sources: Vec<(Arc<dyn Source>, Format)>,
         restored: Option<Manifest>,
+        rules: Rules,
     ) -> anyhow::Result<Checkpointer> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let names = source_names(sources.iter().map(|(s, f)| (s.topic(), *f)));
@@ -359,6 +441,7 @@ impl Checkpointer {
             last: restored,
             covered: None,
             next_id,
+            rules,
         })
     }
 
@@ -435,16 +518,31 @@ impl Checkpointer {
             .map(|last| last.segments.clone())
             .unwrap_or_default();
         let new_events = events.len() as u64;
-        if segments.len() >= MAX_SEGMENTS {
+        let mut state = self.last.as_ref().and_then(|last| last.state.clone());
+        // Compact once the events since the state reach a quarter of it
+        // (so a checkpoint stays within 1.25 times its compacted size, and
+        // each event is compacted a bounded number of times), or once they
+        // span too many segments.
+        let since: u64 = segments.iter().map(|s| s.records).sum::<u64>() + new_events;
+        let base = state.as_ref().map_or(0, |s| s.records);
+        if since > 0 && (since * 4 >= base || segments.len() >= MAX_SEGMENTS) {
+            let base = match &state {
+                Some(file) => read_state(&self.dir, file)?,
+                None => Compacted::default(),
+            };
             let mut all = Vec::new();
             for segment in &segments {
                 all.extend(read_records::<Event>(&self.dir, segment)?);
             }
-            all.extend(events);
-            events = all;
+            all.extend(std::mem::take(&mut events));
+            let compacted = compact(base, all, &self.rules);
+            state = Some(write_state(
+                &self.dir,
+                format!("state-{id:012}.bin"),
+                &compacted,
+            )?);
             segments.clear();
-        }
-        if !events.is_empty() || segments.is_empty() {
+        } else if !events.is_empty() {
             segments.push(write_records(
                 &self.dir,
                 format!("events-{id:012}.bin"),
@@ -465,6 +563,7 @@ impl Checkpointer {
             epoch: snapshot.as_of.epoch,
             sources: self.names.clone(),
             offsets: target.clone(),
+            state,
             segments,
             alerts,
         };
@@ -474,8 +573,8 @@ impl Checkpointer {
         let written = Written {
             id,
             new_events,
-            events: manifest.segments.iter().map(|s| s.records).sum(),
-            bytes: manifest.segments.iter().map(|s| s.bytes).sum::<u64>() + manifest.alerts.bytes,
+            events: manifest.files().map(|f| f.records).sum::<u64>() - manifest.alerts.records,
+            bytes: manifest.files().map(|f| f.bytes).sum(),
             elapsed: started.elapsed(),
         };
         self.covered = Some(target);
@@ -647,6 +746,7 @@ mod tests {
             epoch: id,
             sources: vec!["t=stockflow".into()],
             offsets: BTreeMap::from([("t".to_owned(), BTreeMap::from([(0, id * 10)]))]),
+            state: None,
             segments: vec![segment],
             alerts,
         };
@@ -683,6 +783,66 @@ mod tests {
         let (loaded, skipped) = load(dir.path());
         assert!(loaded.is_none());
         assert_eq!(skipped.len(), 2);
+    }
+
+    #[test]
+    fn a_state_file_loads_before_the_segments_and_older_formats_are_read_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let history: Vec<Event> = (0..10).map(event).collect();
+        let rules = Rules {
+            specs: Vec::new(),
+            kpi_retention_ms: i64::MAX / 4,
+            ids: 100,
+        };
+        let compacted = compact(Compacted::default(), history.clone(), &rules);
+        let state = write_state(dir.path(), "state-000000000001.bin".into(), &compacted).unwrap();
+        let mut written = manifest(dir.path(), 1, &[event(10)]);
+        written.state = Some(state.clone());
+        write_manifest(dir.path(), &written).unwrap();
+        let (loaded, skipped) = load(dir.path());
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let loaded = loaded.unwrap();
+        let mut expected = compacted.events.clone();
+        expected.push(event(10));
+        assert_eq!(loaded.events, expected);
+        assert_eq!((loaded.cells, loaded.ids), (compacted.cells, compacted.ids));
+        prune(dir.path()).unwrap();
+        assert!(
+            dir.path().join(&state.file).exists(),
+            "a named state is kept"
+        );
+
+        // A manifest of format 1 (no state) is read as it always was.
+        let mut old = manifest(dir.path(), 2, &[event(1)]);
+        old.format = 1;
+        let body = serde_json::to_vec_pretty(&old).unwrap();
+        let mut bytes = format!(
+            "stockflow-checkpoint 1 crc32={:08x}\n",
+            crc32fast::hash(&body)
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        std::fs::write(dir.path().join(manifest_name(2)), bytes).unwrap();
+        let (loaded, _) = load(dir.path());
+        assert_eq!(loaded.unwrap().events, vec![event(1)]);
+
+        // A newer format is refused with a message that says so.
+        let mut newer = manifest(dir.path(), 3, &[event(1)]);
+        newer.format = 9;
+        let body = serde_json::to_vec_pretty(&newer).unwrap();
+        let mut bytes = format!(
+            "stockflow-checkpoint 9 crc32={:08x}\n",
+            crc32fast::hash(&body)
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        std::fs::write(dir.path().join(manifest_name(3)), bytes).unwrap();
+        let (loaded, skipped) = load(dir.path());
+        assert_eq!(loaded.unwrap().manifest.id, 2);
+        assert!(
+            skipped[0].contains("format 9 is not one this build reads (1 to 2)"),
+            "{skipped:?}"
+        );
     }
 
     #[test]

@@ -163,7 +163,12 @@ fn recover(
     if settings.offline && settings.replay.is_none() {
         return Ok(());
     }
-    let checkpointer = crate::checkpoint::Checkpointer::new(dir, sources, manifest)?;
+    let rules = stockflow_dataflows::compact::Rules {
+        specs: settings.kpi_specs.to_vec(),
+        kpi_retention_ms: settings.kpi_retention.as_millis() as i64,
+        ids: settings.dedup_window_ids,
+    };
+    let checkpointer = crate::checkpoint::Checkpointer::new(dir, sources, manifest, rules)?;
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let (store, metrics) = (store.clone(), metrics.clone());
     let thread = std::thread::Builder::new()

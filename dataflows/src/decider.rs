@@ -143,6 +143,19 @@ impl Decider {
                 state.locations.entry(location.clone()).or_default().0 += qty;
                 state.version += 1;
             }
+            EventBody::StockState {
+                sku,
+                location,
+                on_hand,
+                reserved,
+                changes,
+            } => {
+                let state = self.skus.entry((tenant.clone(), sku.clone())).or_default();
+                let row = state.locations.entry(location.clone()).or_default();
+                row.0 += on_hand;
+                row.1 += reserved;
+                state.version += changes;
+            }
             EventBody::StockLevel {
                 sku,
                 location,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::{Capability, Concat, Exchange as _};
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
 
@@ -48,6 +48,17 @@ pub struct DedupStats {
     pub remembered: AtomicI64,
     /// Ids forgotten since start (by count or by age).
     pub forgotten: AtomicU64,
+}
+
+/// What [`dedup`] reads beside the events.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+enum Side {
+    /// A wall clock reading (ms).
+    Clock(i64),
+    /// The digest of an id to remember (from a checkpoint).
+    Seen(u128),
 }
 
 /// The ids one worker remembers, oldest first: a set for lookups, a queue
@@ -113,31 +124,51 @@ impl Remembered {
 /// differences). An id is remembered as long as `window` says; the clock
 /// is a collection of readings (milliseconds), one or more per epoch, that
 /// ages them (without one, only the count limit applies). Copies further
-/// apart than the window depend on timing: each may count.
+/// apart than the window depend on timing: each may count. `seen` are
+/// digests ([`id_digest`]) to remember as if their events had been read:
+/// the folded events of a compacted checkpoint ([`crate::compact`]).
+///
+/// Events with an empty id (internal ones) pass and are not remembered.
 pub fn dedup<'scope, T>(
     events: VecCollection<'scope, T, Event>,
     clock: Option<VecCollection<'scope, T, i64>>,
+    seen: Option<VecCollection<'scope, T, u128>>,
     window: DedupWindow,
     stats: std::sync::Arc<DedupStats>,
 ) -> VecCollection<'scope, T, Event>
 where
     T: Timestamp + Lattice + Ord + TotalOrder,
 {
-    let peers = events.inner.scope().peers();
+    let scope = events.inner.scope();
+    let peers = scope.peers();
     let route = |update: &(Event, T, isize)| id_digest(&update.0) as u64;
+    let clock_given = clock.is_some();
     let clock = match clock {
-        Some(clock) => clock.inner.broadcast(),
-        None => timely::dataflow::operators::generic::operator::empty(events.inner.scope()),
+        Some(clock) => clock.map(Side::Clock).inner.broadcast(),
+        None => timely::dataflow::operators::generic::operator::empty(scope),
+    };
+    let seen = match seen {
+        Some(seen) => seen
+            .map(Side::Seen)
+            .inner
+            .exchange(|(side, _, _): &(Side, T, isize)| match side {
+                Side::Seen(digest) => *digest as u64,
+                Side::Clock(_) => 0,
+            }),
+        None => timely::dataflow::operators::generic::operator::empty(scope),
     };
     let output = events.inner.binary_frontier(
-        clock,
+        clock.concat(seen),
         Exchange::new(route),
         Pipeline,
         "dedup by id",
         |_capability, _info| {
             let mut remembered = Remembered::new(window.per_worker(peers));
             let mut stash: BTreeMap<T, (Option<Capability<T>>, Vec<Event>)> = BTreeMap::new();
-            let mut readings: BTreeMap<T, i64> = BTreeMap::new();
+            let mut readings: BTreeMap<T, (i64, Vec<u128>)> = BTreeMap::new();
+            // Digests to remember once the clock has a reading (or has none to give).
+            let mut seeds: Vec<u128> = Vec::new();
+            let clocked = window.age_ms.is_some() && clock_given;
             let mut now = i64::MIN;
             let mut first: HashMap<u128, Event, Digested> = HashMap::default();
             move |(input, frontier), (clock, clock_frontier), output| {
@@ -152,42 +183,69 @@ where
                     }
                 });
                 clock.for_each(|_capability, data| {
-                    for (reading, time, _diff) in data.drain(..) {
-                        let slot = readings.entry(time).or_insert(i64::MIN);
-                        *slot = (*slot).max(reading);
+                    for (side, time, _diff) in data.drain(..) {
+                        let slot = readings.entry(time).or_insert((i64::MIN, Vec::new()));
+                        match side {
+                            Side::Clock(reading) => slot.0 = slot.0.max(reading),
+                            Side::Seen(digest) => slot.1.push(digest),
+                        }
                     }
                 });
                 let complete = |time: &T| {
                     !frontier.frontier().less_equal(time)
                         && !clock_frontier.frontier().less_equal(time)
                 };
-                // Readings of completed epochs move the clock, even without events.
-                while let Some(entry) = readings.first_entry() {
-                    if !complete(entry.key())
-                        || stash.keys().next().is_some_and(|t| t < entry.key())
-                    {
-                        break;
+                // Readings (and seeds) of an epoch are taken before its events.
+                let mut take = |readings: &mut BTreeMap<T, (i64, Vec<u128>)>,
+                                upto: &dyn Fn(&T) -> bool,
+                                now: &mut i64,
+                                remembered: &mut Remembered| {
+                    while let Some(entry) = readings.first_entry() {
+                        if !upto(entry.key()) {
+                            break;
+                        }
+                        let (reading, digests) = entry.remove();
+                        *now = (*now).max(reading);
+                        seeds.extend(digests);
                     }
-                    now = now.max(entry.remove());
-                }
+                    if !seeds.is_empty() && (*now != i64::MIN || !clocked) {
+                        let added = seeds.len();
+                        for digest in seeds.drain(..) {
+                            remembered.insert(digest, *now);
+                        }
+                        let forgotten = remembered.forget(None);
+                        stats
+                            .remembered
+                            .fetch_add(added as i64 - forgotten as i64, Ordering::Relaxed);
+                        stats
+                            .forgotten
+                            .fetch_add(forgotten as u64, Ordering::Relaxed);
+                    }
+                };
                 while let Some(entry) = stash.first_entry() {
                     if !complete(entry.key()) {
                         break;
                     }
                     let (time, (capability, events)) = entry.remove_entry();
-                    while let Some(reading) = readings.first_entry() {
-                        if reading.key() > &time {
-                            break;
-                        }
-                        now = now.max(reading.remove());
-                    }
+                    take(
+                        &mut readings,
+                        &|t: &T| t <= &time,
+                        &mut now,
+                        &mut remembered,
+                    );
                     let before = window
                         .age_ms
                         .filter(|_| now != i64::MIN)
                         .map(|age| now.saturating_sub(age));
                     let mut forgotten = remembered.forget(before);
                     // The first copy of each new id in this epoch, whatever the arrival order.
+                    let mut passed = Vec::new();
                     for event in events {
+                        // Internal events (a checkpoint's folded states) have no id to share.
+                        if event.id.is_empty() {
+                            passed.push(event);
+                            continue;
+                        }
                         let digest = id_digest(&event);
                         if remembered.contains(digest) {
                             continue;
@@ -207,6 +265,9 @@ where
                             remembered.insert(digest, now);
                             session.give((event, time.clone(), 1isize));
                         }
+                        for event in passed {
+                            session.give((event, time.clone(), 1isize));
+                        }
                     }
                     forgotten += remembered.forget(before);
                     stats
@@ -216,6 +277,8 @@ where
                         .forgotten
                         .fetch_add(forgotten as u64, Ordering::Relaxed);
                 }
+                // Readings of completed epochs move the clock, even without events.
+                take(&mut readings, &complete, &mut now, &mut remembered);
             }
         },
     );
@@ -315,7 +378,7 @@ where
 
 /// 128-bit digest of `(tenant, id)`: a collision (which would drop an event)
 /// is beyond any realistic volume.
-fn id_digest(event: &Event) -> u128 {
+pub(crate) fn id_digest(event: &Event) -> u128 {
     let parts = [event.tenant.as_str(), event.id.as_str()];
     ((hash_parts(0x5eed_0001, &parts) as u128) << 64) | hash_parts(0x5eed_0002, &parts) as u128
 }

@@ -6,6 +6,7 @@
 
 pub mod alert_rows;
 pub mod alerts;
+pub mod compact;
 pub mod decider;
 pub mod dedup;
 pub mod items;

@@ -76,7 +76,9 @@ where
         .inner
         .partition(5, |(event, time, diff)| {
             let branch = match event.body {
-                EventBody::StockAdjusted { .. } | EventBody::ItemCreated { .. } => 0,
+                EventBody::StockAdjusted { .. }
+                | EventBody::StockState { .. }
+                | EventBody::ItemCreated { .. } => 0,
                 EventBody::StockReserved { .. } => 1,
                 EventBody::StockReleased { .. } | EventBody::StockCommitted { .. } => 2,
                 EventBody::StockLevel { .. } => 3,
@@ -109,6 +111,25 @@ where
                     on_hand: qty,
                     reserved: 0,
                     changes: 1,
+                    updated_at,
+                },
+            ))),
+            EventBody::StockState {
+                sku,
+                location,
+                on_hand,
+                reserved,
+                changes,
+            } => Deltas::One(Some((
+                StockKey {
+                    tenant,
+                    sku,
+                    location,
+                },
+                StockDelta {
+                    on_hand,
+                    reserved,
+                    changes: changes as i64,
                     updated_at,
                 },
             ))),

@@ -51,7 +51,7 @@ fn run(steps: Vec<Step>, window: DedupWindow, workers: usize) -> (Vec<Vec<String
                 let (events_in, events) = scope.new_collection::<Event, isize>();
                 let (clock_in, clock) = scope.new_collection::<i64, isize>();
                 let (outcomes_in, outcomes) = scope.new_collection::<Event, isize>();
-                let deduped = stockflow_dataflows::dedup(events, Some(clock), window, stats);
+                let deduped = stockflow_dataflows::dedup(events, Some(clock), None, window, stats);
                 stockflow_dataflows::dedup::without_echoes(deduped, outcomes, window.ids)
                     .inspect(move |(event, time, diff)| {
                         assert_eq!(*diff, 1);

@@ -105,6 +105,7 @@ fn run(epochs: Vec<Vec<Event>>, workers: usize) -> Output {
                 stockflow_dataflows::dedup(
                     events,
                     None,
+                    None,
                     stockflow_dataflows::dedup::DedupWindow::UNBOUNDED,
                     Default::default(),
                 ),

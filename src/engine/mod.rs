@@ -204,22 +204,24 @@ pub fn start(
             "resuming from a checkpoint"
         );
     }
-    let (restore, restored_alerts, restored_alert_rows, restoring) = match restore {
+    let (restore, restored_alerts, restored_alert_rows, restored_cells, restoring) = match restore {
         Some(Restoring {
             id,
             events,
             plan,
             states,
             rows,
+            cells,
         }) => (
             Some(plan),
             Some(states),
             rows,
+            cells,
             Some(format!(
                 "restoring checkpoint {id}: {events} events into the views"
             )),
         ),
-        None => (None, None, Vec::new(), None),
+        None => (None, None, Vec::new(), Vec::new(), None),
     };
     let plan = Arc::new(Plan {
         inputs: inputs
@@ -259,6 +261,7 @@ pub fn start(
                 stockflow_dataflows::kpis::Table::new(kpis.specs.clone(), retention)
             }),
             restored_alerts: restored_alert_rows,
+            restored_cells,
         };
         let (store, metrics, shutdown) = (store.clone(), metrics.clone(), shutdown.clone());
         std::thread::Builder::new()

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use stockflow_dataflows::alert_rows::{low_stock_row, LowStockRow};
 use stockflow_dataflows::alerts::{Alert, AlertKind};
-use stockflow_dataflows::kpis::{raised, GaugeBook, SkuLookup, Table};
+use stockflow_dataflows::kpis::{raised, Cell, GaugeBook, KpiKey, SkuLookup, Table};
 use stockflow_dataflows::model::{Epoch, ItemRow, Name, SkuKey, StockDelta, StockKey};
 use stockflow_dataflows::order_rows::order_key;
 
@@ -35,6 +35,8 @@ pub struct Outputs {
     pub kpis: Option<Table>,
     /// The alerts of the checkpoint resumed from: the view starts with them.
     pub restored_alerts: Vec<Alert>,
+    /// The KPI cells of the events the checkpoint folded: added with the first publish.
+    pub restored_cells: Vec<(KpiKey, Cell)>,
 }
 
 /// The publisher thread: applies completed epochs to its working snapshot
@@ -63,6 +65,7 @@ pub fn run_publisher(
         alerts_to,
         kpis,
         restored_alerts,
+        mut restored_cells,
     } = outputs;
     let watch = OutputWatch {
         store: &store,
@@ -111,7 +114,7 @@ pub fn run_publisher(
         let mut outcomes = Vec::new();
         let mut decided = Vec::new();
         let mut alerts: Vec<(Alert, Epoch)> = Vec::new();
-        let mut kpi_cells = Vec::new();
+        let mut kpi_cells = std::mem::take(&mut restored_cells);
         let mut extremes = Vec::new();
         // Skus whose gauges may have moved: their items changed (stock is noted below).
         let mut gauge_skus: Vec<SkuKey> = Vec::new();

@@ -10,6 +10,7 @@ use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
 use stockflow_dataflows::alerts::{AlertState, Restored};
+use stockflow_dataflows::kpis::{Cell, KpiKey};
 use stockflow_dataflows::model::{Epoch, Event, StockKey};
 
 /// A checkpoint's events on their way into the dataflow.
@@ -18,6 +19,9 @@ pub(super) struct RestorePlan {
     pub(super) epochs: Epoch,
     /// Per worker, per epoch: the events that worker inserts (taken once).
     pub(super) shares: Vec<std::sync::Mutex<Vec<Vec<Event>>>>,
+    /// Digests of the ids the checkpoint folded: the de-duplication window
+    /// remembers them (worker 0 inserts them, taken once).
+    pub(super) ids: std::sync::Mutex<Vec<u128>>,
 }
 
 /// A checkpoint taken apart for its three destinations: the workers (its
@@ -29,6 +33,8 @@ pub(super) struct Restoring {
     pub(super) plan: RestorePlan,
     pub(super) states: Restored<Epoch>,
     pub(super) rows: Vec<stockflow_dataflows::alerts::Alert>,
+    /// The KPI cells of the events the checkpoint folded, for the publisher.
+    pub(super) cells: Vec<(KpiKey, Cell)>,
 }
 
 impl Restoring {
@@ -42,6 +48,8 @@ impl Restoring {
         let crate::checkpoint::Loaded {
             manifest,
             events,
+            cells,
+            ids,
             alerts,
         } = Arc::try_unwrap(loaded).unwrap_or_else(|shared| (*shared).clone());
         let count = events.len();
@@ -64,12 +72,14 @@ impl Restoring {
             plan: RestorePlan {
                 epochs,
                 shares: shares.into_iter().map(std::sync::Mutex::new).collect(),
+                ids: std::sync::Mutex::new(ids),
             },
             states: Restored {
                 epoch: first_epoch + epochs - 1,
                 states: Arc::new(states),
             },
             rows: alerts,
+            cells,
         }
     }
 }
@@ -194,12 +204,15 @@ mod tests {
                 "t".to_owned(),
                 BTreeMap::from([(0, offsets[0]), (1, offsets[1])]),
             )]),
+            state: None,
             segments: Vec::new(),
             alerts: file,
         };
         Arc::new(Loaded {
             manifest,
             events: Vec::new(),
+            cells: Vec::new(),
+            ids: Vec::new(),
             alerts: Vec::new(),
         })
     }

@@ -57,6 +57,8 @@ pub struct Inputs<'scope> {
     pub progress: VecCollection<'scope, Epoch, (u32, u32, u64)>,
     /// Wall clock readings (ms), which age the de-duplication window.
     pub clock: VecCollection<'scope, Epoch, i64>,
+    /// Digests of ids a checkpoint folded, for the window to remember.
+    pub seen: VecCollection<'scope, Epoch, u128>,
 }
 
 /// Builds the views over `inputs.events` and routes their updates, with
@@ -83,8 +85,10 @@ pub fn views<'scope>(
         commands,
         progress,
         clock,
+        seen,
     } = inputs;
-    let events = stockflow_dataflows::dedup(events, Some(clock), config.dedup, dedup_stats);
+    let events =
+        stockflow_dataflows::dedup(events, Some(clock), Some(seen), config.dedup, dedup_stats);
     let outcomes = if config.commands.is_some() {
         stockflow_dataflows::decide(events.clone(), commands)
     } else {

@@ -31,6 +31,8 @@ struct Inputs {
     /// Worker 0's wall clock (ms) as each epoch closes: what ages the
     /// de-duplication window.
     clock: InputSession<Epoch, i64, isize>,
+    /// Ids a checkpoint folded, for the de-duplication window to remember.
+    seen: InputSession<Epoch, u128, isize>,
 }
 
 impl Inputs {
@@ -40,6 +42,8 @@ impl Inputs {
         self.commands.advance_to(epoch);
         self.progress.advance_to(epoch);
         self.clock.advance_to(epoch);
+        self.seen.advance_to(epoch);
+        self.seen.flush();
         self.events.flush();
         self.commands.flush();
         self.progress.flush();
@@ -116,6 +120,7 @@ pub(super) fn run(
         let (commands_in, commands) = scope.new_collection();
         let (progress_in, progress) = scope.new_collection();
         let (clock_in, clock) = scope.new_collection();
+        let (seen_in, seen) = scope.new_collection();
         let publisher = Publisher::new(index, closed_at.clone(), to_publisher);
         views::views(
             views::Inputs {
@@ -123,6 +128,7 @@ pub(super) fn run(
                 commands,
                 progress,
                 clock,
+                seen,
             },
             config,
             plan.restored_alerts.clone(),
@@ -135,6 +141,7 @@ pub(super) fn run(
             commands: commands_in,
             progress: progress_in,
             clock: clock_in,
+            seen: seen_in,
         }
     });
 
@@ -175,6 +182,12 @@ pub(super) fn run(
         // The checkpoint's events, alone in their epochs (the `low_stock`
         // operator restores its states there), spread over the workers,
         // in epochs of `epoch_max_events` as the log would be read.
+        if index == 0 {
+            let ids = std::mem::take(&mut *restore.ids.lock().unwrap_or_else(|p| p.into_inner()));
+            for digest in ids {
+                inputs.seen.insert(digest);
+            }
+        }
         let share = std::mem::take(
             &mut *restore.shares[index]
                 .lock()

@@ -309,6 +309,33 @@ fn contributions(
     }
 }
 
+/// The cells `event` adds to, built-in and `specs`' counts and sums, as
+/// the `kpis` dataflow adds them; orders and `min`/`max` KPIs aside (they
+/// are not per-event sums).
+pub fn event_cells(event: &Event, specs: &[KpiSpec]) -> Vec<(KpiKey, Cell)> {
+    let mut cells = Vec::new();
+    contributions(
+        event,
+        specs,
+        |metric, group, windows, cell| {
+            for window in windows {
+                cells.push((
+                    KpiKey {
+                        tenant: event.tenant.clone(),
+                        window: *window,
+                        bucket: window.bucket(event.ts),
+                        metric: Name::from(metric),
+                        group: group.clone(),
+                    },
+                    cell,
+                ));
+            }
+        },
+        |_spec, _group, _value| {},
+    );
+    cells
+}
+
 fn order_fact(event: &Event) -> Option<((Name, Name), OrderFact)> {
     match &event.body {
         EventBody::OrderPlaced {

@@ -21,6 +21,19 @@ pub fn encode_event(event: &Event) -> Value {
         }
     };
     match &event.body {
+        EventBody::StockState {
+            sku,
+            location,
+            on_hand,
+            reserved,
+            changes,
+        } => {
+            put("sku", json!(sku));
+            put("location", json!(location));
+            put("on_hand", json!(on_hand));
+            put("reserved", json!(reserved));
+            put("changes", json!(changes));
+        }
         EventBody::ItemCreated {
             sku,
             name,

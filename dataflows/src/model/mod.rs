@@ -173,6 +173,23 @@ pub enum EventBody {
         /// Reason (cancellations).
         reason: Option<String>,
     },
+    // Last: bincode numbers variants in order, and checkpoints of format 1
+    // hold the others.
+    /// The folded history of one stock key, as a compacted checkpoint holds
+    /// it ([`crate::compact`]): the sum of its folded changes. Internal:
+    /// never read from or written to a topic; its id is empty.
+    StockState {
+        /// Stock keeping unit.
+        sku: Name,
+        /// Store or warehouse.
+        location: Name,
+        /// Change of on-hand quantity.
+        on_hand: i64,
+        /// Change of reserved quantity.
+        reserved: i64,
+        /// Changes folded (what reads show as `version`).
+        changes: u64,
+    },
 }
 
 /// One line of an order.
@@ -211,6 +228,7 @@ impl EventBody {
             EventBody::StockReleased { .. } => "stock.released",
             EventBody::StockCommitted { .. } => "stock.committed",
             EventBody::StockLevel { .. } => "stock.level",
+            EventBody::StockState { .. } => "stock.state",
             EventBody::ReservationRejected { .. } => "reservation.rejected",
             EventBody::OrderPlaced { .. } => "order.placed",
             EventBody::OrderStatus { status, .. } => match status {
@@ -229,7 +247,8 @@ impl EventBody {
             | EventBody::ItemDeleted { sku }
             | EventBody::StockAdjusted { sku, .. }
             | EventBody::StockReserved { sku, .. }
-            | EventBody::StockLevel { sku, .. } => Some(sku),
+            | EventBody::StockLevel { sku, .. }
+            | EventBody::StockState { sku, .. } => Some(sku),
             EventBody::ReservationRejected { sku, .. } => sku.as_ref(),
             _ => None,
         }

@@ -1,5 +1,7 @@
 //! What the dataflow property tests share.
 
+pub mod history;
+
 use differential_dataflow::input::InputSession;
 use timely::dataflow::operators::probe::Handle;
 use timely::worker::Worker;
