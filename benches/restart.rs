@@ -131,15 +131,16 @@ async fn run(keys: usize, workers: usize) {
     let manifest =
         stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path()))
             .expect("a checkpoint at shutdown");
-    let bytes = manifest.segments.iter().map(|s| s.bytes).sum::<u64>() + manifest.alerts.bytes;
-    let events: u64 = manifest.segments.iter().map(|s| s.records).sum();
+    let bytes: u64 = manifest.files().map(|f| f.bytes).sum();
+    let events: u64 = manifest.files().map(|f| f.records).sum::<u64>() - manifest.alerts.records;
     println!(
-        "checkpoint at shutdown: {:.2} s to write ({:.2} s whole stop), {:.1} MB, {events} events ({:.1} MB per million stock keys)",
+        "checkpoint at shutdown: {:.2} s to write ({:.2} s whole stop), {:.1} MB, {events} events ({:.0} bytes per stock key)",
         metrics.checkpoint_seconds.get_sample_sum(),
         stopping.elapsed().as_secs_f64(),
         bytes as f64 / 1e6,
-        bytes as f64 / 1e6 / (keys as f64 / 1e6)
+        bytes as f64 / (keys / 4 * 4) as f64
     );
+    let first_bytes = bytes;
 
     let (running, resumed) = ready(&settings(dir.path(), workers, true)).await;
     assert_eq!(running.store.snapshot().stock.len(), rows, "the same views");
@@ -162,4 +163,50 @@ async fn run(keys: usize, workers: usize) {
     );
     running.shutdown.trigger();
     running.wait().await.expect("stops");
+
+    // The same keys written again: the checkpoint grows with keys, not history.
+    let (running, _) = ready(&settings(dir.path(), workers, true)).await;
+    let topic = running.log.topic(INVENTORY_EVENTS, 4).expect("topic");
+    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let locations = ["madrid", "lima", "bogota", "quito"];
+    for n in 0..keys / 4 {
+        let sku = format!("SKU-{n:07}");
+        for (l, location) in locations.iter().enumerate() {
+            let event = json!({"id": format!("b{n}-{l}"), "type": "stock.adjusted", "ts": "2026-11-21T11:00:00Z", "sku": sku, "location": location, "qty": 5, "reason": "restock"});
+            batch.push((
+                format!("default/{sku}").into_bytes(),
+                event.to_string().into_bytes(),
+            ));
+        }
+    }
+    let records: Vec<(&[u8], &[u8], i64)> = batch
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice(), 1_764_000_000_000))
+        .collect();
+    topic.append_batch(&records).expect("append");
+    let ends: Vec<u64> = (0..4).map(|p| topic.end_offset(p)).collect();
+    loop {
+        let snapshot = running.store.snapshot();
+        let offsets = snapshot.as_of.offsets.get(INVENTORY_EVENTS);
+        if ends.iter().enumerate().all(|(p, end)| {
+            offsets
+                .and_then(|o| o.get(&(p as u32)))
+                .is_some_and(|at| at >= end)
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.shutdown.trigger();
+    running.wait().await.expect("stops");
+    let manifest =
+        stockflow::checkpoint::newest_manifest(&stockflow::checkpoint::dir_of(dir.path()))
+            .expect("a checkpoint at shutdown");
+    let bytes: u64 = manifest.files().map(|f| f.bytes).sum();
+    println!(
+        "the same keys adjusted again ({} more events): checkpoint {:.1} MB, {:.2} times the first",
+        keys / 4 * 4,
+        bytes as f64 / 1e6,
+        bytes as f64 / first_bytes as f64
+    );
 }

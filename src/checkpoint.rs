@@ -196,8 +196,12 @@ fn read_verified(dir: &Path, file: &FileRef) -> anyhow::Result<Vec<u8>> {
 /// Writes the compacted state file and returns its reference (`records`:
 /// its events).
 fn write_state(dir: &Path, name: String, state: &Compacted) -> std::io::Result<FileRef> {
+    use bincode::Options;
     let mut bytes = STATE_MAGIC.to_vec();
-    bincode::serialize_into(&mut bytes, state).expect("states serialize");
+    // Variable-length integers: a folded key is mostly small numbers.
+    bincode::DefaultOptions::new()
+        .serialize_into(&mut bytes, state)
+        .expect("states serialize");
     write_atomically(&dir.join(&name), &bytes)?;
     Ok(FileRef {
         file: name,
@@ -215,7 +219,9 @@ fn read_state(dir: &Path, file: &FileRef) -> anyhow::Result<Compacted> {
         "{} is not a checkpoint state",
         file.file
     );
-    let state: Compacted = bincode::deserialize(&bytes[STATE_MAGIC.len()..])
+    use bincode::Options;
+    let state: Compacted = bincode::DefaultOptions::new()
+        .deserialize(&bytes[STATE_MAGIC.len()..])
         .with_context(|| format!("decoding {}", file.file))?;
     anyhow::ensure!(
         state.events.len() as u64 == file.records,

@@ -79,7 +79,6 @@ pub fn compact(base: Compacted, events: Vec<Event>, rules: &Rules) -> Compacted 
 
     let mut states: BTreeMap<StockKey, (i64, i64, u64, EventTime)> = BTreeMap::new();
     let mut kept = Vec::new();
-    let mut newest_ts = EventTime::MIN;
     for event in all {
         if let EventBody::StockState {
             sku,
@@ -106,7 +105,6 @@ pub fn compact(base: Compacted, events: Vec<Event>, rules: &Rules) -> Compacted 
         if !seen.insert(digest) {
             continue;
         }
-        newest_ts = newest_ts.max(event.ts);
         let folded = match &event.body {
             EventBody::StockAdjusted {
                 sku, location, qty, ..
@@ -144,12 +142,12 @@ pub fn compact(base: Compacted, events: Vec<Event>, rules: &Rules) -> Compacted 
         ids.pop_front();
     }
 
-    // KPI cells past retention are dropped, as the KPI table drops them.
+    // KPI cells past retention are dropped, as the KPI table drops them
+    // (counted from the newest hour of these cells: never past the table's).
     let newest_hour = cells
         .keys()
         .filter(|key| key.window == Window::Hour)
         .map(|key| key.bucket)
-        .chain((newest_ts != EventTime::MIN).then(|| Window::Hour.bucket(newest_ts)))
         .max();
     let mut cells: Vec<(KpiKey, Cell)> = cells
         .into_iter()
@@ -183,5 +181,55 @@ pub fn compact(base: Compacted, events: Vec<Event>, rules: &Rules) -> Compacted 
         events,
         cells,
         ids: ids.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adjusted(id: &str, ts: EventTime, location: &str) -> Event {
+        Event {
+            tenant: Name::from("t"),
+            id: Name::from(id),
+            seq: 0,
+            ts,
+            body: EventBody::StockAdjusted {
+                sku: Name::from("s"),
+                location: Name::from(location),
+                qty: -2,
+                reason: Name::from("sale"),
+            },
+        }
+    }
+
+    #[test]
+    fn cells_past_retention_are_dropped_and_ids_kept_to_the_window() {
+        let day = 86_400_000;
+        let rules = Rules {
+            specs: Vec::new(),
+            kpi_retention_ms: day,
+            ids: 2,
+        };
+        let events = vec![
+            adjusted("old", 0, "a"),
+            adjusted("new", 10 * day, "a"),
+            adjusted("newer", 10 * day + 1, "b"),
+            // A copy: dropped, not folded twice.
+            adjusted("new", 10 * day, "a"),
+        ];
+        let compacted = compact(Compacted::default(), events, &rules);
+        assert_eq!(compacted.events.len(), 2, "one state per key");
+        let EventBody::StockState {
+            on_hand, changes, ..
+        } = &compacted.events[0].body
+        else {
+            panic!("a state first")
+        };
+        assert_eq!((*on_hand, *changes), (-4, 2));
+        assert_eq!(compacted.events[0].ts, 10 * day);
+        assert!(compacted.cells.iter().all(|(key, _)| key.bucket >= 9 * day));
+        assert!(!compacted.cells.is_empty());
+        assert_eq!(compacted.ids.len(), 2, "the newest two");
     }
 }
