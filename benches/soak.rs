@@ -108,7 +108,7 @@ async fn run(millions: usize, keys: usize, workers: usize) {
             let key = (n as usize * 7_919) % (skus * locations.len());
             let (sku, location) = (key / locations.len(), locations[key % locations.len()]);
             // Mostly sales, a restock now and then: the levels wander, alerts come and go.
-            let qty = if n % 10 == 0 { 9 } else { -1 };
+            let qty = if n.is_multiple_of(10) { 9 } else { -1 };
             let event = json!({"id": format!("a{n}"), "type": "stock.adjusted", "ts": "2026-11-20T11:00:00Z", "sku": format!("SKU-{sku:07}"), "location": location, "qty": qty, "reason": "sale"});
             batch.push((format!("default/SKU-{sku:07}"), event.to_string()));
             n += 1;
