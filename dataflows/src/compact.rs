@@ -35,8 +35,8 @@ pub struct Rules {
 /// A compacted history.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Compacted {
-    /// The events to restore: one `StockState` per folded key first, then
-    /// every event kept, in log order.
+    /// The events to restore: every event kept, in log order, with one
+    /// `StockState` per folded key after the last kept event of its sku.
     pub events: Vec<Event>,
     /// The KPI cells of the folded events (not of the events kept).
     pub cells: Vec<(KpiKey, Cell)>,
@@ -160,23 +160,46 @@ pub fn compact(base: Compacted, events: Vec<Event>, rules: &Rules) -> Compacted 
         .collect();
     cells.sort();
 
-    let mut events: Vec<Event> = states
-        .into_iter()
-        .map(|(key, (on_hand, reserved, changes, ts))| Event {
-            tenant: key.tenant,
-            id: Name::default(),
-            seq: 0,
-            ts,
-            body: EventBody::StockState {
-                sku: key.sku,
-                location: key.location,
-                on_hand,
-                reserved,
-                changes,
-            },
-        })
-        .collect();
-    events.extend(kept);
+    // Each sku's states go right after the last event kept for it (its
+    // catalogue entry, usually), so that a restore meets a row's parts in
+    // one epoch and the views change once; states of other skus go last.
+    let mut by_sku: BTreeMap<(Name, Name), Vec<Event>> = BTreeMap::new();
+    for (key, (on_hand, reserved, changes, ts)) in states {
+        by_sku
+            .entry((key.tenant.clone(), key.sku.clone()))
+            .or_default()
+            .push(Event {
+                tenant: key.tenant,
+                id: Name::default(),
+                seq: 0,
+                ts,
+                body: EventBody::StockState {
+                    sku: key.sku,
+                    location: key.location,
+                    on_hand,
+                    reserved,
+                    changes,
+                },
+            });
+    }
+    let mut last_kept: HashMap<(Name, Name), usize> = HashMap::new();
+    for (index, event) in kept.iter().enumerate() {
+        if let Some(sku) = event.body.sku() {
+            last_kept.insert((event.tenant.clone(), sku.clone()), index);
+        }
+    }
+    let mut after: HashMap<usize, Vec<Event>> = HashMap::new();
+    for (index, sku) in last_kept.into_iter().map(|(sku, index)| (index, sku)) {
+        if let Some(states) = by_sku.remove(&sku) {
+            after.insert(index, states);
+        }
+    }
+    let mut events = Vec::with_capacity(kept.len() + after.len() + by_sku.len());
+    for (index, event) in kept.into_iter().enumerate() {
+        events.push(event);
+        events.extend(after.remove(&index).unwrap_or_default());
+    }
+    events.extend(by_sku.into_values().flatten());
     Compacted {
         events,
         cells,

@@ -1,6 +1,7 @@
 //! De-duplication of events by id, within a window, and the removal of the
 //! decider's outcomes when they come back from the event log.
 
+use crate::model::command::causing_command;
 use crate::model::{hash_parts, Event};
 use differential_dataflow::lattice::Lattice;
 use differential_dataflow::VecCollection;
@@ -9,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::{Broadcast, Partition};
 use timely::dataflow::operators::{Capability, Concat, Exchange as _};
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
@@ -303,7 +304,17 @@ where
     let peers = events.inner.scope().peers();
     let limit = limit.div_ceil(peers.max(1)).max(1);
     let route = |update: &(Event, T, isize)| id_digest(&update.0) as u64;
-    let output = events.inner.binary_frontier(
+    // Only an event a command caused can be an outcome's copy: the rest
+    // pass without being exchanged.
+    let mut parts = events
+        .inner
+        .partition(2, |(event, time, diff)| {
+            let caused = causing_command(&event.id).is_some();
+            (caused as u64, (event, time, diff))
+        })
+        .into_iter();
+    let (others, caused) = (parts.next().expect("part 0"), parts.next().expect("part 1"));
+    let output = caused.binary_frontier(
         outcomes.inner,
         Exchange::new(route),
         Exchange::new(route),
@@ -373,7 +384,7 @@ where
             }
         },
     );
-    VecCollection::new(output)
+    VecCollection::new(output.concat(others))
 }
 
 /// 128-bit digest of `(tenant, id)`: a collision (which would drop an event)
