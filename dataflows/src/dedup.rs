@@ -84,11 +84,13 @@ impl Remembered {
         self.ids.contains(&id)
     }
 
-    /// Remembers `id`, first seen at clock reading `now`.
-    fn insert(&mut self, id: u128, now: i64) {
-        if self.ids.insert(id) {
+    /// Remembers `id`, first seen at clock reading `now`; false if it was already.
+    fn insert(&mut self, id: u128, now: i64) -> bool {
+        let new = self.ids.insert(id);
+        if new {
             self.order.push_back((id, now));
         }
+        new
     }
 
     /// Forgets the oldest ids beyond the limit, and those seen before
@@ -210,9 +212,9 @@ where
                         seeds.extend(digests);
                     }
                     if !seeds.is_empty() && (*now != i64::MIN || !clocked) {
-                        let added = seeds.len();
+                        let mut added = 0;
                         for digest in seeds.drain(..) {
-                            remembered.insert(digest, *now);
+                            added += remembered.insert(digest, *now) as usize;
                         }
                         let forgotten = remembered.forget(None);
                         stats
