@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Partition};
+use timely::dataflow::operators::InputCapability;
 use timely::dataflow::operators::{Capability, Concat, Exchange as _};
 use timely::order::TotalOrder;
 use timely::progress::Timestamp;
@@ -167,7 +168,7 @@ where
         "dedup by id",
         |_capability, _info| {
             let mut remembered = Remembered::new(window.per_worker(peers));
-            let mut stash: BTreeMap<T, (Option<Capability<T>>, Vec<Event>)> = BTreeMap::new();
+            let mut stash: Stash<T> = BTreeMap::new();
             let mut readings: BTreeMap<T, (i64, Vec<u128>)> = BTreeMap::new();
             // Digests to remember once the clock has a reading (or has none to give).
             let mut seeds: Vec<u128> = Vec::new();
@@ -175,16 +176,7 @@ where
             let mut now = i64::MIN;
             let mut first: HashMap<u128, Event, Digested> = HashMap::default();
             move |(input, frontier), (clock, clock_frontier), output| {
-                input.for_each(|capability, data| {
-                    for (event, time, diff) in data.drain(..) {
-                        debug_assert!(diff > 0, "dedup needs insert-only input");
-                        let slot = stash.entry(time.clone()).or_default();
-                        if slot.0.is_none() {
-                            slot.0 = Some(capability.delayed(&time, 0));
-                        }
-                        slot.1.push(event);
-                    }
-                });
+                input.for_each(|capability, data| stash_by_time(&mut stash, &capability, data));
                 clock.for_each(|_capability, data| {
                     for (side, time, _diff) in data.drain(..) {
                         let slot = readings.entry(time).or_insert((i64::MIN, Vec::new()));
@@ -324,18 +316,10 @@ where
         |_capability, _info| {
             let mut awaited: HashSet<u128, Digested> = HashSet::default();
             let mut order: VecDeque<u128> = VecDeque::new();
-            let mut stash: BTreeMap<T, (Option<Capability<T>>, Vec<Event>)> = BTreeMap::new();
+            let mut stash: Stash<T> = BTreeMap::new();
             let mut said: BTreeMap<T, Vec<u128>> = BTreeMap::new();
             move |(input, frontier), (outcomes, outcomes_frontier), output| {
-                input.for_each(|capability, data| {
-                    for (event, time, _diff) in data.drain(..) {
-                        let slot = stash.entry(time.clone()).or_default();
-                        if slot.0.is_none() {
-                            slot.0 = Some(capability.delayed(&time, 0));
-                        }
-                        slot.1.push(event);
-                    }
-                });
+                input.for_each(|capability, data| stash_by_time(&mut stash, &capability, data));
                 outcomes.for_each(|_capability, data| {
                     for (event, time, _diff) in data.drain(..) {
                         said.entry(time).or_default().push(id_digest(&event));
@@ -387,6 +371,25 @@ where
         },
     );
     VecCollection::new(output.concat(others))
+}
+
+/// Events by time, each time with a capability to answer at (once events came).
+type Stash<T> = BTreeMap<T, (Option<Capability<T>>, Vec<Event>)>;
+
+/// Moves an input's insert-only events into `stash`.
+fn stash_by_time<T: Timestamp>(
+    stash: &mut Stash<T>,
+    capability: &InputCapability<T>,
+    data: &mut Vec<(Event, T, isize)>,
+) {
+    for (event, time, diff) in data.drain(..) {
+        debug_assert!(diff > 0, "insert-only input");
+        let slot = stash.entry(time.clone()).or_default();
+        if slot.0.is_none() {
+            slot.0 = Some(capability.delayed(&time, 0));
+        }
+        slot.1.push(event);
+    }
 }
 
 /// 128-bit digest of `(tenant, id)`: a collision (which would drop an event)
